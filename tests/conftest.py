@@ -1,0 +1,34 @@
+"""Fixtures shared by every test module: an offline Hub and a tiny model geometry."""
+
+import os
+
+import pytest
+
+# Set before any test module imports transformers/huggingface_hub: the Hub cannot be reached from here, and a
+# test that silently tried it would wait ~25 s for retries. A test that runs its own loopback Hub changes it with
+# monkeypatch inside the test (huggingface_hub reads it at import: see hf-stack-notes).
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _hub_offline(monkeypatch):
+    """Every test starts offline, whatever an earlier test in the same worker did to the environment."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+TINY_CONFIG = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_labels=5,
+)
+
+
+@pytest.fixture
+def tiny_config():
+    """A 2-block, 32-wide distilled DeiT on 32x32 images (16 patches + 2 tokens), 5 classes; no stochastic depth."""
+    from hf_deit import DistilledDeiTConfig
+
+    return DistilledDeiTConfig(**TINY_CONFIG, drop_path_rate=0.0)
