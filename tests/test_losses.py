@@ -1,0 +1,106 @@
+"""DistillationLoss against values computed by hand from the formulas (log-sum-exp written out)."""
+
+import math
+
+import pytest
+import torch
+
+from hf_deit.losses import DistillationLoss
+
+CLS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+DIST = torch.tensor([[1.0, 1.5, 0.0], [-0.5, 2.0, 0.5]])
+TEACHER = torch.tensor([[0.2, 3.0, -1.0], [4.0, 0.0, 1.0]])  # argmax: 1, 0
+LABELS = torch.tensor([0, 2])
+
+
+def log_softmax_by_hand(row: list[float]) -> list[float]:
+    log_sum_exp = math.log(sum(math.exp(v) for v in row))
+    return [v - log_sum_exp for v in row]
+
+
+def ce_by_hand(logits: torch.Tensor, targets: list[int], smoothing: float = 0.0) -> float:
+    """Mean over rows of -(1 - eps) * log p[target] - eps / C * sum_c log p[c]."""
+    total = 0.0
+    for row, target in zip(logits.tolist(), targets):
+        log_p = log_softmax_by_hand(row)
+        total += -(1 - smoothing) * log_p[target] - smoothing / len(row) * sum(log_p)
+    return total / len(targets)
+
+
+def soft_by_hand(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> float:
+    """sum over rows and classes of p_t * (log p_t - log p_s) at temperature tau, times tau^2 / (B * C)."""
+    total = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+        log_s = log_softmax_by_hand([v / tau for v in s_row])
+        log_t = log_softmax_by_hand([v / tau for v in t_row])
+        total += sum(math.exp(lt) * (lt - ls) for ls, lt in zip(log_s, log_t))
+    return total * tau * tau / student.numel()
+
+
+def test_none_trains_both_heads_on_labels_with_smoothing():
+    out = DistillationLoss("none", label_smoothing=0.1)(CLS, DIST, LABELS)
+    expected_cls, expected_dist = ce_by_hand(CLS, [0, 2], 0.1), ce_by_hand(DIST, [0, 2], 0.1)
+    assert out.cls.item() == pytest.approx(expected_cls, rel=1e-6)
+    assert out.distillation.item() == pytest.approx(expected_dist, rel=1e-6)
+    assert out.loss.item() == pytest.approx((expected_cls + expected_dist) / 2, rel=1e-6)
+
+
+def test_none_does_not_need_a_teacher_and_ignores_alpha():
+    a = DistillationLoss("none", alpha=0.1)(CLS, DIST, LABELS).loss
+    b = DistillationLoss("none", alpha=0.9)(CLS, DIST, LABELS).loss
+    assert a.item() == b.item()
+
+
+def test_hard_uses_teacher_argmax_without_smoothing():
+    out = DistillationLoss("hard", alpha=0.5, label_smoothing=0.1)(CLS, DIST, LABELS, TEACHER)
+    expected_cls = ce_by_hand(CLS, [0, 2], 0.1)
+    expected_dist = ce_by_hand(DIST, [1, 0], 0.0)
+    assert out.distillation.item() == pytest.approx(expected_dist, rel=1e-6)
+    assert out.loss.item() == pytest.approx(0.5 * expected_cls + 0.5 * expected_dist, rel=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+def test_soft_is_kl_scaled_by_tau_squared_over_numel(tau):
+    out = DistillationLoss("soft", alpha=0.5, tau=tau)(CLS, DIST, LABELS, TEACHER)
+    assert out.distillation.item() == pytest.approx(soft_by_hand(DIST, TEACHER, tau), rel=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_alpha_weights_the_two_terms(alpha):
+    out = DistillationLoss("soft", alpha=alpha, tau=2.0)(CLS, DIST, LABELS, TEACHER)
+    expected = (1 - alpha) * ce_by_hand(CLS, [0, 2], 0.1) + alpha * soft_by_hand(DIST, TEACHER, 2.0)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_soft_targets_use_soft_cross_entropy_without_extra_smoothing():
+    targets = torch.tensor([[0.7, 0.2, 0.1], [0.05, 0.05, 0.9]])
+    out = DistillationLoss("hard", label_smoothing=0.1)(CLS, DIST, targets, TEACHER)
+    expected = 0.0
+    for row, target in zip(CLS.tolist(), targets.tolist()):
+        expected -= sum(t * lp for t, lp in zip(target, log_softmax_by_hand(row)))
+    assert out.cls.item() == pytest.approx(expected / 2, rel=1e-6)
+
+
+def test_bf16_inputs_are_computed_in_float32():
+    loss = DistillationLoss("soft", tau=2.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss(CLS.bfloat16(), DIST.bfloat16(), LABELS, TEACHER.bfloat16())
+    assert out.loss.dtype == out.cls.dtype == out.distillation.dtype == torch.float32
+    # Only the inputs carry bf16 rounding: the result is float32 arithmetic on the rounded inputs.
+    rounded = [t.bfloat16().float() for t in (CLS, DIST, TEACHER)]
+    assert out.loss.item() == pytest.approx(loss(rounded[0], rounded[1], LABELS, rounded[2]).loss.item(), rel=1e-6)
+
+
+def test_gradients_reach_only_the_student():
+    cls, dist, teacher = CLS.clone().requires_grad_(), DIST.clone().requires_grad_(), TEACHER.clone()
+    DistillationLoss("soft")(cls, dist, LABELS, teacher).loss.backward()
+    assert cls.grad.abs().sum() > 0 and dist.grad.abs().sum() > 0
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="distillation_type"):
+        DistillationLoss("kl")
+    with pytest.raises(ValueError, match="alpha"):
+        DistillationLoss("hard", alpha=1.5)
+    with pytest.raises(ValueError, match="teacher"):
+        DistillationLoss("hard")(CLS, DIST, LABELS)
