@@ -1,0 +1,149 @@
+"""Teacher loading, label-space checks and the on-the-fly input adapter."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BitImageProcessor, GPT2Config, ResNetConfig, ResNetForImageClassification
+
+from hf_deit import DistilledDeiTConfig
+from hf_deit.teacher import (
+    TeacherInputAdapter,
+    TeacherLogits,
+    check_label_space,
+    load_teacher,
+    teacher_preprocessing,
+)
+
+NAMES = ["cat", "dog", "bird"]
+
+
+def config_with(names):
+    return DistilledDeiTConfig(num_labels=len(names), id2label=dict(enumerate(names)))
+
+
+def tiny_resnet(names, num_channels=3):
+    config = ResNetConfig(
+        num_channels=num_channels, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+        num_labels=len(names), id2label=dict(enumerate(names)),
+    )
+    return ResNetForImageClassification(config).eval()
+
+
+# ---- label space ----
+
+def test_same_names_in_same_order_need_nothing():
+    assert check_label_space(config_with(NAMES), config_with(NAMES)) is None
+
+
+def test_default_names_are_not_compared():
+    assert check_label_space(config_with(NAMES), DistilledDeiTConfig(num_labels=3)) is None
+
+
+def test_permuted_names_give_the_order_that_reorders_teacher_logits():
+    teacher_names = ["bird", "cat", "dog"]
+    order = check_label_space(config_with(NAMES), config_with(teacher_names))
+    teacher_logits = torch.tensor([[10.0, 20.0, 30.0]])  # bird 10, cat 20, dog 30
+    assert teacher_logits[:, order].tolist() == [[20.0, 30.0, 10.0]]  # cat, dog, bird
+
+
+def test_different_class_count_is_an_error():
+    with pytest.raises(ValueError, match="teacher predicts 4 classes, the student 3"):
+        check_label_space(config_with(NAMES), config_with(NAMES + ["fish"]))
+
+
+def test_different_names_are_an_error_naming_them():
+    with pytest.raises(ValueError, match="only the student has \\['bird'\\], only the teacher has \\['fish'\\]"):
+        check_label_space(config_with(NAMES), config_with(["cat", "dog", "fish"]))
+
+
+# ---- input adapter ----
+
+def test_adapter_is_exact_identity_when_nothing_differs():
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    adapter = TeacherInputAdapter(mean, std, mean, std, teacher_size=(16, 16), teacher_channels=3)
+    x = torch.randn(2, 3, 16, 16)
+    assert adapter(x) is x
+    assert TeacherInputAdapter().is_identity and TeacherInputAdapter()(x) is x
+
+
+def test_adapter_renormalises_to_the_teacher_statistics():
+    raw = torch.rand(2, 3, 8, 8)
+    s_mean, s_std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    t_mean, t_std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.5, 0.5, 0.5])
+    student_batch = (raw - s_mean[:, None, None]) / s_std[:, None, None]
+    adapter = TeacherInputAdapter(s_mean.tolist(), s_std.tolist(), t_mean.tolist(), t_std.tolist())
+    expected = (raw - 0.5) / 0.5
+    torch.testing.assert_close(adapter(student_batch), expected, rtol=0, atol=1e-5)
+
+
+def test_adapter_resizes_antialiased_to_the_teacher_size():
+    x = torch.randn(2, 3, 32, 32)
+    out = TeacherInputAdapter(teacher_size=(16, 16), interpolation="bilinear")(x)
+    assert out.shape == (2, 3, 16, 16)
+    # The adapter is exactly torch's antialiased resize; downsampling a linear ramp keeps its mean.
+    torch.testing.assert_close(out, F.interpolate(x, size=(16, 16), mode="bilinear", antialias=True))
+    ramp = torch.linspace(0, 1, 32).expand(1, 3, 32, 32)
+    assert TeacherInputAdapter(teacher_size=(16, 16))(ramp).mean().item() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_adapter_rejects_a_channel_mismatch():
+    with pytest.raises(ValueError, match="expects 1-channel images, the student's batch has 3"):
+        TeacherInputAdapter(teacher_channels=1)(torch.zeros(1, 3, 8, 8))
+
+
+# ---- loading ----
+
+def test_modules_returning_tensors_or_logits_are_accepted():
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+    x = torch.randn(2, 3, 4, 4)
+    assert load_teacher(linear) is linear
+    assert TeacherLogits(linear)(x).shape == (2, 3)
+    resnet = tiny_resnet(NAMES)
+    torch.testing.assert_close(TeacherLogits(resnet)(x), resnet(x).logits)
+    with pytest.raises(ValueError, match="must return logits"):
+        TeacherLogits(nn.Flatten(0))(x)
+
+
+def test_local_transformers_teacher_and_its_preprocessing(tmp_path):
+    teacher = tiny_resnet(["bird", "cat", "dog"])
+    teacher.save_pretrained(tmp_path)
+    BitImageProcessor(
+        size={"shortest_edge": 20}, crop_size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(tmp_path)
+    loaded = load_teacher(str(tmp_path))
+    torch.testing.assert_close(loaded.state_dict()["classifier.1.weight"], teacher.state_dict()["classifier.1.weight"])
+    assert check_label_space(config_with(NAMES), loaded.config).tolist() == [1, 2, 0]
+    expected = teacher_preprocessing(str(tmp_path))
+    assert (tuple(expected.image_mean), tuple(expected.image_std)) == ((0.5,) * 3, (0.5,) * 3)
+    assert expected.image_size == (16, 16)
+
+
+def test_local_timm_teacher_loads_through_the_timm_wrapper(tmp_path):
+    timm = pytest.importorskip("timm")
+    from timm.models._hub import save_for_hf
+
+    model = timm.create_model("resnet10t", num_classes=3, pretrained=False)
+    save_for_hf(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    # timm writes `model_args` that transformers 5.23's wrapper passes twice (num_classes); Hub timm configs have none.
+    config.pop("model_args", None)
+    config["label_names"] = NAMES
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    loaded = load_teacher(str(tmp_path))
+    assert type(loaded).__name__ == "TimmWrapperForImageClassification"
+    assert check_label_space(config_with(NAMES), loaded.config) is None
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(TeacherLogits(loaded.eval())(x), model.eval()(x))
+    expected = teacher_preprocessing(str(tmp_path))
+    assert expected.image_size == tuple(model.pretrained_cfg["input_size"][1:])
+    assert tuple(expected.image_mean) == tuple(model.pretrained_cfg["mean"])
+
+
+def test_a_model_that_is_not_an_image_classifier_is_refused(tmp_path):
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not an image classifier"):
+        load_teacher(str(tmp_path))
