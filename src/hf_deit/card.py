@@ -1,0 +1,206 @@
+"""The model card (README.md) of a trained distilled DeiT, rendered from `model_cards/distilled_deit.md`.
+
+The card's YAML header carries a model-index with one result per head (the averaged output, the cls head, the
+distillation head) and the student-teacher agreement, so the Hub shows them; the body explains the two heads, the
+distillation recipe, the hyper-parameters and a usage snippet that runs as written.
+
+No secret reaches the card: hyper-parameters and extra fields whose name mentions a token, password, secret or key,
+and any value that looks like a Hugging Face token, are left out.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+# Shipped inside the package (src/hf_deit/model_cards is a symlink to the repository's model_cards/, and setup.cfg's
+# package_data copies it into wheels), so an installed hf_deit finds it as well as a checkout does.
+TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "distilled_deit.md"
+TAGS = ["image-classification", "deit", "distillation", "vision", "hf-deit"]
+LICENSE = "apache-2.0"
+MAX_LABELS_SHOWN = 20
+
+# The outputs reported by the trainer's evaluation (keys of `eval_results`, without the "eval_" prefix).
+HEADS = (  # (row in the table, key prefix)
+    ("average of both heads (`logits`)", ""),
+    ("cls head (`cls_logits`)", "cls_"),
+    ("distillation head (`distillation_logits`)", "distillation_"),
+)
+_SECRET_NAME = re.compile(r"token|secret|password|passwd|api_?key|credential|authorization", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+
+
+def is_secret(name: str, value: Any = None) -> bool:
+    """Whether a field must stay out of the card: its name says it holds a credential, or its value looks like one."""
+    return bool(_SECRET_NAME.search(str(name))) or bool(_SECRET_VALUE.search(str(value)))
+
+
+def public_fields(fields: dict | None) -> dict:
+    """`fields` without anything `is_secret` flags."""
+    return {name: value for name, value in (fields or {}).items() if not is_secret(name, value)}
+
+
+def build_model_card(
+    *,
+    model_name: str,
+    eval_results: dict[str, float] | None = None,
+    dataset_name: str | None = None,
+    teacher_name: str | None = None,
+    distillation_type: str | None = None,
+    distillation_alpha: float | None = None,
+    distillation_tau: float | None = None,
+    hyperparameters: dict | None = None,
+    repo_id: str | None = None,
+    config=None,
+    **extra,
+) -> ModelCard:
+    """Render the model card of a distilled DeiT.
+
+    Args:
+        model_name: title of the card and name in the model-index.
+        eval_results: evaluation metrics without the "eval_" prefix, any subset of `accuracy`, `top5_accuracy`,
+            `cls_accuracy`, `cls_top5_accuracy`, `distillation_accuracy`, `distillation_top5_accuracy`,
+            `teacher_agreement`, `teacher_accuracy`, `loss` (prefixed keys are accepted too).
+        dataset_name: the training/evaluation dataset (a Hub id goes into the metadata's `datasets`).
+        teacher_name: the teacher's Hub id or path. It is not the card's `base_model` (the student does not start
+            from the teacher's weights); pass `base_model=` when the student was fine-tuned from a checkpoint.
+        distillation_type, distillation_alpha, distillation_tau: the distillation recipe.
+        hyperparameters: training hyper-parameters for the table (secrets are dropped).
+        repo_id: the Hub repo the card will live in; the usage snippet loads from it.
+        config: a `DistilledDeiTConfig` or its dict, for the architecture table and the label names.
+        **extra: `base_model`, `license`, `language`, or further template variables (secrets are dropped).
+    """
+    extra = public_fields(extra)
+    metrics = {key.removeprefix("eval_"): value for key, value in (eval_results or {}).items()}
+    dataset_id = dataset_name if dataset_name and _looks_like_hub_id(dataset_name) else None
+    card_data = ModelCardData(
+        license=extra.pop("license", LICENSE),
+        library_name="transformers",
+        tags=list(TAGS),
+        datasets=[dataset_id] if dataset_id else None,
+        pipeline_tag="image-classification",
+        base_model=extra.pop("base_model", None),
+        language=extra.pop("language", None),
+        model_name=model_name,
+        eval_results=_model_index(metrics, dataset_name) or None,
+    )
+    architecture, labels = _describe_config(config)
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_name=model_name,
+        repo_id=repo_id or f"your-username/{model_name}",
+        dataset_name=dataset_name,
+        teacher_name=teacher_name,
+        distillation_type=distillation_type,
+        distillation_alpha=distillation_alpha,
+        distillation_tau=distillation_tau,
+        hyperparameters={name: _format_value(value) for name, value in public_fields(hyperparameters).items()},
+        architecture=architecture,
+        labels=labels[:MAX_LABELS_SHOWN],
+        labels_truncated=len(labels) > MAX_LABELS_SHOWN,
+        num_labels=len(labels),
+        evaluation_rows=_evaluation_rows(metrics),
+        evaluation_notes=_evaluation_notes(metrics),
+        **extra,
+    )
+
+
+def write_model_card(output_dir, **card_fields) -> Path:
+    """Build the card (same arguments as `build_model_card`) and write it to `output_dir/README.md`."""
+    path = Path(output_dir) / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_model_card(**card_fields).save(path)
+    return path
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None and not Path(name).is_absolute()
+
+
+def _model_index(metrics: dict[str, float], dataset_name: str | None) -> list[EvalResult]:
+    """One EvalResult per head and metric, plus the agreement with the teacher (the Hub needs a dataset name)."""
+    dataset = dataset_name or "evaluation set"
+    entries = []
+    for head, prefix in HEADS:
+        for key, metric_type, label in ((f"{prefix}accuracy", "accuracy", "top-1"), (f"{prefix}top5_accuracy", "top_5_accuracy", "top-5")):
+            if key in metrics:
+                entries.append((metric_type, f"{label} accuracy, {head}", metrics[key]))
+    if "teacher_agreement" in metrics:
+        entries.append(("agreement", "top-1 agreement with the teacher", metrics["teacher_agreement"]))
+    return [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            metric_type=metric_type,
+            metric_name=metric_name,
+            metric_value=float(value),
+        )
+        for metric_type, metric_name, value in entries
+    ]
+
+
+def _evaluation_rows(metrics: dict[str, float]) -> list[dict[str, str]]:
+    rows = []
+    for head, prefix in HEADS:
+        top1, top5 = metrics.get(f"{prefix}accuracy"), metrics.get(f"{prefix}top5_accuracy")
+        if top1 is not None or top5 is not None:
+            rows.append({"output": head, "top1": _percent(top1), "top5": _percent(top5)})
+    return rows
+
+
+def _evaluation_notes(metrics: dict[str, float]) -> list[str]:
+    notes = []
+    if "teacher_accuracy" in metrics:
+        notes.append(f"Teacher top-1 accuracy on the same data: {_percent(metrics['teacher_accuracy'])}")
+    if "teacher_agreement" in metrics:
+        notes.append(f"Student-teacher agreement (same top-1 class): {_percent(metrics['teacher_agreement'])}")
+    if "loss" in metrics:
+        notes.append(f"Evaluation loss: {metrics['loss']:.4f}")
+    return notes
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _format_value(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")  # keep the Markdown table intact
+
+
+def _describe_config(config) -> tuple[dict[str, Any], list[str]]:
+    """Architecture table and label names from a DistilledDeiTConfig (or its dict); empty when there is none."""
+    if config is None:
+        return {}, []
+    if isinstance(config, dict):
+        from .configuration_distilled_deit import DistilledDeiTConfig
+
+        config = DistilledDeiTConfig.from_dict(config)
+    architecture = {
+        "image size": config.image_size,
+        "patch size": config.patch_size,
+        "hidden size": config.hidden_size,
+        "layers": config.num_hidden_layers,
+        "attention heads": config.num_attention_heads,
+        "parameters": f"{_count_parameters(config):,}",
+    }
+    id2label = getattr(config, "id2label", None) or {}
+    labels = [str(id2label[i]) for i in sorted(id2label, key=int)]
+    return architecture, labels
+
+
+def _count_parameters(config) -> int:
+    """Exact parameter count, from the model built on the meta device (no memory, no initialisation cost)."""
+    import torch
+
+    from .modeling_distilled_deit import DistilledDeiTForImageClassification
+
+    with torch.device("meta"):
+        model = DistilledDeiTForImageClassification(config)
+    return sum(parameter.numel() for parameter in model.parameters())

@@ -1,0 +1,200 @@
+"""Push a saved model folder (weights, config with auto_map, model code, preprocessing config, README card) to the Hub.
+
+Failure policy. The local folder is only ever read. When the push fails, `HubPushError` says that the local output is
+intact, where it is, and the exact command that retries the push; the token never appears in it (nor in our logs).
+
+Retries. huggingface_hub 2.4 already retries the preupload, LFS batch, LFS PUT and verify calls (5xx, 408/429,
+timeouts, lost connections; 5 tries with backoff), but not `create_repo`, the README validation or the commit itself.
+We retry the whole `create_repo` + `upload_folder` on those transient errors `retries` more times: this is safe because
+a repeated upload is idempotent (files already on the Hub are skipped as unchanged, and an upload with nothing new
+makes no commit). Authentication and other 4xx errors are not retried.
+
+Timeouts. huggingface_hub sends the commit with no timeout at all, so a stalled server would hang the push forever;
+`timeout` bounds how long any single request may wait for the server (connect, read, write).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import time
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import HfApi, get_token, set_client_factory
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import _http as hub_http
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 300.0  # seconds without progress on one request; generous for large commits, finite for hangs
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+TRANSIENT_ERRORS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
+
+
+class HubPushError(RuntimeError):
+    """A push to the Hub failed; the message says the local output is intact and how to retry."""
+
+    def __init__(self, message: str, *, folder: Path, repo_id: str, retry_command: str, transient: bool):
+        super().__init__(message)
+        self.folder, self.repo_id, self.retry_command, self.transient = folder, repo_id, retry_command, transient
+
+
+def push_folder_to_hub(
+    folder,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload distilled DeiT with hf-deit",
+    revision: str | None = None,
+    endpoint: str | None = None,
+    retries: int = 2,
+    retry_wait: float = 2.0,
+    timeout: float | None = DEFAULT_TIMEOUT,
+) -> str:
+    """Create `repo_id` if needed and upload every file of `folder` in one commit; returns the commit URL.
+
+    Args:
+        folder: a folder written by `save_pretrained` (+ image processor + README.md card).
+        repo_id: "user/name" or "org/name".
+        token: a write token; defaults to `HF_TOKEN` or the token saved by `hf auth login`. Never printed.
+        private: create the repo private (ignored if it exists).
+        commit_message: the commit's summary.
+        revision: a branch to push to (created from main if missing); the default branch when None.
+        endpoint: the Hub's URL; defaults to `HF_ENDPOINT` or https://huggingface.co.
+        retries: further attempts after a transient failure (5xx, timeout, lost connection), waiting
+            `retry_wait`, then twice as long, and so on.
+        timeout: seconds one request may wait for the server; None keeps huggingface_hub's (unbounded) default.
+
+    Raises:
+        HubPushError: the push failed; the local folder was not modified.
+        FileNotFoundError: `folder` does not exist.
+    """
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Cannot push {folder} to the Hub: no such folder. Save the model there first.")
+    token = token or get_token()
+    api = HfApi(endpoint=endpoint, token=token)
+    retry_command = _retry_command(folder, repo_id, private=private, revision=revision)
+    for attempt in range(retries + 1):
+        try:
+            with _request_timeout(timeout):
+                api.create_repo(repo_id, private=private, exist_ok=True)
+                if revision is not None:
+                    api.create_branch(repo_id, branch=revision, exist_ok=True)
+                commit = api.upload_folder(
+                    repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision
+                )
+            return commit.commit_url
+        except Exception as error:
+            transient = _is_transient(error)
+            if transient and attempt < retries:
+                wait = retry_wait * 2**attempt
+                logger.warning(
+                    "Push of %s to %s failed (%s); retrying in %.0f s [%d/%d].",
+                    folder, repo_id, _redact(_describe(error), token), wait, attempt + 1, retries,
+                )  # fmt: skip
+                time.sleep(wait)
+                continue
+            raise _push_error(error, folder, repo_id, token, retry_command, transient, attempts=attempt + 1) from None
+    raise AssertionError("unreachable")
+
+
+def _push_error(error, folder, repo_id, token, retry_command, transient, attempts) -> HubPushError:
+    status = _status_code(error)
+    if status in (401, 403):
+        cause = (
+            f"the Hub rejected the token (HTTP {status}). Set HF_TOKEN to a token with write access to {repo_id} "
+            "(https://huggingface.co/settings/tokens) or run `hf auth login`."
+        )
+    elif transient:
+        cause = f"the Hub could not be reached or failed ({_describe(error)}) after {attempts} attempt(s)."
+    else:
+        cause = f"{_describe(error)}."
+    message = (
+        f"Pushing {folder} to the Hub repo {repo_id} failed: {cause}\n"
+        f"The local output is intact at {folder}; nothing there was changed. To retry the push, run:\n"
+        f"    {retry_command}\n"
+        f"or in Python: from hf_deit.hub import push_folder_to_hub; "
+        f"push_folder_to_hub({str(folder)!r}, {repo_id!r})"
+    )
+    error_out = HubPushError(_redact(message, token), folder=folder, repo_id=repo_id, retry_command=retry_command, transient=transient)
+    # Keep the original for callers that inspect it, but out of the traceback, which could print a URL or header.
+    error_out.original_error = error
+    return error_out
+
+
+def _retry_command(folder: Path, repo_id: str, *, private: bool, revision: str | None) -> str:
+    """The huggingface_hub CLI command that uploads the same folder (it reads the token from HF_TOKEN or the login)."""
+    command = ["hf", "upload", repo_id, str(folder), "."]
+    if revision is not None:
+        command += ["--revision", revision]
+    if private:
+        command.append("--private")
+    return shlex.join(command)
+
+
+def _is_transient(error: BaseException) -> bool:
+    for cause in _causes(error):
+        if isinstance(cause, TRANSIENT_ERRORS):
+            return True
+        if isinstance(cause, HfHubHTTPError) and _status_code(cause) in TRANSIENT_STATUS:
+            return True
+    return False
+
+
+def _status_code(error: BaseException) -> int | None:
+    for cause in _causes(error):
+        response = getattr(cause, "response", None)
+        if isinstance(cause, HfHubHTTPError) and response is not None:
+            return response.status_code
+    return None
+
+
+def _causes(error: BaseException):
+    """The error and what it wraps (huggingface_hub wraps LFS upload errors in a RuntimeError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _describe(error: BaseException) -> str:
+    root = list(_causes(error))[-1]
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    if root is not error:
+        root_line = (str(root).strip().splitlines() or [""])[0]
+        return f"{type(error).__name__}: {first_line} <- {type(root).__name__}: {root_line}"
+    return f"{type(error).__name__}: {first_line}"
+
+
+def _redact(text: str, token: str | None) -> str:
+    return text.replace(token, "hf_***") if token else text
+
+
+@contextlib.contextmanager
+def _request_timeout(seconds: float | None):
+    """Give every request of huggingface_hub's shared HTTP client a finite timeout for the duration of the push.
+
+    Done through huggingface_hub's public `set_client_factory`, wrapping whatever factory is installed (a user's
+    proxy settings stay); the previous factory is restored afterwards.
+    """
+    if seconds is None:
+        yield
+        return
+    previous = getattr(hub_http, "_GLOBAL_CLIENT_FACTORY", hub_http.default_client_factory)
+
+    def client_with_timeout() -> httpx2.Client:
+        client = previous()
+        client.timeout = httpx2.Timeout(seconds)
+        return client
+
+    set_client_factory(client_with_timeout)
+    try:
+        yield
+    finally:
+        set_client_factory(previous)
+
