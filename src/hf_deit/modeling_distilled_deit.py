@@ -107,7 +107,13 @@ class DistilledDeiTEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def interpolate_pos_encoding(self, grid_height: int, grid_width: int) -> torch.Tensor:
-        """Position embeddings for another patch grid: the patch rows resampled bicubically, the token rows kept."""
+        """Position embeddings for another patch grid: the patch rows resampled bicubically, the token rows kept.
+
+        Antialiased bicubic, as timm resamples DeiT position embeddings (its dynamic image size and checkpoint
+        loading), so that our outputs at another resolution match timm's. The original fine-tuning script and
+        transformers' DeiT use plain bicubic (a sharper kernel); the two differ by a few percent of the embedding
+        scale, which fine-tuning absorbs.
+        """
         if (grid_height, grid_width) == self.grid_size:
             return self.position_embeddings
         token_rows, patch_rows = self.position_embeddings[:, :2], self.position_embeddings[:, 2:]
@@ -115,7 +121,7 @@ class DistilledDeiTEmbeddings(nn.Module):
         patch_rows = patch_rows.reshape(1, *self.grid_size, dim).permute(0, 3, 1, 2)
         # Resample in float32: bicubic is not implemented for every low-precision dtype.
         patch_rows = F.interpolate(
-            patch_rows.float(), size=(grid_height, grid_width), mode="bicubic", align_corners=False
+            patch_rows.float(), size=(grid_height, grid_width), mode="bicubic", align_corners=False, antialias=True
         ).to(token_rows.dtype)
         patch_rows = patch_rows.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, dim)
         return torch.cat((token_rows, patch_rows), dim=1)
@@ -206,10 +212,12 @@ class DistilledDeiTMLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.activation_fn = ACT2FN[config.hidden_act]
+        # The original also drops after the activation (the block drops after fc2).
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+        return self.fc2(self.dropout(self.activation_fn(self.fc1(hidden_states))))
 
 
 class DistilledDeiTDropPath(nn.Module):
@@ -251,6 +259,13 @@ class DistilledDeiTLayer(GradientCheckpointingLayer):
         return hidden_states, weights
 
 
+# The Auto classes a saved folder serves, and the class of this module each one loads.
+_AUTO_CLASS_NAMES = {
+    "AutoModel": "DistilledDeiTModel",
+    "AutoModelForImageClassification": "DistilledDeiTForImageClassification",
+}
+
+
 class DistilledDeiTPreTrainedModel(PreTrainedModel):
     config_class = DistilledDeiTConfig
     config: DistilledDeiTConfig
@@ -265,6 +280,18 @@ class DistilledDeiTPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # The losses are per-batch means: the Trainer must not rescale them by the number of items.
     accepts_loss_kwargs = False
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers', but a folder saved from either model lists both in `auto_map`, so that `AutoModel` and
+        `AutoModelForImageClassification` load it with `trust_remote_code=True` (transformers records only the
+        class being saved)."""
+        if self._auto_class is not None:
+            module = type(self).__module__.split(".")[-1]
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            for auto_class, class_name in _AUTO_CLASS_NAMES.items():
+                auto_map.setdefault(auto_class, f"{module}.{class_name}")
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
