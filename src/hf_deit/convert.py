@@ -1,0 +1,530 @@
+"""Convert DeiT checkpoints from other implementations into a folder that `from_pretrained` loads.
+
+Supported sources, recognised from their keys:
+
+- ``timm``: timm DeiT/ViT state dicts and the original facebookresearch/deit `.pth` files (the same names:
+  ``cls_token, dist_token, pos_embed, patch_embed.proj, blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2},
+  norm, head, head_dist``), as `.pth`/`.bin` (weights at the top level or under ``"model"``/``"state_dict"``) or
+  `.safetensors`.
+- ``transformers-legacy``: transformers' DeiT folders as stored on the Hub (``deit.encoder.layer.N.attention.attention.
+  {query,key,value}``, ...), which is also what transformers 5.x ``save_pretrained`` writes; ``vit.``-prefixed ViT
+  checkpoints (the non-distilled DeiTs on the Hub) as well.
+- ``transformers``: transformers 5.x in-memory names (``deit.layers.N.attention.{q,k,v,o}_proj``, ``mlp.fc1``, ...).
+- ``hf-deit``: a folder or file already in our layout passes through, so that an old folder gets fresh code and a
+  preprocessing config (and overrides such as new labels).
+
+Numerics: the converted model reproduces the source's logits. For timm/facebook sources that means layer-norm eps
+1e-6 (what they use); for transformers sources the eps of their config.json is kept, even transformers' default 1e-12,
+because that is what their implementation computes with (a warning says so, and how to choose 1e-6 instead).
+
+A checkpoint without a distillation token (a plain DeiT/ViT) gets one: the dist token, its position row and the
+distillation head are copies of the cls ones. The new token takes part in attention, so the converted model's
+predictions are close to, not identical with, the source's until it is fine-tuned (a warning says so).
+
+Loading never runs pickled code: safetensors, or `torch.load(weights_only=True)`, which refuses any pickle that
+would call arbitrary functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from .configuration_distilled_deit import DistilledDeiTConfig, _pair
+from .image_processing import deit_image_processor
+from .modeling_distilled_deit import DistilledDeiTEmbeddings, DistilledDeiTForImageClassification
+
+LAYOUTS = ("timm", "transformers-legacy", "transformers", "hf-deit")
+
+# DeiT's sizes all use 64-dimensional heads; other widths need the head count from a config or the user.
+HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12}
+TIMM_LAYER_NORM_EPS = 1e-6
+
+# Files tried, in order, inside a checkpoint folder.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# Where training checkpoints keep the weights (facebook: "model"; timm's train.py: "state_dict").
+NESTED_STATE_DICT_KEYS = ("model", "state_dict")
+
+# Config fields that the weights determine: an override that disagrees with them is an error, not a change.
+WEIGHT_DETERMINED = ("hidden_size", "num_hidden_layers", "intermediate_size", "patch_size", "num_channels", "qkv_bias")
+# Fields taken from a transformers (or hf-deit) config.json when the source has one.
+SOURCE_CONFIG_FIELDS = ("num_attention_heads", "layer_norm_eps", "hidden_act", "image_size", "id2label")
+HF_DEIT_EXTRA_FIELDS = (
+    "drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
+)
+
+
+class CheckpointConversionError(ValueError):
+    """The checkpoint cannot be converted; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.name.endswith(".index.json"):  # sharded: {"weight_map": {key: shard_file}}
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        state_dict = {}
+        for shard in shards:
+            state_dict.update(_load_weights_file(path.parent / shard))
+        return state_dict
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointConversionError(
+            f"Refusing to load {path}: it is a pickle that contains code or objects other than tensors and plain "
+            f"containers, and unpickling it could run that code. Only load files you trust; convert a trusted file to "
+            f"a plain state dict (torch.save(model.state_dict(), ...)) or to safetensors first. ({error})"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise CheckpointConversionError(f"{path} holds a {type(loaded).__name__}, not a state dict.")
+    for key in NESTED_STATE_DICT_KEYS:
+        if isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+
+def load_checkpoint(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The weights of a checkpoint file or folder, and its config.json as a dict (None when there is none)."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise CheckpointConversionError(f"Checkpoint {path} does not exist.")
+    source_config = None
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            source_config = json.loads((path / "config.json").read_text())
+        weights = next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
+        if weights is None:
+            raise CheckpointConversionError(
+                f"No weights in {path}: expected one of {', '.join(WEIGHT_FILES)}; or pass the weights file itself."
+            )
+        path = weights
+    state_dict = _load_weights_file(path)
+    # Checkpoints saved from DistributedDataParallel or torch.compile carry a wrapper prefix on every key.
+    for prefix in ("module.", "_orig_mod."):
+        if state_dict and all(key.startswith(prefix) for key in state_dict):
+            state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
+    return state_dict, source_config
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Renaming: each layout is a table of (source pattern, our name); query/key/value parts are fused afterwards.
+
+_TIMM_RULES = [
+    (r"cls_token", "deit.embeddings.cls_token"),
+    (r"dist_token", "deit.embeddings.distillation_token"),
+    (r"pos_embed", "deit.embeddings.position_embeddings"),
+    (r"patch_embed\.proj\.(weight|bias)", r"deit.embeddings.patch_embeddings.projection.\1"),
+    (r"blocks\.(\d+)\.norm1\.(weight|bias)", r"deit.layers.\1.layernorm_before.\2"),
+    (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"deit.layers.\1.attention.qkv.\2"),
+    (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"deit.layers.\1.attention.o_proj.\2"),
+    (r"blocks\.(\d+)\.norm2\.(weight|bias)", r"deit.layers.\1.layernorm_after.\2"),
+    (r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"deit.layers.\1.mlp.\2.\3"),
+    (r"norm\.(weight|bias)", r"deit.layernorm.\1"),
+    (r"head\.(weight|bias)", r"cls_classifier.\1"),
+    (r"head_dist\.(weight|bias)", r"distillation_classifier.\1"),
+]
+# `P` is the backbone prefix: "deit" (DeiT) or "vit" (ViT, the Hub's non-distilled DeiTs).
+_TRANSFORMERS_SHARED_RULES = [
+    (r"P\.embeddings\.(cls_token|distillation_token|position_embeddings)", r"deit.embeddings.\1"),
+    (r"P\.embeddings\.patch_embeddings\.projection\.(weight|bias)", r"deit.embeddings.patch_embeddings.projection.\1"),
+    (r"P\.layernorm\.(weight|bias)", r"deit.layernorm.\1"),
+    (r"(cls_classifier|distillation_classifier)\.(weight|bias)", r"\1.\2"),
+    # DeiTForImageClassification / ViTForImageClassification: one head, on the cls token.
+    (r"classifier\.(weight|bias)", r"cls_classifier.\1"),
+]
+_TRANSFORMERS_LEGACY_RULES = _TRANSFORMERS_SHARED_RULES + [
+    (r"P\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)", r"deit.layers.\1.\2.\3"),
+    (r"P\.encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"deit.layers.\1.attention.o_proj.\2"),
+    (r"P\.encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"deit.layers.\1.mlp.fc1.\2"),
+    (r"P\.encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"deit.layers.\1.mlp.fc2.\2"),
+    (r"P\.encoder\.layer\.(\d+)\.(layernorm_before|layernorm_after)\.(weight|bias)", r"deit.layers.\1.\2.\3"),
+]
+_TRANSFORMERS_RULES = _TRANSFORMERS_SHARED_RULES + [
+    (r"P\.layers\.(\d+)\.attention\.(q|k|v)_proj\.(weight|bias)", r"deit.layers.\1.\2.\3"),
+    (r"P\.layers\.(\d+)\.attention\.o_proj\.(weight|bias)", r"deit.layers.\1.attention.o_proj.\2"),
+    (r"P\.layers\.(\d+)\.(mlp\.fc1|mlp\.fc2|layernorm_before|layernorm_after)\.(weight|bias)", r"deit.layers.\1.\2.\3"),
+]
+# Marks the separate query/key/value parts produced by the rules above: "deit.layers.N.<part>.<weight|bias>".
+_QKV_PART = re.compile(r"deit\.layers\.(\d+)\.(query|key|value|q|k|v)\.(weight|bias)")
+_QKV_ORDER = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
+
+
+def _transformers_prefix(state_dict: dict) -> str:
+    return "vit" if any(key.startswith("vit.") for key in state_dict) else "deit"
+
+
+def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
+    """Which of `LAYOUTS` the keys follow; raises `CheckpointConversionError` with examples when none."""
+    keys = set(state_dict)
+    if "patch_embed.proj.weight" in keys and any(key.startswith("blocks.") for key in keys):
+        return "timm"
+    if any(re.match(r"deit\.layers\.\d+\.attention\.qkv\.", key) for key in keys):
+        return "hf-deit"
+    if any(re.match(r"(deit|vit)\.encoder\.layer\.\d+\.", key) for key in keys):
+        return "transformers-legacy"
+    if any(re.match(r"(deit|vit)\.layers\.\d+\.attention\.q_proj\.", key) for key in keys):
+        return "transformers"
+    examples = ", ".join(sorted(keys)[:8]) or "(no tensors)"
+    raise CheckpointConversionError(
+        f"Unrecognised checkpoint layout; keys seen include: {examples}. Supported layouts: timm / facebook DeiT "
+        "(patch_embed.proj.weight, blocks.N.attn.qkv...), transformers DeiT legacy (deit.encoder.layer.N.attention."
+        "attention.query...), transformers 5.x (deit.layers.N.attention.q_proj...), and hf-deit itself "
+        "(deit.layers.N.attention.qkv...). For a backbone saved without its classification model wrapper, load it "
+        "into the full model class and save that."
+    )
+
+
+def _rename(state_dict: dict[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    compiled = [(re.compile(pattern), replacement) for pattern, replacement in rules]
+    renamed, unknown = {}, []
+    for key, tensor in state_dict.items():
+        for pattern, replacement in compiled:
+            if pattern.fullmatch(key):
+                renamed[pattern.sub(replacement, key)] = tensor
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointConversionError(
+            f"{len(unknown)} weights have no place in a distilled DeiT: {', '.join(sorted(unknown)[:8])}. They belong to "
+            "a variant this converter does not support (e.g. layer scale, q/k norm, a pooler or a mask token)."
+        )
+    return renamed
+
+
+def _fuse_qkv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Concatenate separate query, key and value projections into our fused `qkv` (rows ordered q; k; v)."""
+    fused, parts = {}, {}
+    for key, tensor in state_dict.items():
+        match = _QKV_PART.fullmatch(key)
+        if match is None:
+            fused[key] = tensor
+        else:
+            layer, part, kind = match.groups()
+            parts.setdefault((layer, kind), [None, None, None])[_QKV_ORDER[part]] = tensor
+    for (layer, kind), (query, key, value) in parts.items():
+        if query is None or key is None or value is None:
+            raise CheckpointConversionError(f"Layer {layer} lacks one of its query/key/value {kind} tensors.")
+        fused[f"deit.layers.{layer}.attention.qkv.{kind}"] = torch.cat((query, key, value), dim=0)
+    return fused
+
+
+def to_hf_deit_keys(state_dict: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """Rename (and fuse) a state dict of the given layout into our keys, without changing any value."""
+    if layout == "hf-deit":
+        return dict(state_dict)
+    if layout == "timm":
+        return _rename(state_dict, _TIMM_RULES)
+    rules = _TRANSFORMERS_LEGACY_RULES if layout == "transformers-legacy" else _TRANSFORMERS_RULES
+    prefix = _transformers_prefix(state_dict)
+    rules = [(pattern.replace("P", prefix, 1) if pattern.startswith("P") else pattern, rep) for pattern, rep in rules]
+    return _fuse_qkv(_rename(state_dict, rules))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config inference and the tensor edits some sources need
+
+
+def _square_grid(num_positions: int, image_size, patch_size: tuple[int, int]) -> tuple[int, int]:
+    if image_size is not None:
+        image_h, image_w = _pair(image_size)
+        return image_h // patch_size[0], image_w // patch_size[1]
+    side = math.isqrt(num_positions)
+    if side * side != num_positions:
+        raise CheckpointConversionError(
+            f"The checkpoint has {num_positions} patch positions, not a square grid; pass image_size (e.g. "
+            f"--image_size H W) so that its grid can be known."
+        )
+    return side, side
+
+
+@torch.no_grad()
+def _resample_position_embeddings(
+    position_embeddings: torch.Tensor, patch_size: tuple[int, int], old_grid: tuple[int, int], new_grid: tuple[int, int]
+) -> torch.Tensor:
+    """The patch rows resampled to another grid, the two token rows kept, by the model's own
+    `interpolate_pos_encoding`: a converted model at the new size then equals the source model run there with
+    `interpolate_pos_encoding=True`."""
+    geometry = DistilledDeiTConfig(
+        hidden_size=position_embeddings.shape[-1], num_hidden_layers=1, num_attention_heads=1,
+        patch_size=list(patch_size), image_size=[old_grid[0] * patch_size[0], old_grid[1] * patch_size[1]],
+    )
+    embeddings = DistilledDeiTEmbeddings(geometry)
+    embeddings.position_embeddings.copy_(position_embeddings)
+    return embeddings.interpolate_pos_encoding(*new_grid).detach().clone()
+
+
+def _add_distillation_token(state_dict: dict[str, torch.Tensor]) -> None:
+    """A checkpoint without a dist token or head gets them as copies of the cls ones, and a warning that says what
+    this means for its predictions."""
+    embeddings = "deit.embeddings."
+    added_token = embeddings + "distillation_token" not in state_dict
+    added_head = "cls_classifier.weight" in state_dict and "distillation_classifier.weight" not in state_dict
+    if added_token:
+        position_embeddings = state_dict[embeddings + "position_embeddings"]
+        state_dict[embeddings + "distillation_token"] = state_dict[embeddings + "cls_token"].clone()
+        state_dict[embeddings + "position_embeddings"] = torch.cat(
+            (position_embeddings[:, :1], position_embeddings[:, :1], position_embeddings[:, 1:]), dim=1
+        )
+    if added_head:
+        for kind in ("weight", "bias"):
+            state_dict[f"distillation_classifier.{kind}"] = state_dict[f"cls_classifier.{kind}"].clone()
+    if added_token:
+        # The copy evolves exactly like the cls token, but doubles the cls token's share of every attention.
+        warnings.warn(
+            "The checkpoint is not distilled: added a distillation token, its position embedding and a distillation "
+            "head, copied from the cls ones. The extra token takes part in attention, so predictions are close to, "
+            "not identical with, the source model's until the converted model is fine-tuned (e.g. with distillation).",
+            stacklevel=3,
+        )
+    elif added_head:
+        warnings.warn(
+            "The checkpoint has a distillation token but one classification head: the distillation head starts as a "
+            "copy of it. `cls_logits` are the source's logits; `logits` (the average of both heads) differ from them "
+            "until the model is fine-tuned.",
+            stacklevel=3,
+        )
+
+
+def _infer_config_fields(state_dict: dict[str, torch.Tensor]) -> dict:
+    """Everything the weights themselves say about the architecture (our keys, dist token already present)."""
+    patch_weight = state_dict["deit.embeddings.patch_embeddings.projection.weight"]
+    depth = 1 + max(int(m.group(1)) for key in state_dict if (m := re.match(r"deit\.layers\.(\d+)\.", key)))
+    patch_h, patch_w = patch_weight.shape[2:]
+    fields = dict(
+        hidden_size=patch_weight.shape[0],
+        num_channels=patch_weight.shape[1],
+        patch_size=patch_h if patch_h == patch_w else [patch_h, patch_w],
+        num_hidden_layers=depth,
+        intermediate_size=state_dict["deit.layers.0.mlp.fc1.weight"].shape[0],
+        qkv_bias="deit.layers.0.attention.qkv.bias" in state_dict,
+    )
+    if "cls_classifier.weight" in state_dict:
+        fields["num_labels"] = state_dict["cls_classifier.weight"].shape[0]
+    return fields
+
+
+def _labels(id2label) -> dict[int, str]:
+    """`id2label` with int keys, from a dict (keys may be strings, as in JSON) or a list of names."""
+    if isinstance(id2label, (list, tuple)):
+        return {index: str(name) for index, name in enumerate(id2label)}
+    return {int(index): str(name) for index, name in id2label.items()}
+
+
+def _check_weight_determined(fields: dict, overrides: dict) -> None:
+    """Sizes the weights fix cannot be overridden; a disagreeing override is a mistake worth naming."""
+    for name in WEIGHT_DETERMINED:
+        given = overrides.pop(name, None)
+        if given is None:
+            continue
+        found = fields[name]
+        same = _pair(given) == _pair(found) if name == "patch_size" else given == found
+        if not same:
+            raise CheckpointConversionError(
+                f"{name}={given!r} was given, but the checkpoint's weights have {name}={found!r}; "
+                "drop the option (it is read from the weights)."
+            )
+
+
+def _resolve_geometry(ours: dict[str, torch.Tensor], fields: dict, image_size) -> None:
+    """Set `fields["image_size"]` to the size the position embeddings were made for, or resample them to
+    `image_size` when that asks for another patch grid."""
+    patch_size = _pair(fields["patch_size"])
+    key = "deit.embeddings.position_embeddings"
+    num_positions = ours[key].shape[1] - 2
+    trained_size = fields.get("image_size")
+    if trained_size is None and math.isqrt(num_positions) ** 2 != num_positions:
+        trained_size = image_size  # a non-square grid: the user's size says its shape
+    if trained_size is None:
+        side = math.isqrt(num_positions)
+        trained_grid = (side, side)
+    else:
+        trained_h, trained_w = _pair(trained_size)
+        trained_grid = (trained_h // patch_size[0], trained_w // patch_size[1])
+    if trained_grid[0] * trained_grid[1] != num_positions:
+        raise CheckpointConversionError(
+            f"The checkpoint has {num_positions} patch positions, which is not the {trained_grid[0]}x{trained_grid[1]} "
+            f"grid of image size {trained_size!r} in patches of {patch_size}"
+            + (" (not a square grid either)" if math.isqrt(num_positions) ** 2 != num_positions else "")
+            + "; pass the image size the checkpoint was trained at (--image_size H W)."
+        )
+    grid = trained_grid
+    if image_size is not None:
+        image_h, image_w = _pair(image_size)
+        if image_h % patch_size[0] or image_w % patch_size[1]:
+            raise CheckpointConversionError(
+                f"image_size {image_size!r} is not a multiple of the checkpoint's patch size {patch_size}."
+            )
+        grid = (image_h // patch_size[0], image_w // patch_size[1])
+        if grid != trained_grid:
+            ours[key] = _resample_position_embeddings(ours[key], patch_size, trained_grid, grid)
+            warnings.warn(
+                f"Resampled the position embeddings from a {trained_grid} to a {grid} patch grid (as the model's "
+                "interpolate_pos_encoding, the token rows kept); fine-tune at the new resolution for best accuracy.",
+                stacklevel=3,
+            )
+    image_h, image_w = grid[0] * patch_size[0], grid[1] * patch_size[1]
+    fields["image_size"] = image_h if image_h == image_w else [image_h, image_w]
+
+
+def _resolve_heads(fields: dict) -> None:
+    if "num_attention_heads" in fields:
+        return
+    width = fields["hidden_size"]
+    if width not in HEADS_BY_WIDTH:
+        raise CheckpointConversionError(
+            f"The number of attention heads cannot be read from the weights, and hidden size {width} is none of "
+            f"DeiT's ({', '.join(f'{d}: {h} heads' for d, h in HEADS_BY_WIDTH.items())}); pass num_attention_heads "
+            "(--num_attention_heads N)."
+        )
+    fields["num_attention_heads"] = HEADS_BY_WIDTH[width]
+
+
+def _resolve_labels(ours: dict[str, torch.Tensor], fields: dict, num_labels: int | None, id2label) -> None:
+    """Keep the checkpoint's classes and labels, or replace them: another class count means new heads."""
+    if id2label is not None:
+        id2label = _labels(id2label)
+        if num_labels is not None and num_labels != len(id2label):
+            raise CheckpointConversionError(
+                f"id2label has {len(id2label)} labels but num_labels is {num_labels}; give one label per class."
+            )
+        num_labels = len(id2label)
+    checkpoint_labels = fields.pop("num_labels", None)
+    if num_labels is None and checkpoint_labels is None:
+        raise CheckpointConversionError(
+            "The checkpoint has no classification head; pass num_labels (--num_labels N) to add freshly initialised "
+            "heads."
+        )
+    if num_labels is not None and num_labels != checkpoint_labels:
+        for key in [key for key in ours if key.split(".")[0] in ("cls_classifier", "distillation_classifier")]:
+            del ours[key]
+        if checkpoint_labels is not None:
+            warnings.warn(
+                f"num_labels={num_labels} differs from the checkpoint's {checkpoint_labels} classes: both heads are "
+                "freshly initialised; fine-tune before use.",
+                stacklevel=3,
+            )
+        fields.pop("id2label", None)
+        fields.pop("label2id", None)
+    if id2label is not None:
+        fields["id2label"] = id2label
+    elif fields.get("id2label") is not None:
+        fields["id2label"] = _labels(fields["id2label"])
+    if fields.get("id2label") is None:
+        fields["num_labels"] = num_labels if num_labels is not None else checkpoint_labels
+    else:
+        # PretrainedConfig derives num_labels from id2label; label2id is rebuilt so both always agree.
+        fields["label2id"] = {name: index for index, name in fields["id2label"].items()}
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor], source_config: dict | None = None, **overrides
+) -> tuple[dict[str, torch.Tensor], DistilledDeiTConfig, str]:
+    """Map a foreign DeiT state dict onto our keys and infer the config that fits it.
+
+    Args:
+        state_dict: weights in any of `LAYOUTS` (see `detect_layout`).
+        source_config: the source's config.json as a dict, if it has one (heads, layer-norm eps, labels).
+        overrides: `DistilledDeiTConfig` fields (None means "not given"). Fields the weights fix (`hidden_size`,
+            `num_hidden_layers`, `intermediate_size`, `patch_size`, `num_channels`, `qkv_bias`) are checked against
+            them. An `image_size` with another patch grid resamples the position embeddings. A `num_labels` other
+            than the checkpoint's gives freshly initialised heads. `id2label` (dict or list of names) sets the labels.
+            Anything else (`num_attention_heads`, `layer_norm_eps`, `drop_path_rate`, ...) is set as given.
+
+    Returns:
+        (our state dict, the config, the detected layout). The state dict lacks the two heads when they are to be
+        freshly initialised.
+    """
+    layout = detect_layout(state_dict)
+    ours = to_hf_deit_keys(state_dict, layout)
+    source_config = source_config or {}
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    _add_distillation_token(ours)
+
+    fields = _infer_config_fields(ours)
+    _check_weight_determined(fields, overrides)
+    # What only a config can say (heads, eps, activation, labels): transformers and hf-deit folders have one.
+    if layout == "timm":
+        fields["layer_norm_eps"] = TIMM_LAYER_NORM_EPS
+    else:
+        copied = SOURCE_CONFIG_FIELDS + (HF_DEIT_EXTRA_FIELDS if layout == "hf-deit" else ())
+        fields.update({name: source_config[name] for name in copied if name in source_config})
+        if fields.get("layer_norm_eps") == 1e-12 and "layer_norm_eps" not in overrides:
+            warnings.warn(
+                "The source config has layer_norm_eps=1e-12 (transformers' DeiTConfig default): kept, so that the "
+                "converted model reproduces the source's logits. The original DeiT weights were trained with 1e-6; "
+                "pass layer_norm_eps=1e-6 (--layer_norm_eps 1e-6) to match the original implementation instead.",
+                stacklevel=2,
+            )
+
+    _resolve_geometry(ours, fields, overrides.pop("image_size", None))
+    _resolve_labels(ours, fields, overrides.pop("num_labels", None), overrides.pop("id2label", None))
+    fields.update(overrides)
+    _resolve_heads(fields)
+    try:
+        config = DistilledDeiTConfig(**fields)
+    except ValueError as error:
+        raise CheckpointConversionError(f"The inferred configuration is invalid: {error}") from None
+    return ours, config, layout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end
+
+
+def _image_processor_for(config: DistilledDeiTConfig):
+    image_h, image_w = _pair(config.image_size)
+    processor = deit_image_processor(max(image_h, image_w))
+    if image_h != image_w:  # crop to the model's (non-square) input; resize so that the crop fits
+        processor.crop_size = {"height": image_h, "width": image_w}
+    return processor
+
+
+def convert_checkpoint(
+    checkpoint: str | Path, output_dir: str | Path | None = None, **overrides
+) -> DistilledDeiTForImageClassification:
+    """Convert a DeiT checkpoint (file or folder) into a `DistilledDeiTForImageClassification`.
+
+    When `output_dir` is given, writes there the model (safetensors, config with `auto_map`, the model code for
+    `trust_remote_code=True`) and the DeiT evaluation preprocessing config, so that `from_pretrained(output_dir)`
+    and `pipeline("image-classification", model=output_dir)` work. `overrides` as in `convert_state_dict`.
+    """
+    state_dict, source_config = load_checkpoint(checkpoint)
+    ours, config, _ = convert_state_dict(state_dict, source_config, **overrides)
+    model = DistilledDeiTForImageClassification(config)
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    freshly_initialised = {key for key in missing if key.split(".")[0] in ("cls_classifier", "distillation_classifier")}
+    if unexpected or set(missing) - freshly_initialised:
+        raise CheckpointConversionError(
+            f"Converted weights do not fit the model: missing {sorted(set(missing) - freshly_initialised)[:8]}, "
+            f"unexpected {sorted(unexpected)[:8]}."
+        )
+    model.eval()
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+        _image_processor_for(config).save_pretrained(output_dir)
+    return model
+
+
+__all__ = [
+    "LAYOUTS",
+    "CheckpointConversionError",
+    "convert_checkpoint",
+    "convert_state_dict",
+    "detect_layout",
+    "load_checkpoint",
+    "to_hf_deit_keys",
+]
