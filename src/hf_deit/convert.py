@@ -238,19 +238,6 @@ def to_hf_deit_keys(state_dict: dict[str, torch.Tensor], layout: str) -> dict[st
 # Config inference and the tensor edits some sources need
 
 
-def _square_grid(num_positions: int, image_size, patch_size: tuple[int, int]) -> tuple[int, int]:
-    if image_size is not None:
-        image_h, image_w = _pair(image_size)
-        return image_h // patch_size[0], image_w // patch_size[1]
-    side = math.isqrt(num_positions)
-    if side * side != num_positions:
-        raise CheckpointConversionError(
-            f"The checkpoint has {num_positions} patch positions, not a square grid; pass image_size (e.g. "
-            f"--image_size H W) so that its grid can be known."
-        )
-    return side, side
-
-
 @torch.no_grad()
 def _resample_position_embeddings(
     position_embeddings: torch.Tensor, patch_size: tuple[int, int], old_grid: tuple[int, int], new_grid: tuple[int, int]
