@@ -247,6 +247,14 @@ def test_loss_is_the_mean_of_both_heads_cross_entropy(tiny_model, pixel_values):
     assert tiny_model.distillation_classifier.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_integer_labels_of_any_width_are_accepted(tiny_model, pixel_values, dtype):
+    with torch.no_grad():
+        loss = tiny_model(pixel_values, labels=torch.tensor([3, 0], dtype=dtype)).loss
+        expected = tiny_model(pixel_values, labels=torch.tensor([3, 0])).loss
+    torch.testing.assert_close(loss, expected)
+
+
 def test_soft_labels_are_supported(tiny_model, pixel_values):
     soft = torch.tensor([[0.7, 0.3, 0.0, 0.0, 0.0], [0.1, 0.1, 0.2, 0.2, 0.4]])
     with torch.no_grad():
@@ -439,7 +447,7 @@ def test_bfloat16_weights_accept_float_pixels(tiny_model, pixel_values):
 
 @pytest.mark.slow
 def test_torch_compile_forward(tiny_model, pixel_values):
-    """About 55 s on the shared 2-core CPU (inductor builds C++ kernels); much faster on a warm cache."""
+    """40-55 s on the shared 2-core CPU (inductor builds C++ kernels); much faster with a warm compile cache."""
     with torch.no_grad():
         expected = tiny_model(pixel_values).logits
         start = time.perf_counter()
@@ -590,10 +598,11 @@ def test_image_processor_is_deits_evaluation_transform():
     ])(image)
     processed = deit_image_processor(224)(image, return_tensors="pt").pixel_values[0]
     assert processed.shape == reference.shape == (3, 224, 224)
-    # PIL's and torch's bicubic resizes differ by a grey level here and there; the crop must be the same window.
+    # Both resize with PIL here; rounding differs by a grey level at a few pixels (measured: mean 5e-5, max 0.034
+    # after normalisation). A square resize instead of the shortest edge gives a mean difference of 0.5.
     difference = (processed - reference).abs()
-    assert difference.mean() < 0.01
-    assert difference.max() < 0.1
+    assert difference.mean() < 1e-3
+    assert difference.max() < 0.05
 
 
 def test_saved_image_processor_loads_with_auto(saved_model):

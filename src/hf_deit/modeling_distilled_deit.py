@@ -394,7 +394,8 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy with class indices, or with per-class probabilities (mixup/cutmix targets)."""
     if labels.is_floating_point() and labels.ndim == logits.ndim:
         return torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-    return F.cross_entropy(logits.float(), labels)
+    # Labels often arrive as int32 (numpy, some datasets); cross_entropy accepts only int64 class indices.
+    return F.cross_entropy(logits.float(), labels.long())
 
 
 class DistilledDeiTForImageClassification(DistilledDeiTPreTrainedModel):
