@@ -1,0 +1,280 @@
+"""`DistillationTrainer`: transformers' `Trainer` with DeiT's teacher and loss, and per-head evaluation metrics."""
+
+import os
+import re
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import EvalPrediction, Trainer
+
+from .losses import DistillationLoss, DistillationType
+from .teacher import TeacherInputAdapter, TeacherLogits, check_label_space, load_teacher, teacher_preprocessing
+
+# The paper's recipe: no weight decay on the class/distillation tokens and position embeddings (Trainer's default
+# already spares biases and norm weights).
+_NO_DECAY_PARAMETER = re.compile(r"(?:^|\.)(cls_token|distillation_token|dist_token|position_embeddings|pos_embed)$")
+_NOT_EVAL_RESULTS = re.compile(r"(runtime|per_second|epoch|step)$")
+
+
+class DistillationTrainer(Trainer):
+    """Trains a distilled DeiT (any model whose output has `cls_logits` and `distillation_logits`) from labels and a
+    teacher, as DeiT's `DistillationLoss` does.
+
+    Args (beyond `Trainer`'s):
+        teacher: an image classifier as a module, a local folder or a Hub id (see `hf_deit.teacher.load_teacher`).
+            Optional for `distillation_type="none"`; when given there it is used for evaluation metrics only.
+        distillation_type: `"none"`, `"soft"` or `"hard"` (see `hf_deit.losses`).
+        distillation_alpha, distillation_tau, label_smoothing: the loss's weights (paper: 0.5, 1.0, 0.1).
+        student_mean, student_std: the normalisation of the student's batches; read from `processing_class` when
+            not given. Needed to re-normalise the batch for a teacher trained with another normalisation.
+        teacher_processor: the teacher's image processor, when not saved beside the teacher.
+        trust_remote_code: passed on when the teacher is loaded by name.
+
+    The teacher stays in eval mode without gradients on the accelerator's device, runs under the accelerator's
+    autocast, and is never handed to `accelerator.prepare` (DDP would reject a module without trainable parameters,
+    and it needs no gradient synchronisation).
+    """
+
+    # `compute_loss` returns a per-batch mean; Trainer divides it by the accumulation steps itself.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args=None,
+        *trainer_args,
+        teacher: "str | nn.Module | None" = None,
+        distillation_type: DistillationType = "hard",
+        distillation_alpha: float = 0.5,
+        distillation_tau: float = 1.0,
+        label_smoothing: float = 0.1,
+        student_mean=None,
+        student_std=None,
+        teacher_processor=None,
+        trust_remote_code: bool = False,
+        **trainer_kwargs,
+    ):
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        self.distillation_loss = DistillationLoss(distillation_type, distillation_alpha, distillation_tau, label_smoothing)
+        if teacher is None and self.distillation_loss.needs_teacher:
+            raise ValueError(f"distillation_type={distillation_type!r} needs a teacher: pass `teacher=` (a model, "
+                             "a folder or a Hub id), or use distillation_type='none'.")
+        self.teacher = None
+        self.teacher_name = None
+        self.teacher_label_order = None
+        self._loss_terms_sum = None  # running sums of (loss_cls, loss_distillation) since the last log
+        self._loss_terms_count = 0
+        if teacher is not None:
+            self._set_teacher(teacher, student_mean, student_std, teacher_processor, trust_remote_code)
+
+    def _set_teacher(self, teacher, student_mean, student_std, teacher_processor, trust_remote_code) -> None:
+        module = load_teacher(teacher, trust_remote_code=trust_remote_code)
+        teacher_config = getattr(module, "config", None)
+        self.teacher_name = teacher if isinstance(teacher, str) else getattr(teacher_config, "_name_or_path", None)
+        self.teacher_name = self.teacher_name or type(module).__name__
+        student_config = self.model.config
+        if teacher_config is not None and hasattr(teacher_config, "id2label"):
+            self.teacher_label_order = check_label_space(student_config, teacher_config)
+        if student_mean is None or student_std is None:
+            processor = getattr(self, "processing_class", None)
+            student_mean = getattr(processor, "image_mean", None) if student_mean is None else student_mean
+            student_std = getattr(processor, "image_std", None) if student_std is None else student_std
+        expected = teacher_preprocessing(teacher if isinstance(teacher, str) else module, teacher_processor)
+        if expected.num_channels is None and teacher_config is not None:
+            expected.num_channels = getattr(teacher_config, "num_channels", None)
+        student_channels = getattr(student_config, "num_channels", None)
+        if expected.num_channels is not None and student_channels is not None and expected.num_channels != student_channels:
+            raise ValueError(
+                f"The teacher expects {expected.num_channels}-channel images, the student {student_channels}. "
+                "Use a teacher trained on the same kind of images."
+            )
+        device = self.accelerator.device
+        self.teacher_input = TeacherInputAdapter.from_preprocessing(expected, student_mean, student_std).to(device)
+        self.teacher = TeacherLogits(module).to(device).eval().requires_grad_(False)
+        if self.teacher_label_order is not None:
+            self.teacher_label_order = self.teacher_label_order.to(device)
+
+    # ---- forward passes and loss ----
+
+    @torch.no_grad()
+    def teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for the student's batch, in the student's class order."""
+        if self.teacher.training:  # nothing should switch it, but a stray `.train()` must not change its outputs
+            self.teacher.eval()
+        with self.accelerator.autocast():
+            logits = self.teacher(self.teacher_input(pixel_values))
+        if self.teacher_label_order is not None:
+            logits = logits.index_select(1, self.teacher_label_order)
+        return logits
+
+    def _forward(self, model, inputs, with_teacher: bool):
+        student_inputs = {name: value for name, value in inputs.items() if name != "labels"}
+        outputs = model(**student_inputs)
+        if getattr(outputs, "distillation_logits", None) is None:
+            raise ValueError(
+                f"{type(model).__name__} returned no `distillation_logits`: DistillationTrainer trains models with a "
+                "class head and a distillation head, such as DistilledDeiTForImageClassification."
+            )
+        teacher_logits = self.teacher_logits(inputs["pixel_values"]) if with_teacher else None
+        if teacher_logits is not None and teacher_logits.shape[-1] != outputs.logits.shape[-1]:
+            raise ValueError(
+                f"The teacher returned {teacher_logits.shape[-1]} logits per image, the student "
+                f"{outputs.logits.shape[-1]}: they must predict the same classes."
+            )
+        return outputs, teacher_logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # The teacher runs only when the loss uses it, or in evaluation (for agreement metrics) when there is one.
+        with_teacher = self.teacher is not None and (self.distillation_loss.needs_teacher or not model.training)
+        outputs, teacher_logits = self._forward(model, inputs, with_teacher)
+        terms = self.distillation_loss(outputs.cls_logits, outputs.distillation_logits, inputs["labels"], teacher_logits)
+        if model.training:
+            # Summed on the device and read once per logging window: no host sync per step.
+            step_terms = torch.stack((terms.cls.detach(), terms.distillation.detach()))
+            self._loss_terms_sum = step_terms if self._loss_terms_sum is None else self._loss_terms_sum + step_terms
+            self._loss_terms_count += 1
+        if return_outputs:
+            return terms.loss, self._prediction_outputs(outputs, teacher_logits)
+        return terms.loss
+
+    @staticmethod
+    def _prediction_outputs(outputs, teacher_logits) -> tuple[torch.Tensor, ...]:
+        predictions = (outputs.logits, outputs.cls_logits, outputs.distillation_logits)
+        return predictions if teacher_logits is None else (*predictions, teacher_logits)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Returns `(loss, (logits, cls_logits, distillation_logits[, teacher_logits]), labels)`: the tuple that
+        `make_compute_metrics` reads."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        with torch.no_grad(), self.compute_loss_context_manager():
+            if labels is not None:
+                loss, predictions = self.compute_loss(model, inputs, return_outputs=True)
+                loss = loss.detach()
+            else:
+                loss = None
+                predictions = self._prediction_outputs(*self._forward(model, inputs, self.teacher is not None))
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, tuple(p.detach() for p in predictions), labels
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Training logs (those with "loss") get the mean loss terms over the same window, averaged over processes.
+        if "loss" in logs and self._loss_terms_count:
+            mean_terms = self._loss_terms_sum / self._loss_terms_count
+            if self.accelerator.num_processes > 1:
+                mean_terms = self.accelerator.reduce(mean_terms, reduction="mean")
+            logs["loss_cls"], logs["loss_distillation"] = (round(value, 4) for value in mean_terms.tolist())
+            self._loss_terms_sum, self._loss_terms_count = None, 0
+        super().log(logs, start_time)
+
+    # ---- optimizer and model card ----
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        return [name for name in super().get_decay_parameter_names(model) if not _NO_DECAY_PARAMETER.search(name)]
+
+    def create_model_card(self, model_name: str | None = None, dataset: "str | list[str] | None" = None, **kwargs):
+        """Writes README.md in `output_dir` from hf_deit's card template (`hf_deit.card.write_model_card`)."""
+        if not self.is_world_process_zero():
+            return
+        from .card import write_model_card
+
+        eval_results = {}
+        for entry in self.state.log_history:  # the latest evaluation wins
+            if any(key.startswith("eval_") for key in entry):
+                eval_results = {
+                    key.removeprefix("eval_"): float(value)
+                    for key, value in entry.items()
+                    if key.startswith("eval_") and isinstance(value, (int, float)) and not _NOT_EVAL_RESULTS.search(key)
+                }
+        if isinstance(dataset, list):
+            dataset = dataset[0] if dataset else None
+        args = self.args
+        hyperparameters = {
+            "learning_rate": args.learning_rate,
+            "train_batch_size": args.per_device_train_batch_size,
+            "eval_batch_size": args.per_device_eval_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "total_train_batch_size": args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * max(self.accelerator.num_processes, 1),
+            "num_processes": self.accelerator.num_processes,
+            "optimizer": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
+            "weight_decay": args.weight_decay,
+            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "warmup_steps": args.warmup_steps,
+            "num_epochs": args.num_train_epochs if args.max_steps <= 0 else None,
+            "max_steps": args.max_steps if args.max_steps > 0 else None,
+            "label_smoothing": self.distillation_loss.label_smoothing,
+            "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
+            "seed": args.seed,
+        }
+        loss = self.distillation_loss
+        write_model_card(
+            output_dir=args.output_dir,
+            model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
+            eval_results=eval_results,
+            dataset_name=dataset,
+            teacher_name=self.teacher_name,
+            distillation_type=loss.distillation_type,
+            distillation_alpha=loss.alpha,
+            distillation_tau=loss.tau,
+            hyperparameters={key: value for key, value in hyperparameters.items() if value is not None},
+            repo_id=args.hub_model_id,
+            config=self.model.config,
+            **{key: value for key, value in kwargs.items() if value is not None},
+        )
+
+
+# ---- evaluation metrics ----
+
+_HEADS = (("", 0), ("cls_", 1), ("distillation_", 2))
+
+
+def _ranked(logits: np.ndarray, k: int) -> np.ndarray:
+    """The k best class indices per row, best first."""
+    if k == 1:
+        return logits.argmax(axis=-1)[:, None]
+    top = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
+    order = np.take_along_axis(-logits, top, axis=-1).argsort(axis=-1, kind="stable")
+    return np.take_along_axis(top, order, axis=-1)
+
+
+def make_compute_metrics(top_k: int = 5) -> Callable[[EvalPrediction], dict[str, float]]:
+    """`compute_metrics` for `DistillationTrainer`: top-1 (and top-`top_k` when there are more than `top_k` classes)
+    of the averaged output (`accuracy`, `top5_accuracy`), the class head (`cls_accuracy`, `cls_top5_accuracy`) and the
+    distillation head (`distillation_accuracy`, ...); with teacher logits, `teacher_accuracy` and
+    `teacher_agreement` (how often the averaged output's top-1 is the teacher's). Computed with the `evaluate`
+    metric module shipped in `hf_deit.metrics`."""
+    import evaluate
+
+    from .metrics import TOP_K_ACCURACY_PATH
+
+    metric = evaluate.load(TOP_K_ACCURACY_PATH)
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        outputs = prediction.predictions
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        labels = np.asarray(prediction.label_ids)
+        if labels.ndim == 2:  # soft targets: the most probable class is the reference
+            labels = labels.argmax(axis=-1)
+        num_classes = outputs[0].shape[-1]
+        k = top_k if num_classes > top_k else 1
+        results = {}
+        for prefix, index in _HEADS:
+            if index < len(outputs):
+                head = metric.compute(predictions=_ranked(outputs[index], k), references=labels)
+                results.update({prefix + name: value for name, value in head.items()})
+        if len(outputs) > 3:
+            teacher_logits = outputs[3]
+            results["teacher_accuracy"] = metric.compute(predictions=_ranked(teacher_logits, 1), references=labels)[
+                "accuracy"
+            ]
+            results["teacher_agreement"] = metric.compute(
+                predictions=_ranked(outputs[0], 1), references=teacher_logits.argmax(axis=-1)
+            )["accuracy"]
+        return results
+
+    return compute_metrics
