@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import torch.nn.functional as F
@@ -209,7 +210,8 @@ DDP_WORKER = textwrap.dedent(
     trainer = DistillationTrainer(
         model=tiny_student(seed=1),
         args=args_for(sys.argv[1], per_device_train_batch_size=per_device, max_steps=1, logging_steps=1,
-                      optim="sgd", learning_rate=0.1, ddp_backend="gloo"),
+                      optim="sgd", learning_rate=0.1,
+                      ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None),
         train_dataset=dataset, teacher=tiny_resnet(seed=3).eval(), distillation_type="hard",
     )
     trainer.train()
@@ -232,8 +234,11 @@ def run_worker(command, out_dir, timeout=240):
     try:
         output, _ = process.communicate(timeout=timeout)
     finally:
-        if process.poll() is None:  # kill the launcher's whole process group, and only it
-            os.killpg(process.pid, 9)
+        # torchrun starts each worker in a session of its own: kill the launcher's descendants one by one.
+        for leftover in psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []:
+            leftover.kill()
+        if process.poll() is None:
+            process.kill()
             process.wait()
     assert process.returncode == 0, output[-4000:]
     return json.loads((out_dir / "report.json").read_text())
@@ -244,7 +249,7 @@ def test_two_ddp_processes_log_the_same_loss_as_one(tmp_path):
     script = tmp_path / "ddp_worker.py"
     script.write_text(DDP_WORKER.format(tests_dir=os.path.dirname(__file__)))
     single = run_worker([sys.executable, str(script)], _mkdir(tmp_path / "single"))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     double = run_worker(torchrun + [str(script)], _mkdir(tmp_path / "double"))
 
     assert (single["world_size"], double["world_size"]) == (1, 2)
