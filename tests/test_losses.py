@@ -104,3 +104,8 @@ def test_errors_name_the_problem():
         DistillationLoss("hard", alpha=1.5)
     with pytest.raises(ValueError, match="teacher"):
         DistillationLoss("hard")(CLS, DIST, LABELS)
+
+
+def test_int32_labels_are_accepted():
+    expected = DistillationLoss("hard")(CLS, DIST, LABELS, TEACHER).loss
+    assert DistillationLoss("hard")(CLS, DIST, LABELS.int(), TEACHER).loss.item() == expected.item()

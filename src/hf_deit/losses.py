@@ -75,7 +75,8 @@ class DistillationLoss(nn.Module):
         # Softmax, logs and sums in float32 even when the model ran under bf16/fp16 autocast.
         with torch.autocast(device_type=cls_logits.device.type, enabled=False):
             cls_logits, distillation_logits = cls_logits.float(), distillation_logits.float()
-            labels = labels.float() if labels.is_floating_point() else labels
+            # cross_entropy needs int64 indices; collators may hand over int32.
+            labels = labels.float() if labels.is_floating_point() else labels.long()
             cls_loss = self.base_loss(cls_logits, labels)
 
             if self.distillation_type == "none":
