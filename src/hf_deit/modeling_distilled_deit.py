@@ -182,28 +182,34 @@ class DistilledDeiTAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, hidden_states: torch.Tensor, need_weights: bool = False, num_queries: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`num_queries`: attend from the first `num_queries` tokens only (all tokens are still keys and values);
+        the output then has `num_queries` rows."""
         batch_size, seq_len, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_heads, self.head_dim)
+        # (3, batch, heads, seq, head_dim) as a view: SDPA takes these strides as they are, no copy.
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if num_queries is not None:
+            query = query[:, :, :num_queries]
+        out_len = query.shape[2]
+        dropout = self.attention_dropout if self.training else 0.0
 
         # Only the eager path returns weights: use it where they are asked for, the configured backend elsewhere.
         if need_weights:
-            attention_interface: Callable = eager_attention_forward
+            output, weights = eager_attention_forward(self, query, key, value, None, scaling=self.scaling, dropout=dropout)
+        elif self.config._attn_implementation == "sdpa":
+            # Called directly rather than through transformers' wrapper: that one adds a `.contiguous()` copy of the
+            # output and per-call Python checks (GQA, masks, caches) that a ViT never needs; at batch 1 they show.
+            output = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=self.scaling)
+            output, weights = output.transpose(1, 2), None
         else:
-            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
-        output, weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            None,
-            scaling=self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0,
-        )
-        output = self.o_proj(output.reshape(batch_size, seq_len, -1))
+            output, weights = attention_interface(self, query, key, value, None, scaling=self.scaling, dropout=dropout)
+        output = self.o_proj(output.reshape(batch_size, out_len, -1))
         return output, (weights if need_weights else None)
 
 
@@ -251,8 +257,13 @@ class DistilledDeiTLayer(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = DistilledDeiTDropPath(drop_path)
 
-    def forward(self, hidden_states: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attention_output, weights = self.attention(self.layernorm_before(hidden_states), need_weights)
+    def forward(
+        self, hidden_states: torch.Tensor, need_weights: bool = False, num_queries: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`num_queries`: compute the block's output for the first `num_queries` tokens only (see `attention`)."""
+        attention_output, weights = self.attention(self.layernorm_before(hidden_states), need_weights, num_queries)
+        if num_queries is not None:
+            hidden_states = hidden_states[:, :num_queries]
         hidden_states = hidden_states + self.drop_path(self.dropout(attention_output))
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
         hidden_states = hidden_states + self.drop_path(self.dropout(mlp_output))
@@ -342,6 +353,7 @@ class DistilledDeiTModel(DistilledDeiTPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         attention_layers: Sequence[int] | None = None,
         return_dict: bool | None = None,
+        token_states_only: bool = False,
         **kwargs,
     ) -> DistilledDeiTModelOutput | tuple:
         r"""
@@ -352,6 +364,10 @@ class DistilledDeiTModel(DistilledDeiTPreTrainedModel):
             patch position embeddings (bicubic; the two token rows are kept).
         attention_layers (`Sequence[int]`, *optional*): return the attention weights of these blocks only (negative
             indices count from the end); the other blocks keep the fast backend. Used by attention distillation.
+        token_states_only (`bool`): compute the last block for the cls and dist tokens only, since the heads read
+            nothing else; `last_hidden_state` then has those 2 rows. It skips the patch rows' queries, projection and
+            MLP in that block (about 1/depth of the compute). Ignored when hidden states or the last block's
+            attention weights are asked for, which need every token, and while dropout is active.
         """
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
@@ -368,12 +384,24 @@ class DistilledDeiTModel(DistilledDeiTPreTrainedModel):
                     raise ValueError(f"attention_layers has {index}, but the model has {depth} blocks.")
                 weighted_layers.add(index % depth)
 
+        # The last block's output is needed for every token only if someone reads it beyond the two heads.
+        # With dropout active, skipping rows would change which random numbers the remaining rows draw (and so break
+        # draw-for-draw parity with timm); DeiT trains without dropout, so training keeps the saving.
+        last_block = self.layers[-1]
+        dropout_active = self.training and (
+            last_block.attention.attention_dropout > 0
+            or any(module.p > 0 for module in last_block.modules() if isinstance(module, nn.Dropout))
+        )
+        last_block_queries = None
+        if token_states_only and not output_hidden_states and depth - 1 not in weighted_layers and not dropout_active:
+            last_block_queries = 2
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
         hidden_states = self.embeddings(pixel_values.to(expected_dtype), interpolate_pos_encoding)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if weighted_layers else None
         for index, layer in enumerate(self.layers):
-            hidden_states, weights = layer(hidden_states, index in weighted_layers)
+            num_queries = last_block_queries if index == depth - 1 else None
+            hidden_states, weights = layer(hidden_states, index in weighted_layers, num_queries)
             if weights is not None:
                 all_attentions += (weights,)
             if output_hidden_states:
@@ -438,6 +466,7 @@ class DistilledDeiTForImageClassification(DistilledDeiTPreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
             attention_layers=attention_layers,
             return_dict=True,
+            token_states_only=True,  # the classification output carries no last_hidden_state
         )
         cls_logits = self.cls_classifier(outputs.pooler_output)
         distillation_logits = self.distillation_classifier(outputs.distillation_output)
