@@ -743,6 +743,10 @@ class MixupCutmixCollator:
     def enabled(self) -> bool:
         return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
+    def for_evaluation(self) -> "MixupCutmixCollator":
+        """The same collation without mixing: evaluation batches keep their images and class ids."""
+        return MixupCutmixCollator(self.num_classes, mixup_alpha=0.0, cutmix_alpha=0.0, prob=0.0)
+
     def __call__(self, examples: list[dict]) -> dict:
         pixel_values = torch.stack([example["pixel_values"] for example in examples])
         labels = torch.as_tensor([example["labels"] for example in examples], dtype=torch.long)

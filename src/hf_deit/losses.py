@@ -24,6 +24,14 @@ DistillationType = Literal["none", "soft", "hard"]
 DISTILLATION_TYPES = ("none", "soft", "hard")
 
 
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against class indices (with label smoothing) or per-class probabilities (mixup/cutmix targets,
+    smoothing already folded in)."""
+    if labels.is_floating_point() and labels.ndim == 2:
+        return torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits, labels.long(), label_smoothing=label_smoothing)
+
+
 @dataclass
 class DistillationLossOutput:
     """The total loss and its two terms (for logging). In `"none"` mode `distillation` is the distillation head's
@@ -61,9 +69,7 @@ class DistillationLoss(nn.Module):
         return self.distillation_type != "none"
 
     def base_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if labels.is_floating_point() and labels.ndim == 2:  # per-class probabilities (mixup/cutmix)
-            return torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        return classification_loss(logits, labels, self.label_smoothing)
 
     def forward(
         self,

@@ -1,5 +1,6 @@
 """`DistillationTrainer`: transformers' `Trainer` with DeiT's teacher and loss, and per-head evaluation metrics."""
 
+import contextlib
 import os
 import re
 from collections.abc import Callable
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 from transformers import EvalPrediction, Trainer
 
-from .losses import DistillationLoss, DistillationType
+from .losses import DistillationLoss, DistillationType, classification_loss
 from .teacher import TeacherInputAdapter, TeacherLogits, check_label_space, load_teacher, teacher_preprocessing
 
 # The paper's recipe: no weight decay on the class/distillation tokens and position embeddings (Trainer's default
@@ -18,7 +19,99 @@ _NO_DECAY_PARAMETER = re.compile(r"(?:^|\.)(cls_token|distillation_token|dist_to
 _NOT_EVAL_RESULTS = re.compile(r"(runtime|per_second|epoch|step)$")
 
 
-class DistillationTrainer(Trainer):
+class DeiTTrainerBase(Trainer):
+    """What DeiT training adds to `Trainer` whatever the loss: evaluation batches collated without mixup, repeated
+    augmentation across processes, and no weight decay on the tokens and position embeddings.
+
+    Args (beyond `Trainer`'s):
+        eval_data_collator: collates evaluation batches; by default the training collator without mixing (its
+            `for_evaluation()`), so that metrics see real images and class ids.
+        repeated_augmentation: copies of each image per epoch spread over the processes (DeiT's RASampler; the paper
+            uses 3). Applies to multi-process runs only, as in the official code; 1 turns it off.
+    """
+
+    # `compute_loss` returns a per-batch mean; Trainer divides it by the accumulation steps itself.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, eval_data_collator=None, repeated_augmentation: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        if eval_data_collator is None and hasattr(self.data_collator, "for_evaluation"):
+            eval_data_collator = self.data_collator.for_evaluation()
+        self.eval_data_collator = eval_data_collator
+        if repeated_augmentation < 1:
+            raise ValueError(f"repeated_augmentation must be >= 1, got {repeated_augmentation}.")
+        self.repeated_augmentation = repeated_augmentation
+
+    def _uses_repeated_augmentation(self) -> bool:
+        return self.repeated_augmentation > 1 and self.args.world_size > 1
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self._uses_repeated_augmentation():
+            return super()._get_train_sampler(train_dataset)
+        from .data import RepeatedAugmentationSampler
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return RepeatedAugmentationSampler(
+            dataset,
+            num_replicas=self.args.world_size,
+            rank=self.args.process_index,
+            seed=self.args.seed,
+            num_repeats=self.repeated_augmentation,
+        )
+
+    def get_train_dataloader(self):
+        dataloader = super().get_train_dataloader()
+        if self._uses_repeated_augmentation():
+            # The sampler already gives each process its own share; the shard wrapper that `accelerator.prepare`
+            # adds would split that share again and drop samples. Make it a pass-through, as Trainer does for its
+            # own rank-aware samplers.
+            batch_sampler = getattr(dataloader, "batch_sampler", None)
+            if batch_sampler is not None and hasattr(batch_sampler, "num_processes"):
+                batch_sampler.num_processes = 1
+                batch_sampler.process_index = 0
+        return dataloader
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._collating_with(self.eval_data_collator):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._collating_with(self.eval_data_collator):
+            return super().get_test_dataloader(test_dataset)
+
+    @contextlib.contextmanager
+    def _collating_with(self, collator):
+        # Trainer builds every DataLoader from `self.data_collator`; swap it only while one is built.
+        training_collator = self.data_collator
+        self.data_collator = collator if collator is not None else training_collator
+        try:
+            yield
+        finally:
+            self.data_collator = training_collator
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        return [name for name in super().get_decay_parameter_names(model) if not _NO_DECAY_PARAMETER.search(name)]
+
+
+class ClassifierTrainer(DeiTTrainerBase):
+    """Trains a single-head image classifier (a CNN teacher, for instance) with the DeiT data recipe: cross-entropy
+    on mixup/cutmix soft targets, or on class ids with label smoothing.
+
+    transformers' own classification loss would read float targets as multi-label and use a sigmoid loss.
+    """
+
+    def __init__(self, *args, label_smoothing: float = 0.1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(pixel_values=inputs["pixel_values"])
+        with torch.autocast(device_type=outputs.logits.device.type, enabled=False):
+            loss = classification_loss(outputs.logits.float(), inputs["labels"], self.label_smoothing)
+        return (loss, outputs) if return_outputs else loss
+
+
+class DistillationTrainer(DeiTTrainerBase):
     """Trains a distilled DeiT (any model whose output has `cls_logits` and `distillation_logits`) from labels and a
     teacher, as DeiT's `DistillationLoss` does.
 
@@ -36,9 +129,6 @@ class DistillationTrainer(Trainer):
     autocast, and is never handed to `accelerator.prepare` (DDP would reject a module without trainable parameters,
     and it needs no gradient synchronisation).
     """
-
-    # `compute_loss` returns a per-batch mean; Trainer divides it by the accumulation steps itself.
-    loss_is_scaled_for_ga = False
 
     def __init__(
         self,
@@ -170,10 +260,7 @@ class DistillationTrainer(Trainer):
             self._loss_terms_sum, self._loss_terms_count = None, 0
         super().log(logs, start_time)
 
-    # ---- optimizer and model card ----
-
-    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
-        return [name for name in super().get_decay_parameter_names(model) if not _NO_DECAY_PARAMETER.search(name)]
+    # ---- model card ----
 
     def create_model_card(self, model_name: str | None = None, dataset: "str | list[str] | None" = None, **kwargs):
         """Writes README.md in `output_dir` from hf_deit's card template (`hf_deit.card.write_model_card`)."""

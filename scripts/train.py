@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Train a distilled DeiT with a teacher, the Hugging Face way.
+
+    accelerate launch scripts/train.py                       # embedded MNIST, no teacher given: distillation none
+    accelerate launch scripts/train.py --teacher_name_or_path outputs/teacher --distillation_type hard
+    accelerate launch scripts/train.py --model_name_or_path small --train_dir ... --validation_dir ... \
+        --teacher_name_or_path facebook/regnet-y-160 --push_to_hub --hub_model_id me/deit-small-distilled
+
+Reads top to bottom like the recipe: data, transforms, student, teacher, train, evaluate, save, card, push.
+"""
+
+import logging
+import sys
+
+import transformers
+from transformers import AutoModelForImageClassification, HfArgumentParser, set_seed
+
+from hf_deit import DistilledDeiTForImageClassification
+from hf_deit.arguments import (
+    DataArguments,
+    DeiTTrainingArguments,
+    DistillationArguments,
+    ModelArguments,
+    student_config,
+)
+from hf_deit.data import (
+    AugmentationArguments,
+    apply_transforms,
+    build_collator,
+    build_eval_transform,
+    build_train_transform,
+    load_image_classification_dataset,
+)
+from hf_deit.image_processing import deit_image_processor
+from hf_deit.trainer import DistillationTrainer, make_compute_metrics
+
+logger = logging.getLogger("hf_deit.train")
+
+
+def parse_args(argv=None):
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, AugmentationArguments, DistillationArguments, DeiTTrainingArguments)
+    )
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        return parser.parse_json_file(sys.argv[1])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str]):
+    label_fields = dict(
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: index for index, name in enumerate(label_names)},
+    )
+    config = student_config(model_args, data_args, **label_fields)
+    if config is not None:
+        config._attn_implementation = model_args.attn_implementation
+        return DistilledDeiTForImageClassification(config)
+    return AutoModelForImageClassification.from_pretrained(
+        model_args.model_name_or_path,
+        trust_remote_code=model_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        drop_path_rate=model_args.drop_path_rate,
+        **label_fields,
+    )
+
+
+def main(argv=None) -> dict:
+    model_args, data_args, aug_args, distill_args, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    set_seed(training_args.seed)
+
+    # Data
+    dataset = load_image_classification_dataset(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_dir=data_args.train_dir,
+        validation_dir=data_args.validation_dir,
+        image_column_name=data_args.image_column_name,
+        label_column_name=data_args.label_column_name,
+        eval_split=data_args.eval_split,
+        train_val_split=data_args.train_val_split,
+        seed=training_args.seed,
+        streaming=data_args.streaming,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
+        token=training_args.hub_token,
+    )
+    label_names = dataset["train"].features["label"].names
+
+    # Student: its input size decides the transforms' unless given
+    model = build_student(model_args, data_args, label_names)
+    if aug_args.image_size is None:
+        image_size = model.config.image_size
+        aug_args.image_size = image_size if isinstance(image_size, int) else image_size[0]
+    aug_args = aug_args.resolved()
+    dataset = apply_transforms(dataset, build_train_transform(aug_args), build_eval_transform(aug_args))
+    image_processor = deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std)
+
+    # Train
+    training_args.resolve_learning_rate()
+    distillation_type = distill_args.distillation_type
+    if distill_args.teacher_name_or_path is None and distillation_type != "none":
+        logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
+        distillation_type = "none"
+    trainer = DistillationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset["train"],
+        eval_dataset=dataset.get("validation"),
+        data_collator=build_collator(aug_args, len(label_names)),
+        compute_metrics=make_compute_metrics(),
+        processing_class=image_processor,
+        teacher=distill_args.teacher_name_or_path,
+        distillation_type=distillation_type,
+        distillation_alpha=distill_args.distillation_alpha,
+        distillation_tau=distill_args.distillation_tau,
+        label_smoothing=aug_args.smoothing,
+        trust_remote_code=distill_args.teacher_trust_remote_code,
+        repeated_augmentation=data_args.repeated_augmentation,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    # Evaluate, card, push
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    card_info = dict(model_name=training_args.hub_model_id or None, dataset=_dataset_label(data_args))
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card_info)
+    elif trainer.is_world_process_zero():
+        trainer.create_model_card(**card_info)
+    return metrics
+
+
+def _dataset_label(data_args: DataArguments) -> str:
+    return data_args.train_dir or data_args.dataset_name
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Train or fine-tune a CNN teacher on the same data, with the same data flags as `scripts/train.py`.
+
+    python scripts/train_teacher.py --output_dir outputs/teacher                      # embedded MNIST, small ResNet
+    python scripts/train_teacher.py --architecture regnet --config_overrides "hidden_sizes=[32,64,128]" ...
+    python scripts/train_teacher.py --model_name_or_path microsoft/resnet-50 --ignore_mismatched_sizes ...
+
+The teacher is saved with its preprocessing config, so `DistillationTrainer` adapts the student's batch to it.
+"""
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+import transformers
+from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed
+
+from hf_deit.arguments import DataArguments, DeiTTrainingArguments
+from hf_deit.data import (
+    AugmentationArguments,
+    apply_transforms,
+    build_collator,
+    build_eval_transform,
+    build_train_transform,
+    load_image_classification_dataset,
+)
+from hf_deit.image_processing import deit_image_processor
+from hf_deit.trainer import ClassifierTrainer, make_compute_metrics
+
+logger = logging.getLogger("hf_deit.train_teacher")
+
+# Small CNNs for small images, random init; any field can be overridden with --config_overrides.
+TEACHER_ARCHITECTURES = {
+    "resnet": dict(model_type="resnet", embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
+                   layer_type="basic", downsample_in_first_stage=False),
+    "regnet": dict(model_type="regnet", embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
+                   groups_width=16, layer_type="y"),
+    "convnext": dict(model_type="convnext", hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1], patch_size=2),
+}
+
+
+@dataclass
+class TeacherArguments:
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Fine-tune this checkpoint (folder or Hub id) instead of a new CNN."}
+    )
+    architecture: str = field(
+        default="resnet", metadata={"help": "New CNN: " + ", ".join(TEACHER_ARCHITECTURES) + " (transformers configs)."}
+    )
+    config_overrides: Optional[str] = field(
+        default=None, metadata={"help": "JSON object of config fields, e.g. '{\"depths\": [2, 2, 2, 2]}'."}
+    )
+    ignore_mismatched_sizes: bool = field(default=False, metadata={"help": "New head for another class count."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for models loaded by name."})
+
+
+@dataclass
+class TeacherTrainingArguments(DeiTTrainingArguments):
+    """CNNs train well with a higher learning rate and no warm-up fraction as long as DeiT's."""
+
+    output_dir: Optional[str] = field(default="outputs/teacher", metadata={"help": "Where the teacher goes."})
+    learning_rate: Optional[float] = field(default=2e-3, metadata={"help": "Peak learning rate (AdamW)."})
+    num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps or fraction of training."})
+
+
+def build_teacher(args: TeacherArguments, label_names: list[str]):
+    label_fields = dict(
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: index for index, name in enumerate(label_names)},
+    )
+    overrides = json.loads(args.config_overrides) if args.config_overrides else {}
+    if args.model_name_or_path:
+        return AutoModelForImageClassification.from_pretrained(
+            args.model_name_or_path,
+            ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+            trust_remote_code=args.trust_remote_code,
+            **label_fields,
+            **overrides,
+        )
+    if args.architecture not in TEACHER_ARCHITECTURES:
+        raise ValueError(f"Unknown --architecture {args.architecture!r}; choose {', '.join(TEACHER_ARCHITECTURES)}.")
+    fields = {**TEACHER_ARCHITECTURES[args.architecture], **overrides, **label_fields}
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    return AutoModelForImageClassification.from_config(config)
+
+
+def main(argv=None) -> dict:
+    parser = HfArgumentParser((TeacherArguments, DataArguments, AugmentationArguments, TeacherTrainingArguments))
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        teacher_args, data_args, aug_args, training_args = parser.parse_json_file(sys.argv[1])
+    else:
+        teacher_args, data_args, aug_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    set_seed(training_args.seed)
+
+    dataset = load_image_classification_dataset(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_dir=data_args.train_dir,
+        validation_dir=data_args.validation_dir,
+        image_column_name=data_args.image_column_name,
+        label_column_name=data_args.label_column_name,
+        eval_split=data_args.eval_split,
+        train_val_split=data_args.train_val_split,
+        seed=training_args.seed,
+        streaming=data_args.streaming,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
+        token=training_args.hub_token,
+    )
+    label_names = dataset["train"].features["label"].names
+    model = build_teacher(teacher_args, label_names)
+    if aug_args.image_size is None:
+        embedded = data_args.train_dir is None and data_args.dataset_name in ("mnist", "digits")
+        aug_args.image_size = 32 if embedded else 224
+    aug_args = aug_args.resolved()
+    dataset = apply_transforms(dataset, build_train_transform(aug_args), build_eval_transform(aug_args))
+
+    trainer = ClassifierTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset["train"],
+        eval_dataset=dataset.get("validation"),
+        data_collator=build_collator(aug_args, len(label_names)),
+        compute_metrics=make_compute_metrics(),
+        processing_class=deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std),
+        label_smoothing=aug_args.smoothing,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset=data_args.train_dir or data_args.dataset_name)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

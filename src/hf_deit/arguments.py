@@ -1,0 +1,156 @@
+"""Command-line arguments of `scripts/train.py` and `scripts/train_teacher.py`, as `HfArgumentParser` dataclasses.
+
+Flag names follow transformers' image-classification example (`--dataset_name`, `--train_dir`, ...); the DeiT
+recipe's defaults live here, in one place, and `DeiTTrainingArguments` only changes `TrainingArguments`' defaults.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import TrainingArguments
+
+from .configuration_distilled_deit import PRESET_ALIASES, PRESETS, DistilledDeiTConfig
+
+# The model trained on the embedded 28 px digits (padded to 32): patch 4 gives an 8x8 grid, as in the anchor runs.
+EMBEDDED_STUDENT = dict(image_size=32, patch_size=4, hidden_size=128, num_hidden_layers=6, num_attention_heads=4)
+EMBEDDED_DATASETS = ("mnist", "digits")
+# The paper's learning rate is 5e-4 for a global batch of 512, scaled linearly with the batch.
+BASE_LEARNING_RATE = 5e-4
+BASE_BATCH_SIZE = 512
+MIN_LEARNING_RATE = 1e-5
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A preset (" + ", ".join(sorted(PRESET_ALIASES)) + ", or the timm names), a folder or a Hub id "
+            "of a saved model. Default: a small DeiT for the embedded digits, else DeiT-Tiny."
+        },
+    )
+    config_overrides: Optional[str] = field(
+        default=None,
+        metadata={"help": "Comma-separated config fields, e.g. 'hidden_size=128,num_hidden_layers=6,patch_size=4'."},
+    )
+    drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth of the last block (paper 0.1)."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa, flex_attention, ..."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for models loaded by name."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Fine-tune a checkpoint with another number of classes (new heads)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: Optional[str] = field(
+        default="mnist",
+        metadata={
+            "help": "'mnist' (5,000 embedded MNIST digits), 'digits' (scikit-learn 8x8), a Hub id, or a folder "
+            "written by save_to_disk. Ignored when --train_dir is given."
+        },
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "The dataset's configuration."})
+    train_dir: Optional[str] = field(default=None, metadata={"help": "An imagefolder of training images."})
+    validation_dir: Optional[str] = field(default=None, metadata={"help": "An imagefolder of validation images."})
+    image_column_name: str = field(default="image", metadata={"help": "The column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "The column holding the labels."})
+    eval_split: Optional[str] = field(default=None, metadata={"help": "Split used for evaluation (auto-detected)."})
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "Fraction of train carved out for validation when there is no such split."}
+    )
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it."})
+    repeated_augmentation: int = field(
+        default=3,
+        metadata={"help": "Repeated augmentation: copies of each image per epoch across processes (multi-process "
+                  "runs only, as the paper; 1 turns it off)."},
+    )
+
+
+@dataclass
+class DistillationArguments:
+    teacher_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "The teacher: a folder or Hub id of any image classifier."}
+    )
+    distillation_type: str = field(
+        default="hard", metadata={"help": "none, soft or hard (paper: hard). 'none' needs no teacher."}
+    )
+    distillation_alpha: float = field(default=0.5, metadata={"help": "Weight of the distillation term (paper 0.5)."})
+    distillation_tau: float = field(default=1.0, metadata={"help": "Temperature of soft distillation (paper 1.0)."})
+    teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Allow the teacher's remote code."})
+
+
+@dataclass
+class DeiTTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with DeiT's recipe as defaults. `learning_rate` left unset is 5e-4 x global batch / 512."""
+
+    output_dir: Optional[str] = field(default="outputs/deit", metadata={"help": "Where checkpoints and the model go."})
+    learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "Peak learning rate; default 5e-4 x global batch size / 512 (the paper)."}
+    )
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (none on norms/biases/tokens)."})
+    lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(
+        default=5 / 300, metadata={"help": "Warm-up steps, or a fraction of training (paper: 5 of 300 epochs)."}
+    )
+    num_train_epochs: float = field(default=30.0, metadata={"help": "Epochs (paper: 300 on ImageNet)."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept."})
+    logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep False: the transforms need the image column."}
+    )
+
+    def __post_init__(self):
+        if self.learning_rate is None:
+            self.learning_rate = -1.0  # resolved by resolve_learning_rate once the world size is known
+        if self.lr_scheduler_type == "cosine_with_min_lr" and not self.lr_scheduler_kwargs:
+            self.lr_scheduler_kwargs = {"min_lr": MIN_LEARNING_RATE}  # the paper's floor
+        super().__post_init__()
+
+    def resolve_learning_rate(self) -> float:
+        """The paper's linear scaling rule, applied when no learning rate was given."""
+        if self.learning_rate < 0:
+            global_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
+            self.learning_rate = BASE_LEARNING_RATE * global_batch / BASE_BATCH_SIZE
+        return self.learning_rate
+
+
+def parse_config_overrides(text: Optional[str]) -> dict:
+    """'hidden_size=128,qkv_bias=false,image_size=32' -> typed values."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--config_overrides: expected key=value, got {item!r}.")
+        lowered = value.strip().lower()
+        if lowered in ("true", "false"):
+            overrides[key.strip()] = lowered == "true"
+            continue
+        for cast in (int, float):
+            try:
+                overrides[key.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def student_config(model_args: ModelArguments, data_args: DataArguments, **label_fields) -> Optional[DistilledDeiTConfig]:
+    """A new student's config (from a preset or the embedded default), or None when a saved model is to be loaded."""
+    name = model_args.model_name_or_path
+    overrides = {"drop_path_rate": model_args.drop_path_rate, **parse_config_overrides(model_args.config_overrides)}
+    if name is None:
+        embedded = data_args.train_dir is None and data_args.dataset_name in EMBEDDED_DATASETS
+        base = dict(EMBEDDED_STUDENT) if embedded else dict(PRESETS["deit_tiny_distilled_patch16_224"])
+        return DistilledDeiTConfig(**{**base, **overrides, **label_fields})
+    if name in PRESETS or name in PRESET_ALIASES:
+        return DistilledDeiTConfig.from_preset(name, **overrides, **label_fields)
+    return None
