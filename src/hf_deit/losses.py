@@ -11,6 +11,9 @@ probabilities (mixup/cutmix targets already carry the smoothing, folded in by th
 - `"none"`: no teacher. Here we depart from the reference, which returns `base(cls_logits)` only and leaves the
   distillation head untrained although the model's output averages it in. We train both heads on the labels,
   `(base(cls) + base(dist)) / 2`, which is also what `DistilledDeiTForImageClassification` computes from `labels`.
+
+Unlabelled examples (`labeled` mask False; see `DistillationLoss.forward`) take their class-head target from the
+teacher, and the optional `attention_map_loss` term makes the student look where the teacher looks.
 """
 
 from dataclasses import dataclass
@@ -32,6 +35,68 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smooth
     return F.cross_entropy(logits, labels.long(), label_smoothing=label_smoothing)
 
 
+def masked_soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Soft-target cross-entropy averaged over the examples with weight 1; zero (still differentiable) when none has
+    one, so that a batch of low-confidence unlabelled images adds nothing rather than NaN."""
+    per_example = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1)
+    return (per_example * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+# ---- attention-map distillation ----
+
+AttentionMapLossType = Literal["kl", "mse"]
+ATTENTION_MAP_LOSSES = ("kl", "mse")
+
+
+def resize_map(attention_map: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resample `(batch, h, w)` maps to `grid` (area average when shrinking, bilinear when growing)."""
+    if tuple(attention_map.shape[-2:]) == tuple(grid):
+        return attention_map
+    shrinking = grid[0] <= attention_map.shape[-2] and grid[1] <= attention_map.shape[-1]
+    mode = dict(mode="area") if shrinking else dict(mode="bilinear", align_corners=False)
+    return F.interpolate(attention_map[:, None].float(), size=tuple(grid), **mode)[:, 0]
+
+
+def as_distribution(attention_map: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Flatten `(batch, h, w)` non-negative maps to `(batch, h * w)` rows summing to 1."""
+    flat = attention_map.flatten(1).float().clamp(min=0)
+    return flat / flat.sum(dim=-1, keepdim=True).clamp(min=eps)
+
+
+def attention_map_loss(
+    student_map: torch.Tensor, teacher_map: torch.Tensor, loss_type: AttentionMapLossType = "kl", eps: float = 1e-8
+) -> torch.Tensor:
+    """How far the student's spatial attention is from the teacher's, averaged over the batch.
+
+    Both `(batch, h, w)` maps go to the coarser of the two grids (the finer one is area-averaged onto it: a coarse
+    map has no detail to match a fine one, and upsampling it would invent some), then each map is normalised to a
+    distribution over positions. Then
+
+    - `"kl"` (default): KL(teacher || student) = sum_p t_p (log t_p - log s_p), per example, batch mean. The maps
+      are distributions over where to look, and KL compares them as such: it weighs errors by where the teacher
+      looks (a student that ignores the teacher's focus pays most), is zero only for equal maps, does not depend on
+      the grid size, and needs no scale matching between a CNN's activation energy and a ViT's softmax weights.
+      `eps` keeps log s finite where the student gives a position no weight.
+    - `"mse"`: the mean over positions of the squared difference of the two maps as densities (`N * p` over N
+      positions, 1 everywhere for a uniform map, so that the value does not shrink as the grid grows), batch mean.
+      Close to the attention-transfer paper's choice (an L2 distance, there between L2-normalised maps).
+
+    Computed in float32.
+    """
+    if loss_type not in ATTENTION_MAP_LOSSES:
+        raise ValueError(f"attention map loss must be one of {ATTENTION_MAP_LOSSES}, got {loss_type!r}.")
+    with torch.autocast(device_type=student_map.device.type, enabled=False):
+        grid = (min(student_map.shape[-2], teacher_map.shape[-2]), min(student_map.shape[-1], teacher_map.shape[-1]))
+        student = as_distribution(resize_map(student_map.float(), grid), eps)
+        teacher = as_distribution(resize_map(teacher_map.float(), grid), eps)
+        if loss_type == "kl":
+            per_example = torch.sum(teacher * (torch.log(teacher + eps) - torch.log(student + eps)), dim=-1)
+        else:
+            positions = student.shape[-1]
+            per_example = torch.mean(((student - teacher) * positions) ** 2, dim=-1)
+        return per_example.mean()
+
+
 @dataclass
 class DistillationLossOutput:
     """The total loss and its two terms (for logging). In `"none"` mode `distillation` is the distillation head's
@@ -49,6 +114,7 @@ class DistillationLoss(nn.Module):
         alpha: float = 0.5,
         tau: float = 1.0,
         label_smoothing: float = 0.1,
+        pseudo_label_threshold: float = 0.0,
     ):
         super().__init__()
         if distillation_type not in DISTILLATION_TYPES:
@@ -62,7 +128,10 @@ class DistillationLoss(nn.Module):
         self.distillation_type = distillation_type
         self.alpha = alpha
         self.tau = tau
+        if not 0.0 <= pseudo_label_threshold <= 1.0:
+            raise ValueError(f"pseudo_label_threshold must be in [0, 1], got {pseudo_label_threshold}.")
         self.label_smoothing = label_smoothing
+        self.pseudo_label_threshold = pseudo_label_threshold
 
     @property
     def needs_teacher(self) -> bool:
@@ -71,19 +140,61 @@ class DistillationLoss(nn.Module):
     def base_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return classification_loss(logits, labels, self.label_smoothing)
 
+    def pseudo_label_targets(
+        self, labels: torch.Tensor, labeled: torch.Tensor, teacher_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-head targets `(batch, num_classes)` and per-example weights (1 = contributes, 0 = does not).
+
+        Labelled rows keep their ground truth: class ids as smoothed one-hot rows (what `cross_entropy` with label
+        smoothing computes), soft targets (mixup/cutmix, smoothing folded in) as they are. Unlabelled rows get the
+        teacher's hard prediction, smoothed the same way, when the teacher's top probability reaches
+        `pseudo_label_threshold`; below it they contribute no class-head loss.
+        """
+        num_classes = teacher_logits.shape[-1]
+        off = self.label_smoothing / num_classes
+        on = 1.0 - self.label_smoothing + off
+        teacher_probabilities = teacher_logits.softmax(dim=-1)
+        confidence, pseudo_labels = teacher_probabilities.max(dim=-1)
+        targets = torch.full_like(teacher_logits, off).scatter_(1, pseudo_labels[:, None], on)
+        labeled = labeled.bool()
+        if labels.is_floating_point() and labels.ndim == 2:
+            targets = torch.where(labeled[:, None], labels, targets)
+        else:
+            ground_truth = labels.clamp(min=0)  # -1 rows are replaced below; clamp keeps scatter in range
+            one_hot = torch.full_like(teacher_logits, off).scatter_(1, ground_truth[:, None], on)
+            targets = torch.where(labeled[:, None], one_hot, targets)
+        weights = (labeled | (confidence >= self.pseudo_label_threshold)).float()
+        return targets, weights
+
     def forward(
         self,
         cls_logits: torch.Tensor,
         distillation_logits: torch.Tensor,
         labels: torch.Tensor,
         teacher_logits: torch.Tensor | None = None,
+        labeled: torch.Tensor | None = None,
     ) -> DistillationLossOutput:
+        """`labeled`: optional `(batch,)` bool mask, False for examples without a ground-truth label (their `labels`
+        row is ignored: -1 for class ids, anything for soft targets). Their class-head target is then the teacher's
+        prediction (see `pseudo_label_targets`); the distillation head learns from the teacher as for every example.
+        The class-head loss is the mean over the examples that have a target, so a batch's loss stays a per-batch
+        mean whatever its share of unlabelled examples."""
         # Softmax, logs and sums in float32 even when the model ran under bf16/fp16 autocast.
         with torch.autocast(device_type=cls_logits.device.type, enabled=False):
             cls_logits, distillation_logits = cls_logits.float(), distillation_logits.float()
             # cross_entropy needs int64 indices; collators may hand over int32.
             labels = labels.float() if labels.is_floating_point() else labels.long()
-            cls_loss = self.base_loss(cls_logits, labels)
+            if labeled is not None and not bool(labeled.all()):
+                if teacher_logits is None:
+                    raise ValueError("The batch has unlabelled examples (label -1): their targets come from the "
+                                     "teacher, so pass a teacher (and its logits).")
+                targets, weights = self.pseudo_label_targets(labels, labeled, teacher_logits.float())
+                cls_loss = masked_soft_cross_entropy(cls_logits, targets, weights)
+                if self.distillation_type == "none":  # both heads learn from the same targets
+                    distillation_loss = masked_soft_cross_entropy(distillation_logits, targets, weights)
+                    return DistillationLossOutput((cls_loss + distillation_loss) / 2, cls_loss, distillation_loss)
+            else:
+                cls_loss = self.base_loss(cls_logits, labels)
 
             if self.distillation_type == "none":
                 distillation_loss = self.base_loss(distillation_logits, labels)
@@ -109,5 +220,5 @@ class DistillationLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"distillation_type={self.distillation_type!r}, alpha={self.alpha}, tau={self.tau}, "
-            f"label_smoothing={self.label_smoothing}"
+            f"label_smoothing={self.label_smoothing}, pseudo_label_threshold={self.pseudo_label_threshold}"
         )

@@ -1,0 +1,71 @@
+"""Feature distillation: the student's pooled features, through a learnable projection, regress the teacher's.
+
+    loss = distance(projection(student_features), teacher_features)
+
+The student's features are its distillation token's final state (`"dist"`, default), its cls token's (`"cls"`), or
+the mean of its patch tokens (`"patches"`); the teacher's are its pooled pre-logits features, the input of the layer
+that produces its logits (`hf_deit.attention_maps.teacher_forward(..., features=True)`). The projection maps the
+student's width to the teacher's; it is trained with the student and thrown away afterwards (it is not part of the
+model, so `save_pretrained` never sees it). timm users know the idea from its `FeatureDistillationTask`.
+
+`distance` is `"cosine"` (1 - cosine similarity, default: the direction of the features carries the teacher's
+knowledge, and their scale differs between architectures) or `"mse"` (mean squared error over features).
+"""
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FeatureLossType = Literal["cosine", "mse"]
+FEATURE_LOSSES = ("cosine", "mse")
+FeatureToken = Literal["dist", "cls", "patches"]
+FEATURE_TOKENS = ("dist", "cls", "patches")
+
+
+class FeatureProjection(nn.Module):
+    """A linear map from the student's hidden size to the teacher's feature size."""
+
+    def __init__(self, student_size: int, teacher_size: int):
+        super().__init__()
+        self.proj = nn.Linear(student_size, teacher_size)
+
+    def forward(self, student_features: torch.Tensor) -> torch.Tensor:
+        return self.proj(student_features)
+
+
+def feature_distillation_loss(
+    projected: torch.Tensor, teacher_features: torch.Tensor, loss_type: FeatureLossType = "cosine"
+) -> torch.Tensor:
+    """`(batch, d)` projected student features against `(batch, d)` teacher features; a batch mean, in float32."""
+    if loss_type not in FEATURE_LOSSES:
+        raise ValueError(f"feature distillation loss must be one of {FEATURE_LOSSES}, got {loss_type!r}.")
+    if projected.shape != teacher_features.shape:
+        raise ValueError(f"Projected student features {tuple(projected.shape)} and teacher features "
+                         f"{tuple(teacher_features.shape)} differ in shape.")
+    with torch.autocast(device_type=projected.device.type, enabled=False):
+        projected, teacher_features = projected.float(), teacher_features.float().detach()
+        if loss_type == "cosine":
+            return (1.0 - F.cosine_similarity(projected, teacher_features, dim=-1)).mean()
+        return F.mse_loss(projected, teacher_features)
+
+
+def student_head(model: nn.Module, token: FeatureToken) -> nn.Module | None:
+    """The head whose input is the token's final (normed) state: capture its input for `"dist"`/`"cls"` features
+    (`hf_deit.attention_maps.capture_input`). None for `"patches"`, which reads the hidden states instead."""
+    if token not in FEATURE_TOKENS:
+        raise ValueError(f"feature token must be one of {FEATURE_TOKENS}, got {token!r}.")
+    if token == "patches":
+        return None
+    name = "distillation_classifier" if token == "dist" else "cls_classifier"
+    head = getattr(model, name, None)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no `{name}`: {token!r} features need a distilled DeiT.")
+    return head
+
+
+def patch_mean_features(last_hidden_states: torch.Tensor, final_norm: nn.Module, num_prefix_tokens: int = 2):
+    """The mean of the patch tokens' final states: the last block's output (`hidden_states[-1]`) after the model's
+    final norm, prefix tokens (cls, dist) left out."""
+    return final_norm(last_hidden_states[:, num_prefix_tokens:]).mean(dim=1)
