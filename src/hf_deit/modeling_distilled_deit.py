@@ -90,7 +90,23 @@ class DistilledDeiTPatchEmbeddings(nn.Module):
                 f"Image size {height}x{width} is not a multiple of the patch size {self.patch_size}; "
                 "resize or crop the images."
             )
+        if pixel_values.device.type == "cpu":
+            return self._project_as_linear(pixel_values)
         return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+    def _project_as_linear(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The strided convolution as one matrix product over the flattened patches, with the same weights.
+
+        On CPUs without native bf16, PyTorch runs a bf16 Conv2d on its slow reference kernel (about 4x slower than
+        the bf16 Linear kernel); in float32 both are equally fast. So CPU inputs take this path in every dtype.
+        """
+        batch_size, channels, height, width = pixel_values.shape
+        patch_h, patch_w = self.patch_size
+        patches = pixel_values.reshape(batch_size, channels, height // patch_h, patch_h, width // patch_w, patch_w)
+        # (batch, rows, cols, channels, patch_h, patch_w): the conv weight's (out, channels, kh, kw) order.
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch_size, -1, channels * patch_h * patch_w)
+        weight = self.projection.weight
+        return F.linear(patches, weight.reshape(weight.shape[0], -1), self.projection.bias)
 
 
 class DistilledDeiTEmbeddings(nn.Module):
