@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Measure hf-deit against timm and transformers side by side (see `hf_deit.benchmark`).
+
+    python scripts/benchmark.py --quick --output /tmp/bench            # seconds: tiny geometry, CI
+    python scripts/benchmark.py --output benchmarks/cpu-2025-01-01      # the full CPU run (~8 min on 2 cores)
+    python scripts/benchmark.py --device cuda --output benchmarks/gpu-h100  # DeiT-S/B, RegNetY-16GF-sized teacher
+"""
+
+import argparse
+import shlex
+import sys
+import time
+
+from hf_deit.benchmark import BenchmarkSettings, run_benchmark, to_markdown, write_report
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true", help="Tiny geometry, one round: a smoke test in seconds.")
+    parser.add_argument("--output", help="Path prefix for .json and .md (default benchmarks/<device>-<date>).")
+    parser.add_argument("--rounds", type=int, help="Measured rounds per contender (override).")
+    parser.add_argument("--no-compile", action="store_true", help="Skip the torch.compile section.")
+    args = parser.parse_args(argv)
+
+    settings = BenchmarkSettings.quick() if args.quick else BenchmarkSettings.full(args.device)
+    settings.device = args.device
+    if args.rounds:
+        settings.rounds = args.rounds
+    if args.no_compile:
+        settings.compile = False
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is visible to torch.")
+
+    results = run_benchmark(settings, log=lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True))
+    output = args.output or f"benchmarks/{args.device}-{results['date']}"
+    command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    json_path, md_path = write_report(results, output, command)
+    print(to_markdown(results, command))
+    print(f"wrote {json_path} and {md_path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The benchmark's quick mode end to end (real models, real Trainer, real DataLoader workers, real files), and the
+model's fast paths it measures giving the same outputs as the plain ones."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_deit import DistilledDeiTForImageClassification
+from hf_deit.benchmark import BenchmarkSettings, interleave, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_section(tmp_path):
+    prefix = tmp_path / "bench" / "cpu-quick"
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--output", str(prefix)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(prefix.with_suffix(".json").read_text())
+    markdown = prefix.with_suffix(".md").read_text()
+
+    # Every contender of every precision, with rates and ratios, at batch 4 and batch 1.
+    inference = results["inference"]
+    assert {(e["precision"], e["batch_size"]) for e in inference} == {(p, b) for p in ("fp32", "bf16-autocast", "bf16") for b in (4, 1)}
+    for entry in inference:
+        assert set(entry["images_per_s"]) == {f"{lib}/{b}" for lib in ("ours", "timm", "transformers") for b in ("sdpa", "eager")}
+        assert all(s["min"] <= s["median"] <= s["max"] and s["min"] > 0 for s in entry["images_per_s"].values())
+        assert set(entry["ratios"]) == {"timm", "transformers"}
+        # Same weights everywhere: every contender's fp32 logits equal ours.
+        assert max(entry["max_abs_logit_diff_fp32"].values()) < 1e-4
+    assert {s["batch_size"] for s in results["fastest_modes"]} == {4, 1}
+
+    flops = results["flops"][0]
+    assert flops["flops_per_image"]["ours"] < flops["flops_per_image"]["timm"]  # the last block's patch rows skipped
+    assert set(flops["dtypes"]) == {"fp32", "bf16"}
+    assert all(d["model_shape_matmul_flops_per_s"] > 0 and 0 < d["fraction_of_model_shape_matmul"] for d in flops["dtypes"].values())
+    assert [p["precision"] for p in results["profile"]] == ["fp32", "bf16"] and results["profile"][0]["top_ops"]
+
+    (training,) = results["training"]
+    assert set(training["images_per_s"]) == {"ours/DistillationTrainer", "timm/hand-written loop"}
+    assert training["ratio"] > 0
+    assert [d["workers"] for d in results["data"]] == [0, 1]
+    assert all(d["images_per_s"]["median"] > 0 for d in results["data"])
+    assert results["targets"] and all(isinstance(t["met"], bool) for t in results["targets"])
+
+    for heading in ("## Targets", "## Inference: each library's fastest mode", "## Inference: every contender",
+                    "## FLOPs and matmul efficiency", "## Profile", "## Training step", "## Data pipeline"):
+        assert heading in markdown
+    assert "python scripts/benchmark.py --quick" in markdown
+
+
+def test_interleave_runs_contenders_in_turn_after_a_warm_up_round():
+    calls = []
+    times = interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=2, device="cpu")
+    assert calls == ["a", "b"] * 3
+    assert [len(t) for t in times.values()] == [2, 2]
+    assert summarize([1.0, 2.0, 4.0], items=8) == {"median": 4.0, "min": 2.0, "max": 8.0, "runs": 3}
+
+
+def test_settings_cases_apply_overrides_and_skips():
+    settings = BenchmarkSettings(overrides={"small/bf16": None, "bf16": {"batch_size": 8}, "tiny/bf16": {"backends": ("sdpa",)}})
+    assert settings.case("small", "bf16") is None
+    assert settings.case("tiny", "bf16") == {"batch_size": 8, "backends": ("sdpa",), "latency": True}
+    assert settings.case("tiny", "fp32")["batch_size"] == 32
+    cuda = BenchmarkSettings.full("cuda")
+    assert cuda.models == ("small", "base") and cuda.teacher == "regnety-16gf"
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_fast_paths_match_the_plain_computation(tiny_config, attn_implementation):
+    """The classifier computes the last block for the two head tokens only, and the CPU patch embedding as a Linear:
+    its logits equal those read from the full backbone output with the patch embedding as a convolution."""
+    tiny_config._attn_implementation = attn_implementation
+    torch.manual_seed(0)
+    model = DistilledDeiTForImageClassification(tiny_config).eval()
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = model(images)
+        full = model.deit(images, output_hidden_states=True)
+        assert full.last_hidden_state.shape[1] == 2 + 16
+        expected = (model.cls_classifier(full.pooler_output) + model.distillation_classifier(full.distillation_output)) / 2
+        patches = model.deit.embeddings.patch_embeddings
+        by_conv = patches.projection(images).flatten(2).transpose(1, 2)
+        assert torch.allclose(patches(images), by_conv, atol=1e-5)
+        only_heads = model.deit(images, token_states_only=True)
+    assert only_heads.last_hidden_state.shape[1] == 2
+    assert torch.allclose(fast.logits, expected, atol=1e-5)
+    assert torch.allclose(only_heads.pooler_output, full.pooler_output, atol=1e-5)
