@@ -22,6 +22,7 @@ from hf_deit.arguments import (
     DistillationArguments,
     ModelArguments,
     student_config,
+    uses_embedded_data,
 )
 from hf_deit.data import (
     AugmentationArguments,
@@ -31,6 +32,7 @@ from hf_deit.data import (
     build_train_transform,
     load_image_classification_dataset,
 )
+from hf_deit.checkpointing import resolve_resume_checkpoint
 from hf_deit.image_processing import deit_image_processor
 from hf_deit.trainer import DistillationTrainer, make_compute_metrics
 
@@ -102,7 +104,7 @@ def main(argv=None) -> dict:
     image_processor = deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std)
 
     # Train
-    training_args.resolve_learning_rate()
+    training_args.resolve_learning_rate(small_data=uses_embedded_data(data_args))
     distillation_type = distill_args.distillation_type
     if distill_args.teacher_name_or_path is None and distillation_type != "none":
         logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
@@ -123,7 +125,9 @@ def main(argv=None) -> dict:
         trust_remote_code=distill_args.teacher_trust_remote_code,
         repeated_augmentation=data_args.repeated_augmentation,
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    # Resume from the newest checkpoint in output_dir unless told otherwise (rule: hf_deit.checkpointing).
+    checkpoint = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)

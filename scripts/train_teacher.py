@@ -17,7 +17,7 @@ from typing import Optional
 import transformers
 from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed
 
-from hf_deit.arguments import DataArguments, DeiTTrainingArguments
+from hf_deit.arguments import EMBEDDED_STUDENT, DataArguments, DeiTTrainingArguments, uses_embedded_data
 from hf_deit.data import (
     AugmentationArguments,
     apply_transforms,
@@ -116,8 +116,7 @@ def main(argv=None) -> dict:
     label_names = dataset["train"].features["label"].names
     model = build_teacher(teacher_args, label_names)
     if aug_args.image_size is None:
-        embedded = data_args.train_dir is None and data_args.dataset_name in ("mnist", "digits")
-        aug_args.image_size = 32 if embedded else 224
+        aug_args.image_size = EMBEDDED_STUDENT["image_size"] if uses_embedded_data(data_args) else 224
     aug_args = aug_args.resolved()
     dataset = apply_transforms(dataset, build_train_transform(aug_args), build_eval_transform(aug_args))
 

@@ -21,7 +21,25 @@ DistilledDeiTConfig.register_for_auto_class()
 DistilledDeiTModel.register_for_auto_class("AutoModel")
 DistilledDeiTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
+# The training side imports Trainer and accelerate: loaded on first use, so that `import hf_deit` stays light.
+_LAZY = {
+    "DistillationTrainer": "trainer",
+    "ClassifierTrainer": "trainer",
+    "DistillationLoss": "losses",
+    "convert_checkpoint": "convert",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "PRESETS",
     "PRESET_ALIASES",
     "DistilledDeiTConfig",

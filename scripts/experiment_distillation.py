@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""The paper's claim at our scale: on the embedded MNIST digits, a CNN teacher, and a small DeiT trained without
+distillation, with soft distillation and with hard distillation, every student with the same budget (epochs, batch,
+recipe), over several seeds. Writes `results.json` and `results.md` (mean, std, min, max per variant).
+
+    python scripts/experiment_distillation.py --output_dir outputs/experiment --seeds 0 1 2 --student_epochs 30
+    python scripts/experiment_distillation.py --quick            # a smoke run (CI)
+
+Each seed trains its own teacher, so the spread includes the teacher's. Every run is `scripts/train.py` or
+`scripts/train_teacher.py` in-process with the flags printed above it.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from main_job import TEACHER_FLAGS, common_flags, run_stage  # noqa: E402
+
+import train  # noqa: E402
+import train_teacher  # noqa: E402
+
+STUDENT_VARIANTS = ("none", "soft", "hard")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="outputs/experiment_distillation")
+    parser.add_argument("--dataset_name", default="mnist")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(STUDENT_VARIANTS), choices=STUDENT_VARIANTS)
+    parser.add_argument("--teacher_epochs", type=float, default=10)
+    parser.add_argument("--student_epochs", type=float, default=30)
+    parser.add_argument("--distillation_tau", type=float, default=1.0)
+    parser.add_argument("--quick", action="store_true", help="Tiny subset, few steps, for CI.")
+    parser.add_argument("student_flags", nargs=argparse.REMAINDER, help="After --: more flags for every student.")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = [flag for flag in args.student_flags if flag != "--"]
+    runs = {"teacher": {}, **{variant: {} for variant in args.variants}}
+    started = time.perf_counter()
+    for seed in args.seeds:
+        args.seed = seed
+        flags = common_flags(args)
+        teacher_dir = out / f"seed{seed}" / "teacher"
+        runs["teacher"][seed] = run_stage(f"seed {seed}: teacher", train_teacher.main, [
+            "--output_dir", str(teacher_dir), "--num_train_epochs", str(args.teacher_epochs), *TEACHER_FLAGS, *flags,
+        ])
+        for variant in args.variants:
+            runs[variant][seed] = run_stage(f"seed {seed}: student, {variant}", train.main, [
+                "--output_dir", str(out / f"seed{seed}" / variant), "--num_train_epochs", str(args.student_epochs),
+                "--teacher_name_or_path", str(teacher_dir), "--distillation_type", variant,
+                "--distillation_tau", str(args.distillation_tau), *flags, *extra,
+            ])
+        # Rewritten after every seed so that an interrupted experiment keeps what it measured.
+        write_results(out, args, runs, time.perf_counter() - started)
+    return runs
+
+
+def summarize(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def write_results(out: Path, args: argparse.Namespace, runs: dict, seconds: float) -> None:
+    summary = {}
+    for name, by_seed in runs.items():
+        if by_seed:
+            summary[name] = {
+                key: summarize([100 * metrics[f"eval_{key}"] for metrics in by_seed.values()])
+                for key in ("accuracy", "cls_accuracy", "distillation_accuracy", "teacher_agreement")
+                if all(f"eval_{key}" in metrics for metrics in by_seed.values())
+            }
+            summary[name]["wall_seconds"] = summarize([metrics["wall_seconds"] for metrics in by_seed.values()])
+    setup = {key: value for key, value in vars(args).items() if key != "student_flags"}
+    (out / "results.json").write_text(json.dumps({"setup": setup, "summary": summary, "runs": runs}, indent=2))
+    (out / "results.md").write_text(markdown_table(summary, setup, seconds))
+
+
+def markdown_table(summary: dict, setup: dict, seconds: float) -> str:
+    def cell(stats: dict | None) -> str:
+        if not stats:
+            return "-"
+        return f"{stats['mean']:.1f} ± {stats['std']:.1f} ({stats['min']:.1f}-{stats['max']:.1f})"
+
+    lines = [
+        f"Validation top-1 (%), mean ± std (min-max) over seeds {setup['seeds']}; dataset {setup['dataset_name']}; "
+        f"teacher {setup['teacher_epochs']:g} epochs, every student {setup['student_epochs']:g} epochs; "
+        f"{seconds / 60:.0f} min in all.",
+        "",
+        "| run | averaged heads | cls head | distillation head | agrees with teacher | minutes per run |",
+        "|---|---|---|---|---|---|",
+    ]
+    labels = {"teacher": "CNN teacher", "none": "DeiT, no distillation", "soft": "DeiT, soft distillation",
+              "hard": "DeiT, hard distillation"}
+    for name, stats in summary.items():
+        minutes = stats["wall_seconds"]["mean"] / 60
+        lines.append(f"| {labels[name]} | {cell(stats.get('accuracy'))} | {cell(stats.get('cls_accuracy'))} | "
+                     f"{cell(stats.get('distillation_accuracy'))} | {cell(stats.get('teacher_agreement'))} | "
+                     f"{minutes:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

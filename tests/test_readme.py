@@ -1,0 +1,29 @@
+"""The README's Python snippets run as written (offline, in a fresh process and an empty folder)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_python_snippets():
+    assert len(SNIPPETS) >= 3
+
+
+@pytest.mark.slow
+def test_readme_python_snippets_run(tmp_path):
+    # One process for all snippets: each import of transformers costs seconds here.
+    program = "\n\n".join(f"# --- snippet {i}\n{code}" for i, code in enumerate(SNIPPETS))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch.Size([2, 10])" in result.stdout
+    max_diff = float(re.search(r"tensor\(([-0-9.e]+)", result.stdout).group(1))
+    assert max_diff <= 1e-5

@@ -1,0 +1,127 @@
+"""End-to-end runs of the command-line scripts on the embedded digits: what a user types, in small."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+TINY_STUDENT = "image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2"
+TINY_TEACHER = '{"hidden_sizes": [16, 32], "depths": [1, 1], "embedding_size": 16}'
+FAST_RUN = ["--dataset_name", "digits", "--image_size", "16", "--max_steps", "8", "--per_device_train_batch_size",
+            "32", "--logging_steps", "4", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true",
+            "--max_eval_samples", "64"]
+
+
+def child_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_"))}
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    import train_teacher
+
+    out = tmp_path_factory.mktemp("teacher")
+    metrics = train_teacher.main(["--output_dir", str(out), "--config_overrides", TINY_TEACHER, *FAST_RUN])
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and "eval_top5_accuracy" in metrics
+    return out
+
+
+def test_train_teacher_saves_a_loadable_classifier_with_its_preprocessing(teacher_dir):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    teacher = AutoModelForImageClassification.from_pretrained(teacher_dir)
+    assert teacher.config.model_type == "resnet"
+    assert teacher.config.id2label == {i: str(i) for i in range(10)}
+    processor = AutoImageProcessor.from_pretrained(teacher_dir)
+    assert processor.crop_size == {"height": 16, "width": 16}
+
+
+def test_train_with_hard_distillation_writes_model_code_card_and_per_head_metrics(teacher_dir, tmp_path):
+    import train
+
+    out = tmp_path / "student"
+    metrics = train.main(["--output_dir", str(out), "--config_overrides", TINY_STUDENT,
+                          "--teacher_name_or_path", str(teacher_dir), "--distillation_type", "hard", *FAST_RUN])
+    for key in ("accuracy", "cls_accuracy", "distillation_accuracy", "teacher_accuracy", "teacher_agreement",
+                "top5_accuracy"):
+        assert 0.0 <= metrics[f"eval_{key}"] <= 1.0, key
+    files = {path.name for path in out.iterdir()}
+    assert {"model.safetensors", "config.json", "configuration_distilled_deit.py", "modeling_distilled_deit.py",
+            "preprocessor_config.json", "README.md"} <= files
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "distilled_deit" and config["hidden_size"] == 32
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+    weights = load_file(out / "model.safetensors")
+    assert "distillation_classifier.weight" in weights and not any("teacher" in key for key in weights)
+    card = (out / "README.md").read_text()
+    assert "distillation_type" in card or "hard" in card
+    assert str(teacher_dir) in card  # the teacher is named
+    # The learning rate left unset follows the small-data rule, and the resolved value is what was used.
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert max(entry.get("learning_rate", 0) for entry in state["log_history"]) <= 1e-3
+
+
+def test_train_without_a_teacher_falls_back_to_no_distillation(tmp_path, caplog):
+    import train
+
+    metrics = train.main(["--output_dir", str(tmp_path), "--config_overrides", TINY_STUDENT, *FAST_RUN])
+    assert "eval_teacher_agreement" not in metrics
+    assert any("distillation_type none" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.slow
+def test_main_job_quick_run_prints_the_side_by_side_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "main_job.py"), "--quick", "--dataset_name", "digits",
+         "--output_dir", str(tmp_path)],
+        env=child_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| CNN teacher |" in result.stdout and "| DeiT, hard distillation |" in result.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"teacher", "deit_none", "deit_hard"}
+
+
+@pytest.mark.slow
+def test_experiment_script_quick_run_summarises_seeds(tmp_path):
+    import experiment_distillation
+
+    runs = experiment_distillation.main(["--quick", "--dataset_name", "digits", "--seeds", "0", "1",
+                                         "--variants", "none", "hard", "--output_dir", str(tmp_path),
+                                         "--", "--config_overrides", TINY_STUDENT, "--image_size", "16"])
+    assert set(runs) == {"teacher", "none", "hard"} and set(runs["hard"]) == {0, 1}
+    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert summary["hard"]["accuracy"]["n"] == 2
+    assert "| DeiT, hard distillation |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_ddp_over_gloo(teacher_dir, tmp_path):
+    """`accelerate launch` with two CPU processes trains one model with DDP (not two copies)."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--main_process_port", "0", "--num_cpu_threads_per_process", "1", str(SCRIPTS / "train.py"),
+               "--output_dir", str(out), "--config_overrides", TINY_STUDENT, "--teacher_name_or_path",
+               str(teacher_dir), *FAST_RUN]
+    env = child_env()
+    env["ACCELERATE_USE_CPU"] = "1"
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    args = torch.load(out / "training_args.bin", weights_only=False)
+    assert args.world_size == 2 and args.parallel_mode.value == "distributed"
+    # Two processes of batch 32 make a global batch of 64: the resolved learning rate is the same either way,
+    # and one model was saved.
+    assert (out / "model.safetensors").exists()
