@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,8 +119,6 @@ def test_accelerate_launch_two_processes_ddp_over_gloo(teacher_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 8
-    args = torch.load(out / "training_args.bin", weights_only=False)
-    assert args.world_size == 2 and args.parallel_mode.value == "distributed"
-    # Two processes of batch 32 make a global batch of 64: the resolved learning rate is the same either way,
-    # and one model was saved.
+    card = (out / "README.md").read_text()  # written by the main process from the trainer's own state
+    assert "| num_processes | 2 |" in card and "| total_train_batch_size | 64 |" in card
     assert (out / "model.safetensors").exists()
