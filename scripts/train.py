@@ -13,6 +13,7 @@ import logging
 import sys
 
 import transformers
+from datasets import concatenate_datasets
 from transformers import AutoModelForImageClassification, HfArgumentParser, set_seed
 
 from hf_deit import DistilledDeiTForImageClassification
@@ -31,6 +32,8 @@ from hf_deit.data import (
     build_eval_transform,
     build_train_transform,
     load_image_classification_dataset,
+    load_unlabeled_images,
+    split_labeled,
 )
 from hf_deit.checkpointing import resolve_resume_checkpoint
 from hf_deit.image_processing import deit_image_processor
@@ -93,6 +96,7 @@ def main(argv=None) -> dict:
         token=training_args.hub_token,
     )
     label_names = dataset["train"].features["label"].names
+    dataset["train"] = add_unlabeled_examples(dataset["train"], distill_args, data_args, training_args)
 
     # Student: its input size decides the transforms' unless given
     model = build_student(model_args, data_args, label_names)
@@ -124,6 +128,14 @@ def main(argv=None) -> dict:
         label_smoothing=aug_args.smoothing,
         trust_remote_code=distill_args.teacher_trust_remote_code,
         repeated_augmentation=data_args.repeated_augmentation,
+        attention_distillation_weight=distill_args.attention_distillation_weight,
+        attention_distillation_layers=distill_args.attention_distillation_layers,
+        attention_distillation_token=distill_args.attention_distillation_token,
+        attention_distillation_loss=distill_args.attention_distillation_loss,
+        feature_distillation_weight=distill_args.feature_distillation_weight,
+        feature_distillation_loss=distill_args.feature_distillation_loss,
+        feature_distillation_token=distill_args.feature_distillation_token,
+        pseudo_label_threshold=distill_args.pseudo_label_threshold,
     )
     # Resume from the newest checkpoint in output_dir unless told otherwise (rule: hf_deit.checkpointing).
     checkpoint = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
@@ -143,6 +155,30 @@ def main(argv=None) -> dict:
     elif trainer.is_world_process_zero():
         trainer.create_model_card(**card_info)
     return metrics
+
+
+def add_unlabeled_examples(train, distill_args: DistillationArguments, data_args: DataArguments, training_args):
+    """The training split with unlabelled examples (label -1): the part `--labeled_fraction` leaves unlabelled,
+    and/or the pool `--unlabeled_dataset_name`/`--unlabeled_train_dir`. The teacher labels them during training."""
+    parts = [train]
+    if distill_args.labeled_fraction is not None and distill_args.labeled_fraction < 1.0:
+        parts = list(split_labeled(train, distill_args.labeled_fraction, seed=training_args.seed))
+        logger.info("Labels kept for %d of %d training images.", len(parts[0]), len(train))
+    if distill_args.unlabeled_dataset_name or distill_args.unlabeled_train_dir:
+        parts.append(
+            load_unlabeled_images(
+                train.features["label"],
+                dataset_name=distill_args.unlabeled_dataset_name,
+                train_dir=distill_args.unlabeled_train_dir,
+                image_column_name=data_args.image_column_name,
+                max_samples=distill_args.max_unlabeled_samples,
+                seed=training_args.seed,
+                token=training_args.hub_token,
+            )
+        )
+    if len(parts) > 1 and distill_args.teacher_name_or_path is None:
+        raise ValueError("Unlabelled training images need a teacher to label them: pass --teacher_name_or_path.")
+    return concatenate_datasets(parts) if len(parts) > 1 else train
 
 
 def _dataset_label(data_args: DataArguments) -> str:

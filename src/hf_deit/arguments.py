@@ -81,6 +81,41 @@ class DistillationArguments:
     distillation_alpha: float = field(default=0.5, metadata={"help": "Weight of the distillation term (paper 0.5)."})
     distillation_tau: float = field(default=1.0, metadata={"help": "Temperature of soft distillation (paper 1.0)."})
     teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Allow the teacher's remote code."})
+    # Beyond the paper (hf_deit.losses.attention_map_loss, hf_deit.feature_distillation)
+    attention_distillation_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the attention-map term: student attention vs teacher map (0 = off)."}
+    )
+    attention_distillation_layers: list[int] = field(
+        default_factory=lambda: [-1], metadata={"help": "Student blocks whose attention is distilled (-1 = last)."}
+    )
+    attention_distillation_token: str = field(
+        default="dist", metadata={"help": "Student token whose attention is distilled: cls, dist or both."}
+    )
+    attention_distillation_loss: str = field(default="kl", metadata={"help": "Attention-map distance: kl or mse."})
+    feature_distillation_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the feature term: projected student vs teacher features (0 = off)."}
+    )
+    feature_distillation_loss: str = field(default="cosine", metadata={"help": "Feature distance: cosine or mse."})
+    feature_distillation_token: str = field(
+        default="dist", metadata={"help": "Student features: dist or cls token, or patches (mean of patch tokens)."}
+    )
+    # Learning from unlabelled images: the teacher labels them
+    unlabeled_dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "A pool of unlabelled training images: dataset name (its train split)."}
+    )
+    unlabeled_train_dir: Optional[str] = field(
+        default=None, metadata={"help": "A pool of unlabelled training images: an image folder."}
+    )
+    max_unlabeled_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the unlabelled pool."})
+    labeled_fraction: Optional[float] = field(
+        default=None,
+        metadata={"help": "Keep the labels of this stratified, seeded fraction of train; the rest becomes unlabelled."},
+    )
+    pseudo_label_threshold: float = field(
+        default=0.0,
+        metadata={"help": "Unlabelled images train the class head on the teacher's label when its probability "
+                  "reaches this (0 = always)."},
+    )
 
 
 @dataclass

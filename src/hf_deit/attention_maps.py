@@ -156,6 +156,11 @@ def capture_input(module: nn.Module):
         handle.remove()
 
 
+def _is_vit_like(config) -> bool:
+    """A ViT-like transformer (patches and attention heads) rather than a CNN (ConvNeXt also has a patch size)."""
+    return config is not None and hasattr(config, "patch_size") and hasattr(config, "num_attention_heads")
+
+
 def _is_distilled_deit(model: nn.Module) -> bool:
     return getattr(getattr(model, "config", None), "model_type", None) == "distilled_deit"
 
@@ -168,7 +173,7 @@ def prepare_teacher_for_maps(teacher: nn.Module) -> None:
     if _is_distilled_deit(teacher):
         return
     config = getattr(teacher, "config", None)
-    if config is not None and hasattr(config, "patch_size") and getattr(config, "_attn_implementation", "eager") != "eager":
+    if _is_vit_like(config) and getattr(config, "_attn_implementation", "eager") != "eager":
         teacher.set_attn_implementation("eager")
 
 
@@ -185,7 +190,7 @@ def teacher_forward(
 ) -> TeacherForwardOutput:
     """Logits, and optionally the spatial map and pooled features, from a single forward pass of the teacher.
 
-    Maps: a transformer teacher (ours, or transformers' ViT/DeiT: a config with `patch_size`) gives its cls token's
+    Maps: a transformer teacher (ours, or transformers' ViT/DeiT: a config with `patch_size` and attention heads) gives its cls token's
     attention over the patches in `layers`, averaged over heads and layers; a CNN (transformers' ResNet, RegNet,
     ConvNeXt, ...: hidden states of shape `(batch, channels, h, w)`) gives `activation_attention_map` of its last
     stage. Features: the input of the layer producing the logits (`classifier_layer`), i.e. pooled pre-logits.
@@ -193,7 +198,7 @@ def teacher_forward(
     """
     kwargs = {}
     config = getattr(teacher, "config", None)
-    transformer = config is not None and hasattr(config, "patch_size")
+    transformer = _is_vit_like(config)
     if attention_map:
         if _is_distilled_deit(teacher):
             kwargs["attention_layers"] = list(layers)
