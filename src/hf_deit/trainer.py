@@ -8,8 +8,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from transformers import EvalPrediction, Trainer
+from transformers import EvalPrediction, Trainer, default_data_collator
 
+from .callbacks import NonFiniteLossError, NonFiniteLossGuard
+from .checkpointing import (
+    PositionSeededCollator,
+    PositionSeededDataset,
+    PositionSeededSampler,
+    save_checkpoint_atomically,
+)
 from .losses import DistillationLoss, DistillationType, classification_loss
 from .teacher import TeacherInputAdapter, TeacherLogits, check_label_space, load_teacher, teacher_preprocessing
 
@@ -41,16 +48,19 @@ class DeiTTrainerBase(Trainer):
         if repeated_augmentation < 1:
             raise ValueError(f"repeated_augmentation must be >= 1, got {repeated_augmentation}.")
         self.repeated_augmentation = repeated_augmentation
+        self.loss_guard = NonFiniteLossGuard()  # compute_loss feeds it; training_step checks it (hf_deit.callbacks)
 
     def _uses_repeated_augmentation(self) -> bool:
         return self.repeated_augmentation > 1 and self.args.world_size > 1
 
     def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(dataset, PositionSeededDataset):  # augmentation seeded by position: resumes exactly
+            return PositionSeededSampler(self._get_train_sampler(dataset.dataset), seed=self.args.seed)
         if not self._uses_repeated_augmentation():
-            return super()._get_train_sampler(train_dataset)
+            return super()._get_train_sampler(dataset)
         from .data import RepeatedAugmentationSampler
 
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
         return RepeatedAugmentationSampler(
             dataset,
             num_replicas=self.args.world_size,
@@ -60,7 +70,7 @@ class DeiTTrainerBase(Trainer):
         )
 
     def get_train_dataloader(self):
-        dataloader = super().get_train_dataloader()
+        dataloader = self._seeded_train_dataloader()
         if self._uses_repeated_augmentation():
             # The sampler already gives each process its own share; the shard wrapper that `accelerator.prepare`
             # adds would split that share again and drop samples. Make it a pass-through, as Trainer does for its
@@ -70,6 +80,20 @@ class DeiTTrainerBase(Trainer):
                 batch_sampler.num_processes = 1
                 batch_sampler.process_index = 0
         return dataloader
+
+    def _seeded_train_dataloader(self):
+        # Map-style data: every augmentation draw seeded by its place in the epoch (hf_deit.checkpointing), so that
+        # a resumed run sees the batches an uninterrupted one would. Streams keep Trainer's own loader.
+        train_dataset = self.train_dataset
+        streamed = isinstance(train_dataset, torch.utils.data.IterableDataset) or not hasattr(train_dataset, "__len__")
+        if train_dataset is None or streamed:
+            return super().get_train_dataloader()
+        self.train_dataset = PositionSeededDataset(train_dataset)
+        try:
+            with self._collating_with(PositionSeededCollator(self.data_collator or default_data_collator)):
+                return super().get_train_dataloader()
+        finally:
+            self.train_dataset = train_dataset
 
     def get_eval_dataloader(self, eval_dataset=None):
         with self._collating_with(self.eval_data_collator):
@@ -92,6 +116,24 @@ class DeiTTrainerBase(Trainer):
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         return [name for name in super().get_decay_parameter_names(model) if not _NO_DECAY_PARAMETER.search(name)]
 
+    # ---- reliability: non-finite losses, atomic checkpoints (hf_deit.callbacks, hf_deit.checkpointing) ----
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:  # the step's last micro-batch: checked before optimizer.step()
+            self.loss_guard.check(self.state.global_step + 1, self.accelerator)
+        return loss
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        except NonFiniteLossError as error:
+            # The bad step never reached the optimizer: save the last good state, then stop loudly.
+            raise error.with_checkpoint(self._save_checkpoint(self.model, trial=None)) from None
+
+    def _save_checkpoint(self, model, trial):
+        return save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
+
 
 class ClassifierTrainer(DeiTTrainerBase):
     """Trains a single-head image classifier (a CNN teacher, for instance) with the DeiT data recipe: cross-entropy
@@ -108,6 +150,8 @@ class ClassifierTrainer(DeiTTrainerBase):
         outputs = model(pixel_values=inputs["pixel_values"])
         with torch.autocast(device_type=outputs.logits.device.type, enabled=False):
             loss = classification_loss(outputs.logits.float(), inputs["labels"], self.label_smoothing)
+        if model.training:
+            self.loss_guard.observe(loss.detach()[None], ("loss",))
         return (loss, outputs) if return_outputs else loss
 
 
@@ -225,6 +269,7 @@ class DistillationTrainer(DeiTTrainerBase):
             step_terms = torch.stack((terms.cls.detach(), terms.distillation.detach()))
             self._loss_terms_sum = step_terms if self._loss_terms_sum is None else self._loss_terms_sum + step_terms
             self._loss_terms_count += 1
+            self.loss_guard.observe(step_terms, ("loss_cls", "loss_distillation"))
         if return_outputs:
             return terms.loss, self._prediction_outputs(outputs, teacher_logits)
         return terms.loss

@@ -1,0 +1,77 @@
+"""Checks that run during training: stop on a non-finite loss before it reaches the weights.
+
+transformers' Trainer, with its default `logging_nan_inf_filter=True`, replaces a NaN/inf step loss by the running
+mean in the logs and keeps stepping the optimizer: a run that diverged (learning rate too high, fp16 overflow, a
+teacher returning inf, a corrupt batch) goes on training on NaN weights for days while its logged loss looks fine.
+
+`NonFiniteLossGuard` records, on the device, which loss terms were not finite in the current optimizer step
+(`observe`, no host synchronisation), and `check` reads that flag once per optimizer step, after the backward pass and
+before `optimizer.step()`: the bad update is never applied. Trainer already synchronises with the device once per
+micro-batch for its NaN filter, so the extra read costs nothing measurable (see the README's reliability section).
+`DeiTTrainerBase` then saves a checkpoint of the last good state and raises `NonFiniteLossError`, which says at which
+step, in which loss term, where the checkpoint is and what usually causes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss was NaN or infinite. `step` is the optimizer step that produced it (1-based, as Trainer's
+    `global_step` would have become), `terms` the loss terms that were not finite, `checkpoint` the folder holding the
+    state before that step (set once it is saved)."""
+
+    def __init__(self, step: int, terms: Sequence[str], checkpoint: str | None = None):
+        self.step, self.terms, self.checkpoint = step, list(terms), checkpoint
+        super().__init__(self._message())
+
+    def with_checkpoint(self, checkpoint: str | None) -> "NonFiniteLossError":
+        return NonFiniteLossError(self.step, self.terms, checkpoint)
+
+    def _message(self) -> str:
+        terms = ", ".join(self.terms)
+        saved = (
+            f"The weights were not updated by that step; the state before it is saved in {self.checkpoint} "
+            f"(resume with --resume_from_checkpoint {self.checkpoint} once the cause is fixed)."
+            if self.checkpoint
+            else "The weights were not updated by that step."
+        )
+        hints = [
+            "a learning rate too high for this batch size (--learning_rate, --warmup_steps)",
+            "fp16 overflow (use --bf16, or full precision)",
+            "corrupt or unnormalised inputs",
+        ]
+        if any("distillation" in term for term in self.terms):
+            hints.insert(0, "a teacher returning NaN/inf logits (check it on a batch alone)")
+        return (
+            f"Training stopped: the loss term(s) {terms} became NaN or infinite at step {self.step}. {saved} "
+            f"Usual causes: {'; '.join(hints)}."
+        )
+
+
+class NonFiniteLossGuard:
+    """Records non-finite loss terms on the device; `check` raises `NonFiniteLossError` if any were seen."""
+
+    def __init__(self):
+        self._not_finite: torch.Tensor | None = None  # bool per term, OR-ed over the micro-batches of one step
+        self._names: tuple[str, ...] = ()
+
+    def observe(self, terms: torch.Tensor, names: Sequence[str]) -> None:
+        """`terms`: a 1-D tensor of this micro-batch's loss terms, named by `names`. No host synchronisation."""
+        not_finite = ~torch.isfinite(terms.detach())
+        self._not_finite = not_finite if self._not_finite is None else self._not_finite | not_finite
+        self._names = tuple(names)
+
+    def check(self, step: int, accelerator=None) -> None:
+        """Read the flags (one host sync; one all-reduce when several processes train) and reset them."""
+        if self._not_finite is None:
+            return
+        not_finite, self._not_finite = self._not_finite, None
+        if accelerator is not None and accelerator.num_processes > 1:
+            # Every process must stop at the same step, or the others would wait forever in the next collective.
+            not_finite = accelerator.reduce(not_finite.to(torch.int32), reduction="sum") > 0
+        if bool(not_finite.any()):
+            raise NonFiniteLossError(step, [name for name, bad in zip(self._names, not_finite.tolist()) if bad])

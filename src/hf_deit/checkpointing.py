@@ -1,0 +1,217 @@
+"""Checkpoints that survive a crash: atomic writes, and which checkpoint a restarted run resumes from.
+
+Atomic writes. transformers' `Trainer._save_checkpoint` writes straight into `output_dir/checkpoint-N`, file by file;
+a kill in the middle leaves a folder that looks like the newest checkpoint but cannot be loaded, and
+`get_last_checkpoint` would pick it. `save_checkpoint_atomically` lets Trainer write the checkpoint into a hidden
+staging folder (`output_dir/.partial-checkpoint-N/checkpoint-N`) and renames it into place only once every file is
+written: `checkpoint-N` then either does not exist or is complete (a rename within one file system is atomic), and a
+kill at any moment leaves the previous checkpoint untouched. Older checkpoints are rotated only after the rename.
+(Durability across a power cut would need fsyncs as well; a killed process's writes are already in the page cache.)
+
+Resuming. `resolve_resume_checkpoint(output_dir, requested)` is the rule `scripts/train.py` applies:
+    unset             resume from the newest checkpoint in output_dir if there is one (logged), else start fresh;
+    "auto"/"true"/"latest"  resume from the newest checkpoint; an error if there is none;
+    "false"/"no"/"none"     start fresh; an error if output_dir already holds checkpoints (they would mix with the
+                      new run's and be rotated away): choose another --output_dir or delete them;
+    a path            resume from that checkpoint folder (an error if it is not one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+
+logger = logging.getLogger(__name__)
+
+STAGING_PREFIX = ".partial-"  # hidden, and not matched by transformers' `checkpoint-<step>` patterns
+TRAINER_STATE_NAME = "trainer_state.json"
+_RESUME_LATEST = {"auto", "true", "latest", "last", "yes"}
+_RESUME_NEVER = {"false", "no", "none", "never"}
+
+
+def save_checkpoint_atomically(trainer, save_checkpoint, model, trial) -> str:
+    """Run Trainer's `save_checkpoint(model, trial)` into a staging folder, then rename it to `checkpoint-<step>`.
+
+    `trainer` is the Trainer (its `_get_output_dir` is redirected to the staging folder for the duration of the
+    call); returns the final checkpoint folder. In a multi-process run every process writes its RNG state into the
+    staging folder, so the main process renames only once all have finished.
+    """
+    run_dir = trainer._get_output_dir(trial=trial)
+    name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+    final = os.path.join(run_dir, name)
+    staging_root = os.path.join(run_dir, STAGING_PREFIX + name)
+    staged = os.path.join(staging_root, name)
+    if trainer.args.should_save:
+        remove_partial_checkpoints(run_dir)  # left by a run killed while saving
+    trainer.accelerator.wait_for_everyone()
+    # Trainer derives the checkpoint's folder from `_get_output_dir`: point it at the staging root for this call only.
+    trainer._get_output_dir = lambda trial=None: staging_root
+    try:
+        save_checkpoint(model, trial)
+    finally:
+        del trainer._get_output_dir  # back to the class's method
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        if trainer.state.best_model_checkpoint == staged:
+            trainer.state.best_model_checkpoint = final
+            trainer.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+        if os.path.exists(final):  # the same step saved again (e.g. a resumed run re-saving where it was killed)
+            shutil.rmtree(final)
+        os.replace(staged, final)
+        os.rmdir(staging_root)
+        rotate_checkpoints(
+            output_dir=run_dir,
+            save_total_limit=trainer.args.save_total_limit,
+            best_model_checkpoint=trainer.state.best_model_checkpoint,
+            use_mtime=True,
+        )
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def remove_partial_checkpoints(run_dir: str) -> list[str]:
+    """Delete staging folders that a killed run left behind; returns their paths."""
+    removed = []
+    if os.path.isdir(run_dir):
+        for entry in os.listdir(run_dir):
+            if entry.startswith(STAGING_PREFIX + PREFIX_CHECKPOINT_DIR):
+                path = os.path.join(run_dir, entry)
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    if removed:
+        logger.info("Removed %d incomplete checkpoint(s) left by an interrupted save: %s", len(removed), removed)
+    return removed
+
+
+def is_checkpoint(folder: str | os.PathLike) -> bool:
+    return os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME))
+
+
+def resolve_resume_checkpoint(output_dir: str, requested: str | bool | None) -> str | None:
+    """The checkpoint folder a run in `output_dir` resumes from, or None to start fresh (rule in the module doc)."""
+    latest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    text = str(requested).strip().lower() if requested is not None else None
+    if text is None:
+        if latest is not None:
+            logger.warning(
+                "Resuming from %s, the newest checkpoint in --output_dir %s. To start over instead, pass another "
+                "--output_dir (or --resume_from_checkpoint false after deleting the checkpoints).", latest, output_dir
+            )
+        return latest
+    if text in _RESUME_LATEST:
+        if latest is None:
+            raise ValueError(f"--resume_from_checkpoint {requested}: no checkpoint-<step> folder in {output_dir}.")
+        logger.info("Resuming from %s.", latest)
+        return latest
+    if text in _RESUME_NEVER:
+        if latest is not None:
+            raise ValueError(
+                f"--output_dir {output_dir} already holds checkpoints (newest: {os.path.basename(latest)}) and "
+                f"--resume_from_checkpoint is {requested}: a new run there would mix with them. Pass another "
+                "--output_dir, delete the checkpoints, or drop the flag to resume."
+            )
+        return None
+    path = Path(requested)
+    if not is_checkpoint(path):
+        raise ValueError(
+            f"--resume_from_checkpoint {requested}: not a checkpoint folder (no {TRAINER_STATE_NAME}). Pass a "
+            f"{PREFIX_CHECKPOINT_DIR}-<step> folder, 'auto' for the newest in --output_dir, or 'false'."
+        )
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Augmentation randomness that resumes exactly
+# ---------------------------------------------------------------------------------------------------------------------
+# Trainer saves torch's global RNG with each checkpoint and restores it on resume, but the data pipeline draws from
+# that same RNG (random crops, RandAugment, erasing, mixup) and accelerate's DataLoader prefetches one batch ahead: the
+# saved state already includes the next batch's draws, and with worker processes each worker's RNG restarts elsewhere
+# after the skipped batches. A resumed run then augments differently from an uninterrupted one.
+#
+# Instead, every draw of the data pipeline is seeded by its place in the epoch: the sampler yields (index, seed) with
+# seed = f(training seed, epoch, position), the dataset applies its transform under that seed (in a forked RNG, so the
+# global RNG that the model's dropout uses is untouched), and the collator mixes each batch with a generator seeded
+# from its first example. Skipping batches skips positions, so augmentation no longer depends on where a run started,
+# on prefetching or on the number of DataLoader workers.
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """A well-spread 63-bit seed from integers (splitmix64 steps), the same in every process and Python version."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (value & _MASK64)) & _MASK64
+        state = (state + 0x9E3779B97F4A7C15) & _MASK64
+        mixed = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        mixed = ((mixed ^ (mixed >> 27)) * 0x94D049BB133111EB) & _MASK64
+        state = mixed ^ (mixed >> 31)
+    return state >> 1
+
+
+class PositionSeededSampler(torch.utils.data.Sampler):
+    """Yields `(index, seed)`: the indices of `sampler` (or, for a `RandomSampler`, a permutation seeded by
+    `seed + epoch`), each with a seed for its augmentation derived from the training seed, the epoch and its position."""
+
+    def __init__(self, sampler, seed: int):
+        self.sampler = sampler
+        self.seed = seed
+        self.epoch = 0
+        self.shuffle_here = isinstance(sampler, torch.utils.data.RandomSampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        if self.shuffle_here:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            indices = torch.randperm(len(self.sampler.data_source), generator=generator).tolist()
+        else:
+            indices = iter(self.sampler)
+        for position, index in enumerate(indices):
+            yield int(index), mix_seed(self.seed, self.epoch, position)
+
+
+class PositionSeededDataset(torch.utils.data.Dataset):
+    """Map-style dataset read with `(index, seed)` keys: the item's transform runs under `torch.manual_seed(seed)`."""
+
+    SEED_KEY = "augmentation_seed"
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            example = dict(self.dataset[index])
+        example[self.SEED_KEY] = seed
+        return example
+
+
+class PositionSeededCollator:
+    """Wraps a collator: drops the seeds from the examples and, when the collator draws from a `generator` (mixup),
+    gives it one seeded from the batch's first example."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples):
+        seeds = [example.pop(PositionSeededDataset.SEED_KEY) for example in examples]
+        if hasattr(self.collator, "generator"):
+            self.collator.generator = torch.Generator().manual_seed(mix_seed(seeds[0], 1))
+        return self.collator(examples)

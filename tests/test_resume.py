@@ -1,0 +1,137 @@
+"""Kill-and-resume: scripts/train.py killed with SIGKILL after a checkpoint (or in the middle of writing one) and
+started again ends with the same weights and metrics as a run that was never interrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER = Path(__file__).with_name("train_launcher.py")
+SAVE_STEPS, MAX_STEPS = 4, 12
+
+
+def train_command(output_dir, *launcher_options, extra=()):
+    return [
+        sys.executable, str(LAUNCHER), *launcher_options, "--",
+        "--dataset_name", "digits", "--max_eval_samples", "64", "--output_dir", str(output_dir),
+        "--config_overrides", "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,patch_size=8",
+        "--max_steps", str(MAX_STEPS), "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64",
+        "--save_strategy", "steps", "--save_steps", str(SAVE_STEPS), "--save_total_limit", "2",
+        "--eval_strategy", "no", "--logging_steps", "2", "--report_to", "none", "--seed", "7",
+        "--dataloader_num_workers", "2", "--dataloader_persistent_workers", "false",
+        *extra,
+    ]  # fmt: skip
+
+
+def start(command, log_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log = open(log_path, "w")
+    # A session of its own: the kill reaches the DataLoader workers too, as a crash or an OOM killer would.
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(predicate, process, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (rc {process.returncode}) before the awaited moment")
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the run")
+
+
+def kill_group(process):
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+
+def finish(process, log_path, timeout=150):
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, Path(log_path).read_text()[-3000:]
+
+
+def final_state(output_dir):
+    weights = load_file(output_dir / "model.safetensors")
+    metrics = json.loads((output_dir / "eval_results.json").read_text())
+    losses = [entry["loss"] for entry in json.loads((output_dir / "trainer_state.json").read_text())["log_history"] if "loss" in entry]
+    return weights, {key: value for key, value in metrics.items() if "runtime" not in key and "per_second" not in key}, losses
+
+
+def assert_same_run(resumed_dir, reference_dir):
+    resumed_weights, resumed_metrics, resumed_losses = final_state(resumed_dir)
+    reference_weights, reference_metrics, reference_losses = final_state(reference_dir)
+    assert resumed_weights.keys() == reference_weights.keys()
+    for name, tensor in reference_weights.items():
+        assert torch.equal(resumed_weights[name], tensor), f"{name} differs after resuming"  # bit-identical on CPU
+    assert resumed_metrics == reference_metrics
+    # The resumed run logs the steps after the checkpoint; they must be the reference's.
+    assert resumed_losses == reference_losses[-len(resumed_losses) :]
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_checkpoint_then_auto_resume_gives_the_uninterrupted_result(tmp_path):
+    reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
+    # Both runs at once: the CPU has two cores and each run is mostly single-threaded start-up.
+    reference = start(train_command(reference_dir), tmp_path / "reference.log")
+    victim = start(train_command(run_dir, "--slow_steps_after", str(SAVE_STEPS)), tmp_path / "victim.log")
+    try:
+        checkpoint = run_dir / f"checkpoint-{SAVE_STEPS}"
+        wait_for(lambda: (checkpoint / "trainer_state.json").exists(), victim)
+        kill_group(victim)
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+    assert not (run_dir / "model.safetensors").exists(), "the kill came after the run had finished"
+
+    # No flag: the newest checkpoint in --output_dir is picked up (and said so in the log).
+    resumed = start(train_command(run_dir), tmp_path / "resumed.log")
+    finish(resumed, tmp_path / "resumed.log")
+    finish(reference, tmp_path / "reference.log")
+    assert f"Resuming from {checkpoint}" in (tmp_path / "resumed.log").read_text()
+    assert_same_run(run_dir, reference_dir)
+
+
+@pytest.mark.slow
+def test_sigkill_while_saving_leaves_the_previous_checkpoint_loadable_and_resume_works(tmp_path):
+    run_dir = tmp_path / "run"
+    victim = start(train_command(run_dir, "--slow_save_at_step", str(2 * SAVE_STEPS)), tmp_path / "victim.log")
+    try:
+        staging = run_dir / f".partial-checkpoint-{2 * SAVE_STEPS}" / f"checkpoint-{2 * SAVE_STEPS}"
+        wait_for(lambda: (staging / "SAVING").exists(), victim)
+        kill_group(victim)
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+    # The interrupted save left no checkpoint-8 at all, only its hidden staging folder; checkpoint-4 is whole.
+    assert sorted(path.name for path in run_dir.glob("checkpoint-*")) == [f"checkpoint-{SAVE_STEPS}"]
+    assert (staging / "model.safetensors").exists() and not (staging / "optimizer.pt").exists()
+    from transformers.trainer_utils import get_last_checkpoint
+
+    previous = run_dir / f"checkpoint-{SAVE_STEPS}"
+    assert get_last_checkpoint(str(run_dir)) == str(previous)
+    assert json.loads((previous / "trainer_state.json").read_text())["global_step"] == SAVE_STEPS
+    from hf_deit import DistilledDeiTForImageClassification
+
+    DistilledDeiTForImageClassification.from_pretrained(previous)
+
+    # Resuming explicitly from it completes the run and clears the staging folder.
+    command = train_command(run_dir, extra=("--resume_from_checkpoint", str(previous)))
+    resumed = start(command, tmp_path / "resumed.log")
+    finish(resumed, tmp_path / "resumed.log")
+    assert not list(run_dir.glob(".partial-*"))
+    assert (run_dir / "model.safetensors").exists()
+    assert {path.name for path in run_dir.glob("checkpoint-*")} == {f"checkpoint-{2 * SAVE_STEPS}", f"checkpoint-{MAX_STEPS}"}
