@@ -211,7 +211,8 @@ class PositionSeededCollator:
         self.collator = collator
 
     def __call__(self, examples):
-        seeds = [example.pop(PositionSeededDataset.SEED_KEY) for example in examples]
-        if hasattr(self.collator, "generator"):
+        # Trainer's `remove_unused_columns` (on by default for torch datasets) may already have dropped the seeds.
+        seeds = [example.pop(PositionSeededDataset.SEED_KEY, None) for example in examples]
+        if hasattr(self.collator, "generator") and seeds and seeds[0] is not None:
             self.collator.generator = torch.Generator().manual_seed(mix_seed(seeds[0], 1))
         return self.collator(examples)
