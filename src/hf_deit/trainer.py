@@ -3,21 +3,33 @@
 import contextlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import EvalPrediction, Trainer, default_data_collator
+from transformers import EvalPrediction, Trainer, TrainerCallback
 
-from .callbacks import NonFiniteLossError, NonFiniteLossGuard
-from .checkpointing import (
-    PositionSeededCollator,
-    PositionSeededDataset,
-    PositionSeededSampler,
-    save_checkpoint_atomically,
+from .attention_maps import (
+    CLS_TOKEN,
+    DISTILLATION_TOKEN,
+    TeacherForwardOutput,
+    capture_input,
+    classifier_layer,
+    grid_for,
+    prepare_teacher_for_maps,
+    teacher_forward,
+    token_attention_map,
 )
-from .losses import DistillationLoss, DistillationType, classification_loss
+from .feature_distillation import (
+    FEATURE_LOSSES,
+    FEATURE_TOKENS,
+    FeatureProjection,
+    feature_distillation_loss,
+    patch_mean_features,
+    student_head,
+)
+from .losses import ATTENTION_MAP_LOSSES, DistillationLoss, DistillationType, attention_map_loss, classification_loss
 from .teacher import TeacherInputAdapter, TeacherLogits, check_label_space, load_teacher, teacher_preprocessing
 
 # The paper's recipe: no weight decay on the class/distillation tokens and position embeddings (Trainer's default
@@ -31,6 +43,7 @@ class DeiTTrainerBase(Trainer):
     augmentation across processes, and no weight decay on the tokens and position embeddings.
 
     Args (beyond `Trainer`'s):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
         eval_data_collator: collates evaluation batches; by default the training collator without mixing (its
             `for_evaluation()`), so that metrics see real images and class ids.
         repeated_augmentation: copies of each image per epoch spread over the processes (DeiT's RASampler; the paper
@@ -48,17 +61,13 @@ class DeiTTrainerBase(Trainer):
         if repeated_augmentation < 1:
             raise ValueError(f"repeated_augmentation must be >= 1, got {repeated_augmentation}.")
         self.repeated_augmentation = repeated_augmentation
-        self.loss_guard = NonFiniteLossGuard()  # compute_loss feeds it; training_step checks it (hf_deit.callbacks)
 
     def _uses_repeated_augmentation(self) -> bool:
         return self.repeated_augmentation > 1 and self.args.world_size > 1
 
     def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if isinstance(dataset, PositionSeededDataset):  # augmentation seeded by position: resumes exactly
-            return PositionSeededSampler(self._get_train_sampler(dataset.dataset), seed=self.args.seed)
         if not self._uses_repeated_augmentation():
-            return super()._get_train_sampler(dataset)
+            return super()._get_train_sampler(train_dataset)
         from .data import RepeatedAugmentationSampler
 
         return RepeatedAugmentationSampler(
@@ -70,7 +79,7 @@ class DeiTTrainerBase(Trainer):
         )
 
     def get_train_dataloader(self):
-        dataloader = self._seeded_train_dataloader()
+        dataloader = super().get_train_dataloader()
         if self._uses_repeated_augmentation():
             # The sampler already gives each process its own share; the shard wrapper that `accelerator.prepare`
             # adds would split that share again and drop samples. Make it a pass-through, as Trainer does for its
@@ -80,20 +89,6 @@ class DeiTTrainerBase(Trainer):
                 batch_sampler.num_processes = 1
                 batch_sampler.process_index = 0
         return dataloader
-
-    def _seeded_train_dataloader(self):
-        # Map-style data: every augmentation draw seeded by its place in the epoch (hf_deit.checkpointing), so that
-        # a resumed run sees the batches an uninterrupted one would. Streams keep Trainer's own loader.
-        train_dataset = self.train_dataset
-        streamed = isinstance(train_dataset, torch.utils.data.IterableDataset) or not hasattr(train_dataset, "__len__")
-        if train_dataset is None or streamed:
-            return super().get_train_dataloader()
-        self.train_dataset = PositionSeededDataset(train_dataset)
-        try:
-            with self._collating_with(PositionSeededCollator(self.data_collator or default_data_collator)):
-                return super().get_train_dataloader()
-        finally:
-            self.train_dataset = train_dataset
 
     def get_eval_dataloader(self, eval_dataset=None):
         with self._collating_with(self.eval_data_collator):
@@ -116,24 +111,6 @@ class DeiTTrainerBase(Trainer):
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         return [name for name in super().get_decay_parameter_names(model) if not _NO_DECAY_PARAMETER.search(name)]
 
-    # ---- reliability: non-finite losses, atomic checkpoints (hf_deit.callbacks, hf_deit.checkpointing) ----
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.accelerator.sync_gradients:  # the step's last micro-batch: checked before optimizer.step()
-            self.loss_guard.check(self.state.global_step + 1, self.accelerator)
-        return loss
-
-    def train(self, *args, **kwargs):
-        try:
-            return super().train(*args, **kwargs)
-        except NonFiniteLossError as error:
-            # The bad step never reached the optimizer: save the last good state, then stop loudly.
-            raise error.with_checkpoint(self._save_checkpoint(self.model, trial=None)) from None
-
-    def _save_checkpoint(self, model, trial):
-        return save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
-
 
 class ClassifierTrainer(DeiTTrainerBase):
     """Trains a single-head image classifier (a CNN teacher, for instance) with the DeiT data recipe: cross-entropy
@@ -150,8 +127,6 @@ class ClassifierTrainer(DeiTTrainerBase):
         outputs = model(pixel_values=inputs["pixel_values"])
         with torch.autocast(device_type=outputs.logits.device.type, enabled=False):
             loss = classification_loss(outputs.logits.float(), inputs["labels"], self.label_smoothing)
-        if model.training:
-            self.loss_guard.observe(loss.detach()[None], ("loss",))
         return (loss, outputs) if return_outputs else loss
 
 
@@ -168,6 +143,21 @@ class DistillationTrainer(DeiTTrainerBase):
             not given. Needed to re-normalise the batch for a teacher trained with another normalisation.
         teacher_processor: the teacher's image processor, when not saved beside the teacher.
         trust_remote_code: passed on when the teacher is loaded by name.
+        attention_distillation_weight: weight of the attention-map term (0 = off; `hf_deit.losses.attention_map_loss`)
+            added to the loss: the student's `attention_distillation_token` ("cls", "dist" or "both": the mean of the
+            two terms) attention over patches in `attention_distillation_layers` (mean over heads and layers) against
+            the teacher's map (`hf_deit.attention_maps.teacher_forward`), compared with `attention_distillation_loss`
+            ("kl" or "mse"). Only those student blocks compute attention weights; the others keep their backend.
+        feature_distillation_weight: weight of the feature term (0 = off; `hf_deit.feature_distillation`): the
+            student's `feature_distillation_token` features ("dist", "cls" or "patches") through a learnable
+            projection against the teacher's pooled pre-logits features, with `feature_distillation_loss`
+            ("cosine" or "mse"). The projection (`self.feature_projection`) is trained with the student by the same
+            optimizer and is not part of the model: `save_pretrained` and checkpoints' model files never hold it.
+        pseudo_label_threshold: unlabelled examples (label -1, `labeled` mask from the collator) learn on the class
+            head from the teacher's prediction when its probability reaches this (0 = always); see `hf_deit.losses`.
+
+    The extra terms are training terms: evaluation losses stay the `none`/`soft`/`hard` loss, comparable across runs.
+    Teacher logits, map and features come from one teacher forward pass.
 
     The teacher stays in eval mode without gradients on the accelerator's device, runs under the accelerator's
     autocast, and is never handed to `accelerator.prepare` (DDP would reject a module without trainable parameters,
@@ -188,10 +178,35 @@ class DistillationTrainer(DeiTTrainerBase):
         student_std=None,
         teacher_processor=None,
         trust_remote_code: bool = False,
+        attention_distillation_weight: float = 0.0,
+        attention_distillation_layers: Sequence[int] = (-1,),
+        attention_distillation_token: str = "dist",
+        attention_distillation_loss: str = "kl",
+        feature_distillation_weight: float = 0.0,
+        feature_distillation_loss: str = "cosine",
+        feature_distillation_token: str = "dist",
+        pseudo_label_threshold: float = 0.0,
         **trainer_kwargs,
     ):
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
-        self.distillation_loss = DistillationLoss(distillation_type, distillation_alpha, distillation_tau, label_smoothing)
+        self.distillation_loss = DistillationLoss(
+            distillation_type, distillation_alpha, distillation_tau, label_smoothing, pseudo_label_threshold
+        )
+        self._check_extra_terms(
+            teacher, attention_distillation_weight, attention_distillation_token, attention_distillation_loss,
+            feature_distillation_weight, feature_distillation_loss, feature_distillation_token,
+        )  # fmt: skip
+        self.attention_distillation_weight = attention_distillation_weight
+        self.attention_distillation_layers = list(attention_distillation_layers)
+        self.attention_distillation_token = attention_distillation_token
+        self.attention_distillation_loss = attention_distillation_loss
+        self.feature_distillation_weight = feature_distillation_weight
+        self.feature_distillation_loss = feature_distillation_loss
+        self.feature_distillation_token = feature_distillation_token
+        self.feature_projection = None
+        self._loss_term_names = ("loss_cls", "loss_distillation")
+        self._loss_term_names += ("loss_attention",) if attention_distillation_weight > 0 else ()
+        self._loss_term_names += ("loss_feature",) if feature_distillation_weight > 0 else ()
         if teacher is None and self.distillation_loss.needs_teacher:
             raise ValueError(f"distillation_type={distillation_type!r} needs a teacher: pass `teacher=` (a model, "
                              "a folder or a Hub id), or use distillation_type='none'.")
@@ -202,6 +217,45 @@ class DistillationTrainer(DeiTTrainerBase):
         self._loss_terms_count = 0
         if teacher is not None:
             self._set_teacher(teacher, student_mean, student_std, teacher_processor, trust_remote_code)
+            self._set_extra_terms()
+
+    @staticmethod
+    def _check_extra_terms(teacher, attention_weight, attention_token, attention_loss, feature_weight, feature_loss,
+                           feature_token) -> None:  # fmt: skip
+        if attention_weight < 0 or feature_weight < 0:
+            raise ValueError("attention_distillation_weight and feature_distillation_weight must be >= 0.")
+        if (attention_weight > 0 or feature_weight > 0) and teacher is None:
+            raise ValueError("Attention and feature distillation learn from a teacher: pass `teacher=`.")
+        if attention_token not in ("cls", "dist", "both"):
+            raise ValueError(f"attention_distillation_token must be 'cls', 'dist' or 'both', got {attention_token!r}.")
+        if attention_loss not in ATTENTION_MAP_LOSSES:
+            raise ValueError(f"attention_distillation_loss must be one of {ATTENTION_MAP_LOSSES}, got {attention_loss!r}.")
+        if feature_loss not in FEATURE_LOSSES:
+            raise ValueError(f"feature_distillation_loss must be one of {FEATURE_LOSSES}, got {feature_loss!r}.")
+        if feature_token not in FEATURE_TOKENS:
+            raise ValueError(f"feature_distillation_token must be one of {FEATURE_TOKENS}, got {feature_token!r}.")
+
+    def _set_extra_terms(self) -> None:
+        module = self.teacher.teacher
+        if self.attention_distillation_weight > 0:
+            prepare_teacher_for_maps(module)
+        if self.feature_distillation_weight > 0:
+            teacher_size = classifier_layer(module, getattr(getattr(module, "config", None), "num_labels", None))
+            projection = FeatureProjection(self.model.config.hidden_size, teacher_size.in_features)
+            self.feature_projection = projection.to(self.accelerator.device)
+            if self.accelerator.num_processes > 1:
+                self.add_callback(_AverageProjectionGradients(self))
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer, plus a parameter group for the feature projection (which is not in the model)."""
+        optimizer = super().create_optimizer(model)
+        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if self.feature_projection is not None and id(next(self.feature_projection.parameters())) not in known:
+            decay = [p for name, p in self.feature_projection.named_parameters() if not name.endswith("bias")]
+            no_decay = [p for name, p in self.feature_projection.named_parameters() if name.endswith("bias")]
+            optimizer.add_param_group({"params": decay, "weight_decay": self.args.weight_decay})
+            optimizer.add_param_group({"params": no_decay, "weight_decay": 0.0})
+        return optimizer
 
     def _set_teacher(self, teacher, student_mean, student_std, teacher_processor, trust_remote_code) -> None:
         module = load_teacher(teacher, trust_remote_code=trust_remote_code)
@@ -243,36 +297,102 @@ class DistillationTrainer(DeiTTrainerBase):
             logits = logits.index_select(1, self.teacher_label_order)
         return logits
 
+    @torch.no_grad()
+    def teacher_outputs(self, pixel_values: torch.Tensor, attention_map: bool, features: bool) -> TeacherForwardOutput:
+        """`teacher_logits`, plus the teacher's spatial map and/or pooled features, from the same forward pass."""
+        if self.teacher.training:
+            self.teacher.eval()
+        with self.accelerator.autocast():
+            output = teacher_forward(self.teacher.teacher, self.teacher_input(pixel_values), attention_map, features)
+        if self.teacher_label_order is not None:
+            output.logits = output.logits.index_select(1, self.teacher_label_order)
+        return output
+
     def _forward(self, model, inputs, with_teacher: bool):
-        student_inputs = {name: value for name, value in inputs.items() if name != "labels"}
-        outputs = model(**student_inputs)
+        outputs, teacher, _, _ = self._distillation_forward(model, inputs, with_teacher, with_extra_terms=False)
+        return outputs, (teacher.logits if teacher is not None else None)
+
+    def _distillation_forward(self, model, inputs, with_teacher: bool, with_extra_terms: bool):
+        """Student and teacher forward passes: (student outputs, TeacherForwardOutput or None, student maps by token,
+        student features). Maps and features are computed only `with_extra_terms` and when their weight is set."""
+        student_inputs = {name: value for name, value in inputs.items() if name not in ("labels", "labeled")}
+        want_maps = with_extra_terms and self.attention_distillation_weight > 0
+        want_features = with_extra_terms and self.feature_distillation_weight > 0
+        unwrapped = self.accelerator.unwrap_model(model)
+        if want_maps:
+            student_inputs["attention_layers"] = self.attention_distillation_layers
+        head = student_head(unwrapped, self.feature_distillation_token) if want_features else None
+        if want_features and head is None:  # patch-mean features need the last block's full output
+            student_inputs["output_hidden_states"] = True
+        with capture_input(head) if head is not None else contextlib.nullcontext({}) as captured:
+            outputs = model(**student_inputs)
         if getattr(outputs, "distillation_logits", None) is None:
             raise ValueError(
                 f"{type(model).__name__} returned no `distillation_logits`: DistillationTrainer trains models with a "
                 "class head and a distillation head, such as DistilledDeiTForImageClassification."
             )
-        teacher_logits = self.teacher_logits(inputs["pixel_values"]) if with_teacher else None
-        if teacher_logits is not None and teacher_logits.shape[-1] != outputs.logits.shape[-1]:
+        teacher = self.teacher_outputs(inputs["pixel_values"], want_maps, want_features) if with_teacher else None
+        if teacher is not None and teacher.logits.shape[-1] != outputs.logits.shape[-1]:
             raise ValueError(
-                f"The teacher returned {teacher_logits.shape[-1]} logits per image, the student "
+                f"The teacher returned {teacher.logits.shape[-1]} logits per image, the student "
                 f"{outputs.logits.shape[-1]}: they must predict the same classes."
             )
-        return outputs, teacher_logits
+        student_maps, features = None, None
+        if want_maps:
+            pixel_values = inputs["pixel_values"]
+            patch_size = unwrapped.config.patch_size
+            patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+            num_patches = outputs.attentions[0].shape[-1] - 2
+            grid = grid_for(num_patches, pixel_values.shape[-2:], patch_size)
+            tokens = {"cls": (CLS_TOKEN,), "dist": (DISTILLATION_TOKEN,), "both": (CLS_TOKEN, DISTILLATION_TOKEN)}
+            student_maps = [
+                token_attention_map(outputs.attentions, grid, token, num_prefix_tokens=2)
+                for token in tokens[self.attention_distillation_token]
+            ]
+        if want_features:
+            if head is not None:
+                features = captured["input"]
+            else:
+                features = patch_mean_features(outputs.hidden_states[-1], unwrapped.deit.layernorm)
+        return outputs, teacher, student_maps, features
+
+    def _extra_terms(self, teacher: TeacherForwardOutput, student_maps, student_features) -> list[torch.Tensor]:
+        """The attention-map and feature terms that are switched on, unweighted, in that order."""
+        terms = []
+        if student_maps is not None:
+            losses = [attention_map_loss(m, teacher.attention_map, self.attention_distillation_loss) for m in student_maps]
+            terms.append(torch.stack(losses).mean())
+        if student_features is not None:
+            projected = self.feature_projection(student_features)
+            terms.append(feature_distillation_loss(projected, teacher.features, self.feature_distillation_loss))
+        return terms
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The teacher runs only when the loss uses it, or in evaluation (for agreement metrics) when there is one.
-        with_teacher = self.teacher is not None and (self.distillation_loss.needs_teacher or not model.training)
-        outputs, teacher_logits = self._forward(model, inputs, with_teacher)
-        terms = self.distillation_loss(outputs.cls_logits, outputs.distillation_logits, inputs["labels"], teacher_logits)
+        # Unlabelled examples (a `labeled` mask from the collator) take their class targets from the teacher.
+        with_teacher = self.teacher is not None and (
+            self.distillation_loss.needs_teacher or not model.training or "labeled" in inputs
+        )
+        outputs, teacher, student_maps, student_features = self._distillation_forward(
+            model, inputs, with_teacher, with_extra_terms=model.training
+        )
+        teacher_logits = teacher.logits if teacher is not None else None
+        terms = self.distillation_loss(
+            outputs.cls_logits, outputs.distillation_logits, inputs["labels"], teacher_logits, inputs.get("labeled")
+        )
+        loss = terms.loss
+        extra_terms = self._extra_terms(teacher, student_maps, student_features) if model.training else []
+        weights = [w for w in (self.attention_distillation_weight, self.feature_distillation_weight) if w > 0]
+        for weight, term in zip(weights, extra_terms):
+            loss = loss + weight * term
         if model.training:
             # Summed on the device and read once per logging window: no host sync per step.
-            step_terms = torch.stack((terms.cls.detach(), terms.distillation.detach()))
+            step_terms = torch.stack([term.detach() for term in (terms.cls, terms.distillation, *extra_terms)])
             self._loss_terms_sum = step_terms if self._loss_terms_sum is None else self._loss_terms_sum + step_terms
             self._loss_terms_count += 1
-            self.loss_guard.observe(step_terms, ("loss_cls", "loss_distillation"))
         if return_outputs:
-            return terms.loss, self._prediction_outputs(outputs, teacher_logits)
-        return terms.loss
+            return loss, self._prediction_outputs(outputs, teacher_logits)
+        return loss
 
     @staticmethod
     def _prediction_outputs(outputs, teacher_logits) -> tuple[torch.Tensor, ...]:
@@ -301,7 +421,7 @@ class DistillationTrainer(DeiTTrainerBase):
             mean_terms = self._loss_terms_sum / self._loss_terms_count
             if self.accelerator.num_processes > 1:
                 mean_terms = self.accelerator.reduce(mean_terms, reduction="mean")
-            logs["loss_cls"], logs["loss_distillation"] = (round(value, 4) for value in mean_terms.tolist())
+            logs.update({name: round(value, 4) for name, value in zip(self._loss_term_names, mean_terms.tolist())})
             self._loss_terms_sum, self._loss_terms_count = None, 0
         super().log(logs, start_time)
 
@@ -358,6 +478,19 @@ class DistillationTrainer(DeiTTrainerBase):
             config=self.model.config,
             **{key: value for key, value in kwargs.items() if value is not None},
         )
+
+
+class _AverageProjectionGradients(TrainerCallback):
+    """Multi-process runs: the feature projection is not inside the DDP-wrapped model, so its gradients are averaged
+    over processes here, before each optimizer step, as DDP does for the model's."""
+
+    def __init__(self, trainer: "DistillationTrainer"):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        for parameter in self.trainer.feature_projection.parameters():
+            if parameter.grad is not None:
+                parameter.grad = self.trainer.accelerator.reduce(parameter.grad, reduction="mean")
 
 
 # ---- evaluation metrics ----
