@@ -8,8 +8,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from transformers import EvalPrediction, Trainer, TrainerCallback
+from transformers import EvalPrediction, Trainer, TrainerCallback, default_data_collator
 
+from .callbacks import NonFiniteLossError, NonFiniteLossGuard
+from .checkpointing import (
+    PositionSeededCollator,
+    PositionSeededDataset,
+    PositionSeededSampler,
+    save_checkpoint_atomically,
+)
 from .attention_maps import (
     CLS_TOKEN,
     DISTILLATION_TOKEN,
@@ -43,7 +50,6 @@ class DeiTTrainerBase(Trainer):
     augmentation across processes, and no weight decay on the tokens and position embeddings.
 
     Args (beyond `Trainer`'s):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
         eval_data_collator: collates evaluation batches; by default the training collator without mixing (its
             `for_evaluation()`), so that metrics see real images and class ids.
         repeated_augmentation: copies of each image per epoch spread over the processes (DeiT's RASampler; the paper
@@ -61,13 +67,17 @@ class DeiTTrainerBase(Trainer):
         if repeated_augmentation < 1:
             raise ValueError(f"repeated_augmentation must be >= 1, got {repeated_augmentation}.")
         self.repeated_augmentation = repeated_augmentation
+        self.loss_guard = NonFiniteLossGuard()  # compute_loss feeds it; training_step checks it (hf_deit.callbacks)
 
     def _uses_repeated_augmentation(self) -> bool:
         return self.repeated_augmentation > 1 and self.args.world_size > 1
 
     def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(dataset, PositionSeededDataset):  # augmentation seeded by position: resumes exactly
+            return PositionSeededSampler(self._get_train_sampler(dataset.dataset), seed=self.args.seed)
         if not self._uses_repeated_augmentation():
-            return super()._get_train_sampler(train_dataset)
+            return super()._get_train_sampler(dataset)
         from .data import RepeatedAugmentationSampler
 
         return RepeatedAugmentationSampler(
@@ -79,7 +89,7 @@ class DeiTTrainerBase(Trainer):
         )
 
     def get_train_dataloader(self):
-        dataloader = super().get_train_dataloader()
+        dataloader = self._seeded_train_dataloader()
         if self._uses_repeated_augmentation():
             # The sampler already gives each process its own share; the shard wrapper that `accelerator.prepare`
             # adds would split that share again and drop samples. Make it a pass-through, as Trainer does for its
@@ -89,6 +99,20 @@ class DeiTTrainerBase(Trainer):
                 batch_sampler.num_processes = 1
                 batch_sampler.process_index = 0
         return dataloader
+
+    def _seeded_train_dataloader(self):
+        # Map-style data: every augmentation draw seeded by its place in the epoch (hf_deit.checkpointing), so that
+        # a resumed run sees the batches an uninterrupted one would. Streams keep Trainer's own loader.
+        train_dataset = self.train_dataset
+        streamed = isinstance(train_dataset, torch.utils.data.IterableDataset) or not hasattr(train_dataset, "__len__")
+        if train_dataset is None or streamed:
+            return super().get_train_dataloader()
+        self.train_dataset = PositionSeededDataset(train_dataset)
+        try:
+            with self._collating_with(PositionSeededCollator(self.data_collator or default_data_collator)):
+                return super().get_train_dataloader()
+        finally:
+            self.train_dataset = train_dataset
 
     def get_eval_dataloader(self, eval_dataset=None):
         with self._collating_with(self.eval_data_collator):
@@ -111,6 +135,24 @@ class DeiTTrainerBase(Trainer):
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         return [name for name in super().get_decay_parameter_names(model) if not _NO_DECAY_PARAMETER.search(name)]
 
+    # ---- reliability: non-finite losses, atomic checkpoints (hf_deit.callbacks, hf_deit.checkpointing) ----
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:  # the step's last micro-batch: checked before optimizer.step()
+            self.loss_guard.check(self.state.global_step + 1, self.accelerator)
+        return loss
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        except NonFiniteLossError as error:
+            # The bad step never reached the optimizer: save the last good state, then stop loudly.
+            raise error.with_checkpoint(self._save_checkpoint(self.model, trial=None)) from None
+
+    def _save_checkpoint(self, model, trial):
+        return save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
+
 
 class ClassifierTrainer(DeiTTrainerBase):
     """Trains a single-head image classifier (a CNN teacher, for instance) with the DeiT data recipe: cross-entropy
@@ -127,6 +169,8 @@ class ClassifierTrainer(DeiTTrainerBase):
         outputs = model(pixel_values=inputs["pixel_values"])
         with torch.autocast(device_type=outputs.logits.device.type, enabled=False):
             loss = classification_loss(outputs.logits.float(), inputs["labels"], self.label_smoothing)
+        if model.training:
+            self.loss_guard.observe(loss.detach()[None], ("loss",))
         return (loss, outputs) if return_outputs else loss
 
 
@@ -390,6 +434,7 @@ class DistillationTrainer(DeiTTrainerBase):
             step_terms = torch.stack([term.detach() for term in (terms.cls, terms.distillation, *extra_terms)])
             self._loss_terms_sum = step_terms if self._loss_terms_sum is None else self._loss_terms_sum + step_terms
             self._loss_terms_count += 1
+            self.loss_guard.observe(step_terms, self._loss_term_names)
         if return_outputs:
             return loss, self._prediction_outputs(outputs, teacher_logits)
         return loss
@@ -469,7 +514,7 @@ class DistillationTrainer(DeiTTrainerBase):
             model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
             eval_results=eval_results,
             dataset_name=dataset,
-            teacher_name=self.teacher_name,
+            teacher_name=self.teacher_name if loss.needs_teacher else None,
             distillation_type=loss.distillation_type,
             distillation_alpha=loss.alpha,
             distillation_tau=loss.tau,
