@@ -109,3 +109,102 @@ def test_errors_name_the_problem():
 def test_int32_labels_are_accepted():
     expected = DistillationLoss("hard")(CLS, DIST, LABELS, TEACHER).loss
     assert DistillationLoss("hard")(CLS, DIST, LABELS.int(), TEACHER).loss.item() == expected.item()
+
+
+# ---- attention-map loss, feature loss, unlabelled examples (issue 4) ----
+
+from hf_deit.feature_distillation import feature_distillation_loss  # noqa: E402
+from hf_deit.losses import attention_map_loss  # noqa: E402
+
+
+def test_attention_map_loss_is_zero_for_identical_maps_whatever_their_scale():
+    maps = torch.rand(3, 4, 4)
+    assert attention_map_loss(maps, maps).item() == 0.0
+    assert attention_map_loss(maps, 5 * maps).item() == pytest.approx(0.0, abs=1e-6)  # normalised to distributions
+    assert attention_map_loss(maps, maps, "mse").item() == 0.0
+
+
+def test_attention_map_kl_against_a_hand_computed_value():
+    student = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])  # uniform: 1/4 each
+    teacher = torch.tensor([[[3.0, 1.0], [0.0, 0.0]]])  # 3/4, 1/4, 0, 0
+    by_hand = 0.75 * math.log(0.75 / 0.25) + 0.25 * math.log(0.25 / 0.25)  # KL(teacher || student)
+    assert attention_map_loss(student, teacher).item() == pytest.approx(by_hand, rel=1e-5)
+    # MSE over densities (N * p): student 1, 1, 1, 1; teacher 3, 1, 0, 0.
+    assert attention_map_loss(student, teacher, "mse").item() == pytest.approx((4 + 0 + 1 + 1) / 4, rel=1e-6)
+
+
+def test_attention_map_loss_resizes_the_finer_map_onto_the_coarser_grid():
+    # A 4x4 teacher map whose mass sits in the top-left quadrant equals a 2x2 student map with all mass top-left.
+    teacher = torch.zeros(1, 4, 4)
+    teacher[0, :2, :2] = 1.0
+    student = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    assert attention_map_loss(student, teacher).item() == pytest.approx(0.0, abs=1e-6)
+    assert attention_map_loss(teacher, student).item() == pytest.approx(0.0, abs=1e-6)  # either side may be finer
+    # Area averaging on a non-divisible grid still compares: a uniform 3x3 map against a uniform 2x2 one.
+    assert attention_map_loss(torch.ones(2, 3, 3), torch.ones(2, 2, 2)).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="kl"):
+        attention_map_loss(student, student, "l1")
+
+
+def test_attention_map_loss_gives_the_student_a_gradient_towards_the_teacher():
+    student = torch.ones(1, 2, 2, requires_grad=True)
+    teacher = torch.tensor([[[3.0, 1.0], [0.0, 0.0]]])
+    attention_map_loss(student, teacher).backward()
+    # Raising the student's weight where the teacher looks most lowers the loss.
+    assert student.grad[0, 0, 0] < 0 and student.grad[0, 1, 1] > 0
+
+
+def test_feature_loss_by_hand():
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[2.0, 0.0], [-1.0, -1.0]])
+    # Cosine: 1 - 1 = 0 for parallel rows, 1 - (-1) = 2 for opposite rows; mean 1.
+    assert feature_distillation_loss(a, b, "cosine").item() == pytest.approx(1.0, rel=1e-6)
+    assert feature_distillation_loss(a, a, "cosine").item() == pytest.approx(0.0, abs=1e-6)
+    assert feature_distillation_loss(a, b, "mse").item() == pytest.approx((1 + 0 + 4 + 4) / 4, rel=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        feature_distillation_loss(a, b[:, :1])
+
+
+def test_unlabelled_rows_learn_the_teachers_label_on_the_cls_head():
+    # Row 0 labelled (class 0); row 1 unlabelled: the teacher says class 0 (argmax of [4, 0, 1]).
+    labeled = torch.tensor([True, False])
+    out = DistillationLoss("hard", label_smoothing=0.1)(CLS, DIST, torch.tensor([0, -1]), TEACHER, labeled)
+    expected_cls = ce_by_hand(CLS, [0, 0], 0.1)
+    assert out.cls.item() == pytest.approx(expected_cls, rel=1e-6)
+    assert out.distillation.item() == pytest.approx(ce_by_hand(DIST, [1, 0], 0.0), rel=1e-6)
+
+
+def test_pseudo_label_threshold_drops_unconfident_rows_from_the_cls_mean():
+    labeled = torch.tensor([True, False])
+    teacher_probability = torch.softmax(TEACHER[1], 0).max().item()  # ~0.94 for row 1
+    confident = DistillationLoss("hard", pseudo_label_threshold=teacher_probability - 0.01)
+    unconfident = DistillationLoss("hard", pseudo_label_threshold=teacher_probability + 0.01)
+    assert confident(CLS, DIST, torch.tensor([0, -1]), TEACHER, labeled).cls.item() == pytest.approx(
+        ce_by_hand(CLS, [0, 0], 0.1), rel=1e-6
+    )
+    # Only row 0 contributes: the mean over contributing examples is row 0's loss alone.
+    assert unconfident(CLS, DIST, torch.tensor([0, -1]), TEACHER, labeled).cls.item() == pytest.approx(
+        ce_by_hand(CLS[:1], [0], 0.1), rel=1e-6
+    )
+    # No example contributes: zero, not NaN, and still a tensor the graph accepts.
+    nothing = unconfident(CLS, DIST, torch.tensor([-1, -1]), TEACHER, torch.tensor([False, False]))
+    assert nothing.cls.item() == 0.0 and torch.isfinite(nothing.loss)
+
+
+def test_unlabelled_soft_target_rows_are_replaced_and_a_teacher_is_required():
+    targets = torch.tensor([[0.7, 0.2, 0.1], [0.0, 0.0, 0.0]])  # row 1: a mixed row with an unlabelled partner
+    labeled = torch.tensor([True, False])
+    out = DistillationLoss("soft", label_smoothing=0.0)(CLS, DIST, targets, TEACHER, labeled)
+    row0 = -sum(t * lp for t, lp in zip(targets[0].tolist(), log_softmax_by_hand(CLS[0].tolist())))
+    row1 = -log_softmax_by_hand(CLS[1].tolist())[0]  # teacher's class 0 for row 1
+    assert out.cls.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    none = DistillationLoss("none", label_smoothing=0.0)(CLS, DIST, targets, TEACHER, labeled)
+    assert none.cls.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)  # "none" uses the teacher only for them
+    with pytest.raises(ValueError, match="teacher"):
+        DistillationLoss("none")(CLS, DIST, targets, None, labeled)
+
+
+def test_all_labelled_mask_is_the_plain_loss():
+    plain = DistillationLoss("hard")(CLS, DIST, LABELS, TEACHER)
+    masked = DistillationLoss("hard")(CLS, DIST, LABELS, TEACHER, torch.tensor([True, True]))
+    assert masked.loss.item() == plain.loss.item()
