@@ -21,6 +21,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", help="Path prefix for .json and .md (default benchmarks/<device>-<date>).")
     parser.add_argument("--rounds", type=int, help="Measured rounds per contender (override).")
     parser.add_argument("--no-compile", action="store_true", help="Skip the torch.compile section.")
+    parser.add_argument("--models", nargs="+", choices=["tiny", "small", "base"], help="Models to measure (override).")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16-autocast", "bf16"], help="Inference precisions.")
     args = parser.parse_args(argv)
 
     settings = BenchmarkSettings.quick() if args.quick else BenchmarkSettings.full(args.device)
@@ -29,6 +31,10 @@ def main(argv=None) -> dict:
         settings.rounds = args.rounds
     if args.no_compile:
         settings.compile = False
+    if args.models:
+        settings.models = settings.train_models = tuple(args.models)
+    if args.precisions:
+        settings.precisions = tuple(args.precisions)
     if args.device == "cuda":
         import torch
 
