@@ -17,8 +17,10 @@ Loading
 Transforms (torchvision.transforms.v2)
     AugmentationArguments            dataclass for HfArgumentParser; `preset` "imagenet" (paper) / "small_images".
     build_train_transform(args) / build_eval_transform(args)   PIL image (any mode) -> normalised float tensor.
-    apply_transforms(dataset_dict, train_transform, eval_transform)   adds `pixel_values` + `labels` lazily.
+    apply_transforms(dataset_dict, train_transform, eval_transform, skip_bad_images=True)
+                                     adds `pixel_values` + `labels` lazily; images decoded there (undecodable skipped).
     to_rgb(image)                    L / P / RGBA / CMYK / 16-bit / 1-bit PIL images -> 8-bit RGB.
+    decode_image(value), undecoded_images(split), BadImageError   see "Undecodable images" for the policy.
 
 Batching
     MixupCutmixCollator(num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, ...)   DataLoader `collate_fn`.
@@ -61,6 +63,7 @@ __all__ = [
     "AUGMENTATION_PRESETS",
     "EMBEDDED_DATASETS",
     "AugmentationArguments",
+    "BadImageError",
     "MixupCutmixCollator",
     "NoisyRandAugment",
     "RepeatedAugmentationSampler",
@@ -68,6 +71,8 @@ __all__ = [
     "build_collator",
     "build_eval_transform",
     "build_train_transform",
+    "decode_image",
+    "drop_skipped_examples",
     "load_embedded_dataset",
     "load_image_classification_dataset",
     "load_unlabeled_images",
@@ -76,6 +81,7 @@ __all__ = [
     "split_labeled",
     "stratified_split_indices",
     "to_rgb",
+    "undecoded_images",
 ]
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -268,6 +274,7 @@ def load_image_classification_dataset(
         splits["validation"] = dataset[eval_split]
     splits = {name: _standardize_columns(split, image_column_name, label_column_name) for name, split in splits.items()}
     splits = _ensure_class_labels(splits, label_column_name)
+    _check_label_range(splits, label_column_name)
     if "validation" not in splits:
         splits["train"], splits["validation"] = _carve_validation(splits["train"], train_val_split, seed)
 
@@ -362,6 +369,24 @@ def _ensure_class_labels(splits: dict, label_column_name: str) -> dict:
         )
         for name, split in splits.items()
     }
+
+
+def _check_label_range(splits: dict, label_column_name: str) -> None:
+    """Labels must be class ids of the ClassLabel (or -1, "missing"): `cast_column` to ClassLabel does not check this,
+    and an out-of-range id would otherwise surface as an index error in the middle of training. Reads the label
+    column only (streams cannot be scanned ahead; the collator checks their batches)."""
+    for name, split in splits.items():
+        if isinstance(split, IterableDataset) or len(split) == 0:
+            continue
+        labels = np.asarray(split["label"])
+        num_classes = split.features["label"].num_classes
+        bad = labels[(labels < -1) | (labels >= num_classes)]
+        if bad.size:
+            raise ValueError(
+                f"The {name} split's label column {label_column_name!r} holds {bad.size} value(s) outside the "
+                f"{num_classes} classes (class ids 0..{num_classes - 1}, or -1 for unlabelled), e.g. {int(bad[0])}. "
+                "Fix the labels, or give the ClassLabel every class name."
+            )
 
 
 def _carve_validation(train, fraction: float, seed: int):
@@ -701,29 +726,137 @@ def build_eval_transform(args: Optional[AugmentationArguments] = None) -> v2.Com
     )
 
 
-def make_batch_transform(transform: Callable) -> Callable[[dict], dict]:
-    """A `set_transform`/`with_transform` function: {"image", "label"} batch -> {"pixel_values", "labels"}."""
+def make_batch_transform(transform: Callable, skip_bad_images: bool = True) -> Callable[[dict], dict]:
+    """A `set_transform`/`with_transform` function: {"image", "label"} batch -> {"pixel_values", "labels"}.
+
+    Images may come decoded (PIL) or as datasets' undecoded {"path", "bytes"} values; undecoded ones are decoded here
+    (see "Undecodable images"). An undecodable image gets `pixel_values` None with `skip_bad_images` (the collator
+    drops the example), else raises `BadImageError` naming the file.
+    """
 
     def batch_transform(batch: dict) -> dict:
-        return {"pixel_values": [transform(image) for image in batch["image"]], "labels": batch["label"]}
+        pixel_values = []
+        for value in batch["image"]:
+            image = _decode_or_skip(value, skip_bad_images)
+            pixel_values.append(None if image is None else _transform_image(transform, image, value))
+        return {"pixel_values": pixel_values, "labels": batch["label"]}
 
     return batch_transform
 
 
-def apply_transforms(dataset: DatasetDict | IterableDatasetDict, train_transform: Callable, eval_transform: Callable):
+def _drop_skipped(batch: dict) -> dict:
+    kept = [i for i, pixels in enumerate(batch["pixel_values"]) if pixels is not None]
+    return {name: [column[i] for i in kept] for name, column in batch.items()}
+
+
+def apply_transforms(
+    dataset: DatasetDict | IterableDatasetDict,
+    train_transform: Callable,
+    eval_transform: Callable,
+    skip_bad_images: bool = True,
+):
     """Attach the train transform to `train` and the eval transform to every other split, lazily (per access).
 
     Map-style splits use `with_transform` (no cache files); streamed splits a lazy batched `map`. Each item then
     holds only `pixel_values` (float tensor) and `labels` (int). With a Trainer, set `remove_unused_columns=False`.
+    Images are decoded inside the transform, where an undecodable file can be caught: with `skip_bad_images` a
+    map-style item gets `pixel_values` None (dropped by the collators) and a streamed one is left out; without, the
+    file is named in a `BadImageError`.
     """
     transformed = {}
     for name, split in dataset.items():
-        batch_transform = make_batch_transform(train_transform if name == "train" else eval_transform)
+        batch_transform = make_batch_transform(train_transform if name == "train" else eval_transform, skip_bad_images)
+        split = undecoded_images(split)
         if isinstance(split, IterableDataset):
-            transformed[name] = split.map(batch_transform, batched=True, remove_columns=["image", "label"])
+            stream_transform = lambda batch, fn=batch_transform: _drop_skipped(fn(batch))  # noqa: E731
+            transformed[name] = split.map(stream_transform, batched=True, remove_columns=["image", "label"])
         else:
             transformed[name] = split.with_transform(batch_transform)
     return type(dataset)(transformed)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Undecodable images
+# ---------------------------------------------------------------------------------------------------------------------
+#
+# Policy: every image that PIL can decode is converted (`to_rgb`: 16-bit, CMYK, palette, RGBA, grayscale; any size
+# or aspect ratio, since the transforms resize); a file that cannot be decoded (truncated, zero bytes, not an image)
+# is skipped and logged, or, with skipping off, raises `BadImageError` naming it.
+#
+# Where: datasets' `Image()` feature decodes lazily when an item is read, before any transform runs, so an error
+# there escapes as a bare traceback from a DataLoader worker. `undecoded_images` casts the column to
+# `Image(decode=False)` (metadata only: no data is rewritten) and the batch transform decodes with datasets' own
+# decoder followed by `load()` (opening reads only the header; `verify()` misses truncated files; `load()` decodes
+# every pixel, as the transform would anyway). So a bad file costs nothing extra and the check adds no pass over
+# the data: a validation pass would decode a large dataset twice before the first step. The price is that a batch
+# can come out shorter than asked (the collators drop skipped examples), and that skips are counted per process
+# (each DataLoader worker logs its own).
+
+BAD_IMAGE_PATHS_LOGGED = 5  # the first few undecodable files are named in the log; then only counts
+
+
+class BadImageError(ValueError):
+    """An image could not be decoded (or transformed); the message names the file."""
+
+
+_bad_image_count = 0  # this process's skipped images (each DataLoader worker is a process of its own)
+
+
+def undecoded_images(split):
+    """`split` with its `image` column left undecoded ({"path", "bytes"}): the transform decodes, catching errors."""
+    feature = (split.features or {}).get("image")
+    if isinstance(feature, Image) and feature.decode:
+        return split.cast_column("image", Image(mode=feature.mode, decode=False))
+    return split
+
+
+def decode_image(value) -> PILImage.Image:
+    """A fully decoded PIL image from a datasets image value (PIL image, or {"path", "bytes"} dict)."""
+    image = value if isinstance(value, PILImage.Image) else Image().decode_example(value)
+    image.load()  # a truncated file fails here, not in the middle of a transform
+    return image
+
+
+def image_source(value) -> str:
+    """Where an image value comes from, for messages: its path, or its size when it only has bytes."""
+    if isinstance(value, dict):
+        if value.get("path"):
+            return value["path"]
+        if value.get("bytes") is not None:
+            return f"<{len(value['bytes'])} bytes without a path>"
+    return getattr(value, "filename", "") or f"<{type(value).__name__}>"
+
+
+def _decode_or_skip(value, skip: bool) -> Optional[PILImage.Image]:
+    global _bad_image_count
+    try:
+        return decode_image(value)
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on bad bytes
+        reason = f"{type(error).__name__}: {error}"
+        if not skip:
+            raise BadImageError(
+                f"Cannot decode the image {image_source(value)} ({reason}). Remove or replace the file, or pass "
+                "--skip_bad_images true to skip undecodable images."
+            ) from None
+        _bad_image_count += 1
+        if _bad_image_count <= BAD_IMAGE_PATHS_LOGGED:
+            logger.warning(
+                "Skipped undecodable image %s (%s); %d skipped so far in process %d.",
+                image_source(value), reason, _bad_image_count, os.getpid(),
+            )  # fmt: skip
+        elif math.log10(_bad_image_count).is_integer():
+            logger.warning("%d undecodable images skipped so far in process %d.", _bad_image_count, os.getpid())
+        return None
+
+
+def _transform_image(transform: Callable, image: PILImage.Image, value) -> torch.Tensor:
+    try:
+        return transform(image)
+    except Exception as error:
+        raise BadImageError(
+            f"Transforming the image {image_source(value)} (mode {image.mode}, size {image.size}) failed: "
+            f"{type(error).__name__}: {error}"
+        ) from error
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -793,6 +926,7 @@ class MixupCutmixCollator:
         return MixupCutmixCollator(self.num_classes, mixup_alpha=0.0, cutmix_alpha=0.0, prob=0.0)
 
     def __call__(self, examples: list[dict]) -> dict:
+        examples = drop_skipped_examples(examples)
         pixel_values = torch.stack([example["pixel_values"] for example in examples])
         labels = torch.as_tensor(
             [-1 if example["labels"] is None else example["labels"] for example in examples], dtype=torch.long
@@ -866,6 +1000,17 @@ class MixupCutmixCollator:
         # torch's Beta sampler cannot take a generator; seed numpy's from torch's RNG so one seed governs both.
         seed = int(torch.randint(2**62, (), generator=self.generator))
         return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def drop_skipped_examples(examples: list[dict]) -> list[dict]:
+    """The examples whose image could be decoded (`apply_transforms` gives skipped ones `pixel_values` None)."""
+    kept = [example for example in examples if example["pixel_values"] is not None]
+    if not kept:
+        raise BadImageError(
+            f"Every image of a batch of {len(examples)} was undecodable and skipped (see the warnings above): remove "
+            "the bad files from the dataset."
+        )
+    return kept
 
 
 def build_collator(args: AugmentationArguments, num_classes: int) -> MixupCutmixCollator:
