@@ -287,3 +287,64 @@ def test_metrics_per_head_top5_and_agreement_by_hand():
     # Five classes or fewer: no top-5; no teacher logits: no teacher metrics.
     small = compute(EvalPrediction(predictions=(averaged[:, :5],) * 3, label_ids=labels))
     assert set(small) == {"accuracy", "cls_accuracy", "distillation_accuracy"}
+
+
+# ---- attention-map and feature distillation (issue 4) ----
+
+
+@pytest.mark.parametrize("feature_token", ["dist", "patches"])
+def test_attention_and_feature_terms_train_the_projection_and_leave_it_out_of_the_saved_model(
+    digits, teacher, tmp_path, feature_token
+):
+    train, _ = digits
+    trainer = DistillationTrainer(
+        model=tiny_student(),
+        args=args_for(tmp_path, max_steps=4, logging_steps=2, eval_strategy="no"),
+        train_dataset=train,
+        teacher=teacher,
+        distillation_type="hard",
+        attention_distillation_weight=1.0,
+        attention_distillation_token="both",
+        feature_distillation_weight=1.0,
+        feature_distillation_token=feature_token,
+    )
+    before = {name: p.detach().clone() for name, p in trainer.feature_projection.named_parameters()}
+    trainer.train()
+    # The projection learns with the student: it is in the optimizer and its weights moved.
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in optimized for p in trainer.feature_projection.parameters())
+    assert any(not torch.equal(before[name], p) for name, p in trainer.feature_projection.named_parameters())
+    logged = [entry for entry in trainer.state.log_history if "loss_attention" in entry]
+    assert logged and all(entry["loss_attention"] >= 0 and entry["loss_feature"] >= 0 for entry in logged)
+    # The saved model is the plain student: no projection weights, and it loads without warnings about extra keys.
+    trainer.save_model(str(tmp_path / "saved"))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "saved" / "model.safetensors"))
+    assert set(saved) == set(tiny_student().state_dict())
+
+
+def test_attention_distillation_asks_the_student_for_the_chosen_layers_only(digits, teacher, tmp_path):
+    train, _ = digits
+    student = tiny_student()
+    requested = []
+
+    def record(_module, _args, kwargs):
+        requested.append((kwargs.get("attention_layers"), kwargs.get("output_attentions")))
+
+    student.register_forward_pre_hook(record, with_kwargs=True)
+    trainer = DistillationTrainer(
+        model=student, args=args_for(tmp_path, max_steps=1, eval_strategy="no"), train_dataset=train,
+        teacher=teacher, attention_distillation_weight=0.5, attention_distillation_layers=[0],
+    )  # fmt: skip
+    trainer.train()
+    assert requested == [([0], None)]
+
+
+def test_extra_terms_need_a_teacher_and_valid_options(tmp_path):
+    with pytest.raises(ValueError, match="teacher"):
+        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path), distillation_type="none",
+                            attention_distillation_weight=1.0)  # fmt: skip
+    with pytest.raises(ValueError, match="attention_distillation_token"):
+        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path), teacher=tiny_resnet(),
+                            attention_distillation_token="patches")  # fmt: skip
