@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Evaluate a saved image classifier (a distilled DeiT or any transformers one) on a dataset; print the per-head table.
+
+    python scripts/evaluate.py --model_name_or_path outputs/deit                        # embedded MNIST validation
+    python scripts/evaluate.py --model_name_or_path outputs/deit --teacher_name_or_path outputs/teacher \
+        --validation_dir data/val --output_file results.json
+
+Data flags are train.py's (`--dataset_name`, `--train_dir`, `--validation_dir`, `--eval_split`, ...): the same flags
+and `--seed` give the split training evaluated on. With only `--validation_dir`, that folder is the evaluation set.
+"""
+
+import importlib.machinery
+import importlib.util
+import json
+import logging
+import os
+import sys
+
+if __name__ == "evaluate":
+    # Imported as `evaluate` because this folder is on sys.path (run as a script, or scripts/ added by a test): the
+    # name belongs to the `evaluate` library, which the metrics import. Load the library and leave it in our place.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    _spec = importlib.machinery.PathFinder.find_spec(
+        "evaluate", [path for path in sys.path if os.path.abspath(path or os.curdir) != _here]
+    )
+    sys.modules["evaluate"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["evaluate"])
+
+import torch
+from transformers import AutoModelForImageClassification, HfArgumentParser
+
+import hf_deit  # noqa: F401  (registers our model with the Auto classes)
+from hf_deit.arguments import DataArguments
+from hf_deit.data import load_image_classification_dataset
+from hf_deit.evaluation import (
+    EvaluationArguments,
+    dataset_label_order,
+    eval_transform_for,
+    evaluate_classifier,
+    format_results,
+    teacher_for_evaluation,
+)
+
+logger = logging.getLogger("hf_deit.evaluate")
+
+
+def main(argv=None) -> dict:
+    eval_args, data_args = HfArgumentParser((EvaluationArguments, DataArguments)).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    device = eval_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    # An evaluation folder alone is read as the only split of an image folder.
+    only_validation_dir = data_args.validation_dir is not None and data_args.train_dir is None
+    dataset = load_image_classification_dataset(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_dir=data_args.validation_dir if only_validation_dir else data_args.train_dir,
+        validation_dir=None if only_validation_dir else data_args.validation_dir,
+        image_column_name=data_args.image_column_name,
+        label_column_name=data_args.label_column_name,
+        eval_split="train" if only_validation_dir else data_args.eval_split,
+        train_val_split=data_args.train_val_split,
+        seed=eval_args.seed,
+        streaming=data_args.streaming,
+        max_eval_samples=data_args.max_eval_samples,
+    )
+    evaluation_set = dataset["validation"]
+    label_names = evaluation_set.features["label"].names
+
+    model = AutoModelForImageClassification.from_pretrained(
+        eval_args.model_name_or_path, trust_remote_code=eval_args.trust_remote_code
+    )
+    transform = eval_transform_for(eval_args.model_name_or_path, model.config, eval_args.image_size, eval_args.crop_pct)
+    normalize = transform.transforms[-1]  # the batch's normalisation, which a teacher may need re-done
+    teacher = None
+    if eval_args.teacher_name_or_path is not None:
+        teacher = teacher_for_evaluation(
+            eval_args.teacher_name_or_path, label_names, normalize.mean, normalize.std,
+            trust_remote_code=eval_args.teacher_trust_remote_code, device=device,
+        )  # fmt: skip
+
+    results = evaluate_classifier(
+        model,
+        evaluation_set,
+        transform,
+        label_order=dataset_label_order(label_names, model.config),
+        teacher=teacher,
+        batch_size=eval_args.batch_size,
+        num_workers=eval_args.num_workers,
+        skip_bad_images=data_args.skip_bad_images,
+        top_k=eval_args.top_k,
+        device=device,
+    )
+    print(f"{eval_args.model_name_or_path} on {data_args.validation_dir or data_args.train_dir or data_args.dataset_name}")
+    print(format_results(results))
+    if eval_args.output_file:
+        record = {"model": eval_args.model_name_or_path, "teacher": eval_args.teacher_name_or_path, **results}
+        with open(eval_args.output_file, "w") as file:
+            json.dump(record, file, indent=2)
+        logger.info("Results written to %s", eval_args.output_file)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,239 @@
+"""Evaluate a saved image classifier on a dataset: top-1/top-5 accuracy per head, and agreement with a teacher.
+
+Works for our distilled DeiT (averaged output, class head, distillation head) and for any transformers image
+classifier (one output). Batches stream through a DataLoader and each batch's metrics are folded into running sums
+weighted by its size, so memory does not grow with the number of images (no logits are kept). The metrics are those
+of training (`hf_deit.trainer.make_compute_metrics`, the shipped `evaluate` module); a weighted mean of per-batch
+accuracies is exactly the accuracy over all images.
+
+    model = AutoModelForImageClassification.from_pretrained(folder)
+    results = evaluate_classifier(model, dataset["validation"], eval_transform_for(folder, model.config))
+    print(format_results(results))
+
+`scripts/evaluate.py` is the command line around these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Optional
+
+import numpy as np
+import torch
+from datasets import DatasetDict, IterableDataset, IterableDatasetDict
+from transformers import EvalPrediction
+
+from .data import AugmentationArguments, apply_transforms, build_eval_transform
+from .teacher import TeacherInputAdapter, TeacherLogits, check_label_space, load_teacher, teacher_preprocessing
+from .trainer import make_compute_metrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EvaluationArguments",
+    "dataset_label_order",
+    "eval_transform_for",
+    "evaluate_classifier",
+    "format_results",
+    "teacher_for_evaluation",
+]
+
+# Output fields of the model read as heads, in the order `make_compute_metrics` expects them.
+HEAD_FIELDS = ("logits", "cls_logits", "distillation_logits")
+
+
+@dataclass
+class EvaluationArguments:
+    """Arguments of `scripts/evaluate.py` beyond the data flags (`hf_deit.arguments.DataArguments`)."""
+
+    model_name_or_path: str = field(metadata={"help": "A folder or Hub id of an image classifier (ours or any)."})
+    teacher_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "A teacher to measure agreement with (top-1 of the model vs the teacher's)."}
+    )
+    output_file: Optional[str] = field(default=None, metadata={"help": "Write the results there as JSON."})
+    batch_size: int = field(default=128, metadata={"help": "Images per batch."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes decoding the images."})
+    image_size: Optional[int] = field(
+        default=None, metadata={"help": "Input size; default: the model's saved preprocessing config, else its config."}
+    )
+    crop_pct: Optional[float] = field(
+        default=None, metadata={"help": "Center-crop fraction; default: from the saved preprocessing config."}
+    )
+    seed: int = field(
+        default=42, metadata={"help": "Seed of a carved-out validation split: training's --seed gives the same one."}
+    )
+    top_k: int = field(default=5, metadata={"help": "The k of top-k accuracy (reported with more than k classes)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's remote code."})
+    teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Allow the teacher's remote code."})
+    device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, ...; default: cuda when available."})
+
+
+def eval_transform_for(model_name_or_path: str, config, image_size: Optional[int] = None, crop_pct: Optional[float] = None):
+    """hf_deit's eval transform (resize, center crop, normalise) matching the model's saved preprocessing config.
+
+    Without a saved image processor: the config's `image_size` and the DeiT defaults (crop 0.875, ImageNet stats).
+    """
+    from transformers import AutoImageProcessor
+
+    mean = std = None
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_name_or_path)
+    except (OSError, ValueError):
+        processor = None
+    if processor is not None:
+        crop = dict(getattr(processor, "crop_size", None) or {})
+        size = dict(getattr(processor, "size", None) or {})
+        if image_size is None and "height" in crop:
+            image_size = int(crop["height"])
+        if crop_pct is None and image_size and "shortest_edge" in size and getattr(processor, "do_center_crop", False):
+            crop_pct = min(image_size / size["shortest_edge"], 1.0)
+        if getattr(processor, "do_normalize", False):
+            mean, std = list(processor.image_mean), list(processor.image_std)
+    if image_size is None:
+        config_size = getattr(config, "image_size", None)
+        image_size = config_size if isinstance(config_size, int) or config_size is None else config_size[0]
+    if image_size is None:
+        raise ValueError(f"Cannot tell the input size of {model_name_or_path!r}: pass --image_size.")
+    return build_eval_transform(AugmentationArguments(image_size=image_size, crop_pct=crop_pct, mean=mean, std=std))
+
+
+def _label_space(label_names: list[str]) -> SimpleNamespace:
+    """The dataset's classes, shaped like a config for `hf_deit.teacher.check_label_space`."""
+    return SimpleNamespace(num_labels=len(label_names), id2label=dict(enumerate(label_names)))
+
+
+def dataset_label_order(label_names: list[str], model_config) -> Optional[torch.Tensor]:
+    """None when the model's logits follow the dataset's classes, else the index re-ordering them by name.
+
+    Raises ValueError when the model predicts another number of classes or (both naming them) other classes.
+    """
+    if model_config.num_labels != len(label_names):
+        raise ValueError(
+            f"The model predicts {model_config.num_labels} classes, the dataset has {len(label_names)}: evaluate it on "
+            "a dataset with its classes (check --dataset_name, --label_column_name)."
+        )
+    try:
+        return check_label_space(_label_space(label_names), model_config)
+    except ValueError as error:  # the message speaks of a teacher (the model) and a student (the dataset)
+        raise ValueError(f"The model's classes are not the dataset's. {error}") from None
+
+
+def teacher_for_evaluation(
+    teacher, label_names: list[str], student_mean, student_std, trust_remote_code: bool = False, device=None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function from the evaluated model's batch to the teacher's logits in the dataset's class order.
+
+    The same checks and input adaptation as in training (`hf_deit.teacher`): label space, re-normalisation, resizing,
+    channel count.
+    """
+    module = load_teacher(teacher, trust_remote_code=trust_remote_code)
+    config = getattr(module, "config", None)
+    order = check_label_space(_label_space(label_names), config) if hasattr(config, "id2label") else None
+    expected = teacher_preprocessing(teacher, None)
+    if expected.num_channels is None:
+        expected.num_channels = getattr(config, "num_channels", None)
+    adapter = TeacherInputAdapter.from_preprocessing(expected, student_mean, student_std).to(device)
+    logits_of = TeacherLogits(module).to(device).eval().requires_grad_(False)
+
+    def teacher_logits(pixel_values: torch.Tensor) -> torch.Tensor:
+        logits = logits_of(adapter(pixel_values))
+        return logits if order is None else logits.index_select(1, order.to(logits.device))
+
+    return teacher_logits
+
+
+def _collate(examples: list[dict]):
+    """(pixel_values, labels), dropping undecodable images; None when none is left."""
+    kept = [example for example in examples if example["pixel_values"] is not None]
+    if not kept:
+        return None
+    labels = torch.as_tensor([example["labels"] for example in kept], dtype=torch.long)
+    return torch.stack([example["pixel_values"] for example in kept]), labels
+
+
+@torch.inference_mode()
+def evaluate_classifier(
+    model: torch.nn.Module,
+    dataset,
+    transform: Callable,
+    *,
+    label_order: Optional[torch.Tensor] = None,
+    teacher: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    skip_bad_images: bool = True,
+    top_k: int = 5,
+    device=None,
+) -> dict[str, float]:
+    """Accuracy of `model` on `dataset` (a `datasets` split with `image` and `label` columns, map-style or streamed).
+
+    Returns `num_images` (evaluated), `num_skipped` (undecodable, with `skip_bad_images`), `accuracy` and
+    `top{k}_accuracy` of the model's output (`logits`; for our model the mean of the two heads), the same prefixed
+    `cls_` and `distillation_` for a model with those heads, and with a `teacher` (see `teacher_for_evaluation`)
+    `teacher_accuracy` and `teacher_agreement` (how often the output's top-1 is the teacher's).
+    `label_order` (from `dataset_label_order`) re-orders the model's logits into the dataset's classes.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device).eval()
+    ready = apply_transforms(
+        (IterableDatasetDict if isinstance(dataset, IterableDataset) else DatasetDict)(validation=dataset),
+        transform, transform, skip_bad_images=skip_bad_images,
+    )["validation"]  # fmt: skip
+    loader = torch.utils.data.DataLoader(ready, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    compute_metrics = make_compute_metrics(top_k)
+    sums: dict[str, float] = {}
+    num_images = 0
+    for batch in loader:
+        if batch is None:  # every image of the batch was undecodable
+            continue
+        pixel_values, labels = batch
+        outputs = model(pixel_values=pixel_values.to(device))
+        heads = [getattr(outputs, name, None) for name in HEAD_FIELDS]
+        single_head = heads[1] is None or heads[2] is None
+        # make_compute_metrics reads (output, cls, distillation[, teacher]); a one-head model fills all three.
+        heads = [heads[0]] * 3 if single_head else heads
+        if label_order is not None:
+            heads = [head.index_select(1, label_order.to(head.device)) for head in heads]
+        if teacher is not None:
+            heads.append(teacher(pixel_values.to(device)))
+        elif single_head:
+            heads = heads[:1]
+        predictions = tuple(head.float().cpu().numpy() for head in heads)
+        results = compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels.numpy()))
+        if single_head:
+            results = {k: v for k, v in results.items() if not k.startswith(("cls_", "distillation_"))}
+        count = len(labels)
+        for name, value in results.items():
+            sums[name] = sums.get(name, 0.0) + float(value) * count
+        num_images += count
+    if num_images == 0:
+        raise ValueError("No image could be evaluated: the dataset is empty or every image was undecodable.")
+    # A stream has no length to compare with: its skipped images are counted in the log only (None here).
+    num_skipped = None if isinstance(dataset, IterableDataset) else len(dataset) - num_images
+    metrics = {name: total / num_images for name, total in sums.items()}
+    return {"num_images": num_images, "num_skipped": num_skipped, **metrics}
+
+
+def format_results(results: dict[str, float]) -> str:
+    """The per-head table: rows averaged / cls / distillation (those present), columns top-1 and top-k."""
+    top_k_key = next((key for key in results if key.startswith("top") and key.endswith("_accuracy")), None)
+    top_k_label = top_k_key.removesuffix("_accuracy").replace("top", "top-") if top_k_key else None
+    header = f"{'head':<14}{'top-1':>8}" + (f"{top_k_label:>8}" if top_k_label else "")
+    lines = [header, "-" * len(header)]
+    rows = (("averaged" if "cls_accuracy" in results else "output", ""), ("cls", "cls_"), ("distillation", "distillation_"))
+    for name, prefix in rows:
+        if prefix + "accuracy" not in results:
+            continue
+        line = f"{name:<14}{results[prefix + 'accuracy']:>8.4f}"
+        if top_k_key:
+            line += f"{results[prefix + top_k_key]:>8.4f}"
+        lines.append(line)
+    if "teacher_accuracy" in results:
+        lines.append(f"{'teacher':<14}{results['teacher_accuracy']:>8.4f}")
+        lines.append(f"teacher agreement (top-1 of the output = the teacher's): {results['teacher_agreement']:.4f}")
+    skipped = "an unknown number of" if results["num_skipped"] is None else results["num_skipped"]
+    lines.append(f"{results['num_images']} images evaluated, {skipped} undecodable skipped")
+    return "\n".join(lines)
