@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Where a trained distilled DeiT looks: its cls-token and distillation-token attention over a few images.
+
+    python scripts/visualize_attention.py outputs/deit --num_images 4 --output_dir figures
+    python scripts/visualize_attention.py outputs/deit --images cat.png dog.jpg --teacher_name_or_path outputs/teacher
+
+For each image, one PNG with a row of panels: the image, then the cls and dist tokens' attention over the patches in
+the last layer (mean over heads) and by attention rollout (all layers), overlaid on the image, then the teacher's
+map when a teacher is given (a ViT's cls attention in its last layer, or a CNN's last-stage activation attention).
+Images are the model's evaluation view (its image processor: resize, centre crop).
+"""
+
+import argparse
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
+
+import hf_deit  # noqa: E402, F401  (registers the distilled DeiT with the Auto classes)
+from hf_deit.attention_maps import (  # noqa: E402
+    CLS_TOKEN,
+    DISTILLATION_TOKEN,
+    grid_for,
+    prepare_teacher_for_maps,
+    rollout_map,
+    teacher_forward,
+    token_attention_map,
+)
+from hf_deit.data import load_embedded_dataset, to_rgb  # noqa: E402
+from hf_deit.teacher import TeacherInputAdapter, load_teacher, teacher_preprocessing  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="Folder (or Hub id) of a trained distilled DeiT.")
+    parser.add_argument("--images", nargs="*", default=None, help="Image files. Default: the embedded dataset's.")
+    parser.add_argument("--dataset_name", default="mnist", help="Embedded dataset for --num_images (mnist, digits).")
+    parser.add_argument("--num_images", type=int, default=4, help="Validation images taken from the dataset.")
+    parser.add_argument("--teacher_name_or_path", default=None, help="Add the teacher's map beside the student's.")
+    parser.add_argument("--output_dir", default="attention_maps", help="Where the PNG files go.")
+    parser.add_argument("--trust_remote_code", action="store_true", help="Allow remote code for the model/teacher.")
+    return parser.parse_args(argv)
+
+
+def load_images(args) -> list[tuple[str, "PIL.Image.Image"]]:  # noqa: F821
+    if args.images:
+        from PIL import Image
+
+        return [(os.path.splitext(os.path.basename(path))[0], to_rgb(Image.open(path))) for path in args.images]
+    validation = load_embedded_dataset(args.dataset_name)["validation"]
+    return [(f"{args.dataset_name}_{index}", to_rgb(validation[index]["image"])) for index in range(args.num_images)]
+
+
+def student_maps(model, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Last-layer and rollout maps of the cls and dist tokens, `(batch, rows, columns)` each."""
+    with torch.no_grad():
+        attentions = model(pixel_values, output_attentions=True).attentions
+    patch_size = model.config.patch_size
+    patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    grid = grid_for(attentions[-1].shape[-1] - 2, pixel_values.shape[-2:], patch_size)
+    return {
+        "cls, last layer": token_attention_map(attentions[-1:], grid, CLS_TOKEN, num_prefix_tokens=2),
+        "dist, last layer": token_attention_map(attentions[-1:], grid, DISTILLATION_TOKEN, num_prefix_tokens=2),
+        "cls, rollout": rollout_map(attentions, grid, CLS_TOKEN),
+        "dist, rollout": rollout_map(attentions, grid, DISTILLATION_TOKEN),
+    }
+
+
+def teacher_map(teacher_name: str, pixel_values: torch.Tensor, processor, trust_remote_code: bool) -> torch.Tensor:
+    teacher = load_teacher(teacher_name, trust_remote_code=trust_remote_code).eval()
+    prepare_teacher_for_maps(teacher)
+    adapter = TeacherInputAdapter.from_preprocessing(
+        teacher_preprocessing(teacher_name), processor.image_mean, processor.image_std
+    )
+    with torch.no_grad():
+        return teacher_forward(teacher, adapter(pixel_values), attention_map=True).attention_map
+
+
+def overlay(axis, image: np.ndarray, attention: torch.Tensor, title: str) -> None:
+    """The image in grey with the map, upsampled to the image and scaled to [0, 1], on top."""
+    height, width = image.shape[:2]
+    heat = F.interpolate(attention[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-8)
+    axis.imshow(image.mean(axis=-1), cmap="gray")
+    axis.imshow(heat.numpy(), cmap="jet", alpha=0.5)
+    axis.set_title(title, fontsize=8)
+    axis.axis("off")
+
+
+def main(argv=None) -> list[str]:
+    args = parse_args(argv)
+    model = AutoModelForImageClassification.from_pretrained(
+        args.model, trust_remote_code=args.trust_remote_code, attn_implementation="eager"
+    ).eval()
+    processor = AutoImageProcessor.from_pretrained(args.model)
+    named_images = load_images(args)
+    pixel_values = processor([image for _, image in named_images], return_tensors="pt")["pixel_values"]
+    maps = student_maps(model, pixel_values)
+    if args.teacher_name_or_path:
+        maps["teacher"] = teacher_map(args.teacher_name_or_path, pixel_values, processor, args.trust_remote_code)
+    with torch.no_grad():
+        predictions = model(pixel_values).logits.argmax(-1).tolist()
+
+    # What the model saw, back in [0, 1] for display.
+    mean = torch.tensor(processor.image_mean)[:, None, None]
+    std = torch.tensor(processor.image_std)[:, None, None]
+    shown = (pixel_values * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+    os.makedirs(args.output_dir, exist_ok=True)
+    written = []
+    for index, (name, _) in enumerate(named_images):
+        figure, axes = plt.subplots(1, 1 + len(maps), figsize=(2.2 * (1 + len(maps)), 2.6))
+        axes[0].imshow(shown[index])
+        axes[0].set_title(f"predicted {model.config.id2label.get(predictions[index], predictions[index])}", fontsize=8)
+        axes[0].axis("off")
+        for axis, (title, attention) in zip(axes[1:], maps.items()):
+            overlay(axis, shown[index], attention[index], title)
+        figure.tight_layout()
+        path = os.path.join(args.output_dir, f"{name}_attention.png")
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    print("\n".join(written))
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,71 @@
+"""scripts/visualize_attention.py writes real PNG figures, with and without a teacher."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+from PIL import Image
+from transformers import ResNetConfig, ResNetForImageClassification
+
+from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
+from hf_deit.image_processing import deit_image_processor
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "visualize_attention.py")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("visualize_attention", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    names = [str(d) for d in range(10)]
+    labels = dict(num_labels=10, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    student = DistilledDeiTForImageClassification(
+        DistilledDeiTConfig(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            **labels)  # fmt: skip
+    )
+    processor = deit_image_processor(32, crop_pct=1.0)
+    student.save_pretrained(root / "student")
+    processor.save_pretrained(root / "student")
+    teacher = ResNetForImageClassification(
+        ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
+                     downsample_in_first_stage=False, **labels)  # fmt: skip
+    )
+    teacher.save_pretrained(root / "teacher")
+    processor.save_pretrained(root / "teacher")
+    return root / "student", root / "teacher"
+
+
+def assert_png(path, min_width):
+    with open(path, "rb") as handle:
+        assert handle.read(8) == PNG_SIGNATURE
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width >= min_width and image.height >= 200
+
+
+def test_writes_one_png_per_dataset_image_with_the_teacher_panel(model_folders, tmp_path):
+    student, teacher = model_folders
+    written = load_script().main([str(student), "--num_images", "2", "--teacher_name_or_path", str(teacher),
+                                  "--output_dir", str(tmp_path / "figures")])  # fmt: skip
+    assert [os.path.basename(path) for path in written] == ["mnist_0_attention.png", "mnist_1_attention.png"]
+    for path in written:
+        assert_png(path, min_width=6 * 200)  # image + 4 student maps + teacher, ~220 px each
+
+
+def test_writes_pngs_for_given_image_files(model_folders, tmp_path):
+    student, _ = model_folders
+    photo = tmp_path / "photo.jpg"
+    Image.effect_mandelbrot((60, 40), (-2, -1.2, 1, 1.2), 50).convert("RGB").save(photo)
+    written = load_script().main([str(student), "--images", str(photo), "--output_dir", str(tmp_path / "out")])
+    assert len(written) == 1 and written[0].endswith("photo_attention.png")
+    assert_png(written[0], min_width=5 * 200)
