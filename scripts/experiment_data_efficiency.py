@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""Data efficiency on the embedded MNIST: how much do distillation, attention distillation and an unlabelled pool help
+when only a fraction of the training labels is known?
+
+    python scripts/experiment_data_efficiency.py --output_dir outputs/data_efficiency            # the full grid
+    python scripts/experiment_data_efficiency.py --output_dir /tmp/quick --quick                  # ~1 min smoke run
+
+For each labelled fraction (5%, 10%, 25%, 100%) and seed: a stratified labelled subset of the 4,000 training digits
+(`hf_deit.data.split_labeled`, seeded); a CNN teacher trained on that subset only (`scripts/train_teacher.py`); then
+five students, every one with the same number of steps, batch size and recipe:
+
+    none             labelled subset, no teacher
+    hard             labelled subset, hard distillation
+    hard+attn        ... plus the attention-map term (student dist token vs the teacher's last-stage activation map)
+    hard+pool        labelled subset + the remaining training images unlabelled (the teacher labels them)
+    hard+attn+pool   both
+
+At 100% there is no unlabelled pool: the pool variants are not run there (the table says n/a). Accuracy is top-1 of the
+averaged heads on the 1,000 validation digits. Writes `results.json` (every run), `results.md` (mean ± std over
+seeds) and `accuracy_vs_labels.png` in `--output_dir`.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from datasets import DatasetDict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling scripts' main(argv)
+
+import train  # noqa: E402
+import train_teacher  # noqa: E402
+
+from hf_deit.data import load_embedded_dataset, split_labeled  # noqa: E402
+
+VARIANTS = {
+    "none": dict(distillation="none", attention=False, pool=False),
+    "hard": dict(distillation="hard", attention=False, pool=False),
+    "hard+attn": dict(distillation="hard", attention=True, pool=False),
+    "hard+pool": dict(distillation="hard", attention=False, pool=True),
+    "hard+attn+pool": dict(distillation="hard", attention=True, pool=True),
+}
+FULL = dict(fractions=[0.05, 0.10, 0.25, 1.0], seeds=[0, 1, 2], student_steps=1000, teacher_steps=600,
+            batch_size=64, student="hidden_size=128,num_hidden_layers=6,num_attention_heads=4", train_size=None,
+            eval_size=None)  # fmt: skip
+QUICK = dict(fractions=[0.25, 1.0], seeds=[0], student_steps=2, teacher_steps=2, batch_size=16,
+             student="hidden_size=32,num_hidden_layers=2,num_attention_heads=2", train_size=400, eval_size=100)  # fmt: skip
+# A 2-stage ResNet: its last stage keeps a 4x4 map at 32 px (a 4-stage one shrinks it to 1x1, nothing to distil).
+TEACHER_CONFIG = '{"hidden_sizes": [32, 64], "depths": [1, 1]}'
+COMMON = ["--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true",
+          "--logging_steps", "50", "--dataloader_num_workers", "0", "--image_size", "32"]  # fmt: skip
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--quick", action="store_true", help="Tiny subset, 1 seed, few steps, two fractions.")
+    parser.add_argument("--fractions", type=float, nargs="*", default=None)
+    parser.add_argument("--seeds", type=int, nargs="*", default=None)
+    parser.add_argument("--student_steps", type=int, default=None, help="Steps of every student (the shared budget).")
+    parser.add_argument("--teacher_steps", type=int, default=None)
+    parser.add_argument("--attention_weight", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    settings = dict(QUICK if args.quick else FULL)
+    for name in ("fractions", "seeds", "student_steps", "teacher_steps"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    return args, settings
+
+
+def write_splits(folder: str, fraction: float, seed: int, settings: dict) -> tuple[str, str | None]:
+    """The labelled subset (+ validation) and the unlabelled rest, as save_to_disk folders the scripts can load."""
+    mnist = load_embedded_dataset("mnist")
+    train_split, validation = mnist["train"], mnist["validation"]
+    if settings["train_size"]:
+        train_split = train_split.shuffle(seed=0).select(range(settings["train_size"]))
+        # The embedded split lists digits class by class: shuffle before taking a few, or they are all zeros.
+        validation = validation.shuffle(seed=0).select(range(settings["eval_size"]))
+    labeled_dir, pool_dir = os.path.join(folder, "labeled"), None
+    if fraction < 1.0:
+        labeled, unlabeled = split_labeled(train_split, fraction, seed=seed)
+        pool_dir = os.path.join(folder, "unlabeled")
+        DatasetDict(train=unlabeled).save_to_disk(pool_dir)
+    else:
+        labeled = train_split
+    DatasetDict(train=labeled, validation=validation).save_to_disk(labeled_dir)
+    return labeled_dir, pool_dir
+
+
+def run_teacher(labeled_dir: str, output_dir: str, seed: int, settings: dict) -> float:
+    metrics = train_teacher.main([
+        "--dataset_name", labeled_dir, "--output_dir", output_dir, "--seed", str(seed),
+        "--config_overrides", TEACHER_CONFIG, "--max_steps", str(settings["teacher_steps"]),
+        "--per_device_train_batch_size", str(settings["batch_size"]), *COMMON,
+    ])  # fmt: skip
+    return metrics["eval_accuracy"]
+
+
+def run_student(variant: dict, labeled_dir, pool_dir, teacher_dir, output_dir, seed, settings, attention_weight):
+    argv = [
+        "--dataset_name", labeled_dir, "--output_dir", output_dir, "--seed", str(seed),
+        # The embedded-MNIST student and learning rate, given explicitly since the data comes from a folder.
+        "--config_overrides", f"image_size=32,patch_size=4,{settings['student']}", "--learning_rate", "1e-3",
+        "--max_steps", str(settings["student_steps"]), "--per_device_train_batch_size", str(settings["batch_size"]),
+        "--distillation_type", variant["distillation"], *COMMON,
+    ]  # fmt: skip
+    if variant["distillation"] != "none":
+        argv += ["--teacher_name_or_path", teacher_dir]
+    if variant["attention"]:
+        argv += ["--attention_distillation_weight", str(attention_weight)]
+    if variant["pool"]:
+        argv += ["--unlabeled_dataset_name", pool_dir]
+    return train.main(argv)["eval_accuracy"]
+
+
+def summarize(runs: list[dict], fractions, output_dir: str) -> str:
+    lines = ["| labelled | teacher | " + " | ".join(VARIANTS) + " |", "|---" * (2 + len(VARIANTS)) + "|"]
+    for fraction in fractions:
+        here = [run for run in runs if run["fraction"] == fraction]
+        cells = [f"{fraction:.0%}", _mean_std([run["accuracy"] for run in here if run["variant"] == "teacher"])]
+        cells += [_mean_std([run["accuracy"] for run in here if run["variant"] == name]) for name in VARIANTS]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    with open(os.path.join(output_dir, "results.md"), "w") as handle:
+        handle.write("Top-1 accuracy (%) on the 1,000 MNIST validation digits, mean ± std over seeds.\n\n" + table + "\n")
+    return table
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    values = 100 * np.asarray(values)
+    return f"{values.mean():.1f} ± {values.std():.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+
+
+def plot(runs: list[dict], fractions, output_dir: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name in ["teacher", *VARIANTS]:
+        xs, means, stds = [], [], []
+        for fraction in fractions:
+            values = [100 * r["accuracy"] for r in runs if r["fraction"] == fraction and r["variant"] == name]
+            if values:
+                xs.append(100 * fraction), means.append(np.mean(values)), stds.append(np.std(values))
+        if xs:
+            axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=name, linestyle="--" if name == "teacher" else "-")
+    axis.set_xscale("log")
+    axis.set_xticks([100 * f for f in fractions], [f"{f:.0%}" for f in fractions])
+    axis.set_xlabel("labelled training images")
+    axis.set_ylabel("validation top-1 (%)")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path = os.path.join(output_dir, "accuracy_vs_labels.png")
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def main(argv=None) -> dict:
+    args, settings = parse_args(argv)
+    os.makedirs(args.output_dir, exist_ok=True)
+    runs = []
+    for fraction in settings["fractions"]:
+        for seed in settings["seeds"]:
+            folder = os.path.join(args.output_dir, "runs", f"labels{fraction:g}_seed{seed}")
+            labeled_dir, pool_dir = write_splits(folder, fraction, seed, settings)
+            teacher_dir = os.path.join(folder, "teacher")
+            start = time.perf_counter()
+            accuracy = run_teacher(labeled_dir, teacher_dir, seed, settings)
+            runs.append(dict(fraction=fraction, seed=seed, variant="teacher", accuracy=accuracy,
+                             seconds=round(time.perf_counter() - start, 1)))  # fmt: skip
+            for name, variant in VARIANTS.items():
+                if variant["pool"] and pool_dir is None:
+                    continue  # 100% labelled: no unlabelled pool
+                start = time.perf_counter()
+                accuracy = run_student(variant, labeled_dir, pool_dir, teacher_dir, os.path.join(folder, name), seed,
+                                       settings, args.attention_weight)  # fmt: skip
+                runs.append(dict(fraction=fraction, seed=seed, variant=name, accuracy=accuracy,
+                                 seconds=round(time.perf_counter() - start, 1)))  # fmt: skip
+    results = dict(settings=settings, attention_weight=args.attention_weight, argv=sys.argv[1:] if argv is None else argv,
+                   date=time.strftime("%Y-%m-%d"), runs=runs)  # fmt: skip
+    with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
+        json.dump(results, handle, indent=2)
+    results["table"] = summarize(runs, settings["fractions"], args.output_dir)
+    results["plot"] = plot(runs, settings["fractions"], args.output_dir)
+    print(results["table"])
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The data-efficiency experiment script, end to end in its quick mode (real MNIST subset, real training runs)."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+from PIL import Image
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "experiment_data_efficiency.py")
+
+
+@pytest.mark.slow
+def test_quick_data_efficiency_run_writes_table_json_and_plot(tmp_path):
+    spec = importlib.util.spec_from_file_location("experiment_data_efficiency", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--output_dir", str(tmp_path), "--quick"])
+
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    # 25%: teacher + 5 students; 100%: teacher + the 3 variants without a pool.
+    assert [(r["fraction"], r["variant"]) for r in runs] == [
+        (0.25, "teacher"), (0.25, "none"), (0.25, "hard"), (0.25, "hard+attn"), (0.25, "hard+pool"),
+        (0.25, "hard+attn+pool"), (1.0, "teacher"), (1.0, "none"), (1.0, "hard"), (1.0, "hard+attn"),
+    ]  # fmt: skip
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in runs)
+    table = (tmp_path / "results.md").read_text()
+    assert "| 25% |" in table and "| 100% |" in table and "n/a" in table and results["table"] in table
+    with Image.open(tmp_path / "accuracy_vs_labels.png") as plot:
+        assert plot.format == "PNG" and plot.width > 300
