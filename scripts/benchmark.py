@@ -41,9 +41,13 @@ def main(argv=None) -> dict:
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is visible to torch.")
 
-    results = run_benchmark(settings, log=lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True))
-    output = args.output or f"benchmarks/{args.device}-{results['date']}"
+    output = args.output or f"benchmarks/{args.device}-{time.strftime('%Y-%m-%d')}"
     command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    results = run_benchmark(
+        settings,
+        log=lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True),
+        on_section=lambda partial: write_report(partial, output, command),  # a cut-short run keeps what it measured
+    )
     json_path, md_path = write_report(results, output, command)
     print(to_markdown(results, command))
     print(f"wrote {json_path} and {md_path}")

@@ -710,21 +710,32 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = print) -> dict:
+def run_benchmark(
+    settings: BenchmarkSettings, log: Callable[[str], None] = print, on_section: Callable[[dict], None] | None = None
+) -> dict:
+    """Runs every section; after each one calls `on_section(results so far)` (the script writes the report then, so
+    that a run cut short on a busy machine still leaves what it measured)."""
     started = time.perf_counter()
-    results = {"settings": asdict(settings), "machine": machine_info(settings.device),
-               "date": time.strftime("%Y-%m-%d")}
-    results["inference"] = inference_section(settings, log)
-    results["fastest_modes"] = fastest_mode_ratios(results["inference"])
-    results["flops"] = flops_section(settings, results["inference"], log)
-    results["profile"] = profile_section(settings, log) if settings.profile else []
-    results["training"] = training_section(settings, log)
-    results["data"] = data_section(settings, log) if settings.data_workers else []
-    results["compile"] = compile_section(settings, log) if settings.compile else []
+    results = {"settings": asdict(settings), "machine": machine_info(settings.device), "date": time.strftime("%Y-%m-%d"),
+               "inference": [], "fastest_modes": [], "flops": [], "profile": [], "training": [], "data": [],
+               "compile": [], "targets": [], "wall_seconds": 0.0}
     if settings.device == "cuda":
         results["paper_v100_fp32_inference"] = PAPER_V100_INFERENCE
-    results["targets"] = check_targets(results)
-    results["wall_seconds"] = time.perf_counter() - started
+
+    def finished(name: str, value) -> None:
+        results[name] = value
+        results["fastest_modes"] = fastest_mode_ratios(results["inference"])
+        results["targets"] = check_targets(results)
+        results["wall_seconds"] = time.perf_counter() - started
+        if on_section is not None:
+            on_section(results)
+
+    finished("inference", inference_section(settings, log))
+    finished("flops", flops_section(settings, results["inference"], log))
+    finished("profile", profile_section(settings, log) if settings.profile else [])
+    finished("training", training_section(settings, log))
+    finished("data", data_section(settings, log) if settings.data_workers else [])
+    finished("compile", compile_section(settings, log) if settings.compile else [])
     return results
 
 
