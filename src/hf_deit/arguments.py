@@ -63,6 +63,11 @@ class DataArguments:
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set."})
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it."})
+    skip_bad_images: bool = field(
+        default=True,
+        metadata={"help": "Skip undecodable images (truncated, empty, not images), logging a count and the first "
+                  "paths; false stops at the first one, naming it."},
+    )
     repeated_augmentation: int = field(
         default=3,
         metadata={"help": "Repeated augmentation: copies of each image per epoch across processes (multi-process "

@@ -89,6 +89,7 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------------------------
 
 EMBEDDED_DATASETS = ("mnist", "digits")
+DEFAULT_DATASET = "mnist"
 # Fixed split of the embedded sets: 20% of every class held out, chosen with seed 0. MNIST: 4,000 / 1,000
 # (400 / 100 per class). Digits: 1,438 / 359. Changing these changes every result reported on them.
 EMBEDDED_VALIDATION_FRACTION = 0.2
@@ -285,7 +286,8 @@ def load_image_classification_dataset(
 
 def _load_source(dataset_name, dataset_config_name, train_dir, validation_dir, streaming, cache_dir, token):
     if train_dir is not None or validation_dir is not None:
-        if dataset_name not in (None, "imagefolder"):
+        # The default name (the scripts' --dataset_name default) gives way to the folders, as the flag's help says.
+        if dataset_name not in (None, "imagefolder", DEFAULT_DATASET):
             raise ValueError("Pass either dataset_name or train_dir/validation_dir, not both.")
         if train_dir is None:
             raise ValueError("validation_dir needs a train_dir as well.")
@@ -293,7 +295,7 @@ def _load_source(dataset_name, dataset_config_name, train_dir, validation_dir, s
         if validation_dir is not None:
             data_files["validation"] = os.path.join(validation_dir, "**")
         return load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir, streaming=streaming)
-    dataset_name = dataset_name or "mnist"
+    dataset_name = dataset_name or DEFAULT_DATASET
     if dataset_name in EMBEDDED_DATASETS:
         embedded = load_embedded_dataset(dataset_name)
         if streaming:
@@ -726,20 +728,25 @@ def build_eval_transform(args: Optional[AugmentationArguments] = None) -> v2.Com
     )
 
 
-def make_batch_transform(transform: Callable, skip_bad_images: bool = True) -> Callable[[dict], dict]:
+def make_batch_transform(
+    transform: Callable, skip_bad_images: bool = True, substitutes: Optional[Dataset] = None
+) -> Callable[[dict], dict]:
     """A `set_transform`/`with_transform` function: {"image", "label"} batch -> {"pixel_values", "labels"}.
 
     Images may come decoded (PIL) or as datasets' undecoded {"path", "bytes"} values; undecoded ones are decoded here
-    (see "Undecodable images"). An undecodable image gets `pixel_values` None with `skip_bad_images` (the collator
-    drops the example), else raises `BadImageError` naming the file.
+    (see "Undecodable images"). With `skip_bad_images`, an undecodable image is replaced by a decodable one of
+    `substitutes` (with its label) when given, else gets `pixel_values` None (for a collator that drops it);
+    without, it raises `BadImageError` naming the file.
     """
 
     def batch_transform(batch: dict) -> dict:
-        pixel_values = []
-        for value in batch["image"]:
+        pixel_values, labels = [], list(batch["label"])
+        for row, value in enumerate(batch["image"]):
             image = _decode_or_skip(value, skip_bad_images)
+            if image is None and substitutes is not None:
+                image, labels[row] = _substitute(value, substitutes)
             pixel_values.append(None if image is None else _transform_image(transform, image, value))
-        return {"pixel_values": pixel_values, "labels": batch["label"]}
+        return {"pixel_values": pixel_values, "labels": labels}
 
     return batch_transform
 
@@ -760,18 +767,20 @@ def apply_transforms(
     Map-style splits use `with_transform` (no cache files); streamed splits a lazy batched `map`. Each item then
     holds only `pixel_values` (float tensor) and `labels` (int). With a Trainer, set `remove_unused_columns=False`.
     Images are decoded inside the transform, where an undecodable file can be caught: with `skip_bad_images` a
-    map-style item gets `pixel_values` None (dropped by the collators) and a streamed one is left out; without, the
-    file is named in a `BadImageError`.
+    map-style item takes the place of another image of its split (chosen from a hash of the bad file, so runs
+    repeat; batches keep their size, and a Trainer never gets an empty batch) and a streamed one is left out;
+    without, the file is named in a `BadImageError`. (`hf_deit.evaluation` drops bad images instead, so that a
+    reported accuracy counts every image once.)
     """
     transformed = {}
     for name, split in dataset.items():
-        batch_transform = make_batch_transform(train_transform if name == "train" else eval_transform, skip_bad_images)
         split = undecoded_images(split)
+        transform = train_transform if name == "train" else eval_transform
         if isinstance(split, IterableDataset):
-            stream_transform = lambda batch, fn=batch_transform: _drop_skipped(fn(batch))  # noqa: E731
+            stream_transform = lambda batch, fn=make_batch_transform(transform, skip_bad_images): _drop_skipped(fn(batch))  # noqa: E731
             transformed[name] = split.map(stream_transform, batched=True, remove_columns=["image", "label"])
         else:
-            transformed[name] = split.with_transform(batch_transform)
+            transformed[name] = split.with_transform(make_batch_transform(transform, skip_bad_images, substitutes=split))
     return type(dataset)(transformed)
 
 
@@ -788,9 +797,10 @@ def apply_transforms(
 # `Image(decode=False)` (metadata only: no data is rewritten) and the batch transform decodes with datasets' own
 # decoder followed by `load()` (opening reads only the header; `verify()` misses truncated files; `load()` decodes
 # every pixel, as the transform would anyway). So a bad file costs nothing extra and the check adds no pass over
-# the data: a validation pass would decode a large dataset twice before the first step. The price is that a batch
-# can come out shorter than asked (the collators drop skipped examples), and that skips are counted per process
-# (each DataLoader worker logs its own).
+# the data: a validation pass would decode a large dataset twice before the first step. A skipped image of a
+# map-style split is replaced by another image of the split (deterministically: resumed runs see the same batches),
+# so that no batch comes out empty, which would give a NaN loss. Skips are counted per process (each DataLoader
+# worker logs its own).
 
 BAD_IMAGE_PATHS_LOGGED = 5  # the first few undecodable files are named in the log; then only counts
 
@@ -847,6 +857,25 @@ def _decode_or_skip(value, skip: bool) -> Optional[PILImage.Image]:
         elif math.log10(_bad_image_count).is_integer():
             logger.warning("%d undecodable images skipped so far in process %d.", _bad_image_count, os.getpid())
         return None
+
+
+SUBSTITUTE_TRIES = 16
+
+
+def _substitute(value, split: Dataset) -> tuple[Optional[PILImage.Image], int]:
+    """(decoded image, label) of the split's first decodable image from a place fixed by a hash of the bad one."""
+    source = image_source(value).encode() if not (isinstance(value, dict) and value.get("bytes")) else value["bytes"]
+    start = int.from_bytes(hashlib.blake2b(source, digest_size=8).digest(), "little") % len(split)
+    for offset in range(min(SUBSTITUTE_TRIES, len(split))):
+        row = split[(start + offset) % len(split)]
+        try:
+            return decode_image(row["image"]), row["label"]
+        except Exception:
+            continue
+    raise BadImageError(
+        f"The image {image_source(value)} is undecodable, and so are the {SUBSTITUTE_TRIES} images tried in its place: "
+        "most of this dataset cannot be read. Check the files."
+    )
 
 
 def _transform_image(transform: Callable, image: PILImage.Image, value) -> torch.Tensor:

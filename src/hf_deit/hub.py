@@ -53,6 +53,7 @@ def push_folder_to_hub(
     retries: int = 2,
     retry_wait: float = 2.0,
     timeout: float | None = DEFAULT_TIMEOUT,
+    ignore_patterns: list[str] | None = None,
 ) -> str:
     """Create `repo_id` if needed and upload every file of `folder` in one commit; returns the commit URL.
 
@@ -67,6 +68,8 @@ def push_folder_to_hub(
         retries: further attempts after a transient failure (5xx, timeout, lost connection), waiting
             `retry_wait`, then twice as long, and so on.
         timeout: seconds one request may wait for the server; None keeps huggingface_hub's (unbounded) default.
+        ignore_patterns: glob patterns of files not to upload (e.g. a training run's `checkpoint-*` folders); the
+            retry command excludes them too.
 
     Raises:
         HubPushError: the push failed; the local folder was not modified.
@@ -77,7 +80,7 @@ def push_folder_to_hub(
         raise FileNotFoundError(f"Cannot push {folder} to the Hub: no such folder. Save the model there first.")
     token = token or get_token()
     api = HfApi(endpoint=endpoint, token=token)
-    retry_command = _retry_command(folder, repo_id, private=private, revision=revision)
+    retry_command = _retry_command(folder, repo_id, private=private, revision=revision, exclude=ignore_patterns)
     for attempt in range(retries + 1):
         try:
             with _request_timeout(timeout):
@@ -85,7 +88,8 @@ def push_folder_to_hub(
                 if revision is not None:
                     api.create_branch(repo_id, branch=revision, exist_ok=True)
                 commit = api.upload_folder(
-                    repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision
+                    repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision,
+                    ignore_patterns=ignore_patterns,
                 )
             return commit.commit_url
         except Exception as error:
@@ -98,11 +102,13 @@ def push_folder_to_hub(
                 )  # fmt: skip
                 time.sleep(wait)
                 continue
-            raise _push_error(error, folder, repo_id, token, retry_command, transient, attempts=attempt + 1) from None
+            raise _push_error(
+                error, folder, repo_id, token, retry_command, transient, attempts=attempt + 1, ignore=ignore_patterns
+            ) from None
     raise AssertionError("unreachable")
 
 
-def _push_error(error, folder, repo_id, token, retry_command, transient, attempts) -> HubPushError:
+def _push_error(error, folder, repo_id, token, retry_command, transient, attempts, ignore=None) -> HubPushError:
     status = _status_code(error)
     if status in (401, 403):
         cause = (
@@ -118,7 +124,7 @@ def _push_error(error, folder, repo_id, token, retry_command, transient, attempt
         f"The local output is intact at {folder}; nothing there was changed. To retry the push, run:\n"
         f"    {retry_command}\n"
         f"or in Python: from hf_deit.hub import push_folder_to_hub; "
-        f"push_folder_to_hub({str(folder)!r}, {repo_id!r})"
+        f"push_folder_to_hub({str(folder)!r}, {repo_id!r}{f', ignore_patterns={ignore!r}' if ignore else ''})"
     )
     error_out = HubPushError(_redact(message, token), folder=folder, repo_id=repo_id, retry_command=retry_command, transient=transient)
     # Keep the original for callers that inspect it, but out of the traceback, which could print a URL or header.
@@ -126,13 +132,15 @@ def _push_error(error, folder, repo_id, token, retry_command, transient, attempt
     return error_out
 
 
-def _retry_command(folder: Path, repo_id: str, *, private: bool, revision: str | None) -> str:
+def _retry_command(folder: Path, repo_id: str, *, private: bool, revision: str | None, exclude=None) -> str:
     """The huggingface_hub CLI command that uploads the same folder (it reads the token from HF_TOKEN or the login)."""
     command = ["hf", "upload", repo_id, str(folder), "."]
     if revision is not None:
         command += ["--revision", revision]
     if private:
         command.append("--private")
+    for pattern in exclude or ():
+        command += ["--exclude", pattern]
     return shlex.join(command)
 
 
