@@ -15,7 +15,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,23 +47,31 @@ def main(argv=None) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     extra = [flag for flag in args.student_flags if flag != "--"]
-    runs = {"teacher": {}, **{variant: {} for variant in args.variants}}
-    started = time.perf_counter()
     for seed in args.seeds:
         args.seed = seed
         flags = common_flags(args)
         teacher_dir = out / f"seed{seed}" / "teacher"
-        runs["teacher"][seed] = run_stage(f"seed {seed}: teacher", train_teacher.main, [
+        run_stage(f"seed {seed}: teacher", train_teacher.main, [
             "--output_dir", str(teacher_dir), "--num_train_epochs", str(args.teacher_epochs), *TEACHER_FLAGS, *flags,
         ])
         for variant in args.variants:
-            runs[variant][seed] = run_stage(f"seed {seed}: student, {variant}", train.main, [
+            run_stage(f"seed {seed}: student, {variant}", train.main, [
                 "--output_dir", str(out / f"seed{seed}" / variant), "--num_train_epochs", str(args.student_epochs),
                 "--teacher_name_or_path", str(teacher_dir), "--distillation_type", variant,
                 "--distillation_tau", str(args.distillation_tau), *flags, *extra,
             ])
-        # Rewritten after every seed so that an interrupted experiment keeps what it measured.
-        write_results(out, args, runs, time.perf_counter() - started)
+        # Summarised after every seed from what is on disk: an interrupted experiment keeps what it measured, and
+        # seeds run as separate processes into the same folder add up.
+        summary = write_results(out, vars(args))
+    return summary
+
+
+def collect_runs(out: Path) -> dict[str, dict[int, dict]]:
+    """{run name: {seed: metrics}} from every finished run's all_results.json under `out`."""
+    runs: dict[str, dict[int, dict]] = {}
+    for path in sorted(out.glob("seed*/*/all_results.json")):
+        seed = int(path.parent.parent.name.removeprefix("seed"))
+        runs.setdefault(path.parent.name, {})[seed] = json.loads(path.read_text())
     return runs
 
 
@@ -78,42 +85,45 @@ def summarize(values: list[float]) -> dict:
     }
 
 
-def write_results(out: Path, args: argparse.Namespace, runs: dict, seconds: float) -> None:
+def write_results(out: Path, setup: dict) -> dict:
+    runs = collect_runs(out)
     summary = {}
-    for name, by_seed in runs.items():
-        if by_seed:
-            summary[name] = {
-                key: summarize([100 * metrics[f"eval_{key}"] for metrics in by_seed.values()])
-                for key in ("accuracy", "cls_accuracy", "distillation_accuracy", "teacher_agreement")
-                if all(f"eval_{key}" in metrics for metrics in by_seed.values())
-            }
-            summary[name]["wall_seconds"] = summarize([metrics["wall_seconds"] for metrics in by_seed.values()])
-    setup = {key: value for key, value in vars(args).items() if key != "student_flags"}
+    for name in ("teacher", *STUDENT_VARIANTS):
+        by_seed = runs.get(name)
+        if not by_seed:
+            continue
+        summary[name] = {
+            key: summarize([100 * metrics[f"eval_{key}"] for metrics in by_seed.values()])
+            for key in ("accuracy", "cls_accuracy", "distillation_accuracy", "teacher_agreement")
+            if all(f"eval_{key}" in metrics for metrics in by_seed.values())
+        }
+        summary[name]["train_minutes"] = summarize([metrics["train_runtime"] / 60 for metrics in by_seed.values()])
+        summary[name]["seeds"] = sorted(by_seed)
+    setup = {key: value for key, value in setup.items() if key not in ("student_flags", "seed")}
     (out / "results.json").write_text(json.dumps({"setup": setup, "summary": summary, "runs": runs}, indent=2))
-    (out / "results.md").write_text(markdown_table(summary, setup, seconds))
+    (out / "results.md").write_text(markdown_table(summary, setup))
+    return summary
 
 
-def markdown_table(summary: dict, setup: dict, seconds: float) -> str:
+def markdown_table(summary: dict, setup: dict) -> str:
     def cell(stats: dict | None) -> str:
         if not stats:
             return "-"
         return f"{stats['mean']:.1f} ± {stats['std']:.1f} ({stats['min']:.1f}-{stats['max']:.1f})"
 
     lines = [
-        f"Validation top-1 (%), mean ± std (min-max) over seeds {setup['seeds']}; dataset {setup['dataset_name']}; "
-        f"teacher {setup['teacher_epochs']:g} epochs, every student {setup['student_epochs']:g} epochs; "
-        f"{seconds / 60:.0f} min in all.",
+        f"Validation top-1 (%), mean ± std (min-max) over the seeds listed; dataset {setup['dataset_name']}; "
+        f"teacher {setup['teacher_epochs']:g} epochs, every student {setup['student_epochs']:g} epochs.",
         "",
-        "| run | averaged heads | cls head | distillation head | agrees with teacher | minutes per run |",
-        "|---|---|---|---|---|---|",
+        "| run | seeds | averaged heads | cls head | distillation head | agrees with teacher | train minutes |",
+        "|---|---|---|---|---|---|---|",
     ]
     labels = {"teacher": "CNN teacher", "none": "DeiT, no distillation", "soft": "DeiT, soft distillation",
               "hard": "DeiT, hard distillation"}
     for name, stats in summary.items():
-        minutes = stats["wall_seconds"]["mean"] / 60
-        lines.append(f"| {labels[name]} | {cell(stats.get('accuracy'))} | {cell(stats.get('cls_accuracy'))} | "
-                     f"{cell(stats.get('distillation_accuracy'))} | {cell(stats.get('teacher_agreement'))} | "
-                     f"{minutes:.1f} |")
+        lines.append(f"| {labels[name]} | {', '.join(map(str, stats['seeds']))} | {cell(stats.get('accuracy'))} | "
+                     f"{cell(stats.get('cls_accuracy'))} | {cell(stats.get('distillation_accuracy'))} | "
+                     f"{cell(stats.get('teacher_agreement'))} | {stats['train_minutes']['mean']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
