@@ -23,10 +23,16 @@ from typing import Optional
 
 import numpy as np
 import torch
-from datasets import DatasetDict, IterableDataset, IterableDatasetDict
+from datasets import IterableDataset, IterableDatasetDict
 from transformers import EvalPrediction
 
-from .data import AugmentationArguments, apply_transforms, build_eval_transform
+from .data import (
+    AugmentationArguments,
+    apply_transforms,
+    build_eval_transform,
+    make_batch_transform,
+    undecoded_images,
+)
 from .teacher import TeacherInputAdapter, TeacherLogits, check_label_space, load_teacher, teacher_preprocessing
 from .trainer import make_compute_metrics
 
@@ -178,10 +184,11 @@ def evaluate_classifier(
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device).eval()
-    ready = apply_transforms(
-        (IterableDatasetDict if isinstance(dataset, IterableDataset) else DatasetDict)(validation=dataset),
-        transform, transform, skip_bad_images=skip_bad_images,
-    )["validation"]  # fmt: skip
+    if isinstance(dataset, IterableDataset):  # streams leave undecodable images out before batching
+        ready = apply_transforms(IterableDatasetDict(validation=dataset), transform, transform, skip_bad_images)
+        ready = ready["validation"]
+    else:  # bad images come out as None and `_collate` drops them: each image counts once, none in another's place
+        ready = undecoded_images(dataset).with_transform(make_batch_transform(transform, skip_bad_images))
     loader = torch.utils.data.DataLoader(ready, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     compute_metrics = make_compute_metrics(top_k)
     sums: dict[str, float] = {}
