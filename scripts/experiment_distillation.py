@@ -51,10 +51,14 @@ def main(argv=None) -> dict:
         args.seed = seed
         flags = common_flags(args)
         teacher_dir = out / f"seed{seed}" / "teacher"
-        run_stage(f"seed {seed}: teacher", train_teacher.main, [
-            "--output_dir", str(teacher_dir), "--num_train_epochs", str(args.teacher_epochs), *TEACHER_FLAGS, *flags,
-        ])
+        if not (teacher_dir / "all_results.json").exists():  # finished runs are kept: a rerun completes the grid
+            run_stage(f"seed {seed}: teacher", train_teacher.main, [
+                "--output_dir", str(teacher_dir), "--num_train_epochs", str(args.teacher_epochs), *TEACHER_FLAGS,
+                *flags,
+            ])
         for variant in args.variants:
+            if (out / f"seed{seed}" / variant / "all_results.json").exists():
+                continue
             run_stage(f"seed {seed}: student, {variant}", train.main, [
                 "--output_dir", str(out / f"seed{seed}" / variant), "--num_train_epochs", str(args.student_epochs),
                 "--teacher_name_or_path", str(teacher_dir), "--distillation_type", variant,
