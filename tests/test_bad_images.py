@@ -206,3 +206,15 @@ def test_train_script_without_skipping_stops_naming_the_file(image_folder, tmp_p
         ])  # fmt: skip
     assert any(name in str(raised.value) for name in bad)
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_stream_leaves_undecodable_images_out(image_folder):
+    root, _, bad = image_folder
+    dataset = load_image_classification_dataset(train_dir=str(root / "train"), validation_dir=str(root / "val"),
+                                                streaming=True)  # fmt: skip
+    args = AugmentationArguments(image_size=CROP)
+    ready = apply_transforms(dataset, build_train_transform(args), build_eval_transform(args))
+    items = list(ready["validation"])
+    num_files = len(list((root / "val").rglob("*.*")))
+    assert len(items) == num_files - len(bad)
+    assert all(item["pixel_values"].shape == (3, CROP, CROP) for item in items)
