@@ -72,6 +72,7 @@ def test_negative_labels_other_than_missing_are_rejected(tmp_path):
         load_image_classification_dataset(folder)
 
 
+@pytest.mark.slow
 def test_label_column_of_strings_is_mapped_logged_and_trained(tmp_path, caplog):
     names = ["dog", "cat", "fox"] * 4
     dataset = save(tmp_path, {"image": images(12), "label": names}, Features({"image": Image(), "label": Value("string")}))

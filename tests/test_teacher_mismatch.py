@@ -114,6 +114,7 @@ def test_reordered_classes_and_another_size_reach_the_loss_in_the_students_order
     assert not torch.equal(used, own_order)
 
 
+@pytest.mark.slow
 def test_reordered_teacher_through_train_script_agrees_by_name(tmp_path):
     """A teacher that always answers "3", stored at its index 6 of the reversed names: the run's teacher accuracy is
     the share of 3s in the evaluation set, which it would not be if index 6 were read as the student's "6"."""
