@@ -118,7 +118,9 @@ def main(argv=None) -> dict:
     if aug_args.image_size is None:
         aug_args.image_size = EMBEDDED_STUDENT["image_size"] if uses_embedded_data(data_args) else 224
     aug_args = aug_args.resolved()
-    dataset = apply_transforms(dataset, build_train_transform(aug_args), build_eval_transform(aug_args))
+    dataset = apply_transforms(
+        dataset, build_train_transform(aug_args), build_eval_transform(aug_args), skip_bad_images=data_args.skip_bad_images
+    )
 
     trainer = ClassifierTrainer(
         model=model,
