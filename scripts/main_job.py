@@ -33,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="outputs/main_job")
     parser.add_argument("--dataset_name", default="mnist", help="mnist (5,000 digits) or digits (1,797, 8x8).")
     parser.add_argument("--teacher_epochs", type=float, default=10)
-    parser.add_argument("--student_epochs", type=float, default=8)
+    parser.add_argument("--student_epochs", type=float, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="Tiny subset and few steps: a smoke run.")
     return parser.parse_args(argv)

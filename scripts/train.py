@@ -36,7 +36,7 @@ from hf_deit.data import (
     split_labeled,
 )
 from hf_deit.checkpointing import resolve_resume_checkpoint
-from hf_deit.hub import HubPushError, push_folder_to_hub
+from hf_deit.hub import push_output_to_hub, take_hub_settings
 from hf_deit.image_processing import deit_image_processor
 from hf_deit.trainer import DistillationTrainer, make_compute_metrics
 
@@ -159,41 +159,6 @@ def main(argv=None) -> dict:
         if push_to_hub:
             push_output_to_hub(training_args, hub_token)
     return metrics
-
-
-# Never uploaded: checkpoints (optimizer states), their staging folders, and transformers' private files.
-HUB_IGNORE_PATTERNS = ["checkpoint-*", ".partial-*", "_*"]
-
-
-def take_hub_settings(training_args) -> tuple:
-    """(hub token, push_to_hub), taken out of `training_args`.
-
-    The push happens once, at the end, through `hf_deit.hub.push_folder_to_hub` (retries, timeouts; on failure the
-    local output stays and the error says how to retry). Trainer's own push would create the repo at construction and
-    upload from a background thread at each save, outside that error handling, so it is switched off. The token is
-    cleared from the arguments because Trainer pickles them, unredacted, into `training_args.bin` in every
-    checkpoint; it stays in this function's caller only (None: HF_TOKEN or the saved login).
-    """
-    hub_token, push_to_hub = training_args.hub_token, training_args.push_to_hub
-    training_args.hub_token, training_args.push_to_hub = None, False
-    if push_to_hub and not training_args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id <user or org>/<name>: the repo to push to.")
-    return hub_token, push_to_hub
-
-
-def push_output_to_hub(training_args, hub_token) -> None:
-    try:
-        url = push_folder_to_hub(
-            training_args.output_dir,
-            training_args.hub_model_id,
-            token=hub_token,
-            private=bool(training_args.hub_private_repo),
-            revision=training_args.hub_revision,
-            ignore_patterns=HUB_IGNORE_PATTERNS,
-        )
-    except HubPushError as error:  # already names the folder and the retry command, with the token redacted
-        raise SystemExit(f"Training finished and the model is saved, but the push failed.\n{error}") from None
-    logger.info("Pushed %s to %s", training_args.output_dir, url)
 
 
 def add_unlabeled_examples(train, distill_args: DistillationArguments, data_args: DataArguments, training_args):

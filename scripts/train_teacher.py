@@ -26,6 +26,7 @@ from hf_deit.data import (
     build_train_transform,
     load_image_classification_dataset,
 )
+from hf_deit.hub import push_output_to_hub, take_hub_settings
 from hf_deit.image_processing import deit_image_processor
 from hf_deit.trainer import ClassifierTrainer, make_compute_metrics
 
@@ -122,6 +123,7 @@ def main(argv=None) -> dict:
         dataset, build_train_transform(aug_args), build_eval_transform(aug_args), skip_bad_images=data_args.skip_bad_images
     )
 
+    hub_token, push_to_hub = take_hub_settings(training_args)
     trainer = ClassifierTrainer(
         model=model,
         args=training_args,
@@ -139,8 +141,8 @@ def main(argv=None) -> dict:
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset=data_args.train_dir or data_args.dataset_name)
+    if push_to_hub and trainer.is_world_process_zero():
+        push_output_to_hub(training_args, hub_token)
     return metrics
 
 
