@@ -22,6 +22,8 @@ from hf_deit.arguments import (
     DeiTTrainingArguments,
     DistillationArguments,
     ModelArguments,
+    label_fields,
+    load_dataset_from_args,
     student_config,
     uses_embedded_data,
 )
@@ -31,7 +33,6 @@ from hf_deit.data import (
     build_collator,
     build_eval_transform,
     build_train_transform,
-    load_image_classification_dataset,
     load_unlabeled_images,
     split_labeled,
 )
@@ -53,12 +54,8 @@ def parse_args(argv=None):
 
 
 def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str]):
-    label_fields = dict(
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: index for index, name in enumerate(label_names)},
-    )
-    config = student_config(model_args, data_args, **label_fields)
+    fields = label_fields(label_names)
+    config = student_config(model_args, data_args, **fields)
     if config is not None:
         config._attn_implementation = model_args.attn_implementation
         return DistilledDeiTForImageClassification(config)
@@ -68,7 +65,7 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, label_na
         attn_implementation=model_args.attn_implementation,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         drop_path_rate=model_args.drop_path_rate,
-        **label_fields,
+        **fields,
     )
 
 
@@ -81,21 +78,7 @@ def main(argv=None) -> dict:
     set_seed(training_args.seed)
 
     # Data
-    dataset = load_image_classification_dataset(
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_dir=data_args.train_dir,
-        validation_dir=data_args.validation_dir,
-        image_column_name=data_args.image_column_name,
-        label_column_name=data_args.label_column_name,
-        eval_split=data_args.eval_split,
-        train_val_split=data_args.train_val_split,
-        seed=training_args.seed,
-        streaming=data_args.streaming,
-        max_train_samples=data_args.max_train_samples,
-        max_eval_samples=data_args.max_eval_samples,
-        token=training_args.hub_token,
-    )
+    dataset = load_dataset_from_args(data_args, training_args.seed, training_args.hub_token)
     label_names = dataset["train"].features["label"].names
     dataset["train"] = add_unlabeled_examples(dataset["train"], distill_args, data_args, training_args)
 

@@ -17,14 +17,20 @@ from typing import Optional
 import transformers
 from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed
 
-from hf_deit.arguments import EMBEDDED_STUDENT, DataArguments, DeiTTrainingArguments, uses_embedded_data
+from hf_deit.arguments import (
+    EMBEDDED_STUDENT,
+    DataArguments,
+    DeiTTrainingArguments,
+    label_fields,
+    load_dataset_from_args,
+    uses_embedded_data,
+)
 from hf_deit.data import (
     AugmentationArguments,
     apply_transforms,
     build_collator,
     build_eval_transform,
     build_train_transform,
-    load_image_classification_dataset,
 )
 from hf_deit.hub import push_output_to_hub, take_hub_settings
 from hf_deit.image_processing import deit_image_processor
@@ -68,24 +74,20 @@ class TeacherTrainingArguments(DeiTTrainingArguments):
 
 
 def build_teacher(args: TeacherArguments, label_names: list[str]):
-    label_fields = dict(
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: index for index, name in enumerate(label_names)},
-    )
+    fields = label_fields(label_names)
     overrides = json.loads(args.config_overrides) if args.config_overrides else {}
     if args.model_name_or_path:
         return AutoModelForImageClassification.from_pretrained(
             args.model_name_or_path,
             ignore_mismatched_sizes=args.ignore_mismatched_sizes,
             trust_remote_code=args.trust_remote_code,
-            **label_fields,
+            **fields,
             **overrides,
         )
     if args.architecture not in TEACHER_ARCHITECTURES:
         raise ValueError(f"Unknown --architecture {args.architecture!r}; choose {', '.join(TEACHER_ARCHITECTURES)}.")
-    fields = {**TEACHER_ARCHITECTURES[args.architecture], **overrides, **label_fields}
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    config_fields = {**TEACHER_ARCHITECTURES[args.architecture], **overrides, **fields}
+    config = AutoConfig.for_model(config_fields.pop("model_type"), **config_fields)
     return AutoModelForImageClassification.from_config(config)
 
 
@@ -99,21 +101,7 @@ def main(argv=None) -> dict:
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
 
-    dataset = load_image_classification_dataset(
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_dir=data_args.train_dir,
-        validation_dir=data_args.validation_dir,
-        image_column_name=data_args.image_column_name,
-        label_column_name=data_args.label_column_name,
-        eval_split=data_args.eval_split,
-        train_val_split=data_args.train_val_split,
-        seed=training_args.seed,
-        streaming=data_args.streaming,
-        max_train_samples=data_args.max_train_samples,
-        max_eval_samples=data_args.max_eval_samples,
-        token=training_args.hub_token,
-    )
+    dataset = load_dataset_from_args(data_args, training_args.seed, training_args.hub_token)
     label_names = dataset["train"].features["label"].names
     model = build_teacher(teacher_args, label_names)
     if aug_args.image_size is None:

@@ -13,7 +13,6 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 from timm.models.deit import VisionTransformerDistilled
-from timm.models.vision_transformer import VisionTransformer
 from transformers import (
     AutoModelForImageClassification,
     DeiTConfig,

@@ -3,10 +3,8 @@
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest

@@ -204,3 +204,33 @@ def student_config(model_args: ModelArguments, data_args: DataArguments, **label
     if name in PRESETS or name in PRESET_ALIASES:
         return DistilledDeiTConfig.from_preset(name, **overrides, **label_fields)
     return None
+
+
+def load_dataset_from_args(data_args: DataArguments, seed: int, token: Optional[str] = None):
+    """The `DatasetDict` (train + validation) the data flags describe; see `hf_deit.data`."""
+    from .data import load_image_classification_dataset
+
+    return load_image_classification_dataset(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_dir=data_args.train_dir,
+        validation_dir=data_args.validation_dir,
+        image_column_name=data_args.image_column_name,
+        label_column_name=data_args.label_column_name,
+        eval_split=data_args.eval_split,
+        train_val_split=data_args.train_val_split,
+        seed=seed,
+        streaming=data_args.streaming,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
+        token=token,
+    )
+
+
+def label_fields(label_names: list[str]) -> dict:
+    """The config fields that name a classifier's classes."""
+    return dict(
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: index for index, name in enumerate(label_names)},
+    )

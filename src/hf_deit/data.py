@@ -36,7 +36,7 @@ import hashlib
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Optional
 
-import numpy as np
 import torch
 from datasets import IterableDataset, IterableDatasetDict
 from transformers import EvalPrediction
