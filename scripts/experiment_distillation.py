@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from main_job import TEACHER_FLAGS, common_flags, run_stage  # noqa: E402
+from main_job import common_flags, run_stage  # noqa: E402
 
 import train  # noqa: E402
 import train_teacher  # noqa: E402
@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
         teacher_dir = out / f"seed{seed}" / "teacher"
         if not (teacher_dir / "all_results.json").exists():  # finished runs are kept: a rerun completes the grid
             run_stage(f"seed {seed}: teacher", train_teacher.main, [
-                "--output_dir", str(teacher_dir), "--num_train_epochs", str(args.teacher_epochs), *TEACHER_FLAGS,
+                "--output_dir", str(teacher_dir), "--num_train_epochs", str(args.teacher_epochs),
                 *flags,
             ])
         for variant in args.variants:

@@ -23,11 +23,6 @@ import train  # noqa: E402
 import train_teacher  # noqa: E402
 
 
-# A CNN learns the digits in a few epochs without mixup/cutmix, which only slow a short schedule down; the students
-# keep the full DeiT recipe, and the teacher labels their mixed images.
-TEACHER_FLAGS = ["--mixup", "0", "--cutmix", "0"]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/main_job")
@@ -62,7 +57,7 @@ def main(argv=None) -> dict:
     teacher_dir = out / "teacher"
     results = {
         "teacher": run_stage("teacher (CNN)", train_teacher.main, [
-            "--output_dir", str(teacher_dir), "--num_train_epochs", str(args.teacher_epochs), *TEACHER_FLAGS, *flags,
+            "--output_dir", str(teacher_dir), "--num_train_epochs", str(args.teacher_epochs), *flags,
         ]),
     }
     for distillation_type in ("none", "hard"):

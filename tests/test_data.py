@@ -242,8 +242,11 @@ def test_apply_transforms_on_a_dataset(mnist):
     ready = apply_transforms(small, build_train_transform(args), build_eval_transform(args))
     item = ready["train"][0]
     assert set(item) == {"pixel_values", "labels"} and item["pixel_values"].shape == (3, 32, 32)
-    batch = build_collator(args, num_classes=10)([ready["validation"][i] for i in range(8)])
-    assert batch["pixel_values"].shape == (8, 3, 32, 32) and batch["labels"].shape == (8, 10)
+    examples = [ready["validation"][i] for i in range(8)]
+    batch = build_collator(args, num_classes=10)(examples)  # the small-image preset does not mix
+    assert batch["pixel_values"].shape == (8, 3, 32, 32) and batch["labels"].shape == (8,)
+    mixed = build_collator(AugmentationArguments(image_size=32, mixup=0.8, cutmix=1.0), num_classes=10)(examples)
+    assert mixed["pixel_values"].shape == (8, 3, 32, 32) and mixed["labels"].shape == (8, 10)
 
 
 # ----------------------------------------------------------------------------------------------- mixup / cutmix
