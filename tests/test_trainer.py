@@ -324,6 +324,52 @@ def test_attention_and_feature_terms_train_the_projection_and_leave_it_out_of_th
     assert set(saved) == set(tiny_student().state_dict())
 
 
+def feature_trainer(digits, teacher, tmp_path, seed=0, **overrides):
+    torch.manual_seed(seed)  # the projection's initialisation
+    return DistillationTrainer(
+        model=tiny_student(seed), args=args_for(tmp_path, eval_strategy="no", **overrides), train_dataset=digits[0],
+        teacher=teacher, distillation_type="hard", feature_distillation_weight=1.0,
+    )  # fmt: skip
+
+
+def test_feature_projection_is_checkpointed_and_a_resumed_run_continues_it(digits, teacher, tmp_path):
+    steps = dict(max_steps=4, save_strategy="steps", save_steps=2)
+    reference = feature_trainer(digits, teacher, tmp_path / "reference", **steps)
+    reference.train()
+    checkpoint = tmp_path / "reference" / "checkpoint-2"
+    assert (checkpoint / "feature_projection.safetensors").is_file()
+
+    # Another seed: a resumed run that did not load the projection would end elsewhere (and one whose projection
+    # gradients were never zeroed, as Trainer zeroes only the model's, would differ from step 3 on).
+    resumed = feature_trainer(digits, teacher, tmp_path / "resumed", seed=1, **steps)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    for (name, expected), actual in zip(reference.feature_projection.state_dict().items(),
+                                        resumed.feature_projection.state_dict().values()):  # fmt: skip
+        assert torch.equal(actual, expected), f"projection {name} differs after resuming"
+    for (name, expected), actual in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(actual, expected), f"{name} differs after resuming"
+
+    # A checkpoint without a projection (a run without feature distillation) is refused, not silently restarted.
+    (checkpoint / "feature_projection.safetensors").unlink()
+    again = feature_trainer(digits, teacher, tmp_path / "again", **steps)
+    with pytest.raises(ValueError, match="feature_distillation_weight"):
+        again.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_gradient_clipping_covers_the_feature_projection(digits, teacher, tmp_path):
+    trainer = feature_trainer(digits, teacher, tmp_path, max_grad_norm=1.0)
+    parameters = [*trainer.model.parameters(), *trainer.feature_projection.parameters()]
+    for parameter in parameters:
+        parameter.grad = torch.zeros_like(parameter)
+    for parameter in trainer.feature_projection.parameters():
+        parameter.grad.fill_(10.0)  # all of the norm is in the projection
+    norm_before = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))
+    returned = trainer._clip_grad_norm(trainer.model)
+    assert returned == pytest.approx(norm_before.item(), rel=1e-5)
+    norm_after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))
+    assert norm_after.item() == pytest.approx(1.0, rel=1e-4)
+
+
 def test_attention_distillation_asks_the_student_for_the_chosen_layers_only(digits, teacher, tmp_path):
     train, _ = digits
     student = tiny_student()

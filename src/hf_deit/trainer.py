@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from safetensors.torch import load_file, save_file
 from transformers import EvalPrediction, Trainer, TrainerCallback, default_data_collator
 
 from .callbacks import NonFiniteLossError, NonFiniteLossGuard
@@ -42,6 +43,8 @@ from .teacher import TeacherInputAdapter, TeacherLogits, check_label_space, load
 # The paper's recipe: no weight decay on the class/distillation tokens and position embeddings (Trainer's default
 # already spares biases and norm weights).
 _NO_DECAY_PARAMETER = re.compile(r"(?:^|\.)(cls_token|distillation_token|dist_token|position_embeddings|pos_embed)$")
+# Saved in each checkpoint next to the optimizer state, never in the model folder.
+FEATURE_PROJECTION_NAME = "feature_projection.safetensors"
 _NOT_EVAL_RESULTS = re.compile(r"(runtime|per_second|epoch|step)$")
 
 
@@ -196,7 +199,8 @@ class DistillationTrainer(DeiTTrainerBase):
             student's `feature_distillation_token` features ("dist", "cls" or "patches") through a learnable
             projection against the teacher's pooled pre-logits features, with `feature_distillation_loss`
             ("cosine" or "mse"). The projection (`self.feature_projection`) is trained with the student by the same
-            optimizer and is not part of the model: `save_pretrained` and checkpoints' model files never hold it.
+            optimizer, clipped with it and not part of the model: `save_pretrained` never holds it; each checkpoint
+            saves it beside the optimizer state (`feature_projection.safetensors`), so a resumed run continues it.
         pseudo_label_threshold: unlabelled examples (label -1, `labeled` mask from the collator) learn on the class
             head from the teacher's prediction when its probability reaches this (0 = always); see `hf_deit.losses`.
 
@@ -287,8 +291,7 @@ class DistillationTrainer(DeiTTrainerBase):
             teacher_size = classifier_layer(module, getattr(getattr(module, "config", None), "num_labels", None))
             projection = FeatureProjection(self.model.config.hidden_size, teacher_size.in_features)
             self.feature_projection = projection.to(self.accelerator.device)
-            if self.accelerator.num_processes > 1:
-                self.add_callback(_AverageProjectionGradients(self))
+            self.add_callback(_ZeroProjectionGradients(self))
 
     def create_optimizer(self, model=None):
         """Trainer's optimizer, plus a parameter group for the feature projection (which is not in the model)."""
@@ -300,6 +303,40 @@ class DistillationTrainer(DeiTTrainerBase):
             optimizer.add_param_group({"params": decay, "weight_decay": self.args.weight_decay})
             optimizer.add_param_group({"params": no_decay, "weight_decay": 0.0})
         return optimizer
+
+    # ---- the feature projection lives outside the model: its gradients, clipping and checkpoints ----
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.feature_projection is not None and self.accelerator.sync_gradients and self.accelerator.num_processes > 1:
+            # Outside the DDP-wrapped model, so averaged over processes here, as DDP does for the model, and before
+            # Trainer clips the step's gradients.
+            for parameter in self.feature_projection.parameters():
+                if parameter.grad is not None:
+                    parameter.grad = self.accelerator.reduce(parameter.grad, reduction="mean")
+        return loss
+
+    def _clip_grad_norm(self, model):
+        if self.feature_projection is None:
+            return super()._clip_grad_norm(model)
+        # One norm over everything the optimizer updates, as if the projection were part of the model.
+        parameters = [*model.parameters(), *self.feature_projection.parameters()]
+        return self.accelerator.clip_grad_norm_(parameters, self.args.max_grad_norm)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.feature_projection is not None and self.args.should_save:
+            save_file(self.feature_projection.state_dict(), os.path.join(output_dir, FEATURE_PROJECTION_NAME))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or self.feature_projection is None:
+            return
+        path = os.path.join(checkpoint, FEATURE_PROJECTION_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"{checkpoint} has no {FEATURE_PROJECTION_NAME}: it was saved by a run without feature "
+                             "distillation. Resume with the same --feature_distillation_weight, or start a new run.")
+        self.feature_projection.load_state_dict(load_file(path, device=str(self.accelerator.device)))
 
     def _set_teacher(self, teacher, student_mean, student_std, teacher_processor, trust_remote_code) -> None:
         module = load_teacher(teacher, trust_remote_code=trust_remote_code)
@@ -525,17 +562,15 @@ class DistillationTrainer(DeiTTrainerBase):
         )
 
 
-class _AverageProjectionGradients(TrainerCallback):
-    """Multi-process runs: the feature projection is not inside the DDP-wrapped model, so its gradients are averaged
-    over processes here, before each optimizer step, as DDP does for the model's."""
+class _ZeroProjectionGradients(TrainerCallback):
+    """Trainer zeroes the model's gradients after each optimizer step; the feature projection is outside the model, so
+    its gradients are zeroed here (else they would add up over the whole run)."""
 
     def __init__(self, trainer: "DistillationTrainer"):
         self.trainer = trainer
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        for parameter in self.trainer.feature_projection.parameters():
-            if parameter.grad is not None:
-                parameter.grad = self.trainer.accelerator.reduce(parameter.grad, reduction="mean")
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.feature_projection.zero_grad(set_to_none=True)
 
 
 # ---- evaluation metrics ----
