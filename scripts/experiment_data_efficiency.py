@@ -18,9 +18,14 @@ five students, every one with the same number of steps, batch size and recipe:
 At 100% there is no unlabelled pool: the pool variants are not run there (the table says n/a). Accuracy is top-1 of the
 averaged heads on the 1,000 validation digits. Writes `results.json` (every run), `results.md` (mean ± std over
 seeds) and `accuracy_vs_labels.png` in `--output_dir`.
+
+Finished runs are kept and skipped when the script is started again, so an interrupted grid resumes, and seeds can run
+side by side as separate processes into the same `--output_dir` (`--seeds 0` and `--seeds 1`, one thread each); the
+summary is rebuilt from every finished run on disk.
 """
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -80,6 +85,9 @@ def write_splits(folder: str, fraction: float, seed: int, settings: dict) -> tup
         # The embedded split lists digits class by class: shuffle before taking a few, or they are all zeros.
         validation = validation.shuffle(seed=0).select(range(settings["eval_size"]))
     labeled_dir, pool_dir = os.path.join(folder, "labeled"), None
+    if os.path.isfile(os.path.join(labeled_dir, "dataset_dict.json")):  # written by an earlier, interrupted run
+        pool_dir = os.path.join(folder, "unlabeled") if fraction < 1.0 else None
+        return labeled_dir, pool_dir
     if fraction < 1.0:
         labeled, unlabeled = split_labeled(train_split, fraction, seed=seed)
         pool_dir = os.path.join(folder, "unlabeled")
@@ -164,27 +172,50 @@ def plot(runs: list[dict], fractions, output_dir: str) -> str:
     return path
 
 
+def run_once(name: str, output_dir: str, train_fn) -> None:
+    """Runs `train_fn()` unless `output_dir` already holds its finished results: an interrupted grid resumes where it
+    stopped, and seeds started as separate processes (`--seeds 0`, `--seeds 1`, ...) share one `--output_dir`."""
+    if os.path.isfile(os.path.join(output_dir, "eval_results.json")):  # written last
+        print(f"=== {name}: finished earlier, kept ({output_dir})", flush=True)
+        return
+    print(f"=== {name}", flush=True)
+    train_fn()
+
+
+def collect_runs(output_dir: str, fractions) -> list[dict]:
+    """Every finished run under `output_dir/runs` (from any process), in grid order."""
+    runs = []
+    for fraction in fractions:
+        folders = sorted(glob.glob(os.path.join(output_dir, "runs", f"labels{fraction:g}_seed*")))
+        for folder in sorted(folders, key=lambda f: int(f.rsplit("_seed", 1)[1])):
+            for name in ["teacher", *VARIANTS]:
+                path = os.path.join(folder, name, "all_results.json")
+                if os.path.isfile(os.path.join(folder, name, "eval_results.json")):
+                    with open(path) as handle:
+                        metrics = json.load(handle)
+                    runs.append(dict(fraction=fraction, seed=int(folder.rsplit("_seed", 1)[1]), variant=name,
+                                     accuracy=metrics["eval_accuracy"], seconds=round(metrics["train_runtime"], 1)))  # fmt: skip
+    return runs
+
+
 def main(argv=None) -> dict:
     args, settings = parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
-    runs = []
     for fraction in settings["fractions"]:
         for seed in settings["seeds"]:
             folder = os.path.join(args.output_dir, "runs", f"labels{fraction:g}_seed{seed}")
             labeled_dir, pool_dir = write_splits(folder, fraction, seed, settings)
             teacher_dir = os.path.join(folder, "teacher")
-            start = time.perf_counter()
-            accuracy = run_teacher(labeled_dir, teacher_dir, seed, settings)
-            runs.append(dict(fraction=fraction, seed=seed, variant="teacher", accuracy=accuracy,
-                             seconds=round(time.perf_counter() - start, 1)))  # fmt: skip
+            run_once(f"{fraction:.0%} labelled, seed {seed}: teacher", teacher_dir,
+                     lambda: run_teacher(labeled_dir, teacher_dir, seed, settings))  # fmt: skip
             for name, variant in VARIANTS.items():
                 if variant["pool"] and pool_dir is None:
                     continue  # 100% labelled: no unlabelled pool
-                start = time.perf_counter()
-                accuracy = run_student(variant, labeled_dir, pool_dir, teacher_dir, os.path.join(folder, name), seed,
-                                       settings, args.attention_weight)  # fmt: skip
-                runs.append(dict(fraction=fraction, seed=seed, variant=name, accuracy=accuracy,
-                                 seconds=round(time.perf_counter() - start, 1)))  # fmt: skip
+                run_dir = os.path.join(folder, name)
+                run_once(f"{fraction:.0%} labelled, seed {seed}: {name}", run_dir,
+                         lambda: run_student(variant, labeled_dir, pool_dir, teacher_dir, run_dir, seed, settings,
+                                             args.attention_weight))  # fmt: skip
+    runs = collect_runs(args.output_dir, settings["fractions"])
     results = dict(settings=settings, attention_weight=args.attention_weight, argv=sys.argv[1:] if argv is None else argv,
                    date=time.strftime("%Y-%m-%d"), runs=runs)  # fmt: skip
     with open(os.path.join(args.output_dir, "results.json"), "w") as handle:

@@ -51,13 +51,13 @@ def main(argv=None) -> dict:
         args.seed = seed
         flags = common_flags(args)
         teacher_dir = out / f"seed{seed}" / "teacher"
-        if not (teacher_dir / "all_results.json").exists():  # finished runs are kept: a rerun completes the grid
+        if not (teacher_dir / "eval_results.json").exists():  # finished runs are kept: a rerun completes the grid
             run_stage(f"seed {seed}: teacher", train_teacher.main, [
                 "--output_dir", str(teacher_dir), "--num_train_epochs", str(args.teacher_epochs),
                 *flags,
             ])
         for variant in args.variants:
-            if (out / f"seed{seed}" / variant / "all_results.json").exists():
+            if (out / f"seed{seed}" / variant / "eval_results.json").exists():  # written last
                 continue
             run_stage(f"seed {seed}: student, {variant}", train.main, [
                 "--output_dir", str(out / f"seed{seed}" / variant), "--num_train_epochs", str(args.student_epochs),
@@ -74,6 +74,8 @@ def collect_runs(out: Path) -> dict[str, dict[int, dict]]:
     """{run name: {seed: metrics}} from every finished run's all_results.json under `out`."""
     runs: dict[str, dict[int, dict]] = {}
     for path in sorted(out.glob("seed*/*/all_results.json")):
+        if not path.with_name("eval_results.json").exists():  # still running, or killed before its evaluation
+            continue
         seed = int(path.parent.parent.name.removeprefix("seed"))
         runs.setdefault(path.parent.name, {})[seed] = json.loads(path.read_text())
     return runs

@@ -44,8 +44,10 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert [p["precision"] for p in results["profile"]] == ["fp32", "bf16"] and results["profile"][0]["top_ops"]
 
     (training,) = results["training"]
-    assert set(training["images_per_s"]) == {"ours/DistillationTrainer", "timm/hand-written loop"}
-    assert training["ratio"] > 0
+    assert set(training["images_per_s"]) == {
+        "ours/DistillationTrainer", "timm/hand-written loop", "ours/DistillationTrainer + attention distillation"
+    }
+    assert training["ratio"] > 0 and training["attention_distillation_cost"] > 0
     assert [d["workers"] for d in results["data"]] == [0, 1]
     assert all(d["images_per_s"]["median"] > 0 for d in results["data"])
     assert results["targets"] and all(isinstance(t["met"], bool) for t in results["targets"])
@@ -53,7 +55,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     for heading in ("## Targets", "## Inference: each library's fastest mode", "## Inference: every contender",
                     "## FLOPs and matmul efficiency", "## Profile", "## Training step", "## Data pipeline"):
         assert heading in markdown
-    assert "python scripts/benchmark.py --quick" in markdown
+    assert "python scripts/benchmark.py --quick" in markdown and "+ attention distillation" in markdown
 
 
 def test_interleave_runs_contenders_in_turn_after_a_warm_up_round():

@@ -28,3 +28,9 @@ def test_quick_data_efficiency_run_writes_table_json_and_plot(tmp_path):
     assert "| 25% |" in table and "| 100% |" in table and "n/a" in table and results["table"] in table
     with Image.open(tmp_path / "accuracy_vs_labels.png") as plot:
         assert plot.format == "PNG" and plot.width > 300
+
+    # Started again, it trains nothing and summarises what is on disk: an interrupted grid resumes, parallel seeds add up.
+    stamps = {path: path.stat().st_mtime_ns for path in (tmp_path / "runs").glob("*/*/model.safetensors")}
+    again = module.main(["--output_dir", str(tmp_path), "--quick"])
+    assert again["runs"] == results["runs"]
+    assert stamps and all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())

@@ -7,6 +7,7 @@ the noise of a shared machine falls on all of them alike; results are medians wi
 `prefix.md`. `scripts/benchmark.py` is the command line.
 """
 
+import copy
 import io
 import json
 import math
@@ -36,6 +37,7 @@ QUICK_GEOMETRY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_head
 # Inference precisions: weights and input in float32; float32 weights under bf16 autocast (per-call casts); the
 # model and input cast to bfloat16 once (`model.to(torch.bfloat16)`).
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
+ATTENTION_CONTENDER = "ours/DistillationTrainer + attention distillation"
 
 
 @dataclass
@@ -524,7 +526,8 @@ def training_section(settings: BenchmarkSettings, log: Callable[[str], None]) ->
             # Both loops collate the same in-memory examples with the same collator (the Trainer's default).
             rows = [dict(pixel_values=b["pixel_values"][i], labels=b["labels"][i]) for b in batches for i in range(batch_size)]
             hand_loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=True, collate_fn=default_data_collator)
-            timer = _StepTimer(device)
+            timer, attention_timer = _StepTimer(device), _StepTimer(device)
+            ours_for_attention = copy.deepcopy(ours)
             with tempfile.TemporaryDirectory() as output_dir:
                 args = TrainingArguments(
                     output_dir=output_dir, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=5e-4,
@@ -536,10 +539,21 @@ def training_section(settings: BenchmarkSettings, log: Callable[[str], None]) ->
                     model=ours, args=args, train_dataset=rows, teacher=build_teacher(settings.teacher, num_labels, size), distillation_type="hard",
                     callbacks=[timer.callback],
                 )
+                # The same step plus the attention-map term (issue 4): the student's last block returns its attention
+                # weights (eager there, SDPA elsewhere) and the teacher's last-stage activations become a map.
+                attention_trainer = DistillationTrainer(
+                    model=ours_for_attention, args=args, train_dataset=rows, distillation_type="hard",
+                    teacher=build_teacher(settings.teacher, num_labels, size), attention_distillation_weight=1.0,
+                    callbacks=[attention_timer.callback],
+                )  # fmt: skip
 
                 def run_trainer():
                     timer.stamps.clear()
                     trainer.train()
+
+                def run_attention_trainer():
+                    attention_timer.stamps.clear()
+                    attention_trainer.train()
 
                 def run_hand_loop():
                     autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -560,10 +574,12 @@ def training_section(settings: BenchmarkSettings, log: Callable[[str], None]) ->
                         hand_stamps.append(time.perf_counter())
 
                 log(f"training {model_name} {precision} batch {batch_size}")
-                step_times = {"ours/DistillationTrainer": [], "timm/hand-written loop": []}
+                step_times = {"ours/DistillationTrainer": [], "timm/hand-written loop": [], ATTENTION_CONTENDER: []}
                 for _ in range(settings.rounds):
                     run_trainer()
                     step_times["ours/DistillationTrainer"] += list(_diffs(timer.stamps))
+                    run_attention_trainer()
+                    step_times[ATTENTION_CONTENDER] += list(_diffs(attention_timer.stamps))
                     hand_stamps = []
                     run_hand_loop()
                     step_times["timm/hand-written loop"] += list(_diffs(hand_stamps))
@@ -572,6 +588,8 @@ def training_section(settings: BenchmarkSettings, log: Callable[[str], None]) ->
                 "model": model_name, "precision": precision, "batch_size": batch_size, "teacher": settings.teacher,
                 "images_per_s": stats,
                 "ratio": stats["ours/DistillationTrainer"]["median"] / stats["timm/hand-written loop"]["median"],
+                # Step time with the attention-map term over step time without it.
+                "attention_distillation_cost": stats["ours/DistillationTrainer"]["median"] / stats[ATTENTION_CONTENDER]["median"],
             })
     return results
 
@@ -830,12 +848,14 @@ def to_markdown(results: dict, command: str = "") -> str:
             lines += [f"| {o['op']} | {o['calls']} | {o['self_ms']:.1f} | {o['share']:.0%} |" for o in p["top_ops"]]
             lines.append("")
     lines += ["## Training step (student + teacher forward, loss, backward, clipping, AdamW)", "",
-              "| model | precision | batch | teacher | DistillationTrainer | hand-written loop (timm) | ratio |",
-              "|---|---|---|---|---|---|---|"]
+              "| model | precision | batch | teacher | DistillationTrainer | hand-written loop (timm) | ratio | "
+              "+ attention distillation | its step-time cost |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for t in results["training"]:
         s = t["images_per_s"]
         lines.append(f"| {t['model']} | {t['precision']} | {t['batch_size']} | {t['teacher']} | "
-                     f"{_rate(s['ours/DistillationTrainer'])} | {_rate(s['timm/hand-written loop'])} | {t['ratio']:.2f} |")
+                     f"{_rate(s['ours/DistillationTrainer'])} | {_rate(s['timm/hand-written loop'])} | {t['ratio']:.2f} | "
+                     f"{_rate(s[ATTENTION_CONTENDER])} | {t['attention_distillation_cost']:.2f}x |")
     if results["data"]:
         lines += ["", "## Data pipeline (decode + DeiT train transforms + mixup/cutmix collation)", "",
                   "| workers | batch | image px | images/s |", "|---|---|---|---|"]
