@@ -106,7 +106,8 @@ def test_hard_distillation_learns_digits_and_leaves_the_teacher_untouched(digits
     teacher_state = {name: value.clone() for name, value in teacher.state_dict().items()}
     trainer = DistillationTrainer(
         model=tiny_student(),
-        args=args_for(tmp_path, max_steps=200, learning_rate=5e-3, eval_strategy="no"),
+        args=args_for(tmp_path, max_steps=500, learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=10,
+                      eval_strategy="no"),  # fmt: skip
         train_dataset=train,
         eval_dataset=test,
         teacher=teacher,
@@ -116,14 +117,15 @@ def test_hard_distillation_learns_digits_and_leaves_the_teacher_untouched(digits
     trainer.train()
     metrics = trainer.evaluate()
 
-    # 200 steps of 32 images (under 5 epochs) is a short schedule for a ViT (measured: 0.45 on a loaded 2-core
-    # machine; 300 steps at lr 2e-3 on 16 px reached 0.69): the bar proves learning (chance is 0.1), not the recipe.
-    assert metrics["eval_accuracy"] >= 0.35, metrics
-    assert metrics["eval_distillation_accuracy"] >= 0.35, metrics
-    assert metrics["eval_teacher_agreement"] >= 0.35, metrics
+    # 500 steps of 32 images (~11 epochs) from scratch; measured 0.84 (distillation head 0.81) with this seed. A tiny
+    # ViT learns these digits slowly (timm's VisionTransformerDistilled in the same hand-written loop: 0.61-0.75 after
+    # 300 steps, as ours), so the bar is 0.7: it fails when the loss, the targets or the schedule are wrong.
+    assert metrics["eval_accuracy"] >= 0.7, metrics
+    assert metrics["eval_distillation_accuracy"] >= 0.7, metrics
+    assert metrics["eval_teacher_agreement"] >= 0.7, metrics
     assert metrics["eval_teacher_accuracy"] >= 0.9, metrics
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert len(logged) == 20 and all("loss_cls" in e and "loss_distillation" in e for e in logged)
+    assert len(logged) == 50 and all("loss_cls" in e and "loss_distillation" in e for e in logged)
     assert logged[-1]["loss_distillation"] < 0.8 * logged[0]["loss_distillation"]
 
     assert trainer.teacher.teacher is teacher and not teacher.training
