@@ -10,6 +10,7 @@ from typing import Optional
 from transformers import TrainingArguments
 
 from .configuration_distilled_deit import PRESET_ALIASES, PRESETS, DistilledDeiTConfig
+from .precision import bf16_is_faster
 
 # The model trained on the embedded 28 px digits (padded to 32): patch 4 gives an 8x8 grid, as in the anchor runs.
 EMBEDDED_STUDENT = dict(image_size=32, patch_size=4, hidden_size=128, num_hidden_layers=6, num_attention_heads=4)
@@ -146,6 +147,11 @@ class DeiTTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep False: the transforms need the image column."}
     )
+    bf16: Optional[bool] = field(
+        default=None,
+        metadata={"help": "bf16 autocast. Default: on where it is faster than float32 (CUDA with bf16; CPUs with "
+                  "AMX/AVX512-BF16 for models at least 192 wide; see hf_deit.precision), else off."},
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.learning_rate is None:
@@ -153,6 +159,19 @@ class DeiTTrainingArguments(TrainingArguments):
         if self.lr_scheduler_type == "cosine_with_min_lr" and not self.lr_scheduler_kwargs:
             self.lr_scheduler_kwargs = {"min_lr": MIN_LEARNING_RATE}  # the paper's floor
         super().__post_init__()
+
+    def resolve_precision(self, hidden_size: Optional[int] = None) -> bool:
+        """Settles `bf16` when it was left unset: off when a precision was chosen otherwise (`--fp16`, or
+        `accelerate launch --mixed_precision`), else on where it is faster for this model (`hf_deit.precision`;
+        `hidden_size` of a transformer, None for a CNN). Called by the trainers before their accelerator exists."""
+        if self.bf16 is None:
+            if self.fp16 or self.mixed_precision != "no":
+                self.bf16 = self.mixed_precision == "bf16"
+            else:
+                self.bf16 = bf16_is_faster(self.device, hidden_size)
+                if self.bf16:
+                    self.mixed_precision = "bf16"
+        return self.bf16
 
     def resolve_learning_rate(self, small_data: bool = False) -> float:
         """The learning rate when none was given: the paper's linear scaling rule, 5e-4 x global batch / 512.

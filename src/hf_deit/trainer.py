@@ -63,6 +63,10 @@ class DeiTTrainerBase(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, eval_data_collator=None, repeated_augmentation: int = 1, **kwargs):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if getattr(training_args, "bf16", False) is None:  # DeiTTrainingArguments left to choose: before the accelerator
+            model = kwargs.get("model", args[0] if args else None)
+            training_args.resolve_precision(getattr(getattr(model, "config", None), "hidden_size", None))
         super().__init__(*args, **kwargs)
         if eval_data_collator is None and hasattr(self.data_collator, "for_evaluation"):
             eval_data_collator = self.data_collator.for_evaluation()

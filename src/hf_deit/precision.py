@@ -1,0 +1,43 @@
+"""The training precision when none is asked for: bf16 autocast where it is faster than float32, else float32.
+
+    CUDA    bf16 wherever the GPU supports it (Ampere and newer).
+    CPU     bf16 only with native bf16 kernels (AMX or AVX512-BF16) and a model at least as wide as DeiT-Tiny (192).
+            Measured on AMX CPUs by the project's reference runs (shared/reference/small-scale-anchor.md and the
+            team's notes): bf16 autocast runs DeiT-Tiny/Small at 224 px 2.5-3.8x faster, but a width-128 ViT on 32 px
+            digits ~2x slower (8.4 vs 4.4 ms/image); a 0.7 M-parameter CNN teacher 2.3x faster. Without native
+            kernels bf16 is emulated and several times slower than float32 (`benchmarks/cpu-*.md`).
+
+An explicit `--bf16`/`--fp16` (true or false) or `accelerate launch --mixed_precision` always wins.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NARROWEST_BF16_WIDTH = 192  # DeiT-Tiny; narrower transformers stay in float32 on CPU
+_NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, as on macOS)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            line = next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def cpu_has_native_bf16() -> bool:
+    return any(flag in cpu_flags() for flag in _NATIVE_BF16_CPU_FLAGS)
+
+
+def bf16_is_faster(device: str | torch.device, hidden_size: int | None = None) -> bool:
+    """Whether bf16 autocast beats float32 for training on `device`. `hidden_size`: a transformer's width (narrow ones
+    lose on CPU); None for a CNN."""
+    device_type = torch.device(device).type
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        return cpu_has_native_bf16() and (hidden_size is None or hidden_size >= NARROWEST_BF16_WIDTH)
+    return False

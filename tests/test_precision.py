@@ -1,0 +1,74 @@
+"""The default training precision: bf16 autocast only where it is faster (hf_deit.precision), an explicit choice always
+wins. This machine has no AMX; the AMX case is checked by presenting its CPU flag (the only thing that differs)."""
+
+import pytest
+from transformers import HfArgumentParser
+
+import hf_deit.precision as precision
+from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
+from hf_deit.arguments import DeiTTrainingArguments
+from hf_deit.trainer import DistillationTrainer
+
+
+def parse(tmp_path, *flags) -> DeiTTrainingArguments:
+    (args,) = HfArgumentParser(DeiTTrainingArguments).parse_args_into_dataclasses(
+        args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--report_to", "none", "--eval_strategy", "no", *flags]
+    )
+    return args
+
+
+@pytest.fixture
+def amx_cpu(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "amx_tile", "amx_bf16"})
+
+
+def test_this_machine_reads_its_cpu_flags():
+    flags = precision.cpu_flags()
+    with open("/proc/cpuinfo") as cpuinfo:
+        assert ("amx_bf16" in cpuinfo.read()) == ("amx_bf16" in flags)
+    assert precision.cpu_has_native_bf16() == bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def test_bf16_only_for_wide_enough_models_on_native_bf16_cpus(amx_cpu):
+    assert precision.bf16_is_faster("cpu", hidden_size=192)  # DeiT-Tiny
+    assert not precision.bf16_is_faster("cpu", hidden_size=128)  # the width-128 digits student: slower in bf16
+    assert precision.bf16_is_faster("cpu")  # a CNN
+
+
+def test_no_bf16_without_native_kernels(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
+    assert not precision.bf16_is_faster("cpu", hidden_size=768)
+    assert not precision.bf16_is_faster("cpu")
+
+
+def test_unset_bf16_is_settled_by_the_trainer_before_its_accelerator(amx_cpu, tmp_path):
+    args = parse(tmp_path)
+    assert args.bf16 is None and args.mixed_precision == "no"
+    config = DistilledDeiTConfig(image_size=32, patch_size=8, hidden_size=192, num_hidden_layers=1, num_attention_heads=3,
+                                 num_labels=10)  # fmt: skip
+    trainer = DistillationTrainer(model=DistilledDeiTForImageClassification(config), args=args, distillation_type="none")
+    assert trainer.args.bf16 is True and trainer.accelerator.mixed_precision == "bf16"
+
+    narrow = DistilledDeiTConfig(image_size=32, patch_size=8, hidden_size=128, num_hidden_layers=1, num_attention_heads=2,
+                                 num_labels=10)  # fmt: skip
+    trainer = DistillationTrainer(
+        model=DistilledDeiTForImageClassification(narrow), args=parse(tmp_path), distillation_type="none"
+    )
+    assert trainer.args.bf16 is False and trainer.accelerator.mixed_precision == "no"
+
+
+def test_an_explicit_choice_wins(amx_cpu, tmp_path, monkeypatch):
+    assert parse(tmp_path, "--bf16", "false").resolve_precision(hidden_size=384) is False
+    assert parse(tmp_path, "--bf16", "true").resolve_precision(hidden_size=64) is True
+    monkeypatch.setattr(precision, "cpu_flags", lambda: set())
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch --mixed_precision bf16
+    args = parse(tmp_path)
+    assert args.resolve_precision(hidden_size=64) is True and args.mixed_precision == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert parse(tmp_path).resolve_precision(hidden_size=768) is False
+
+
+def test_this_machine_trains_the_digits_student_in_float32(tmp_path):
+    # Whatever the CPU, the 128-wide embedded student is never switched to bf16 on CPU.
+    args = parse(tmp_path)
+    assert args.resolve_precision(hidden_size=128) is False and args.mixed_precision == "no"
