@@ -372,6 +372,22 @@ def test_gradient_clipping_covers_the_feature_projection(digits, teacher, tmp_pa
     assert norm_after.item() == pytest.approx(1.0, rel=1e-4)
 
 
+def test_torch_compile_compiles_the_teacher_too_and_trains_the_same(digits, teacher, tmp_path):
+    losses = {}
+    for compiled in (False, True):
+        # dynamo's "eager" backend: the graph capture of torch.compile without inductor's C++ build (seconds, not minutes).
+        options = dict(torch_compile=True, torch_compile_backend="eager") if compiled else {}
+        trainer = DistillationTrainer(
+            model=tiny_student(), args=args_for(tmp_path / str(compiled), max_steps=3, logging_steps=1, eval_strategy="no",
+                                                **options),
+            train_dataset=digits[0], teacher=teacher, distillation_type="hard",
+        )  # fmt: skip
+        assert isinstance(trainer._teacher_logits_call, torch._dynamo.eval_frame.OptimizedModule) == compiled
+        trainer.train()
+        losses[compiled] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
 def test_attention_distillation_asks_the_student_for_the_chosen_layers_only(digits, teacher, tmp_path):
     train, _ = digits
     student = tiny_student()

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import cpu_flags, cpu_has_native_bf16
+
 # The paper's Table 1 throughput (one 16 GB V100, fp32, largest batch that fits), images/s.
 PAPER_V100_INFERENCE = {"small": 940.0, "base": 292.0, "tiny": 2536.0}
 
@@ -703,18 +705,13 @@ def compile_section(settings: BenchmarkSettings, log: Callable[[str], None]) -> 
 
 
 def machine_info(device: str) -> dict:
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
-    except OSError:
-        pass
+    flags = cpu_flags()
     info = {
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16")),
-        "amx": "amx_bf16" in flags.split(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "amx": "amx_bf16" in flags,
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()

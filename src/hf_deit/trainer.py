@@ -366,6 +366,13 @@ class DistillationTrainer(DeiTTrainerBase):
         device = self.accelerator.device
         self.teacher_input = TeacherInputAdapter.from_preprocessing(expected, student_mean, student_std).to(device)
         self.teacher = TeacherLogits(module).to(device).eval().requires_grad_(False)
+        # With --torch_compile the teacher's logits pass is compiled too, with the same backend and mode as the student
+        # (the map/feature pass, which reads forward hooks, stays eager).
+        self._teacher_logits_call = self.teacher
+        if self.args.torch_compile:
+            self._teacher_logits_call = torch.compile(
+                self.teacher, backend=self.args.torch_compile_backend or "inductor", mode=self.args.torch_compile_mode
+            )
         if self.teacher_label_order is not None:
             self.teacher_label_order = self.teacher_label_order.to(device)
 
@@ -377,7 +384,7 @@ class DistillationTrainer(DeiTTrainerBase):
         if self.teacher.training:  # nothing should switch it, but a stray `.train()` must not change its outputs
             self.teacher.eval()
         with self.accelerator.autocast():
-            logits = self.teacher(self.teacher_input(pixel_values))
+            logits = self._teacher_logits_call(self.teacher_input(pixel_values))
         if self.teacher_label_order is not None:
             logits = logits.index_select(1, self.teacher_label_order)
         return logits
