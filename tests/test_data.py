@@ -151,7 +151,7 @@ def test_train_transform_shapes_and_statistics(digit_images):
     torch.manual_seed(0)
     batch = torch.stack([transform(image) for image in digit_images])
     assert batch.shape == (64, 3, 32, 32) and batch.dtype == torch.float32
-    # Crops zoom in on the strokes (and RandAugment, where on, fills shifted-in pixels with the mean): slightly brighter.
+    # Crops zoom in on the strokes and RandAugment fills shifted-in pixels with the mean: slightly brighter.
     assert abs(batch.mean().item()) < 0.5 and 0.7 < batch.std().item() < 1.3
     reference = torch.stack([build_eval_transform(args)(image) for image in digit_images])
     assert abs(reference.mean().item()) < 0.2 and 0.8 < reference.std().item() < 1.2
