@@ -72,6 +72,8 @@ def parse_args(argv=None):
     parser.add_argument("--student_steps", type=int, default=None, help="Steps of every student (the shared budget).")
     parser.add_argument("--teacher_steps", type=int, default=None)
     parser.add_argument("--attention_weight", type=float, default=1.0)
+    parser.add_argument("--summary_only", action="store_true",
+                        help="Train nothing: rebuild results.json/.md and the plot from the finished runs on disk.")
     args = parser.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
     for name in ("fractions", "seeds", "student_steps", "teacher_steps"):
@@ -133,8 +135,9 @@ def summarize(runs: list[dict], settings: dict, output_dir: str) -> str:
     lines = ["| labelled | teacher | " + " | ".join(VARIANTS) + " |", "|---" * (2 + len(VARIANTS)) + "|"]
     for fraction in fractions:
         here = [run for run in runs if run["fraction"] == fraction]
-        cells = [f"{fraction:.0%}", _mean_std([run["accuracy"] for run in here if run["variant"] == "teacher"])]
-        cells += [_mean_std([run["accuracy"] for run in here if run["variant"] == name]) for name in VARIANTS]
+        seeds = len({run["seed"] for run in runs})
+        cells = [f"{fraction:.0%}", _mean_std([run["accuracy"] for run in here if run["variant"] == "teacher"], seeds)]
+        cells += [_mean_std([run["accuracy"] for run in here if run["variant"] == name], seeds) for name in VARIANTS]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     with open(os.path.join(output_dir, "results.md"), "w") as handle:
@@ -147,11 +150,13 @@ def summarize(runs: list[dict], settings: dict, output_dir: str) -> str:
     return table
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], seeds: int) -> str:
+    """'mean ± std' over the seeds that finished, with their count when some did not."""
     if not values:
         return "n/a"
     values = 100 * np.asarray(values)
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+    text = f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+    return text if len(values) == seeds else f"{text} ({len(values)} of {seeds} seeds)"
 
 
 def plot(runs: list[dict], fractions, output_dir: str) -> str:
@@ -211,7 +216,7 @@ def collect_runs(output_dir: str, fractions) -> list[dict]:
 def main(argv=None) -> dict:
     args, settings = parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
-    for fraction in settings["fractions"]:
+    for fraction in settings["fractions"] if not args.summary_only else []:
         for seed in settings["seeds"]:
             folder = os.path.join(args.output_dir, "runs", f"labels{fraction:g}_seed{seed}")
             labeled_dir, pool_dir = write_splits(folder, fraction, seed, settings)

@@ -34,3 +34,7 @@ def test_quick_data_efficiency_run_writes_table_json_and_plot(tmp_path):
     again = module.main(["--output_dir", str(tmp_path), "--quick"])
     assert again["runs"] == results["runs"]
     assert stamps and all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
+    assert module.main(["--output_dir", str(tmp_path), "--quick", "--summary_only"])["runs"] == results["runs"]
+    # A cell some seeds have not reached yet says so.
+    assert module._mean_std([0.5, 0.7], seeds=2) == "60.0 ± 14.1"
+    assert module._mean_std([0.5], seeds=2) == "50.0 (1 of 2 seeds)" and module._mean_std([], seeds=2) == "n/a"
