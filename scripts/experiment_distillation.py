@@ -105,7 +105,8 @@ def write_results(out: Path, setup: dict) -> dict:
         }
         summary[name]["train_minutes"] = summarize([metrics["train_runtime"] / 60 for metrics in by_seed.values()])
         summary[name]["seeds"] = sorted(by_seed)
-    setup = {key: value for key, value in setup.items() if key not in ("student_flags", "seed")}
+    setup = {key: value for key, value in setup.items() if key != "seed"}
+    setup["student_flags"] = [flag for flag in setup.get("student_flags", []) if flag != "--"]
     (out / "results.json").write_text(json.dumps({"setup": setup, "summary": summary, "runs": runs}, indent=2))
     (out / "results.md").write_text(markdown_table(summary, setup))
     return summary
@@ -119,7 +120,8 @@ def markdown_table(summary: dict, setup: dict) -> str:
 
     lines = [
         f"Validation top-1 (%), mean ± std (min-max) over the seeds listed; dataset {setup['dataset_name']}; "
-        f"teacher {setup['teacher_epochs']:g} epochs, every student {setup['student_epochs']:g} epochs.",
+        f"teacher {setup['teacher_epochs']:g} epochs, every student {setup['student_epochs']:g} epochs"
+        + (f" with `{' '.join(setup['student_flags'])}`." if setup["student_flags"] else "."),
         "",
         "| run | seeds | averaged heads | cls head | distillation head | agrees with teacher | train minutes |",
         "|---|---|---|---|---|---|---|",

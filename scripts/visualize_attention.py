@@ -87,9 +87,14 @@ def overlay(axis, image: np.ndarray, attention: torch.Tensor, title: str) -> Non
     """The image in grey with the map, upsampled to the image and scaled to [0, 1], on top."""
     height, width = image.shape[:2]
     heat = F.interpolate(attention[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-8)
     axis.imshow(image.mean(axis=-1), cmap="gray")
-    axis.imshow(heat.numpy(), cmap="jet", alpha=0.5)
+    spread = heat.max() - heat.min()
+    if spread <= 1e-6 * heat.abs().max().clamp(min=1e-12):
+        # A constant map (a CNN whose last stage is 1x1 at this size): nothing to show, and scaling would paint noise.
+        title += f" ({attention.shape[-2]}x{attention.shape[-1]}: uniform)"
+    else:
+        axis.imshow(((heat - heat.min()) / spread).numpy(), cmap="jet", alpha=0.5)
+        title += f" ({attention.shape[-2]}x{attention.shape[-1]})" if title == "teacher" else ""
     axis.set_title(title, fontsize=8)
     axis.axis("off")
 

@@ -1,5 +1,7 @@
 """Attention maps of students and teachers: hand-made weights, and the shapes real models give."""
 
+import warnings
+
 import pytest
 import torch
 from transformers import (
@@ -76,6 +78,16 @@ def test_cnn_teacher_map_is_its_last_stage_grid_and_features_are_pre_logits():
         assert torch.allclose(out.attention_map, last_stage.pow(2).mean(1))
         assert torch.allclose(teacher.classifier[1](out.features), out.logits, atol=1e-6)
         assert torch.allclose(teacher(pixel_values).logits, out.logits)
+
+
+def test_a_cnn_teacher_whose_last_stage_is_1x1_is_flagged():
+    teacher = _resnet()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 32 px: a 4x4 map, no warning
+        teacher_forward(teacher, torch.randn(1, 3, 32, 32), attention_map=True)
+    with pytest.warns(UserWarning, match="last stage is 1x1 at \\(8, 8\\) px"):
+        out = teacher_forward(teacher, torch.randn(1, 3, 8, 8), attention_map=True)
+    assert out.attention_map.shape == (1, 1, 1)
 
 
 def test_convnext_teacher_map_shape():

@@ -21,6 +21,7 @@ Teachers, in one forward pass
 """
 
 import math
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -239,5 +240,13 @@ def _teacher_map(teacher, output, pixel_values, transformer: bool, layers: Seque
         raise ValueError(
             f"The teacher {name} gives neither attention weights nor CNN stage outputs (output_hidden_states): "
             "attention distillation supports transformers' ViT/DeiT, our distilled DeiT and transformers' CNNs."
+        )
+    if hidden_states[-1].shape[-2:].numel() == 1:
+        warnings.warn(
+            f"The teacher {name}'s last stage is 1x1 at {tuple(pixel_values.shape[-2:])} px: its attention map is "
+            "uniform, so the attention term only spreads the student's attention. Use a teacher that downsamples "
+            "less (scripts/train_teacher.py --config_overrides '{\"hidden_sizes\": [32, 64], \"depths\": [1, 1]}') "
+            "or larger images.",
+            stacklevel=3,
         )
     return activation_attention_map(hidden_states[-1])
