@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""The paper's claim at our scale: on the embedded MNIST digits, a CNN teacher, and a small DeiT trained without
+r"""The paper's claim at our scale: on the embedded MNIST digits, a CNN teacher, and a small DeiT trained without
 distillation, with soft distillation and with hard distillation, every student with the same budget (epochs, batch,
 recipe), over several seeds. Writes `results.json` and `results.md` (mean, std, min, max per variant).
 
-    python scripts/experiment_distillation.py --output_dir outputs/experiment --seeds 0 1 2 --student_epochs 30
+    python scripts/experiment_distillation.py --output_dir outputs/experiment --seeds 0 1 2 --student_epochs 16 \
+        -- --config_overrides hidden_size=96 --rand_augment none --reprob 0 --scale_min 0.8   # the README's run
     python scripts/experiment_distillation.py --quick            # a smoke run (CI)
 
 Each seed trains its own teacher, so the spread includes the teacher's. Every run is `scripts/train.py` or
