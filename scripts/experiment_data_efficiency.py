@@ -49,8 +49,9 @@ VARIANTS = {
     "hard+attn+pool": dict(distillation="hard", attention=True, pool=True),
 }
 # The full grid is 36 students and 8 teachers: a narrow student (0.2 M parameters) keeps a run to about 3 CPU-minutes
-# on a 2-core x86 VM, the grid to about 2.5 CPU-hours. Light augmentation (crops keeping >= 80% of the area, no RandAugment, no erasing): the
-# heavier small-image preset held a from-scratch student at 25% after 300 steps where this reached 45%.
+# on a 2-core x86 VM, the grid to about 2.5 CPU-hours. Light augmentation (crops keeping >= 80% of the area, no
+# RandAugment, no erasing): the heavier small-image preset held a from-scratch student at 25% after 300 steps where
+# this reached 45%.
 FULL = dict(fractions=[0.05, 0.10, 0.25, 1.0], seeds=[0, 1], student_steps=500, teacher_steps=500,
             batch_size=64, student="hidden_size=64,num_hidden_layers=4,num_attention_heads=4", train_size=None,
             eval_size=None)  # fmt: skip
@@ -132,16 +133,16 @@ def run_student(variant: dict, labeled_dir, pool_dir, teacher_dir, output_dir, s
 
 def summarize(runs: list[dict], settings: dict, output_dir: str) -> str:
     fractions = settings["fractions"]
+    seeds = sorted({run["seed"] for run in runs})
     lines = ["| labelled | teacher | " + " | ".join(VARIANTS) + " |", "|---" * (2 + len(VARIANTS)) + "|"]
     for fraction in fractions:
         here = [run for run in runs if run["fraction"] == fraction]
-        seeds = len({run["seed"] for run in runs})
-        cells = [f"{fraction:.0%}", _mean_std([run["accuracy"] for run in here if run["variant"] == "teacher"], seeds)]
-        cells += [_mean_std([run["accuracy"] for run in here if run["variant"] == name], seeds) for name in VARIANTS]
+        cells = [f"{fraction:.0%}"]
+        cells += [_mean_std([run["accuracy"] for run in here if run["variant"] == name], len(seeds))
+                  for name in ["teacher", *VARIANTS]]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     with open(os.path.join(output_dir, "results.md"), "w") as handle:
-        seeds = sorted({run["seed"] for run in runs})
         handle.write(
             f"Top-1 accuracy (%) on the 1,000 MNIST validation digits, mean ± sample std over seeds {seeds}. Student "
             f"{settings['student']}, {settings['student_steps']} steps of {settings['batch_size']} images for every "
@@ -201,15 +202,14 @@ def collect_runs(output_dir: str, fractions) -> list[dict]:
     """Every finished run under `output_dir/runs` (from any process), in grid order."""
     runs = []
     for fraction in fractions:
-        folders = sorted(glob.glob(os.path.join(output_dir, "runs", f"labels{fraction:g}_seed*")))
-        for folder in sorted(folders, key=lambda f: int(f.rsplit("_seed", 1)[1])):
+        folders = glob.glob(os.path.join(output_dir, "runs", f"labels{fraction:g}_seed*"))
+        for seed, folder in sorted((int(folder.rsplit("_seed", 1)[1]), folder) for folder in folders):
             for name in ["teacher", *VARIANTS]:
-                path = os.path.join(folder, name, "all_results.json")
                 if os.path.isfile(os.path.join(folder, name, "eval_results.json")):
-                    with open(path) as handle:
+                    with open(os.path.join(folder, name, "all_results.json")) as handle:
                         metrics = json.load(handle)
-                    runs.append(dict(fraction=fraction, seed=int(folder.rsplit("_seed", 1)[1]), variant=name,
-                                     accuracy=metrics["eval_accuracy"], seconds=round(metrics["train_runtime"], 1)))  # fmt: skip
+                    runs.append(dict(fraction=fraction, seed=seed, variant=name, accuracy=metrics["eval_accuracy"],
+                                     seconds=round(metrics["train_runtime"], 1)))  # fmt: skip
     return runs
 
 

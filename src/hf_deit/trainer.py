@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import EvalPrediction, Trainer, TrainerCallback, default_data_collator
 
 from .callbacks import NonFiniteLossError, NonFiniteLossGuard
