@@ -146,7 +146,8 @@ def test_eval_transform_matches_saved_image_processor(image_size, crop_pct):
 
 def test_train_transform_shapes_and_statistics(digit_images):
     # Normalised with MNIST's own statistics, a batch of augmented digits is roughly zero-mean, unit-variance.
-    args = AugmentationArguments(image_size=32, mean=[0.1307] * 3, std=[0.3081] * 3, reprob=0.0)
+    args = AugmentationArguments(image_size=32, mean=[0.1307] * 3, std=[0.3081] * 3, rand_augment="5",
+                                 scale_min=0.5, reprob=0.0)
     transform = build_train_transform(args)
     torch.manual_seed(0)
     batch = torch.stack([transform(image) for image in digit_images])
@@ -167,6 +168,10 @@ def test_presets_and_resolution():
     )  # fmt: skip
     small = recipe_defaults(32)
     assert small.preset == "small_images" and small.hflip == 0.0 and small.image_size == 32
+    # Light: heavier augmentation held a from-scratch student far lower on the short budgets small images get.
+    assert (small.scale_min, small.rand_augment_magnitude, small.reprob, small.mixup, small.crop_pct) == (
+        0.8, None, 0.0, 0.0, 1.0,
+    )  # fmt: skip
     # Explicit values win over the preset; the default preset with no size is the paper's.
     assert AugmentationArguments(image_size=32, hflip=0.5).resolved().hflip == 0.5
     assert AugmentationArguments().resolved().image_size == 224
