@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The main job (`make train`): train a CNN teacher, then a distilled DeiT with and without the teacher, on the
-embedded MNIST digits, and print their accuracies side by side. No network; about 15 minutes on 2 CPU cores.
+embedded MNIST digits, and print their accuracies side by side. No network; about 10 minutes on 2 CPU cores.
 
     python scripts/main_job.py                         # the full job
     python scripts/main_job.py --student_epochs 2      # shorter
