@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Data efficiency on the embedded MNIST: how much do distillation, attention distillation and an unlabelled pool help
+r"""Data efficiency on the embedded MNIST: how much do distillation, attention distillation and an unlabelled pool help
 when only a fraction of the training labels is known?
 
     python scripts/experiment_data_efficiency.py --output_dir outputs/data_efficiency            # the full grid
     python scripts/experiment_data_efficiency.py --output_dir /tmp/quick --quick                  # ~1 min smoke run
-    python scripts/experiment_data_efficiency.py --output_dir outputs/de_2000 --fractions 0.05 0.1 --student_steps 2000
+    python scripts/experiment_data_efficiency.py --output_dir outputs/data_efficiency_2000 \
+        --fractions 0.05 0.1 --student_steps 2000
 
-500 steps (the default grid) measures early learning only; at 2,000 steps the students reach 84-94% (README).
+500 steps (the default grid) measures early learning only; at 2,000 steps they reach 83-94% (README).
 
 For each labelled fraction (5%, 10%, 25%, 100%) and seed: a stratified labelled subset of the 4,000 training digits
 (`hf_deit.data.split_labeled`, seeded); a CNN teacher trained on that subset only (`scripts/train_teacher.py`); then
