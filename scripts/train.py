@@ -25,7 +25,6 @@ from hf_deit.arguments import (
     label_fields,
     load_dataset_from_args,
     student_config,
-    uses_embedded_data,
 )
 from hf_deit.data import (
     AugmentationArguments,
@@ -94,7 +93,8 @@ def main(argv=None) -> dict:
     image_processor = deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std)
 
     # Train
-    training_args.resolve_learning_rate(small_data=uses_embedded_data(data_args))
+    from_scratch = not model.name_or_path  # a new model, not a loaded checkpoint
+    training_args.resolve_learning_rate(_num_examples(dataset["train"]), from_scratch=from_scratch)
     distillation_type = distill_args.distillation_type
     if distill_args.teacher_name_or_path is None and distillation_type != "none":
         logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
@@ -122,6 +122,8 @@ def main(argv=None) -> dict:
         feature_distillation_weight=distill_args.feature_distillation_weight,
         feature_distillation_loss=distill_args.feature_distillation_loss,
         feature_distillation_token=distill_args.feature_distillation_token,
+        feature_map_distillation_weight=distill_args.feature_map_distillation_weight,
+        feature_map_distillation_layers=distill_args.feature_map_distillation_layers,
         pseudo_label_threshold=distill_args.pseudo_label_threshold,
     )
     # Resume from the newest checkpoint in output_dir unless told otherwise (rule: hf_deit.checkpointing).
@@ -166,6 +168,13 @@ def add_unlabeled_examples(train, distill_args: DistillationArguments, data_args
     if len(parts) > 1 and distill_args.teacher_name_or_path is None:
         raise ValueError("Unlabelled training images need a teacher to label them: pass --teacher_name_or_path.")
     return concatenate_datasets(parts) if len(parts) > 1 else train
+
+
+def _num_examples(split):
+    try:
+        return len(split)
+    except TypeError:  # a stream: size unknown
+        return None
 
 
 def _dataset_label(data_args: DataArguments) -> str:

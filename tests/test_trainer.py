@@ -412,3 +412,100 @@ def test_extra_terms_need_a_teacher_and_valid_options(tmp_path):
     with pytest.raises(ValueError, match="attention_distillation_token"):
         DistillationTrainer(model=tiny_student(), args=args_for(tmp_path), teacher=tiny_resnet(),
                             attention_distillation_token="patches")  # fmt: skip
+
+
+def feature_map_trainer(digits, teacher, tmp_path, seed=0, **overrides):
+    torch.manual_seed(seed)  # the projections' initialisation
+    return DistillationTrainer(
+        model=tiny_student(seed), args=args_for(tmp_path, eval_strategy="no", **overrides), train_dataset=digits[0],
+        teacher=teacher, distillation_type="hard", feature_map_distillation_weight=1.0,
+        feature_map_distillation_layers=[0, -1],
+    )  # fmt: skip
+
+
+def test_feature_map_term_trains_a_projection_per_block_towards_the_nearest_teacher_stage(digits, teacher, tmp_path):
+    trainer = feature_map_trainer(digits, teacher, tmp_path, max_steps=4, logging_steps=1)
+    # 8 px with patch 2: a 4x4 grid. The ResNet's stage outputs at 8 px are 2x2 (embedder, 8 channels; stage 1,
+    # 16 channels) and 1x1 (stage 2): the nearest grid is 2x2, and the deeper of the two is stage 1.
+    assert trainer._feature_map_stage == 1
+    assert [projection.proj.out_features for projection in trainer.feature_map_projection] == [16, 16]
+    before = {name: p.detach().clone() for name, p in trainer.feature_map_projection.named_parameters()}
+    trainer.train()
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in optimized for p in trainer.feature_map_projection.parameters())
+    assert all(not torch.equal(before[name], p) for name, p in trainer.feature_map_projection.named_parameters())
+    logged = [entry for entry in trainer.state.log_history if "loss_feature_map" in entry]
+    assert len(logged) == 4 and all(0 < entry["loss_feature_map"] <= 4 for entry in logged)
+    trainer.save_model(str(tmp_path / "saved"))
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(tmp_path / "saved" / "model.safetensors"))) == set(tiny_student().state_dict())
+
+
+def test_feature_map_projection_is_checkpointed_and_resumed(digits, teacher, tmp_path):
+    steps = dict(max_steps=4, save_strategy="steps", save_steps=2)
+    reference = feature_map_trainer(digits, teacher, tmp_path / "reference", **steps)
+    reference.train()
+    checkpoint = tmp_path / "reference" / "checkpoint-2"
+    resumed = feature_map_trainer(digits, teacher, tmp_path / "resumed", seed=1, **steps)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    for (name, expected), actual in zip(reference.feature_map_projection.state_dict().items(),
+                                        resumed.feature_map_projection.state_dict().values()):  # fmt: skip
+        assert torch.equal(actual, expected), f"projection {name} differs after resuming"
+    (checkpoint / "feature_map_projection.safetensors").unlink()
+    again = feature_map_trainer(digits, teacher, tmp_path / "again", **steps)
+    with pytest.raises(ValueError, match="feature_map_distillation_weight"):
+        again.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_feature_map_term_needs_a_cnn_teacher_and_valid_layers(digits, tmp_path):
+    with pytest.raises(ValueError, match="blocks"):
+        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path), teacher=tiny_resnet(),
+                            feature_map_distillation_weight=1.0, feature_map_distillation_layers=[5])  # fmt: skip
+    with pytest.raises(ValueError, match="CNN teacher"):  # a transformer has no spatial stage outputs
+        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path), teacher=tiny_student(seed=1),
+                            feature_map_distillation_weight=1.0)  # fmt: skip
+
+
+def test_a_collapsed_distillation_head_is_reported_at_evaluation(digits, teacher, tmp_path, caplog):
+    trainer = DistillationTrainer(
+        model=tiny_student(), args=args_for(tmp_path, max_steps=150, learning_rate=3e-3, eval_strategy="no"),
+        train_dataset=digits[0], eval_dataset=digits[1], teacher=teacher, distillation_type="none",
+        compute_metrics=make_compute_metrics(),
+    )  # fmt: skip
+    trainer.train()
+    with torch.no_grad():  # now the distillation head answers "3" whatever the image
+        head = trainer.model.distillation_classifier
+        head.weight.zero_()
+        head.bias.copy_(100.0 * (torch.arange(10) == 3).float())
+    with caplog.at_level("WARNING", logger="hf_deit.trainer"):
+        metrics = trainer.evaluate()
+    assert metrics["eval_distillation_majority_share"] == 1.0 and metrics["eval_cls_majority_share"] < 0.5
+    assert metrics["eval_cls_accuracy"] > metrics["eval_accuracy"] + 0.2  # the averaged logits follow the bad head
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("distillation head has collapsed" in message for message in messages)
+    assert any("averaged logits" in message and "class head" in message for message in messages)
+    assert not any("class head has collapsed" in message or "class head is at chance" in message for message in messages)
+
+
+def test_head_warnings_by_hand():
+    from hf_deit.callbacks import head_warnings
+
+    healthy = {"eval_accuracy": 0.9, "eval_cls_accuracy": 0.89, "eval_distillation_accuracy": 0.9,
+               "eval_cls_majority_share": 0.11, "eval_distillation_majority_share": 0.1}  # fmt: skip
+    assert head_warnings(healthy, num_labels=10) == []
+    collapsed = {**healthy, "eval_accuracy": 0.37, "eval_distillation_accuracy": 0.33,
+                 "eval_distillation_majority_share": 0.98}  # fmt: skip
+    warnings = head_warnings(collapsed, num_labels=3)
+    assert any("distillation head has collapsed" in w for w in warnings)
+    assert any("averaged logits" in w and "89.0%" in w for w in warnings)
+    chance = {**healthy, "eval_distillation_accuracy": 0.11, "eval_distillation_majority_share": 0.3}
+    assert any("chance level" in w for w in head_warnings(chance, num_labels=10))
+
+
+def test_short_runs_log_the_training_loss_at_least_20_times(digits, tmp_path):
+    trainer = DistillationTrainer(model=tiny_student(), args=args_for(tmp_path, max_steps=40, logging_steps=500,
+                                                                      eval_strategy="no"),
+                                  train_dataset=digits[0], distillation_type="none")  # fmt: skip
+    trainer.train()
+    assert len([entry for entry in trainer.state.log_history if "loss" in entry]) == 20

@@ -127,6 +127,7 @@ class TeacherForwardOutput:
     logits: torch.Tensor
     attention_map: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    stage_maps: tuple[torch.Tensor, ...] | None = None  # a CNN's stage outputs (batch, channels, h, w), first to last
 
 
 def classifier_layer(model: nn.Module, num_labels: int | None = None) -> nn.Linear:
@@ -140,6 +141,23 @@ def classifier_layer(model: nn.Module, num_labels: int | None = None) -> nn.Line
         raise ValueError(f"{type(model).__name__} has no linear classifier layer with {num_labels} outputs, whose "
                          "input would be its pooled features; feature distillation needs one.")
     return found
+
+
+@contextmanager
+def capture_outputs(modules: Sequence[nn.Module]):
+    """Within the block, the list holds each module's output of its latest call, in the order of `modules`."""
+    outputs: list = [None] * len(modules)
+    handles = []
+    for position, module in enumerate(modules):
+        def hook(_module, _args, output, position=position):
+            outputs[position] = output
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
@@ -188,6 +206,7 @@ def teacher_forward(
     attention_map: bool = False,
     features: bool = False,
     layers: Sequence[int] = (-1,),
+    stage_maps: bool = False,
 ) -> TeacherForwardOutput:
     """Logits, and optionally the spatial map and pooled features, from a single forward pass of the teacher.
 
@@ -195,9 +214,10 @@ def teacher_forward(
     attention over the patches in `layers`, averaged over heads and layers; a CNN (transformers' ResNet, RegNet,
     ConvNeXt, ...: hidden states of shape `(batch, channels, h, w)`) gives `activation_attention_map` of its last
     stage. Features: the input of the layer producing the logits (`classifier_layer`), i.e. pooled pre-logits.
+    Stage maps: a CNN's spatial stage outputs (its 4-D hidden states), for feature-map distillation.
     A transformers ViT must run with eager attention for its weights: call `prepare_teacher_for_maps` once.
     """
-    kwargs = {}
+    kwargs = {"output_hidden_states": True} if stage_maps else {}
     config = getattr(teacher, "config", None)
     transformer = _is_vit_like(config)
     if attention_map:
@@ -213,7 +233,17 @@ def teacher_forward(
     spatial = None
     if attention_map:
         spatial = _teacher_map(teacher, output, pixel_values, transformer, layers)
-    return TeacherForwardOutput(_logits_of(output), spatial, captured["input"] if head is not None else None)
+    maps = _stage_maps(teacher, output) if stage_maps else None
+    return TeacherForwardOutput(_logits_of(output), spatial, captured["input"] if head is not None else None, maps)
+
+
+def _stage_maps(teacher: nn.Module, output) -> tuple[torch.Tensor, ...]:
+    maps = tuple(state for state in getattr(output, "hidden_states", None) or () if state.ndim == 4)
+    if not maps:
+        raise ValueError(f"The teacher {type(teacher).__name__} returns no spatial stage outputs (4-D hidden states): "
+                         "feature-map distillation needs a CNN teacher, such as transformers' ResNet, RegNet or "
+                         "ConvNeXt (scripts/train_teacher.py trains one).")
+    return maps
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""Checks that run during training: stop on a non-finite loss before it reaches the weights.
+"""Checks that run during training: stop on a non-finite loss before it reaches the weights; log often enough;
+warn about heads that collapse.
 
 transformers' Trainer, with its default `logging_nan_inf_filter=True`, replaces a NaN/inf step loss by the running
 mean in the logs and keeps stepping the optimizer: a run that diverged (learning rate too high, fp16 overflow, a
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from transformers import TrainerCallback
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,3 +77,62 @@ class NonFiniteLossGuard:
             not_finite = accelerator.reduce(not_finite.to(torch.int32), reduction="sum") > 0
         if bool(not_finite.any()):
             raise NonFiniteLossError(step, [name for name, bad in zip(self._names, not_finite.tolist()) if bad])
+
+
+# ---- logging often enough, whatever the run's length ----
+
+MIN_LOGS_PER_RUN = 20
+
+
+class LogAtLeastEvery(TrainerCallback):
+    """Logs the training loss at least every 1/`times` of training when `logging_steps` is coarser than that: a short
+    run (a few hundred steps, or a small image folder) would otherwise log it once or never with a fixed number of
+    steps, and a long run keeps its own, finer `logging_steps`."""
+
+    def __init__(self, times: int = MIN_LOGS_PER_RUN):
+        self.times = times
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.logging_strategy == "no" or not state.max_steps:
+            return control
+        interval = max(1, state.max_steps // self.times)
+        if (state.logging_steps or 0) > interval and state.global_step % interval == 0:
+            control.should_log = True
+        return control
+
+
+# ---- heads that collapse ----
+
+COLLAPSED_SHARE = 0.9  # a head giving one class to this share of the images predicts nothing
+
+
+def head_warnings(metrics: dict, num_labels: int, prefix: str = "eval_") -> list[str]:
+    """Warnings about the heads from evaluation metrics (`hf_deit.trainer.make_compute_metrics`): a head that
+    collapsed onto one class or is at chance level, and averaged logits worse than the better head."""
+    warnings = []
+    heads = {"class head": "cls_", "distillation head": "distillation_"}
+    chance = 1.0 / max(num_labels, 1)
+    for name, head in heads.items():
+        accuracy = metrics.get(f"{prefix}{head}accuracy")
+        share = metrics.get(f"{prefix}{head}majority_share")
+        if accuracy is None:
+            continue
+        if share is not None and share >= COLLAPSED_SHARE and accuracy < share - 0.2:
+            warnings.append(f"The {name} has collapsed: it predicts one class for {share:.0%} of the evaluation images "
+                            f"(accuracy {accuracy:.1%}).")
+        elif num_labels > 2 and accuracy <= 1.5 * chance:
+            warnings.append(f"The {name} is at chance level: accuracy {accuracy:.1%} with {num_labels} classes.")
+    averaged = metrics.get(f"{prefix}accuracy")
+    accuracies = {name: metrics.get(f"{prefix}{head}accuracy") for name, head in heads.items()}
+    accuracies = {name: value for name, value in accuracies.items() if value is not None}
+    if averaged is not None and accuracies:
+        best = max(accuracies, key=accuracies.get)
+        if averaged < accuracies[best] - 0.01:
+            warnings.append(
+                f"The averaged logits (`logits`, what pipeline() and eval_accuracy use) score {averaged:.1%}, below the "
+                f"{best}'s {accuracies[best]:.1%}."
+            )
+    if warnings:
+        warnings.append("Usual causes: a learning rate too high for this batch (--learning_rate), a teacher that is "
+                        "wrong on this data (see eval_teacher_accuracy), or a run too short for the distillation head.")
+    return warnings

@@ -69,3 +69,51 @@ def patch_mean_features(last_hidden_states: torch.Tensor, final_norm: nn.Module,
     """The mean of the patch tokens' final states: the last block's output (`hidden_states[-1]`) after the model's
     final norm, prefix tokens (cls, dist) left out."""
     return final_norm(last_hidden_states[:, num_prefix_tokens:]).mean(dim=1)
+
+
+# ---- feature-map distillation: locality from a CNN teacher ----
+#
+#     loss = mean over positions of || normalize(projection(student patch token)) - normalize(teacher stage map) ||^2
+#
+# The student's patch tokens after the chosen blocks imitate a CNN teacher's intermediate feature map, position by
+# position (Li et al., "Locality Guidance for Improving Vision Transformers on Tiny Datasets", ECCV 2022). A CNN's
+# early stages are local by construction; a ViT trained from scratch on a few thousand images has to discover
+# locality from the labels alone, and this term hands it over directly, with a target at every patch rather than one
+# per image. Vectors are L2-normalised per position (so the loss is 2 - 2 cos, scale-free across architectures).
+
+
+def nearest_stage(stage_maps, grid: tuple[int, int]) -> int:
+    """The index of the CNN stage output `(batch, channels, h, w)` whose grid is closest to the student's patch grid
+    (fewest cells apart on the log scale; the deeper stage among equals, since it carries more semantics)."""
+    import math
+
+    def distance(index: int) -> float:
+        h, w = stage_maps[index].shape[-2:]
+        return abs(math.log(h / grid[0])) + abs(math.log(w / grid[1]))
+
+    return min(reversed(range(len(stage_maps))), key=distance)
+
+
+def resize_feature_map(feature_map: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """`(batch, channels, h, w)` to the student's grid: area average when shrinking, bilinear when growing."""
+    if tuple(feature_map.shape[-2:]) == tuple(grid):
+        return feature_map
+    if feature_map.shape[-2] >= grid[0] and feature_map.shape[-1] >= grid[1]:
+        return F.adaptive_avg_pool2d(feature_map, grid)
+    return F.interpolate(feature_map, size=tuple(grid), mode="bilinear", align_corners=False)
+
+
+def feature_map_distillation_loss(
+    projected_tokens: torch.Tensor, teacher_map: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """`(batch, rows * columns, channels)` projected student patch tokens against the teacher's `(batch, channels, h,
+    w)` stage output, resampled to the `(rows, columns)` grid: the mean over examples and positions of the squared
+    distance between L2-normalised vectors. In float32."""
+    with torch.autocast(device_type=projected_tokens.device.type, enabled=False):
+        teacher = resize_feature_map(teacher_map.float().detach(), grid).flatten(2).transpose(1, 2)
+        if teacher.shape != projected_tokens.shape:
+            raise ValueError(f"Projected student tokens {tuple(projected_tokens.shape)} and the teacher's map on the "
+                             f"{grid[0]}x{grid[1]} grid {tuple(teacher.shape)} differ in shape.")
+        student = F.normalize(projected_tokens.float(), dim=-1)
+        teacher = F.normalize(teacher, dim=-1)
+        return (student - teacher).pow(2).sum(dim=-1).mean()

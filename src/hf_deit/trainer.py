@@ -1,6 +1,7 @@
 """`DistillationTrainer`: transformers' `Trainer` with DeiT's teacher and loss, and per-head evaluation metrics."""
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import EvalPrediction, Trainer, TrainerCallback, default_data_collator
 
-from .callbacks import NonFiniteLossError, NonFiniteLossGuard
+from .callbacks import LogAtLeastEvery, NonFiniteLossError, NonFiniteLossGuard, head_warnings
 from .checkpointing import (
     PositionSeededCollator,
     PositionSeededDataset,
@@ -23,6 +24,7 @@ from .attention_maps import (
     DISTILLATION_TOKEN,
     TeacherForwardOutput,
     capture_input,
+    capture_outputs,
     classifier_layer,
     grid_for,
     prepare_teacher_for_maps,
@@ -34,17 +36,22 @@ from .feature_distillation import (
     FEATURE_TOKENS,
     FeatureProjection,
     feature_distillation_loss,
+    feature_map_distillation_loss,
+    nearest_stage,
     patch_mean_features,
     student_head,
 )
 from .losses import ATTENTION_MAP_LOSSES, DistillationLoss, DistillationType, attention_map_loss, classification_loss
 from .teacher import TeacherInputAdapter, TeacherLogits, check_label_space, load_teacher, teacher_preprocessing
 
+logger = logging.getLogger(__name__)
+
 # The paper's recipe: no weight decay on the class/distillation tokens and position embeddings (Trainer's default
 # already spares biases and norm weights).
 _NO_DECAY_PARAMETER = re.compile(r"(?:^|\.)(cls_token|distillation_token|dist_token|position_embeddings|pos_embed)$")
 # Saved in each checkpoint next to the optimizer state, never in the model folder.
 FEATURE_PROJECTION_NAME = "feature_projection.safetensors"
+FEATURE_MAP_PROJECTION_NAME = "feature_map_projection.safetensors"
 _NOT_EVAL_RESULTS = re.compile(r"(runtime|per_second|epoch|step)$")
 
 
@@ -75,6 +82,7 @@ class DeiTTrainerBase(Trainer):
             raise ValueError(f"repeated_augmentation must be >= 1, got {repeated_augmentation}.")
         self.repeated_augmentation = repeated_augmentation
         self.loss_guard = NonFiniteLossGuard()  # compute_loss feeds it; training_step checks it (hf_deit.callbacks)
+        self.add_callback(LogAtLeastEvery())
 
     def _uses_repeated_augmentation(self) -> bool:
         return self.repeated_augmentation > 1 and self.args.world_size > 1
@@ -205,6 +213,12 @@ class DistillationTrainer(DeiTTrainerBase):
             ("cosine" or "mse"). The projection (`self.feature_projection`) is trained with the student by the same
             optimizer, clipped with it and not part of the model: `save_pretrained` never holds it; each checkpoint
             saves it beside the optimizer state (`feature_projection.safetensors`), so a resumed run continues it.
+        feature_map_distillation_weight: weight of the feature-map term (0 = off; None: 1 for images of at most 64
+            px distilled from a CNN teacher, else 0; locality guidance,
+            `hf_deit.feature_distillation.feature_map_distillation_loss`): the patch tokens after each block in
+            `feature_map_distillation_layers`, through a learnable per-token projection, imitate the CNN teacher's
+            stage output whose grid is nearest the student's patch grid, position by position. Its projections
+            (`self.feature_map_projection`) are handled like the feature projection (optimizer, clipping, checkpoints).
         pseudo_label_threshold: unlabelled examples (label -1, `labeled` mask from the collator) learn on the class
             head from the teacher's prediction when its probability reaches this (0 = always); see `hf_deit.losses`.
 
@@ -237,6 +251,8 @@ class DistillationTrainer(DeiTTrainerBase):
         feature_distillation_weight: float = 0.0,
         feature_distillation_loss: str = "cosine",
         feature_distillation_token: str = "dist",
+        feature_map_distillation_weight: float | None = 0.0,
+        feature_map_distillation_layers: Sequence[int] = (0,),
         pseudo_label_threshold: float = 0.0,
         **trainer_kwargs,
     ):
@@ -255,10 +271,19 @@ class DistillationTrainer(DeiTTrainerBase):
         self.feature_distillation_weight = feature_distillation_weight
         self.feature_distillation_loss = feature_distillation_loss
         self.feature_distillation_token = feature_distillation_token
+        if feature_map_distillation_weight is not None and feature_map_distillation_weight < 0:
+            raise ValueError("feature_map_distillation_weight must be >= 0.")
+        if (feature_map_distillation_weight or 0) > 0 and teacher is None:
+            raise ValueError("Feature-map distillation learns from a teacher: pass `teacher=`.")
+        self.feature_map_distillation_weight = feature_map_distillation_weight if teacher is not None else 0.0
+        depth = self.model.config.num_hidden_layers
+        for index in feature_map_distillation_layers:
+            if not -depth <= index < depth:
+                raise ValueError(f"feature_map_distillation_layers has {index}, but the student has {depth} blocks.")
+        self.feature_map_distillation_layers = sorted({index % depth for index in feature_map_distillation_layers})
         self.feature_projection = None
-        self._loss_term_names = ("loss_cls", "loss_distillation")
-        self._loss_term_names += ("loss_attention",) if attention_distillation_weight > 0 else ()
-        self._loss_term_names += ("loss_feature",) if feature_distillation_weight > 0 else ()
+        self.feature_map_projection = None
+        self._feature_map_stage = None  # the teacher stage each distilled block imitates
         if teacher is None and self.distillation_loss.needs_teacher:
             raise ValueError(f"distillation_type={distillation_type!r} needs a teacher: pass `teacher=` (a model, "
                              "a folder or a Hub id), or use distillation_type='none'.")
@@ -270,6 +295,10 @@ class DistillationTrainer(DeiTTrainerBase):
         if teacher is not None:
             self._set_teacher(teacher, student_mean, student_std, teacher_processor, trust_remote_code)
             self._set_extra_terms()
+        self._loss_term_names = ("loss_cls", "loss_distillation")
+        self._loss_term_names += ("loss_attention",) if attention_distillation_weight > 0 else ()
+        self._loss_term_names += ("loss_feature",) if feature_distillation_weight > 0 else ()
+        self._loss_term_names += ("loss_feature_map",) if self.feature_map_distillation_weight > 0 else ()
 
     @staticmethod
     def _check_extra_terms(teacher, attention_weight, attention_token, attention_loss, feature_weight, feature_loss,
@@ -295,15 +324,63 @@ class DistillationTrainer(DeiTTrainerBase):
             teacher_size = classifier_layer(module, getattr(getattr(module, "config", None), "num_labels", None))
             projection = FeatureProjection(self.model.config.hidden_size, teacher_size.in_features)
             self.feature_projection = projection.to(self.accelerator.device)
+        if self.feature_map_distillation_weight is None:
+            self.feature_map_distillation_weight = self._default_feature_map_weight()
+        if self.feature_map_distillation_weight > 0:
+            self._set_feature_map_projection()
+        if self._projections():
             self.add_callback(_ZeroProjectionGradients(self))
+
+    def _default_feature_map_weight(self) -> float:
+        """On (weight 1) for small images (at most 64 px) distilled from a CNN, the recipe that made distillation pay
+        off on the embedded digits (README, scripts/experiment_recipe.py); off otherwise."""
+        from .data import SMALL_IMAGE_MAX_SIZE
+
+        config = self.model.config
+        size = config.image_size if isinstance(config.image_size, int) else max(config.image_size)
+        if not self.distillation_loss.needs_teacher or size > SMALL_IMAGE_MAX_SIZE:
+            return 0.0
+        probe = torch.zeros(1, config.num_channels, size, size, device=self.accelerator.device)
+        try:
+            self.teacher_outputs(probe, attention_map=False, features=False, stage_maps=True)
+        except ValueError:  # not a CNN: no spatial stage outputs to imitate
+            return 0.0
+        logger.info("Feature-map distillation on (weight 1): a CNN teacher and %d px images. "
+                    "--feature_map_distillation_weight 0 turns it off.", size)
+        return 1.0
+
+    def _set_feature_map_projection(self) -> None:
+        # One teacher pass at the student's input size tells which stage matches the patch grid and its width.
+        config = self.model.config
+        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        probe = torch.zeros(1, config.num_channels, size, size, device=self.accelerator.device)
+        stage_maps = self.teacher_outputs(probe, attention_map=False, features=False, stage_maps=True).stage_maps
+        grid = self._student_grid(probe)
+        self._feature_map_stage = nearest_stage(stage_maps, grid)
+        channels = stage_maps[self._feature_map_stage].shape[1]
+        projections = nn.ModuleList(
+            FeatureProjection(config.hidden_size, channels) for _ in self.feature_map_distillation_layers
+        )
+        self.feature_map_projection = projections.to(self.accelerator.device)
+
+    def _student_grid(self, pixel_values: torch.Tensor) -> tuple[int, int]:
+        patch_size = self.accelerator.unwrap_model(self.model).config.patch_size
+        patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+        return pixel_values.shape[-2] // patch_size[0], pixel_values.shape[-1] // patch_size[1]
+
+    def _projections(self) -> list[nn.Module]:
+        """The trainable modules outside the model: trained, clipped and checkpointed with it."""
+        return [module for module in (self.feature_projection, self.feature_map_projection) if module is not None]
 
     def create_optimizer(self, model=None):
         """Trainer's optimizer, plus a parameter group for the feature projection (which is not in the model)."""
         optimizer = super().create_optimizer(model)
         known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if self.feature_projection is not None and id(next(self.feature_projection.parameters())) not in known:
-            decay = [p for name, p in self.feature_projection.named_parameters() if not name.endswith("bias")]
-            no_decay = [p for name, p in self.feature_projection.named_parameters() if name.endswith("bias")]
+        for projection in self._projections():
+            if id(next(projection.parameters())) in known:
+                continue
+            decay = [p for name, p in projection.named_parameters() if not name.endswith("bias")]
+            no_decay = [p for name, p in projection.named_parameters() if name.endswith("bias")]
             optimizer.add_param_group({"params": decay, "weight_decay": self.args.weight_decay})
             optimizer.add_param_group({"params": no_decay, "weight_decay": 0.0})
         return optimizer
@@ -312,35 +389,43 @@ class DistillationTrainer(DeiTTrainerBase):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.feature_projection is not None and self.accelerator.sync_gradients and self.accelerator.num_processes > 1:
+        if self._projections() and self.accelerator.sync_gradients and self.accelerator.num_processes > 1:
             # Outside the DDP-wrapped model, so averaged over processes here, as DDP does for the model, and before
             # Trainer clips the step's gradients.
-            for parameter in self.feature_projection.parameters():
+            for parameter in (p for projection in self._projections() for p in projection.parameters()):
                 if parameter.grad is not None:
                     parameter.grad = self.accelerator.reduce(parameter.grad, reduction="mean")
         return loss
 
     def _clip_grad_norm(self, model):
-        if self.feature_projection is None:
+        if not self._projections():
             return super()._clip_grad_norm(model)
-        # One norm over everything the optimizer updates, as if the projection were part of the model.
-        parameters = [*model.parameters(), *self.feature_projection.parameters()]
+        # One norm over everything the optimizer updates, as if the projections were part of the model.
+        parameters = [*model.parameters(), *(p for projection in self._projections() for p in projection.parameters())]
         return self.accelerator.clip_grad_norm_(parameters, self.args.max_grad_norm)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        if self.feature_projection is not None and self.args.should_save:
-            save_file(self.feature_projection.state_dict(), os.path.join(output_dir, FEATURE_PROJECTION_NAME))
+        if self.args.should_save:
+            for name, projection in self._named_projections():
+                save_file(projection.state_dict(), os.path.join(output_dir, name))
+
+    def _named_projections(self) -> list[tuple[str, nn.Module]]:
+        named = ((FEATURE_PROJECTION_NAME, self.feature_projection), (FEATURE_MAP_PROJECTION_NAME, self.feature_map_projection))
+        return [(name, module) for name, module in named if module is not None]
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or self.feature_projection is None:
+        if checkpoint is None:
             return
-        path = os.path.join(checkpoint, FEATURE_PROJECTION_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(f"{checkpoint} has no {FEATURE_PROJECTION_NAME}: it was saved by a run without feature "
-                             "distillation. Resume with the same --feature_distillation_weight, or start a new run.")
-        self.feature_projection.load_state_dict(load_file(path, device=str(self.accelerator.device)))
+        flags = {FEATURE_PROJECTION_NAME: "--feature_distillation_weight",
+                 FEATURE_MAP_PROJECTION_NAME: "--feature_map_distillation_weight and layers"}
+        for name, projection in self._named_projections():
+            path = os.path.join(checkpoint, name)
+            if not os.path.isfile(path):
+                raise ValueError(f"{checkpoint} has no {name}: it was saved by a run without that distillation term. "
+                                 f"Resume with the same {flags[name]}, or start a new run.")
+            projection.load_state_dict(load_file(path, device=str(self.accelerator.device)))
 
     def _set_teacher(self, teacher, student_mean, student_std, teacher_processor, trust_remote_code) -> None:
         module = load_teacher(teacher, trust_remote_code=trust_remote_code)
@@ -390,40 +475,55 @@ class DistillationTrainer(DeiTTrainerBase):
         return logits
 
     @torch.no_grad()
-    def teacher_outputs(self, pixel_values: torch.Tensor, attention_map: bool, features: bool) -> TeacherForwardOutput:
-        """`teacher_logits`, plus the teacher's spatial map and/or pooled features, from the same forward pass."""
+    def teacher_outputs(
+        self, pixel_values: torch.Tensor, attention_map: bool, features: bool, stage_maps: bool = False
+    ) -> TeacherForwardOutput:
+        """`teacher_logits`, plus the teacher's spatial map, pooled features and/or stage outputs, from the same
+        forward pass."""
         if self.teacher.training:
             self.teacher.eval()
         with self.accelerator.autocast():
-            output = teacher_forward(self.teacher.teacher, self.teacher_input(pixel_values), attention_map, features)
+            output = teacher_forward(
+                self.teacher.teacher, self.teacher_input(pixel_values), attention_map, features, stage_maps=stage_maps
+            )
         if self.teacher_label_order is not None:
             output.logits = output.logits.index_select(1, self.teacher_label_order)
         return output
 
     def _forward(self, model, inputs, with_teacher: bool):
-        outputs, teacher, _, _ = self._distillation_forward(model, inputs, with_teacher, with_extra_terms=False)
+        outputs, teacher, _, _, _ = self._distillation_forward(model, inputs, with_teacher, with_extra_terms=False)
         return outputs, (teacher.logits if teacher is not None else None)
 
     def _distillation_forward(self, model, inputs, with_teacher: bool, with_extra_terms: bool):
         """Student and teacher forward passes: (student outputs, TeacherForwardOutput or None, student maps by token,
-        student features). Maps and features are computed only `with_extra_terms` and when their weight is set."""
+        student features, student patch tokens by distilled block). Maps, features and patch tokens are computed only
+        `with_extra_terms` and when their weight is set."""
         student_inputs = {name: value for name, value in inputs.items() if name not in ("labels", "labeled")}
         want_maps = with_extra_terms and self.attention_distillation_weight > 0
         want_features = with_extra_terms and self.feature_distillation_weight > 0
+        want_stage_maps = with_extra_terms and self.feature_map_distillation_weight > 0
         unwrapped = self.accelerator.unwrap_model(model)
         if want_maps:
             student_inputs["attention_layers"] = self.attention_distillation_layers
         head = student_head(unwrapped, self.feature_distillation_token) if want_features else None
         if want_features and head is None:  # patch-mean features need the last block's full output
             student_inputs["output_hidden_states"] = True
-        with capture_input(head) if head is not None else contextlib.nullcontext({}) as captured:
+        depth = unwrapped.config.num_hidden_layers
+        if want_stage_maps and depth - 1 in self.feature_map_distillation_layers:
+            student_inputs["output_hidden_states"] = True  # the last block then computes every token's row
+        blocks = [unwrapped.deit.layers[index] for index in self.feature_map_distillation_layers] if want_stage_maps else []
+        with capture_input(head) if head is not None else contextlib.nullcontext({}) as captured, \
+                capture_outputs(blocks) as block_outputs:  # fmt: skip
             outputs = model(**student_inputs)
         if getattr(outputs, "distillation_logits", None) is None:
             raise ValueError(
                 f"{type(model).__name__} returned no `distillation_logits`: DistillationTrainer trains models with a "
                 "class head and a distillation head, such as DistilledDeiTForImageClassification."
             )
-        teacher = self.teacher_outputs(inputs["pixel_values"], want_maps, want_features) if with_teacher else None
+        teacher = (
+            self.teacher_outputs(inputs["pixel_values"], want_maps, want_features, want_stage_maps)
+            if with_teacher else None
+        )  # fmt: skip
         if teacher is not None and teacher.logits.shape[-1] != outputs.logits.shape[-1]:
             raise ValueError(
                 f"The teacher returned {teacher.logits.shape[-1]} logits per image, the student "
@@ -446,10 +546,11 @@ class DistillationTrainer(DeiTTrainerBase):
                 features = captured["input"]
             else:
                 features = patch_mean_features(outputs.hidden_states[-1], unwrapped.deit.layernorm)
-        return outputs, teacher, student_maps, features
+        patch_tokens = [states[0][:, 2:] for states in block_outputs] if want_stage_maps else None
+        return outputs, teacher, student_maps, features, patch_tokens
 
-    def _extra_terms(self, teacher: TeacherForwardOutput, student_maps, student_features) -> list[torch.Tensor]:
-        """The attention-map and feature terms that are switched on, unweighted, in that order."""
+    def _extra_terms(self, teacher: TeacherForwardOutput, student_maps, student_features, patch_tokens, grid):
+        """The attention-map, feature and feature-map terms that are switched on, unweighted, in that order."""
         terms = []
         if student_maps is not None:
             losses = [attention_map_loss(m, teacher.attention_map, self.attention_distillation_loss) for m in student_maps]
@@ -457,6 +558,13 @@ class DistillationTrainer(DeiTTrainerBase):
         if student_features is not None:
             projected = self.feature_projection(student_features)
             terms.append(feature_distillation_loss(projected, teacher.features, self.feature_distillation_loss))
+        if patch_tokens is not None:
+            teacher_map = teacher.stage_maps[self._feature_map_stage]
+            losses = [
+                feature_map_distillation_loss(projection(tokens), teacher_map, grid)
+                for projection, tokens in zip(self.feature_map_projection, patch_tokens)
+            ]
+            terms.append(torch.stack(losses).mean())
         return terms
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -465,7 +573,7 @@ class DistillationTrainer(DeiTTrainerBase):
         with_teacher = self.teacher is not None and (
             self.distillation_loss.needs_teacher or not model.training or "labeled" in inputs
         )
-        outputs, teacher, student_maps, student_features = self._distillation_forward(
+        outputs, teacher, student_maps, student_features, patch_tokens = self._distillation_forward(
             model, inputs, with_teacher, with_extra_terms=model.training
         )
         teacher_logits = teacher.logits if teacher is not None else None
@@ -473,8 +581,12 @@ class DistillationTrainer(DeiTTrainerBase):
             outputs.cls_logits, outputs.distillation_logits, inputs["labels"], teacher_logits, inputs.get("labeled")
         )
         loss = terms.loss
-        extra_terms = self._extra_terms(teacher, student_maps, student_features) if model.training else []
-        weights = [w for w in (self.attention_distillation_weight, self.feature_distillation_weight) if w > 0]
+        extra_terms = []
+        if model.training:
+            grid = self._student_grid(inputs["pixel_values"])
+            extra_terms = self._extra_terms(teacher, student_maps, student_features, patch_tokens, grid)
+        weights = (self.attention_distillation_weight, self.feature_distillation_weight, self.feature_map_distillation_weight)
+        weights = [weight for weight in weights if weight > 0]
         for weight, term in zip(weights, extra_terms):
             loss = loss + weight * term
         if model.training:
@@ -507,6 +619,14 @@ class DistillationTrainer(DeiTTrainerBase):
         if prediction_loss_only:
             return loss, None, None
         return loss, tuple(p.detach() for p in predictions), labels
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        metrics = super().evaluate(*args, **kwargs)
+        if self.is_world_process_zero():
+            prefix = kwargs.get("metric_key_prefix", "eval") + "_"
+            for warning in head_warnings(metrics, self.model.config.num_labels, prefix):
+                logger.warning(warning)
+        return metrics
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs (those with "loss") get the mean loss terms over the same window, averaged over processes.
@@ -581,7 +701,8 @@ class _ZeroProjectionGradients(TrainerCallback):
         self.trainer = trainer
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer.feature_projection.zero_grad(set_to_none=True)
+        for projection in self.trainer._projections():
+            projection.zero_grad(set_to_none=True)
 
 
 # ---- evaluation metrics ----
@@ -602,8 +723,10 @@ def make_compute_metrics(top_k: int = 5) -> Callable[[EvalPrediction], dict[str,
     """`compute_metrics` for `DistillationTrainer`: top-1 (and top-`top_k` when there are more than `top_k` classes)
     of the averaged output (`accuracy`, `top5_accuracy`), the class head (`cls_accuracy`, `cls_top5_accuracy`) and the
     distillation head (`distillation_accuracy`, ...); with teacher logits, `teacher_accuracy` and
-    `teacher_agreement` (how often the averaged output's top-1 is the teacher's). Computed with the `evaluate`
-    metric module shipped in `hf_deit.metrics`."""
+    `teacher_agreement` (how often the averaged output's top-1 is the teacher's); for each head, the share of the
+    images its most frequent class takes (`cls_majority_share`, `distillation_majority_share`: near 1 for a head
+    that collapsed onto one class). Accuracies are computed with the `evaluate` metric module shipped in
+    `hf_deit.metrics`."""
     import evaluate
 
     from .metrics import TOP_K_ACCURACY_PATH
@@ -623,6 +746,9 @@ def make_compute_metrics(top_k: int = 5) -> Callable[[EvalPrediction], dict[str,
             if index < len(outputs):
                 head = metric.compute(predictions=_ranked(outputs[index], k), references=labels)
                 results.update({prefix + name: value for name, value in head.items()})
+                if prefix:  # how much of the data the head's most frequent class takes: 1.0 is a collapsed head
+                    counts = np.bincount(outputs[index].argmax(axis=-1), minlength=num_classes)
+                    results[prefix + "majority_share"] = float(counts.max() / max(counts.sum(), 1))
         if len(outputs) > 3:
             teacher_logits = outputs[3]
             results["teacher_accuracy"] = metric.compute(predictions=_ranked(teacher_logits, 1), references=labels)[
