@@ -38,3 +38,23 @@ def test_quick_data_efficiency_run_writes_table_json_and_plot(tmp_path):
     # A cell some seeds have not reached yet says so.
     assert module._mean_std([0.5, 0.7], seeds=2) == "60.0 ± 14.1"
     assert module._mean_std([0.5], seeds=2) == "50.0 (1 of 2 seeds)" and module._mean_std([], seeds=2) == "n/a"
+
+
+@pytest.mark.slow
+def test_quick_recipe_study_runs_both_arms_and_reports_the_difference_per_seed(tmp_path):
+    spec = importlib.util.spec_from_file_location("experiment_recipe", SCRIPT.replace("data_efficiency", "recipe"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--output_dir", str(tmp_path), "--quick", "--seeds", "0"])
+    found = module.main(["--output_dir", str(tmp_path), "--quick", "--seeds", "1"])  # a second process adds its seed
+
+    assert set(found["runs"]["quick"]) == {"none", "hard+fmap"}
+    assert all(set(by_seed) == {0, 1} for by_seed in found["runs"]["quick"].values())
+    assert set(found["teachers"]["teacher28"]) == {0, 1}
+    distilled = found["runs"]["quick"]["hard+fmap"][0]
+    assert "train_loss" in distilled and 0.0 <= distilled["eval_accuracy"] <= 1.0
+    table = (tmp_path / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| quick | hard+fmap |"))
+    assert "(seeds 0, 1)" in row and row.count("/") >= 3  # per-seed accuracies and per-seed differences to none
+    with pytest.raises(SystemExit, match="Unknown rows"):
+        module.main(["--output_dir", str(tmp_path), "--quick", "--rows", "nope"])

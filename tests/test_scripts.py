@@ -87,9 +87,17 @@ def test_main_job_quick_run_prints_the_side_by_side_table(tmp_path):
         env=child_env(), capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| CNN teacher |" in result.stdout and "| DeiT, hard distillation |" in result.stdout
+    for row in ("(a) CNN teacher, 4,000 labels", "(a) DeiT, no distillation", "(a) DeiT, hard distillation + feature maps",
+                "(b) CNN teacher, 400 labels", "(b) DeiT, 400 labels alone", "(b) DeiT, 400 labels + 3,600 unlabelled"):
+        assert f"| {row}" in result.stdout, row
+    assert "points with all labels" in result.stdout and "points with 10% of the labels" in result.stdout
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results) == {"teacher", "deit_none", "deit_hard"}
+    assert set(results) == {"teacher", "deit_none", "deit_hard", "few_teacher", "few_labels_alone", "few_labels_pool"}
+    # The distilled students used the recipe (feature maps), the plain ones no teacher; (b)'s labels are 10%.
+    logged = lambda run: json.loads((tmp_path / run / "trainer_state.json").read_text())["log_history"]  # noqa: E731
+    assert any("loss_feature_map" in entry for entry in logged("deit_hard"))
+    assert any("loss_feature_map" in entry for entry in logged("few_labels/deit_pool"))
+    assert not any("loss_feature_map" in entry for entry in logged("deit_none"))
 
 
 @pytest.mark.slow
