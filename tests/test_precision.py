@@ -69,6 +69,6 @@ def test_an_explicit_choice_wins(amx_cpu, tmp_path, monkeypatch):
 
 
 def test_this_machine_trains_the_digits_student_in_float32(tmp_path):
-    # Whatever the CPU, the 128-wide embedded student is never switched to bf16 on CPU.
+    # Whatever the CPU, a 128-wide student (narrower than DeiT-Tiny) is never switched to bf16 on CPU.
     args = parse(tmp_path)
     assert args.resolve_precision(hidden_size=128) is False and args.mixed_precision == "no"

@@ -117,12 +117,15 @@ def test_hard_distillation_learns_digits_and_leaves_the_teacher_untouched(digits
     trainer.train()
     metrics = trainer.evaluate()
 
-    # 500 steps of 32 images (~11 epochs) from scratch; measured 0.84 (distillation head 0.81) with this seed. A tiny
-    # ViT learns these digits slowly (timm's VisionTransformerDistilled in the same hand-written loop: 0.61-0.75 after
-    # 300 steps, as ours), so the bar is 0.7: it fails when the loss, the targets or the schedule are wrong.
-    assert metrics["eval_accuracy"] >= 0.7, metrics
-    assert metrics["eval_distillation_accuracy"] >= 0.7, metrics
-    assert metrics["eval_teacher_agreement"] >= 0.7, metrics
+    # 500 steps of 32 images (~11 epochs) from scratch, with the default recipe for small images (hard labels and the
+    # teacher's feature maps): measured 0.834 (class head 0.841, distillation head 0.811, agreement 0.809) with this
+    # seed. A tiny ViT learns these digits slowly (timm's VisionTransformerDistilled in the same hand-written loop:
+    # 0.61-0.75 after 300 steps), so the bars leave ~0.03 for other CPUs' rounding and fail when the loss, the targets,
+    # the feature-map term or the schedule are wrong.
+    assert any("loss_feature_map" in entry for entry in trainer.state.log_history)
+    assert metrics["eval_accuracy"] >= 0.8, metrics
+    assert metrics["eval_distillation_accuracy"] >= 0.78, metrics
+    assert metrics["eval_teacher_agreement"] >= 0.78, metrics
     assert metrics["eval_teacher_accuracy"] >= 0.9, metrics
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 50 and all("loss_cls" in e and "loss_distillation" in e for e in logged)
@@ -282,13 +285,17 @@ def test_metrics_per_head_top5_and_agreement_by_hand():
     assert metrics["accuracy"] == 0.5 and metrics["top5_accuracy"] == 0.75
     assert metrics["cls_accuracy"] == 0.75 and metrics["distillation_accuracy"] == 0.25
     assert metrics["teacher_accuracy"] == 0.75 and metrics["teacher_agreement"] == 0.75
+    # The share of the most frequent prediction per head: class 0 for half the rows, class 5 for three of four.
+    assert metrics["cls_majority_share"] == 0.5 and metrics["distillation_majority_share"] == 0.75
     assert set(metrics) == {
         "accuracy", "top5_accuracy", "cls_accuracy", "cls_top5_accuracy", "distillation_accuracy",
-        "distillation_top5_accuracy", "teacher_accuracy", "teacher_agreement",
+        "distillation_top5_accuracy", "teacher_accuracy", "teacher_agreement", "cls_majority_share",
+        "distillation_majority_share",
     }
     # Five classes or fewer: no top-5; no teacher logits: no teacher metrics.
     small = compute(EvalPrediction(predictions=(averaged[:, :5],) * 3, label_ids=labels))
-    assert set(small) == {"accuracy", "cls_accuracy", "distillation_accuracy"}
+    assert set(small) == {"accuracy", "cls_accuracy", "distillation_accuracy", "cls_majority_share",
+                          "distillation_majority_share"}  # fmt: skip
 
 
 # ---- attention-map and feature distillation (issue 4) ----

@@ -106,9 +106,10 @@ class LogAtLeastEvery(TrainerCallback):
 COLLAPSED_SHARE = 0.9  # a head giving one class to this share of the images predicts nothing
 
 
-def head_warnings(metrics: dict, num_labels: int, prefix: str = "eval_") -> list[str]:
+def head_warnings(metrics: dict, num_labels: int, prefix: str = "eval_", num_examples: int | None = None) -> list[str]:
     """Warnings about the heads from evaluation metrics (`hf_deit.trainer.make_compute_metrics`): a head that
-    collapsed onto one class or is at chance level, and averaged logits worse than the better head."""
+    collapsed onto one class or is at chance level, and averaged logits worse than the better head by more than a
+    point and more than two of the `num_examples` evaluated (so that one image of a small split is not an alarm)."""
     warnings = []
     heads = {"class head": "cls_", "distillation head": "distillation_"}
     chance = 1.0 / max(num_labels, 1)
@@ -127,7 +128,8 @@ def head_warnings(metrics: dict, num_labels: int, prefix: str = "eval_") -> list
     accuracies = {name: value for name, value in accuracies.items() if value is not None}
     if averaged is not None and accuracies:
         best = max(accuracies, key=accuracies.get)
-        if averaged < accuracies[best] - 0.01:
+        margin = max(0.01, 2 / num_examples if num_examples else 0.0)
+        if averaged < accuracies[best] - margin:
             warnings.append(
                 f"The averaged logits (`logits`, what pipeline() and eval_accuracy use) score {averaged:.1%}, below the "
                 f"{best}'s {accuracies[best]:.1%}."

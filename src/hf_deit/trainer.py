@@ -251,7 +251,7 @@ class DistillationTrainer(DeiTTrainerBase):
         feature_distillation_weight: float = 0.0,
         feature_distillation_loss: str = "cosine",
         feature_distillation_token: str = "dist",
-        feature_map_distillation_weight: float | None = 0.0,
+        feature_map_distillation_weight: float | None = None,
         feature_map_distillation_layers: Sequence[int] = (0,),
         pseudo_label_threshold: float = 0.0,
         **trainer_kwargs,
@@ -622,9 +622,14 @@ class DistillationTrainer(DeiTTrainerBase):
 
     def evaluate(self, *args, **kwargs) -> dict[str, float]:
         metrics = super().evaluate(*args, **kwargs)
-        if self.is_world_process_zero():
+        # Early in training heads often give every image the same class; judge them once a quarter of it is done.
+        settled = not self.state.max_steps or self.state.global_step >= self.state.max_steps / 4
+        if self.is_world_process_zero() and settled:
             prefix = kwargs.get("metric_key_prefix", "eval") + "_"
-            for warning in head_warnings(metrics, self.model.config.num_labels, prefix):
+            dataset = args[0] if args else kwargs.get("eval_dataset")
+            dataset = self.eval_dataset if dataset is None else dataset
+            num_examples = len(dataset) if hasattr(dataset, "__len__") else None
+            for warning in head_warnings(metrics, self.model.config.num_labels, prefix, num_examples):
                 logger.warning(warning)
         return metrics
 

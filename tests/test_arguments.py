@@ -1,0 +1,43 @@
+"""The defaults that `hf_deit.arguments` resolves from the run itself: the learning rate sized to the batch and the
+dataset, and the embedded student."""
+
+import pytest
+from transformers import HfArgumentParser
+
+from hf_deit.arguments import EMBEDDED_STUDENT, DataArguments, DeiTTrainingArguments, ModelArguments, student_config
+
+
+def parse(tmp_path, *flags) -> DeiTTrainingArguments:
+    (args,) = HfArgumentParser(DeiTTrainingArguments).parse_args_into_dataclasses(
+        args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--report_to", "none", *flags]
+    )
+    return args
+
+
+def test_a_new_model_on_a_small_dataset_gets_a_rate_that_moves_it(tmp_path):
+    # The user's case: 90 photos, batch 16. The paper's linear rule gives 1.6e-5; the small-data floor, 5e-4 at
+    # batch 64 scaled with the square root of the batch, gives 2.5e-4.
+    args = parse(tmp_path, "--per_device_train_batch_size", "16")
+    assert args.resolve_learning_rate(num_train_examples=90, from_scratch=True) == pytest.approx(2.5e-4)
+    assert parse(tmp_path).resolve_learning_rate(num_train_examples=4000) == pytest.approx(5e-4)  # batch 64
+
+
+def test_large_datasets_and_fine_tuning_keep_the_papers_linear_rule(tmp_path):
+    imagenet = parse(tmp_path, "--per_device_train_batch_size", "1024")
+    assert imagenet.resolve_learning_rate(num_train_examples=1_281_167) == pytest.approx(1e-3)
+    fine_tuning = parse(tmp_path, "--per_device_train_batch_size", "16")
+    assert fine_tuning.resolve_learning_rate(num_train_examples=90, from_scratch=False) == pytest.approx(1.5625e-5)
+    unknown_size = parse(tmp_path, "--per_device_train_batch_size", "512")  # a stream
+    assert unknown_size.resolve_learning_rate(num_train_examples=None) == pytest.approx(5e-4)
+
+
+def test_an_explicit_rate_and_accumulated_batches(tmp_path):
+    assert parse(tmp_path, "--learning_rate", "3e-3").resolve_learning_rate(num_train_examples=90) == 3e-3
+    accumulated = parse(tmp_path, "--per_device_train_batch_size", "64", "--gradient_accumulation_steps", "4")
+    assert accumulated.resolve_learning_rate(num_train_examples=4000) == pytest.approx(1e-3)  # 5e-4 * sqrt(256 / 64)
+
+
+def test_the_embedded_student_is_the_recipes():
+    config = student_config(ModelArguments(), DataArguments(dataset_name="mnist"))
+    assert {key: getattr(config, key) for key in EMBEDDED_STUDENT} == EMBEDDED_STUDENT
+    assert (config.image_size, config.patch_size, config.hidden_size) == (28, 7, 192)
