@@ -336,13 +336,11 @@ class DistillationTrainer(DeiTTrainerBase):
         off on the embedded digits (README, scripts/experiment_recipe.py); off otherwise."""
         from .data import SMALL_IMAGE_MAX_SIZE
 
-        config = self.model.config
-        size = config.image_size if isinstance(config.image_size, int) else max(config.image_size)
+        size = max(self._probe_input().shape[-2:])
         if not self.distillation_loss.needs_teacher or size > SMALL_IMAGE_MAX_SIZE:
             return 0.0
-        probe = torch.zeros(1, config.num_channels, size, size, device=self.accelerator.device)
         try:
-            self.teacher_outputs(probe, attention_map=False, features=False, stage_maps=True)
+            self.teacher_outputs(self._probe_input(), attention_map=False, features=False, stage_maps=True)
         except ValueError:  # not a CNN: no spatial stage outputs to imitate
             return 0.0
         logger.info("Feature-map distillation on (weight 1): a CNN teacher and %d px images. "
@@ -350,18 +348,20 @@ class DistillationTrainer(DeiTTrainerBase):
         return 1.0
 
     def _set_feature_map_projection(self) -> None:
-        # One teacher pass at the student's input size tells which stage matches the patch grid and its width.
-        config = self.model.config
-        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-        probe = torch.zeros(1, config.num_channels, size, size, device=self.accelerator.device)
+        # One teacher pass at the student's input size tells which stage matches the patch grid, and its width.
+        probe = self._probe_input()
         stage_maps = self.teacher_outputs(probe, attention_map=False, features=False, stage_maps=True).stage_maps
-        grid = self._student_grid(probe)
-        self._feature_map_stage = nearest_stage(stage_maps, grid)
+        self._feature_map_stage = nearest_stage(stage_maps, self._student_grid(probe))
         channels = stage_maps[self._feature_map_stage].shape[1]
-        projections = nn.ModuleList(
-            FeatureProjection(config.hidden_size, channels) for _ in self.feature_map_distillation_layers
-        )
+        hidden_size = self.model.config.hidden_size
+        projections = nn.ModuleList(FeatureProjection(hidden_size, channels) for _ in self.feature_map_distillation_layers)
         self.feature_map_projection = projections.to(self.accelerator.device)
+
+    def _probe_input(self) -> torch.Tensor:
+        """One blank image at the student's input size."""
+        config = self.model.config
+        size = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
+        return torch.zeros(1, config.num_channels, *size, device=self.accelerator.device)
 
     def _student_grid(self, pixel_values: torch.Tensor) -> tuple[int, int]:
         patch_size = self.accelerator.unwrap_model(self.model).config.patch_size
