@@ -95,6 +95,7 @@ def main(argv=None) -> dict:
     # Train
     from_scratch = not model.name_or_path  # a new model, not a loaded checkpoint
     training_args.resolve_learning_rate(_num_examples(dataset["train"]), from_scratch=from_scratch)
+    training_args.resolve_schedule(_num_examples(dataset["train"]), from_scratch=from_scratch)
     distillation_type = distill_args.distillation_type
     if distill_args.teacher_name_or_path is None and distillation_type != "none":
         logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")

@@ -41,3 +41,12 @@ def test_the_embedded_student_is_the_recipes():
     config = student_config(ModelArguments(), DataArguments(dataset_name="mnist"))
     assert {key: getattr(config, key) for key in EMBEDDED_STUDENT} == EMBEDDED_STUDENT
     assert (config.image_size, config.patch_size, config.hidden_size) == (28, 7, 192)
+
+
+def test_a_new_model_on_a_tiny_dataset_gets_enough_steps(tmp_path):
+    # 90 photos at batch 64: 2 steps an epoch, so 30 epochs would be 60 steps; it gets 150 epochs (300 steps).
+    assert parse(tmp_path).resolve_schedule(num_train_examples=90) == 150
+    assert parse(tmp_path).resolve_schedule(num_train_examples=4000) == 30  # 63 steps an epoch: 30 epochs suffice
+    assert parse(tmp_path).resolve_schedule(num_train_examples=90, from_scratch=False) == 30  # fine-tuning
+    assert parse(tmp_path, "--num_train_epochs", "5").resolve_schedule(num_train_examples=90) == 5  # asked for
+    assert parse(tmp_path, "--max_steps", "40").resolve_schedule(num_train_examples=90) == 30  # steps rule
