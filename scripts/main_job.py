@@ -13,12 +13,14 @@ Every student has the same steps, batch and augmentation. Accuracies are printed
     python scripts/main_job.py --student_steps 400     # shorter
     python scripts/main_job.py --quick                 # a smoke run in about a minute (tests use it)
 
-Every stage is the public script run in-process with its documented flags, so each line below can be rerun alone.
+Every stage is a public script with its documented flags, printed above it so that each can be rerun alone; the two
+students of a comparison run side by side, one process each (their logs are `train.log` in their folders).
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +28,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import train  # noqa: E402
 import train_teacher  # noqa: E402
 
 from hf_deit.arguments import EMBEDDED_STUDENT  # noqa: E402
@@ -63,6 +64,33 @@ def run_stage(name: str, main, argv: list[str]) -> dict:
     return metrics
 
 
+def run_side_by_side(stages: dict[str, tuple[str, list[str]]]) -> dict[str, dict]:
+    """Runs `scripts/train.py` once per stage, all at the same time, one process and one thread each (two small
+    students use two cores better than one process with two threads). Each process's log is `train.log` in its
+    output folder; the stages' metrics come back by name."""
+    processes = {}
+    for name, (title, argv) in stages.items():
+        output_dir = Path(argv[argv.index("--output_dir") + 1])
+        output_dir.mkdir(parents=True, exist_ok=True)
+        print(f"\n=== {title}: scripts/train.py {' '.join(argv)}\n    (log: {output_dir / 'train.log'})", flush=True)
+        log = open(output_dir / "train.log", "w")
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, str(Path(__file__).resolve().parent / "train.py"), *argv]
+        processes[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log, output_dir,
+                           time.perf_counter())  # fmt: skip
+    results = {}
+    for name, (process, log, output_dir, start) in processes.items():
+        returncode = process.wait()
+        log.close()
+        if returncode != 0:
+            tail = (output_dir / "train.log").read_text().splitlines()[-20:]
+            raise SystemExit(f"{stages[name][0]} failed (exit {returncode}); the end of {output_dir / 'train.log'}:\n"
+                             + "\n".join(tail))
+        results[name] = json.loads((output_dir / "all_results.json").read_text())
+        results[name]["wall_seconds"] = round(time.perf_counter() - start, 1)
+    return results
+
+
 def write_few_label_splits(args: argparse.Namespace, folder: Path) -> tuple[Path, Path]:
     """The labelled 10% (stratified, seeded) with the validation split, and the unlabelled rest, as `save_to_disk`
     folders that `--dataset_name` and `--unlabeled_dataset_name` load."""
@@ -96,11 +124,13 @@ def main(argv=None) -> dict:
     results["teacher"] = run_stage("(a) all labels: teacher (CNN)", train_teacher.main, [
         "--output_dir", str(teacher_dir), *data, *teacher_steps, *flags,
     ])  # fmt: skip
-    for name, distillation in (("deit_none", ["--distillation_type", "none"]), ("deit_hard", DISTILLED)):
-        results[name] = run_stage(f"(a) all labels: DeiT student, {name.removeprefix('deit_')}", train.main, [
-            "--output_dir", str(out / name), *data, "--teacher_name_or_path", str(teacher_dir), *distillation,
-            *steps, *flags,
-        ])  # fmt: skip
+    student = [*data, "--teacher_name_or_path", str(teacher_dir), *steps, *flags]
+    results.update(run_side_by_side({
+        "deit_none": ("(a) all labels: DeiT student, no distillation",
+                      ["--output_dir", str(out / "deit_none"), "--distillation_type", "none", *student]),
+        "deit_hard": ("(a) all labels: DeiT student, hard distillation + feature maps",
+                      ["--output_dir", str(out / "deit_hard"), *DISTILLED, *student]),
+    }))  # fmt: skip
 
     # (b) 10% of the labels; the teacher learns from those alone, and so do the students' labels
     few = out / "few_labels"
@@ -116,12 +146,13 @@ def main(argv=None) -> dict:
     ])  # fmt: skip
     few_student = ["--dataset_name", str(labeled_dir), "--teacher_name_or_path", str(few_teacher_dir), *embedded_student,
                    *steps, *flags]  # fmt: skip
-    results["few_labels_alone"] = run_stage("(b) 10% labels: DeiT student, labels alone", train.main, [
-        "--output_dir", str(few / "deit_alone"), "--distillation_type", "none", *few_student,
-    ])  # fmt: skip
-    results["few_labels_pool"] = run_stage("(b) 10% labels: DeiT student, + 90% unlabelled via the teacher", train.main, [
-        "--output_dir", str(few / "deit_pool"), *DISTILLED, "--unlabeled_dataset_name", str(pool_dir), *few_student,
-    ])  # fmt: skip
+    results.update(run_side_by_side({
+        "few_labels_alone": ("(b) 10% labels: DeiT student, labels alone",
+                             ["--output_dir", str(few / "deit_alone"), "--distillation_type", "none", *few_student]),
+        "few_labels_pool": ("(b) 10% labels: DeiT student, + 90% unlabelled via the teacher",
+                            ["--output_dir", str(few / "deit_pool"), *DISTILLED, "--unlabeled_dataset_name",
+                             str(pool_dir), *few_student]),
+    }))  # fmt: skip
 
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(summary_table(results))
