@@ -55,6 +55,10 @@ ROWS = {
                     {"none": NONE, "hard": HARD, "soft": SOFT, "soft-t3-a0.1": SOFT_T3, "hard+fmap": HARD_FMAP}),
     "p7-28px-800-mixup": ("as above, mixup 0.8 / cutmix 1.0 (the teacher labels the mixed image)", 28,
                           [*P7, *MIXED, "--max_steps", "800"], {"none": NONE, "hard": HARD, "hard+fmap": HARD_FMAP}),
+    "p7-28px-1200": ("native 28 px, patch 7, width 192, lr 5e-4; 1,200 steps (the main job's budget)", 28,
+                     [*P7, *LIGHT, "--max_steps", "1200"], {"none": NONE, "hard+fmap": HARD_FMAP}),
+    "p7-28px-1200-mixup": ("as above, mixup 0.8 / cutmix 1.0 (the teacher labels the mixed image); 1,200 steps", 28,
+                           [*P7, *MIXED, "--max_steps", "1200"], {"none": NONE, "hard+fmap": HARD_FMAP}),
     "p7-28px-2400": ("native 28 px, patch 7, width 192, lr 5e-4; 2,400 steps", 28, [*P7, *LIGHT, "--max_steps", "2400"],
                      {"none": NONE, "hard": HARD, "hard+fmap": HARD_FMAP}),
 }  # fmt: skip
