@@ -324,6 +324,22 @@ class DistilledDeiTPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # The losses are per-batch means: the Trainer must not rescale them by the number of items.
     accepts_loss_kwargs = False
+    # Set by the hf_deit package (`hf_deit.convert.load_converted`): loads a checkpoint of another implementation
+    # (transformers DeiT/ViT, timm, facebook) into this model, or returns None for this model's own folders. Where
+    # only this file is present (remote code), it is None and `from_pretrained` is transformers' own.
+    _convert_on_load: Callable | None = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """As transformers', and with the hf_deit package installed, also from a checkpoint of another DeiT
+        implementation (a transformers DeiT/ViT folder or Hub id, a timm or facebook file, a timm Hub-layout folder),
+        converted on load (`hf_deit.convert`)."""
+        converter = DistilledDeiTPreTrainedModel._convert_on_load
+        if converter is not None and not model_args and kwargs.get("config") is None:
+            model = converter(cls, pretrained_model_name_or_path, **kwargs)
+            if model is not None:
+                return model
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers', but a folder saved from either model lists both in `auto_map`, so that `AutoModel` and
