@@ -530,11 +530,13 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(status, content, headers)
 
 
-def use_in_this_process(hub: LoopbackHub, monkeypatch) -> None:
-    """Point this process's huggingface_hub at the loopback hub, online (it read HF_ENDPOINT and HF_HUB_OFFLINE at
-    import); pytest's `monkeypatch` restores everything after the test. Pass `cache_dir` to loads (an empty one)."""
+def use_in_this_process(hub: LoopbackHub, monkeypatch, cache_dir: Path) -> None:
+    """Point this process's huggingface_hub at the loopback hub, online, with `cache_dir` (an empty folder) as its
+    cache (it read HF_ENDPOINT, HF_HUB_OFFLINE and the cache path at import); pytest's `monkeypatch` restores
+    everything after the test."""
     from huggingface_hub import constants
 
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)

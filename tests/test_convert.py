@@ -528,10 +528,8 @@ def test_from_pretrained_converts_a_hub_repo(tmp_path, monkeypatch, caplog):
     caplog.set_level("INFO", logger="hf_deit.convert")
     with loopback_hub(tmp_path / "hub") as hub:
         hub.publish("facebook/deit-tiny-distilled-test", tmp_path / "src")
-        use_in_this_process(hub, monkeypatch)
-        model = DistilledDeiTForImageClassification.from_pretrained(
-            "facebook/deit-tiny-distilled-test", cache_dir=tmp_path / "cache"
-        )
+        use_in_this_process(hub, monkeypatch, tmp_path / "cache")
+        model = DistilledDeiTForImageClassification.from_pretrained("facebook/deit-tiny-distilled-test")
     pixels = images(32)
     with torch.no_grad():
         assert max_diff(model(pixels).logits, source(pixels).logits) <= TOLERANCE
