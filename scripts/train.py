@@ -14,7 +14,7 @@ import sys
 
 import transformers
 from datasets import concatenate_datasets
-from transformers import AutoModelForImageClassification, HfArgumentParser, set_seed
+from transformers import HfArgumentParser, set_seed
 
 from hf_deit import DistilledDeiTForImageClassification
 from hf_deit.arguments import (
@@ -53,12 +53,14 @@ def parse_args(argv=None):
 
 
 def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str]):
+    """A new student from a preset, or a saved one: our own model, or a transformers DeiT/ViT (folder or Hub id), a
+    timm/facebook checkpoint file or a timm Hub-layout folder, converted on load (`hf_deit.convert`)."""
     fields = label_fields(label_names)
     config = student_config(model_args, data_args, **fields)
     if config is not None:
         config._attn_implementation = model_args.attn_implementation
         return DistilledDeiTForImageClassification(config)
-    return AutoModelForImageClassification.from_pretrained(
+    return DistilledDeiTForImageClassification.from_pretrained(
         model_args.model_name_or_path,
         trust_remote_code=model_args.trust_remote_code,
         attn_implementation=model_args.attn_implementation,

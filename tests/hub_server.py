@@ -167,6 +167,19 @@ class LoopbackHub:
         commit = self.repos[repo_id].resolve(revision)
         return {path: self.read_blob(f.sha256) for path, f in commit.files.items()}
 
+    def publish(self, repo_id: str, folder: Path, private: bool = False) -> None:
+        """Make a repo whose main branch holds every file of a local folder, as a model someone already pushed
+        (no upload requests: tests of loading start from here)."""
+        repo = self.repos.get(repo_id) or self.create_repo(repo_id, private)
+        commit = repo.resolve("main")
+        files = dict(commit.files) if commit else {}
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                content = path.read_bytes()
+                lfs = path.suffix in LFS_SUFFIXES or len(content) > LFS_SIZE_THRESHOLD
+                files[path.relative_to(folder).as_posix()] = StoredFile(self.store_blob(content), len(content), lfs)
+        self.new_commit(repo, "main", f"Upload {Path(folder).name}", files)
+
     # ---- storage -------------------------------------------------------------------------------------------
     def store_blob(self, content: bytes) -> str:
         sha256 = hashlib.sha256(content).hexdigest()
@@ -515,6 +528,21 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{len(content)}"
             content, status = content[start : end + 1], 206
         return self._send(status, content, headers)
+
+
+def use_in_this_process(hub: LoopbackHub, monkeypatch, cache_dir: Path) -> None:
+    """Point this process's huggingface_hub at the loopback hub, online, with `cache_dir` (an empty folder) as its
+    cache (it read HF_ENDPOINT, HF_HUB_OFFLINE and the cache path at import); pytest's `monkeypatch` restores
+    everything after the test."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from hf_deit import DistilledDeiTForImageClassification
+from hf_deit import DistilledDeiTForImageClassification, DistilledDeiTModel
 from hf_deit.convert import CheckpointConversionError, convert_checkpoint, convert_state_dict, detect_layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -398,3 +398,139 @@ def test_pickle_with_code_is_refused_and_never_executed(tmp_path):
     # The payload is live: an unsafe load runs it. This is what the converter protects against.
     torch.load(tmp_path / "malicious.pth", weights_only=False)
     assert marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------- conversion on load
+
+
+def _converted_on_load(caplog):
+    return [record.getMessage() for record in caplog.records if "on load" in record.getMessage()]
+
+
+@pytest.mark.parametrize("how", ["save_pretrained", "5.x names", "legacy names"])
+def test_from_pretrained_converts_a_transformers_deit_folder(tmp_path, caplog, how):
+    """`DistilledDeiTForImageClassification.from_pretrained(<transformers DeiT folder>)`: the converter's parity,
+    without a separate step; the backbone class loads it too."""
+    source = randomise(DeiTForImageClassificationWithTeacher(small_deit_config(layer_norm_eps=1e-6)))
+    folder = tmp_path / "transformers_deit"
+    source.config.save_pretrained(folder)
+    state_dict = {key: value.contiguous() for key, value in source.state_dict().items()}
+    if how == "legacy names":
+        state_dict = {legacy_name(key): value for key, value in state_dict.items()}
+    if how == "save_pretrained":
+        source.save_pretrained(folder)
+    else:
+        save_file(state_dict, folder / "model.safetensors")
+    caplog.set_level("INFO", logger="hf_deit.convert")
+
+    model = DistilledDeiTForImageClassification.from_pretrained(folder)
+
+    assert not model.training and type(model) is DistilledDeiTForImageClassification
+    assert model.config.id2label == {0: "cat", 1: "dog", 2: "bird"} and model.config.num_attention_heads == 4
+    pixels = images(32)
+    with torch.no_grad():
+        expected, output = source(pixels), model(pixels)
+        for name in ("logits", "cls_logits", "distillation_logits"):
+            assert max_diff(getattr(output, name), getattr(expected, name)) <= TOLERANCE
+        backbone = DistilledDeiTModel.from_pretrained(folder)
+        assert max_diff(backbone(pixels).pooler_output, model.deit(pixels).pooler_output) == 0
+    messages = _converted_on_load(caplog)
+    assert len(messages) == 2 and str(folder) in messages[0] and "transformers" in messages[0]
+    assert "DistilledDeiTForImageClassification" in messages[0] and "DistilledDeiTModel" in messages[1]
+
+
+def test_from_pretrained_converts_a_non_distilled_transformers_vit(tmp_path):
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=48, num_labels=3, layer_norm_eps=1e-6)
+    randomise(ViTForImageClassification(config)).save_pretrained(tmp_path / "vit")
+    with pytest.warns(UserWarning, match="not distilled"):
+        model = DistilledDeiTForImageClassification.from_pretrained(tmp_path / "vit")
+    assert model.deit.embeddings.position_embeddings.shape == (1, 2 + 16, 32)
+
+
+def test_from_pretrained_converts_timm_files_and_hub_layout_folders(tmp_path, caplog):
+    """A facebook/timm `.pth` and a timm `save_for_hf` folder (config.json with `architecture` and `model_args`,
+    weights in safetensors): heads, image size and labels come from the timm config."""
+    from timm.models import save_for_hf
+
+    source = randomise(timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=5,
+                                         embed_dim=32, depth=2, num_heads=2, img_size=(32, 48), patch_size=8))
+    save_for_hf(source, tmp_path / "timm_hub", safe_serialization=True)
+    torch.save({"model": source.state_dict()}, tmp_path / "facebook.pth")  # the facebook files nest under "model"
+    caplog.set_level("INFO", logger="hf_deit.convert")
+    pixels = images((32, 48))
+    with torch.no_grad():
+        expected = source(pixels)
+
+    from_folder = DistilledDeiTForImageClassification.from_pretrained(tmp_path / "timm_hub")
+    from_file = DistilledDeiTForImageClassification.from_pretrained(
+        tmp_path / "facebook.pth", num_attention_heads=2, image_size=[32, 48]
+    )
+    for model in (from_folder, from_file):
+        assert model.config.image_size == [32, 48] and model.config.num_attention_heads == 2
+        assert model.config.layer_norm_eps == 1e-6
+        with torch.no_grad():
+            assert max_diff(model(pixels).logits, expected) <= TOLERANCE
+    assert [("timm layout" in message) for message in _converted_on_load(caplog)] == [True, True]
+
+
+def test_timm_hub_layout_of_another_pooling_is_refused(tmp_path):
+    from timm.models import save_for_hf
+
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, embed_dim=32, depth=1,
+                               num_heads=2, img_size=32, patch_size=8, global_pool="avg", fc_norm=False)
+    # The weights have every key of a DeiT (no fc_norm): only the config says the head reads the patch mean.
+    save_for_hf(source, tmp_path / "avg", safe_serialization=True)
+    with pytest.raises(CheckpointConversionError, match="global_pool='avg'"):
+        DistilledDeiTForImageClassification.from_pretrained(tmp_path / "avg")
+
+
+def test_from_pretrained_of_our_own_folder_is_transformers_own(tmp_path, caplog):
+    torch.save(tiny_timm_distilled().state_dict(), tmp_path / "deit.pth")
+    convert_checkpoint(tmp_path / "deit.pth", tmp_path / "ours", num_attention_heads=4)
+    caplog.set_level("INFO", logger="hf_deit.convert")
+    model = DistilledDeiTForImageClassification.from_pretrained(tmp_path / "ours", drop_path_rate=0.2)
+    assert model.config.drop_path_rate == 0.2 and _converted_on_load(caplog) == []
+
+
+def test_from_pretrained_overrides_act_on_the_converted_model(tmp_path):
+    source = randomise(DeiTForImageClassificationWithTeacher(small_deit_config(layer_norm_eps=1e-6)))
+    source.save_pretrained(tmp_path / "src")
+    with pytest.warns(UserWarning, match="freshly initialised"):
+        model = DistilledDeiTForImageClassification.from_pretrained(
+            tmp_path / "src", id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1}, drop_path_rate=0.2,
+            attn_implementation="eager", dtype=torch.bfloat16, ignore_mismatched_sizes=True,
+        )
+    assert model.config.id2label == {0: "a", 1: "b"} and model.cls_classifier.out_features == 2
+    assert model.config.drop_path_rate == 0.2 and model.config._attn_implementation == "eager"
+    assert model.cls_classifier.weight.dtype == torch.bfloat16
+
+
+def test_from_pretrained_refuses_what_conversion_cannot_do(tmp_path):
+    randomise(DeiTForImageClassificationWithTeacher(small_deit_config())).save_pretrained(tmp_path / "src")
+    with pytest.raises(CheckpointConversionError, match="does not support device_map.*convert it first"):
+        DistilledDeiTForImageClassification.from_pretrained(tmp_path / "src", device_map="cpu")
+    resnet = tmp_path / "resnet"
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    ResNetForImageClassification(ResNetConfig(hidden_sizes=[8], depths=[1], embedding_size=8)).save_pretrained(resnet)
+    with pytest.raises(CheckpointConversionError, match="'resnet' checkpoint, not a DeiT"):
+        DistilledDeiTForImageClassification.from_pretrained(resnet)
+
+
+def test_from_pretrained_converts_a_hub_repo(tmp_path, monkeypatch, caplog):
+    """A transformers DeiT by Hub id (the loopback Hub standing in for facebook/deit-*-distilled-*)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from hub_server import loopback_hub, use_in_this_process
+
+    source = randomise(DeiTForImageClassificationWithTeacher(small_deit_config(layer_norm_eps=1e-6)))
+    source.save_pretrained(tmp_path / "src")
+    caplog.set_level("INFO", logger="hf_deit.convert")
+    with loopback_hub(tmp_path / "hub") as hub:
+        hub.publish("facebook/deit-tiny-distilled-test", tmp_path / "src")
+        use_in_this_process(hub, monkeypatch, tmp_path / "cache")
+        model = DistilledDeiTForImageClassification.from_pretrained("facebook/deit-tiny-distilled-test")
+    pixels = images(32)
+    with torch.no_grad():
+        assert max_diff(model(pixels).logits, source(pixels).logits) <= TOLERANCE
+    assert "facebook/deit-tiny-distilled-test" in _converted_on_load(caplog)[0]

@@ -627,3 +627,118 @@ def test_pipeline_classifies_a_photo_with_the_saved_labels(saved_model, mode):
         probabilities = model(pixel_values).logits.softmax(-1)[0]
     assert predictions[0]["label"] == model.config.id2label[int(probabilities.argmax())]
     assert predictions[0]["score"] == pytest.approx(probabilities.max().item(), abs=1e-5)
+
+
+# ---------------------------------------------------------------- transformers' tooling: hooks, embeddings, offload
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [(32, 32), (24, 40), (30, 30)])
+def test_patch_projection_on_cpu_is_the_convolution(tiny_model, dtype, size):
+    """The CPU path (one matrix product) returns what `nn.Conv2d` does, shape and values; 30 px is not a multiple of
+    the patch and goes through the convolution itself, as `nn.Conv2d` drops the remainder."""
+    projection = tiny_model.deit.embeddings.patch_embeddings.projection.to(dtype)
+    assert isinstance(projection, torch.nn.Conv2d)
+    pixels = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(2)).to(dtype)
+    with torch.no_grad():
+        expected = F.conv2d(pixels.float(), projection.weight.float(), projection.bias.float(), stride=8)
+        output = projection(pixels)
+    assert output.shape == expected.shape == (2, 32, size[0] // 8, size[1] // 8)
+    tolerance = 1e-5 if dtype == torch.float32 else 5e-2  # bf16: products rounded to 8 bits of mantissa
+    assert (output.float() - expected).abs().max() <= tolerance
+
+
+def test_forward_hooks_on_the_patch_projection_fire(tiny_model, pixel_values):
+    """Hooks on `projection` (feature extraction, pruning, quantisation observers) see and can change its output."""
+    projection = tiny_model.deit.embeddings.patch_embeddings.projection
+    seen = []
+    handle = projection.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    with torch.no_grad():
+        reference = tiny_model(pixel_values).logits
+    handle.remove()
+    assert seen == [(2, 32, 4, 4)]
+    handle = projection.register_forward_hook(lambda module, inputs, output: torch.zeros_like(output))
+    with torch.no_grad():
+        tokens = tiny_model.deit.embeddings(pixel_values)
+        changed = tiny_model(pixel_values).logits
+    handle.remove()
+    embeddings = tiny_model.deit.embeddings
+    torch.testing.assert_close(tokens[:, 2:], embeddings.position_embeddings[:, 2:].expand(2, -1, -1).detach())
+    assert not torch.equal(changed, reference)
+
+
+class _ScaledPatches(torch.nn.Module):
+    """A replacement patch embedding: the original's output times a factor."""
+
+    def __init__(self, inner, factor):
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, pixel_values):
+        return self.inner(pixel_values) * self.factor
+
+
+def test_set_input_embeddings_replaces_the_patch_embeddings(tiny_model, pixel_values):
+    original = tiny_model.get_input_embeddings()
+    assert original is tiny_model.deit.embeddings.patch_embeddings
+    with torch.no_grad():
+        reference = tiny_model(pixel_values).logits
+    for owner in (tiny_model, tiny_model.deit):  # the classifier delegates to its backbone
+        owner.set_input_embeddings(_ScaledPatches(original, 1.0))
+        assert isinstance(tiny_model.get_input_embeddings(), _ScaledPatches)
+        assert tiny_model.deit.get_input_embeddings() is tiny_model.get_input_embeddings()
+        with torch.no_grad():
+            torch.testing.assert_close(tiny_model(pixel_values).logits, reference, atol=0, rtol=0)
+    tiny_model.set_input_embeddings(_ScaledPatches(original, 0.0))
+    with torch.no_grad():
+        assert (tiny_model(pixel_values).logits - reference).abs().max() > 1e-3
+    tiny_model.set_input_embeddings(original)
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model(pixel_values).logits, reference, atol=0, rtol=0)
+
+
+OFFLOAD_MAPS = {
+    # The embeddings (patch projection included) on disk, the blocks in memory.
+    "embeddings-on-disk": {
+        "deit.embeddings": "disk", "deit.layers": "cpu", "deit.layernorm": "disk",
+        "cls_classifier": "cpu", "distillation_classifier": "disk",
+    },
+    # One block on disk between two in memory.
+    "block-on-disk": {
+        "deit.embeddings": "cpu", "deit.layers.0": "disk", "deit.layers.1": "cpu", "deit.layernorm": "cpu",
+        "cls_classifier": "cpu", "distillation_classifier": "cpu",
+    },
+    # accelerate decides: nothing fits in 20 kB of memory, so everything goes to disk.
+    "auto": "auto",
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFLOAD_MAPS))
+def test_accelerate_offload_gives_the_in_memory_logits(saved_model, pixel_values, tmp_path, name):
+    """`from_pretrained(device_map=...)` with accelerate's CPU/disk offload: weights stay on the meta device until
+    their module runs, and the logits are those of the model held in memory (the patch projection used to read its
+    weight without calling its module, and so found it on the meta device)."""
+    model, folder = saved_model
+    device_map = OFFLOAD_MAPS[name]
+    options = dict(device_map=device_map, offload_folder=str(tmp_path / "offload"))
+    if device_map == "auto":
+        options["max_memory"] = {"cpu": 20_000}
+    offloaded = DistilledDeiTForImageClassification.from_pretrained(folder, **options).eval()
+    assert "disk" in set(offloaded.hf_device_map.values())
+    projection = offloaded.deit.embeddings.patch_embeddings.projection
+    if name != "block-on-disk":
+        assert projection.weight.device.type == "meta"
+    seen = []
+    projection.register_forward_hook(lambda module, inputs, output: seen.append(output.device.type))
+    with torch.no_grad():
+        logits = offloaded(pixel_values).logits
+        torch.testing.assert_close(logits, model(pixel_values).logits, atol=0, rtol=0)
+    assert seen == ["cpu"]
+    if device_map != "auto":  # the backbone's modules have no "deit." prefix and no heads
+        options["device_map"] = {key[5:]: device for key, device in device_map.items() if key.startswith("deit.")}
+    backbone = AutoModel.from_pretrained(folder, **options).eval()
+    assert type(backbone) is DistilledDeiTModel and "disk" in set(backbone.hf_device_map.values())
+    with torch.no_grad():
+        torch.testing.assert_close(
+            backbone(pixel_values).last_hidden_state, model.deit(pixel_values).last_hidden_state, atol=0, rtol=0
+        )

@@ -27,3 +27,6 @@ def test_readme_python_snippets_run(tmp_path):
     assert "torch.Size([2, 10])" in result.stdout
     max_diff = float(re.search(r"tensor\(([-0-9.e]+)", result.stdout).group(1))
     assert max_diff <= 1e-5
+    # The peft snippet: the merged LoRA model gives the adapted model's logits.
+    lora_diff = float(re.search(r"LoRA merged, max \|diff\|: ([-0-9.e]+)", result.stdout).group(1))
+    assert lora_diff <= 1e-5

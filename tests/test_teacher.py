@@ -1,6 +1,8 @@
 """Teacher loading, label-space checks and the on-the-fly input adapter."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,8 @@ from hf_deit.teacher import (
     load_teacher,
     teacher_preprocessing,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 NAMES = ["cat", "dog", "bird"]
 
@@ -121,26 +125,125 @@ def test_local_transformers_teacher_and_its_preprocessing(tmp_path):
     assert expected.image_size == (16, 16)
 
 
-def test_local_timm_teacher_loads_through_the_timm_wrapper(tmp_path):
+def tiny_timm_vit(timm, num_classes=3):
+    """A random timm ViT whose `model_args` (width, depth, image size) must be honoured for its weights to load."""
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, embed_dim=32,
+                             depth=1, num_heads=2, img_size=32, patch_size=8).eval()
+
+
+def test_timm_save_for_hf_folder_loads_through_the_timm_wrapper(tmp_path):
+    """timm's Hub layout as `save_for_hf` writes it: `model_args` holds `num_classes`, which transformers' wrapper
+    also passes (TypeError: got multiple values for 'num_classes'); load_teacher drops the duplicate."""
     timm = pytest.importorskip("timm")
-    from timm.models._hub import save_for_hf
+    from timm.models import save_for_hf
+
+    model = tiny_timm_vit(timm)
+    save_for_hf(model, tmp_path, safe_serialization=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_args"]["num_classes"] == 3 and config["model_args"]["embed_dim"] == 32
+    from transformers import AutoModelForImageClassification
+
+    with pytest.raises(TypeError, match="multiple values for keyword argument 'num_classes'"):
+        AutoModelForImageClassification.from_pretrained(tmp_path)  # transformers alone, as the issue reports
+
+    loaded = load_teacher(str(tmp_path))
+    assert type(loaded).__name__ == "TimmWrapperForImageClassification" and loaded.config.num_labels == 3
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (TeacherLogits(loaded.eval())(x) - model(x)).abs().max() <= 1e-6
+    expected = teacher_preprocessing(str(tmp_path))
+    assert expected.image_size == (32, 32)
+    assert tuple(expected.image_mean) == tuple(model.pretrained_cfg["mean"])
+
+
+def test_timm_folder_with_label_names(tmp_path):
+    timm = pytest.importorskip("timm")
+    from timm.models import save_for_hf
 
     model = timm.create_model("resnet10t", num_classes=3, pretrained=False)
-    save_for_hf(model, tmp_path)
+    save_for_hf(model, tmp_path)  # a pytorch_model.bin this time
     config = json.loads((tmp_path / "config.json").read_text())
-    # timm writes `model_args` that transformers 5.23's wrapper passes twice (num_classes); Hub timm configs have none.
-    config.pop("model_args", None)
-    config["label_names"] = NAMES
+    config["label_names"] = ["bird", "cat", "dog"]
     (tmp_path / "config.json").write_text(json.dumps(config))
 
     loaded = load_teacher(str(tmp_path))
-    assert type(loaded).__name__ == "TimmWrapperForImageClassification"
-    assert check_label_space(config_with(NAMES), loaded.config) is None
+    assert check_label_space(config_with(NAMES), loaded.config).tolist() == [1, 2, 0]
     x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(TeacherLogits(loaded.eval())(x), model.eval()(x))
-    expected = teacher_preprocessing(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(TeacherLogits(loaded.eval())(x), model.eval()(x))
+
+
+def test_timm_teacher_by_hub_id(tmp_path, monkeypatch):
+    """A timm model by Hub id (a random-weight copy served by the loopback Hub, as `timm/...` repos are laid out)."""
+    timm = pytest.importorskip("timm")
+    from timm.models import save_for_hf
+
+    from hub_server import loopback_hub, use_in_this_process
+
+    model = tiny_timm_vit(timm)
+    save_for_hf(model, tmp_path / "repo", safe_serialization=True)
+    with loopback_hub(tmp_path / "hub") as hub:
+        hub.publish("timm/vit_tiny_test.random", tmp_path / "repo")
+        use_in_this_process(hub, monkeypatch, tmp_path / "cache")
+        loaded = load_teacher("timm/vit_tiny_test.random")
+        expected = teacher_preprocessing("timm/vit_tiny_test.random")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (TeacherLogits(loaded.eval())(x) - model(x)).abs().max() <= 1e-6
+    assert expected.image_size == (32, 32)
+
+
+def test_transformers_teacher_by_hub_id(tmp_path, monkeypatch):
+    from hub_server import loopback_hub, use_in_this_process
+
+    teacher = tiny_resnet(NAMES)
+    teacher.save_pretrained(tmp_path / "repo")
+    with loopback_hub(tmp_path / "hub") as hub:
+        hub.publish("someone/resnet-tiny", tmp_path / "repo")
+        use_in_this_process(hub, monkeypatch, tmp_path / "cache")
+        loaded = load_teacher("someone/resnet-tiny")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x).logits, teacher(x).logits)
+    assert loaded.config.id2label == dict(enumerate(NAMES))
+
+
+@pytest.mark.parametrize("file_name", ["resnet10t-0123abcd.pth", "resnet10t.safetensors", "weights.pth"])
+def test_timm_model_name_with_local_weights(tmp_path, file_name):
+    """A timm weights file, its architecture named by the file (as the DeiT authors ship regnety_160-a5fe301d.pth)
+    or by `timm_model_name`; wrapped so that its class count and timm's preprocessing are known."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=4, pretrained=False).eval()
+    path = tmp_path / file_name
+    if path.suffix == ".safetensors":
+        save_file(model.state_dict(), path)
+    else:
+        torch.save({"model": model.state_dict()}, path)  # nested, as training checkpoints keep it
+
+    if file_name == "weights.pth":
+        with pytest.raises(ValueError, match="not a timm model name.*timm_model_name"):
+            load_teacher(str(path))
+        loaded = load_teacher(str(path), timm_model_name="resnet10t")
+    else:
+        loaded = load_teacher(str(path))
+    assert type(loaded).__name__ == "TimmWrapperForImageClassification" and loaded.config.num_labels == 4
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(TeacherLogits(loaded)(x), model(x))
+    expected = teacher_preprocessing(str(path), module=loaded)
     assert expected.image_size == tuple(model.pretrained_cfg["input_size"][1:])
     assert tuple(expected.image_mean) == tuple(model.pretrained_cfg["mean"])
+
+
+def test_timm_weights_of_another_architecture_are_named(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.save(tiny_timm_vit(timm).state_dict(), tmp_path / "resnet10t.pth")
+    with pytest.raises(ValueError, match="no fc.weight, the classifier of timm's 'resnet10t'"):
+        load_teacher(str(tmp_path / "resnet10t.pth"))
 
 
 def test_a_model_that_is_not_an_image_classifier_is_refused(tmp_path):

@@ -21,6 +21,16 @@ DistilledDeiTConfig.register_for_auto_class()
 DistilledDeiTModel.register_for_auto_class("AutoModel")
 DistilledDeiTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
+
+def _convert_on_load(model_class, pretrained_model_name_or_path, **kwargs):
+    """Checkpoints of other DeiT implementations load through `from_pretrained`, converted (`hf_deit.convert`)."""
+    from .convert import load_converted
+
+    return load_converted(model_class, pretrained_model_name_or_path, **kwargs)
+
+
+DistilledDeiTPreTrainedModel._convert_on_load = staticmethod(_convert_on_load)
+
 # The training side imports Trainer and accelerate: loaded on first use, so that `import hf_deit` stays light.
 _LAZY = {
     "DistillationTrainer": "trainer",

@@ -23,11 +23,16 @@ predictions are close to, not identical with, the source's until it is fine-tune
 
 Loading never runs pickled code: safetensors, or `torch.load(weights_only=True)`, which refuses any pickle that
 would call arbitrary functions.
+
+Conversion also happens on load: with hf_deit imported, `DistilledDeiTForImageClassification.from_pretrained` (and
+`DistilledDeiTModel.from_pretrained`) accept any of these sources, local or by Hub id (`load_converted`), and
+`scripts/train.py --model_name_or_path` with them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pickle
 import re
@@ -40,7 +45,11 @@ from .configuration_distilled_deit import DistilledDeiTConfig, _pair
 from .image_processing import deit_image_processor
 from .modeling_distilled_deit import DistilledDeiTEmbeddings, DistilledDeiTForImageClassification
 
+logger = logging.getLogger(__name__)
+
 LAYOUTS = ("timm", "transformers-legacy", "transformers", "hf-deit")
+# transformers model types whose checkpoints convert (the Hub's non-distilled DeiTs are ViT checkpoints).
+CONVERTIBLE_MODEL_TYPES = ("deit", "vit")
 
 # DeiT's sizes all use 64-dimensional heads; other widths need the head count from a config or the user.
 HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12}
@@ -304,6 +313,37 @@ def _infer_config_fields(state_dict: dict[str, torch.Tensor]) -> dict:
     return fields
 
 
+# timm model arguments that change what the same weights compute; a timm config with them is refused.
+_TIMM_ARCHITECTURE_ARGS = {
+    "global_pool": ("token", None), "class_token": (True, None), "no_embed_class": (False, None),
+    "pre_norm": (False, None), "fc_norm": (False, None), "reg_tokens": (0, None),
+}  # fmt: skip
+
+
+def timm_config_fields(config: dict) -> dict:
+    """What a timm Hub-layout config.json (`timm.models.save_for_hf`: `architecture`, `model_args`,
+    `pretrained_cfg`) says beyond the weights: heads, trained image size, class names."""
+    model_args = config.get("model_args") or {}
+    pretrained_cfg = config.get("pretrained_cfg") or {}
+    for name, allowed in _TIMM_ARCHITECTURE_ARGS.items():
+        if model_args.get(name, allowed[0]) not in allowed:
+            raise CheckpointConversionError(
+                f"The timm model {config.get('architecture')!r} has {name}={model_args[name]!r}, a variant the distilled "
+                "DeiT does not compute (it reads the cls and dist tokens, with position embeddings on every token)."
+            )
+    fields = {}
+    if "num_heads" in model_args:
+        fields["num_attention_heads"] = model_args["num_heads"]
+    image_size = model_args.get("img_size") or (pretrained_cfg.get("input_size") or [None])[1:]
+    if image_size:
+        image_size = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size, image_size]
+        fields["image_size"] = image_size[0] if image_size[0] == image_size[1] else image_size
+    names = config.get("label_names") or pretrained_cfg.get("label_names")
+    if names and len(names) == config.get("num_classes", len(names)):
+        fields["id2label"] = list(names)
+    return fields
+
+
 def _labels(id2label) -> dict[int, str]:
     """`id2label` with int keys, from a dict (keys may be strings, as in JSON) or a list of names."""
     if isinstance(id2label, (list, tuple)):
@@ -446,6 +486,8 @@ def convert_state_dict(
     # What only a config can say (heads, eps, activation, labels): transformers and hf-deit folders have one.
     if layout == "timm":
         fields["layer_norm_eps"] = TIMM_LAYER_NORM_EPS
+        if "architecture" in source_config:  # a timm Hub-layout folder (save_for_hf)
+            fields.update(timm_config_fields(source_config))
     else:
         copied = SOURCE_CONFIG_FIELDS + (HF_DEIT_EXTRA_FIELDS if layout == "hf-deit" else ())
         fields.update({name: source_config[name] for name in copied if name in source_config})
@@ -480,6 +522,22 @@ def _image_processor_for(config: DistilledDeiTConfig):
     return processor
 
 
+def _load_converted_weights(model, ours: dict[str, torch.Tensor]) -> None:
+    """Load converted weights (our classifier's keys) into a classifier or a backbone (`DistilledDeiTModel`, whose
+    keys lack the `deit.` prefix and which has no heads); only freshly initialised heads may be missing."""
+    heads = ("cls_classifier", "distillation_classifier")
+    if not hasattr(model, "deit"):
+        prefix = model.base_model_prefix + "."
+        ours = {key[len(prefix):]: value for key, value in ours.items() if key.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    freshly_initialised = {key for key in missing if key.split(".")[0] in heads}
+    if unexpected or set(missing) - freshly_initialised:
+        raise CheckpointConversionError(
+            f"Converted weights do not fit the model: missing {sorted(set(missing) - freshly_initialised)[:8]}, "
+            f"unexpected {sorted(unexpected)[:8]}."
+        )
+
+
 def convert_checkpoint(
     checkpoint: str | Path, output_dir: str | Path | None = None, **overrides
 ) -> DistilledDeiTForImageClassification:
@@ -492,18 +550,121 @@ def convert_checkpoint(
     state_dict, source_config = load_checkpoint(checkpoint)
     ours, config, _ = convert_state_dict(state_dict, source_config, **overrides)
     model = DistilledDeiTForImageClassification(config)
-    missing, unexpected = model.load_state_dict(ours, strict=False)
-    freshly_initialised = {key for key in missing if key.split(".")[0] in ("cls_classifier", "distillation_classifier")}
-    if unexpected or set(missing) - freshly_initialised:
-        raise CheckpointConversionError(
-            f"Converted weights do not fit the model: missing {sorted(set(missing) - freshly_initialised)[:8]}, "
-            f"unexpected {sorted(unexpected)[:8]}."
-        )
+    _load_converted_weights(model, ours)
     model.eval()
     if output_dir is not None:
         model.save_pretrained(output_dir)
         _image_processor_for(config).save_pretrained(output_dir)
     return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Conversion on load: `from_pretrained` and `scripts/train.py --model_name_or_path`
+
+# `from_pretrained` options that say where to find a Hub checkpoint.
+HUB_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "force_download")
+# `from_pretrained` options that conversion on load does not carry out: convert first, then load the folder.
+UNSUPPORTED_ON_LOAD = (
+    "device_map", "max_memory", "offload_folder", "quantization_config", "tp_plan", "key_mapping", "state_dict",
+    "output_loading_info", "gguf_file", "subfolder",
+)  # fmt: skip
+# Options that mean nothing for a converted checkpoint: another class count always gives new heads, and the model's
+# code is this package's.
+IGNORED_ON_LOAD = ("ignore_mismatched_sizes", "trust_remote_code", "use_safetensors", "weights_only", "low_cpu_mem_usage")
+
+
+def _fetch_from_hub(repo_id: str, hub_options: dict) -> tuple[Path | None, dict | None]:
+    """The local snapshot folder of a Hub checkpoint (config.json and the first weights file of `WEIGHT_FILES`,
+    shards included) and its config; (None, config) when the repo is not a checkpoint this module converts."""
+    from transformers.utils import cached_file
+
+    def fetch(filename: str) -> str | None:
+        return cached_file(repo_id, filename, _raise_exceptions_for_missing_entries=False, **hub_options)
+
+    config_file = fetch("config.json")
+    source_config = json.loads(Path(config_file).read_text()) if config_file else None
+    if not _needs_conversion(source_config, repo_id):
+        return None, source_config
+    for name in WEIGHT_FILES:
+        weights = fetch(name)
+        if weights is None:
+            continue
+        if name.endswith(".index.json"):
+            for shard in sorted(set(json.loads(Path(weights).read_text())["weight_map"].values())):
+                fetch(shard)
+        return Path(weights).parent, source_config
+    raise CheckpointConversionError(f"The Hub repo {repo_id!r} has no weights file ({', '.join(WEIGHT_FILES)}).")
+
+
+def _needs_conversion(source_config: dict | None, name: str) -> bool:
+    """False for our own models (transformers loads them), True for a source this module converts; raises for a
+    config of another kind of model."""
+    if source_config is None:
+        return True  # a bare weights file or folder: its keys say what it is
+    model_type = source_config.get("model_type")
+    if model_type == DistilledDeiTConfig.model_type:
+        return False
+    if model_type in CONVERTIBLE_MODEL_TYPES or "architecture" in source_config:
+        return True
+    raise CheckpointConversionError(
+        f"{name} is a {model_type!r} checkpoint, not a DeiT: a distilled DeiT loads from its own checkpoints, "
+        f"transformers DeiT/ViT ones ({', '.join(CONVERTIBLE_MODEL_TYPES)}), timm/facebook DeiT files and timm "
+        "Hub-layout folders."
+    )
+
+
+def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
+    """`model_class.from_pretrained` for checkpoints of other implementations: convert on load.
+
+    Returns None for this package's own folders and Hub repos (transformers loads those), else the converted model
+    (in eval mode, as `from_pretrained` returns it), after logging what was converted. `kwargs` are
+    `from_pretrained`'s: the Hub options, `attn_implementation`, `dtype`, and config fields, which act as the
+    overrides of `convert_state_dict` (`num_labels`/`id2label` other than the checkpoint's give new heads, an
+    `image_size` with another patch grid resamples the position embeddings once, `drop_path_rate`, ...).
+    """
+    name = str(pretrained_model_name_or_path)
+    kwargs = dict(kwargs)
+    hub_options = {key: kwargs.pop(key) for key in HUB_OPTIONS if key in kwargs}
+    path = Path(name)
+    if path.exists():
+        source_config = None
+        if path.is_dir() and (path / "config.json").is_file():
+            source_config = json.loads((path / "config.json").read_text())
+        if path.is_dir() and source_config is None and not any((path / weights).is_file() for weights in WEIGHT_FILES):
+            return None  # not a checkpoint at all: let transformers say what is missing
+        if not _needs_conversion(source_config, name):
+            return None
+    else:
+        path, source_config = _fetch_from_hub(name, hub_options)
+        if path is None:
+            return None
+    unsupported = sorted(key for key in kwargs if key in UNSUPPORTED_ON_LOAD and kwargs[key] is not None)
+    if unsupported:
+        raise CheckpointConversionError(
+            f"{name} is converted on load, which does not support {', '.join(unsupported)}: convert it first "
+            "(hf_deit.convert.convert_checkpoint or scripts/convert_checkpoint.py), then load the converted folder."
+        )
+    for key in IGNORED_ON_LOAD + UNSUPPORTED_ON_LOAD:
+        kwargs.pop(key, None)
+    attn_implementation = kwargs.pop("attn_implementation", None)
+    dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+    if kwargs.get("id2label") is not None:
+        kwargs.pop("label2id", None)  # rebuilt from id2label, so that the two always agree
+
+    state_dict, checkpoint_config = load_checkpoint(path)
+    ours, config, layout = convert_state_dict(state_dict, checkpoint_config or source_config, **kwargs)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    model = model_class(config)
+    _load_converted_weights(model, ours)
+    if dtype not in (None, "auto"):
+        model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    logger.info(
+        "Converted %s (%s layout) into a %s on load: %d classes, image size %s, %d blocks of width %d.",
+        name, layout, model_class.__name__, config.num_labels, config.image_size, config.num_hidden_layers,
+        config.hidden_size,
+    )  # fmt: skip
+    return model.eval()
 
 
 __all__ = [
@@ -513,5 +674,7 @@ __all__ = [
     "convert_state_dict",
     "detect_layout",
     "load_checkpoint",
+    "load_converted",
+    "timm_config_fields",
     "to_hf_deit_keys",
 ]

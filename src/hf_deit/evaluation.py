@@ -137,7 +137,7 @@ def teacher_for_evaluation(
     module = load_teacher(teacher, trust_remote_code=trust_remote_code)
     config = getattr(module, "config", None)
     order = check_label_space(_label_space(label_names), config) if hasattr(config, "id2label") else None
-    expected = teacher_preprocessing(teacher, None)
+    expected = teacher_preprocessing(teacher, None, module)
     if expected.num_channels is None:
         expected.num_channels = getattr(config, "num_channels", None)
     adapter = TeacherInputAdapter.from_preprocessing(expected, student_mean, student_std).to(device)

@@ -67,14 +67,47 @@ class DistilledDeiTImageClassifierOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+class DistilledDeiTPatchProjection(nn.Conv2d):
+    """The patch projection: a strided convolution (kernel = stride = patch size), as `nn.Conv2d` computes it, with
+    the same input and output as `nn.Conv2d`, so that hooks, accelerate's offloading and peft's LoRA layers, which
+    all act on this module, see an ordinary convolution.
+
+    On CPU it computes the convolution as one matrix product over the flattened patches, with the same weights: on
+    CPUs without native bf16, PyTorch runs a bf16 Conv2d on its slow reference kernel (about 4x slower than the bf16
+    Linear kernel); in float32 both are equally fast. So CPU inputs take that path in every dtype. The result comes
+    back as a `(batch, hidden, rows, cols)` view of the `(batch, patches, hidden)` product, so the caller's
+    `flatten(2).transpose(1, 2)` is free.
+    """
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        patch_h, patch_w = self.kernel_size
+        batch_size, channels, height, width = pixel_values.shape
+        if (
+            pixel_values.device.type != "cpu"
+            or self.stride != self.kernel_size
+            or self.padding != (0, 0)
+            or self.dilation != (1, 1)
+            or self.groups != 1
+            or height % patch_h
+            or width % patch_w
+        ):
+            return super().forward(pixel_values)
+        rows, cols = height // patch_h, width // patch_w
+        patches = pixel_values.reshape(batch_size, channels, rows, patch_h, cols, patch_w)
+        # (batch, rows, cols, channels, patch_h, patch_w): the conv weight's (out, channels, kh, kw) order.
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch_size, rows * cols, channels * patch_h * patch_w)
+        output = F.linear(patches, self.weight.reshape(self.out_channels, -1), self.bias)
+        return output.transpose(1, 2).unflatten(2, (rows, cols))
+
+
 class DistilledDeiTPatchEmbeddings(nn.Module):
-    """Non-overlapping patches, linearly projected by a strided convolution."""
+    """Non-overlapping patches, linearly projected by a strided convolution (`projection`)."""
 
     def __init__(self, config: DistilledDeiTConfig):
         super().__init__()
         self.patch_size = _pair(config.patch_size)
         self.num_channels = config.num_channels
-        self.projection = nn.Conv2d(
+        self.projection = DistilledDeiTPatchProjection(
             config.num_channels, config.hidden_size, kernel_size=self.patch_size, stride=self.patch_size
         )
 
@@ -90,23 +123,7 @@ class DistilledDeiTPatchEmbeddings(nn.Module):
                 f"Image size {height}x{width} is not a multiple of the patch size {self.patch_size}; "
                 "resize or crop the images."
             )
-        if pixel_values.device.type == "cpu":
-            return self._project_as_linear(pixel_values)
         return self.projection(pixel_values).flatten(2).transpose(1, 2)
-
-    def _project_as_linear(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The strided convolution as one matrix product over the flattened patches, with the same weights.
-
-        On CPUs without native bf16, PyTorch runs a bf16 Conv2d on its slow reference kernel (about 4x slower than
-        the bf16 Linear kernel); in float32 both are equally fast. So CPU inputs take this path in every dtype.
-        """
-        batch_size, channels, height, width = pixel_values.shape
-        patch_h, patch_w = self.patch_size
-        patches = pixel_values.reshape(batch_size, channels, height // patch_h, patch_h, width // patch_w, patch_w)
-        # (batch, rows, cols, channels, patch_h, patch_w): the conv weight's (out, channels, kh, kw) order.
-        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch_size, -1, channels * patch_h * patch_w)
-        weight = self.projection.weight
-        return F.linear(patches, weight.reshape(weight.shape[0], -1), self.projection.bias)
 
 
 class DistilledDeiTEmbeddings(nn.Module):
@@ -117,6 +134,7 @@ class DistilledDeiTEmbeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.distillation_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.patch_embeddings = DistilledDeiTPatchEmbeddings(config)
+        self.patch_size = _pair(config.patch_size)
         self.grid_size = config.grid_size
         self.image_size = _pair(config.image_size)
         self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches + 2, config.hidden_size))
@@ -145,8 +163,7 @@ class DistilledDeiTEmbeddings(nn.Module):
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         patches = self.patch_embeddings(pixel_values)
         batch_size = patches.shape[0]
-        grid = (pixel_values.shape[-2] // self.patch_embeddings.patch_size[0],
-                pixel_values.shape[-1] // self.patch_embeddings.patch_size[1])
+        grid = (pixel_values.shape[-2] // self.patch_size[0], pixel_values.shape[-1] // self.patch_size[1])
         if interpolate_pos_encoding:
             position_embeddings = self.interpolate_pos_encoding(*grid)
         elif grid != self.grid_size:
@@ -307,6 +324,22 @@ class DistilledDeiTPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # The losses are per-batch means: the Trainer must not rescale them by the number of items.
     accepts_loss_kwargs = False
+    # Set by the hf_deit package (`hf_deit.convert.load_converted`): loads a checkpoint of another implementation
+    # (transformers DeiT/ViT, timm, facebook) into this model, or returns None for this model's own folders. Where
+    # only this file is present (remote code), it is None and `from_pretrained` is transformers' own.
+    _convert_on_load: Callable | None = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """As transformers', and with the hf_deit package installed, also from a checkpoint of another DeiT
+        implementation (a transformers DeiT/ViT folder or Hub id, a timm or facebook file, a timm Hub-layout folder),
+        converted on load (`hf_deit.convert`)."""
+        converter = DistilledDeiTPreTrainedModel._convert_on_load
+        if converter is not None and not model_args and kwargs.get("config") is None:
+            model = converter(cls, pretrained_model_name_or_path, **kwargs)
+            if model is not None:
+                return model
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers', but a folder saved from either model lists both in `auto_map`, so that `AutoModel` and
@@ -358,8 +391,13 @@ class DistilledDeiTModel(DistilledDeiTPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self) -> DistilledDeiTPatchEmbeddings:
+    def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the patch embeddings: any module mapping `(batch, channels, height, width)` pixels to
+        `(batch, num_patches, hidden_size)` tokens for the config's patch size."""
+        self.embeddings.patch_embeddings = value
 
     def forward(
         self,
@@ -411,7 +449,8 @@ class DistilledDeiTModel(DistilledDeiTPreTrainedModel):
         last_block_queries = None
         if token_states_only and not output_hidden_states and depth - 1 not in weighted_layers and not dropout_active:
             last_block_queries = 2
-        expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        # The model's dtype, read from a parameter every variant keeps (the patch embeddings may be replaced).
+        expected_dtype = self.embeddings.position_embeddings.dtype
         hidden_states = self.embeddings(pixel_values.to(expected_dtype), interpolate_pos_encoding)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if weighted_layers else None

@@ -9,6 +9,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,21 +41,44 @@ class TeacherLogits(nn.Module):
         return logits
 
 
-def load_teacher(teacher: "str | nn.Module", *, trust_remote_code: bool = False, **from_pretrained_kwargs) -> nn.Module:
-    """An image-classification teacher from a module, a local folder or a Hub id.
+# Weights files a teacher can be given as, with the timm architecture named by the file or by `timm_model_name`.
+TEACHER_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+_HUB_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "force_download")
 
-    Folders and Hub ids load with `AutoModelForImageClassification`: transformers models, models with remote code
-    (`trust_remote_code=True`), and timm models (`timm/...` ids, or folders whose `config.json` is a timm config with
-    an `architecture` key) through transformers' `TimmWrapperForImageClassification`. A module is returned as is;
-    it must map `pixel_values` to logits or to an output with `.logits`.
+
+def load_teacher(
+    teacher: "str | nn.Module",
+    *,
+    trust_remote_code: bool = False,
+    timm_model_name: str | None = None,
+    **from_pretrained_kwargs,
+) -> nn.Module:
+    """An image-classification teacher from a module, a local folder, a Hub id or a timm weights file.
+
+    - Folders and Hub ids load with `AutoModelForImageClassification`: transformers models, models with remote code
+      (`trust_remote_code=True`), and timm models (`timm/...` ids, or folders saved by timm's `save_for_hf`, whose
+      `config.json` has `architecture` and `model_args`) through transformers' `TimmWrapperForImageClassification`.
+    - A weights file (`.pth`, `.pt`, `.bin`, `.safetensors`, loaded safely) of a timm model: the architecture is
+      `timm_model_name`, or else the file's name up to a `-` (`regnety_160-a5fe301d.pth`, as the DeiT authors ship
+      their teacher, or `regnety_160.deit_in1k.safetensors`). It is wrapped in `TimmWrapperForImageClassification`
+      with the class count of its weights and timm's preprocessing for that architecture.
+    - A module is returned as is; it must map `pixel_values` to logits or to an output with `.logits`.
     """
     if isinstance(teacher, nn.Module):
         return teacher
-    if not isinstance(teacher, str):
-        raise TypeError(f"teacher must be a module, a folder or a Hub id, got {type(teacher).__name__}.")
+    if not isinstance(teacher, (str, Path)):
+        raise TypeError(f"teacher must be a module, a folder, a Hub id or a weights file, got {type(teacher).__name__}.")
+    teacher = str(teacher)
+    if Path(teacher).is_file():
+        return _timm_teacher_from_file(Path(teacher), timm_model_name)
+    if teacher.endswith(TEACHER_WEIGHT_SUFFIXES) and not Path(teacher).exists():
+        raise FileNotFoundError(f"The teacher's weights file {teacher} does not exist.")
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    config = AutoConfig.from_pretrained(teacher, trust_remote_code=trust_remote_code)
+    hub_options = {key: from_pretrained_kwargs[key] for key in _HUB_OPTIONS if key in from_pretrained_kwargs}
+    config = AutoConfig.from_pretrained(teacher, trust_remote_code=trust_remote_code, **hub_options)
+    if config.model_type == "timm_wrapper":
+        _drop_arguments_the_timm_wrapper_passes(config)
     try:
         return AutoModelForImageClassification.from_pretrained(
             teacher, config=config, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
@@ -66,6 +90,57 @@ def load_teacher(teacher: "str | nn.Module", *, trust_remote_code: bool = False,
             f"The teacher {teacher!r} (model_type {config.model_type!r}) is not an image classifier: "
             "AutoModelForImageClassification has no class for it. Pass an image-classification checkpoint."
         ) from error
+
+
+def _drop_arguments_the_timm_wrapper_passes(config) -> None:
+    """timm's `save_for_hf` records `num_classes` (and `pretrained_cfg` may) among `model_args`; transformers'
+    wrapper passes `num_classes=config.num_labels` as well, and `timm.create_model` then gets it twice (TypeError).
+    The class count is `num_labels`, which transformers reads from the same config's `num_classes`."""
+    model_args = dict(config.model_args or {})
+    duplicate = model_args.pop("num_classes", None)
+    if duplicate is not None and duplicate != config.num_labels:
+        raise ValueError(
+            f"The timm teacher's config.json says num_classes={config.num_labels} but model_args has "
+            f"num_classes={duplicate}; fix the config so that both agree."
+        )
+    model_args.pop("pretrained_cfg", None)
+    config.model_args = model_args or None
+
+
+def _timm_teacher_from_file(path: Path, timm_model_name: str | None) -> nn.Module:
+    """A timm model from a weights file, in transformers' `TimmWrapperForImageClassification`."""
+    import timm
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    from .convert import load_checkpoint
+
+    candidates = [timm_model_name] if timm_model_name else [path.name[: -len(path.suffix)], path.stem.split("-")[0]]
+    architecture = next((name for name in candidates if timm.is_model(name)), None)
+    if architecture is None:
+        raise ValueError(
+            f"The teacher {path} is a weights file, but {' or '.join(repr(c) for c in candidates)} is not a timm "
+            "model name: name the file after its timm architecture (e.g. regnety_160-a5fe301d.pth), or pass "
+            "timm_model_name."
+        )
+    state_dict, _ = load_checkpoint(path)
+    pretrained_cfg = timm.models.get_pretrained_cfg(architecture).to_dict()
+    classifier = pretrained_cfg.get("classifier")
+    classifier = classifier[0] if isinstance(classifier, (list, tuple)) else classifier
+    if f"{classifier}.weight" not in state_dict:
+        raise ValueError(
+            f"The teacher {path} has no {classifier}.weight, the classifier of timm's {architecture!r}: it holds "
+            "another architecture's weights, or no classification head."
+        )
+    num_classes = state_dict[f"{classifier}.weight"].shape[0]
+    pretrained_cfg = {key: value for key, value in pretrained_cfg.items() if key not in ("num_classes", "state_dict")}
+    # from_dict, as for a timm folder: it names ImageNet's classes when the pretrained config is an ImageNet one.
+    config = TimmWrapperConfig.from_dict(
+        {"architecture": architecture, "num_classes": num_classes, "pretrained_cfg": pretrained_cfg}
+    )
+    model = TimmWrapperForImageClassification(config)
+    model.timm_model.load_state_dict(state_dict)
+    logger.info("Teacher: timm %s with the weights of %s (%d classes).", architecture, path, num_classes)
+    return model.eval()
 
 
 def _has_real_names(config) -> bool:
@@ -128,17 +203,23 @@ def _size_from_processor(processor) -> tuple[int, int] | None:
     return None
 
 
-def teacher_preprocessing(teacher: "str | nn.Module", processor=None) -> TeacherPreprocessing:
+def teacher_preprocessing(teacher: "str | nn.Module", processor=None, module: nn.Module | None = None) -> TeacherPreprocessing:
     """Read what the teacher expects from its image processor (given, or loaded from the teacher's folder or Hub id
-    when one is saved there) and its config. Anything not found stays None: the batch then passes unchanged."""
-    if processor is None and isinstance(teacher, str):
+    when one is saved there) and its config (of `module`, the loaded teacher, when given). A timm model without a
+    saved processor gets timm's data config for its architecture. Anything not found stays None: the batch then
+    passes unchanged."""
+    if processor is None and isinstance(teacher, str) and not Path(teacher).is_file():
         from transformers import AutoImageProcessor
 
         try:
             processor = AutoImageProcessor.from_pretrained(teacher)
         except (OSError, ValueError):  # no preprocessing config saved with this teacher
             processor = None
-    config = getattr(teacher, "config", None)
+    config = getattr(module if module is not None else teacher, "config", None)
+    if processor is None and getattr(config, "model_type", None) == "timm_wrapper":
+        from transformers import TimmWrapperImageProcessor  # timm's resolved data config for this architecture
+
+        processor = TimmWrapperImageProcessor(pretrained_cfg=getattr(config, "pretrained_cfg", None) or {})
     expected = TeacherPreprocessing(num_channels=getattr(config, "num_channels", None))
     if processor is None:
         return expected

@@ -439,7 +439,7 @@ class DistillationTrainer(DeiTTrainerBase):
             processor = getattr(self, "processing_class", None)
             student_mean = getattr(processor, "image_mean", None) if student_mean is None else student_mean
             student_std = getattr(processor, "image_std", None) if student_std is None else student_std
-        expected = teacher_preprocessing(teacher if isinstance(teacher, str) else module, teacher_processor)
+        expected = teacher_preprocessing(teacher if isinstance(teacher, str) else module, teacher_processor, module)
         if expected.num_channels is None and teacher_config is not None:
             expected.num_channels = getattr(teacher_config, "num_channels", None)
         student_channels = getattr(student_config, "num_channels", None)
