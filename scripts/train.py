@@ -12,12 +12,17 @@ Reads top to bottom like the recipe: data, transforms, student, teacher, train, 
 import logging
 import sys
 
-import transformers
-from datasets import concatenate_datasets
-from transformers import AutoModelForImageClassification, HfArgumentParser, set_seed
+from hf_deit_inputs import check_train_command_line, exit_on_input_error
 
-from hf_deit import DistilledDeiTForImageClassification
-from hf_deit.arguments import (
+if __name__ == "__main__":  # every input on the command line checked first, before torch loads (below): in a second
+    exit_on_input_error(check_train_command_line, sys.argv[1:], "train.py")
+
+import transformers  # noqa: E402
+from datasets import concatenate_datasets  # noqa: E402
+from transformers import AutoModelForImageClassification, HfArgumentParser, set_seed  # noqa: E402
+
+from hf_deit import DistilledDeiTForImageClassification  # noqa: E402
+from hf_deit.arguments import (  # noqa: E402
     DataArguments,
     DeiTTrainingArguments,
     DistillationArguments,
@@ -27,7 +32,7 @@ from hf_deit.arguments import (
     student_config,
     uses_embedded_data,
 )
-from hf_deit.data import (
+from hf_deit.data import (  # noqa: E402
     AugmentationArguments,
     apply_transforms,
     build_collator,
@@ -36,10 +41,10 @@ from hf_deit.data import (
     load_unlabeled_images,
     split_labeled,
 )
-from hf_deit.checkpointing import resolve_resume_checkpoint
-from hf_deit.hub import push_output_to_hub, take_hub_settings
-from hf_deit.image_processing import deit_image_processor
-from hf_deit.trainer import DistillationTrainer, make_compute_metrics
+from hf_deit.checkpointing import resolve_resume_checkpoint  # noqa: E402
+from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
+from hf_deit.image_processing import deit_image_processor  # noqa: E402
+from hf_deit.trainer import DistillationTrainer, make_compute_metrics  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train")
 
@@ -70,6 +75,7 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, label_na
 
 
 def main(argv=None) -> dict:
+    check_train_command_line(sys.argv[1:] if argv is None else argv)  # raises InputError naming each fix
     model_args, data_args, aug_args, distill_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log_level = training_args.get_process_log_level()
@@ -96,7 +102,7 @@ def main(argv=None) -> dict:
     # Train
     training_args.resolve_learning_rate(small_data=uses_embedded_data(data_args))
     distillation_type = distill_args.distillation_type
-    if distill_args.teacher_name_or_path is None and distillation_type != "none":
+    if distill_args.teacher_name_or_path is None and distillation_type in ("soft", "hard"):  # the default, unasked
         logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
         distillation_type = "none"
     hub_token, push_to_hub = take_hub_settings(training_args)

@@ -14,29 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-import transformers
-from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed
-
-from hf_deit.arguments import (
-    EMBEDDED_STUDENT,
-    DataArguments,
-    DeiTTrainingArguments,
-    label_fields,
-    load_dataset_from_args,
-    uses_embedded_data,
-)
-from hf_deit.data import (
-    AugmentationArguments,
-    apply_transforms,
-    build_collator,
-    build_eval_transform,
-    build_train_transform,
-)
-from hf_deit.hub import push_output_to_hub, take_hub_settings
-from hf_deit.image_processing import deit_image_processor
-from hf_deit.trainer import ClassifierTrainer, make_compute_metrics
-
-logger = logging.getLogger("hf_deit.train_teacher")
+from hf_deit_inputs import check_teacher_command_line, exit_on_input_error
 
 # Small CNNs for small images, random init; any field can be overridden with --config_overrides.
 TEACHER_ARCHITECTURES = {
@@ -46,6 +24,33 @@ TEACHER_ARCHITECTURES = {
                    groups_width=16, layer_type="y"),
     "convnext": dict(model_type="convnext", hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1], patch_size=2),
 }
+
+if __name__ == "__main__":  # every input on the command line checked first, before torch loads (below): in a second
+    exit_on_input_error(check_teacher_command_line, sys.argv[1:], "train_teacher.py", tuple(TEACHER_ARCHITECTURES))
+
+import transformers  # noqa: E402
+from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed  # noqa: E402
+
+from hf_deit.arguments import (  # noqa: E402
+    EMBEDDED_STUDENT,
+    DataArguments,
+    DeiTTrainingArguments,
+    label_fields,
+    load_dataset_from_args,
+    uses_embedded_data,
+)
+from hf_deit.data import (  # noqa: E402
+    AugmentationArguments,
+    apply_transforms,
+    build_collator,
+    build_eval_transform,
+    build_train_transform,
+)
+from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
+from hf_deit.image_processing import deit_image_processor  # noqa: E402
+from hf_deit.trainer import ClassifierTrainer, make_compute_metrics  # noqa: E402
+
+logger = logging.getLogger("hf_deit.train_teacher")
 
 
 @dataclass
@@ -92,6 +97,7 @@ def build_teacher(args: TeacherArguments, label_names: list[str]):
 
 
 def main(argv=None) -> dict:
+    check_teacher_command_line(sys.argv[1:] if argv is None else argv, tuple(TEACHER_ARCHITECTURES))
     parser = HfArgumentParser((TeacherArguments, DataArguments, AugmentationArguments, TeacherTrainingArguments))
     if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         teacher_args, data_args, aug_args, training_args = parser.parse_json_file(sys.argv[1])
