@@ -58,13 +58,14 @@ def parse_args(argv=None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str]):
+def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str], image_size=None):
+    """A new model (preset or default) at `image_size` when given, or the saved one, which must take that size."""
     fields = label_fields(label_names)
-    config = student_config(model_args, data_args, **fields)
+    config = student_config(model_args, data_args, image_size, **fields)
     if config is not None:
         config._attn_implementation = model_args.attn_implementation
         return DistilledDeiTForImageClassification(config)
-    return AutoModelForImageClassification.from_pretrained(
+    model = AutoModelForImageClassification.from_pretrained(
         model_args.model_name_or_path,
         trust_remote_code=model_args.trust_remote_code,
         attn_implementation=model_args.attn_implementation,
@@ -72,6 +73,12 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, label_na
         drop_path_rate=model_args.drop_path_rate,
         **fields,
     )
+    size = model.config.image_size
+    size = size if isinstance(size, int) else size[0]
+    if image_size is not None and image_size != size:
+        raise ValueError(f"--image_size {image_size}: the saved model {model_args.model_name_or_path} takes {size} px "
+                         f"images. Drop --image_size, or pass --image_size {size}.")  # fmt: skip
+    return model
 
 
 def main(argv=None) -> dict:
@@ -89,7 +96,7 @@ def main(argv=None) -> dict:
     dataset["train"] = add_unlabeled_examples(dataset["train"], distill_args, data_args, training_args)
 
     # Student: its input size decides the transforms' unless given
-    model = build_student(model_args, data_args, label_names)
+    model = build_student(model_args, data_args, label_names, aug_args.image_size)
     if aug_args.image_size is None:
         image_size = model.config.image_size
         aug_args.image_size = image_size if isinstance(image_size, int) else image_size[0]

@@ -79,6 +79,52 @@ def test_train_without_a_teacher_falls_back_to_no_distillation(tmp_path, caplog)
     assert any("distillation_type none" in record.getMessage() for record in caplog.records)
 
 
+def write_user_images(folder: Path, count: int, seed: int = 0) -> None:
+    """A new user's images: JPEG and PNG of many sizes, RGB, RGBA and grayscale."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        mode, suffix = (("RGB", "jpg"), ("RGBA", "png"), ("L", "png"), ("L", "jpg"))[index % 4]
+        width, height = (int(value) for value in rng.integers(9, 90, 2))
+        pixels = rng.integers(0, 256, (height, width, len(mode)), dtype=np.uint8).squeeze(-1) if mode == "L" else \
+            rng.integers(0, 256, (height, width, len(mode)), dtype=np.uint8)  # fmt: skip
+        Image.fromarray(pixels, mode).save(folder / f"{index}.{suffix}")
+
+
+@pytest.fixture
+def user_folders(tmp_path) -> tuple[Path, Path]:
+    """data/train with cat, dog, fox; a validation folder at another depth without fox."""
+    train, validation = tmp_path / "data" / "train", tmp_path / "elsewhere" / "deeper" / "val"
+    for name in ("cat", "dog", "fox"):
+        write_user_images(train / name, 6)
+    for name in ("cat", "dog"):
+        write_user_images(validation / name, 3, seed=1)
+    return train, validation
+
+
+USER_RUN = ["--model_name_or_path", "tiny", "--image_size", "32", "--config_overrides",
+            "hidden_size=32,num_hidden_layers=2,num_attention_heads=2", "--max_steps", "2",
+            "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no",
+            "--disable_tqdm", "true", "--report_to", "none"]  # fmt: skip
+
+
+def test_a_new_users_image_folders_train_a_preset_at_the_size_asked(user_folders, tmp_path, caplog):
+    import train
+
+    train_dir, validation_dir = user_folders
+    out = tmp_path / "run"
+    metrics = train.main(["--output_dir", str(out), "--train_dir", str(train_dir), "--validation_dir",
+                          str(validation_dir), "--distillation_type", "none", *USER_RUN])  # fmt: skip
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    config = json.loads((out / "config.json").read_text())
+    # Three classes from train's folders (fox has no validation images: allowed, with a warning), at 32 px.
+    assert config["id2label"] == {"0": "cat", "1": "dog", "2": "fox"} and config["image_size"] == 32
+    assert any("fox" in record.getMessage() and "no images" in record.getMessage() for record in caplog.records)
+
+
 @pytest.mark.slow
 def test_main_job_quick_run_prints_the_side_by_side_table(tmp_path):
     result = subprocess.run(

@@ -213,10 +213,17 @@ def uses_embedded_data(data_args: DataArguments) -> bool:
     return data_args.train_dir is None and data_args.dataset_name in EMBEDDED_DATASETS
 
 
-def student_config(model_args: ModelArguments, data_args: DataArguments, **label_fields) -> Optional[DistilledDeiTConfig]:
-    """A new student's config (from a preset or the embedded default), or None when a saved model is to be loaded."""
+def student_config(
+    model_args: ModelArguments, data_args: DataArguments, image_size: Optional[int] = None, **label_fields
+) -> Optional[DistilledDeiTConfig]:
+    """A new student's config (from a preset or the embedded default), or None when a saved model is to be loaded.
+    `image_size` (`--image_size`), when given, is the new model's input size."""
     name = model_args.model_name_or_path
     overrides = {"drop_path_rate": model_args.drop_path_rate, **parse_config_overrides(model_args.config_overrides)}
+    if image_size is not None:
+        if overrides.setdefault("image_size", image_size) != image_size:
+            raise ValueError(f"--image_size {image_size} and --config_overrides image_size={overrides['image_size']} "
+                             "disagree: drop image_size from --config_overrides.")  # fmt: skip
     if name is None:
         base = dict(EMBEDDED_STUDENT) if uses_embedded_data(data_args) else dict(PRESETS["deit_tiny_distilled_patch16_224"])
         return DistilledDeiTConfig(**{**base, **overrides, **label_fields})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 # The formats PIL reads that image datasets use; a file with another extension is not an image of the dataset.
 IMAGE_EXTENSIONS = frozenset(
@@ -55,15 +56,16 @@ class ClassFolders:
     empty: tuple[str, ...] = ()
     loose: tuple[str, ...] = ()
 
-    def labelled_files(self) -> tuple[list[str], list[int]]:
-        """(image paths, class ids) of every image in the class folders, in class then path order."""
+    def labelled_files(self, class_names: Sequence[str] | None = None) -> tuple[list[str], list[int]]:
+        """(image paths, class ids) of every image in the class folders, in class then path order. Ids are
+        positions in `class_names` (default: this split's classes); every class must be among them."""
+        class_names = list(self.classes if class_names is None else class_names)
         paths, labels = [], []
-        for class_id, name in enumerate(self.classes):
+        for name in self.classes:
             files = image_files(os.path.join(self.root, name))
             paths.extend(files)
-            labels.extend([class_id] * len(files))
+            labels.extend([class_names.index(name)] * len(files))
         return paths, labels
-
 
 def find_class_folders(root: str) -> ClassFolders:
     """The class folders of `root` (which must be a folder). Fast: one image per class is enough to count it."""
