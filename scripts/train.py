@@ -41,7 +41,12 @@ from hf_deit.data import (  # noqa: E402
     load_unlabeled_images,
     split_labeled,
 )
-from hf_deit.checkpointing import resolve_resume_checkpoint  # noqa: E402
+from hf_deit.checkpointing import (  # noqa: E402
+    check_checkpoint_settings,
+    prepare_output_dir,
+    resolve_resume_checkpoint,
+    run_settings,
+)
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.trainer import DistillationTrainer, make_compute_metrics  # noqa: E402
@@ -89,6 +94,10 @@ def main(argv=None) -> dict:
     logger.setLevel(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     set_seed(training_args.seed)
+    # A run into a folder that holds one of other settings is refused (or, asked, replaced): hf_deit.checkpointing
+    settings = run_settings(model_args, data_args, aug_args, distill_args, training_args)
+    prepare_output_dir(training_args.output_dir, settings, training_args.overwrite_output_dir,
+                       write=training_args.should_save)  # fmt: skip
 
     # Data
     dataset = load_dataset_from_args(data_args, training_args.seed, training_args.hub_token)
@@ -139,6 +148,8 @@ def main(argv=None) -> dict:
     )
     # Resume from the newest checkpoint in output_dir unless told otherwise (rule: hf_deit.checkpointing).
     checkpoint = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
+    if checkpoint is not None:
+        check_checkpoint_settings(checkpoint, settings)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)

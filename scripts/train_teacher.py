@@ -46,6 +46,7 @@ from hf_deit.data import (  # noqa: E402
     build_eval_transform,
     build_train_transform,
 )
+from hf_deit.checkpointing import prepare_output_dir, run_settings  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.trainer import ClassifierTrainer, make_compute_metrics  # noqa: E402
@@ -106,6 +107,9 @@ def main(argv=None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
+    settings = run_settings(teacher_args, data_args, aug_args, training_args)
+    prepare_output_dir(training_args.output_dir, settings, training_args.overwrite_output_dir,
+                       write=training_args.should_save)  # fmt: skip
 
     dataset = load_dataset_from_args(data_args, training_args.seed, training_args.hub_token)
     label_names = dataset["train"].features["label"].names

@@ -129,6 +129,11 @@ class DeiTTrainingArguments(TrainingArguments):
     """`TrainingArguments` with DeiT's recipe as defaults. `learning_rate` left unset is 5e-4 x global batch / 512."""
 
     output_dir: Optional[str] = field(default="outputs/deit", metadata={"help": "Where checkpoints and the model go."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start fresh in an --output_dir that holds a run with other settings, deleting its "
+                  "checkpoints (by default such a run is refused; one with the same settings resumes)."},
+    )
     learning_rate: Optional[float] = field(
         default=None, metadata={"help": "Peak learning rate; default 5e-4 x global batch size / 512 (the paper)."}
     )
