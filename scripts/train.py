@@ -44,6 +44,7 @@ from hf_deit.data import (  # noqa: E402
 from hf_deit.checkpointing import (  # noqa: E402
     check_checkpoint_settings,
     prepare_output_dir,
+    record_run_settings,
     resolve_resume_checkpoint,
     run_settings,
 )
@@ -150,6 +151,8 @@ def main(argv=None) -> dict:
     checkpoint = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
     if checkpoint is not None:
         check_checkpoint_settings(checkpoint, settings)
+    if trainer.is_world_process_zero():
+        record_run_settings(training_args.output_dir, settings)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)

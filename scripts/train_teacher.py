@@ -46,7 +46,7 @@ from hf_deit.data import (  # noqa: E402
     build_eval_transform,
     build_train_transform,
 )
-from hf_deit.checkpointing import prepare_output_dir, run_settings  # noqa: E402
+from hf_deit.checkpointing import prepare_output_dir, record_run_settings, run_settings  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.trainer import ClassifierTrainer, make_compute_metrics  # noqa: E402
@@ -132,6 +132,8 @@ def main(argv=None) -> dict:
         processing_class=deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std),
         label_smoothing=aug_args.smoothing,
     )
+    if trainer.is_world_process_zero():
+        record_run_settings(training_args.output_dir, settings)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)

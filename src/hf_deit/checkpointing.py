@@ -176,8 +176,8 @@ def run_settings(*argument_groups) -> dict:
 
 def prepare_output_dir(output_dir: str, settings: dict, overwrite: bool = False, write: bool = True) -> None:
     """Refuse a run into `output_dir` whose recorded settings differ from `settings` (see the module docstring);
-    with `overwrite`, delete the old run's checkpoints instead. Then record `settings` (when `write`: the main
-    process)."""
+    with `overwrite`, delete the old run's checkpoints instead (when `write`: the main process). Nothing is written
+    here: `record_run_settings` does it once training starts, so a run that fails earlier leaves no trace."""
     path = os.path.join(output_dir, RUN_SETTINGS_NAME)
     saved = None
     if os.path.isfile(path):
@@ -192,7 +192,7 @@ def prepare_output_dir(output_dir: str, settings: dict, overwrite: bool = False,
             "--overwrite_output_dir true to delete that run's checkpoints and start fresh there."
         )
     latest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if overwrite and (differences or saved is None) and latest is not None:
+    if overwrite and latest is not None:  # asked: start fresh
         if write:
             for entry in os.listdir(output_dir):
                 if entry.startswith((PREFIX_CHECKPOINT_DIR, STAGING_PREFIX)):
@@ -204,12 +204,16 @@ def prepare_output_dir(output_dir: str, settings: dict, overwrite: bool = False,
             "%s holds checkpoints but no %s (written by older versions): their settings cannot be compared with this "
             "run's. Resuming assumes they are the same.", output_dir, RUN_SETTINGS_NAME,
         )  # fmt: skip
-    if write:
-        os.makedirs(output_dir, exist_ok=True)
-        staging = path + ".tmp"
-        with open(staging, "w") as file:
-            json.dump(settings, file, indent=2, sort_keys=True)
-        os.replace(staging, path)
+
+
+def record_run_settings(output_dir: str, settings: dict) -> None:
+    """Write `settings` to `output_dir/run_settings.json` (atomically); call it from the main process."""
+    path = os.path.join(output_dir, RUN_SETTINGS_NAME)
+    os.makedirs(output_dir, exist_ok=True)
+    staging = path + ".tmp"
+    with open(staging, "w") as file:
+        json.dump(settings, file, indent=2, sort_keys=True)
+    os.replace(staging, path)
 
 
 def settings_differences(saved: dict, settings: dict) -> dict[str, tuple]:
