@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Train a distilled DeiT with a teacher, the Hugging Face way.
+r"""Train a distilled DeiT with a teacher, the Hugging Face way.
 
-    accelerate launch scripts/train.py                       # embedded MNIST, no teacher given: distillation none
+    python scripts/train.py                                  # embedded MNIST digits, a small DeiT, no teacher
+    python scripts/train.py --train_dir data/train --validation_dir data/val --model_name_or_path tiny \
+        --image_size 224 --output_dir outputs/mine           # your images: one sub-folder per class in each
     accelerate launch scripts/train.py --teacher_name_or_path outputs/teacher --distillation_type hard
     accelerate launch scripts/train.py --model_name_or_path small --train_dir ... --validation_dir ... \
         --teacher_name_or_path facebook/regnet-y-160 --push_to_hub --hub_model_id me/deit-small-distilled
@@ -13,8 +15,10 @@ import logging
 import sys
 
 from hf_deit_inputs import check_train_command_line, exit_on_input_error
+from hf_deit_inputs.help import answer_help
 
-if __name__ == "__main__":  # every input on the command line checked first, before torch loads (below): in a second
+if __name__ == "__main__":  # --help and every input on the command line answered first, before torch loads (below)
+    sys.argv[1:] = answer_help(sys.argv[1:], "train.py", __doc__)
     exit_on_input_error(check_train_command_line, sys.argv[1:], "train.py")
 
 import transformers  # noqa: E402

@@ -1,6 +1,7 @@
 """First contact: every input named on a command line is checked before any model or dataset work, in a second,
 with a message that says what is wrong and how to fix it (`hf_deit_inputs`)."""
 
+import json
 import os
 import resource
 import subprocess
@@ -185,3 +186,47 @@ def test_scripts_answer_in_well_under_two_seconds_before_importing_torch(tmp_pat
     assert f"{script}: error:" in result.stderr and expected in result.stderr
     assert "Traceback" not in result.stderr
     assert cpu_seconds < 2.0
+
+
+# ----------------------------------------------------------------------------------------------------------- --help
+
+
+def run_script(script, *argv, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"),
+                                                                                           os.environ.get("PYTHONPATH")]))}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run([sys.executable, str(SCRIPTS / script), *argv], cwd=cwd or REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return result, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def test_help_is_grouped_with_examples_on_top_and_answers_at_once():
+    result, cpu_seconds = run_script("train.py", "--help")
+    assert result.returncode == 0 and cpu_seconds < 3.0
+    text = result.stdout
+    assert text.index("python scripts/train.py --train_dir data/train") < text.index("Model (the student):")
+    titles = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert titles == ["Model (the student):", "Data:", "Augmentation:", "Distillation:", "Training:"]
+    for flag in ("--teacher_name_or_path", "--distillation_type", "--train_dir", "--rand_augment", "--max_steps",
+                 "--overwrite_output_dir", "--image_size"):
+        assert f"  {flag} " in text, flag
+    assert len(text.splitlines()) < 300 and "--help_all" in text
+
+
+def test_the_help_catalogue_matches_the_argument_dataclasses():
+    from hf_deit.arguments import help_catalogue
+    from hf_deit_inputs.help import CATALOGUE_PATH, REGENERATE
+
+    with open(CATALOGUE_PATH) as file:
+        saved = json.load(file)
+    assert saved == json.loads(json.dumps(help_catalogue(), default=str)), f"Out of date: run {REGENERATE}"
+
+
+@pytest.mark.slow
+def test_help_all_lists_every_flag_in_groups():
+    result, _ = run_script("train.py", "--help_all")
+    assert result.returncode == 0
+    for title in ("Model (the student):", "Data:", "Augmentation:", "Distillation:"):
+        assert f"\n{title}\n" in result.stdout, title
+    assert "--gradient_accumulation_steps" in result.stdout

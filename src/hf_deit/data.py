@@ -556,6 +556,8 @@ class AugmentationArguments:
     Field names do not clash with `TrainingArguments`, so both can go into one `HfArgumentParser`.
     """
 
+    _argument_group_name = "Augmentation"  # its heading in --help
+
     preset: str = field(
         default="auto",
         metadata={
