@@ -45,6 +45,7 @@ from hf_deit.data import (  # noqa: E402
     load_unlabeled_images,
     split_labeled,
 )
+from hf_deit.card import augmentation_recipe, data_card_fields  # noqa: E402
 from hf_deit.checkpointing import (  # noqa: E402
     check_checkpoint_settings,
     prepare_output_dir,
@@ -98,6 +99,7 @@ def main(argv=None) -> dict:
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)
     transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.disable_progress_bar()  # else each checkpoint draws a "Writing model shards" bar
     set_seed(training_args.seed)
     # A run into a folder that holds one of other settings is refused (or, asked, replaced): hf_deit.checkpointing
     settings = run_settings(model_args, data_args, aug_args, distill_args, training_args)
@@ -167,9 +169,16 @@ def main(argv=None) -> dict:
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-    card_info = dict(model_name=training_args.hub_model_id or None, dataset=_dataset_label(data_args))
     if trainer.is_world_process_zero():
-        trainer.create_model_card(**card_info)
+        data_fields = data_card_fields(data_args, training_args.seed)
+        trainer.create_model_card(
+            model_name=training_args.hub_model_id or None,
+            dataset=data_fields.pop("dataset_name"),
+            num_train_images=len(dataset["train"]) if hasattr(dataset["train"], "__len__") else None,
+            num_eval_images=len(dataset["validation"]) if hasattr(dataset.get("validation"), "__len__") else None,
+            augmentation=augmentation_recipe(aug_args),
+            **data_fields,
+        )
         if push_to_hub:
             push_output_to_hub(training_args, hub_token)
     return metrics
@@ -197,10 +206,6 @@ def add_unlabeled_examples(train, distill_args: DistillationArguments, data_args
     if len(parts) > 1 and distill_args.teacher_name_or_path is None:
         raise ValueError("Unlabelled training images need a teacher to label them: pass --teacher_name_or_path.")
     return concatenate_datasets(parts) if len(parts) > 1 else train
-
-
-def _dataset_label(data_args: DataArguments) -> str:
-    return data_args.train_dir or data_args.dataset_name
 
 
 if __name__ == "__main__":

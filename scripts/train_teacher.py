@@ -10,6 +10,7 @@ The teacher is saved with its preprocessing config, so `DistillationTrainer` ada
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
@@ -46,6 +47,7 @@ from hf_deit.data import (  # noqa: E402
     build_eval_transform,
     build_train_transform,
 )
+from hf_deit.card import augmentation_recipe, data_card_fields, final_train_loss, write_teacher_card  # noqa: E402
 from hf_deit.checkpointing import prepare_output_dir, record_run_settings, run_settings  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
@@ -106,6 +108,7 @@ def main(argv=None) -> dict:
         teacher_args, data_args, aug_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    transformers.utils.logging.disable_progress_bar()  # else each checkpoint draws a "Writing model shards" bar
     set_seed(training_args.seed)
     settings = run_settings(teacher_args, data_args, aug_args, training_args)
     prepare_output_dir(training_args.output_dir, settings, training_args.overwrite_output_dir,
@@ -141,8 +144,24 @@ def main(argv=None) -> dict:
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-    if push_to_hub and trainer.is_world_process_zero():
-        push_output_to_hub(training_args, hub_token)
+    if trainer.is_world_process_zero():
+        write_teacher_card(
+            training_args.output_dir,
+            model_name=training_args.hub_model_id or os.path.basename(os.path.normpath(training_args.output_dir)),
+            config=model.config,
+            eval_results=metrics,
+            num_train_images=len(dataset["train"]) if hasattr(dataset["train"], "__len__") else None,
+            num_eval_images=len(dataset["validation"]) if hasattr(dataset.get("validation"), "__len__") else None,
+            augmentation=augmentation_recipe(aug_args),
+            final_train_loss=final_train_loss(trainer.state.log_history),
+            hyperparameters={"learning_rate": training_args.learning_rate, "seed": training_args.seed,
+                             "train_batch_size": training_args.per_device_train_batch_size,
+                             "num_epochs": training_args.num_train_epochs if training_args.max_steps <= 0 else None,
+                             "max_steps": training_args.max_steps if training_args.max_steps > 0 else None},
+            **data_card_fields(data_args, training_args.seed),
+        )
+        if push_to_hub:
+            push_output_to_hub(training_args, hub_token)
     return metrics
 
 

@@ -44,6 +44,9 @@ def test_train_teacher_saves_a_loadable_classifier_with_its_preprocessing(teache
     assert teacher.config.id2label == {i: str(i) for i in range(10)}
     processor = AutoImageProcessor.from_pretrained(teacher_dir)
     assert processor.crop_size == {"height": 16, "width": 16}
+    card = (teacher_dir / "README.md").read_text()  # the teacher has a card too
+    assert "(`resnet`)" in card and "- Training data: `digits`" in card and "- Final training loss: " in card
+    assert "top-1 accuracy" in card and "(1438 images)" in card
 
 
 def test_train_with_hard_distillation_writes_model_code_card_and_per_head_metrics(teacher_dir, tmp_path):
@@ -123,6 +126,14 @@ def test_a_new_users_image_folders_train_a_preset_at_the_size_asked(user_folders
     # Three classes from train's folders (fox has no validation images: allowed, with a warning), at 32 px.
     assert config["id2label"] == {"0": "cat", "1": "dog", "2": "fox"} and config["image_size"] == 32
     assert any("fox" in record.getMessage() and "no images" in record.getMessage() for record in caplog.records)
+    # The card: the folders as given (never the absolute path), image counts, recipe, final loss, precision used.
+    card = (out / "README.md").read_text()
+    assert str(tmp_path) not in card
+    assert "- Training data: `data/train` (a local image folder, one sub-folder per class) (18 images)" in card
+    assert "- Evaluation data: `deeper/val` (a local image folder, one sub-folder per class) (6 images)" in card
+    assert "On `deeper/val`" in card and "- Augmentation: preset `small_images` as it is" in card
+    assert "- Final training loss: " in card and "datasets:" not in card
+    assert any(record.getMessage().startswith("Precision: ") for record in caplog.records)
 
 
 @pytest.mark.slow
