@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Train a distilled DeiT with a teacher, the Hugging Face way.
+r"""Train a distilled DeiT with a teacher, the Hugging Face way.
 
-    accelerate launch scripts/train.py                       # embedded MNIST, no teacher given: distillation none
+    python scripts/train.py                                  # embedded MNIST digits, a small DeiT, no teacher
+    python scripts/train.py --train_dir data/train --validation_dir data/val --model_name_or_path tiny \
+        --image_size 224 --output_dir outputs/mine           # your images: one sub-folder per class in each
     accelerate launch scripts/train.py --teacher_name_or_path outputs/teacher --distillation_type hard
     accelerate launch scripts/train.py --model_name_or_path small --train_dir ... --validation_dir ... \
         --teacher_name_or_path facebook/regnet-y-160 --push_to_hub --hub_model_id me/deit-small-distilled
@@ -12,12 +14,19 @@ Reads top to bottom like the recipe: data, transforms, student, teacher, train, 
 import logging
 import sys
 
-import transformers
-from datasets import concatenate_datasets
-from transformers import HfArgumentParser, set_seed
+from hf_deit_inputs import check_train_command_line, exit_on_input_error
+from hf_deit_inputs.help import answer_help
 
-from hf_deit import DistilledDeiTForImageClassification
-from hf_deit.arguments import (
+if __name__ == "__main__":  # --help and every input on the command line answered first, before torch loads (below)
+    sys.argv[1:] = answer_help(sys.argv[1:], "train.py", __doc__)
+    exit_on_input_error(check_train_command_line, sys.argv[1:], "train.py")
+
+import transformers  # noqa: E402
+from datasets import concatenate_datasets  # noqa: E402
+from transformers import HfArgumentParser, set_seed  # noqa: E402
+
+from hf_deit import DistilledDeiTForImageClassification  # noqa: E402
+from hf_deit.arguments import (  # noqa: E402
     DataArguments,
     DeiTTrainingArguments,
     DistillationArguments,
@@ -26,7 +35,7 @@ from hf_deit.arguments import (
     load_dataset_from_args,
     student_config,
 )
-from hf_deit.data import (
+from hf_deit.data import (  # noqa: E402
     AugmentationArguments,
     apply_transforms,
     build_collator,
@@ -35,10 +44,17 @@ from hf_deit.data import (
     load_unlabeled_images,
     split_labeled,
 )
-from hf_deit.checkpointing import resolve_resume_checkpoint
-from hf_deit.hub import push_output_to_hub, take_hub_settings
-from hf_deit.image_processing import deit_image_processor
-from hf_deit.trainer import DistillationTrainer, make_compute_metrics
+from hf_deit.card import augmentation_recipe, data_card_fields  # noqa: E402
+from hf_deit.checkpointing import (  # noqa: E402
+    check_checkpoint_settings,
+    prepare_output_dir,
+    record_run_settings,
+    resolve_resume_checkpoint,
+    run_settings,
+)
+from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
+from hf_deit.image_processing import deit_image_processor  # noqa: E402
+from hf_deit.trainer import DistillationTrainer, make_compute_metrics  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train")
 
@@ -52,15 +68,16 @@ def parse_args(argv=None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str]):
-    """A new student from a preset, or a saved one: our own model, or a transformers DeiT/ViT (folder or Hub id), a
-    timm/facebook checkpoint file or a timm Hub-layout folder, converted on load (`hf_deit.convert`)."""
+def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str], image_size=None):
+    """A new model (preset or default) at `image_size` when given, or a saved one, which must take that size: our own
+    model, or a transformers DeiT/ViT (folder or Hub id), a timm/facebook checkpoint file or a timm Hub-layout folder,
+    converted on load (`hf_deit.convert`)."""
     fields = label_fields(label_names)
-    config = student_config(model_args, data_args, **fields)
+    config = student_config(model_args, data_args, image_size, **fields)
     if config is not None:
         config._attn_implementation = model_args.attn_implementation
         return DistilledDeiTForImageClassification(config)
-    return DistilledDeiTForImageClassification.from_pretrained(
+    model = DistilledDeiTForImageClassification.from_pretrained(
         model_args.model_name_or_path,
         trust_remote_code=model_args.trust_remote_code,
         attn_implementation=model_args.attn_implementation,
@@ -68,15 +85,27 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, label_na
         drop_path_rate=model_args.drop_path_rate,
         **fields,
     )
+    size = model.config.image_size
+    size = size if isinstance(size, int) else size[0]
+    if image_size is not None and image_size != size:
+        raise ValueError(f"--image_size {image_size}: the saved model {model_args.model_name_or_path} takes {size} px "
+                         f"images. Drop --image_size, or pass --image_size {size}.")  # fmt: skip
+    return model
 
 
 def main(argv=None) -> dict:
+    check_train_command_line(sys.argv[1:] if argv is None else argv)  # raises InputError naming each fix
     model_args, data_args, aug_args, distill_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)
     transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.disable_progress_bar()  # else each checkpoint draws a "Writing model shards" bar
     set_seed(training_args.seed)
+    # A run into a folder that holds one of other settings is refused (or, asked, replaced): hf_deit.checkpointing
+    settings = run_settings(model_args, data_args, aug_args, distill_args, training_args)
+    prepare_output_dir(training_args.output_dir, settings, training_args.overwrite_output_dir,
+                       write=training_args.should_save)  # fmt: skip
 
     # Data
     dataset = load_dataset_from_args(data_args, training_args.seed, training_args.hub_token)
@@ -84,7 +113,7 @@ def main(argv=None) -> dict:
     dataset["train"] = add_unlabeled_examples(dataset["train"], distill_args, data_args, training_args)
 
     # Student: its input size decides the transforms' unless given
-    model = build_student(model_args, data_args, label_names)
+    model = build_student(model_args, data_args, label_names, aug_args.image_size)
     if aug_args.image_size is None:
         image_size = model.config.image_size
         aug_args.image_size = image_size if isinstance(image_size, int) else image_size[0]
@@ -99,7 +128,7 @@ def main(argv=None) -> dict:
     training_args.resolve_learning_rate(_num_examples(dataset["train"]), from_scratch=from_scratch)
     training_args.resolve_schedule(_num_examples(dataset["train"]), from_scratch=from_scratch)
     distillation_type = distill_args.distillation_type
-    if distill_args.teacher_name_or_path is None and distillation_type != "none":
+    if distill_args.teacher_name_or_path is None and distillation_type in ("soft", "hard"):  # the default, unasked
         logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
         distillation_type = "none"
     hub_token, push_to_hub = take_hub_settings(training_args)
@@ -131,6 +160,10 @@ def main(argv=None) -> dict:
     )
     # Resume from the newest checkpoint in output_dir unless told otherwise (rule: hf_deit.checkpointing).
     checkpoint = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
+    if checkpoint is not None:
+        check_checkpoint_settings(checkpoint, settings)
+    if trainer.is_world_process_zero():
+        record_run_settings(training_args.output_dir, settings)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
@@ -141,9 +174,16 @@ def main(argv=None) -> dict:
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-    card_info = dict(model_name=training_args.hub_model_id or None, dataset=_dataset_label(data_args))
     if trainer.is_world_process_zero():
-        trainer.create_model_card(**card_info)
+        data_fields = data_card_fields(data_args, training_args.seed)
+        trainer.create_model_card(
+            model_name=training_args.hub_model_id or None,
+            dataset=data_fields.pop("dataset_name"),
+            num_train_images=len(dataset["train"]) if hasattr(dataset["train"], "__len__") else None,
+            num_eval_images=len(dataset["validation"]) if hasattr(dataset.get("validation"), "__len__") else None,
+            augmentation=augmentation_recipe(aug_args),
+            **data_fields,
+        )
         if push_to_hub:
             push_output_to_hub(training_args, hub_token)
     return metrics
@@ -178,10 +218,6 @@ def _num_examples(split):
         return len(split)
     except TypeError:  # a stream: size unknown
         return None
-
-
-def _dataset_label(data_args: DataArguments) -> str:
-    return data_args.train_dir or data_args.dataset_name
 
 
 if __name__ == "__main__":

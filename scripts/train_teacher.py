@@ -10,33 +10,12 @@ The teacher is saved with its preprocessing config, so `DistillationTrainer` ada
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-import transformers
-from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed
-
-from hf_deit.arguments import (
-    EMBEDDED_STUDENT,
-    DataArguments,
-    DeiTTrainingArguments,
-    label_fields,
-    load_dataset_from_args,
-    uses_embedded_data,
-)
-from hf_deit.data import (
-    AugmentationArguments,
-    apply_transforms,
-    build_collator,
-    build_eval_transform,
-    build_train_transform,
-)
-from hf_deit.hub import push_output_to_hub, take_hub_settings
-from hf_deit.image_processing import deit_image_processor
-from hf_deit.trainer import ClassifierTrainer, make_compute_metrics
-
-logger = logging.getLogger("hf_deit.train_teacher")
+from hf_deit_inputs import check_teacher_command_line, exit_on_input_error
 
 # Small CNNs for small images, random init; any field can be overridden with --config_overrides.
 TEACHER_ARCHITECTURES = {
@@ -46,6 +25,35 @@ TEACHER_ARCHITECTURES = {
                    groups_width=16, layer_type="y"),
     "convnext": dict(model_type="convnext", hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1], patch_size=2),
 }
+
+if __name__ == "__main__":  # every input on the command line checked first, before torch loads (below): in a second
+    exit_on_input_error(check_teacher_command_line, sys.argv[1:], "train_teacher.py", tuple(TEACHER_ARCHITECTURES))
+
+import transformers  # noqa: E402
+from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed  # noqa: E402
+
+from hf_deit.arguments import (  # noqa: E402
+    EMBEDDED_STUDENT,
+    DataArguments,
+    DeiTTrainingArguments,
+    label_fields,
+    load_dataset_from_args,
+    uses_embedded_data,
+)
+from hf_deit.data import (  # noqa: E402
+    AugmentationArguments,
+    apply_transforms,
+    build_collator,
+    build_eval_transform,
+    build_train_transform,
+)
+from hf_deit.card import augmentation_recipe, data_card_fields, final_train_loss, write_teacher_card  # noqa: E402
+from hf_deit.checkpointing import prepare_output_dir, record_run_settings, run_settings  # noqa: E402
+from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
+from hf_deit.image_processing import deit_image_processor  # noqa: E402
+from hf_deit.trainer import ClassifierTrainer, make_compute_metrics  # noqa: E402
+
+logger = logging.getLogger("hf_deit.train_teacher")
 
 
 @dataclass
@@ -92,6 +100,7 @@ def build_teacher(args: TeacherArguments, label_names: list[str]):
 
 
 def main(argv=None) -> dict:
+    check_teacher_command_line(sys.argv[1:] if argv is None else argv, tuple(TEACHER_ARCHITECTURES))
     parser = HfArgumentParser((TeacherArguments, DataArguments, AugmentationArguments, TeacherTrainingArguments))
     if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         teacher_args, data_args, aug_args, training_args = parser.parse_json_file(sys.argv[1])
@@ -99,7 +108,11 @@ def main(argv=None) -> dict:
         teacher_args, data_args, aug_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    transformers.utils.logging.disable_progress_bar()  # else each checkpoint draws a "Writing model shards" bar
     set_seed(training_args.seed)
+    settings = run_settings(teacher_args, data_args, aug_args, training_args)
+    prepare_output_dir(training_args.output_dir, settings, training_args.overwrite_output_dir,
+                       write=training_args.should_save)  # fmt: skip
 
     dataset = load_dataset_from_args(data_args, training_args.seed, training_args.hub_token)
     label_names = dataset["train"].features["label"].names
@@ -122,6 +135,8 @@ def main(argv=None) -> dict:
         processing_class=deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std),
         label_smoothing=aug_args.smoothing,
     )
+    if trainer.is_world_process_zero():
+        record_run_settings(training_args.output_dir, settings)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
@@ -129,8 +144,24 @@ def main(argv=None) -> dict:
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-    if push_to_hub and trainer.is_world_process_zero():
-        push_output_to_hub(training_args, hub_token)
+    if trainer.is_world_process_zero():
+        write_teacher_card(
+            training_args.output_dir,
+            model_name=training_args.hub_model_id or os.path.basename(os.path.normpath(training_args.output_dir)),
+            config=model.config,
+            eval_results=metrics,
+            num_train_images=len(dataset["train"]) if hasattr(dataset["train"], "__len__") else None,
+            num_eval_images=len(dataset["validation"]) if hasattr(dataset.get("validation"), "__len__") else None,
+            augmentation=augmentation_recipe(aug_args),
+            final_train_loss=final_train_loss(trainer.state.log_history),
+            hyperparameters={"learning_rate": training_args.learning_rate, "seed": training_args.seed,
+                             "train_batch_size": training_args.per_device_train_batch_size,
+                             "num_epochs": training_args.num_train_epochs if training_args.max_steps <= 0 else None,
+                             "max_steps": training_args.max_steps if training_args.max_steps > 0 else None},
+            **data_card_fields(data_args, training_args.seed),
+        )
+        if push_to_hub:
+            push_output_to_hub(training_args, hub_token)
     return metrics
 
 

@@ -1,16 +1,21 @@
 #!/usr/bin/env python
 """Where a trained distilled DeiT looks: its cls-token and distillation-token attention over a few images.
 
-    python scripts/visualize_attention.py outputs/deit --num_images 4 --output_dir figures
+    python scripts/visualize_attention.py outputs/deit --num_images 4 --output_dir figures   # the run's own data
+    python scripts/visualize_attention.py outputs/deit --train_dir data/train --validation_dir data/val
     python scripts/visualize_attention.py outputs/deit --images cat.png dog.jpg --teacher_name_or_path outputs/teacher
 
-For each image, one PNG with a row of panels: the image, then the cls and dist tokens' attention over the patches in
-the last layer (mean over heads) and by attention rollout (all layers), overlaid on the image, then the teacher's
-map when a teacher is given (a ViT's cls attention in its last layer, or a CNN's last-stage activation attention).
-Images are the model's evaluation view (its image processor: resize, centre crop).
+Images come from `--images`, else from the model's evaluation data: the data flags given here (train.py's:
+`--dataset_name`, `--train_dir`, `--validation_dir`, `--eval_split`, `--seed`, ...), else those its training run
+recorded (`run_settings.json` beside the model); never from another dataset. For each image, one PNG with a row of
+panels: the image titled with its true label and the model's prediction and probability, then the cls and dist
+tokens' attention over the patches in the last layer (mean over heads) and by attention rollout (all layers), each
+with its colour scale, then the teacher's map when a teacher is given (a ViT's cls attention in its last layer, or
+a CNN's last-stage activation attention). Images are the model's evaluation view (its image processor).
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -21,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from datasets import Image as ImageFeature  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
 import hf_deit  # noqa: E402, F401  (registers the distilled DeiT with the Auto classes)
@@ -33,29 +39,74 @@ from hf_deit.attention_maps import (  # noqa: E402
     teacher_forward,
     token_attention_map,
 )
-from hf_deit.data import load_embedded_dataset, to_rgb  # noqa: E402
+from hf_deit.checkpointing import RUN_SETTINGS_NAME  # noqa: E402
+from hf_deit.data import decode_image, load_image_classification_dataset, to_rgb  # noqa: E402
 from hf_deit.teacher import TeacherInputAdapter, load_teacher, teacher_preprocessing  # noqa: E402
+
+
+DATA_FLAGS = {  # train.py's data flags (hf_deit.arguments.DataArguments) that choose the evaluation images
+    "dataset_name": str, "dataset_config_name": str, "train_dir": str, "validation_dir": str, "eval_split": str,
+    "train_val_split": float, "image_column_name": str, "label_column_name": str, "seed": int,
+}  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="Folder (or Hub id) of a trained distilled DeiT.")
-    parser.add_argument("--images", nargs="*", default=None, help="Image files. Default: the embedded dataset's.")
-    parser.add_argument("--dataset_name", default="mnist", help="Embedded dataset for --num_images (mnist, digits).")
-    parser.add_argument("--num_images", type=int, default=4, help="Validation images taken from the dataset.")
+    parser.add_argument("--images", nargs="*", default=None, help="Image files (default: the model's evaluation data).")
+    parser.add_argument("--num_images", type=int, default=4, help="Evaluation images shown (the first ones).")
+    data = parser.add_argument_group("the evaluation data, as train.py's flags (default: what the run recorded)")
+    for name, kind in DATA_FLAGS.items():
+        data.add_argument(f"--{name}", type=kind, default=None)
     parser.add_argument("--teacher_name_or_path", default=None, help="Add the teacher's map beside the student's.")
     parser.add_argument("--output_dir", default="attention_maps", help="Where the PNG files go.")
     parser.add_argument("--trust_remote_code", action="store_true", help="Allow remote code for the model/teacher.")
     return parser.parse_args(argv)
 
 
-def load_images(args) -> list[tuple[str, "PIL.Image.Image"]]:  # noqa: F821
+def load_images(args) -> list[tuple[str, "PIL.Image.Image", "str | None"]]:  # noqa: F821
+    """(name, RGB image, true label name or None) for each image shown."""
     if args.images:
         from PIL import Image
 
-        return [(os.path.splitext(os.path.basename(path))[0], to_rgb(Image.open(path))) for path in args.images]
-    validation = load_embedded_dataset(args.dataset_name)["validation"]
-    return [(f"{args.dataset_name}_{index}", to_rgb(validation[index]["image"])) for index in range(args.num_images)]
+        return [(os.path.splitext(os.path.basename(path))[0], to_rgb(Image.open(path)), None) for path in args.images]
+    flags = evaluation_data_flags(args)
+    dataset = load_image_classification_dataset(
+        **{name: value for name, value in flags.items() if name != "seed"}, seed=flags.get("seed", 42)
+    )
+    validation = dataset["validation"].cast_column("image", ImageFeature(decode=False))
+    names = validation.features["label"].names
+    shown = []
+    for index in range(min(args.num_images, len(validation))):
+        row = validation[index]
+        label = names[row["label"]] if row["label"] >= 0 else None
+        path = row["image"].get("path")
+        name = f"{label}_{os.path.splitext(os.path.basename(path))[0]}" if path else f"{flags.get('dataset_name')}_{index}"
+        shown.append((name, to_rgb(decode_image(row["image"])), label))
+    return shown
+
+
+def evaluation_data_flags(args) -> dict:
+    """The data flags given here, else those recorded by the model's training run; an error when there are none."""
+    given = {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
+    if given:
+        return given
+    recorded = os.path.join(args.model, RUN_SETTINGS_NAME)
+    if not os.path.isfile(recorded):
+        raise SystemExit(
+            f"visualize_attention.py: error: {args.model} has no {RUN_SETTINGS_NAME} saying what it was trained on: "
+            "pass --images, or the data flags of its training run (--dataset_name, or --train_dir/--validation_dir)."
+        )
+    with open(recorded) as file:
+        settings = json.load(file)
+    return {name: settings[name] for name in DATA_FLAGS if settings.get(name) is not None}
+
+
+def panel_title(true_label: "str | None", predicted: str, probability: float) -> str:
+    prediction = f"predicted {predicted} ({100 * probability:.0f}%)"
+    if true_label is None:
+        return prediction
+    return f"true {true_label}{'' if true_label == predicted else ' (wrong)'}\n{prediction}"
 
 
 def student_maps(model, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -83,8 +134,8 @@ def teacher_map(teacher_name: str, pixel_values: torch.Tensor, processor, trust_
         return teacher_forward(teacher, adapter(pixel_values), attention_map=True).attention_map
 
 
-def overlay(axis, image: np.ndarray, attention: torch.Tensor, title: str) -> None:
-    """The image in grey with the map, upsampled to the image and scaled to [0, 1], on top."""
+def overlay(figure, axis, image: np.ndarray, attention: torch.Tensor, title: str) -> None:
+    """The image in grey with the map, upsampled to the image and scaled to [0, 1], on top, with its colour scale."""
     height, width = image.shape[:2]
     heat = F.interpolate(attention[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
     axis.imshow(image.mean(axis=-1), cmap="gray")
@@ -93,7 +144,10 @@ def overlay(axis, image: np.ndarray, attention: torch.Tensor, title: str) -> Non
         # A constant map (a CNN whose last stage is 1x1 at this size): nothing to show, and scaling would paint noise.
         title += f" ({attention.shape[-2]}x{attention.shape[-1]}: uniform)"
     else:
-        axis.imshow(((heat - heat.min()) / spread).numpy(), cmap="jet", alpha=0.5)
+        shown = axis.imshow(((heat - heat.min()) / spread).numpy(), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+        scale = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1])
+        scale.ax.tick_params(labelsize=6)
+        scale.set_label("relative attention", fontsize=6)
         title += f" ({attention.shape[-2]}x{attention.shape[-1]})" if title == "teacher" else ""
     axis.set_title(title, fontsize=8)
     axis.axis("off")
@@ -106,12 +160,12 @@ def main(argv=None) -> list[str]:
     ).eval()
     processor = AutoImageProcessor.from_pretrained(args.model)
     named_images = load_images(args)
-    pixel_values = processor([image for _, image in named_images], return_tensors="pt")["pixel_values"]
+    pixel_values = processor([image for _, image, _ in named_images], return_tensors="pt")["pixel_values"]
     maps = student_maps(model, pixel_values)
     if args.teacher_name_or_path:
         maps["teacher"] = teacher_map(args.teacher_name_or_path, pixel_values, processor, args.trust_remote_code)
     with torch.no_grad():
-        predictions = model(pixel_values).logits.argmax(-1).tolist()
+        probabilities, predictions = model(pixel_values).logits.float().softmax(-1).max(-1)
 
     # What the model saw, back in [0, 1] for display.
     mean = torch.tensor(processor.image_mean)[:, None, None]
@@ -120,13 +174,14 @@ def main(argv=None) -> list[str]:
 
     os.makedirs(args.output_dir, exist_ok=True)
     written = []
-    for index, (name, _) in enumerate(named_images):
-        figure, axes = plt.subplots(1, 1 + len(maps), figsize=(2.2 * (1 + len(maps)), 2.6))
+    for index, (name, _, true_label) in enumerate(named_images):
+        figure, axes = plt.subplots(1, 1 + len(maps), figsize=(2.5 * (1 + len(maps)), 2.8))
         axes[0].imshow(shown[index])
-        axes[0].set_title(f"predicted {model.config.id2label.get(predictions[index], predictions[index])}", fontsize=8)
+        predicted = str(model.config.id2label.get(int(predictions[index]), int(predictions[index])))
+        axes[0].set_title(panel_title(true_label, predicted, float(probabilities[index])), fontsize=8)
         axes[0].axis("off")
         for axis, (title, attention) in zip(axes[1:], maps.items()):
-            overlay(axis, shown[index], attention[index], title)
+            overlay(figure, axis, shown[index], attention[index], title)
         figure.tight_layout()
         path = os.path.join(args.output_dir, f"{name}_attention.png")
         figure.savefig(path, dpi=100)

@@ -103,3 +103,54 @@ def test_usage_snippet_runs_against_a_saved_model(tmp_path):
     lines = run.stdout.strip().splitlines()
     assert lines[0] in {"cat", "dog", "fox"}
     assert "'label'" in lines[1] and "'score'" in lines[1]
+
+
+def test_the_data_is_named_as_given_never_by_an_absolute_path(tmp_path):
+    from hf_deit.card import data_card_fields, describe_data, local_name
+
+    assert local_name("/home/me/photos/train") == "photos/train" and local_name("data/train") == "data/train"
+    assert describe_data("me/flowers", "hub") == "[me/flowers](https://huggingface.co/datasets/me/flowers)"
+    folder = tmp_path / "photos" / "train"
+    folder.mkdir(parents=True)
+
+    class Flags:
+        train_dir, validation_dir, dataset_name, eval_split, train_val_split = str(folder), None, "mnist", None, 0.15
+
+    fields = data_card_fields(Flags, seed=3)
+    assert fields["dataset_name"] == "photos/train" and fields["hub_dataset"] is False
+    assert "15% of the training data held out (stratified, seed 3)" == fields["evaluation_data"]
+    card = build_model_card(**full_card_fields(num_train_images=120, num_eval_images=30, final_train_loss="0.5000",
+                                               augmentation="preset `imagenet`, changed: --reprob 0", **fields))
+    text = str(card)
+    assert str(tmp_path) not in text and card.data.datasets is None
+    assert {r.dataset_name for r in card.data.eval_results} == {"photos/train"}
+    assert "- Training data: `photos/train` (a local image folder, one sub-folder per class) (120 images)" in text
+    assert "- Evaluation data: 15% of the training data held out (stratified, seed 3) (30 images)" in text
+    assert "On 15% of the training data held out" in text and "- Final training loss: 0.5000" in text
+    assert "- Augmentation: preset `imagenet`, changed: --reprob 0" in text
+    Flags.train_dir, Flags.dataset_name = None, "me/flowers"
+    assert data_card_fields(Flags, seed=0)["hub_dataset"] is True
+
+
+def test_the_augmentation_recipe_names_the_preset_and_what_differs():
+    from hf_deit.card import augmentation_recipe
+    from hf_deit.data import AugmentationArguments
+
+    assert augmentation_recipe(AugmentationArguments(image_size=32).resolved()) == "preset `small_images` as it is"
+    changed = AugmentationArguments(image_size=224, reprob=0.0, rand_augment="none").resolved()
+    assert augmentation_recipe(changed) == "preset `imagenet`, changed: --rand_augment none, --reprob 0"
+
+
+def test_the_teacher_card(tmp_path):
+    from transformers import ResNetConfig
+
+    from hf_deit.card import write_teacher_card
+
+    config = ResNetConfig(num_labels=2, id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1})
+    path = write_teacher_card(tmp_path, model_name="teacher", config=config, eval_results={"eval_accuracy": 0.75},
+                              dataset_name="digits", training_data="`digits`", num_train_images=10,
+                              final_train_loss="0.3000 (logged at step 4)", hyperparameters={"seed": 1, "x": None})
+    text = path.read_text()
+    assert "(`resnet`)" in text and "Classes (2): cat, dog" in text and "| average of both heads" not in text
+    assert "75.00%" in text and "Final training loss: 0.3000" in text and "(10 images)" in text
+    assert ModelCard.load(path).data.eval_results[0].metric_value == 0.75

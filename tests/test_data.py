@@ -394,6 +394,54 @@ def test_imagefolder_with_train_and_validation_dirs(tmp_path, digit_images):
     assert {ready["validation"][i]["pixel_values"].shape for i in range(6)} == {(3, 32, 32)}
 
 
+def _write_user_images(folder, count, seed=0):
+    """What a user's folder holds: JPEG and PNG of many sizes, RGB, RGBA and grayscale."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        mode, suffix = (("RGB", "jpg"), ("RGBA", "png"), ("L", "png"), ("L", "jpg"))[index % 4]
+        size = (int(rng.integers(9, 70)), int(rng.integers(9, 70)))
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8).squeeze(), mode).save(
+            folder / f"{index}.{suffix}"
+        )
+
+
+def test_image_folders_take_labels_from_each_splits_class_folders_at_any_depth(tmp_path, caplog):
+    for name in ("cat", "dog", "fox"):
+        _write_user_images(tmp_path / "data" / "train" / name, 4)
+    _write_user_images(tmp_path / "data" / "train" / "fox" / "2019" / "summer", 2)  # nested below its class
+    (tmp_path / "data" / "train" / "unused").mkdir()  # no images: not a class
+    for name in ("cat", "dog"):  # fox has no validation images
+        _write_user_images(tmp_path / "else" / "where" / "deeper" / "val" / name, 2, seed=1)
+    with caplog.at_level("WARNING", logger="hf_deit.data"):
+        dataset = load_image_classification_dataset(
+            train_dir=str(tmp_path / "data" / "train"), validation_dir=str(tmp_path / "else/where/deeper/val")
+        )
+    assert dataset["train"].features["label"].names == ["cat", "dog", "fox"]
+    assert dataset["validation"].features["label"] == dataset["train"].features["label"]
+    assert np.bincount(dataset["train"]["label"]).tolist() == [4, 4, 6]
+    assert sorted(dataset["validation"]["label"]) == [0, 0, 1, 1]
+    warnings = " ".join(record.getMessage() for record in caplog.records)
+    assert "no images of 1 of the 3 training classes (fox)" in warnings and "unused" in warnings
+    args = AugmentationArguments(image_size=32)
+    ready = apply_transforms(dataset, build_train_transform(args), build_eval_transform(args))
+    assert {tuple(ready["validation"][i]["pixel_values"].shape) for i in range(4)} == {(3, 32, 32)}
+
+
+def test_image_folders_refuse_a_validation_class_train_lacks_and_images_without_a_class(tmp_path):
+    from hf_deit_inputs import InputError
+
+    for name in ("cat", "dog"):
+        _write_user_images(tmp_path / "train" / name, 2)
+    for name in ("cat", "dog", "bird"):
+        _write_user_images(tmp_path / "val" / name, 1)
+    with pytest.raises(InputError, match="does not: 'bird'"):
+        load_image_classification_dataset(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    _write_user_images(tmp_path / "flat", 3)
+    with pytest.raises(InputError, match="directly in it"):
+        load_image_classification_dataset(train_dir=str(tmp_path / "flat"))
+
+
 def test_imagefolder_streaming_carves_a_stable_validation(tmp_path, digit_images):
     _write_image_folder(tmp_path / "train", digit_images, (1, 7, 3), per_class=20)
     dataset = load_image_classification_dataset(

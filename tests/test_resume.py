@@ -135,3 +135,44 @@ def test_sigkill_while_saving_leaves_the_previous_checkpoint_loadable_and_resume
     assert not list(run_dir.glob(".partial-*"))
     assert (run_dir / "model.safetensors").exists()
     assert {path.name for path in run_dir.glob("checkpoint-*")} == {f"checkpoint-{2 * SAVE_STEPS}", f"checkpoint-{MAX_STEPS}"}
+
+
+# ---------------------------------------------------------------------------------------------- same settings only
+
+
+def run_in_process(output_dir, *extra):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import train
+
+    return train.main([
+        "--dataset_name", "digits", "--max_eval_samples", "32", "--output_dir", str(output_dir), "--image_size", "16",
+        "--config_overrides", "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,patch_size=8",
+        "--max_steps", "2", "--per_device_train_batch_size", "16", "--save_strategy", "steps", "--save_steps", "2",
+        "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--distillation_type", "none", *extra,
+    ])  # fmt: skip
+
+
+def test_a_rerun_with_other_settings_is_refused_and_the_card_stays_true(tmp_path):
+    out = tmp_path / "run"
+    run_in_process(out, "--distillation_alpha", "0.5")
+    card, weights = (out / "README.md").read_text(), (out / "model.safetensors").read_bytes()
+    assert "Distillation weight alpha: 0.5" in card
+    # Other settings: refused before any work, naming each difference and both ways out; nothing is rewritten.
+    with pytest.raises(ValueError) as refused:
+        run_in_process(out, "--distillation_alpha", "0.3", "--seed", "3")
+    message = str(refused.value)
+    assert "--distillation_alpha: 0.5 there, 0.3 now" in message and "--seed: 42 there, 3 now" in message
+    assert "another --output_dir" in message and "--overwrite_output_dir true" in message
+    assert (out / "README.md").read_text() == card and (out / "model.safetensors").read_bytes() == weights
+    # The same settings (and flags that do not shape the weights) resume the finished run.
+    run_in_process(out, "--distillation_alpha", "0.5", "--logging_steps", "1", "--max_eval_samples", "16")
+    # A checkpoint of another run, given by path, is refused too.
+    with pytest.raises(ValueError, match="saved by a run with other settings"):
+        run_in_process(tmp_path / "other", "--distillation_alpha", "0.3", "--resume_from_checkpoint",
+                       str(out / "checkpoint-2"))  # fmt: skip
+    # Asked explicitly: the old checkpoints go, the run starts fresh, and the card describes the new weights.
+    run_in_process(out, "--distillation_alpha", "0.3", "--overwrite_output_dir", "true")
+    assert "Distillation weight alpha: 0.3" in (out / "README.md").read_text()
+    assert json.loads((out / "run_settings.json").read_text())["distillation_alpha"] == 0.3
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["log_history"][-1].get("train_loss") is not None

@@ -44,6 +44,9 @@ def test_train_teacher_saves_a_loadable_classifier_with_its_preprocessing(teache
     assert teacher.config.id2label == {i: str(i) for i in range(10)}
     processor = AutoImageProcessor.from_pretrained(teacher_dir)
     assert processor.crop_size == {"height": 16, "width": 16}
+    card = (teacher_dir / "README.md").read_text()  # the teacher has a card too
+    assert "(`resnet`)" in card and "- Training data: `digits`" in card and "- Final training loss: " in card
+    assert "top-1 accuracy" in card and "(1438 images)" in card
 
 
 def test_train_with_hard_distillation_writes_model_code_card_and_per_head_metrics(teacher_dir, tmp_path):
@@ -77,6 +80,60 @@ def test_train_without_a_teacher_falls_back_to_no_distillation(tmp_path, caplog)
     metrics = train.main(["--output_dir", str(tmp_path), "--config_overrides", TINY_STUDENT, *FAST_RUN])
     assert "eval_teacher_agreement" not in metrics
     assert any("distillation_type none" in record.getMessage() for record in caplog.records)
+
+
+def write_user_images(folder: Path, count: int, seed: int = 0) -> None:
+    """A new user's images: JPEG and PNG of many sizes, RGB, RGBA and grayscale."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        mode, suffix = (("RGB", "jpg"), ("RGBA", "png"), ("L", "png"), ("L", "jpg"))[index % 4]
+        width, height = (int(value) for value in rng.integers(9, 90, 2))
+        pixels = rng.integers(0, 256, (height, width, len(mode)), dtype=np.uint8).squeeze(-1) if mode == "L" else \
+            rng.integers(0, 256, (height, width, len(mode)), dtype=np.uint8)  # fmt: skip
+        Image.fromarray(pixels, mode).save(folder / f"{index}.{suffix}")
+
+
+@pytest.fixture
+def user_folders(tmp_path) -> tuple[Path, Path]:
+    """data/train with cat, dog, fox; a validation folder at another depth without fox."""
+    train, validation = tmp_path / "data" / "train", tmp_path / "elsewhere" / "deeper" / "val"
+    for name in ("cat", "dog", "fox"):
+        write_user_images(train / name, 6)
+    for name in ("cat", "dog"):
+        write_user_images(validation / name, 3, seed=1)
+    return train, validation
+
+
+USER_RUN = ["--model_name_or_path", "tiny", "--image_size", "32", "--config_overrides",
+            "hidden_size=32,num_hidden_layers=2,num_attention_heads=2", "--max_steps", "2",
+            "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no",
+            "--disable_tqdm", "true", "--report_to", "none"]  # fmt: skip
+
+
+def test_a_new_users_image_folders_train_a_preset_at_the_size_asked(user_folders, tmp_path, caplog):
+    import train
+
+    train_dir, validation_dir = user_folders
+    out = tmp_path / "run"
+    metrics = train.main(["--output_dir", str(out), "--train_dir", str(train_dir), "--validation_dir",
+                          str(validation_dir), "--distillation_type", "none", *USER_RUN])  # fmt: skip
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    config = json.loads((out / "config.json").read_text())
+    # Three classes from train's folders (fox has no validation images: allowed, with a warning), at 32 px.
+    assert config["id2label"] == {"0": "cat", "1": "dog", "2": "fox"} and config["image_size"] == 32
+    assert any("fox" in record.getMessage() and "no images" in record.getMessage() for record in caplog.records)
+    # The card: the folders as given (never the absolute path), image counts, recipe, final loss, precision used.
+    card = (out / "README.md").read_text()
+    assert str(tmp_path) not in card
+    assert "- Training data: `data/train` (a local image folder, one sub-folder per class) (18 images)" in card
+    assert "- Evaluation data: `deeper/val` (a local image folder, one sub-folder per class) (6 images)" in card
+    assert "On `deeper/val`" in card and "- Augmentation: preset `small_images` as it is" in card
+    assert "- Final training loss: " in card and "datasets:" not in card
+    assert any(record.getMessage().startswith("Precision: ") for record in caplog.records)
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def assert_png(path, min_width):
 def test_writes_one_png_per_dataset_image_with_the_teacher_panel(model_folders, tmp_path):
     student, teacher = model_folders
     written = load_script().main([str(student), "--num_images", "2", "--teacher_name_or_path", str(teacher),
-                                  "--output_dir", str(tmp_path / "figures")])  # fmt: skip
+                                  "--dataset_name", "mnist", "--output_dir", str(tmp_path / "figures")])  # fmt: skip
     assert [os.path.basename(path) for path in written] == ["mnist_0_attention.png", "mnist_1_attention.png"]
     for path in written:
         assert_png(path, min_width=6 * 200)  # image + 4 student maps + teacher, ~220 px each
@@ -69,3 +69,35 @@ def test_writes_pngs_for_given_image_files(model_folders, tmp_path):
     written = load_script().main([str(student), "--images", str(photo), "--output_dir", str(tmp_path / "out")])
     assert len(written) == 1 and written[0].endswith("photo_attention.png")
     assert_png(written[0], min_width=5 * 200)
+
+
+def test_uses_the_evaluation_data_the_run_recorded_never_another_dataset(tmp_path):
+    """A 3-class model trained on a user's folders: its figures show those validation images, with true labels."""
+    import json
+
+    torch.manual_seed(0)
+    names = ["cat", "dog", "fox"]
+    model = DistilledDeiTForImageClassification(DistilledDeiTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_labels=3,
+        id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)},
+    ))  # fmt: skip
+    model.save_pretrained(tmp_path / "model")
+    deit_image_processor(32, crop_pct=1.0).save_pretrained(tmp_path / "model")
+    for split, count in (("train", 2), ("val", 1)):
+        for index, name in enumerate(names):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for item in range(count):
+                Image.new("RGBA" if item else "RGB", (20 + 7 * index, 30), (60 * index, 90, 30)).save(folder / f"{item}.png")
+    (tmp_path / "model" / "run_settings.json").write_text(json.dumps(
+        {"train_dir": str(tmp_path / "data/train"), "validation_dir": str(tmp_path / "data/val"), "seed": 42}))
+    script = load_script()
+    written = script.main([str(tmp_path / "model"), "--num_images", "3", "--output_dir", str(tmp_path / "out")])
+    assert [os.path.basename(path) for path in written] == [f"{name}_0_attention.png" for name in names]
+    assert_png(written[0], min_width=5 * 200)
+    assert script.panel_title("cat", "dog", 0.873) == "true cat (wrong)\npredicted dog (87%)"
+    assert script.panel_title(None, "dog", 0.5) == "predicted dog (50%)"
+    # Nothing recorded and no data flags: an error saying what to pass, not another dataset's images.
+    (tmp_path / "model" / "run_settings.json").unlink()
+    with pytest.raises(SystemExit, match="pass --images, or the data flags"):
+        script.main([str(tmp_path / "model"), "--output_dir", str(tmp_path / "out2")])

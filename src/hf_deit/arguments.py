@@ -4,8 +4,10 @@ Flag names follow transformers' image-classification example (`--dataset_name`, 
 recipe's defaults live here, in one place, and `DeiTTrainingArguments` only changes `TrainingArguments`' defaults.
 """
 
+import json
 import math
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Optional
 
 from transformers import TrainingArguments
@@ -37,6 +39,8 @@ MIN_FROM_SCRATCH_STEPS = 300
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "Model (the student)"  # its heading in --help
+
     model_name_or_path: Optional[str] = field(
         default=None,
         metadata={
@@ -58,6 +62,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "Data"  # its heading in --help
+
     dataset_name: Optional[str] = field(
         default="mnist",
         metadata={
@@ -66,8 +72,13 @@ class DataArguments:
         },
     )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "The dataset's configuration."})
-    train_dir: Optional[str] = field(default=None, metadata={"help": "An imagefolder of training images."})
-    validation_dir: Optional[str] = field(default=None, metadata={"help": "An imagefolder of validation images."})
+    train_dir: Optional[str] = field(
+        default=None, metadata={"help": "A folder of training images: one sub-folder per class (train/cat/1.jpg)."}
+    )
+    validation_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "A folder of validation images, one sub-folder per class (a subset of train's classes)."},
+    )
     image_column_name: str = field(default="image", metadata={"help": "The column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "The column holding the labels."})
     eval_split: Optional[str] = field(default=None, metadata={"help": "Split used for evaluation (auto-detected)."})
@@ -91,6 +102,8 @@ class DataArguments:
 
 @dataclass
 class DistillationArguments:
+    _argument_group_name = "Distillation"  # its heading in --help
+
     teacher_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "The teacher: a folder or Hub id of any image classifier."}
     )
@@ -152,6 +165,11 @@ class DeiTTrainingArguments(TrainingArguments):
     """`TrainingArguments` with DeiT's recipe as defaults. `learning_rate` left unset is 5e-4 x global batch / 512."""
 
     output_dir: Optional[str] = field(default="outputs/deit", metadata={"help": "Where checkpoints and the model go."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start fresh in an --output_dir that holds a run with other settings, deleting its "
+                  "checkpoints (by default such a run is refused; one with the same settings resumes)."},
+    )
     learning_rate: Optional[float] = field(
         default=None, metadata={"help": "Peak learning rate; default 5e-4 x global batch size / 512 (the paper)."}
     )
@@ -256,10 +274,17 @@ def uses_embedded_data(data_args: DataArguments) -> bool:
     return data_args.train_dir is None and data_args.dataset_name in EMBEDDED_DATASETS
 
 
-def student_config(model_args: ModelArguments, data_args: DataArguments, **label_fields) -> Optional[DistilledDeiTConfig]:
-    """A new student's config (from a preset or the embedded default), or None when a saved model is to be loaded."""
+def student_config(
+    model_args: ModelArguments, data_args: DataArguments, image_size: Optional[int] = None, **label_fields
+) -> Optional[DistilledDeiTConfig]:
+    """A new student's config (from a preset or the embedded default), or None when a saved model is to be loaded.
+    `image_size` (`--image_size`), when given, is the new model's input size."""
     name = model_args.model_name_or_path
     overrides = {"drop_path_rate": model_args.drop_path_rate, **parse_config_overrides(model_args.config_overrides)}
+    if image_size is not None:
+        if overrides.setdefault("image_size", image_size) != image_size:
+            raise ValueError(f"--image_size {image_size} and --config_overrides image_size={overrides['image_size']} "
+                             "disagree: drop image_size from --config_overrides.")  # fmt: skip
     if name is None:
         base = dict(EMBEDDED_STUDENT) if uses_embedded_data(data_args) else dict(PRESETS["deit_tiny_distilled_patch16_224"])
         return DistilledDeiTConfig(**{**base, **overrides, **label_fields})
@@ -296,3 +321,55 @@ def label_fields(label_names: list[str]) -> dict:
         id2label=dict(enumerate(label_names)),
         label2id={name: index for index, name in enumerate(label_names)},
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# train.py --help, without importing this module (hf_deit_inputs.help)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def help_catalogue() -> dict:
+    """train.py's flags by group (name, metavar, default, help), from the argument dataclasses."""
+    from hf_deit_inputs.help import COMMON_TRAINING_FLAGS, catalogue_entry
+
+    from .data import AugmentationArguments
+
+    groups = [
+        (ModelArguments, None, None),
+        (DataArguments, None, None),
+        (AugmentationArguments, None, "DeiT's recipe; a flag left out takes the --preset's value."),
+        (DistillationArguments, None, None),
+        (DeiTTrainingArguments, COMMON_TRAINING_FLAGS, "The usual ones (defaults: DeiT's recipe)."),
+    ]
+    catalogue = []
+    for dataclass_type, names, note in groups:
+        by_name = {item.name: item for item in fields(dataclass_type)}
+        entries = []
+        for name in names or [item.name for item in fields(dataclass_type) if item.init]:
+            item = by_name[name]
+            default = item.default_factory() if item.default_factory is not MISSING else item.default
+            entries.append(catalogue_entry(name, _type_name(item.type), default, item.metadata.get("help", "")))
+        title = getattr(dataclass_type, "_argument_group_name", "Training")
+        catalogue.append({"title": title, "note": note, "flags": entries})
+    return {"groups": catalogue}
+
+
+def write_help_catalogue(path: Optional[str] = None) -> str:
+    """Rewrite hf_deit_inputs/train_flags.json (run after changing a flag, its default or its help)."""
+    from hf_deit_inputs.help import CATALOGUE_PATH
+
+    path = path or CATALOGUE_PATH
+    with open(path, "w") as file:
+        json.dump(help_catalogue(), file, indent=1, default=str)
+        file.write("\n")
+    return path
+
+
+def _type_name(annotation) -> str:
+    arguments = [argument for argument in typing.get_args(annotation) if argument is not type(None)]
+    base = typing.get_origin(annotation)
+    if base is list:
+        return "list"
+    if arguments and base is not None and base is not list:  # Optional[X] / X | str
+        return _type_name(arguments[0])
+    return getattr(annotation, "__name__", "str")

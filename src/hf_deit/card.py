@@ -10,6 +10,7 @@ and any value that looks like a Hugging Face token, are left out.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ def build_model_card(
     hyperparameters: dict | None = None,
     repo_id: str | None = None,
     config=None,
+    hub_dataset: bool | None = None,
     **extra,
 ) -> ModelCard:
     """Render the model card of a distilled DeiT.
@@ -71,11 +73,17 @@ def build_model_card(
         hyperparameters: training hyper-parameters for the table (secrets are dropped).
         repo_id: the Hub repo the card will live in; the usage snippet loads from it.
         config: a `DistilledDeiTConfig` or its dict, for the architecture table and the label names.
-        **extra: `base_model`, `license`, `language`, or further template variables (secrets are dropped).
+        hub_dataset: whether `dataset_name` is a Hub dataset id (listed in the metadata's `datasets`); None guesses
+            from its spelling.
+        **extra: `base_model`, `license`, `language`, or further template variables (secrets are dropped): the
+            scripts give `training_data`, `evaluation_data` (`describe_data`), `num_train_images`,
+            `num_eval_images`, `augmentation` (`augmentation_recipe`) and `final_train_loss`.
     """
     extra = public_fields(extra)
     metrics = {key.removeprefix("eval_"): value for key, value in (eval_results or {}).items()}
-    dataset_id = dataset_name if dataset_name and _looks_like_hub_id(dataset_name) else None
+    if hub_dataset is None:
+        hub_dataset = bool(dataset_name) and _looks_like_hub_id(dataset_name)
+    dataset_id = dataset_name if hub_dataset else None
     card_data = ModelCardData(
         license=extra.pop("license", LICENSE),
         library_name="transformers",
@@ -109,12 +117,117 @@ def build_model_card(
     )
 
 
+TEACHER_TEMPLATE_PATH = TEMPLATE_PATH.with_name("teacher.md")
+
+
+def write_teacher_card(output_dir, *, model_name: str, config, eval_results: dict | None = None,
+                       dataset_name: str | None = None, hub_dataset: bool = False, hyperparameters: dict | None = None,
+                       **fields) -> Path:  # fmt: skip
+    """README.md of a teacher trained by `scripts/train_teacher.py`: its data as given, image counts, recipe,
+    final training loss and accuracy (`fields`: `training_data`, `evaluation_data`, `num_train_images`,
+    `num_eval_images`, `augmentation`, `final_train_loss`)."""
+    metrics = {key.removeprefix("eval_"): value for key, value in (eval_results or {}).items()}
+    card_data = ModelCardData(
+        license=LICENSE, library_name="transformers", tags=["image-classification", "hf-deit", "deit-teacher"],
+        datasets=[dataset_name] if hub_dataset and dataset_name else None, pipeline_tag="image-classification",
+        model_name=model_name, eval_results=[
+            EvalResult(task_type="image-classification", task_name="Image Classification",
+                       dataset_type=dataset_name or "evaluation set", dataset_name=dataset_name or "evaluation set",
+                       metric_type=metric_type, metric_name=f"{label} accuracy", metric_value=float(metrics[key]))
+            for key, metric_type, label in (("accuracy", "accuracy", "top-1"), ("top5_accuracy", "top_5_accuracy", "top-5"))
+            if key in metrics
+        ] or None,
+    )  # fmt: skip
+    labels = [str(config.id2label[i]) for i in sorted(config.id2label, key=int)]
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEACHER_TEMPLATE_PATH),
+        model_name=model_name,
+        model_type=config.model_type,
+        labels=labels[:MAX_LABELS_SHOWN],
+        labels_truncated=len(labels) > MAX_LABELS_SHOWN,
+        num_labels=len(labels),
+        hyperparameters={name: _format_value(value) for name, value in public_fields(hyperparameters).items()
+                         if value is not None},  # fmt: skip
+        evaluation_rows=[{"output": "`logits`", "top1": _percent(metrics.get("accuracy")),
+                          "top5": _percent(metrics.get("top5_accuracy"))}] if "accuracy" in metrics else [],  # fmt: skip
+        **public_fields(fields),
+    )
+    path = Path(output_dir) / "README.md"
+    card.save(path)
+    return path
+
+
+def final_train_loss(log_history: list[dict]) -> str | None:
+    """'0.1234 (logged at step N)' from a Trainer's log history: the last training loss logged, or, for a run too
+    short to log one, the mean over its steps."""
+    losses = [entry for entry in log_history if "loss" in entry]
+    if losses:
+        return f"{losses[-1]['loss']:.4f} (logged at step {losses[-1]['step']})"
+    summaries = [entry for entry in log_history if entry.get("train_loss") is not None]
+    if summaries:
+        return f"{summaries[-1]['train_loss']:.4f} (mean over the run's {summaries[-1]['step']} steps)"
+    return None
+
+
 def write_model_card(output_dir, **card_fields) -> Path:
     """Build the card (same arguments as `build_model_card`) and write it to `output_dir/README.md`."""
     path = Path(output_dir) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     build_model_card(**card_fields).save(path)
     return path
+
+
+def local_name(path: str) -> str:
+    """How a card names a local folder: as given when relative, else by its last two parts (`data/train`); an
+    absolute path would publish the training machine's file system."""
+    path = os.path.normpath(path)
+    if not os.path.isabs(path):
+        return path
+    return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
+
+
+def describe_data(name: str, kind: str) -> str:
+    """Markdown naming a dataset as given: `kind` "hub" (a link to the Hub dataset), "folder" (a local image folder,
+    by `local_name`), "embedded" (a set shipped with hf-deit) or "local" (a dataset folder written by save_to_disk)."""
+    if kind == "hub":
+        return f"[{name}](https://huggingface.co/datasets/{name})"
+    if kind == "embedded":
+        return f"`{name}` (real digits shipped in a pip package, embedded in hf-deit)"
+    what = "a local image folder, one sub-folder per class" if kind == "folder" else "a local dataset folder"
+    return f"`{local_name(name)}` ({what})"
+
+
+def data_card_fields(data_args, seed: int) -> dict:
+    """The card's `dataset_name`, `hub_dataset`, `training_data` and `evaluation_data` from the data flags
+    (`hf_deit.arguments.DataArguments`): what was given, never an absolute path."""
+    from .data import EMBEDDED_DATASETS
+
+    held_out = f"{data_args.train_val_split:.0%} of the training data held out (stratified, seed {seed})"
+    if data_args.train_dir:
+        training = describe_data(data_args.train_dir, "folder")
+        evaluation = describe_data(data_args.validation_dir, "folder") if data_args.validation_dir else held_out
+        return dict(dataset_name=local_name(data_args.train_dir), hub_dataset=False, training_data=training,
+                    evaluation_data=evaluation)  # fmt: skip
+    name = data_args.dataset_name
+    kind = "embedded" if name in EMBEDDED_DATASETS else "local" if os.path.isdir(name) else "hub"
+    training = describe_data(name, kind)
+    if data_args.eval_split:
+        evaluation = f"the `{data_args.eval_split}` split of {training}"
+    else:
+        evaluation = f"the evaluation split of {training} (its validation/test split, else {held_out})"
+    return dict(dataset_name=local_name(name) if kind == "local" else name, hub_dataset=kind == "hub",
+                training_data=training, evaluation_data=evaluation)  # fmt: skip
+
+
+def augmentation_recipe(resolved_args) -> str:
+    """The augmentation preset and the flags that differ from it, from resolved `AugmentationArguments`."""
+    from .data import AUGMENTATION_PRESETS
+
+    preset = AUGMENTATION_PRESETS[resolved_args.preset]
+    changed = [f"--{name} {_format_value(getattr(resolved_args, name))}" for name, value in preset.items()
+               if name != "image_size" and getattr(resolved_args, name) != value]  # fmt: skip
+    return f"preset `{resolved_args.preset}`" + (f", changed: {', '.join(changed)}" if changed else " as it is")
 
 
 def _looks_like_hub_id(name: str) -> bool:

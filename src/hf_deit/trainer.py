@@ -53,6 +53,7 @@ _NO_DECAY_PARAMETER = re.compile(r"(?:^|\.)(cls_token|distillation_token|dist_to
 FEATURE_PROJECTION_NAME = "feature_projection.safetensors"
 FEATURE_MAP_PROJECTION_NAME = "feature_map_projection.safetensors"
 _NOT_EVAL_RESULTS = re.compile(r"(runtime|per_second|epoch|step)$")
+logger = logging.getLogger(__name__)
 
 
 class DeiTTrainerBase(Trainer):
@@ -74,7 +75,11 @@ class DeiTTrainerBase(Trainer):
         if getattr(training_args, "bf16", False) is None:  # DeiTTrainingArguments left to choose: before the accelerator
             model = kwargs.get("model", args[0] if args else None)
             training_args.resolve_precision(getattr(getattr(model, "config", None), "hidden_size", None))
+        if getattr(training_args, "dataloader_pin_memory", False) and not torch.cuda.is_available():
+            training_args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every epoch
         super().__init__(*args, **kwargs)
+        logger.info("Precision: %s.", {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(
+            str(self.accelerator.mixed_precision), "float32 (no mixed precision)"))  # fmt: skip
         if eval_data_collator is None and hasattr(self.data_collator, "for_evaluation"):
             eval_data_collator = self.data_collator.for_evaluation()
         self.eval_data_collator = eval_data_collator
@@ -649,7 +654,7 @@ class DistillationTrainer(DeiTTrainerBase):
         """Writes README.md in `output_dir` from hf_deit's card template (`hf_deit.card.write_model_card`)."""
         if not self.is_world_process_zero():
             return
-        from .card import write_model_card
+        from .card import final_train_loss, write_model_card
 
         eval_results = {}
         for entry in self.state.log_history:  # the latest evaluation wins
@@ -681,6 +686,7 @@ class DistillationTrainer(DeiTTrainerBase):
             "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
             "seed": args.seed,
         }
+        kwargs.setdefault("final_train_loss", final_train_loss(self.state.log_history))
         loss = self.distillation_loss
         write_model_card(
             output_dir=args.output_dir,

@@ -1,0 +1,24 @@
+"""What a user hands the scripts, checked before anything heavy is imported.
+
+`hf_deit` imports torch and transformers as soon as it is imported (it registers the model with the Auto classes),
+which costs seconds. The scripts' first contact with a command line happens here instead, with the standard library
+only, so that a mistyped path, name or choice is answered in a fraction of a second, before any model or dataset work:
+
+    folders.py   image folders: the classes of a split (one sub-folder per class, at any depth of the path) and
+                 its image files; `hf_deit.data` loads image folders from the same scan.
+    checks.py    `InputError` and the checks of every input named on a command line: paths, presets, Hub ids
+                 (offline or not), choices, ranges and flags that contradict each other.
+"""
+
+from .checks import InputError, check_teacher_command_line, check_train_command_line, exit_on_input_error
+from .folders import IMAGE_EXTENSIONS, ClassFolders, find_class_folders
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ClassFolders",
+    "InputError",
+    "check_teacher_command_line",
+    "check_train_command_line",
+    "exit_on_input_error",
+    "find_class_folders",
+]

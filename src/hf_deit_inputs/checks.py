@@ -1,0 +1,554 @@
+"""Every input named on a command line, checked before any model or dataset work (standard library only).
+
+A check sees only the flags that were given (`given`: flag name -> value as typed, from `flags_given(argv)`);
+defaults are valid by construction. All problems are collected and raised together as one `InputError`, each saying
+what is wrong and how to fix it:
+
+- paths that do not exist (with the close names that do), are files, or hold no images; image folders without
+  class sub-folders, with a single class, or that look like the parent of the splits; a validation class that
+  train does not have;
+- names: an unknown preset (the presets listed, the closest suggested), a teacher or model that is neither a folder
+  with a saved model nor a plausible Hub id, and, when the Hub is off (`HF_HUB_OFFLINE`), a Hub id that is not in
+  the local cache (said so, instead of a connection error);
+- choices and ranges, whether or not a teacher is given;
+- flags that contradict each other: an input size the model cannot take, a distillation term without a teacher, a
+  dataset name beside image folders.
+
+The choices mirror the package's own constants (`hf_deit.losses`, `hf_deit.data`, ...; tests keep them equal),
+because importing those modules costs seconds of torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import sys
+from typing import Iterable, Optional, Sequence
+
+from .folders import IMAGE_EXTENSIONS, find_class_folders, has_image
+
+# Mirrors of the package's constants (tests/test_inputs.py checks them against the real ones).
+MODEL_PRESETS = tuple(  # hf_deit.configuration_distilled_deit.PRESET_ALIASES, then PRESETS
+    [f"{size}{suffix}" for suffix in ("", "-384") for size in ("tiny", "small", "base")]
+    + [f"deit_{size}_distilled_patch16_{res}" for res in (224, 384) for size in ("tiny", "small", "base")]
+)
+PRESET_PATCH_SIZE = 16
+EMBEDDED_DATASETS = ("mnist", "digits")  # hf_deit.data.EMBEDDED_DATASETS
+DISTILLATION_TYPES = ("none", "soft", "hard")  # hf_deit.losses.DistillationType
+ATTENTION_TOKENS = ("cls", "dist", "both")
+ATTENTION_MAP_LOSSES = ("kl", "mse")  # hf_deit.losses.ATTENTION_MAP_LOSSES
+FEATURE_LOSSES = ("cosine", "mse")  # hf_deit.feature_distillation.FEATURE_LOSSES
+FEATURE_TOKENS = ("dist", "cls", "patches")  # hf_deit.feature_distillation.FEATURE_TOKENS
+AUGMENTATION_PRESETS = ("auto", "imagenet", "small_images")  # "auto" + hf_deit.data.AUGMENTATION_PRESETS
+RESUME_KEYWORDS = ("auto", "true", "latest", "last", "yes", "false", "no", "none", "never")  # hf_deit.checkpointing
+SPLIT_FOLDER_NAMES = ("train", "training", "val", "valid", "validation", "test", "eval")
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
+_TRUE = ("1", "on", "yes", "true")
+
+
+class InputError(ValueError):
+    """One or more command-line inputs that cannot work; the message says what is wrong and how to fix each."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        listed = "\n".join(f"- {problem}" for problem in self.problems)
+        super().__init__(f"{len(problems)} problems with the inputs:\n{listed}" if len(problems) > 1 else problems[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading the command line
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def flags_given(argv: Sequence[str], names: Iterable[str]) -> dict[str, str]:
+    """The values of the flags `names` present in `argv` (`--flag value` or `--flag=value`; the last one wins, as
+    argparse; `--flag-name` spells `--flag_name` too). Other flags and their values are skipped."""
+    names, given = set(names), {}
+    argv = list(argv)
+    for position, token in enumerate(argv):
+        if not token.startswith("--"):
+            continue
+        name, has_value, value = token[2:].partition("=")
+        name = name.replace("-", "_")
+        if name not in names:
+            continue
+        if has_value:
+            given[name] = value
+        elif position + 1 < len(argv) and not argv[position + 1].startswith("--"):
+            given[name] = argv[position + 1]
+    return given
+
+
+def flags_from_json(path: str) -> dict[str, str]:
+    """The flags of a JSON configuration file (`train.py config.json`), as the command line would spell them."""
+    with open(path) as file:
+        values = json.load(file)
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The scripts' checks
+# ---------------------------------------------------------------------------------------------------------------------
+
+DATA_FLAGS = ("dataset_name", "train_dir", "validation_dir", "max_train_samples", "max_eval_samples", "train_val_split")
+AUGMENTATION_FLAGS = ("preset", "image_size", "rand_augment", "hflip", "reprob", "mixup_prob", "mixup_switch_prob",
+                      "smoothing", "scale_min", "crop_pct", "mixup", "cutmix")  # fmt: skip
+TRAINING_FLAGS = ("output_dir", "resume_from_checkpoint")
+DISTILLATION_FLAGS = (
+    "teacher_name_or_path", "distillation_type", "distillation_alpha", "distillation_tau",
+    "attention_distillation_weight", "attention_distillation_token", "attention_distillation_loss",
+    "feature_distillation_weight", "feature_distillation_loss", "feature_distillation_token",
+    "unlabeled_dataset_name", "unlabeled_train_dir", "labeled_fraction", "pseudo_label_threshold",
+)  # fmt: skip
+TRAIN_FLAGS = ("model_name_or_path", "config_overrides", *DATA_FLAGS, *AUGMENTATION_FLAGS, *DISTILLATION_FLAGS,
+               *TRAINING_FLAGS)  # fmt: skip
+TEACHER_FLAGS = ("model_name_or_path", "architecture", *DATA_FLAGS, *AUGMENTATION_FLAGS, *TRAINING_FLAGS)
+
+
+def exit_on_input_error(check, argv: Sequence[str], prog: str, *args) -> None:
+    """Run `check(argv, *args)`; on an `InputError` print it as argparse prints usage errors and exit with status 2."""
+    try:
+        check(argv, *args)
+    except InputError as error:
+        sys.stderr.write(f"{prog}: error: {error}\n")
+        sys.exit(2)
+
+
+def check_train_command_line(argv: Sequence[str]) -> None:
+    """`scripts/train.py`'s inputs; raises `InputError` listing every problem."""
+    check_train_inputs(_read(argv, TRAIN_FLAGS))
+
+
+def check_train_inputs(given: dict[str, str]) -> None:
+    problems = []
+    problems += _check_student(given)
+    problems += check_data(given, needs_train=True)
+    problems += check_augmentation(given)
+    problems += _check_distillation(given)
+    problems += check_training(given)
+    if problems:
+        raise InputError(problems)
+
+
+def check_teacher_command_line(argv: Sequence[str], architectures: Sequence[str]) -> None:
+    """`scripts/train_teacher.py`'s inputs (`--model_name_or_path` is a checkpoint to fine-tune there)."""
+    given = _read(argv, TEACHER_FLAGS)
+    problems = []
+    if "model_name_or_path" in given:
+        problems += check_saved_model("--model_name_or_path", given["model_name_or_path"])
+    problems += _check_choice(given, "architecture", architectures)
+    problems += check_data(given, needs_train=True)
+    problems += check_augmentation(given)
+    problems += check_training(given)
+    if problems:
+        raise InputError(problems)
+
+
+def _read(argv: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+    argv = list(argv)
+    if len(argv) == 1 and argv[0].endswith(".json") and os.path.isfile(argv[0]):
+        return {key: value for key, value in flags_from_json(argv[0]).items() if key in names}
+    return flags_given(argv, names)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Groups of flags
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _check_student(given: dict) -> list[str]:
+    problems, overrides = [], {}
+    if "config_overrides" in given:
+        overrides, override_problems = _parse_overrides(given["config_overrides"])
+        problems += override_problems
+    name = given.get("model_name_or_path")
+    saved_size = None
+    if name is not None and name not in MODEL_PRESETS:
+        problems += check_saved_model("--model_name_or_path", name, presets=MODEL_PRESETS)
+        saved_size = _saved_image_size(name)
+    image_size = _int(given, "image_size", problems)
+    if image_size is None:
+        return problems
+    if "image_size" in overrides and str(overrides["image_size"]) != str(image_size):
+        problems.append(
+            f"--image_size {image_size} and --config_overrides image_size={overrides['image_size']} disagree: the "
+            "model's input size is --image_size; drop image_size from --config_overrides."
+        )
+    if saved_size is not None and saved_size != image_size:
+        problems.append(
+            f"--image_size {image_size}: the saved model {name} takes {saved_size} px images. Drop --image_size (the "
+            f"model's own size is used), pass --image_size {saved_size}, or start a new model at {image_size} px "
+            f"with a preset (--model_name_or_path tiny --image_size {image_size})."
+        )
+    patch = overrides.get("patch_size")
+    if patch is None and name in MODEL_PRESETS:
+        patch = PRESET_PATCH_SIZE
+    if isinstance(patch, int) and patch > 0 and image_size % patch:
+        problems.append(
+            f"--image_size {image_size} is not a multiple of the patch size {patch}: pass an --image_size divisible "
+            f"by {patch} (e.g. {max(patch, round(image_size / patch) * patch)}), or another patch_size in --config_overrides."
+        )
+    return problems
+
+
+def check_data(given: dict, needs_train: bool) -> list[str]:
+    problems = []
+    train_dir, validation_dir = given.get("train_dir"), given.get("validation_dir")
+    if (train_dir or validation_dir) and "dataset_name" in given:
+        problems.append(
+            f"--dataset_name {given['dataset_name']} and --train_dir/--validation_dir both name the data: keep one."
+        )
+    elif "dataset_name" in given:
+        problems += check_dataset_name("--dataset_name", given["dataset_name"])
+    if validation_dir and not train_dir and needs_train:
+        problems.append("--validation_dir needs a --train_dir (the training images) as well.")
+    train_classes = None
+    if train_dir:
+        train_classes, folder_problems = check_class_folder("--train_dir", train_dir)
+        problems += folder_problems
+    if validation_dir:
+        validation_classes, folder_problems = check_class_folder("--validation_dir", validation_dir)
+        problems += folder_problems
+        if train_classes and validation_classes:
+            problems += check_split_classes(train_classes, validation_classes, train_dir, validation_dir)
+    for flag in ("max_train_samples", "max_eval_samples"):
+        value = _int(given, flag, problems)
+        if value is not None and value < 1:
+            problems.append(f"--{flag} {value}: give a positive number of images (or leave it out for all).")
+    problems += _check_range(given, "train_val_split", 0.0, 1.0, low_open=True, high_open=True)
+    return problems
+
+
+def check_augmentation(given: dict) -> list[str]:
+    problems = _check_choice(given, "preset", AUGMENTATION_PRESETS)
+    image_size = _int(given, "image_size", problems)
+    if image_size is not None and image_size < 1:
+        problems.append(f"--image_size {image_size}: give the side of the model's input in pixels (e.g. 224).")
+    if "rand_augment" in given and given["rand_augment"].lower() != "none":
+        try:
+            magnitude = float(given["rand_augment"])
+        except ValueError:
+            magnitude = -1.0
+        if not 0 <= magnitude <= 10:
+            problems.append(
+                f"--rand_augment {given['rand_augment']}: give a magnitude from 0 to 10 (the paper uses 9), or none."
+            )
+    for flag in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob"):
+        problems += _check_range(given, flag, 0.0, 1.0)
+    problems += _check_range(given, "smoothing", 0.0, 1.0, high_open=True)
+    problems += _check_range(given, "scale_min", 0.0, 1.0, low_open=True)
+    problems += _check_range(given, "crop_pct", 0.0, 1.0, low_open=True)
+    for flag in ("mixup", "cutmix"):
+        problems += _check_range(given, flag, 0.0, float("inf"))
+    return problems
+
+
+def _check_distillation(given: dict) -> list[str]:
+    problems = []
+    teacher = given.get("teacher_name_or_path")
+    if teacher is not None:
+        problems += check_saved_model("--teacher_name_or_path", teacher, role="teacher")
+    problems += _check_choice(given, "distillation_type", DISTILLATION_TYPES)
+    problems += _check_choice(given, "attention_distillation_token", ATTENTION_TOKENS)
+    problems += _check_choice(given, "attention_distillation_loss", ATTENTION_MAP_LOSSES)
+    problems += _check_choice(given, "feature_distillation_loss", FEATURE_LOSSES)
+    problems += _check_choice(given, "feature_distillation_token", FEATURE_TOKENS)
+    problems += _check_range(given, "distillation_alpha", 0.0, 1.0)
+    problems += _check_range(given, "distillation_tau", 0.0, float("inf"), low_open=True)
+    problems += _check_range(given, "labeled_fraction", 0.0, 1.0, low_open=True)
+    problems += _check_range(given, "pseudo_label_threshold", 0.0, 1.0)
+    for flag in ("attention_distillation_weight", "feature_distillation_weight"):
+        problems += _check_range(given, flag, 0.0, float("inf"))
+    if "unlabeled_train_dir" in given:
+        folder = given["unlabeled_train_dir"]
+        problems += _check_folder("--unlabeled_train_dir", folder) or (
+            [] if has_image(folder) else [f"--unlabeled_train_dir {folder} holds no images ({_extensions()})."]
+        )
+    if "unlabeled_dataset_name" in given:
+        problems += check_dataset_name("--unlabeled_dataset_name", given["unlabeled_dataset_name"])
+    if teacher is None:
+        needs_teacher = []
+        if given.get("distillation_type") in ("soft", "hard"):
+            needs_teacher.append(f"--distillation_type {given['distillation_type']}")
+        for flag in ("attention_distillation_weight", "feature_distillation_weight"):
+            if _float_or_none(given.get(flag)) not in (None, 0.0):
+                needs_teacher.append(f"--{flag} {given[flag]}")
+        if _float_or_none(given.get("labeled_fraction")) not in (None, 1.0):
+            needs_teacher.append(f"--labeled_fraction {given['labeled_fraction']} (the teacher labels the rest)")
+        for flag in ("unlabeled_train_dir", "unlabeled_dataset_name"):
+            if flag in given:
+                needs_teacher.append(f"--{flag} (the teacher labels those images)")
+        if needs_teacher:
+            problems.append(
+                f"{', '.join(needs_teacher)} learn(s) from a teacher, and no --teacher_name_or_path was given: pass "
+                "one (a folder written by scripts/train_teacher.py, or a Hub id), or leave these out (with "
+                "--distillation_type none the student learns from the labels alone)."
+            )
+    return problems
+
+
+def check_training(given: dict) -> list[str]:
+    problems = []
+    output_dir = given.get("output_dir")
+    if output_dir and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        problems.append(f"--output_dir {output_dir} is a file: pass a folder (it is created if missing).")
+    resume = given.get("resume_from_checkpoint")
+    if resume and resume.strip().lower() not in RESUME_KEYWORDS:
+        if not os.path.isdir(resume):
+            problems.append(
+                f"--resume_from_checkpoint {resume}: no such folder{_close_names(resume)}. Pass a checkpoint-<step> "
+                "folder, 'auto' for the newest in --output_dir, or 'false' to start fresh."
+            )
+        elif not os.path.isfile(os.path.join(resume, "trainer_state.json")):
+            problems.append(
+                f"--resume_from_checkpoint {resume} is not a checkpoint (no trainer_state.json): pass one of its "
+                f"checkpoint-<step> folders{_listing(resume, 'checkpoint-')}."
+            )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Paths
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def check_class_folder(flag: str, path: str) -> tuple[list[str], list[str]]:
+    """(class names, problems) of an image folder of one split."""
+    problems = _check_folder(flag, path)
+    if problems:
+        return [], problems
+    folders = find_class_folders(path)
+    example = os.path.join(path, "<class name>", "<image>.jpg")
+    if not folders.classes and not folders.loose:
+        return [], [f"{flag} {path} holds no images ({_extensions()}). It needs one sub-folder per class with that "
+                    f"class's images: {example}."]  # fmt: skip
+    if folders.loose:
+        where = "beside its class folders" if folders.classes else "and no class folders"
+        problems.append(
+            f"{flag} {path} has {len(folders.loose)} image(s) directly in it ({', '.join(folders.loose[:3])}) "
+            f"{where}: an image's class is the sub-folder it is in ({example}). Move them into class folders "
+            "(images without labels go to --unlabeled_train_dir)."
+        )
+    splits = [name for name in folders.classes if name.lower() in SPLIT_FOLDER_NAMES]
+    if len(splits) >= 2 or (splits and len(folders.classes) == len(splits)):
+        problems.append(
+            f"{flag} {path} holds the folders {', '.join(splits)}: that is the parent of the splits, not one split. "
+            f"Pass --train_dir {os.path.join(path, splits[0])} (and --validation_dir for the other)."
+        )
+    elif len(folders.classes) == 1:
+        problems.append(
+            f"{flag} {path} has a single class folder ({folders.classes[0]}): a classifier needs at least two. "
+            f"Pass the folder that holds the class folders ({example})."
+        )
+    return list(folders.classes), problems
+
+
+def check_split_classes(train_classes: Sequence[str], validation_classes: Sequence[str], train_dir: str,
+                        validation_dir: str) -> list[str]:  # fmt: skip
+    """A validation class that train lacks cannot be predicted by the model: refused. (A class missing from
+    validation is allowed; the loader warns.)"""
+    extra = [name for name in validation_classes if name not in set(train_classes)]
+    if not extra:
+        return []
+    hints = [f"{name!r} (closest in train: {match[0]!r})" if (match := difflib.get_close_matches(name, train_classes, 1))
+             else repr(name) for name in extra]  # fmt: skip
+    return [
+        f"--validation_dir {validation_dir} has class folder(s) that --train_dir {train_dir} does not: "
+        f"{', '.join(hints)}. The model learns only train's classes ({', '.join(train_classes)}); rename or remove "
+        "these folders, or add training images for them."
+    ]
+
+
+def _check_folder(flag: str, path: str) -> list[str]:
+    if os.path.isdir(path):
+        return []
+    if os.path.exists(path):
+        return [f"{flag} {path} is a file, not a folder: pass the folder that holds the images (unpack an archive)."]
+    return [f"{flag} {path}: no such folder{_close_names(path)}."]
+
+
+def _close_names(path: str) -> str:
+    """' (did you mean ...? ...)' from the nearest existing parent folder, or '' when nothing helps."""
+    path = os.path.normpath(os.path.expanduser(path))
+    parent, missing = os.path.dirname(path) or os.curdir, os.path.basename(path)
+    while not os.path.isdir(parent) and parent not in ("", os.sep, os.curdir):
+        parent, missing = os.path.dirname(parent) or os.curdir, os.path.basename(parent)
+    if not os.path.isdir(parent):
+        return ""
+    names = sorted(name for name in os.listdir(parent) if not name.startswith("."))
+    close = difflib.get_close_matches(missing, names, n=3, cutoff=0.6)
+    where = os.path.abspath(parent)
+    if close:
+        return f" (did you mean {' or '.join(os.path.join(os.path.relpath(parent), name) for name in close)}?)"
+    if names:
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        return f" ({missing} is not in {where}, which holds: {shown})"
+    return f" ({where} is empty)"
+
+
+def _listing(folder: str, prefix: str) -> str:
+    names = sorted(name for name in os.listdir(folder) if name.startswith(prefix))
+    return f" ({', '.join(names[-3:])})" if names else ""
+
+
+def _extensions() -> str:
+    common = [extension for extension in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif") if extension in IMAGE_EXTENSIONS]
+    return f"image files: {', '.join(common)}, ..."
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Names: presets, saved models, Hub ids
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def looks_like_path(name: str) -> bool:
+    """Meant as a local path rather than a Hub id: starts with / . ~, has more than one '/', a backslash, ends with
+    '/', or its first part is a folder here (`outputs/teacher` where outputs/ exists)."""
+    if name.startswith(("/", ".", "~")) or name.endswith(("/", os.sep)) or "\\" in name or name.count("/") > 1:
+        return True
+    return "/" in name and os.path.isdir(name.split("/", 1)[0])
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def hub_cache_dir() -> str:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
+    return os.path.join(home, "hub")
+
+
+def in_hub_cache(repo_id: str, repo_type: str = "model") -> bool:
+    """Whether the Hub cache holds a snapshot of `repo_id` (what `from_pretrained` can use offline)."""
+    folder = os.path.join(hub_cache_dir(), f"{repo_type}s--{repo_id.replace('/', '--')}", "snapshots")
+    return os.path.isdir(folder) and bool(os.listdir(folder))
+
+
+def check_saved_model(flag: str, name: str, role: str = "model", presets: Sequence[str] = ()) -> list[str]:
+    """A folder with a saved model (config.json), or a Hub id that can be reached (or is cached when offline)."""
+    what = "teacher" if role == "teacher" else "model"
+    if os.path.isdir(os.path.expanduser(name)):
+        if os.path.isfile(os.path.join(os.path.expanduser(name), "config.json")):
+            return []
+        return [f"{flag} {name} is a folder without config.json, so not a saved {what}: pass the folder that "
+                f"save_pretrained wrote (config.json and model.safetensors){_presets_hint(presets)}."]  # fmt: skip
+    if os.path.isfile(os.path.expanduser(name)):
+        return [f"{flag} {name} is a file: pass the folder that holds it with its config.json (save_pretrained's "
+                f"output){_presets_hint(presets)}."]  # fmt: skip
+    if presets and "/" not in name:
+        close = difflib.get_close_matches(name, presets, n=1, cutoff=0.5)
+        suggestion = f"Did you mean {close[0]!r}? " if close else ""
+        return [f"{flag} {name}: unknown preset, and no such folder. {suggestion}Presets: {', '.join(presets)}. A "
+                "saved model is a folder or a Hub id (organisation/name)."]  # fmt: skip
+    if looks_like_path(name) or not _HUB_ID.fullmatch(name):
+        kind = "no such folder" if looks_like_path(name) else "neither a folder here nor a Hub id (organisation/name)"
+        return [f"{flag} {name}: {kind}{_close_names(name) if looks_like_path(name) else ''}. Pass a folder "
+                f"with a saved {what} (config.json){' such as one written by scripts/train_teacher.py' if role == 'teacher' else ''}, "
+                f"or a Hub id{_presets_hint(presets)}."]  # fmt: skip
+    if hub_offline() and not in_hub_cache(name):
+        return [f"{flag} {name}: the Hub is off (HF_HUB_OFFLINE is set) and {name} is neither a folder here nor in "
+                f"the Hub cache ({hub_cache_dir()}). Download it once online, or pass a local folder."]  # fmt: skip
+    return []
+
+
+def check_dataset_name(flag: str, name: str) -> list[str]:
+    """An embedded set, a local folder (save_to_disk or data files), or a Hub dataset id (cached when offline)."""
+    if name in EMBEDDED_DATASETS or os.path.isdir(os.path.expanduser(name)):
+        return []
+    if looks_like_path(name):
+        return [f"{flag} {name}: no such folder{_close_names(name)}. For a folder of class sub-folders of images "
+                "use --train_dir (and --validation_dir)."]  # fmt: skip
+    close = difflib.get_close_matches(name, EMBEDDED_DATASETS, n=1, cutoff=0.6)
+    if hub_offline() and not (in_hub_cache(name, "dataset") or _in_datasets_cache(name)):
+        suggestion = f" Did you mean {close[0]!r}?" if close else ""
+        return [f"{flag} {name}: the Hub is off (HF_HUB_OFFLINE is set) and {name} is not an embedded set "
+                f"({', '.join(EMBEDDED_DATASETS)}), a folder here or a cached Hub dataset.{suggestion} Download it "
+                "once online, or pass image folders with --train_dir/--validation_dir."]  # fmt: skip
+    if close and "/" not in name and name != close[0]:
+        return [f"{flag} {name}: did you mean the embedded {close[0]!r}? (Hub datasets are named organisation/name.)"]
+    return []
+
+
+def _in_datasets_cache(name: str) -> bool:
+    home = os.environ.get("HF_DATASETS_CACHE") or os.path.join(os.path.dirname(hub_cache_dir()), "datasets")
+    return os.path.isdir(os.path.join(home, name.replace("/", "___")))
+
+
+def _presets_hint(presets: Sequence[str]) -> str:
+    return f", or a preset ({', '.join(presets)})" if presets else ""
+
+
+def _saved_image_size(name: str) -> Optional[int]:
+    try:
+        with open(os.path.join(os.path.expanduser(name), "config.json")) as file:
+            size = json.load(file).get("image_size")
+    except (OSError, ValueError):
+        return None
+    size = size[0] if isinstance(size, (list, tuple)) and size else size
+    return size if isinstance(size, int) else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _check_choice(given: dict, flag: str, choices: Sequence[str]) -> list[str]:
+    if flag not in given or given[flag] in choices:
+        return []
+    close = difflib.get_close_matches(given[flag], choices, n=1, cutoff=0.5)
+    suggestion = f" (did you mean {close[0]}?)" if close else ""
+    return [f"--{flag} {given[flag]}: not a choice{suggestion}; choose one of {', '.join(choices)}."]
+
+
+def _check_range(given: dict, flag: str, low: float, high: float, low_open=False, high_open=False) -> list[str]:
+    if flag not in given:
+        return []
+    value = _float_or_none(given[flag])
+    inside = value is not None and (low < value if low_open else low <= value) and (
+        value < high if high_open else value <= high
+    )
+    if inside:
+        return []
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return [f"--{flag} {given[flag]}: give a number in {interval}."]
+
+
+def _int(given: dict, flag: str, problems: list) -> Optional[int]:
+    if flag not in given:
+        return None
+    try:
+        return int(given[flag])
+    except ValueError:
+        problems.append(f"--{flag} {given[flag]}: give a whole number.")
+        return None
+
+
+def _float_or_none(text) -> Optional[float]:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _parse_overrides(text: str) -> tuple[dict, list[str]]:
+    """`--config_overrides` 'key=value,...' (as `hf_deit.arguments.parse_config_overrides`): ints where they parse."""
+    values, problems = {}, []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--config_overrides: expected key=value pairs separated by commas, got {item!r} "
+                            "(e.g. 'hidden_size=128,num_hidden_layers=6').")  # fmt: skip
+            continue
+        try:
+            values[key.strip()] = int(value)
+        except ValueError:
+            values[key.strip()] = value.strip()
+    return values, problems

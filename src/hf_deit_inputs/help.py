@@ -1,0 +1,64 @@
+"""`train.py --help` in a fraction of a second: the flags grouped by what they are for, from a catalogue.
+
+The flags' names, defaults and help texts live in the argument dataclasses (`hf_deit.arguments`, `hf_deit.data`),
+whose import costs seconds of torch. `hf_deit.arguments.write_help_catalogue()` renders them, by group, into
+`train_flags.json` beside this module (tests/test_inputs.py fails, with the command to run, when it is out of date);
+`--help` prints it under the script's docstring (its description and examples). `--help_all` prints the full,
+slower listing of every flag, transformers' `TrainingArguments` included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from typing import Sequence
+
+CATALOGUE_PATH = os.path.join(os.path.dirname(__file__), "train_flags.json")
+REGENERATE = "python -c 'import hf_deit.arguments as a; a.write_help_catalogue()'"
+# The TrainingArguments flags a first run needs, shown under "Training"; the other ~150 are in --help_all.
+COMMON_TRAINING_FLAGS = (
+    "output_dir", "overwrite_output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "learning_rate", "weight_decay", "warmup_steps", "seed", "bf16", "eval_strategy", "save_strategy",
+    "logging_steps", "resume_from_checkpoint", "dataloader_num_workers", "report_to", "push_to_hub", "hub_model_id",
+)  # fmt: skip
+WIDTH = 100
+
+
+def answer_help(argv: Sequence[str], prog: str, description: str) -> list[str]:
+    """Print the grouped help and exit when `argv` asks for it (-h/--help); `--help_all` becomes the full parser's
+    `--help`. Returns the command line to parse."""
+    if any(token in ("-h", "--help") for token in argv):
+        print_help(prog, description)
+        sys.exit(0)
+    return ["--help" if token == "--help_all" else token for token in argv]
+
+
+def print_help(prog: str, description: str, catalogue_path: str = CATALOGUE_PATH, file=None) -> None:
+    with open(catalogue_path) as handle:
+        catalogue = json.load(handle)
+    (file or sys.stdout).write(format_help(prog, description, catalogue))
+
+
+def format_help(prog: str, description: str, catalogue: dict) -> str:
+    lines = [f"usage: {prog} [--flag value ...]   or   {prog} settings.json", "", textwrap.dedent(description).strip(), ""]
+    for group in catalogue["groups"]:
+        lines += [f"{group['title']}:"]
+        if group.get("note"):
+            lines += textwrap.wrap(group["note"], WIDTH, initial_indent="  ", subsequent_indent="  ")
+        for flag in group["flags"]:
+            lines.append(f"  --{flag['name']} {flag['metavar']}".rstrip())
+            text = flag["help"] + (f" (default: {flag['default']})" if flag["default"] not in (None, "") else "")
+            lines += textwrap.wrap(text, WIDTH, initial_indent="      ", subsequent_indent="      ")
+        lines.append("")
+    lines.append(f"Every flag of transformers' TrainingArguments works too: {prog} --help_all lists them all (slower).")
+    return "\n".join(lines) + "\n"
+
+
+def catalogue_entry(name: str, type_name: str, default, help_text: str) -> dict:
+    """One flag: `metavar` from its type (`{a,b}` for choices written "a, b or c" is left to the help text)."""
+    metavar = {"bool": "{true,false}", "int": "N", "float": "X", "list": "V [V ...]"}.get(type_name, "VALUE")
+    if isinstance(default, float):
+        default = f"{default:g}"
+    return {"name": name, "metavar": metavar, "default": default, "help": " ".join(str(help_text).split())}

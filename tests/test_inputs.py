@@ -1,0 +1,232 @@
+"""First contact: every input named on a command line is checked before any model or dataset work, in a second,
+with a message that says what is wrong and how to fix it (`hf_deit_inputs`)."""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from hf_deit_inputs import InputError, check_teacher_command_line, check_train_command_line, find_class_folders
+from hf_deit_inputs import checks
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+
+
+def write_images(folder: Path, count: int = 2, size=(12, 9)) -> None:
+    """`count` small real images, JPEG and PNG, RGB, RGBA and grayscale, of several sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        mode, suffix = (("RGB", "jpg"), ("RGBA", "png"), ("L", "png"))[index % 3]
+        Image.new(mode, (size[0] + 3 * index, size[1] + index), 40 * index).save(folder / f"{index}.{suffix}")
+
+
+@pytest.fixture
+def image_root(tmp_path) -> Path:
+    """data/train with classes cat, dog, fox and data/val (deeper elsewhere) with cat and dog."""
+    for name in ("cat", "dog", "fox"):
+        write_images(tmp_path / "data" / "train" / name)
+    for name in ("cat", "dog"):
+        write_images(tmp_path / "elsewhere" / "deeper" / "val" / name, count=1)
+    return tmp_path
+
+
+def problems(argv, cwd=None) -> str:
+    with pytest.raises(InputError) as caught:
+        check_train_command_line(argv)
+    return str(caught.value)
+
+
+def test_valid_inputs_pass(image_root):
+    check_train_command_line(["--train_dir", str(image_root / "data/train"), "--validation_dir",
+                              str(image_root / "elsewhere/deeper/val"), "--model_name_or_path", "tiny",
+                              "--image_size", "32", "--distillation_type", "none", "--output_dir", str(image_root / "o")])
+    check_train_command_line([])  # the defaults
+    check_train_command_line(["--dataset_name", "digits", "--max_steps", "3", "--push_to_hub"])  # other flags skipped
+
+
+def test_missing_and_empty_folders_name_the_fix(image_root):
+    train = image_root / "data" / "train"
+    message = problems(["--train_dir", str(image_root / "data" / "trian")])
+    assert "no such folder" in message and "did you mean" in message and str(train) in message
+    (image_root / "empty").mkdir()
+    assert "holds no images" in problems(["--train_dir", str(image_root / "empty")])
+    (image_root / "notes.txt").write_text("x")
+    assert "is a file" in problems(["--train_dir", str(image_root / "notes.txt")])
+    # The parent of the splits, a single class, images outside class folders.
+    assert "parent of the splits" in problems(["--train_dir", str(image_root / "data"), "--validation_dir",
+                                               str(image_root / "elsewhere/deeper/val")])  # fmt: skip
+    write_images(image_root / "one" / "cat")
+    assert "single class folder" in problems(["--train_dir", str(image_root / "one")])
+    write_images(image_root / "flat", count=3)
+    message = problems(["--train_dir", str(image_root / "flat")])
+    assert "directly in it" in message and "--unlabeled_train_dir" in message
+    assert "needs a --train_dir" in problems(["--validation_dir", str(image_root / "elsewhere/deeper/val")])
+
+
+def test_an_extra_validation_class_is_refused_naming_it(image_root):
+    write_images(image_root / "elsewhere" / "deeper" / "val" / "cats", count=1)
+    message = problems(["--train_dir", str(image_root / "data/train"), "--validation_dir",
+                        str(image_root / "elsewhere/deeper/val")])
+    assert "'cats' (closest in train: 'cat')" in message and "cat, dog, fox" in message
+
+
+def test_unknown_preset_lists_them_and_suggests_the_closest():
+    message = problems(["--model_name_or_path", "tinny"])
+    assert "Did you mean 'tiny'?" in message and "small-384" in message and "deit_base_distilled_patch16_224" in message
+
+
+def test_teacher_and_model_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "teacher_run").mkdir(parents=True)
+    # A path whose parent exists: a missing folder, with what is there.
+    message = problems(["--teacher_name_or_path", "outputs/teacher", "--distillation_type", "hard"])
+    assert "no such folder" in message and "teacher_run" in message
+    # A folder without a saved model.
+    assert "without config.json" in problems(["--teacher_name_or_path", "outputs/teacher_run"])
+    # Offline (the tests' HF_HUB_OFFLINE=1): a Hub id not in the cache is said to be unreachable, not a network error.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    message = problems(["--teacher_name_or_path", "facebook/regnet-y-160"])
+    assert "HF_HUB_OFFLINE" in message and "Hub cache" in message
+    (tmp_path / "cache" / "models--facebook--regnet-y-160" / "snapshots" / "abc").mkdir(parents=True)
+    check_train_command_line(["--teacher_name_or_path", "facebook/regnet-y-160"])  # cached: fine offline
+    assert "neither a folder here nor a Hub id" in problems(["--teacher_name_or_path", "my teacher"])
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "config.json").write_text('{"image_size": 224}')
+    check_train_command_line(["--teacher_name_or_path", "saved", "--model_name_or_path", "saved"])
+
+
+def test_choices_are_checked_with_or_without_a_teacher(tmp_path):
+    assert "not a choice" in problems(["--distillation_type", "bogus"])
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "config.json").write_text("{}")
+    message = problems(["--distillation_type", "Hard", "--teacher_name_or_path", str(tmp_path / "t"),
+                        "--attention_distillation_token", "class", "--feature_distillation_loss", "l2",
+                        "--preset", "imagenette", "--distillation_alpha", "1.5"])
+    assert message.startswith("5 problems")
+    assert "did you mean hard?" in message and "did you mean imagenet?" in message and "[0, 1]" in message
+
+
+def test_contradicting_flags(tmp_path):
+    assert "learn(s) from a teacher" in problems(["--distillation_type", "soft"])
+    assert "learn(s) from a teacher" in problems(["--labeled_fraction", "0.1"])
+    assert "disagree" in problems(["--image_size", "32", "--config_overrides", "image_size=64"])
+    assert "multiple of the patch size 16" in problems(["--model_name_or_path", "tiny", "--image_size", "30"])
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"image_size": 224}')
+    message = problems(["--model_name_or_path", str(tmp_path / "model"), "--image_size", "32"])
+    assert "takes 224 px" in message and "Drop --image_size" in message
+    assert "keep one" in problems(["--dataset_name", "digits", "--train_dir", str(tmp_path)])
+
+
+def test_dataset_names_offline():
+    message = problems(["--dataset_name", "mnsit"])
+    assert "Did you mean 'mnist'?" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_the_teacher_script_checks_its_inputs(tmp_path):
+    with pytest.raises(InputError, match="choose one of resnet, regnet"):
+        check_teacher_command_line(["--architecture", "resnt"], ("resnet", "regnet"))
+    with pytest.raises(InputError, match="no such folder"):
+        check_teacher_command_line(["--train_dir", str(tmp_path / "missing")], ("resnet",))
+
+
+def test_json_configuration_files_are_checked_too(tmp_path):
+    (tmp_path / "run.json").write_text('{"distillation_type": "bogus", "max_steps": 3}')
+    assert "not a choice" in problems([str(tmp_path / "run.json")])
+
+
+def test_class_folders_at_any_depth_and_hidden_files(image_root):
+    (image_root / "data" / "train" / ".ipynb_checkpoints").mkdir()
+    (image_root / "data" / "train" / "empty_class").mkdir()
+    write_images(image_root / "data" / "train" / "cat" / "2019" / "deep", count=1)
+    folders = find_class_folders(str(image_root / "data" / "train"))
+    assert folders.classes == ("cat", "dog", "fox") and folders.empty == ("empty_class",)
+    paths, labels = folders.labelled_files()
+    assert len(paths) == 7 and labels == [0, 0, 0, 1, 1, 2, 2]
+
+
+def test_the_mirrored_constants_match_the_package():
+    from hf_deit.configuration_distilled_deit import PRESET_ALIASES, PRESETS
+    from hf_deit.data import AUGMENTATION_PRESETS, EMBEDDED_DATASETS
+    from hf_deit.feature_distillation import FEATURE_LOSSES, FEATURE_TOKENS
+    from hf_deit.losses import ATTENTION_MAP_LOSSES, DistillationType
+
+    assert set(checks.MODEL_PRESETS) == set(PRESET_ALIASES) | set(PRESETS)
+    assert {PRESETS[PRESET_ALIASES.get(name, name)].get("patch_size", 16) for name in checks.MODEL_PRESETS} == {16}
+    assert checks.AUGMENTATION_PRESETS == ("auto", *AUGMENTATION_PRESETS)
+    assert checks.EMBEDDED_DATASETS == tuple(EMBEDDED_DATASETS)
+    assert checks.DISTILLATION_TYPES == typing.get_args(DistillationType)
+    assert checks.ATTENTION_MAP_LOSSES == ATTENTION_MAP_LOSSES
+    assert (checks.FEATURE_LOSSES, checks.FEATURE_TOKENS) == (FEATURE_LOSSES, FEATURE_TOKENS)
+
+
+@pytest.mark.parametrize("script, argv, expected", [
+    ("train.py", ["--train_dir", "no/such/folder"], "no such folder"),
+    ("train.py", ["--model_name_or_path", "tinny"], "Did you mean 'tiny'?"),
+    ("train.py", ["--teacher_name_or_path", "./teacher", "--distillation_type", "bogus"], "2 problems"),
+    ("train_teacher.py", ["--architecture", "resnt"], "did you mean resnet?"),
+])  # fmt: skip
+def test_scripts_answer_in_well_under_two_seconds_before_importing_torch(tmp_path, script, argv, expected):
+    """Timed in CPU seconds of the child (the machine may be busy): torch alone costs more than the budget."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"),
+                                                                                           os.environ.get("PYTHONPATH")]))}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run([sys.executable, str(SCRIPTS / script), *argv], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{script}: error:" in result.stderr and expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert cpu_seconds < 2.0
+
+
+# ----------------------------------------------------------------------------------------------------------- --help
+
+
+def run_script(script, *argv, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"),
+                                                                                           os.environ.get("PYTHONPATH")]))}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run([sys.executable, str(SCRIPTS / script), *argv], cwd=cwd or REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return result, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def test_help_is_grouped_with_examples_on_top_and_answers_at_once():
+    result, cpu_seconds = run_script("train.py", "--help")
+    assert result.returncode == 0 and cpu_seconds < 3.0
+    text = result.stdout
+    assert text.index("python scripts/train.py --train_dir data/train") < text.index("Model (the student):")
+    titles = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert titles == ["Model (the student):", "Data:", "Augmentation:", "Distillation:", "Training:"]
+    for flag in ("--teacher_name_or_path", "--distillation_type", "--train_dir", "--rand_augment", "--max_steps",
+                 "--overwrite_output_dir", "--image_size"):
+        assert f"  {flag} " in text, flag
+    assert len(text.splitlines()) < 300 and "--help_all" in text
+
+
+def test_the_help_catalogue_matches_the_argument_dataclasses():
+    from hf_deit.arguments import help_catalogue
+    from hf_deit_inputs.help import CATALOGUE_PATH, REGENERATE
+
+    with open(CATALOGUE_PATH) as file:
+        saved = json.load(file)
+    assert saved == json.loads(json.dumps(help_catalogue(), default=str)), f"Out of date: run {REGENERATE}"
+
+
+@pytest.mark.slow
+def test_help_all_lists_every_flag_in_groups():
+    result, _ = run_script("train.py", "--help_all")
+    assert result.returncode == 0
+    for title in ("Model (the student):", "Data:", "Augmentation:", "Distillation:"):
+        assert f"\n{title}\n" in result.stdout, title
+    assert "--gradient_accumulation_steps" in result.stdout
