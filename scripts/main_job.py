@@ -162,12 +162,12 @@ def main(argv=None) -> dict:
 
 
 ROWS = (
-    ("teacher", "(a) CNN teacher, 4,000 labels"),
+    ("teacher", "(a) CNN teacher, all labels"),
     ("deit_none", "(a) DeiT, no distillation"),
     ("deit_hard", "(a) DeiT, hard distillation + feature maps"),
-    ("few_teacher", "(b) CNN teacher, 400 labels"),
-    ("few_labels_alone", "(b) DeiT, 400 labels alone"),
-    ("few_labels_pool", "(b) DeiT, 400 labels + 3,600 unlabelled (teacher)"),
+    ("few_teacher", "(b) CNN teacher, 10% of the labels"),
+    ("few_labels_alone", "(b) DeiT, 10% of the labels alone"),
+    ("few_labels_pool", "(b) DeiT, 10% of the labels + the other 90% unlabelled (teacher)"),
 )
 
 

@@ -144,8 +144,9 @@ def test_main_job_quick_run_prints_the_side_by_side_table(tmp_path):
         env=child_env(), capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for row in ("(a) CNN teacher, 4,000 labels", "(a) DeiT, no distillation", "(a) DeiT, hard distillation + feature maps",
-                "(b) CNN teacher, 400 labels", "(b) DeiT, 400 labels alone", "(b) DeiT, 400 labels + 3,600 unlabelled"):
+    for row in ("(a) CNN teacher, all labels", "(a) DeiT, no distillation", "(a) DeiT, hard distillation + feature maps",
+                "(b) CNN teacher, 10% of the labels", "(b) DeiT, 10% of the labels alone",
+                "(b) DeiT, 10% of the labels + the other 90% unlabelled"):
         assert f"| {row}" in result.stdout, row
     assert "points with all labels" in result.stdout and "points with 10% of the labels" in result.stdout
     results = json.loads((tmp_path / "results.json").read_text())
