@@ -124,7 +124,7 @@ def collect(out: Path, rows: dict) -> dict:
         seed = int(seed_dir.name.removeprefix("seed"))
         for teacher in seed_dir.glob("teacher*/all_results.json"):
             teachers.setdefault(teacher.parent.name, {})[seed] = json.loads(teacher.read_text())
-        for row in rows:
+        for row in rows:  # rows in the study's order
             for result in sorted((seed_dir / row).glob("*/all_results.json")):
                 if result.with_name("eval_results.json").exists():
                     runs.setdefault(row, {}).setdefault(result.parent.name, {})[seed] = json.loads(result.read_text())
@@ -152,7 +152,8 @@ def write_results(out: Path, rows: dict) -> dict:
                      f"{_stats(accuracies)} | - | - | {statistics.fmean(m['train_runtime'] for m in by_seed.values()) / 60:.1f} |")
     for row, arms in found["runs"].items():
         baseline = arms.get("none", {})
-        for arm, by_seed in arms.items():
+        for arm in sorted(arms, key=list(rows[row][3]).index):  # in the row's order: none first
+            by_seed = arms[arm]
             seeds = sorted(by_seed)
             accuracy = [100 * by_seed[s]["eval_accuracy"] for s in seeds]
             cls = statistics.fmean(100 * by_seed[s]["eval_cls_accuracy"] for s in seeds)
@@ -160,7 +161,7 @@ def write_results(out: Path, rows: dict) -> dict:
             minus = [f"{100 * (by_seed[s]['eval_accuracy'] - baseline[s]['eval_accuracy']):+.1f}"
                      for s in seeds if s in baseline and arm != "none"]  # fmt: skip
             minutes = statistics.fmean(by_seed[s]["train_runtime"] for s in seeds) / 60
-            lines.append(f"| {row} | {arm} | {' / '.join(f'{a:.1f}' for a in accuracy)} (seeds {', '.join(map(str, seeds))}) "
+            lines.append(f"| {row} | {arm} | {' / '.join(f'{a:.1f}' for a in accuracy)} ({'seeds' if len(seeds) > 1 else 'seed'} {', '.join(map(str, seeds))}) "
                          f"| {_stats(accuracy)} | {cls:.1f} / {dist:.1f} | {' / '.join(minus) or '-'} | {minutes:.1f} |")
     lines += ["", "Rows:"] + [f"- `{row}`: {rows[row][0]}; flags `{' '.join(rows[row][2])}`" for row in found["runs"]]
     table = "\n".join(lines) + "\n"
