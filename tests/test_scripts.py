@@ -119,8 +119,9 @@ def test_a_new_users_image_folders_train_a_preset_at_the_size_asked(user_folders
 
     train_dir, validation_dir = user_folders
     out = tmp_path / "run"
-    metrics = train.main(["--output_dir", str(out), "--train_dir", str(train_dir), "--validation_dir",
-                          str(validation_dir), "--distillation_type", "none", *USER_RUN])  # fmt: skip
+    with caplog.at_level("INFO"):
+        metrics = train.main(["--output_dir", str(out), "--train_dir", str(train_dir), "--validation_dir",
+                              str(validation_dir), "--distillation_type", "none", *USER_RUN])  # fmt: skip
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     config = json.loads((out / "config.json").read_text())
     # Three classes from train's folders (fox has no validation images: allowed, with a warning), at 32 px.
