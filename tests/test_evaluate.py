@@ -65,7 +65,7 @@ def test_streamed_metrics_equal_the_metrics_of_all_logits_at_once(saved_deit, di
     assert streamed.pop("num_images") == 90 and streamed.pop("num_skipped") == 0
     assert set(streamed) == set(reference) == {
         "accuracy", "top5_accuracy", "cls_accuracy", "cls_top5_accuracy", "distillation_accuracy",
-        "distillation_top5_accuracy",
+        "distillation_top5_accuracy", "cls_majority_share", "distillation_majority_share",
     }  # fmt: skip
     for key, value in reference.items():
         assert streamed[key] == pytest.approx(value, abs=1e-12), key

@@ -90,7 +90,7 @@ def test_trainer_gives_a_mixed_batch_the_described_targets(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no")
     trainer = DistillationTrainer(model=student, args=args, train_dataset=_Batch(_examples([0, 1, -1, 3])),
                                   data_collator=collator, teacher=teacher, distillation_type="hard",
-                                  pseudo_label_threshold=0.0)  # fmt: skip
+                                  pseudo_label_threshold=0.0, feature_map_distillation_weight=0.0)  # fmt: skip
     torch.manual_seed(0)
     batch = collator(_examples([0, 1, -1, 3]))
     student.train()

@@ -171,7 +171,9 @@ class DeiTTrainingArguments(TrainingArguments):
                   "checkpoints (by default such a run is refused; one with the same settings resumes)."},
     )
     learning_rate: Optional[float] = field(
-        default=None, metadata={"help": "Peak learning rate; default 5e-4 x global batch size / 512 (the paper)."}
+        default=None,
+        metadata={"help": "Peak learning rate; default 5e-4 x global batch size / 512 (the paper), and at least "
+                  "5e-4 x sqrt(global batch / 64) for a new model on fewer than 100,000 images."},
     )
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (none on norms/biases/tokens)."})
     lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Learning-rate schedule."})

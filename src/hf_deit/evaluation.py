@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Optional
 
+import numpy as np
 import torch
 from datasets import IterableDataset, IterableDatasetDict
 from transformers import EvalPrediction
@@ -191,6 +192,7 @@ def evaluate_classifier(
     loader = torch.utils.data.DataLoader(ready, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     compute_metrics = make_compute_metrics(top_k)
     sums: dict[str, float] = {}
+    class_counts: dict[str, np.ndarray] = {}  # per head: how often each class was predicted (majority shares)
     num_images = 0
     for batch in loader:
         if batch is None:  # every image of the batch was undecodable
@@ -213,13 +215,20 @@ def evaluate_classifier(
             results = {k: v for k, v in results.items() if not k.startswith(("cls_", "distillation_"))}
         count = len(labels)
         for name, value in results.items():
+            if name.endswith("majority_share"):  # a share of the whole split, not a mean of the batches' shares
+                continue
             sums[name] = sums.get(name, 0.0) + float(value) * count
+        if not single_head:
+            for prefix, head in (("cls_", predictions[1]), ("distillation_", predictions[2])):
+                counts = np.bincount(head.argmax(axis=-1), minlength=head.shape[-1])
+                class_counts[prefix] = class_counts.get(prefix, 0) + counts
         num_images += count
     if num_images == 0:
         raise ValueError("No image could be evaluated: the dataset is empty or every image was undecodable.")
     # A stream has no length to compare with: its skipped images are counted in the log only (None here).
     num_skipped = None if isinstance(dataset, IterableDataset) else len(dataset) - num_images
     metrics = {name: total / num_images for name, total in sums.items()}
+    metrics.update({f"{prefix}majority_share": float(counts.max() / num_images) for prefix, counts in class_counts.items()})
     return {"num_images": num_images, "num_skipped": num_skipped, **metrics}
 
 

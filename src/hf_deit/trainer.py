@@ -344,6 +344,8 @@ class DistillationTrainer(DeiTTrainerBase):
         size = max(self._probe_input().shape[-2:])
         if not self.distillation_loss.needs_teacher or size > SMALL_IMAGE_MAX_SIZE:
             return 0.0
+        if getattr(self.teacher.teacher, "config", None) is None:  # a plain module: no hidden states to ask for
+            return 0.0
         try:
             self.teacher_outputs(self._probe_input(), attention_map=False, features=False, stage_maps=True)
         except ValueError:  # not a CNN: no spatial stage outputs to imitate
