@@ -24,6 +24,7 @@ from hf_deit.arguments import (
     ModelArguments,
     label_fields,
     load_dataset_from_args,
+    parse_config_overrides,
     student_config,
     uses_embedded_data,
 )
@@ -53,14 +54,19 @@ def parse_args(argv=None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str]):
+def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str], image_size=None):
     """A new student from a preset, or a saved one: our own model, or a transformers DeiT/ViT (folder or Hub id), a
-    timm/facebook checkpoint file or a timm Hub-layout folder, converted on load (`hf_deit.convert`)."""
+    timm/facebook checkpoint file or a timm Hub-layout folder, converted on load (`hf_deit.convert`). A saved model
+    with other classes gets new heads; `image_size` (--image_size) other than its own resamples its position
+    embeddings once, at load (the paper fine-tunes 224 -> 384); each is logged."""
     fields = label_fields(label_names)
     config = student_config(model_args, data_args, **fields)
     if config is not None:
         config._attn_implementation = model_args.attn_implementation
         return DistilledDeiTForImageClassification(config)
+    if image_size is not None:
+        fields["image_size"] = image_size
+    fields.update(parse_config_overrides(model_args.config_overrides))  # e.g. num_attention_heads for a bare file
     return DistilledDeiTForImageClassification.from_pretrained(
         model_args.model_name_or_path,
         trust_remote_code=model_args.trust_remote_code,
@@ -85,7 +91,7 @@ def main(argv=None) -> dict:
     dataset["train"] = add_unlabeled_examples(dataset["train"], distill_args, data_args, training_args)
 
     # Student: its input size decides the transforms' unless given
-    model = build_student(model_args, data_args, label_names)
+    model = build_student(model_args, data_args, label_names, aug_args.image_size)
     if aug_args.image_size is None:
         image_size = model.config.image_size
         aug_args.image_size = image_size if isinstance(image_size, int) else image_size[0]
@@ -125,6 +131,7 @@ def main(argv=None) -> dict:
         feature_distillation_loss=distill_args.feature_distillation_loss,
         feature_distillation_token=distill_args.feature_distillation_token,
         pseudo_label_threshold=distill_args.pseudo_label_threshold,
+        teacher_image_size=distill_args.teacher_image_size,
     )
     # Resume from the newest checkpoint in output_dir unless told otherwise (rule: hf_deit.checkpointing).
     checkpoint = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)

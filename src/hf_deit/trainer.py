@@ -48,6 +48,18 @@ FEATURE_PROJECTION_NAME = "feature_projection.safetensors"
 _NOT_EVAL_RESULTS = re.compile(r"(runtime|per_second|epoch|step)$")
 
 
+def _teacher_input_size(value) -> tuple[int, int] | None:
+    """`teacher_image_size` as the adapter's size: "student" (None: no resizing), N or "N" px, or (height, width)."""
+    if value == "student":
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    size = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
+        raise ValueError(f"teacher_image_size must be 'student', a size in pixels or (height, width); got {value!r}.")
+    return size
+
+
 class DeiTTrainerBase(Trainer):
     """What DeiT training adds to `Trainer` whatever the loss: evaluation batches collated without mixup, repeated
     augmentation across processes, and no weight decay on the tokens and position embeddings.
@@ -205,6 +217,9 @@ class DistillationTrainer(DeiTTrainerBase):
             ("cosine" or "mse"). The projection (`self.feature_projection`) is trained with the student by the same
             optimizer, clipped with it and not part of the model: `save_pretrained` never holds it; each checkpoint
             saves it beside the optimizer state (`feature_projection.safetensors`), so a resumed run continues it.
+        teacher_image_size: the resolution the teacher sees. None (default): its own preprocessing's size, the batch
+            resized to it when the student's differs; "student": the student's batch as it is, as the paper fine-tunes
+            at 384 with the teacher at the new resolution (a CNN takes any size); or an int or (height, width).
         pseudo_label_threshold: unlabelled examples (label -1, `labeled` mask from the collator) learn on the class
             head from the teacher's prediction when its probability reaches this (0 = always); see `hf_deit.losses`.
 
@@ -238,6 +253,7 @@ class DistillationTrainer(DeiTTrainerBase):
         feature_distillation_loss: str = "cosine",
         feature_distillation_token: str = "dist",
         pseudo_label_threshold: float = 0.0,
+        teacher_image_size: "int | Sequence[int] | str | None" = None,
         **trainer_kwargs,
     ):
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
@@ -268,7 +284,7 @@ class DistillationTrainer(DeiTTrainerBase):
         self._loss_terms_sum = None  # running sums of (loss_cls, loss_distillation) since the last log
         self._loss_terms_count = 0
         if teacher is not None:
-            self._set_teacher(teacher, student_mean, student_std, teacher_processor, trust_remote_code)
+            self._set_teacher(teacher, student_mean, student_std, teacher_processor, trust_remote_code, teacher_image_size)
             self._set_extra_terms()
 
     @staticmethod
@@ -342,7 +358,8 @@ class DistillationTrainer(DeiTTrainerBase):
                              "distillation. Resume with the same --feature_distillation_weight, or start a new run.")
         self.feature_projection.load_state_dict(load_file(path, device=str(self.accelerator.device)))
 
-    def _set_teacher(self, teacher, student_mean, student_std, teacher_processor, trust_remote_code) -> None:
+    def _set_teacher(self, teacher, student_mean, student_std, teacher_processor, trust_remote_code,
+                     teacher_image_size=None) -> None:  # fmt: skip
         module = load_teacher(teacher, trust_remote_code=trust_remote_code)
         teacher_config = getattr(module, "config", None)
         self.teacher_name = teacher if isinstance(teacher, str) else getattr(teacher_config, "_name_or_path", None)
@@ -355,6 +372,8 @@ class DistillationTrainer(DeiTTrainerBase):
             student_mean = getattr(processor, "image_mean", None) if student_mean is None else student_mean
             student_std = getattr(processor, "image_std", None) if student_std is None else student_std
         expected = teacher_preprocessing(teacher if isinstance(teacher, str) else module, teacher_processor, module)
+        if teacher_image_size is not None:
+            expected.image_size = _teacher_input_size(teacher_image_size)
         if expected.num_channels is None and teacher_config is not None:
             expected.num_channels = getattr(teacher_config, "num_channels", None)
         student_channels = getattr(student_config, "num_channels", None)
