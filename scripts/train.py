@@ -33,6 +33,7 @@ from hf_deit.arguments import (  # noqa: E402
     ModelArguments,
     label_fields,
     load_dataset_from_args,
+    parse_config_overrides,
     student_config,
 )
 from hf_deit.data import (  # noqa: E402
@@ -69,15 +70,19 @@ def parse_args(argv=None):
 
 
 def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str], image_size=None):
-    """A new model (preset or default) at `image_size` when given, or a saved one, which must take that size: our own
-    model, or a transformers DeiT/ViT (folder or Hub id), a timm/facebook checkpoint file or a timm Hub-layout folder,
-    converted on load (`hf_deit.convert`)."""
+    """A new model (preset or default) at `image_size` when given, or a saved one: our own model, or a transformers
+    DeiT/ViT (folder or Hub id), a timm/facebook checkpoint file or a timm Hub-layout folder, converted on load
+    (`hf_deit.convert`). A saved model with other classes gets new heads; `image_size` (--image_size) other than its
+    own resamples its position embeddings once, at load (the paper fine-tunes 224 -> 384); each is logged."""
     fields = label_fields(label_names)
     config = student_config(model_args, data_args, image_size, **fields)
     if config is not None:
         config._attn_implementation = model_args.attn_implementation
         return DistilledDeiTForImageClassification(config)
-    model = DistilledDeiTForImageClassification.from_pretrained(
+    if image_size is not None:
+        fields["image_size"] = image_size
+    fields.update(parse_config_overrides(model_args.config_overrides))  # e.g. num_attention_heads for a bare file
+    return DistilledDeiTForImageClassification.from_pretrained(
         model_args.model_name_or_path,
         trust_remote_code=model_args.trust_remote_code,
         attn_implementation=model_args.attn_implementation,
@@ -85,12 +90,6 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, label_na
         drop_path_rate=model_args.drop_path_rate,
         **fields,
     )
-    size = model.config.image_size
-    size = size if isinstance(size, int) else size[0]
-    if image_size is not None and image_size != size:
-        raise ValueError(f"--image_size {image_size}: the saved model {model_args.model_name_or_path} takes {size} px "
-                         f"images. Drop --image_size, or pass --image_size {size}.")  # fmt: skip
-    return model
 
 
 def main(argv=None) -> dict:
@@ -157,6 +156,7 @@ def main(argv=None) -> dict:
         feature_map_distillation_weight=distill_args.feature_map_distillation_weight,
         feature_map_distillation_layers=distill_args.feature_map_distillation_layers,
         pseudo_label_threshold=distill_args.pseudo_label_threshold,
+        teacher_image_size=distill_args.teacher_image_size,
     )
     # Resume from the newest checkpoint in output_dir unless told otherwise (rule: hf_deit.checkpointing).
     checkpoint = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)

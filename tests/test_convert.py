@@ -439,13 +439,14 @@ def test_from_pretrained_converts_a_transformers_deit_folder(tmp_path, caplog, h
     assert "DistilledDeiTForImageClassification" in messages[0] and "DistilledDeiTModel" in messages[1]
 
 
-def test_from_pretrained_converts_a_non_distilled_transformers_vit(tmp_path):
+def test_from_pretrained_converts_a_non_distilled_transformers_vit(tmp_path, caplog):
     config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=48, num_labels=3, layer_norm_eps=1e-6)
     randomise(ViTForImageClassification(config)).save_pretrained(tmp_path / "vit")
-    with pytest.warns(UserWarning, match="not distilled"):
-        model = DistilledDeiTForImageClassification.from_pretrained(tmp_path / "vit")
+    caplog.set_level("INFO", logger="hf_deit.convert")
+    model = DistilledDeiTForImageClassification.from_pretrained(tmp_path / "vit")
     assert model.deit.embeddings.position_embeddings.shape == (1, 2 + 16, 32)
+    assert any("not distilled: added a distillation token" in message for message in caplog.messages)
 
 
 def test_from_pretrained_converts_timm_files_and_hub_layout_folders(tmp_path, caplog):
@@ -493,14 +494,16 @@ def test_from_pretrained_of_our_own_folder_is_transformers_own(tmp_path, caplog)
     assert model.config.drop_path_rate == 0.2 and _converted_on_load(caplog) == []
 
 
-def test_from_pretrained_overrides_act_on_the_converted_model(tmp_path):
+def test_from_pretrained_overrides_act_on_the_converted_model(tmp_path, caplog):
     source = randomise(DeiTForImageClassificationWithTeacher(small_deit_config(layer_norm_eps=1e-6)))
     source.save_pretrained(tmp_path / "src")
-    with pytest.warns(UserWarning, match="freshly initialised"):
-        model = DistilledDeiTForImageClassification.from_pretrained(
-            tmp_path / "src", id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1}, drop_path_rate=0.2,
-            attn_implementation="eager", dtype=torch.bfloat16, ignore_mismatched_sizes=True,
-        )
+    caplog.set_level("INFO", logger="hf_deit.convert")
+    model = DistilledDeiTForImageClassification.from_pretrained(
+        tmp_path / "src", id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1}, drop_path_rate=0.2,
+        attn_implementation="eager", dtype=torch.bfloat16, ignore_mismatched_sizes=True,
+    )
+    assert any("num_labels=2 differs from the checkpoint's 3 classes: both heads are freshly initialised" in message
+               for message in caplog.messages)
     assert model.config.id2label == {0: "a", 1: "b"} and model.cls_classifier.out_features == 2
     assert model.config.drop_path_rate == 0.2 and model.config._attn_implementation == "eager"
     assert model.cls_classifier.weight.dtype == torch.bfloat16
@@ -534,3 +537,57 @@ def test_from_pretrained_converts_a_hub_repo(tmp_path, monkeypatch, caplog):
     with torch.no_grad():
         assert max_diff(model(pixels).logits, source(pixels).logits) <= TOLERANCE
     assert "facebook/deit-tiny-distilled-test" in _converted_on_load(caplog)[0]
+
+
+def test_imagenet_checkpoint_gets_imagenet_class_names(tmp_path):
+    """A facebook/timm file carries no class names: a 1,000-class one gets ImageNet-1k's (timm ships them), as
+    transformers' own ImageNet checkpoints name them, instead of LABEL_0 .. LABEL_999."""
+    source = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "deit_in1k.pth")
+    model = DistilledDeiTForImageClassification.from_pretrained(tmp_path / "deit_in1k.pth", num_attention_heads=2)
+    assert model.config.num_labels == 1000
+    assert model.config.id2label[0] == "tench, Tinca tinca" and model.config.id2label[1] == "goldfish, Carassius auratus"
+    assert model.config.label2id["goldfish, Carassius auratus"] == 1
+    # ImageNet names "crane" twice (the bird, 134, and the machine, 517), as transformers' ImageNet configs do.
+    assert model.config.id2label[134] == model.config.id2label[517] == "crane"
+    assert len(set(model.config.id2label.values())) == 999
+
+
+@pytest.mark.parametrize("source_kind", ["timm file", "our own folder"])
+def test_new_resolution_at_load_is_timms_resampling(tmp_path, caplog, source_kind):
+    """Fine-tuning at another resolution (the paper: 224 -> 384, here 32 -> 48 px): the position embeddings are
+    resampled once at load, as timm resamples them when it loads a checkpoint into a model of another image size
+    (checkpoint_filter_fn: bicubic, antialiased, the two token rows kept); the config follows."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    source = tiny_timm_distilled()
+    torch.save(source.state_dict(), tmp_path / "deit.pth")
+    path = tmp_path / "deit.pth"
+    if source_kind == "our own folder":
+        convert_checkpoint(path, tmp_path / "ours", num_attention_heads=4)
+        path = tmp_path / "ours"
+    caplog.set_level("INFO", logger="hf_deit.convert")
+
+    model = DistilledDeiTForImageClassification.from_pretrained(path, image_size=48, num_attention_heads=4)
+
+    reference = VisionTransformerDistilled(img_size=48, patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                                           num_classes=5).eval()
+    reference.load_state_dict(checkpoint_filter_fn(source.state_dict(), reference))
+    assert model.config.image_size == 48
+    assert max_diff(model.deit.embeddings.position_embeddings, reference.pos_embed) <= 1e-6
+    with torch.no_grad():
+        assert max_diff(model(images(48)).logits, reference(images(48))) <= TOLERANCE
+    assert any("Resampled the position embeddings from a (4, 4) to a (6, 6) patch grid" in message
+               for message in caplog.messages)
+
+
+def test_our_own_folder_gets_new_heads_without_ignore_mismatched_sizes(tmp_path, caplog):
+    torch.save(tiny_timm_distilled().state_dict(), tmp_path / "deit.pth")
+    convert_checkpoint(tmp_path / "deit.pth", tmp_path / "ours", num_attention_heads=4)
+    caplog.set_level("INFO", logger="hf_deit.convert")
+    names = {index: str(index) for index in range(10)}
+    model = DistilledDeiTForImageClassification.from_pretrained(tmp_path / "ours", id2label=names, drop_path_rate=0.2)
+    assert model.config.id2label == names and model.cls_classifier.out_features == 10
+    assert model.config.drop_path_rate == 0.2
+    assert any("both heads are freshly initialised" in message for message in caplog.messages)
+    assert any(message.startswith(f"Loaded {tmp_path / 'ours'}") for message in caplog.messages)

@@ -118,10 +118,12 @@ def test_contradicting_flags(tmp_path):
     assert "learn(s) from a teacher" in problems(["--labeled_fraction", "0.1"])
     assert "disagree" in problems(["--image_size", "32", "--config_overrides", "image_size=64"])
     assert "multiple of the patch size 16" in problems(["--model_name_or_path", "tiny", "--image_size", "30"])
+    # A saved model is fine-tuned at another size (position embeddings resampled at load), in whole patches only.
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text('{"image_size": 224}')
-    message = problems(["--model_name_or_path", str(tmp_path / "model"), "--image_size", "32"])
-    assert "takes 224 px" in message and "Drop --image_size" in message
+    (tmp_path / "model" / "config.json").write_text('{"image_size": 224, "patch_size": 16}')
+    check_train_command_line(["--model_name_or_path", str(tmp_path / "model"), "--image_size", "384"])  # no error
+    assert "multiple of the patch size 16" in problems(["--model_name_or_path", str(tmp_path / "model"),
+                                                        "--image_size", "390"])
     assert "keep one" in problems(["--dataset_name", "digits", "--train_dir", str(tmp_path)])
 
 

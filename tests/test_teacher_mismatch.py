@@ -124,3 +124,30 @@ def test_reordered_teacher_through_train_script_agrees_by_name(tmp_path):
     assert share[3] != share[6]
     metrics = run_train(tmp_path, folder)
     assert metrics["eval_teacher_accuracy"] == pytest.approx(share[3])
+
+
+@pytest.mark.parametrize("setting, seen", [(None, (32, 32)), ("student", (16, 16)), (24, (24, 24)), ("20", (20, 20))])
+def test_teacher_image_size_decides_what_the_teacher_sees(tmp_path, setting, seen):
+    """By default the teacher sees its own preprocessing size; "student" keeps the student's batch as it is (the
+    paper's fine-tuning at a new resolution, teacher included), a number resizes to that."""
+    folder = save_teacher(tmp_path / "teacher", DIGITS, image_size=32)
+    student = DistilledDeiTForImageClassification(DistilledDeiTConfig(
+        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_labels=10,
+    ))  # fmt: skip
+    args = DeiTTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, eval_strategy="no")
+    trainer = DistillationTrainer(model=student, args=args, teacher=str(folder), teacher_image_size=setting,
+                                  processing_class=deit_image_processor(16, crop_pct=1.0))  # fmt: skip
+    sizes = []
+    trainer.teacher.teacher.register_forward_pre_hook(lambda module, inputs: sizes.append(tuple(inputs[0].shape[-2:])))
+    trainer.teacher_logits(torch.randn(2, 3, 16, 16))
+    assert sizes == [seen]
+
+
+def test_teacher_image_size_rejects_nonsense(tmp_path):
+    folder = save_teacher(tmp_path / "teacher", DIGITS)
+    student = DistilledDeiTForImageClassification(DistilledDeiTConfig(
+        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_labels=10,
+    ))  # fmt: skip
+    args = DeiTTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, eval_strategy="no")
+    with pytest.raises(ValueError, match="teacher_image_size must be 'student'"):
+        DistillationTrainer(model=student, args=args, teacher=str(folder), teacher_image_size="teacher")

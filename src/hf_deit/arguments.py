@@ -50,7 +50,8 @@ class ModelArguments:
     )
     config_overrides: Optional[str] = field(
         default=None,
-        metadata={"help": "Comma-separated config fields, e.g. 'hidden_size=128,num_hidden_layers=6,patch_size=4'."},
+        metadata={"help": "Comma-separated config fields, e.g. 'hidden_size=128,num_hidden_layers=6,patch_size=4'; "
+                  "for a loaded checkpoint, fields its weights leave open (e.g. 'num_attention_heads=4')."},
     )
     drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth of the last block (paper 0.1)."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa, flex_attention, ..."})
@@ -113,6 +114,11 @@ class DistillationArguments:
     distillation_alpha: float = field(default=0.5, metadata={"help": "Weight of the distillation term (paper 0.5)."})
     distillation_tau: float = field(default=1.0, metadata={"help": "Temperature of soft distillation (paper 1.0)."})
     teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Allow the teacher's remote code."})
+    teacher_image_size: Optional[str] = field(
+        default=None,
+        metadata={"help": "What the teacher sees: its own preprocessing size (default; the batch is resized to it), "
+                  "'student' (the student's batch as is: the paper's fine-tuning at a new resolution), or N px."},
+    )
     # Beyond the paper (hf_deit.losses.attention_map_loss, hf_deit.feature_distillation)
     attention_distillation_weight: float = field(
         default=0.0, metadata={"help": "Weight of the attention-map term: student attention vs teacher map (0 = off)."}

@@ -344,6 +344,22 @@ def timm_config_fields(config: dict) -> dict:
     return fields
 
 
+IMAGENET_CLASSES = 1000
+
+
+def imagenet_id2label() -> dict[int, str] | None:
+    """ImageNet-1k's class names as transformers' ImageNet checkpoints name them ("tench, Tinca tinca", ...), from
+    the list timm ships; None when timm is not installed. Given to 1,000-class checkpoints that carry no names
+    (facebook and timm files), instead of transformers' LABEL_0 .. LABEL_999."""
+    try:
+        from timm.data import ImageNetInfo
+    except ImportError:
+        return None
+    info = ImageNetInfo()
+    logger.info("The checkpoint's 1,000 classes are ImageNet-1k's: named from timm's list (timm.data.ImageNetInfo).")
+    return {index: info.index_to_description(index) for index in range(IMAGENET_CLASSES)}
+
+
 def _labels(id2label) -> dict[int, str]:
     """`id2label` with int keys, from a dict (keys may be strings, as in JSON) or a list of names."""
     if isinstance(id2label, (list, tuple)):
@@ -450,6 +466,8 @@ def _resolve_labels(ours: dict[str, torch.Tensor], fields: dict, num_labels: int
         fields["id2label"] = id2label
     elif fields.get("id2label") is not None:
         fields["id2label"] = _labels(fields["id2label"])
+    if fields.get("id2label") is None and checkpoint_labels == IMAGENET_CLASSES and num_labels in (None, IMAGENET_CLASSES):
+        fields["id2label"] = imagenet_id2label()  # None without timm
     if fields.get("id2label") is None:
         fields["num_labels"] = num_labels if num_labels is not None else checkpoint_labels
     else:
@@ -573,7 +591,7 @@ UNSUPPORTED_ON_LOAD = (
 IGNORED_ON_LOAD = ("ignore_mismatched_sizes", "trust_remote_code", "use_safetensors", "weights_only", "low_cpu_mem_usage")
 
 
-def _fetch_from_hub(repo_id: str, hub_options: dict) -> tuple[Path | None, dict | None]:
+def _fetch_from_hub(repo_id: str, hub_options: dict, overrides: dict) -> tuple[Path | None, dict | None]:
     """The local snapshot folder of a Hub checkpoint (config.json and the first weights file of `WEIGHT_FILES`,
     shards included) and its config; (None, config) when the repo is not a checkpoint this module converts."""
     from transformers.utils import cached_file
@@ -583,7 +601,7 @@ def _fetch_from_hub(repo_id: str, hub_options: dict) -> tuple[Path | None, dict 
 
     config_file = fetch("config.json")
     source_config = json.loads(Path(config_file).read_text()) if config_file else None
-    if not _needs_conversion(source_config, repo_id):
+    if not _needs_conversion(source_config, repo_id, overrides):
         return None, source_config
     for name in WEIGHT_FILES:
         weights = fetch(name)
@@ -596,14 +614,27 @@ def _fetch_from_hub(repo_id: str, hub_options: dict) -> tuple[Path | None, dict 
     raise CheckpointConversionError(f"The Hub repo {repo_id!r} has no weights file ({', '.join(WEIGHT_FILES)}).")
 
 
-def _needs_conversion(source_config: dict | None, name: str) -> bool:
-    """False for our own models (transformers loads them), True for a source this module converts; raises for a
-    config of another kind of model."""
+def _checkpoint_class_count(config: dict) -> int:
+    return len(config["id2label"]) if config.get("id2label") else int(config.get("num_labels", 2))
+
+
+def _needs_conversion(source_config: dict | None, name: str, overrides: dict) -> bool:
+    """True for a source this module converts, and for our own model when `overrides` ask for another class count
+    (new heads) or another patch grid (resampled position embeddings), which transformers' loading cannot do;
+    False for our own model otherwise (transformers loads it). Raises for a config of another kind of model."""
     if source_config is None:
         return True  # a bare weights file or folder: its keys say what it is
     model_type = source_config.get("model_type")
     if model_type == DistilledDeiTConfig.model_type:
-        return False
+        id2label, num_labels = overrides.get("id2label"), overrides.get("num_labels")
+        wanted_classes = len(id2label) if id2label is not None else num_labels
+        new_classes = wanted_classes is not None and wanted_classes != _checkpoint_class_count(source_config)
+        image_size, patch_size = overrides.get("image_size"), _pair(source_config.get("patch_size", 16))
+        new_grid = image_size is not None and (
+            [side // patch for side, patch in zip(_pair(image_size), patch_size)]
+            != [side // patch for side, patch in zip(_pair(source_config.get("image_size", 224)), patch_size)]
+        )
+        return new_classes or new_grid
     if model_type in CONVERTIBLE_MODEL_TYPES or "architecture" in source_config:
         return True
     raise CheckpointConversionError(
@@ -632,10 +663,10 @@ def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
             source_config = json.loads((path / "config.json").read_text())
         if path.is_dir() and source_config is None and not any((path / weights).is_file() for weights in WEIGHT_FILES):
             return None  # not a checkpoint at all: let transformers say what is missing
-        if not _needs_conversion(source_config, name):
+        if not _needs_conversion(source_config, name, kwargs):
             return None
     else:
-        path, source_config = _fetch_from_hub(name, hub_options)
+        path, source_config = _fetch_from_hub(name, hub_options, kwargs)
         if path is None:
             return None
     unsupported = sorted(key for key in kwargs if key in UNSUPPORTED_ON_LOAD and kwargs[key] is not None)
@@ -652,18 +683,27 @@ def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
         kwargs.pop("label2id", None)  # rebuilt from id2label, so that the two always agree
 
     state_dict, checkpoint_config = load_checkpoint(path)
-    ours, config, layout = convert_state_dict(state_dict, checkpoint_config or source_config, **kwargs)
+    # What conversion has to say (new heads, resampled position embeddings, an added dist token, eps) goes to the
+    # log, where a training run's reader looks, rather than to warnings.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours, config, layout = convert_state_dict(state_dict, checkpoint_config or source_config, **kwargs)
+    for warning in caught:
+        logger.warning("%s: %s", name, warning.message)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
     model = model_class(config)
     _load_converted_weights(model, ours)
     if dtype not in (None, "auto"):
         model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    if layout == "hf-deit":
+        what = f"loaded {name} into a {model_class.__name__}"
+    else:
+        what = f"converted {name} ({layout} layout) into a {model_class.__name__} on load"
     logger.info(
-        "Converted %s (%s layout) into a %s on load: %d classes, image size %s, %d blocks of width %d.",
-        name, layout, model_class.__name__, config.num_labels, config.image_size, config.num_hidden_layers,
-        config.hidden_size,
-    )  # fmt: skip
+        "%s%s: %d classes, image size %s, %d blocks of width %d.", what[0].upper(), what[1:], config.num_labels,
+        config.image_size, config.num_hidden_layers, config.hidden_size,
+    )
     return model.eval()
 
 
@@ -673,6 +713,7 @@ __all__ = [
     "convert_checkpoint",
     "convert_state_dict",
     "detect_layout",
+    "imagenet_id2label",
     "load_checkpoint",
     "load_converted",
     "timm_config_fields",

@@ -56,6 +56,18 @@ _NOT_EVAL_RESULTS = re.compile(r"(runtime|per_second|epoch|step)$")
 logger = logging.getLogger(__name__)
 
 
+def _teacher_input_size(value) -> tuple[int, int] | None:
+    """`teacher_image_size` as the adapter's size: "student" (None: no resizing), N or "N" px, or (height, width)."""
+    if value == "student":
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    size = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
+        raise ValueError(f"teacher_image_size must be 'student', a size in pixels or (height, width); got {value!r}.")
+    return size
+
+
 class DeiTTrainerBase(Trainer):
     """What DeiT training adds to `Trainer` whatever the loss: evaluation batches collated without mixup, repeated
     augmentation across processes, and no weight decay on the tokens and position embeddings.
@@ -224,6 +236,9 @@ class DistillationTrainer(DeiTTrainerBase):
             `feature_map_distillation_layers`, through a learnable per-token projection, imitate the CNN teacher's
             stage output whose grid is nearest the student's patch grid, position by position. Its projections
             (`self.feature_map_projection`) are handled like the feature projection (optimizer, clipping, checkpoints).
+        teacher_image_size: the resolution the teacher sees. None (default): its own preprocessing's size, the batch
+            resized to it when the student's differs; "student": the student's batch as it is, as the paper fine-tunes
+            at 384 with the teacher at the new resolution (a CNN takes any size); or an int or (height, width).
         pseudo_label_threshold: unlabelled examples (label -1, `labeled` mask from the collator) learn on the class
             head from the teacher's prediction when its probability reaches this (0 = always); see `hf_deit.losses`.
 
@@ -259,6 +274,7 @@ class DistillationTrainer(DeiTTrainerBase):
         feature_map_distillation_weight: float | None = None,
         feature_map_distillation_layers: Sequence[int] = (0,),
         pseudo_label_threshold: float = 0.0,
+        teacher_image_size: "int | Sequence[int] | str | None" = None,
         **trainer_kwargs,
     ):
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
@@ -298,7 +314,7 @@ class DistillationTrainer(DeiTTrainerBase):
         self._loss_terms_sum = None  # running sums of (loss_cls, loss_distillation) since the last log
         self._loss_terms_count = 0
         if teacher is not None:
-            self._set_teacher(teacher, student_mean, student_std, teacher_processor, trust_remote_code)
+            self._set_teacher(teacher, student_mean, student_std, teacher_processor, trust_remote_code, teacher_image_size)
             self._set_extra_terms()
         self._loss_term_names = ("loss_cls", "loss_distillation")
         self._loss_term_names += ("loss_attention",) if attention_distillation_weight > 0 else ()
@@ -434,7 +450,8 @@ class DistillationTrainer(DeiTTrainerBase):
                                  f"Resume with the same {flags[name]}, or start a new run.")
             projection.load_state_dict(load_file(path, device=str(self.accelerator.device)))
 
-    def _set_teacher(self, teacher, student_mean, student_std, teacher_processor, trust_remote_code) -> None:
+    def _set_teacher(self, teacher, student_mean, student_std, teacher_processor, trust_remote_code,
+                     teacher_image_size=None) -> None:  # fmt: skip
         module = load_teacher(teacher, trust_remote_code=trust_remote_code)
         teacher_config = getattr(module, "config", None)
         self.teacher_name = teacher if isinstance(teacher, str) else getattr(teacher_config, "_name_or_path", None)
@@ -447,6 +464,8 @@ class DistillationTrainer(DeiTTrainerBase):
             student_mean = getattr(processor, "image_mean", None) if student_mean is None else student_mean
             student_std = getattr(processor, "image_std", None) if student_std is None else student_std
         expected = teacher_preprocessing(teacher if isinstance(teacher, str) else module, teacher_processor, module)
+        if teacher_image_size is not None:
+            expected.image_size = _teacher_input_size(teacher_image_size)
         if expected.num_channels is None and teacher_config is not None:
             expected.num_channels = getattr(teacher_config, "num_channels", None)
         student_channels = getattr(student_config, "num_channels", None)

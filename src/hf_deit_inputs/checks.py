@@ -165,10 +165,10 @@ def _check_student(given: dict) -> list[str]:
         overrides, override_problems = _parse_overrides(given["config_overrides"])
         problems += override_problems
     name = given.get("model_name_or_path")
-    saved_size = None
+    saved_patch = None
     if name is not None and name not in MODEL_PRESETS:
         problems += check_saved_model("--model_name_or_path", name, presets=MODEL_PRESETS)
-        saved_size = _saved_image_size(name)
+        saved_patch = _saved_config_size(name, "patch_size")
     image_size = _int(given, "image_size", problems)
     if image_size is None:
         return problems
@@ -177,13 +177,8 @@ def _check_student(given: dict) -> list[str]:
             f"--image_size {image_size} and --config_overrides image_size={overrides['image_size']} disagree: the "
             "model's input size is --image_size; drop image_size from --config_overrides."
         )
-    if saved_size is not None and saved_size != image_size:
-        problems.append(
-            f"--image_size {image_size}: the saved model {name} takes {saved_size} px images. Drop --image_size (the "
-            f"model's own size is used), pass --image_size {saved_size}, or start a new model at {image_size} px "
-            f"with a preset (--model_name_or_path tiny --image_size {image_size})."
-        )
-    patch = overrides.get("patch_size")
+    # A saved model at another size is fine-tuned at this one: its position embeddings are resampled at load.
+    patch = overrides.get("patch_size", saved_patch)
     if patch is None and name in MODEL_PRESETS:
         patch = PRESET_PATCH_SIZE
     if isinstance(patch, int) and patch > 0 and image_size % patch:
@@ -485,10 +480,10 @@ def _presets_hint(presets: Sequence[str]) -> str:
     return f", or a preset ({', '.join(presets)})" if presets else ""
 
 
-def _saved_image_size(name: str) -> Optional[int]:
+def _saved_config_size(name: str, key: str) -> Optional[int]:
     try:
         with open(os.path.join(os.path.expanduser(name), "config.json")) as file:
-            size = json.load(file).get("image_size")
+            size = json.load(file).get(key)
     except (OSError, ValueError):
         return None
     size = size[0] if isinstance(size, (list, tuple)) and size else size
