@@ -232,3 +232,11 @@ def test_help_all_lists_every_flag_in_groups():
     for title in ("Model (the student):", "Data:", "Augmentation:", "Distillation:"):
         assert f"\n{title}\n" in result.stdout, title
     assert "--gradient_accumulation_steps" in result.stdout
+
+
+def test_checkpoint_files_are_accepted_other_files_are_not(tmp_path):
+    (tmp_path / "deit.pth").write_bytes(b"weights")
+    (tmp_path / "notes.txt").write_text("not a model")
+    check_train_command_line(["--model_name_or_path", str(tmp_path / "deit.pth")])  # converted on load
+    message = problems(["--model_name_or_path", str(tmp_path / "notes.txt")])
+    assert "is a file but not a checkpoint" in message and ".safetensors" in message

@@ -146,7 +146,7 @@ def run_in_process(output_dir, *extra):
 
     return train.main([
         "--dataset_name", "digits", "--max_eval_samples", "32", "--output_dir", str(output_dir), "--image_size", "16",
-        "--config_overrides", "image_size=32,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,patch_size=8",
+        "--config_overrides", "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,patch_size=8",
         "--max_steps", "2", "--per_device_train_batch_size", "16", "--save_strategy", "steps", "--save_steps", "2",
         "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--distillation_type", "none", *extra,
     ])  # fmt: skip

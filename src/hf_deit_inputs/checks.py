@@ -426,6 +426,9 @@ def in_hub_cache(repo_id: str, repo_type: str = "model") -> bool:
     return os.path.isdir(folder) and bool(os.listdir(folder))
 
 
+CHECKPOINT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
 def check_saved_model(flag: str, name: str, role: str = "model", presets: Sequence[str] = ()) -> list[str]:
     """A folder with a saved model (config.json), or a Hub id that can be reached (or is cached when offline)."""
     what = "teacher" if role == "teacher" else "model"
@@ -435,8 +438,10 @@ def check_saved_model(flag: str, name: str, role: str = "model", presets: Sequen
         return [f"{flag} {name} is a folder without config.json, so not a saved {what}: pass the folder that "
                 f"save_pretrained wrote (config.json and model.safetensors){_presets_hint(presets)}."]  # fmt: skip
     if os.path.isfile(os.path.expanduser(name)):
-        return [f"{flag} {name} is a file: pass the folder that holds it with its config.json (save_pretrained's "
-                f"output){_presets_hint(presets)}."]  # fmt: skip
+        if name.endswith(CHECKPOINT_FILE_SUFFIXES):  # a facebook/timm weights file, converted on load (hf_deit.convert)
+            return []
+        return [f"{flag} {name} is a file but not a checkpoint ({', '.join(CHECKPOINT_FILE_SUFFIXES)}): pass such a "
+                f"file, or the folder that save_pretrained wrote (config.json){_presets_hint(presets)}."]  # fmt: skip
     if presets and "/" not in name:
         close = difflib.get_close_matches(name, presets, n=1, cutoff=0.5)
         suggestion = f"Did you mean {close[0]!r}? " if close else ""
