@@ -99,7 +99,9 @@ def make_teachers(root: Path) -> dict[str, Path]:
 RUNS = {
     "transformers DeiT folder": ("transformers DeiT folder", "transformers", "hard", 16, ()),
     "transformers DeiT Hub id": ("transformers DeiT Hub id", "timm folder", "hard", 16, ()),
-    "transformers ViT folder (not distilled)": ("transformers ViT folder (not distilled)", "transformers", "soft", 16, ()),
+    "transformers ViT folder (not distilled)": (
+        "transformers ViT folder (not distilled)", "transformers", "soft", 16, (),
+    ),
     "facebook/timm file": ("facebook/timm file", "timm file", "soft", 16, ()),
     "timm Hub-layout folder": ("timm Hub-layout folder", "timm folder", "hard", 16, ()),
     "our own model": ("our own model", "transformers", "hard", 16, ()),

@@ -328,8 +328,8 @@ def timm_config_fields(config: dict) -> dict:
     for name, allowed in _TIMM_ARCHITECTURE_ARGS.items():
         if model_args.get(name, allowed[0]) not in allowed:
             raise CheckpointConversionError(
-                f"The timm model {config.get('architecture')!r} has {name}={model_args[name]!r}, a variant the distilled "
-                "DeiT does not compute (it reads the cls and dist tokens, with position embeddings on every token)."
+                f"The timm model {config.get('architecture')!r} has {name}={model_args[name]!r}, a variant the "
+                "distilled DeiT does not compute (it reads the cls and dist tokens, with position embeddings on every token)."
             )
     fields = {}
     if "num_heads" in model_args:
@@ -466,7 +466,8 @@ def _resolve_labels(ours: dict[str, torch.Tensor], fields: dict, num_labels: int
         fields["id2label"] = id2label
     elif fields.get("id2label") is not None:
         fields["id2label"] = _labels(fields["id2label"])
-    if fields.get("id2label") is None and checkpoint_labels == IMAGENET_CLASSES and num_labels in (None, IMAGENET_CLASSES):
+    imagenet = checkpoint_labels == IMAGENET_CLASSES and num_labels in (None, IMAGENET_CLASSES)
+    if fields.get("id2label") is None and imagenet:
         fields["id2label"] = imagenet_id2label()  # None without timm
     if fields.get("id2label") is None:
         fields["num_labels"] = num_labels if num_labels is not None else checkpoint_labels
@@ -588,7 +589,9 @@ UNSUPPORTED_ON_LOAD = (
 )  # fmt: skip
 # Options that mean nothing for a converted checkpoint: another class count always gives new heads, and the model's
 # code is this package's.
-IGNORED_ON_LOAD = ("ignore_mismatched_sizes", "trust_remote_code", "use_safetensors", "weights_only", "low_cpu_mem_usage")
+IGNORED_ON_LOAD = (
+    "ignore_mismatched_sizes", "trust_remote_code", "use_safetensors", "weights_only", "low_cpu_mem_usage",
+)  # fmt: skip
 
 
 def _fetch_from_hub(repo_id: str, hub_options: dict, overrides: dict) -> tuple[Path | None, dict | None]:

@@ -67,7 +67,9 @@ def load_teacher(
     if isinstance(teacher, nn.Module):
         return teacher
     if not isinstance(teacher, (str, Path)):
-        raise TypeError(f"teacher must be a module, a folder, a Hub id or a weights file, got {type(teacher).__name__}.")
+        raise TypeError(
+            f"teacher must be a module, a folder, a Hub id or a weights file, got {type(teacher).__name__}."
+        )
     teacher = str(teacher)
     if Path(teacher).is_file():
         return _timm_teacher_from_file(Path(teacher), timm_model_name)
@@ -203,7 +205,9 @@ def _size_from_processor(processor) -> tuple[int, int] | None:
     return None
 
 
-def teacher_preprocessing(teacher: "str | nn.Module", processor=None, module: nn.Module | None = None) -> TeacherPreprocessing:
+def teacher_preprocessing(
+    teacher: "str | nn.Module", processor=None, module: nn.Module | None = None
+) -> TeacherPreprocessing:
     """Read what the teacher expects from its image processor (given, or loaded from the teacher's folder or Hub id
     when one is saved there) and its config (of `module`, the loaded teacher, when given). A timm model without a
     saved processor gets timm's data config for its architecture. Anything not found stays None: the batch then

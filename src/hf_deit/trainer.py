@@ -314,7 +314,9 @@ class DistillationTrainer(DeiTTrainerBase):
         self._loss_terms_sum = None  # running sums of (loss_cls, loss_distillation) since the last log
         self._loss_terms_count = 0
         if teacher is not None:
-            self._set_teacher(teacher, student_mean, student_std, teacher_processor, trust_remote_code, teacher_image_size)
+            self._set_teacher(
+                teacher, student_mean, student_std, teacher_processor, trust_remote_code, teacher_image_size
+            )
             self._set_extra_terms()
         self._loss_term_names = ("loss_cls", "loss_distillation")
         self._loss_term_names += ("loss_attention",) if attention_distillation_weight > 0 else ()
