@@ -21,8 +21,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from main_job import common_flags, run_stage  # noqa: E402
-
 import train  # noqa: E402
 import train_teacher  # noqa: E402
 
@@ -41,6 +39,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="Tiny subset, few steps, for CI.")
     parser.add_argument("student_flags", nargs=argparse.REMAINDER, help="After --: more flags for every student.")
     return parser.parse_args(argv)
+
+
+def common_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--dataset_name", args.dataset_name, "--seed", str(args.seed), "--save_strategy", "no",
+             "--eval_strategy", "no", "--logging_steps", "20", "--disable_tqdm", "true"]  # fmt: skip
+    if args.quick:
+        flags += ["--max_train_samples", "256", "--max_eval_samples", "128", "--max_steps", "6"]
+    return flags
+
+
+def run_stage(name: str, main, argv: list[str]) -> dict:
+    print(f"\n=== {name}: {' '.join(argv)}", flush=True)
+    return main(argv)
 
 
 def main(argv=None) -> dict:
