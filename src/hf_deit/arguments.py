@@ -352,11 +352,14 @@ def help_catalogue() -> dict:
     catalogue = []
     for dataclass_type, names, note in groups:
         by_name = {item.name: item for item in fields(dataclass_type)}
+        # Resolved annotations: `field.type` may still be a string, until an HfArgumentParser resolves it in place.
+        hints = typing.get_type_hints(dataclass_type)
         entries = []
         for name in names or [item.name for item in fields(dataclass_type) if item.init]:
             item = by_name[name]
             default = item.default_factory() if item.default_factory is not MISSING else item.default
-            entries.append(catalogue_entry(name, _type_name(item.type), default, item.metadata.get("help", "")))
+            entries.append(catalogue_entry(name, _type_name(hints.get(name, item.type)), default,
+                                           item.metadata.get("help", "")))
         title = getattr(dataclass_type, "_argument_group_name", "Training")
         catalogue.append({"title": title, "note": note, "flags": entries})
     return {"groups": catalogue}

@@ -368,6 +368,7 @@ def _check_folder(flag: str, path: str) -> list[str]:
 def _close_names(path: str) -> str:
     """' (did you mean ...? ...)' from the nearest existing parent folder, or '' when nothing helps."""
     path = os.path.normpath(os.path.expanduser(path))
+    absolute = os.path.isabs(path)  # suggestions in the form the path was given
     parent, missing = os.path.dirname(path) or os.curdir, os.path.basename(path)
     while not os.path.isdir(parent) and parent not in ("", os.sep, os.curdir):
         parent, missing = os.path.dirname(parent) or os.curdir, os.path.basename(parent)
@@ -377,7 +378,8 @@ def _close_names(path: str) -> str:
     close = difflib.get_close_matches(missing, names, n=3, cutoff=0.6)
     where = os.path.abspath(parent)
     if close:
-        return f" (did you mean {' or '.join(os.path.join(os.path.relpath(parent), name) for name in close)}?)"
+        base = os.path.abspath(parent) if absolute else os.path.relpath(parent)
+        return f" (did you mean {' or '.join(os.path.join(base, name) for name in close)}?)"
     if names:
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         return f" ({missing} is not in {where}, which holds: {shown})"
