@@ -541,7 +541,7 @@ def training_section(settings: BenchmarkSettings, log: Callable[[str], None]) ->
                     model=ours, args=args, train_dataset=rows, teacher=build_teacher(settings.teacher, num_labels, size), distillation_type="hard",
                     callbacks=[timer.callback],
                 )
-                # The same step plus the attention-map term (issue 4): the student's last block returns its attention
+                # The same step plus the attention-map term: the student's last block returns its attention
                 # weights (eager there, SDPA elsewhere) and the teacher's last-stage activations become a map.
                 attention_trainer = DistillationTrainer(
                     model=ours_for_attention, args=args, train_dataset=rows, distillation_type="hard",
@@ -755,7 +755,8 @@ def run_benchmark(
 
 
 def check_targets(results: dict) -> list[dict]:
-    """Issue 5's targets, each with the measured value and whether it is met."""
+    """The speed targets (ours against timm and transformers, fraction of matmul throughput), each with the measured
+    value and whether it is met."""
     targets = []
     for entry in results["inference"]:
         if entry["precision"] in ("fp32", "bf16") and entry["batch_size"] > 1:

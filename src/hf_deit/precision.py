@@ -2,8 +2,7 @@
 
     CUDA    bf16 wherever the GPU supports it (Ampere and newer).
     CPU     bf16 only with native bf16 kernels (AMX or AVX512-BF16) and a model at least as wide as DeiT-Tiny (192).
-            Measured on AMX CPUs by the project's reference runs (shared/reference/small-scale-anchor.md and the
-            team's notes): bf16 autocast runs DeiT-Tiny/Small at 224 px 2.5-3.8x faster, but a width-128 ViT on 32 px
+            Measured on AMX CPUs in the project's reference runs: bf16 autocast runs DeiT-Tiny/Small at 224 px 2.5-3.8x faster, but a width-128 ViT on 32 px
             digits ~2x slower (8.4 vs 4.4 ms/image); a 0.7 M-parameter CNN teacher 2.3x faster. Without native
             kernels bf16 is emulated and several times slower than float32 (`benchmarks/cpu-*.md`).
 
