@@ -46,6 +46,12 @@ SOFT = ["--distillation_type", "soft", "--distillation_tau", "1", *NO_MAPS]
 # hard distillation, and the student's first block imitates the teacher's stage output nearest its 4x4 grid
 HARD_FMAP = ["--distillation_type", "hard", "--feature_map_distillation_weight", "1", "--feature_map_distillation_layers", "0"]
 SOFT_T3 = ["--distillation_type", "soft", "--distillation_tau", "3", "--distillation_alpha", "0.1", *NO_MAPS]
+# stronger locality guidance: a larger weight, or more blocks imitating the teacher's map
+HARD_FMAP_W3 = ["--distillation_type", "hard", "--feature_map_distillation_weight", "3", "--feature_map_distillation_layers", "0"]
+HARD_FMAP_L012 = ["--distillation_type", "hard", "--feature_map_distillation_weight", "1",
+                  "--feature_map_distillation_layers", "0", "1", "2"]
+HARD_FMAP_ALL = ["--distillation_type", "hard", "--feature_map_distillation_weight", "1",
+                 "--feature_map_distillation_layers", "0", "1", "2", "3", "4", "5"]
 
 # row: (what it tests, image size, flags of every arm, {arm: its own flags})
 ROWS = {
@@ -56,7 +62,12 @@ ROWS = {
     "p7-28px-800-mixup": ("as above, mixup 0.8 / cutmix 1.0 (the teacher labels the mixed image)", 28,
                           [*P7, *MIXED, "--max_steps", "800"], {"none": NONE, "hard": HARD, "hard+fmap": HARD_FMAP}),
     "p7-28px-1200": ("native 28 px, patch 7, width 192, lr 5e-4; 1,200 steps (the main job's budget)", 28,
-                     [*P7, *LIGHT, "--max_steps", "1200"], {"none": NONE, "hard+fmap": HARD_FMAP}),
+                     [*P7, *LIGHT, "--max_steps", "1200"], {"none": NONE, "hard+fmap": HARD_FMAP, "hard+fmap-w3": HARD_FMAP_W3,
+                                                             "hard+fmap-blocks012": HARD_FMAP_L012,
+                                                             "hard+fmap-all-blocks": HARD_FMAP_ALL}),
+    "p7-28px-1200-lr1e-3": ("as above with learning rate 1e-3; 1,200 steps", 28,
+                            [*P7, *LIGHT, "--max_steps", "1200", "--learning_rate", "1e-3"],
+                            {"none": NONE, "hard+fmap": HARD_FMAP}),
     "p7-28px-1200-mixup": ("as above, mixup 0.8 / cutmix 1.0 (the teacher labels the mixed image); 1,200 steps", 28,
                            [*P7, *MIXED, "--max_steps", "1200"], {"none": NONE, "hard+fmap": HARD_FMAP}),
     "p7-28px-2400": ("native 28 px, patch 7, width 192, lr 5e-4; 2,400 steps", 28, [*P7, *LIGHT, "--max_steps", "2400"],
