@@ -23,21 +23,20 @@ if __name__ == "__main__":  # --help and every input on the command line answere
 
 import transformers  # noqa: E402
 from datasets import concatenate_datasets  # noqa: E402
-from transformers import HfArgumentParser, set_seed  # noqa: E402
+from transformers import set_seed  # noqa: E402
 
 from hf_deit import DistilledDeiTForImageClassification  # noqa: E402
 from hf_deit.arguments import (  # noqa: E402
     DataArguments,
-    DeiTTrainingArguments,
-    DistillationArguments,
+    DistillationConfig,
     ModelArguments,
     label_fields,
     load_dataset_from_args,
     parse_config_overrides,
     student_config,
+    train_argument_parser,
 )
 from hf_deit.data import (  # noqa: E402
-    AugmentationArguments,
     apply_transforms,
     build_collator,
     build_eval_transform,
@@ -61,9 +60,7 @@ logger = logging.getLogger("hf_deit.train")
 
 
 def parse_args(argv=None):
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, AugmentationArguments, DistillationArguments, DeiTTrainingArguments)
-    )
+    parser = train_argument_parser()
     if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         return parser.parse_json_file(sys.argv[1])
     return parser.parse_args_into_dataclasses(args=argv)
@@ -94,7 +91,7 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, label_na
 
 def main(argv=None) -> dict:
     check_train_command_line(sys.argv[1:] if argv is None else argv)  # raises InputError naming each fix
-    model_args, data_args, aug_args, distill_args, training_args = parse_args(argv)
+    model_args, data_args, aug_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)
@@ -102,14 +99,14 @@ def main(argv=None) -> dict:
     transformers.utils.logging.disable_progress_bar()  # else each checkpoint draws a "Writing model shards" bar
     set_seed(training_args.seed)
     # A run into a folder that holds one of other settings is refused (or, asked, replaced): hf_deit.checkpointing
-    settings = run_settings(model_args, data_args, aug_args, distill_args, training_args)
+    settings = run_settings(model_args, data_args, aug_args, training_args)
     prepare_output_dir(training_args.output_dir, settings, training_args.overwrite_output_dir,
                        write=training_args.should_save)  # fmt: skip
 
     # Data
     dataset = load_dataset_from_args(data_args, training_args.seed, training_args.hub_token)
     label_names = dataset["train"].features["label"].names
-    dataset["train"] = add_unlabeled_examples(dataset["train"], distill_args, data_args, training_args)
+    dataset["train"] = add_unlabeled_examples(dataset["train"], data_args, training_args)
 
     # Student: its input size decides the transforms' unless given
     model = build_student(model_args, data_args, label_names, aug_args.image_size)
@@ -122,14 +119,11 @@ def main(argv=None) -> dict:
     )
     image_processor = deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std)
 
-    # Train
-    from_scratch = not model.name_or_path  # a new model, not a loaded checkpoint
-    training_args.resolve_learning_rate(_num_examples(dataset["train"]), from_scratch=from_scratch)
-    training_args.resolve_schedule(_num_examples(dataset["train"]), from_scratch=from_scratch)
-    distillation_type = distill_args.distillation_type
-    if distill_args.teacher_name_or_path is None and distillation_type in ("soft", "hard"):  # the default, unasked
+    # Train: the trainer sizes what was left unset (learning rate, epochs) to the model and the data
+    training_args.label_smoothing_factor = aug_args.smoothing
+    if training_args.teacher_name_or_path is None and training_args.distillation_type in ("soft", "hard"):
         logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
-        distillation_type = "none"
+        training_args.distillation_type = "none"  # the default, unasked
     hub_token, push_to_hub = take_hub_settings(training_args)
     trainer = DistillationTrainer(
         model=model,
@@ -139,24 +133,6 @@ def main(argv=None) -> dict:
         data_collator=build_collator(aug_args, len(label_names)),
         compute_metrics=make_compute_metrics(),
         processing_class=image_processor,
-        teacher=distill_args.teacher_name_or_path,
-        distillation_type=distillation_type,
-        distillation_alpha=distill_args.distillation_alpha,
-        distillation_tau=distill_args.distillation_tau,
-        label_smoothing=aug_args.smoothing,
-        trust_remote_code=distill_args.teacher_trust_remote_code,
-        repeated_augmentation=data_args.repeated_augmentation,
-        attention_distillation_weight=distill_args.attention_distillation_weight,
-        attention_distillation_layers=distill_args.attention_distillation_layers,
-        attention_distillation_token=distill_args.attention_distillation_token,
-        attention_distillation_loss=distill_args.attention_distillation_loss,
-        feature_distillation_weight=distill_args.feature_distillation_weight,
-        feature_distillation_loss=distill_args.feature_distillation_loss,
-        feature_distillation_token=distill_args.feature_distillation_token,
-        feature_map_distillation_weight=distill_args.feature_map_distillation_weight,
-        feature_map_distillation_layers=distill_args.feature_map_distillation_layers,
-        pseudo_label_threshold=distill_args.pseudo_label_threshold,
-        teacher_image_size=distill_args.teacher_image_size,
     )
     # Resume from the newest checkpoint in output_dir unless told otherwise (rule: hf_deit.checkpointing).
     checkpoint = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
@@ -189,35 +165,28 @@ def main(argv=None) -> dict:
     return metrics
 
 
-def add_unlabeled_examples(train, distill_args: DistillationArguments, data_args: DataArguments, training_args):
+def add_unlabeled_examples(train, data_args: DataArguments, training_args: DistillationConfig):
     """The training split with unlabelled examples (label -1): the part `--labeled_fraction` leaves unlabelled,
     and/or the pool `--unlabeled_dataset_name`/`--unlabeled_train_dir`. The teacher labels them during training."""
     parts = [train]
-    if distill_args.labeled_fraction is not None and distill_args.labeled_fraction < 1.0:
-        parts = list(split_labeled(train, distill_args.labeled_fraction, seed=training_args.seed))
+    if data_args.labeled_fraction is not None and data_args.labeled_fraction < 1.0:
+        parts = list(split_labeled(train, data_args.labeled_fraction, seed=training_args.seed))
         logger.info("Labels kept for %d of %d training images.", len(parts[0]), len(train))
-    if distill_args.unlabeled_dataset_name or distill_args.unlabeled_train_dir:
+    if data_args.unlabeled_dataset_name or data_args.unlabeled_train_dir:
         parts.append(
             load_unlabeled_images(
                 train.features["label"],
-                dataset_name=distill_args.unlabeled_dataset_name,
-                train_dir=distill_args.unlabeled_train_dir,
+                dataset_name=data_args.unlabeled_dataset_name,
+                train_dir=data_args.unlabeled_train_dir,
                 image_column_name=data_args.image_column_name,
-                max_samples=distill_args.max_unlabeled_samples,
+                max_samples=data_args.max_unlabeled_samples,
                 seed=training_args.seed,
                 token=training_args.hub_token,
             )
         )
-    if len(parts) > 1 and distill_args.teacher_name_or_path is None:
+    if len(parts) > 1 and training_args.teacher_name_or_path is None:
         raise ValueError("Unlabelled training images need a teacher to label them: pass --teacher_name_or_path.")
     return concatenate_datasets(parts) if len(parts) > 1 else train
-
-
-def _num_examples(split):
-    try:
-        return len(split)
-    except TypeError:  # a stream: size unknown
-        return None
 
 
 if __name__ == "__main__":

@@ -125,6 +125,7 @@ def main(argv=None) -> dict:
     )
 
     hub_token, push_to_hub = take_hub_settings(training_args)
+    training_args.label_smoothing_factor = aug_args.smoothing
     trainer = ClassifierTrainer(
         model=model,
         args=training_args,
@@ -133,7 +134,6 @@ def main(argv=None) -> dict:
         data_collator=build_collator(aug_args, len(label_names)),
         compute_metrics=make_compute_metrics(),
         processing_class=deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std),
-        label_smoothing=aug_args.smoothing,
     )
     if trainer.is_world_process_zero():
         record_run_settings(training_args.output_dir, settings)

@@ -34,14 +34,12 @@ from hf_deit.attention_maps import (  # noqa: E402
     CLS_TOKEN,
     DISTILLATION_TOKEN,
     grid_for,
-    prepare_teacher_for_maps,
     rollout_map,
-    teacher_forward,
     token_attention_map,
 )
 from hf_deit.checkpointing import RUN_SETTINGS_NAME  # noqa: E402
 from hf_deit.data import decode_image, load_image_classification_dataset, to_rgb  # noqa: E402
-from hf_deit.teacher import TeacherInputAdapter, load_teacher, teacher_preprocessing  # noqa: E402
+from hf_deit.teacher import Teacher  # noqa: E402
 
 
 DATA_FLAGS = {  # train.py's data flags (hf_deit.arguments.DataArguments) that choose the evaluation images
@@ -125,13 +123,9 @@ def student_maps(model, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def teacher_map(teacher_name: str, pixel_values: torch.Tensor, processor, trust_remote_code: bool) -> torch.Tensor:
-    teacher = load_teacher(teacher_name, trust_remote_code=trust_remote_code).eval()
-    prepare_teacher_for_maps(teacher)
-    adapter = TeacherInputAdapter.from_preprocessing(
-        teacher_preprocessing(teacher_name), processor.image_mean, processor.image_std
-    )
-    with torch.no_grad():
-        return teacher_forward(teacher, adapter(pixel_values), attention_map=True).attention_map
+    teacher = Teacher.load(teacher_name, student_mean=processor.image_mean, student_std=processor.image_std,
+                           trust_remote_code=trust_remote_code, attention_maps=True)  # fmt: skip
+    return teacher(pixel_values, attention_map=True).attention_map
 
 
 def overlay(figure, axis, image: np.ndarray, attention: torch.Tensor, title: str) -> None:

@@ -14,13 +14,12 @@ from transformers import (
 )
 
 from hf_deit import DistilledDeiTForImageClassification
+from hf_deit.teacher import Teacher, prepare_teacher_for_maps
 from hf_deit.attention_maps import (
     activation_attention_map,
     attention_rollout,
     classifier_layer,
-    prepare_teacher_for_maps,
     rollout_map,
-    teacher_forward,
     token_attention_map,
 )
 
@@ -70,7 +69,7 @@ def test_cnn_teacher_map_is_its_last_stage_grid_and_features_are_pre_logits():
     torch.manual_seed(0)
     teacher = _resnet()
     pixel_values = torch.randn(3, 3, 32, 32)
-    out = teacher_forward(teacher, pixel_values, attention_map=True, features=True)
+    out = Teacher(teacher)(pixel_values, attention_map=True, features=True)
     # 32 px -> stem /4 -> 8x8 -> stage 2 /2 -> 4x4, 32 channels.
     assert out.logits.shape == (3, 5) and out.attention_map.shape == (3, 4, 4) and out.features.shape == (3, 32)
     with torch.no_grad():
@@ -84,16 +83,16 @@ def test_a_cnn_teacher_whose_last_stage_is_1x1_is_flagged():
     teacher = _resnet()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 32 px: a 4x4 map, no warning
-        teacher_forward(teacher, torch.randn(1, 3, 32, 32), attention_map=True)
+        Teacher(teacher)(torch.randn(1, 3, 32, 32), attention_map=True)
     with pytest.warns(UserWarning, match="last stage is 1x1 at \\(8, 8\\) px"):
-        out = teacher_forward(teacher, torch.randn(1, 3, 8, 8), attention_map=True)
+        out = Teacher(teacher)(torch.randn(1, 3, 8, 8), attention_map=True)
     assert out.attention_map.shape == (1, 1, 1)
 
 
 def test_convnext_teacher_map_shape():
     config = ConvNextConfig(num_stages=3, hidden_sizes=[8, 16, 32], depths=[1, 1, 1], patch_size=2, num_labels=5)
     teacher = ConvNextForImageClassification(config).eval()
-    out = teacher_forward(teacher, torch.randn(2, 3, 32, 32), attention_map=True)
+    out = Teacher(teacher)(torch.randn(2, 3, 32, 32), attention_map=True)
     assert out.attention_map.shape == (2, 4, 4)  # 32 / 2 (stem), then stages 2 and 3 halve it
 
 
@@ -104,7 +103,7 @@ def test_vit_teacher_map_is_its_cls_attention_over_patches():
     teacher = ViTForImageClassification(config).eval()
     prepare_teacher_for_maps(teacher)  # transformers returns weights from eager attention only
     pixel_values = torch.randn(2, 3, 32, 32)
-    out = teacher_forward(teacher, pixel_values, attention_map=True, features=True)
+    out = Teacher(teacher)(pixel_values, attention_map=True, features=True)
     assert out.attention_map.shape == (2, 4, 4) and out.features.shape == (2, 32)
     with torch.no_grad():
         last = teacher(pixel_values, output_attentions=True).attentions[-1]
@@ -117,7 +116,7 @@ def test_our_model_as_teacher_computes_weights_for_the_requested_layer_only(tiny
     torch.manual_seed(0)
     teacher = DistilledDeiTForImageClassification(tiny_config).eval()
     pixel_values = torch.randn(2, 3, 32, 32)
-    out = teacher_forward(teacher, pixel_values, attention_map=True, features=True, layers=(0,))
+    out = Teacher(teacher)(pixel_values, attention_map=True, features=True, layers=(0,))
     with torch.no_grad():
         first = teacher(pixel_values, output_attentions=True).attentions[0]
     assert out.attention_map.shape == (2, 4, 4)
@@ -149,4 +148,4 @@ def test_a_teacher_without_maps_is_refused_with_a_clear_message():
             return self.fc(pixel_values.flatten(1)[:, :12])
 
     with pytest.raises(ValueError, match="neither attention weights nor CNN"):
-        teacher_forward(Plain(), torch.randn(2, 3, 2, 2), attention_map=True)
+        Teacher(Plain())(torch.randn(2, 3, 2, 2), attention_map=True)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import TrainingArguments
 
 from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
 from hf_deit.callbacks import NonFiniteLossError, NonFiniteLossGuard
+from hf_deit.arguments import DistillationConfig
 from hf_deit.trainer import DistillationTrainer
 
 NUM_LABELS = 4
@@ -57,16 +57,17 @@ def arguments(tmp_path, **overrides):
     values = dict(
         output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=6, learning_rate=1e-3, logging_steps=1,
         save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
-    )  # fmt: skip
-    return TrainingArguments(**{**values, **overrides})
+        weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=0, eval_strategy="no", bf16=False,
+    )  # plain TrainingArguments defaults where DeiT's recipe differs  # fmt: skip
+    return DistillationConfig(**{**values, **overrides})
 
 
 @pytest.mark.slow
 def test_inf_from_the_teacher_stops_at_that_step_naming_the_term_and_saves_the_last_good_state(tmp_path):
     model = student()
     trainer = DistillationTrainer(
-        model=model, args=arguments(tmp_path), train_dataset=Images(), teacher=TeacherGoingInfinite(bad_call=4),
-        distillation_type="soft",
+        model=model, args=arguments(tmp_path, distillation_type="soft"), train_dataset=Images(),
+        teacher=TeacherGoingInfinite(bad_call=4),
     )  # fmt: skip
     before_bad_step = {}
 
@@ -100,9 +101,8 @@ def test_absurd_learning_rate_overflow_is_caught_in_the_class_term(tmp_path):
     # fp32 overflow from a diverging run: weights blow up, logits overflow, the loss becomes inf/NaN.
     trainer = DistillationTrainer(
         model=student(), args=arguments(tmp_path, learning_rate=1e12, max_steps=30, lr_scheduler_type="constant",
-                                        max_grad_norm=0.0),
-        train_dataset=Images(), distillation_type="none",
-    )  # fmt: skip
+                                        max_grad_norm=0.0, distillation_type="none"),
+        train_dataset=Images())  # fmt: skip
     with pytest.raises(NonFiniteLossError) as raised:
         trainer.train()
     assert "loss_cls" in raised.value.terms

@@ -3,9 +3,10 @@ DistillationTrainer with a teacher on CPU, the adapter saved, reloaded onto the 
 
 import pytest
 import torch
-from transformers import AutoModelForImageClassification, TrainingArguments
+from transformers import AutoModelForImageClassification
 
 from hf_deit import DistilledDeiTForImageClassification
+from hf_deit.arguments import DistillationConfig
 from hf_deit.trainer import DistillationTrainer
 from test_trainer import DigitsDataset, load_digits_tensors, tiny_resnet, tiny_student
 
@@ -32,13 +33,12 @@ def test_lora_distillation_round_trip(tmp_path):
     assert len(adapted) == len(LORA_TARGETS) * student.config.num_hidden_layers
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
 
-    args = TrainingArguments(
+    args = DistillationConfig(
         output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=32, learning_rate=1e-2,
-        use_cpu=True, save_strategy="no", report_to=[], remove_unused_columns=False, logging_steps=1,
+        use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[], logging_steps=1, warmup_steps=0,
+        distillation_type="hard",
     )
-    trainer = DistillationTrainer(
-        model=model, args=args, train_dataset=train, teacher=tiny_resnet().eval(), distillation_type="hard"
-    )
+    trainer = DistillationTrainer(model=model, args=args, train_dataset=train, teacher=tiny_resnet().eval())
     trainer.train()
     changed = {name for name, parameter in model.named_parameters() if not torch.equal(parameter, before[name])}
     assert changed and changed <= trainable  # the base weights did not move

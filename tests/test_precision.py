@@ -6,13 +6,14 @@ from transformers import HfArgumentParser
 
 import hf_deit.precision as precision
 from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
-from hf_deit.arguments import DeiTTrainingArguments
+from hf_deit.arguments import DistillationConfig
 from hf_deit.trainer import DistillationTrainer
 
 
-def parse(tmp_path, *flags) -> DeiTTrainingArguments:
-    (args,) = HfArgumentParser(DeiTTrainingArguments).parse_args_into_dataclasses(
-        args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--report_to", "none", "--eval_strategy", "no", *flags]
+def parse(tmp_path, *flags) -> DistillationConfig:
+    (args,) = HfArgumentParser(DistillationConfig).parse_args_into_dataclasses(
+        args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--report_to", "none", "--eval_strategy", "no",
+              "--distillation_type", "none", *flags]
     )
     return args
 
@@ -46,14 +47,12 @@ def test_unset_bf16_is_settled_by_the_trainer_before_its_accelerator(amx_cpu, tm
     assert args.bf16 is None and args.mixed_precision == "no"
     config = DistilledDeiTConfig(image_size=32, patch_size=8, hidden_size=192, num_hidden_layers=1, num_attention_heads=3,
                                  num_labels=10)  # fmt: skip
-    trainer = DistillationTrainer(model=DistilledDeiTForImageClassification(config), args=args, distillation_type="none")
+    trainer = DistillationTrainer(model=DistilledDeiTForImageClassification(config), args=args)
     assert trainer.args.bf16 is True and trainer.accelerator.mixed_precision == "bf16"
 
     narrow = DistilledDeiTConfig(image_size=32, patch_size=8, hidden_size=128, num_hidden_layers=1, num_attention_heads=2,
                                  num_labels=10)  # fmt: skip
-    trainer = DistillationTrainer(
-        model=DistilledDeiTForImageClassification(narrow), args=parse(tmp_path), distillation_type="none"
-    )
+    trainer = DistillationTrainer(model=DistilledDeiTForImageClassification(narrow), args=parse(tmp_path))
     assert trainer.args.bf16 is False and trainer.accelerator.mixed_precision == "no"
 
 

@@ -13,7 +13,7 @@ from transformers import BitImageProcessor, GPT2Config, ResNetConfig, ResNetForI
 from hf_deit import DistilledDeiTConfig
 from hf_deit.teacher import (
     TeacherInputAdapter,
-    TeacherLogits,
+    Teacher,
     check_label_space,
     load_teacher,
     teacher_preprocessing,
@@ -104,11 +104,11 @@ def test_modules_returning_tensors_or_logits_are_accepted():
     linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
     x = torch.randn(2, 3, 4, 4)
     assert load_teacher(linear) is linear
-    assert TeacherLogits(linear)(x).shape == (2, 3)
+    assert Teacher(linear).logits(x).shape == (2, 3)
     resnet = tiny_resnet(NAMES)
-    torch.testing.assert_close(TeacherLogits(resnet)(x), resnet(x).logits)
+    torch.testing.assert_close(Teacher(resnet).logits(x), resnet(x).logits)
     with pytest.raises(ValueError, match="must return logits"):
-        TeacherLogits(nn.Flatten(0))(x)
+        Teacher(nn.Flatten(0)).logits(x)
 
 
 def test_local_transformers_teacher_and_its_preprocessing(tmp_path):
@@ -151,7 +151,7 @@ def test_timm_save_for_hf_folder_loads_through_the_timm_wrapper(tmp_path):
     assert type(loaded).__name__ == "TimmWrapperForImageClassification" and loaded.config.num_labels == 3
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert (TeacherLogits(loaded.eval())(x) - model(x)).abs().max() <= 1e-6
+        assert (Teacher(loaded.eval()).logits(x) - model(x)).abs().max() <= 1e-6
     expected = teacher_preprocessing(str(tmp_path))
     assert expected.image_size == (32, 32)
     assert tuple(expected.image_mean) == tuple(model.pretrained_cfg["mean"])
@@ -171,7 +171,7 @@ def test_timm_folder_with_label_names(tmp_path):
     assert check_label_space(config_with(NAMES), loaded.config).tolist() == [1, 2, 0]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(TeacherLogits(loaded.eval())(x), model.eval()(x))
+        torch.testing.assert_close(Teacher(loaded.eval()).logits(x), model.eval()(x))
 
 
 def test_timm_teacher_by_hub_id(tmp_path, monkeypatch):
@@ -190,7 +190,7 @@ def test_timm_teacher_by_hub_id(tmp_path, monkeypatch):
         expected = teacher_preprocessing("timm/vit_tiny_test.random")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert (TeacherLogits(loaded.eval())(x) - model(x)).abs().max() <= 1e-6
+        assert (Teacher(loaded.eval()).logits(x) - model(x)).abs().max() <= 1e-6
     assert expected.image_size == (32, 32)
 
 
@@ -233,7 +233,7 @@ def test_timm_model_name_with_local_weights(tmp_path, file_name):
     assert type(loaded).__name__ == "TimmWrapperForImageClassification" and loaded.config.num_labels == 4
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(TeacherLogits(loaded)(x), model(x))
+        torch.testing.assert_close(Teacher(loaded).logits(x), model(x))
     expected = teacher_preprocessing(str(path), module=loaded)
     assert expected.image_size == tuple(model.pretrained_cfg["input_size"][1:])
     assert tuple(expected.image_mean) == tuple(model.pretrained_cfg["mean"])
@@ -250,3 +250,22 @@ def test_a_model_that_is_not_an_image_classifier_is_refused(tmp_path):
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not an image classifier"):
         load_teacher(str(tmp_path))
+
+
+def test_the_teacher_stays_frozen_whatever_its_parent_does():
+    teacher = Teacher(tiny_resnet(NAMES).train())
+    assert not teacher.model.training and not any(p.requires_grad for p in teacher.parameters())
+    parent = nn.ModuleDict({"teacher": teacher}).train()
+    assert parent.training and not teacher.training and not teacher.model.training
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(teacher.logits(x), teacher.model(x).logits)  # eval-mode batch norm: deterministic
+
+
+def test_the_teacher_reorders_its_classes_into_the_students_by_name(tmp_path):
+    model = tiny_resnet(["dog", "bird", "cat"]).eval()
+    model.save_pretrained(tmp_path)
+    teacher = Teacher.load(str(tmp_path), config_with(NAMES))
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        own = model(x).logits
+    torch.testing.assert_close(teacher.logits(x), own[:, [["dog", "bird", "cat"].index(name) for name in NAMES]])

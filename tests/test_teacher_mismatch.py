@@ -9,7 +9,7 @@ import torch
 from transformers import BertConfig, BertModel, ResNetConfig, ResNetForImageClassification
 
 from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
-from hf_deit.arguments import DeiTTrainingArguments
+from hf_deit.arguments import DistillationConfig
 from hf_deit.data import load_image_classification_dataset
 from hf_deit.image_processing import deit_image_processor
 from hf_deit.trainer import DistillationTrainer
@@ -94,13 +94,14 @@ def test_reordered_classes_and_another_size_reach_the_loss_in_the_students_order
         image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_labels=10,
         id2label=dict(enumerate(DIGITS)), label2id={name: i for i, name in enumerate(DIGITS)},
     ))  # fmt: skip
-    args = DeiTTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, eval_strategy="no")
-    trainer = DistillationTrainer(model=student, args=args, teacher=str(folder), distillation_type="hard",
+    args = DistillationConfig(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, eval_strategy="no",
+                              distillation_type="hard")
+    trainer = DistillationTrainer(model=student, args=args, teacher=str(folder),
                                   processing_class=deit_image_processor(16, crop_pct=1.0))  # fmt: skip
-    assert trainer.teacher_input.teacher_size == (32, 32)
+    assert trainer.teacher.input_adapter.teacher_size == (32, 32)
 
     seen_sizes = []
-    teacher = trainer.teacher.teacher
+    teacher = trainer.teacher.model
     teacher.register_forward_pre_hook(lambda module, inputs: seen_sizes.append(tuple(inputs[0].shape)))
     pixel_values = torch.randn(4, 3, 16, 16)
     used = trainer.teacher_logits(pixel_values)
@@ -134,11 +135,12 @@ def test_teacher_image_size_decides_what_the_teacher_sees(tmp_path, setting, see
     student = DistilledDeiTForImageClassification(DistilledDeiTConfig(
         image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_labels=10,
     ))  # fmt: skip
-    args = DeiTTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, eval_strategy="no")
-    trainer = DistillationTrainer(model=student, args=args, teacher=str(folder), teacher_image_size=setting,
+    args = DistillationConfig(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, eval_strategy="no",
+                              teacher_image_size=setting)
+    trainer = DistillationTrainer(model=student, args=args, teacher=str(folder),
                                   processing_class=deit_image_processor(16, crop_pct=1.0))  # fmt: skip
     sizes = []
-    trainer.teacher.teacher.register_forward_pre_hook(lambda module, inputs: sizes.append(tuple(inputs[0].shape[-2:])))
+    trainer.teacher.model.register_forward_pre_hook(lambda module, inputs: sizes.append(tuple(inputs[0].shape[-2:])))
     trainer.teacher_logits(torch.randn(2, 3, 16, 16))
     assert sizes == [seen]
 
@@ -148,6 +150,7 @@ def test_teacher_image_size_rejects_nonsense(tmp_path):
     student = DistilledDeiTForImageClassification(DistilledDeiTConfig(
         image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_labels=10,
     ))  # fmt: skip
-    args = DeiTTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, eval_strategy="no")
+    args = DistillationConfig(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, eval_strategy="no",
+                              teacher_image_size="teacher")
     with pytest.raises(ValueError, match="teacher_image_size must be 'student'"):
-        DistillationTrainer(model=student, args=args, teacher=str(folder), teacher_image_size="teacher")
+        DistillationTrainer(model=student, args=args, teacher=str(folder))

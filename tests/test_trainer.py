@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import EvalPrediction, ResNetConfig, ResNetForImageClassification, TrainingArguments
+from transformers import EvalPrediction, ResNetConfig, ResNetForImageClassification, TrainerCallback
 
 from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
+from hf_deit.arguments import DistillationConfig
 from hf_deit.trainer import DistillationTrainer, make_compute_metrics
 
 IMAGE_SIZE = 8
@@ -91,13 +92,16 @@ def teacher(digits):
     return model
 
 
-def args_for(tmp_path, **overrides) -> TrainingArguments:
+def args_for(tmp_path, **overrides) -> DistillationConfig:
+    """The settings of these tests: plain `TrainingArguments` defaults where DeiT's recipe differs (no warm-up, no
+    evaluation or checkpoint per epoch, 3 epochs, float32), and the distillation settings of each test."""
     defaults = dict(
         output_dir=str(tmp_path), per_device_train_batch_size=32, per_device_eval_batch_size=128, learning_rate=2e-3,
         weight_decay=0.05, lr_scheduler_type="constant", logging_steps=10, save_strategy="no", report_to=[],
-        use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+        use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0, warmup_steps=0, eval_strategy="no",
+        num_train_epochs=3, bf16=False, save_total_limit=None,
     )
-    return TrainingArguments(**{**defaults, **overrides})
+    return DistillationConfig(**{**defaults, **overrides})
 
 
 @pytest.mark.slow
@@ -107,11 +111,10 @@ def test_hard_distillation_learns_digits_and_leaves_the_teacher_untouched(digits
     trainer = DistillationTrainer(
         model=tiny_student(),
         args=args_for(tmp_path, max_steps=500, learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=10,
-                      eval_strategy="no"),  # fmt: skip
+                      eval_strategy="no", distillation_type="hard"),  # fmt: skip
         train_dataset=train,
         eval_dataset=test,
         teacher=teacher,
-        distillation_type="hard",
         compute_metrics=make_compute_metrics(),
     )
     trainer.train()
@@ -131,7 +134,7 @@ def test_hard_distillation_learns_digits_and_leaves_the_teacher_untouched(digits
     assert len(logged) == 50 and all("loss_cls" in e and "loss_distillation" in e for e in logged)
     assert logged[-1]["loss_distillation"] < 0.8 * logged[0]["loss_distillation"]
 
-    assert trainer.teacher.teacher is teacher and not teacher.training
+    assert trainer.teacher.model is teacher and not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
     for name, value in teacher.state_dict().items():
         assert torch.equal(value, teacher_state[name]), name
@@ -145,9 +148,8 @@ def test_teacher_runs_only_when_the_loss_needs_it(digits, teacher, tmp_path):
     hook = teacher.register_forward_hook(lambda *_: calls.append(1))
     try:
         trainer = DistillationTrainer(
-            model=tiny_student(), args=args_for(tmp_path, max_steps=2), train_dataset=train,
-            eval_dataset=torch.utils.data.Subset(test, range(64)), teacher=teacher, distillation_type="none",
-            compute_metrics=make_compute_metrics(),
+            model=tiny_student(), args=args_for(tmp_path, max_steps=2, distillation_type="none"), train_dataset=train,
+            eval_dataset=torch.utils.data.Subset(test, range(64)), teacher=teacher, compute_metrics=make_compute_metrics(),
         )
         trainer.train()
         assert calls == []
@@ -161,11 +163,11 @@ def test_mismatched_teacher_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="teacher predicts 10 classes, the student 5"):
         DistillationTrainer(model=tiny_student(num_labels=5), args=args_for(tmp_path), teacher=tiny_resnet())
     with pytest.raises(ValueError, match="needs a teacher"):
-        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path), distillation_type="soft")
+        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path, distillation_type="soft"))
 
 
 def test_no_weight_decay_on_tokens_position_embeddings_norms_and_biases(tmp_path):
-    trainer = DistillationTrainer(model=tiny_student(), args=args_for(tmp_path), distillation_type="none")
+    trainer = DistillationTrainer(model=tiny_student(), args=args_for(tmp_path, distillation_type="none"))
     decayed = set(trainer.get_decay_parameter_names(trainer.model))
     assert decayed == {
         name for name, p in trainer.model.named_parameters() if p.ndim >= 2 and "embeddings." not in name
@@ -179,9 +181,8 @@ def one_sgd_step(dataset, tmp_path, batch_size, accumulation, teacher):
     trainer = DistillationTrainer(
         model=model,
         args=args_for(tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-                      max_steps=1, logging_steps=1, optim="sgd", learning_rate=1.0, weight_decay=0.0),
-        train_dataset=dataset, teacher=teacher, distillation_type="soft", distillation_tau=2.0,
-    )
+                      max_steps=1, logging_steps=1, optim="sgd", learning_rate=1.0, weight_decay=0.0, distillation_type="soft", distillation_tau=2.0),
+        train_dataset=dataset, teacher=teacher)
     trainer.train()
     updates = {name: before[name] - p.detach() for name, p in model.named_parameters()}  # lr 1: the gradient
     return trainer.state.log_history[0], updates
@@ -216,8 +217,8 @@ DDP_WORKER = textwrap.dedent(
         model=tiny_student(seed=1),
         args=args_for(sys.argv[1], per_device_train_batch_size=per_device, max_steps=1, logging_steps=1,
                       optim="sgd", learning_rate=0.1,
-                      ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None),
-        train_dataset=dataset, teacher=tiny_resnet(seed=3).eval(), distillation_type="hard",
+                      ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None, distillation_type="hard"),
+        train_dataset=dataset, teacher=tiny_resnet(seed=3).eval(),
     )
     trainer.train()
     if trainer.is_world_process_zero():
@@ -308,21 +309,19 @@ def test_attention_and_feature_terms_train_the_projection_and_leave_it_out_of_th
     train, _ = digits
     trainer = DistillationTrainer(
         model=tiny_student(),
-        args=args_for(tmp_path, max_steps=4, logging_steps=2, eval_strategy="no"),
+        args=args_for(tmp_path, max_steps=4, logging_steps=2, eval_strategy="no", distillation_type="hard",
+                      attention_distillation_weight=1.0, attention_distillation_token="both",
+                      feature_distillation_weight=1.0, feature_distillation_token=feature_token),
         train_dataset=train,
         teacher=teacher,
-        distillation_type="hard",
-        attention_distillation_weight=1.0,
-        attention_distillation_token="both",
-        feature_distillation_weight=1.0,
-        feature_distillation_token=feature_token,
-    )
-    before = {name: p.detach().clone() for name, p in trainer.feature_projection.named_parameters()}
+    )  # fmt: skip
+    projection = trainer.objective.feature_projection
+    before = {name: p.detach().clone() for name, p in projection.named_parameters()}
     trainer.train()
     # The projection learns with the student: it is in the optimizer and its weights moved.
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    assert all(id(p) in optimized for p in trainer.feature_projection.parameters())
-    assert any(not torch.equal(before[name], p) for name, p in trainer.feature_projection.named_parameters())
+    assert all(id(p) in optimized for p in projection.parameters())
+    assert any(not torch.equal(before[name], p) for name, p in projection.named_parameters())
     logged = [entry for entry in trainer.state.log_history if "loss_attention" in entry]
     assert logged and all(entry["loss_attention"] >= 0 and entry["loss_feature"] >= 0 for entry in logged)
     # The saved model is the plain student: no projection weights, and it loads without warnings about extra keys.
@@ -336,9 +335,24 @@ def test_attention_and_feature_terms_train_the_projection_and_leave_it_out_of_th
 def feature_trainer(digits, teacher, tmp_path, seed=0, **overrides):
     torch.manual_seed(seed)  # the projection's initialisation
     return DistillationTrainer(
-        model=tiny_student(seed), args=args_for(tmp_path, eval_strategy="no", **overrides), train_dataset=digits[0],
-        teacher=teacher, distillation_type="hard", feature_distillation_weight=1.0,
+        model=tiny_student(seed), train_dataset=digits[0], teacher=teacher,
+        args=args_for(tmp_path, eval_strategy="no", distillation_type="hard", feature_distillation_weight=1.0, **overrides),
     )  # fmt: skip
+
+
+def checkpoint_keys(checkpoint) -> set[str]:
+    from safetensors.torch import load_file
+
+    return set(load_file(str(checkpoint / "model.safetensors")))
+
+
+def drop_objective_from_checkpoint(checkpoint) -> None:
+    """Make the checkpoint one that a run without the projection terms would have saved."""
+    from safetensors.torch import load_file, save_file
+
+    path = str(checkpoint / "model.safetensors")
+    weights = {key: value for key, value in load_file(path).items() if not key.startswith("distillation_objective.")}
+    save_file(weights, path, metadata={"format": "pt"})
 
 
 def test_feature_projection_is_checkpointed_and_a_resumed_run_continues_it(digits, teacher, tmp_path):
@@ -346,37 +360,43 @@ def test_feature_projection_is_checkpointed_and_a_resumed_run_continues_it(digit
     reference = feature_trainer(digits, teacher, tmp_path / "reference", **steps)
     reference.train()
     checkpoint = tmp_path / "reference" / "checkpoint-2"
-    assert (checkpoint / "feature_projection.safetensors").is_file()
+    assert any(key.startswith("distillation_objective.feature_projection.") for key in checkpoint_keys(checkpoint))
 
     # Another seed: a resumed run that did not load the projection would end elsewhere (and one whose projection
     # gradients were never zeroed, as Trainer zeroes only the model's, would differ from step 3 on).
     resumed = feature_trainer(digits, teacher, tmp_path / "resumed", seed=1, **steps)
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    for (name, expected), actual in zip(reference.feature_projection.state_dict().items(),
-                                        resumed.feature_projection.state_dict().values()):  # fmt: skip
+    for (name, expected), actual in zip(reference.objective.feature_projection.state_dict().items(),
+                                        resumed.objective.feature_projection.state_dict().values()):  # fmt: skip
         assert torch.equal(actual, expected), f"projection {name} differs after resuming"
     for (name, expected), actual in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(actual, expected), f"{name} differs after resuming"
+    assert set(resumed.model.state_dict()) == set(tiny_student().state_dict())  # detached again after training
 
     # A checkpoint without a projection (a run without feature distillation) is refused, not silently restarted.
-    (checkpoint / "feature_projection.safetensors").unlink()
+    drop_objective_from_checkpoint(checkpoint)
     again = feature_trainer(digits, teacher, tmp_path / "again", **steps)
     with pytest.raises(ValueError, match="feature_distillation_weight"):
         again.train(resume_from_checkpoint=str(checkpoint))
 
 
 def test_gradient_clipping_covers_the_feature_projection(digits, teacher, tmp_path):
-    trainer = feature_trainer(digits, teacher, tmp_path, max_grad_norm=1.0)
-    parameters = [*trainer.model.parameters(), *trainer.feature_projection.parameters()]
-    for parameter in parameters:
-        parameter.grad = torch.zeros_like(parameter)
-    for parameter in trainer.feature_projection.parameters():
-        parameter.grad.fill_(10.0)  # all of the norm is in the projection
-    norm_before = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))
-    returned = trainer._clip_grad_norm(trainer.model)
-    assert returned == pytest.approx(norm_before.item(), rel=1e-5)
-    norm_after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))
-    assert norm_after.item() == pytest.approx(1.0, rel=1e-4)
+    """Trainer clips one norm over the student and the projection (attached to it while it trains): with a tiny
+    max_grad_norm the clipped gradients of both, together, have exactly that norm at every step."""
+    trainer = feature_trainer(digits, teacher, tmp_path, max_steps=3, max_grad_norm=1e-3)
+    projection = trainer.objective.feature_projection
+    norms = []
+
+    class ClippedNorm(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            parameters = [*trainer.model.parameters()]
+            assert any(p is next(projection.parameters()) for p in parameters)
+            norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None])))
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in projection.parameters())
+
+    trainer.add_callback(ClippedNorm())
+    trainer.train()
+    assert len(norms) == 3 and all(norm.item() == pytest.approx(1e-3, rel=1e-3) for norm in norms)
 
 
 def test_torch_compile_compiles_the_teacher_too_and_trains_the_same(digits, teacher, tmp_path):
@@ -386,11 +406,16 @@ def test_torch_compile_compiles_the_teacher_too_and_trains_the_same(digits, teac
         options = dict(torch_compile=True, torch_compile_backend="eager") if compiled else {}
         trainer = DistillationTrainer(
             model=tiny_student(), args=args_for(tmp_path / str(compiled), max_steps=3, logging_steps=1, eval_strategy="no",
-                                                **options),
-            train_dataset=digits[0], teacher=teacher, distillation_type="hard",
-        )  # fmt: skip
-        assert isinstance(trainer._teacher_logits_call, torch._dynamo.eval_frame.OptimizedModule) == compiled
-        trainer.train()
+                                                **options, distillation_type="hard"),
+            train_dataset=digits[0], teacher=teacher)  # fmt: skip
+        assert isinstance(trainer.teacher.compiled, torch._dynamo.eval_frame.OptimizedModule) == compiled
+        traced = []  # True while dynamo traces the teacher's forward: the compiled pass is the one training calls
+        hook = teacher.register_forward_pre_hook(lambda *_: traced.append(torch.compiler.is_compiling()))
+        try:
+            trainer.train()
+        finally:
+            hook.remove()
+        assert traced and any(traced) == compiled
         losses[compiled] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
 
@@ -405,28 +430,26 @@ def test_attention_distillation_asks_the_student_for_the_chosen_layers_only(digi
 
     student.register_forward_pre_hook(record, with_kwargs=True)
     trainer = DistillationTrainer(
-        model=student, args=args_for(tmp_path, max_steps=1, eval_strategy="no"), train_dataset=train,
-        teacher=teacher, attention_distillation_weight=0.5, attention_distillation_layers=[0],
-    )  # fmt: skip
+        model=student, args=args_for(tmp_path, max_steps=1, eval_strategy="no", attention_distillation_weight=0.5, attention_distillation_layers=[0]), train_dataset=train,
+        teacher=teacher)  # fmt: skip
     trainer.train()
     assert requested == [([0], None)]
 
 
 def test_extra_terms_need_a_teacher_and_valid_options(tmp_path):
     with pytest.raises(ValueError, match="teacher"):
-        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path), distillation_type="none",
-                            attention_distillation_weight=1.0)  # fmt: skip
+        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path, distillation_type="none", attention_distillation_weight=1.0))  # fmt: skip
     with pytest.raises(ValueError, match="attention_distillation_token"):
-        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path), teacher=tiny_resnet(),
-                            attention_distillation_token="patches")  # fmt: skip
+        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path, attention_distillation_token="patches"), teacher=tiny_resnet(),
+                            )  # fmt: skip
 
 
 def feature_map_trainer(digits, teacher, tmp_path, seed=0, **overrides):
     torch.manual_seed(seed)  # the projections' initialisation
     return DistillationTrainer(
-        model=tiny_student(seed), args=args_for(tmp_path, eval_strategy="no", **overrides), train_dataset=digits[0],
-        teacher=teacher, distillation_type="hard", feature_map_distillation_weight=1.0,
-        feature_map_distillation_layers=[0, -1],
+        model=tiny_student(seed), train_dataset=digits[0], teacher=teacher,
+        args=args_for(tmp_path, eval_strategy="no", distillation_type="hard", feature_map_distillation_weight=1.0,
+                      feature_map_distillation_layers=[0, -1], **overrides),
     )  # fmt: skip
 
 
@@ -434,13 +457,14 @@ def test_feature_map_term_trains_a_projection_per_block_towards_the_nearest_teac
     trainer = feature_map_trainer(digits, teacher, tmp_path, max_steps=4, logging_steps=1)
     # 8 px with patch 2: a 4x4 grid. The ResNet's stage outputs at 8 px are 2x2 (embedder, 8 channels; stage 1,
     # 16 channels) and 1x1 (stage 2): the nearest grid is 2x2, and the deeper of the two is stage 1.
-    assert trainer._feature_map_stage == 1
-    assert [projection.proj.out_features for projection in trainer.feature_map_projection] == [16, 16]
-    before = {name: p.detach().clone() for name, p in trainer.feature_map_projection.named_parameters()}
+    projections = trainer.objective.feature_map_projections
+    assert trainer.objective.feature_map_stage == 1
+    assert [projection.proj.out_features for projection in projections] == [16, 16]
+    before = {name: p.detach().clone() for name, p in projections.named_parameters()}
     trainer.train()
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    assert all(id(p) in optimized for p in trainer.feature_map_projection.parameters())
-    assert all(not torch.equal(before[name], p) for name, p in trainer.feature_map_projection.named_parameters())
+    assert all(id(p) in optimized for p in projections.parameters())
+    assert all(not torch.equal(before[name], p) for name, p in projections.named_parameters())
     logged = [entry for entry in trainer.state.log_history if "loss_feature_map" in entry]
     assert len(logged) == 4 and all(0 < entry["loss_feature_map"] <= 4 for entry in logged)
     trainer.save_model(str(tmp_path / "saved"))
@@ -456,10 +480,10 @@ def test_feature_map_projection_is_checkpointed_and_resumed(digits, teacher, tmp
     checkpoint = tmp_path / "reference" / "checkpoint-2"
     resumed = feature_map_trainer(digits, teacher, tmp_path / "resumed", seed=1, **steps)
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    for (name, expected), actual in zip(reference.feature_map_projection.state_dict().items(),
-                                        resumed.feature_map_projection.state_dict().values()):  # fmt: skip
+    for (name, expected), actual in zip(reference.objective.feature_map_projections.state_dict().items(),
+                                        resumed.objective.feature_map_projections.state_dict().values()):  # fmt: skip
         assert torch.equal(actual, expected), f"projection {name} differs after resuming"
-    (checkpoint / "feature_map_projection.safetensors").unlink()
+    drop_objective_from_checkpoint(checkpoint)
     again = feature_map_trainer(digits, teacher, tmp_path / "again", **steps)
     with pytest.raises(ValueError, match="feature_map_distillation_weight"):
         again.train(resume_from_checkpoint=str(checkpoint))
@@ -467,18 +491,17 @@ def test_feature_map_projection_is_checkpointed_and_resumed(digits, teacher, tmp
 
 def test_feature_map_term_needs_a_cnn_teacher_and_valid_layers(digits, tmp_path):
     with pytest.raises(ValueError, match="blocks"):
-        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path), teacher=tiny_resnet(),
-                            feature_map_distillation_weight=1.0, feature_map_distillation_layers=[5])  # fmt: skip
+        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path, feature_map_distillation_weight=1.0, feature_map_distillation_layers=[5]), teacher=tiny_resnet(),
+                            )  # fmt: skip
     with pytest.raises(ValueError, match="CNN teacher"):  # a transformer has no spatial stage outputs
-        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path), teacher=tiny_student(seed=1),
-                            feature_map_distillation_weight=1.0)  # fmt: skip
+        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path, feature_map_distillation_weight=1.0), teacher=tiny_student(seed=1),
+                            )  # fmt: skip
 
 
 def test_a_collapsed_distillation_head_is_reported_at_evaluation(digits, teacher, tmp_path, caplog):
     trainer = DistillationTrainer(
-        model=tiny_student(), args=args_for(tmp_path, max_steps=150, learning_rate=3e-3, eval_strategy="no"),
-        train_dataset=digits[0], eval_dataset=digits[1], teacher=teacher, distillation_type="none",
-        compute_metrics=make_compute_metrics(),
+        model=tiny_student(), args=args_for(tmp_path, max_steps=150, learning_rate=3e-3, eval_strategy="no", distillation_type="none"),
+        train_dataset=digits[0], eval_dataset=digits[1], teacher=teacher, compute_metrics=make_compute_metrics(),
     )  # fmt: skip
     trainer.train()
     with torch.no_grad():  # now the distillation head answers "3" whatever the image
@@ -512,7 +535,22 @@ def test_head_warnings_by_hand():
 
 def test_short_runs_log_the_training_loss_at_least_20_times(digits, tmp_path):
     trainer = DistillationTrainer(model=tiny_student(), args=args_for(tmp_path, max_steps=40, logging_steps=500,
-                                                                      eval_strategy="no"),
-                                  train_dataset=digits[0], distillation_type="none")  # fmt: skip
+                                                                      eval_strategy="no", distillation_type="none"),
+                                  train_dataset=digits[0])  # fmt: skip
     trainer.train()
     assert len([entry for entry in trainer.state.log_history if "loss" in entry]) == 20
+
+
+def test_a_config_built_in_python_trains_with_its_defaults_resolved_by_the_trainer(digits, teacher, tmp_path):
+    """No script: the learning rate left unset is sized to the batch and the data (a new model on 1,400 images,
+    batch 32: max(5e-4 x 32 / 512, 5e-4 x sqrt(32 / 64))), not left at a placeholder the optimizer would refuse."""
+    args = DistillationConfig(output_dir=str(tmp_path), per_device_train_batch_size=32, max_steps=2, use_cpu=True,
+                              eval_strategy="no", save_strategy="no", report_to=[], teacher_name_or_path=None)
+    assert args.learning_rate == pytest.approx(5e-4 * 32 / 512)  # the paper's rule until the data is known
+    trainer = DistillationTrainer(model=tiny_student(), args=args, train_dataset=digits[0], teacher=teacher)
+    assert args.learning_rate == pytest.approx(5e-4 * (32 / 64) ** 0.5)
+    assert trainer.objective.feature_map_weight == 1.0  # 8 px images and a CNN teacher
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.optimizer.param_groups[0]["initial_lr"] == args.learning_rate
+    with pytest.raises(TypeError, match="DistillationConfig"):
+        DistillationTrainer(model=tiny_student(), args=args_for(tmp_path).to_dict())

@@ -6,11 +6,12 @@ import pytest
 import torch
 from datasets import concatenate_datasets
 from PIL import Image
-from transformers import ResNetConfig, ResNetForImageClassification, TrainingArguments
+from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
 from hf_deit.data import MixupCutmixCollator, load_embedded_dataset, load_unlabeled_images, split_labeled
 from hf_deit.losses import DistillationLoss
+from hf_deit.arguments import DistillationConfig
 from hf_deit.trainer import DistillationTrainer
 
 
@@ -87,10 +88,11 @@ def test_trainer_gives_a_mixed_batch_the_described_targets(tmp_path):
         ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], layer_type="basic", num_labels=4)
     ).eval()
     collator = MixupCutmixCollator(4, label_smoothing=0.1)
-    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no")
+    args = DistillationConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no",
+                              eval_strategy="no", distillation_type="hard", pseudo_label_threshold=0.0,
+                              feature_map_distillation_weight=0.0)  # fmt: skip
     trainer = DistillationTrainer(model=student, args=args, train_dataset=_Batch(_examples([0, 1, -1, 3])),
-                                  data_collator=collator, teacher=teacher, distillation_type="hard",
-                                  pseudo_label_threshold=0.0, feature_map_distillation_weight=0.0)  # fmt: skip
+                                  data_collator=collator, teacher=teacher)  # fmt: skip
     torch.manual_seed(0)
     batch = collator(_examples([0, 1, -1, 3]))
     student.train()
@@ -117,8 +119,9 @@ def test_trainer_without_a_teacher_refuses_unlabelled_batches(tmp_path):
         DistilledDeiTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                             num_labels=4)  # fmt: skip
     )
-    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no")
-    trainer = DistillationTrainer(model=student, args=args, distillation_type="none")
+    args = DistillationConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no",
+                              eval_strategy="no", distillation_type="none")
+    trainer = DistillationTrainer(model=student, args=args)
     batch = MixupCutmixCollator(4, mixup_alpha=0.0, cutmix_alpha=0.0)(_examples([0, -1]))
     with pytest.raises(ValueError, match="teacher"):
         trainer.compute_loss(student.train(), batch)

@@ -33,7 +33,10 @@ DistilledDeiTPreTrainedModel._convert_on_load = staticmethod(_convert_on_load)
 
 # The training side imports Trainer and accelerate: loaded on first use, so that `import hf_deit` stays light.
 _LAZY = {
+    "DistillationConfig": "arguments",
     "DistillationTrainer": "trainer",
+    "DistillationObjective": "objective",
+    "Teacher": "teacher",
     "ClassifierTrainer": "trainer",
     "DistillationLoss": "losses",
     "convert_checkpoint": "convert",

@@ -94,6 +94,18 @@ class DataArguments:
         metadata={"help": "Skip undecodable images (truncated, empty, not images), logging a count and the first "
                   "paths; false stops at the first one, naming it."},
     )
+    # Unlabelled images: the teacher labels them during training
+    unlabeled_dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "A pool of unlabelled training images: dataset name (its train split)."}
+    )
+    unlabeled_train_dir: Optional[str] = field(
+        default=None, metadata={"help": "A pool of unlabelled training images: an image folder."}
+    )
+    max_unlabeled_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the unlabelled pool."})
+    labeled_fraction: Optional[float] = field(
+        default=None,
+        metadata={"help": "Keep the labels of this stratified, seeded fraction of train; the rest becomes unlabelled."},
+    )
     repeated_augmentation: int = field(
         default=3,
         metadata={"help": "Repeated augmentation: copies of each image per epoch across processes (multi-process "
@@ -102,8 +114,116 @@ class DataArguments:
 
 
 @dataclass
-class DistillationArguments:
-    _argument_group_name = "Distillation"  # its heading in --help
+class DeiTTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with DeiT's recipe as defaults. `learning_rate` left unset is 5e-4 x global batch / 512."""
+
+    output_dir: Optional[str] = field(default="outputs/deit", metadata={"help": "Where checkpoints and the model go."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start fresh in an --output_dir that holds a run with other settings, deleting its "
+                  "checkpoints (by default such a run is refused; one with the same settings resumes)."},
+    )
+    learning_rate: Optional[float] = field(
+        default=None,
+        metadata={"help": "Peak learning rate; default 5e-4 x global batch size / 512 (the paper), and at least "
+                  "5e-4 x sqrt(global batch / 64) for a new model on fewer than 100,000 images."},
+    )
+    label_smoothing_factor: float = field(
+        default=0.1, metadata={"help": "Label smoothing of the class targets (paper 0.1)."}
+    )
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (none on norms/biases/tokens)."})
+    lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(
+        default=5 / 300, metadata={"help": "Warm-up steps, or a fraction of training (paper: 5 of 300 epochs)."}
+    )
+    num_train_epochs: Optional[float] = field(
+        default=None,
+        metadata={"help": "Epochs (paper: 300 on ImageNet). Default 30, more for a new model on a dataset so small "
+                  f"that 30 epochs are fewer than {MIN_FROM_SCRATCH_STEPS} steps."},
+    )
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept."})
+    logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep False: the transforms need the image column."}
+    )
+    bf16: Optional[bool] = field(
+        default=None,
+        metadata={"help": "bf16 autocast. Default: on where it is faster than float32 (CUDA with bf16; CPUs with "
+                  "AMX/AVX512-BF16 for models at least 192 wide; see hf_deit.precision), else off."},
+    )  # fmt: skip
+
+    def __post_init__(self):
+        self._epochs_given = self.num_train_epochs is not None
+        if self.num_train_epochs is None:
+            self.num_train_epochs = float(DEFAULT_EPOCHS)  # may grow in resolve_schedule
+        self._learning_rate_given = self.learning_rate is not None
+        if self.learning_rate is None:
+            self.learning_rate = 0.0  # provisional: set below, once TrainingArguments knows the world size
+        if self.lr_scheduler_type == "cosine_with_min_lr" and not self.lr_scheduler_kwargs:
+            self.lr_scheduler_kwargs = {"min_lr": MIN_LEARNING_RATE}  # the paper's floor
+        super().__post_init__()
+        if not self._learning_rate_given:  # the paper's rule; resolve_learning_rate sizes it to the data
+            self.learning_rate = BASE_LEARNING_RATE * self._global_batch_size() / BASE_BATCH_SIZE
+
+    def _global_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
+
+    def resolve_for_training(self, num_train_examples: Optional[int], from_scratch: bool) -> None:
+        """The defaults that depend on the model and the data, for what was left unset: the learning rate
+        (`resolve_learning_rate`) and the epochs (`resolve_schedule`). The trainers call it before training."""
+        self.resolve_learning_rate(num_train_examples, from_scratch)
+        self.resolve_schedule(num_train_examples, from_scratch)
+
+    def resolve_precision(self, hidden_size: Optional[int] = None) -> bool:
+        """Settles `bf16` when it was left unset: off when a precision was chosen otherwise (`--fp16`, or
+        `accelerate launch --mixed_precision`), else on where it is faster for this model (`hf_deit.precision`;
+        `hidden_size` of a transformer, None for a CNN). Called by the trainers before their accelerator exists."""
+        if self.bf16 is None:
+            if self.fp16 or self.mixed_precision != "no":
+                self.bf16 = self.mixed_precision == "bf16"
+            else:
+                self.bf16 = bf16_is_faster(self.device, hidden_size)
+                if self.bf16:
+                    self.mixed_precision = "bf16"
+        return self.bf16
+
+    def resolve_schedule(self, num_train_examples: Optional[int] = None, from_scratch: bool = True) -> float:
+        """The epochs when neither they nor `max_steps` were given: 30, or as many as give a new model at least
+        300 optimizer steps on a small dataset. Returns `num_train_epochs`."""
+        if self._epochs_given or self.max_steps > 0 or not from_scratch or not num_train_examples:
+            return self.num_train_epochs
+        global_batch = self._global_batch_size()
+        steps_per_epoch = max(1, math.ceil(num_train_examples / global_batch))
+        self.num_train_epochs = float(max(DEFAULT_EPOCHS, math.ceil(MIN_FROM_SCRATCH_STEPS / steps_per_epoch)))
+        return self.num_train_epochs
+
+    def resolve_learning_rate(self, num_train_examples: Optional[int] = None, from_scratch: bool = True) -> float:
+        """The learning rate when none was given, sized to the batch and the dataset.
+
+        The paper's linear rule, 5e-4 x global batch / 512, is for ImageNet (2,500 steps an epoch, 300 epochs) and for
+        fine-tuning a trained model. A new model on fewer than 100,000 images gets at least
+        5e-4 x sqrt(global batch / 64): 5e-4 at batch 64, 2.5e-4 at 16, where the linear rule gives 6e-5 and 1.6e-5.
+        """
+        if not self._learning_rate_given:
+            global_batch = self._global_batch_size()
+            rate = BASE_LEARNING_RATE * global_batch / BASE_BATCH_SIZE
+            small = num_train_examples is not None and num_train_examples < SMALL_DATASET_SIZE
+            if from_scratch and small:
+                rate = max(rate, SMALL_DATA_LEARNING_RATE * math.sqrt(global_batch / SMALL_DATA_BATCH_SIZE))
+            self.learning_rate = rate
+        return self.learning_rate
+
+
+@dataclass
+class DistillationConfig(DeiTTrainingArguments):
+    """`TrainingArguments` for a distilled student: DeiT's recipe (`DeiTTrainingArguments`) plus the teacher and every
+    distillation setting, as TRL's trainer configs hold theirs. `DistillationTrainer(model=..., args=DistillationConfig(
+    teacher_name_or_path=..., ...), train_dataset=...)` trains from Python with no script; the trainer resolves the
+    defaults that depend on the model and the data (learning rate, epochs, the feature-map term)."""
 
     teacher_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "The teacher: a folder or Hub id of any image classifier."}
@@ -147,113 +267,41 @@ class DistillationArguments:
         default_factory=lambda: [0],
         metadata={"help": "Student blocks whose patch tokens imitate the teacher's map (0 = first, -1 = last)."},
     )
-    # Learning from unlabelled images: the teacher labels them
-    unlabeled_dataset_name: Optional[str] = field(
-        default=None, metadata={"help": "A pool of unlabelled training images: dataset name (its train split)."}
-    )
-    unlabeled_train_dir: Optional[str] = field(
-        default=None, metadata={"help": "A pool of unlabelled training images: an image folder."}
-    )
-    max_unlabeled_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the unlabelled pool."})
-    labeled_fraction: Optional[float] = field(
-        default=None,
-        metadata={"help": "Keep the labels of this stratified, seeded fraction of train; the rest becomes unlabelled."},
-    )
     pseudo_label_threshold: float = field(
         default=0.0,
         metadata={"help": "Unlabelled images train the class head on the teacher's label when its probability "
                   "reaches this (0 = always)."},
     )
 
-
-@dataclass
-class DeiTTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with DeiT's recipe as defaults. `learning_rate` left unset is 5e-4 x global batch / 512."""
-
-    output_dir: Optional[str] = field(default="outputs/deit", metadata={"help": "Where checkpoints and the model go."})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Start fresh in an --output_dir that holds a run with other settings, deleting its "
-                  "checkpoints (by default such a run is refused; one with the same settings resumes)."},
-    )
-    learning_rate: Optional[float] = field(
-        default=None,
-        metadata={"help": "Peak learning rate; default 5e-4 x global batch size / 512 (the paper), and at least "
-                  "5e-4 x sqrt(global batch / 64) for a new model on fewer than 100,000 images."},
-    )
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (none on norms/biases/tokens)."})
-    lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Learning-rate schedule."})
-    warmup_steps: float = field(
-        default=5 / 300, metadata={"help": "Warm-up steps, or a fraction of training (paper: 5 of 300 epochs)."}
-    )
-    num_train_epochs: Optional[float] = field(
-        default=None,
-        metadata={"help": "Epochs (paper: 300 on ImageNet). Default 30, more for a new model on a dataset so small "
-                  f"that 30 epochs are fewer than {MIN_FROM_SCRATCH_STEPS} steps."},
-    )
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
-    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
-    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept."})
-    logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep False: the transforms need the image column."}
-    )
-    bf16: Optional[bool] = field(
-        default=None,
-        metadata={"help": "bf16 autocast. Default: on where it is faster than float32 (CUDA with bf16; CPUs with "
-                  "AMX/AVX512-BF16 for models at least 192 wide; see hf_deit.precision), else off."},
-    )  # fmt: skip
-
     def __post_init__(self):
-        self._epochs_given = self.num_train_epochs is not None
-        if self.num_train_epochs is None:
-            self.num_train_epochs = float(DEFAULT_EPOCHS)  # may grow in resolve_schedule
-        if self.learning_rate is None:
-            self.learning_rate = -1.0  # resolved by resolve_learning_rate once the world size is known
-        if self.lr_scheduler_type == "cosine_with_min_lr" and not self.lr_scheduler_kwargs:
-            self.lr_scheduler_kwargs = {"min_lr": MIN_LEARNING_RATE}  # the paper's floor
         super().__post_init__()
+        from .losses import DISTILLATION_TYPES
 
-    def resolve_precision(self, hidden_size: Optional[int] = None) -> bool:
-        """Settles `bf16` when it was left unset: off when a precision was chosen otherwise (`--fp16`, or
-        `accelerate launch --mixed_precision`), else on where it is faster for this model (`hf_deit.precision`;
-        `hidden_size` of a transformer, None for a CNN). Called by the trainers before their accelerator exists."""
-        if self.bf16 is None:
-            if self.fp16 or self.mixed_precision != "no":
-                self.bf16 = self.mixed_precision == "bf16"
-            else:
-                self.bf16 = bf16_is_faster(self.device, hidden_size)
-                if self.bf16:
-                    self.mixed_precision = "bf16"
-        return self.bf16
+        if self.distillation_type not in DISTILLATION_TYPES:
+            raise ValueError(f"distillation_type must be one of {', '.join(DISTILLATION_TYPES)}, got "
+                             f"{self.distillation_type!r}.")  # fmt: skip
 
-    def resolve_schedule(self, num_train_examples: Optional[int] = None, from_scratch: bool = True) -> float:
-        """The epochs when neither they nor `max_steps` were given: 30, or as many as give a new model at least
-        300 optimizer steps on a small dataset. Returns `num_train_epochs`."""
-        if self._epochs_given or self.max_steps > 0 or not from_scratch or not num_train_examples:
-            return self.num_train_epochs
-        global_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
-        steps_per_epoch = max(1, math.ceil(num_train_examples / global_batch))
-        self.num_train_epochs = float(max(DEFAULT_EPOCHS, math.ceil(MIN_FROM_SCRATCH_STEPS / steps_per_epoch)))
-        return self.num_train_epochs
 
-    def resolve_learning_rate(self, num_train_examples: Optional[int] = None, from_scratch: bool = True) -> float:
-        """The learning rate when none was given, sized to the batch and the dataset.
+# The fields DistillationConfig adds to DeiTTrainingArguments: the --help group "Distillation", and run settings.
+DISTILLATION_FIELDS = tuple(
+    item.name for item in fields(DistillationConfig) if item.name not in {f.name for f in fields(DeiTTrainingArguments)}
+)
 
-        The paper's linear rule, 5e-4 x global batch / 512, is for ImageNet (2,500 steps an epoch, 300 epochs) and for
-        fine-tuning a trained model. A new model on fewer than 100,000 images gets at least
-        5e-4 x sqrt(global batch / 64): 5e-4 at batch 64, 2.5e-4 at 16, where the linear rule gives 6e-5 and 1.6e-5.
-        """
-        if self.learning_rate < 0:
-            global_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
-            rate = BASE_LEARNING_RATE * global_batch / BASE_BATCH_SIZE
-            small = num_train_examples is not None and num_train_examples < SMALL_DATASET_SIZE
-            if from_scratch and small:
-                rate = max(rate, SMALL_DATA_LEARNING_RATE * math.sqrt(global_batch / SMALL_DATA_BATCH_SIZE))
-            self.learning_rate = rate
-        return self.learning_rate
+
+def train_argument_parser():
+    """`scripts/train.py`'s parser: model, data, augmentation and `DistillationConfig` flags, with the distillation
+    fields in a --help group of their own (HfArgumentParser gives one group per dataclass)."""
+    from transformers import HfArgumentParser
+
+    from .data import AugmentationArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, DistillationConfig))
+    distillation = parser.add_argument_group("Distillation")
+    for group in parser._action_groups[:-1]:
+        for action in [action for action in group._group_actions if action.dest in DISTILLATION_FIELDS]:
+            group._group_actions.remove(action)
+            distillation._group_actions.append(action)
+    return parser
 
 
 def parse_config_overrides(text: Optional[str]) -> dict:
@@ -343,14 +391,15 @@ def help_catalogue() -> dict:
     from .data import AugmentationArguments
 
     groups = [
-        (ModelArguments, None, None),
-        (DataArguments, None, None),
-        (AugmentationArguments, None, "DeiT's recipe; a flag left out takes the --preset's value."),
-        (DistillationArguments, None, None),
-        (DeiTTrainingArguments, COMMON_TRAINING_FLAGS, "The usual ones (defaults: DeiT's recipe)."),
+        (ModelArguments, None, None, ModelArguments._argument_group_name),
+        (DataArguments, None, None, DataArguments._argument_group_name),
+        (AugmentationArguments, None, "DeiT's recipe; a flag left out takes the --preset's value.",
+         AugmentationArguments._argument_group_name),
+        (DistillationConfig, DISTILLATION_FIELDS, None, "Distillation"),
+        (DistillationConfig, COMMON_TRAINING_FLAGS, "The usual ones (defaults: DeiT's recipe).", "Training"),
     ]
     catalogue = []
-    for dataclass_type, names, note in groups:
+    for dataclass_type, names, note, title in groups:
         by_name = {item.name: item for item in fields(dataclass_type)}
         # Resolved annotations: `field.type` may still be a string, until an HfArgumentParser resolves it in place.
         hints = typing.get_type_hints(dataclass_type)
@@ -360,7 +409,6 @@ def help_catalogue() -> dict:
             default = item.default_factory() if item.default_factory is not MISSING else item.default
             entries.append(catalogue_entry(name, _type_name(hints.get(name, item.type)), default,
                                            item.metadata.get("help", "")))
-        title = getattr(dataclass_type, "_argument_group_name", "Training")
         catalogue.append({"title": title, "note": note, "flags": entries})
     return {"groups": catalogue}
 

@@ -14,17 +14,12 @@ CNNs (ResNet, RegNet, ConvNeXt, ... from transformers)
     activation_attention_map(features)
         Attention transfer (Zagoruyko & Komodakis, 2017): the channel-wise mean of squared activations of a stage.
 
-Teachers, in one forward pass
-    teacher_forward(teacher, pixel_values, attention_map=..., features=...) -> TeacherForwardOutput
-        logits, the teacher's map (last layer's cls attention, or last stage's activation map) and its pooled
-        pre-logits features (the input of its classifier), all from the forward pass that gives the logits.
+A teacher's map, features and stage outputs, from the forward pass that gives its logits: `hf_deit.teacher.Teacher`.
 """
 
 import math
-import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -117,17 +112,7 @@ def activation_attention_map(features: torch.Tensor) -> torch.Tensor:
     return features.float().pow(2).mean(dim=1)
 
 
-# ---- teachers ----
-
-
-@dataclass
-class TeacherForwardOutput:
-    """What one teacher forward pass gives: logits, and when asked, a spatial map and pooled pre-logits features."""
-
-    logits: torch.Tensor
-    attention_map: torch.Tensor | None = None
-    features: torch.Tensor | None = None
-    stage_maps: tuple[torch.Tensor, ...] | None = None  # a CNN's stage outputs (batch, channels, h, w), first to last
+# ---- reading models: their classifier layer, a module's inputs or outputs, what kind of model ----
 
 
 def classifier_layer(model: nn.Module, num_labels: int | None = None) -> nn.Linear:
@@ -175,108 +160,10 @@ def capture_input(module: nn.Module):
         handle.remove()
 
 
-def _is_vit_like(config) -> bool:
+def is_vit_like(config) -> bool:
     """A ViT-like transformer (patches and attention heads) rather than a CNN (ConvNeXt also has a patch size)."""
     return config is not None and hasattr(config, "patch_size") and hasattr(config, "num_attention_heads")
 
 
-def _is_distilled_deit(model: nn.Module) -> bool:
+def is_distilled_deit(model: nn.Module) -> bool:
     return getattr(getattr(model, "config", None), "model_type", None) == "distilled_deit"
-
-
-def prepare_teacher_for_maps(teacher: nn.Module) -> None:
-    """Make a transformers ViT-like teacher able to return attention weights (only the eager path computes them).
-
-    Our distilled DeiT needs nothing (it computes weights for the requested layers only); a CNN needs nothing.
-    """
-    if _is_distilled_deit(teacher):
-        return
-    config = getattr(teacher, "config", None)
-    if _is_vit_like(config) and getattr(config, "_attn_implementation", "eager") != "eager":
-        teacher.set_attn_implementation("eager")
-
-
-def _logits_of(output) -> torch.Tensor:
-    return output if isinstance(output, torch.Tensor) else output.logits
-
-
-def teacher_forward(
-    teacher: nn.Module,
-    pixel_values: torch.Tensor,
-    attention_map: bool = False,
-    features: bool = False,
-    layers: Sequence[int] = (-1,),
-    stage_maps: bool = False,
-) -> TeacherForwardOutput:
-    """Logits, and optionally the spatial map and pooled features, from a single forward pass of the teacher.
-
-    Maps: a transformer teacher (ours, or transformers' ViT/DeiT: a config with `patch_size` and attention heads) gives its cls token's
-    attention over the patches in `layers`, averaged over heads and layers; a CNN (transformers' ResNet, RegNet,
-    ConvNeXt, ...: hidden states of shape `(batch, channels, h, w)`) gives `activation_attention_map` of its last
-    stage. Features: the input of the layer producing the logits (`classifier_layer`), i.e. pooled pre-logits.
-    Stage maps: a CNN's spatial stage outputs (its 4-D hidden states), for feature-map distillation.
-    A transformers ViT must run with eager attention for its weights: call `prepare_teacher_for_maps` once.
-    """
-    kwargs = {"output_hidden_states": True} if stage_maps else {}
-    config = getattr(teacher, "config", None)
-    transformer = _is_vit_like(config)
-    if attention_map:
-        if _is_distilled_deit(teacher):
-            kwargs["attention_layers"] = list(layers)
-        elif transformer:
-            kwargs["output_attentions"] = True
-        else:
-            kwargs["output_hidden_states"] = True
-    head = classifier_layer(teacher, getattr(config, "num_labels", None)) if features else None
-    with capture_input(head) if head is not None else _nothing() as captured:
-        output = teacher(pixel_values, **kwargs)
-    spatial = None
-    if attention_map:
-        spatial = _teacher_map(teacher, output, pixel_values, transformer, layers)
-    maps = _stage_maps(teacher, output) if stage_maps else None
-    return TeacherForwardOutput(_logits_of(output), spatial, captured["input"] if head is not None else None, maps)
-
-
-def _stage_maps(teacher: nn.Module, output) -> tuple[torch.Tensor, ...]:
-    maps = tuple(state for state in getattr(output, "hidden_states", None) or () if state.ndim == 4)
-    if not maps:
-        raise ValueError(f"The teacher {type(teacher).__name__} returns no spatial stage outputs (4-D hidden states): "
-                         "feature-map distillation needs a CNN teacher, such as transformers' ResNet, RegNet or "
-                         "ConvNeXt (scripts/train_teacher.py trains one).")
-    return maps
-
-
-@contextmanager
-def _nothing():
-    yield {}
-
-
-def _teacher_map(teacher, output, pixel_values, transformer: bool, layers: Sequence[int]) -> torch.Tensor:
-    name = type(teacher).__name__
-    if transformer:
-        attentions = getattr(output, "attentions", None)
-        if not attentions:
-            raise ValueError(f"The teacher {name} returned no attention weights; call prepare_teacher_for_maps "
-                             "(transformers computes them with eager attention only).")
-        if not _is_distilled_deit(teacher):  # every layer came back: pick the requested ones
-            attentions = [attentions[index] for index in layers]
-        patch_size = teacher.config.patch_size
-        patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-        num_patches = (pixel_values.shape[-2] // patch_size[0]) * (pixel_values.shape[-1] // patch_size[1])
-        grid = grid_for(num_patches, pixel_values.shape[-2:], patch_size)
-        return token_attention_map(attentions, grid, CLS_TOKEN)
-    hidden_states = getattr(output, "hidden_states", None)
-    if not hidden_states or hidden_states[-1].ndim != 4:
-        raise ValueError(
-            f"The teacher {name} gives neither attention weights nor CNN stage outputs (output_hidden_states): "
-            "attention distillation supports transformers' ViT/DeiT, our distilled DeiT and transformers' CNNs."
-        )
-    if hidden_states[-1].shape[-2:].numel() == 1:
-        warnings.warn(
-            f"The teacher {name}'s last stage is 1x1 at {tuple(pixel_values.shape[-2:])} px: its attention map is "
-            "uniform, so the attention term only spreads the student's attention. Use a teacher that downsamples "
-            "less (scripts/train_teacher.py --config_overrides '{\"hidden_sizes\": [32, 64], \"depths\": [1, 1]}') "
-            "or larger images.",
-            stacklevel=3,
-        )
-    return activation_attention_map(hidden_states[-1])

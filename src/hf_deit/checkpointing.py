@@ -154,13 +154,17 @@ NOT_SETTINGS = ("max_eval_samples", "eval_split", "attn_implementation", "trust_
 
 def run_settings(*argument_groups) -> dict:
     """The settings of a run that shape its weights, as JSON values: every field of the script's argument
-    dataclasses except `NOT_SETTINGS`, and of a `TrainingArguments` only `TRAINING_SETTINGS`. Paths that exist are
+    dataclasses except `NOT_SETTINGS`, and of a `TrainingArguments` only `TRAINING_SETTINGS` (and the distillation
+    fields of a `DistillationConfig`). Paths that exist are
     made absolute, so that `data/train` and `./data/train` are the same setting."""
     from transformers import TrainingArguments
+
+    from .arguments import DISTILLATION_FIELDS, DistillationConfig
 
     settings = {}
     for group in argument_groups:
         names = TRAINING_SETTINGS if isinstance(group, TrainingArguments) else [f.name for f in dataclasses.fields(group)]
+        names = (*names, *DISTILLATION_FIELDS) if isinstance(group, DistillationConfig) else names
         for name in names:
             if name in NOT_SETTINGS or not hasattr(group, name):
                 continue

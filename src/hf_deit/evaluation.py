@@ -33,7 +33,7 @@ from .data import (
     make_batch_transform,
     undecoded_images,
 )
-from .teacher import TeacherInputAdapter, TeacherLogits, check_label_space, load_teacher, teacher_preprocessing
+from .teacher import Teacher, check_label_space
 from .trainer import make_compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -128,27 +128,14 @@ def dataset_label_order(label_names: list[str], model_config) -> Optional[torch.
 
 
 def teacher_for_evaluation(
-    teacher, label_names: list[str], student_mean, student_std, trust_remote_code: bool = False, device=None
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function from the evaluated model's batch to the teacher's logits in the dataset's class order.
-
-    The same checks and input adaptation as in training (`hf_deit.teacher`): label space, re-normalisation, resizing,
-    channel count.
-    """
-    module = load_teacher(teacher, trust_remote_code=trust_remote_code)
-    config = getattr(module, "config", None)
-    order = check_label_space(_label_space(label_names), config) if hasattr(config, "id2label") else None
-    expected = teacher_preprocessing(teacher, None, module)
-    if expected.num_channels is None:
-        expected.num_channels = getattr(config, "num_channels", None)
-    adapter = TeacherInputAdapter.from_preprocessing(expected, student_mean, student_std).to(device)
-    logits_of = TeacherLogits(module).to(device).eval().requires_grad_(False)
-
-    def teacher_logits(pixel_values: torch.Tensor) -> torch.Tensor:
-        logits = logits_of(adapter(pixel_values))
-        return logits if order is None else logits.index_select(1, order.to(logits.device))
-
-    return teacher_logits
+    teacher, label_names: list[str], student_mean, student_std, trust_remote_code: bool = False, device=None,
+    image_size=None,
+) -> Teacher:
+    """The teacher, fitted to the evaluated model's batch and the dataset's classes as in training
+    (`hf_deit.teacher.Teacher.load`: label space, re-normalisation, resizing to `image_size` or its own size, channel
+    count). `teacher.logits(batch)` gives its logits in the dataset's class order."""
+    return Teacher.load(teacher, _label_space(label_names), student_mean=student_mean, student_std=student_std,
+                        image_size=image_size, trust_remote_code=trust_remote_code).to(device)  # fmt: skip
 
 
 def _collate(examples: list[dict]):
@@ -167,7 +154,7 @@ def evaluate_classifier(
     transform: Callable,
     *,
     label_order: Optional[torch.Tensor] = None,
-    teacher: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    teacher: Optional[Teacher] = None,
     batch_size: int = 128,
     num_workers: int = 0,
     skip_bad_images: bool = True,
@@ -206,7 +193,7 @@ def evaluate_classifier(
         if label_order is not None:
             heads = [head.index_select(1, label_order.to(head.device)) for head in heads]
         if teacher is not None:
-            heads.append(teacher(pixel_values.to(device)))
+            heads.append(teacher.logits(pixel_values.to(device)))
         elif single_head:
             heads = heads[:1]
         predictions = tuple(head.float().cpu().numpy() for head in heads)

@@ -4,7 +4,7 @@
 
 The student's features are its distillation token's final state (`"dist"`, default), its cls token's (`"cls"`), or
 the mean of its patch tokens (`"patches"`); the teacher's are its pooled pre-logits features, the input of the layer
-that produces its logits (`hf_deit.attention_maps.teacher_forward(..., features=True)`). The projection maps the
+that produces its logits (`hf_deit.teacher.Teacher(..., features=True)`). The projection maps the
 student's width to the teacher's; it is trained with the student and thrown away afterwards (it is not part of the
 model, so `save_pretrained` never sees it). timm users know the idea from its `FeatureDistillationTask`.
 

@@ -1,13 +1,21 @@
 """The teacher: load any image classifier, check that it predicts the student's classes, feed it the student's batch.
 
+`Teacher` is the one object training, evaluation and the attention figures use: `Teacher.load(...)` loads the
+classifier (`load_teacher`), checks its classes against the student's and re-orders them by name
+(`check_label_space`), reads what input it expects (`teacher_preprocessing`) and adapts the student's batch to it
+(`TeacherInputAdapter`); calling it runs one frozen forward pass that gives the logits and, when asked, its spatial
+attention map, pooled features and CNN stage outputs (`TeacherForwardOutput`); `compile()` compiles that pass.
+
 DeiT's teacher sees exactly the student's input tensor (augmented, mixed, normalised). A teacher trained with
-another normalisation or resolution gets that same tensor re-normalised and resized on the fly by
-`TeacherInputAdapter`, so that augmentation stays shared and nothing is decoded twice.
+another normalisation or resolution gets that same tensor re-normalised and resized on the fly, so that
+augmentation stays shared and nothing is decoded twice.
 """
 
 import logging
 import re
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,30 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention_maps import (
+    CLS_TOKEN,
+    activation_attention_map,
+    capture_input,
+    classifier_layer,
+    grid_for,
+    is_distilled_deit,
+    is_vit_like,
+    token_attention_map,
+)
+
 logger = logging.getLogger(__name__)
 
 # transformers names unnamed classes "LABEL_0", "LABEL_1", ...: those carry no meaning and are not compared.
 _DEFAULT_LABEL_NAME = re.compile(r"LABEL_\d+")
-
-
-class TeacherLogits(nn.Module):
-    """Calls a teacher and returns its logits tensor, whether it returns a tensor or an output with `.logits`."""
-
-    def __init__(self, teacher: nn.Module):
-        super().__init__()
-        self.teacher = teacher
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        output = self.teacher(pixel_values)
-        logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
-        if logits is None and isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-            logits = output[0]
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-            raise ValueError(
-                f"The teacher ({type(self.teacher).__name__}) must return logits of shape (batch, num_classes) or an "
-                f"output with `.logits`; got {type(output).__name__}. Pass an image-classification model."
-            )
-        return logits
 
 
 # Weights files a teacher can be given as, with the timm architecture named by the file or by `timm_model_name`.
@@ -316,3 +315,217 @@ class TeacherInputAdapter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"renormalize={self.renormalize}, teacher_size={self.teacher_size}, interpolation={self.interpolation!r}"
+
+
+def _input_size(value) -> tuple[int, int] | None:
+    """`image_size` of `Teacher.load`: "student" (None: no resizing), N or "N" px, or (height, width)."""
+    if value == "student":
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    size = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
+        raise ValueError(f"teacher_image_size must be 'student', a size in pixels or (height, width); got {value!r}.")
+    return size
+
+
+@dataclass
+class TeacherForwardOutput:
+    """What one teacher forward pass gives: logits, and when asked, a spatial map, pooled features, stage outputs."""
+
+    logits: torch.Tensor
+    attention_map: torch.Tensor | None = None  # (batch, rows, columns)
+    features: torch.Tensor | None = None  # (batch, features): the input of the classifier layer
+    stage_maps: tuple[torch.Tensor, ...] | None = None  # a CNN's stage outputs (batch, channels, h, w), first to last
+
+
+def logits_of(output) -> torch.Tensor:
+    """The `(batch, num_classes)` logits of a classifier's output: a tensor, an output with `.logits`, or a tuple."""
+    logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+    if logits is None and isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        logits = output[0]
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ValueError(
+            f"The teacher must return logits of shape (batch, num_classes) or an output with `.logits`; got "
+            f"{type(output).__name__}. Pass an image-classification model."
+        )
+    return logits
+
+
+class Teacher(nn.Module):
+    """A frozen image classifier that labels the student's batches.
+
+    `Teacher(model)` wraps a module whose input and classes already match the student's; `Teacher.load(...)` builds
+    one from a module, folder, Hub id or weights file and fits it to the student. The module stays in eval mode
+    without gradients, whatever its parent does (`train()` keeps it frozen).
+
+    Calling it gives a `TeacherForwardOutput` from one forward pass, with the logits in the student's class order and,
+    when asked:
+    - `attention_map`: a transformer teacher (ours, transformers' ViT/DeiT) gives its cls token's attention over the
+      patches in `layers`, averaged over heads and layers; a CNN (transformers' ResNet, RegNet, ConvNeXt, ...) the
+      activation map (`activation_attention_map`) of its last stage;
+    - `features`: the input of the layer that produces the logits (`classifier_layer`): pooled pre-logits features;
+    - `stage_maps`: a CNN's spatial stage outputs (its 4-D hidden states), for feature-map distillation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_adapter: "TeacherInputAdapter | None" = None,
+        label_order: torch.Tensor | None = None,
+        name: str | None = None,
+    ):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.input_adapter = input_adapter if input_adapter is not None else TeacherInputAdapter()
+        self.register_buffer("label_order", label_order, persistent=False)
+        config = getattr(model, "config", None)
+        self.name = name or getattr(config, "_name_or_path", None) or type(model).__name__
+        self.compiled = None  # the compiled model, once compile() is called
+
+    @classmethod
+    def load(
+        cls,
+        teacher: "str | nn.Module",
+        student_config=None,
+        *,
+        student_mean: Sequence[float] | None = None,
+        student_std: Sequence[float] | None = None,
+        processor=None,
+        image_size: "int | Sequence[int] | str | None" = None,
+        trust_remote_code: bool = False,
+        attention_maps: bool = False,
+    ) -> "Teacher":
+        """Load `teacher` (`load_teacher`) and fit it to the student:
+
+        - its classes are checked against `student_config`'s (`num_labels`, `id2label`; any object with those), and
+          re-ordered by name when they are the same classes in another order (`check_label_space`);
+        - the student's batch, normalised with `student_mean`/`student_std`, is re-normalised to the teacher's and
+          resized to `image_size`: None (default) for the teacher's own preprocessing size (read from `processor`, or
+          the one saved with the teacher), "student" for the student's batch as it is (the paper's fine-tuning at a
+          new resolution; a CNN takes any size), or N px / (height, width);
+        - `attention_maps=True` prepares a transformers ViT-like teacher to return attention weights (eager).
+        """
+        module = load_teacher(teacher, trust_remote_code=trust_remote_code)
+        config = getattr(module, "config", None)
+        label_order = None
+        if student_config is not None and config is not None and hasattr(config, "id2label"):
+            label_order = check_label_space(student_config, config)
+        expected = teacher_preprocessing(teacher if isinstance(teacher, str) else module, processor, module)
+        if image_size is not None:
+            expected.image_size = _input_size(image_size)
+        if expected.num_channels is None and config is not None:
+            expected.num_channels = getattr(config, "num_channels", None)
+        student_channels = getattr(student_config, "num_channels", None)
+        if None not in (expected.num_channels, student_channels) and expected.num_channels != student_channels:
+            raise ValueError(
+                f"The teacher expects {expected.num_channels}-channel images, the student {student_channels}. "
+                "Use a teacher trained on the same kind of images."
+            )
+        if attention_maps:
+            prepare_teacher_for_maps(module)
+        adapter = TeacherInputAdapter.from_preprocessing(expected, student_mean, student_std)
+        return cls(module, adapter, label_order, name=teacher if isinstance(teacher, str) else None)
+
+    def train(self, mode: bool = True) -> "Teacher":
+        return super().train(False)  # frozen: its outputs never change with its parent's mode
+
+    def compile(self, **options) -> "Teacher":
+        """Compile the teacher's forward pass with `torch.compile(**options)` (backend, mode, ...). Passes that read
+        the classifier's input (`features=True`) hook into the model and run eagerly."""
+        self.compiled = torch.compile(self.model, **options)
+        return self
+
+    @torch.no_grad()
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        attention_map: bool = False,
+        features: bool = False,
+        stage_maps: bool = False,
+        layers: Sequence[int] = (-1,),
+    ) -> TeacherForwardOutput:
+        pixel_values = self.input_adapter(pixel_values)
+        kwargs = {"output_hidden_states": True} if stage_maps else {}
+        config = getattr(self.model, "config", None)
+        transformer = is_vit_like(config)
+        if attention_map:
+            if is_distilled_deit(self.model):
+                kwargs["attention_layers"] = list(layers)
+            elif transformer:
+                kwargs["output_attentions"] = True
+            else:
+                kwargs["output_hidden_states"] = True
+        head = classifier_layer(self.model, getattr(config, "num_labels", None)) if features else None
+        call = self.compiled if self.compiled is not None and head is None else self.model
+        with capture_input(head) if head is not None else _nothing() as captured:
+            output = call(pixel_values, **kwargs)
+        logits = logits_of(output)
+        if self.label_order is not None:
+            logits = logits.index_select(1, self.label_order)
+        spatial = self._map(output, pixel_values, transformer, layers) if attention_map else None
+        maps = self._stage_maps(output) if stage_maps else None
+        return TeacherForwardOutput(logits, spatial, captured["input"] if head is not None else None, maps)
+
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for the student's batch, in the student's class order."""
+        return self(pixel_values).logits
+
+    def _stage_maps(self, output) -> tuple[torch.Tensor, ...]:
+        maps = tuple(state for state in getattr(output, "hidden_states", None) or () if state.ndim == 4)
+        if not maps:
+            raise ValueError(f"The teacher {type(self.model).__name__} returns no spatial stage outputs (4-D hidden "
+                             "states): feature-map distillation needs a CNN teacher, such as transformers' ResNet, "
+                             "RegNet or ConvNeXt (scripts/train_teacher.py trains one).")
+        return maps
+
+    def _map(self, output, pixel_values, transformer: bool, layers: Sequence[int]) -> torch.Tensor:
+        name = type(self.model).__name__
+        if transformer:
+            attentions = getattr(output, "attentions", None)
+            if not attentions:
+                raise ValueError(f"The teacher {name} returned no attention weights; load it with "
+                                 "Teacher.load(..., attention_maps=True) (transformers computes them with eager "
+                                 "attention only).")
+            if not is_distilled_deit(self.model):  # every layer came back: pick the requested ones
+                attentions = [attentions[index] for index in layers]
+            patch_size = self.model.config.patch_size
+            patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+            num_patches = (pixel_values.shape[-2] // patch_size[0]) * (pixel_values.shape[-1] // patch_size[1])
+            grid = grid_for(num_patches, pixel_values.shape[-2:], patch_size)
+            return token_attention_map(attentions, grid, CLS_TOKEN)
+        hidden_states = getattr(output, "hidden_states", None)
+        if not hidden_states or hidden_states[-1].ndim != 4:
+            raise ValueError(
+                f"The teacher {name} gives neither attention weights nor CNN stage outputs (output_hidden_states): "
+                "attention distillation supports transformers' ViT/DeiT, our distilled DeiT and transformers' CNNs."
+            )
+        if hidden_states[-1].shape[-2:].numel() == 1:
+            warnings.warn(
+                f"The teacher {name}'s last stage is 1x1 at {tuple(pixel_values.shape[-2:])} px: its attention map is "
+                "uniform, so the attention term only spreads the student's attention. Use a teacher that downsamples "
+                "less (scripts/train_teacher.py --config_overrides 'hidden_sizes=[32,64],depths=[1,1]') or larger "
+                "images.",
+                stacklevel=3,
+            )
+        return activation_attention_map(hidden_states[-1])
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, compiled={self.compiled is not None}, reordered={self.label_order is not None}"
+
+
+def prepare_teacher_for_maps(teacher: nn.Module) -> None:
+    """Make a transformers ViT-like teacher able to return attention weights (only the eager path computes them).
+
+    Our distilled DeiT needs nothing (it computes weights for the requested layers only); a CNN needs nothing.
+    """
+    if is_distilled_deit(teacher):
+        return
+    config = getattr(teacher, "config", None)
+    if is_vit_like(config) and getattr(config, "_attn_implementation", "eager") != "eager":
+        teacher.set_attn_implementation("eager")
+
+
+@contextmanager
+def _nothing():
+    yield {}

@@ -4,14 +4,15 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
 from torch import nn
-from transformers import EvalPrediction, Trainer, TrainerCallback, default_data_collator
+from transformers import EvalPrediction, Trainer, default_data_collator
 
+from .arguments import DeiTTrainingArguments, DistillationConfig
 from .callbacks import LogAtLeastEvery, NonFiniteLossError, NonFiniteLossGuard, head_warnings
 from .checkpointing import (
     PositionSeededCollator,
@@ -19,53 +20,39 @@ from .checkpointing import (
     PositionSeededSampler,
     save_checkpoint_atomically,
 )
-from .attention_maps import (
-    CLS_TOKEN,
-    DISTILLATION_TOKEN,
-    TeacherForwardOutput,
-    capture_input,
-    capture_outputs,
-    classifier_layer,
-    grid_for,
-    prepare_teacher_for_maps,
-    teacher_forward,
-    token_attention_map,
-)
-from .feature_distillation import (
-    FEATURE_LOSSES,
-    FEATURE_TOKENS,
-    FeatureProjection,
-    feature_distillation_loss,
-    feature_map_distillation_loss,
-    nearest_stage,
-    patch_mean_features,
-    student_head,
-)
-from .losses import ATTENTION_MAP_LOSSES, DistillationLoss, DistillationType, attention_map_loss, classification_loss
-from .teacher import TeacherInputAdapter, TeacherLogits, check_label_space, load_teacher, teacher_preprocessing
+from .losses import classification_loss
+from .objective import DistillationObjective
+from .teacher import Teacher, TeacherForwardOutput
 
 logger = logging.getLogger(__name__)
 
 # The paper's recipe: no weight decay on the class/distillation tokens and position embeddings (Trainer's default
 # already spares biases and norm weights).
 _NO_DECAY_PARAMETER = re.compile(r"(?:^|\.)(cls_token|distillation_token|dist_token|position_embeddings|pos_embed)$")
-# Saved in each checkpoint next to the optimizer state, never in the model folder.
-FEATURE_PROJECTION_NAME = "feature_projection.safetensors"
-FEATURE_MAP_PROJECTION_NAME = "feature_map_projection.safetensors"
+# The objective's name as a submodule of the student while it trains: its projections' weights in checkpoints.
+OBJECTIVE_NAME = "distillation_objective"
 _NOT_EVAL_RESULTS = re.compile(r"(runtime|per_second|epoch|step)$")
-logger = logging.getLogger(__name__)
 
 
-def _teacher_input_size(value) -> tuple[int, int] | None:
-    """`teacher_image_size` as the adapter's size: "student" (None: no resizing), N or "N" px, or (height, width)."""
-    if value == "student":
-        return None
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    size = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (list, tuple)) else ()
-    if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
-        raise ValueError(f"teacher_image_size must be 'student', a size in pixels or (height, width); got {value!r}.")
-    return size
+def _check_objective_in_checkpoint(checkpoint: str) -> None:
+    """A run whose objective has projections resumes only from a checkpoint that saved them."""
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            continue
+        if name.endswith(".json"):
+            import json
+
+            with open(path) as file:
+                keys = json.load(file)["weight_map"]
+        else:
+            with safe_open(path, framework="pt") as file:
+                keys = file.keys()
+        if any(key.startswith(OBJECTIVE_NAME + ".") for key in keys):
+            return
+        raise ValueError(f"{checkpoint} holds no distillation projections: it was saved by a run without the feature "
+                         "or feature-map term. Resume with the same --feature_distillation_weight and "
+                         "--feature_map_distillation_weight and layers, or start a new run.")
 
 
 class DeiTTrainerBase(Trainer):
@@ -87,6 +74,14 @@ class DeiTTrainerBase(Trainer):
         if getattr(training_args, "bf16", False) is None:  # DeiTTrainingArguments left to choose: before the accelerator
             model = kwargs.get("model", args[0] if args else None)
             training_args.resolve_precision(getattr(getattr(model, "config", None), "hidden_size", None))
+        if isinstance(training_args, DeiTTrainingArguments):  # learning rate and epochs left unset: sized to the run
+            model = kwargs.get("model", args[0] if args else None)
+            train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
+            try:
+                num_examples = len(train_dataset) if train_dataset is not None else None
+            except TypeError:  # a stream: size unknown
+                num_examples = None
+            training_args.resolve_for_training(num_examples, from_scratch=not getattr(model, "name_or_path", ""))
         if getattr(training_args, "dataloader_pin_memory", False) and not torch.cuda.is_available():
             training_args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every epoch
         super().__init__(*args, **kwargs)
@@ -193,9 +188,9 @@ class ClassifierTrainer(DeiTTrainerBase):
     transformers' own classification loss would read float targets as multi-label and use a sigmoid loss.
     """
 
-    def __init__(self, *args, label_smoothing: float = 0.1, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = self.args.label_smoothing_factor
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(pixel_values=inputs["pixel_values"])
@@ -208,424 +203,107 @@ class ClassifierTrainer(DeiTTrainerBase):
 
 class DistillationTrainer(DeiTTrainerBase):
     """Trains a distilled DeiT (any model whose output has `cls_logits` and `distillation_logits`) from labels and a
-    teacher, as DeiT's `DistillationLoss` does.
+    teacher, as DeiT's `DistillationLoss` does, with the optional attention, feature and feature-map terms.
+
+    Every setting lives in `args`, a `hf_deit.arguments.DistillationConfig`; the trainer wires three parts together:
+    the student (`model`), the teacher (`hf_deit.teacher.Teacher`: loaded, checked against the student's classes and
+    fed the student's batch) and the objective (`hf_deit.objective.DistillationObjective`: the loss and its terms).
+    The objective's projections are attached to the student while it trains, so the Trainer's optimizer, clipping,
+    DDP and checkpoints cover them; `compute_loss` is where the parts meet.
 
     Args (beyond `Trainer`'s):
-        teacher: an image classifier as a module, a local folder or a Hub id (see `hf_deit.teacher.load_teacher`).
-            Optional for `distillation_type="none"`; when given there it is used for evaluation metrics only.
-        distillation_type: `"none"`, `"soft"` or `"hard"` (see `hf_deit.losses`).
-        distillation_alpha, distillation_tau, label_smoothing: the loss's weights (paper: 0.5, 1.0, 0.1).
-        student_mean, student_std: the normalisation of the student's batches; read from `processing_class` when
-            not given. Needed to re-normalise the batch for a teacher trained with another normalisation.
+        teacher: a `Teacher`, an image classifier as a module, a local folder or a Hub id (`Teacher.load`); default
+            `args.teacher_name_or_path`. Optional for `distillation_type="none"`; given there, it is used for
+            evaluation metrics (teacher accuracy and agreement) only.
         teacher_processor: the teacher's image processor, when not saved beside the teacher.
-        trust_remote_code: passed on when the teacher is loaded by name.
-        attention_distillation_weight: weight of the attention-map term (0 = off; `hf_deit.losses.attention_map_loss`)
-            added to the loss: the student's `attention_distillation_token` ("cls", "dist" or "both": the mean of the
-            two terms) attention over patches in `attention_distillation_layers` (mean over heads and layers) against
-            the teacher's map (`hf_deit.attention_maps.teacher_forward`), compared with `attention_distillation_loss`
-            ("kl" or "mse"). Only those student blocks compute attention weights; the others keep their backend.
-        feature_distillation_weight: weight of the feature term (0 = off; `hf_deit.feature_distillation`): the
-            student's `feature_distillation_token` features ("dist", "cls" or "patches") through a learnable
-            projection against the teacher's pooled pre-logits features, with `feature_distillation_loss`
-            ("cosine" or "mse"). The projection (`self.feature_projection`) is trained with the student by the same
-            optimizer, clipped with it and not part of the model: `save_pretrained` never holds it; each checkpoint
-            saves it beside the optimizer state (`feature_projection.safetensors`), so a resumed run continues it.
-        feature_map_distillation_weight: weight of the feature-map term (0 = off; None: 1 for images of at most 64
-            px distilled from a CNN teacher, else 0; locality guidance,
-            `hf_deit.feature_distillation.feature_map_distillation_loss`): the patch tokens after each block in
-            `feature_map_distillation_layers`, through a learnable per-token projection, imitate the CNN teacher's
-            stage output whose grid is nearest the student's patch grid, position by position. Its projections
-            (`self.feature_map_projection`) are handled like the feature projection (optimizer, clipping, checkpoints).
-        teacher_image_size: the resolution the teacher sees. None (default): its own preprocessing's size, the batch
-            resized to it when the student's differs; "student": the student's batch as it is, as the paper fine-tunes
-            at 384 with the teacher at the new resolution (a CNN takes any size); or an int or (height, width).
-        pseudo_label_threshold: unlabelled examples (label -1, `labeled` mask from the collator) learn on the class
-            head from the teacher's prediction when its probability reaches this (0 = always); see `hf_deit.losses`.
 
-    The extra terms are training terms: evaluation losses stay the `none`/`soft`/`hard` loss, comparable across runs.
-    Teacher logits, map and features come from one teacher forward pass.
-
-    The teacher stays in eval mode without gradients on the accelerator's device, runs under the accelerator's
-    autocast, and is never handed to `accelerator.prepare` (DDP would reject a module without trainable parameters,
-    and it needs no gradient synchronisation).
+    The student's normalisation (for re-normalising its batch for the teacher) is read from `processing_class`. With
+    `--torch_compile` the teacher's forward pass is compiled too, with the student's backend and mode. The teacher
+    stays frozen on the accelerator's device, runs under the accelerator's autocast, and is never handed to
+    `accelerator.prepare` (DDP would reject a module without trainable parameters).
     """
 
-    def __init__(
-        self,
-        model: nn.Module | None = None,
-        args=None,
-        *trainer_args,
-        teacher: "str | nn.Module | None" = None,
-        distillation_type: DistillationType = "hard",
-        distillation_alpha: float = 0.5,
-        distillation_tau: float = 1.0,
-        label_smoothing: float = 0.1,
-        student_mean=None,
-        student_std=None,
-        teacher_processor=None,
-        trust_remote_code: bool = False,
-        attention_distillation_weight: float = 0.0,
-        attention_distillation_layers: Sequence[int] = (-1,),
-        attention_distillation_token: str = "dist",
-        attention_distillation_loss: str = "kl",
-        feature_distillation_weight: float = 0.0,
-        feature_distillation_loss: str = "cosine",
-        feature_distillation_token: str = "dist",
-        feature_map_distillation_weight: float | None = None,
-        feature_map_distillation_layers: Sequence[int] = (0,),
-        pseudo_label_threshold: float = 0.0,
-        teacher_image_size: "int | Sequence[int] | str | None" = None,
-        **trainer_kwargs,
-    ):
+    def __init__(self, model: nn.Module | None = None, args=None, *trainer_args, teacher=None, teacher_processor=None,
+                 **trainer_kwargs):  # fmt: skip
+        if args is None or not isinstance(args, DistillationConfig):
+            raise TypeError("DistillationTrainer takes its settings as args=DistillationConfig(...) "
+                            "(hf_deit.arguments), a TrainingArguments with the teacher and distillation fields.")
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
-        self.distillation_loss = DistillationLoss(
-            distillation_type, distillation_alpha, distillation_tau, label_smoothing, pseudo_label_threshold
-        )
-        self._check_extra_terms(
-            teacher, attention_distillation_weight, attention_distillation_token, attention_distillation_loss,
-            feature_distillation_weight, feature_distillation_loss, feature_distillation_token,
-        )  # fmt: skip
-        self.attention_distillation_weight = attention_distillation_weight
-        self.attention_distillation_layers = list(attention_distillation_layers)
-        self.attention_distillation_token = attention_distillation_token
-        self.attention_distillation_loss = attention_distillation_loss
-        self.feature_distillation_weight = feature_distillation_weight
-        self.feature_distillation_loss = feature_distillation_loss
-        self.feature_distillation_token = feature_distillation_token
-        if feature_map_distillation_weight is not None and feature_map_distillation_weight < 0:
-            raise ValueError("feature_map_distillation_weight must be >= 0.")
-        if (feature_map_distillation_weight or 0) > 0 and teacher is None:
-            raise ValueError("Feature-map distillation learns from a teacher: pass `teacher=`.")
-        self.feature_map_distillation_weight = feature_map_distillation_weight if teacher is not None else 0.0
-        depth = self.model.config.num_hidden_layers
-        for index in feature_map_distillation_layers:
-            if not -depth <= index < depth:
-                raise ValueError(f"feature_map_distillation_layers has {index}, but the student has {depth} blocks.")
-        self.feature_map_distillation_layers = sorted({index % depth for index in feature_map_distillation_layers})
-        self.feature_projection = None
-        self.feature_map_projection = None
-        self._feature_map_stage = None  # the teacher stage each distilled block imitates
-        if teacher is None and self.distillation_loss.needs_teacher:
-            raise ValueError(f"distillation_type={distillation_type!r} needs a teacher: pass `teacher=` (a model, "
-                             "a folder or a Hub id), or use distillation_type='none'.")
+        teacher = teacher if teacher is not None else args.teacher_name_or_path
         self.teacher = None
-        self.teacher_name = None
-        self.teacher_label_order = None
-        self._loss_terms_sum = None  # running sums of (loss_cls, loss_distillation) since the last log
-        self._loss_terms_count = 0
         if teacher is not None:
-            self._set_teacher(
-                teacher, student_mean, student_std, teacher_processor, trust_remote_code, teacher_image_size
-            )
-            self._set_extra_terms()
-        self._loss_term_names = ("loss_cls", "loss_distillation")
-        self._loss_term_names += ("loss_attention",) if attention_distillation_weight > 0 else ()
-        self._loss_term_names += ("loss_feature",) if feature_distillation_weight > 0 else ()
-        self._loss_term_names += ("loss_feature_map",) if self.feature_map_distillation_weight > 0 else ()
-
-    @staticmethod
-    def _check_extra_terms(teacher, attention_weight, attention_token, attention_loss, feature_weight, feature_loss,
-                           feature_token) -> None:  # fmt: skip
-        if attention_weight < 0 or feature_weight < 0:
-            raise ValueError("attention_distillation_weight and feature_distillation_weight must be >= 0.")
-        if (attention_weight > 0 or feature_weight > 0) and teacher is None:
-            raise ValueError("Attention and feature distillation learn from a teacher: pass `teacher=`.")
-        if attention_token not in ("cls", "dist", "both"):
-            raise ValueError(f"attention_distillation_token must be 'cls', 'dist' or 'both', got {attention_token!r}.")
-        if attention_loss not in ATTENTION_MAP_LOSSES:
-            raise ValueError(f"attention_distillation_loss must be one of {ATTENTION_MAP_LOSSES}, got {attention_loss!r}.")
-        if feature_loss not in FEATURE_LOSSES:
-            raise ValueError(f"feature_distillation_loss must be one of {FEATURE_LOSSES}, got {feature_loss!r}.")
-        if feature_token not in FEATURE_TOKENS:
-            raise ValueError(f"feature_distillation_token must be one of {FEATURE_TOKENS}, got {feature_token!r}.")
-
-    def _set_extra_terms(self) -> None:
-        module = self.teacher.teacher
-        if self.attention_distillation_weight > 0:
-            prepare_teacher_for_maps(module)
-        if self.feature_distillation_weight > 0:
-            teacher_size = classifier_layer(module, getattr(getattr(module, "config", None), "num_labels", None))
-            projection = FeatureProjection(self.model.config.hidden_size, teacher_size.in_features)
-            self.feature_projection = projection.to(self.accelerator.device)
-        if self.feature_map_distillation_weight is None:
-            self.feature_map_distillation_weight = self._default_feature_map_weight()
-        if self.feature_map_distillation_weight > 0:
-            self._set_feature_map_projection()
-        if self._projections():
-            self.add_callback(_ZeroProjectionGradients(self))
-
-    def _default_feature_map_weight(self) -> float:
-        """On (weight 1) for small images (at most 64 px) distilled from a CNN, the recipe that made distillation pay
-        off on the embedded digits (README, scripts/experiment_recipe.py); off otherwise."""
-        from .data import SMALL_IMAGE_MAX_SIZE
-
-        size = max(self._probe_input().shape[-2:])
-        if not self.distillation_loss.needs_teacher or size > SMALL_IMAGE_MAX_SIZE:
-            return 0.0
-        if getattr(self.teacher.teacher, "config", None) is None:  # a plain module: no hidden states to ask for
-            return 0.0
-        try:
-            self.teacher_outputs(self._probe_input(), attention_map=False, features=False, stage_maps=True)
-        except ValueError:  # not a CNN: no spatial stage outputs to imitate
-            return 0.0
-        logger.info("Feature-map distillation on (weight 1): a CNN teacher and %d px images. "
-                    "--feature_map_distillation_weight 0 turns it off.", size)
-        return 1.0
-
-    def _set_feature_map_projection(self) -> None:
-        # One teacher pass at the student's input size tells which stage matches the patch grid, and its width.
-        probe = self._probe_input()
-        stage_maps = self.teacher_outputs(probe, attention_map=False, features=False, stage_maps=True).stage_maps
-        self._feature_map_stage = nearest_stage(stage_maps, self._student_grid(probe))
-        channels = stage_maps[self._feature_map_stage].shape[1]
-        hidden_size = self.model.config.hidden_size
-        projections = nn.ModuleList(FeatureProjection(hidden_size, channels) for _ in self.feature_map_distillation_layers)
-        self.feature_map_projection = projections.to(self.accelerator.device)
-
-    def _probe_input(self) -> torch.Tensor:
-        """One blank image at the student's input size."""
-        config = self.model.config
-        size = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
-        return torch.zeros(1, config.num_channels, *size, device=self.accelerator.device)
-
-    def _student_grid(self, pixel_values: torch.Tensor) -> tuple[int, int]:
-        patch_size = self.accelerator.unwrap_model(self.model).config.patch_size
-        patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-        return pixel_values.shape[-2] // patch_size[0], pixel_values.shape[-1] // patch_size[1]
-
-    def _projections(self) -> list[nn.Module]:
-        """The trainable modules outside the model: trained, clipped and checkpointed with it."""
-        return [module for module in (self.feature_projection, self.feature_map_projection) if module is not None]
-
-    def create_optimizer(self, model=None):
-        """Trainer's optimizer, plus a parameter group for the feature projection (which is not in the model)."""
-        optimizer = super().create_optimizer(model)
-        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        for projection in self._projections():
-            if id(next(projection.parameters())) in known:
-                continue
-            decay = [p for name, p in projection.named_parameters() if not name.endswith("bias")]
-            no_decay = [p for name, p in projection.named_parameters() if name.endswith("bias")]
-            optimizer.add_param_group({"params": decay, "weight_decay": self.args.weight_decay})
-            optimizer.add_param_group({"params": no_decay, "weight_decay": 0.0})
-        return optimizer
-
-    # ---- the feature projection lives outside the model: its gradients, clipping and checkpoints ----
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if self._projections() and self.accelerator.sync_gradients and self.accelerator.num_processes > 1:
-            # Outside the DDP-wrapped model, so averaged over processes here, as DDP does for the model, and before
-            # Trainer clips the step's gradients.
-            for parameter in (p for projection in self._projections() for p in projection.parameters()):
-                if parameter.grad is not None:
-                    parameter.grad = self.accelerator.reduce(parameter.grad, reduction="mean")
-        return loss
-
-    def _clip_grad_norm(self, model):
-        if not self._projections():
-            return super()._clip_grad_norm(model)
-        # One norm over everything the optimizer updates, as if the projections were part of the model.
-        parameters = [*model.parameters(), *(p for projection in self._projections() for p in projection.parameters())]
-        return self.accelerator.clip_grad_norm_(parameters, self.args.max_grad_norm)
-
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        super()._save_optimizer_and_scheduler(output_dir)
-        if self.args.should_save:
-            for name, projection in self._named_projections():
-                save_file(projection.state_dict(), os.path.join(output_dir, name))
-
-    def _named_projections(self) -> list[tuple[str, nn.Module]]:
-        named = ((FEATURE_PROJECTION_NAME, self.feature_projection), (FEATURE_MAP_PROJECTION_NAME, self.feature_map_projection))
-        return [(name, module) for name, module in named if module is not None]
-
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        flags = {FEATURE_PROJECTION_NAME: "--feature_distillation_weight",
-                 FEATURE_MAP_PROJECTION_NAME: "--feature_map_distillation_weight and layers"}
-        for name, projection in self._named_projections():
-            path = os.path.join(checkpoint, name)
-            if not os.path.isfile(path):
-                raise ValueError(f"{checkpoint} has no {name}: it was saved by a run without that distillation term. "
-                                 f"Resume with the same {flags[name]}, or start a new run.")
-            projection.load_state_dict(load_file(path, device=str(self.accelerator.device)))
-
-    def _set_teacher(self, teacher, student_mean, student_std, teacher_processor, trust_remote_code,
-                     teacher_image_size=None) -> None:  # fmt: skip
-        module = load_teacher(teacher, trust_remote_code=trust_remote_code)
-        teacher_config = getattr(module, "config", None)
-        self.teacher_name = teacher if isinstance(teacher, str) else getattr(teacher_config, "_name_or_path", None)
-        self.teacher_name = self.teacher_name or type(module).__name__
-        student_config = self.model.config
-        if teacher_config is not None and hasattr(teacher_config, "id2label"):
-            self.teacher_label_order = check_label_space(student_config, teacher_config)
-        if student_mean is None or student_std is None:
             processor = getattr(self, "processing_class", None)
-            student_mean = getattr(processor, "image_mean", None) if student_mean is None else student_mean
-            student_std = getattr(processor, "image_std", None) if student_std is None else student_std
-        expected = teacher_preprocessing(teacher if isinstance(teacher, str) else module, teacher_processor, module)
-        if teacher_image_size is not None:
-            expected.image_size = _teacher_input_size(teacher_image_size)
-        if expected.num_channels is None and teacher_config is not None:
-            expected.num_channels = getattr(teacher_config, "num_channels", None)
-        student_channels = getattr(student_config, "num_channels", None)
-        if expected.num_channels is not None and student_channels is not None and expected.num_channels != student_channels:
-            raise ValueError(
-                f"The teacher expects {expected.num_channels}-channel images, the student {student_channels}. "
-                "Use a teacher trained on the same kind of images."
-            )
-        device = self.accelerator.device
-        self.teacher_input = TeacherInputAdapter.from_preprocessing(expected, student_mean, student_std).to(device)
-        self.teacher = TeacherLogits(module).to(device).eval().requires_grad_(False)
-        # With --torch_compile the teacher's logits pass is compiled too, with the same backend and mode as the student
-        # (the map/feature pass, which reads forward hooks, stays eager).
-        self._teacher_logits_call = self.teacher
-        if self.args.torch_compile:
-            self._teacher_logits_call = torch.compile(
-                self.teacher, backend=self.args.torch_compile_backend or "inductor", mode=self.args.torch_compile_mode
-            )
-        if self.teacher_label_order is not None:
-            self.teacher_label_order = self.teacher_label_order.to(device)
+            self.teacher = teacher if isinstance(teacher, Teacher) else Teacher.load(
+                teacher, self.model.config,
+                student_mean=getattr(processor, "image_mean", None), student_std=getattr(processor, "image_std", None),
+                processor=teacher_processor, image_size=args.teacher_image_size,
+                trust_remote_code=args.teacher_trust_remote_code,
+                attention_maps=args.attention_distillation_weight > 0,
+            )  # fmt: skip
+            self.teacher.to(self.accelerator.device)
+            if args.torch_compile:
+                self.teacher.compile(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode)
+        self.teacher_name = self.teacher.name if self.teacher is not None else None
+        self.objective = DistillationObjective.build(args, self.model, self.teacher)
+        self._loss_terms_sum = None  # running sums of the objective's terms since the last log
+        self._loss_terms_count = 0
+
+    @property
+    def distillation_loss(self):
+        return self.objective.loss
+
+    # ---- the objective's projections train as part of the student ----
+
+    def train(self, *args, **kwargs):
+        attach = any(True for _ in self.objective.parameters())
+        if attach:
+            self.model.add_module(OBJECTIVE_NAME, self.objective)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if attach:
+                delattr(self.model, OBJECTIVE_NAME)  # the saved model holds none of it
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if hasattr(self.model, OBJECTIVE_NAME):
+            _check_objective_in_checkpoint(resume_from_checkpoint)
+        return super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     # ---- forward passes and loss ----
 
-    @torch.no_grad()
+    def teacher_outputs(self, pixel_values: torch.Tensor, **request) -> TeacherForwardOutput:
+        """The teacher's outputs for the student's batch (`Teacher.forward`), under the accelerator's autocast."""
+        with self.accelerator.autocast():
+            return self.teacher(pixel_values, **request)
+
     def teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for the student's batch, in the student's class order."""
-        if self.teacher.training:  # nothing should switch it, but a stray `.train()` must not change its outputs
-            self.teacher.eval()
-        with self.accelerator.autocast():
-            logits = self._teacher_logits_call(self.teacher_input(pixel_values))
-        if self.teacher_label_order is not None:
-            logits = logits.index_select(1, self.teacher_label_order)
-        return logits
+        return self.teacher_outputs(pixel_values).logits
 
-    @torch.no_grad()
-    def teacher_outputs(
-        self, pixel_values: torch.Tensor, attention_map: bool, features: bool, stage_maps: bool = False
-    ) -> TeacherForwardOutput:
-        """`teacher_logits`, plus the teacher's spatial map, pooled features and/or stage outputs, from the same
-        forward pass."""
-        if self.teacher.training:
-            self.teacher.eval()
-        with self.accelerator.autocast():
-            output = teacher_forward(
-                self.teacher.teacher, self.teacher_input(pixel_values), attention_map, features, stage_maps=stage_maps
-            )
-        if self.teacher_label_order is not None:
-            output.logits = output.logits.index_select(1, self.teacher_label_order)
-        return output
-
-    def _forward(self, model, inputs, with_teacher: bool):
-        outputs, teacher, _, _, _ = self._distillation_forward(model, inputs, with_teacher, with_extra_terms=False)
-        return outputs, (teacher.logits if teacher is not None else None)
-
-    def _distillation_forward(self, model, inputs, with_teacher: bool, with_extra_terms: bool):
-        """Student and teacher forward passes: (student outputs, TeacherForwardOutput or None, student maps by token,
-        student features, student patch tokens by distilled block). Maps, features and patch tokens are computed only
-        `with_extra_terms` and when their weight is set."""
-        student_inputs = {name: value for name, value in inputs.items() if name not in ("labels", "labeled")}
-        want_maps = with_extra_terms and self.attention_distillation_weight > 0
-        want_features = with_extra_terms and self.feature_distillation_weight > 0
-        want_stage_maps = with_extra_terms and self.feature_map_distillation_weight > 0
-        unwrapped = self.accelerator.unwrap_model(model)
-        if want_maps:
-            student_inputs["attention_layers"] = self.attention_distillation_layers
-        head = student_head(unwrapped, self.feature_distillation_token) if want_features else None
-        if want_features and head is None:  # patch-mean features need the last block's full output
-            student_inputs["output_hidden_states"] = True
-        depth = unwrapped.config.num_hidden_layers
-        if want_stage_maps and depth - 1 in self.feature_map_distillation_layers:
-            student_inputs["output_hidden_states"] = True  # the last block then computes every token's row
-        blocks = [unwrapped.deit.layers[index] for index in self.feature_map_distillation_layers] if want_stage_maps else []
-        with capture_input(head) if head is not None else contextlib.nullcontext({}) as captured, \
-                capture_outputs(blocks) as block_outputs:  # fmt: skip
-            outputs = model(**student_inputs)
-        if getattr(outputs, "distillation_logits", None) is None:
-            raise ValueError(
-                f"{type(model).__name__} returned no `distillation_logits`: DistillationTrainer trains models with a "
-                "class head and a distillation head, such as DistilledDeiTForImageClassification."
-            )
-        teacher = (
-            self.teacher_outputs(inputs["pixel_values"], want_maps, want_features, want_stage_maps)
-            if with_teacher else None
-        )  # fmt: skip
-        if teacher is not None and teacher.logits.shape[-1] != outputs.logits.shape[-1]:
-            raise ValueError(
-                f"The teacher returned {teacher.logits.shape[-1]} logits per image, the student "
-                f"{outputs.logits.shape[-1]}: they must predict the same classes."
-            )
-        student_maps, features = None, None
-        if want_maps:
-            pixel_values = inputs["pixel_values"]
-            patch_size = unwrapped.config.patch_size
-            patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-            num_patches = outputs.attentions[0].shape[-1] - 2
-            grid = grid_for(num_patches, pixel_values.shape[-2:], patch_size)
-            tokens = {"cls": (CLS_TOKEN,), "dist": (DISTILLATION_TOKEN,), "both": (CLS_TOKEN, DISTILLATION_TOKEN)}
-            student_maps = [
-                token_attention_map(outputs.attentions, grid, token, num_prefix_tokens=2)
-                for token in tokens[self.attention_distillation_token]
-            ]
-        if want_features:
-            if head is not None:
-                features = captured["input"]
-            else:
-                features = patch_mean_features(outputs.hidden_states[-1], unwrapped.deit.layernorm)
-        patch_tokens = [states[0][:, 2:] for states in block_outputs] if want_stage_maps else None
-        return outputs, teacher, student_maps, features, patch_tokens
-
-    def _extra_terms(self, teacher: TeacherForwardOutput, student_maps, student_features, patch_tokens, grid):
-        """The attention-map, feature and feature-map terms that are switched on, unweighted, in that order."""
-        terms = []
-        if student_maps is not None:
-            losses = [attention_map_loss(m, teacher.attention_map, self.attention_distillation_loss) for m in student_maps]
-            terms.append(torch.stack(losses).mean())
-        if student_features is not None:
-            projected = self.feature_projection(student_features)
-            terms.append(feature_distillation_loss(projected, teacher.features, self.feature_distillation_loss))
-        if patch_tokens is not None:
-            teacher_map = teacher.stage_maps[self._feature_map_stage]
-            losses = [
-                feature_map_distillation_loss(projection(tokens), teacher_map, grid)
-                for projection, tokens in zip(self.feature_map_projection, patch_tokens)
-            ]
-            terms.append(torch.stack(losses).mean())
-        return terms
+    def _forward(self, model, inputs, with_teacher: bool, extra_terms: bool = False):
+        outputs, signals = self.objective.student_forward(model, self.accelerator.unwrap_model(model), inputs, extra_terms)
+        teacher = self.teacher_outputs(inputs["pixel_values"], **self.objective.teacher_request(extra_terms)) \
+            if with_teacher else None  # fmt: skip
+        return outputs, signals, teacher
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The teacher runs only when the loss uses it, or in evaluation (for agreement metrics) when there is one.
         # Unlabelled examples (a `labeled` mask from the collator) take their class targets from the teacher.
         with_teacher = self.teacher is not None and (
-            self.distillation_loss.needs_teacher or not model.training or "labeled" in inputs
+            self.objective.needs_teacher or not model.training or "labeled" in inputs
         )
-        outputs, teacher, student_maps, student_features, patch_tokens = self._distillation_forward(
-            model, inputs, with_teacher, with_extra_terms=model.training
-        )
-        teacher_logits = teacher.logits if teacher is not None else None
-        terms = self.distillation_loss(
-            outputs.cls_logits, outputs.distillation_logits, inputs["labels"], teacher_logits, inputs.get("labeled")
-        )
-        loss = terms.loss
-        extra_terms = []
-        if model.training:
-            grid = self._student_grid(inputs["pixel_values"])
-            extra_terms = self._extra_terms(teacher, student_maps, student_features, patch_tokens, grid)
-        weights = (self.attention_distillation_weight, self.feature_distillation_weight, self.feature_map_distillation_weight)
-        weights = [weight for weight in weights if weight > 0]
-        for weight, term in zip(weights, extra_terms):
-            loss = loss + weight * term
+        outputs, signals, teacher = self._forward(model, inputs, with_teacher, extra_terms=model.training)
+        result = self.objective(outputs, signals if model.training else None, inputs["labels"], teacher,
+                                inputs.get("labeled"))  # fmt: skip
         if model.training:
             # Summed on the device and read once per logging window: no host sync per step.
-            step_terms = torch.stack([term.detach() for term in (terms.cls, terms.distillation, *extra_terms)])
+            step_terms = torch.stack([term.detach() for term in result.terms.values()])
             self._loss_terms_sum = step_terms if self._loss_terms_sum is None else self._loss_terms_sum + step_terms
             self._loss_terms_count += 1
-            self.loss_guard.observe(step_terms, self._loss_term_names)
+            self.loss_guard.observe(step_terms, tuple(result.terms))
         if return_outputs:
-            return loss, self._prediction_outputs(outputs, teacher_logits)
-        return loss
+            return result.loss, self._prediction_outputs(outputs, teacher.logits if teacher is not None else None)
+        return result.loss
 
     @staticmethod
     def _prediction_outputs(outputs, teacher_logits) -> tuple[torch.Tensor, ...]:
@@ -643,7 +321,8 @@ class DistillationTrainer(DeiTTrainerBase):
                 loss = loss.detach()
             else:
                 loss = None
-                predictions = self._prediction_outputs(*self._forward(model, inputs, self.teacher is not None))
+                outputs, _, teacher = self._forward(model, inputs, self.teacher is not None)
+                predictions = self._prediction_outputs(outputs, teacher.logits if teacher is not None else None)
         if prediction_loss_only:
             return loss, None, None
         return loss, tuple(p.detach() for p in predictions), labels
@@ -667,7 +346,7 @@ class DistillationTrainer(DeiTTrainerBase):
             mean_terms = self._loss_terms_sum / self._loss_terms_count
             if self.accelerator.num_processes > 1:
                 mean_terms = self.accelerator.reduce(mean_terms, reduction="mean")
-            logs.update({name: round(value, 4) for name, value in zip(self._loss_term_names, mean_terms.tolist())})
+            logs.update({name: round(value, 4) for name, value in zip(self.objective.term_names, mean_terms.tolist())})
             self._loss_terms_sum, self._loss_terms_count = None, 0
         super().log(logs, start_time)
 
@@ -705,7 +384,7 @@ class DistillationTrainer(DeiTTrainerBase):
             "warmup_steps": args.warmup_steps,
             "num_epochs": args.num_train_epochs if args.max_steps <= 0 else None,
             "max_steps": args.max_steps if args.max_steps > 0 else None,
-            "label_smoothing": self.distillation_loss.label_smoothing,
+            "label_smoothing": args.label_smoothing_factor,
             "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
             "seed": args.seed,
         }
@@ -725,18 +404,6 @@ class DistillationTrainer(DeiTTrainerBase):
             config=self.model.config,
             **{key: value for key, value in kwargs.items() if value is not None},
         )
-
-
-class _ZeroProjectionGradients(TrainerCallback):
-    """Trainer zeroes the model's gradients after each optimizer step; the feature projection is outside the model, so
-    its gradients are zeroed here (else they would add up over the whole run)."""
-
-    def __init__(self, trainer: "DistillationTrainer"):
-        self.trainer = trainer
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        for projection in self.trainer._projections():
-            projection.zero_grad(set_to_none=True)
 
 
 # ---- evaluation metrics ----
