@@ -69,6 +69,9 @@ ROWS = {
     "p7-28px-1200-lr1e-3": ("as above with learning rate 1e-3; 1,200 steps", 28,
                             [*P7, *LIGHT, "--max_steps", "1200", "--learning_rate", "1e-3"],
                             {"none": NONE, "hard+fmap": HARD_FMAP}),
+    "p7-28px-1200-lr2e-3": ("as above with learning rate 2e-3; 1,200 steps", 28,
+                            [*P7, *LIGHT, "--max_steps", "1200", "--learning_rate", "2e-3"],
+                            {"none": NONE, "hard+fmap": HARD_FMAP}),
     "p7-28px-1200-lr1e-3-aug": ("learning rate 1e-3, stronger augmentation: RandAugment m5, crops >= 50%, erasing 0.1; "
                                 "1,200 steps", 28,
                                 [*P7, *STRONGER, "--max_steps", "1200", "--learning_rate", "1e-3"],
