@@ -11,11 +11,11 @@ another normalisation or resolution gets that same tensor re-normalised and resi
 augmentation stays shared and nothing is decoded twice.
 """
 
+import contextlib
 import logging
 import re
 import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -458,7 +458,7 @@ class Teacher(nn.Module):
                 kwargs["output_hidden_states"] = True
         head = classifier_layer(self.model, getattr(config, "num_labels", None)) if features else None
         call = self.compiled if self.compiled is not None and head is None else self.model
-        with capture_input(head) if head is not None else _nothing() as captured:
+        with capture_input(head) if head is not None else contextlib.nullcontext({}) as captured:
             output = call(pixel_values, **kwargs)
         logits = logits_of(output)
         if self.label_order is not None:
@@ -524,8 +524,3 @@ def prepare_teacher_for_maps(teacher: nn.Module) -> None:
     config = getattr(teacher, "config", None)
     if is_vit_like(config) and getattr(config, "_attn_implementation", "eager") != "eager":
         teacher.set_attn_implementation("eager")
-
-
-@contextmanager
-def _nothing():
-    yield {}
