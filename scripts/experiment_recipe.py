@@ -37,6 +37,7 @@ P7 = ["--config_overrides", "image_size=28,patch_size=7,hidden_size=192,num_hidd
 P4 = ["--config_overrides", "image_size=32,patch_size=4,hidden_size=128,num_hidden_layers=6,num_attention_heads=4",
       "--learning_rate", "1e-3"]  # fmt: skip
 LIGHT = ["--rand_augment", "none", "--reprob", "0", "--scale_min", "0.8", "--mixup", "0", "--cutmix", "0"]
+MODERATE = ["--rand_augment", "3", "--reprob", "0", "--scale_min", "0.65", "--mixup", "0", "--cutmix", "0"]
 STRONGER = ["--rand_augment", "5", "--reprob", "0.1", "--scale_min", "0.5", "--mixup", "0", "--cutmix", "0"]
 MIXED = ["--rand_augment", "none", "--reprob", "0", "--scale_min", "0.8", "--mixup", "0.8", "--cutmix", "1.0"]
 
@@ -72,6 +73,9 @@ ROWS = {
     "p7-28px-1200-lr2e-3": ("as above with learning rate 2e-3; 1,200 steps", 28,
                             [*P7, *LIGHT, "--max_steps", "1200", "--learning_rate", "2e-3"],
                             {"none": NONE, "hard+fmap": HARD_FMAP}),
+    "p7-28px-1200-lr1e-3-midaug": ("learning rate 1e-3, moderate augmentation: RandAugment m3, crops >= 65%; 1,200 steps",
+                                   28, [*P7, *MODERATE, "--max_steps", "1200", "--learning_rate", "1e-3"],
+                                   {"none": NONE, "hard+fmap": HARD_FMAP}),
     "p7-28px-1200-lr1e-3-aug": ("learning rate 1e-3, stronger augmentation: RandAugment m5, crops >= 50%, erasing 0.1; "
                                 "1,200 steps", 28,
                                 [*P7, *STRONGER, "--max_steps", "1200", "--learning_rate", "1e-3"],
