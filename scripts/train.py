@@ -27,6 +27,7 @@ from transformers import set_seed  # noqa: E402
 
 from hf_deit import DistilledDeiTForImageClassification  # noqa: E402
 from hf_deit.arguments import (  # noqa: E402
+    EMBEDDED_STUDENT_LEARNING_RATE,
     DataArguments,
     DistillationConfig,
     ModelArguments,
@@ -35,6 +36,7 @@ from hf_deit.arguments import (  # noqa: E402
     parse_config_overrides,
     student_config,
     train_argument_parser,
+    uses_embedded_data,
 )
 from hf_deit.data import (  # noqa: E402
     apply_transforms,
@@ -110,6 +112,8 @@ def main(argv=None) -> dict:
 
     # Student: its input size decides the transforms' unless given
     model = build_student(model_args, data_args, label_names, aug_args.image_size)
+    if model_args.model_name_or_path is None and uses_embedded_data(data_args):
+        training_args.prefer_learning_rate(EMBEDDED_STUDENT_LEARNING_RATE)  # measured for this student
     if aug_args.image_size is None:
         image_size = model.config.image_size
         aug_args.image_size = image_size if isinstance(image_size, int) else image_size[0]

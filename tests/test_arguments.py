@@ -37,6 +37,15 @@ def test_an_explicit_rate_and_accumulated_batches(tmp_path):
     assert accumulated.resolve_learning_rate(num_train_examples=4000) == pytest.approx(1e-3)  # 5e-4 * sqrt(256 / 64)
 
 
+def test_a_models_own_rate_is_used_only_when_none_was_given(tmp_path):
+    assert parse(tmp_path).prefer_learning_rate(1e-3) == pytest.approx(1e-3)  # batch 64
+    assert parse(tmp_path, "--per_device_train_batch_size", "16").prefer_learning_rate(1e-3) == pytest.approx(5e-4)
+    preferred = parse(tmp_path)
+    preferred.prefer_learning_rate(1e-3)
+    assert preferred.resolve_learning_rate(num_train_examples=4000) == pytest.approx(1e-3)  # not resized again
+    assert parse(tmp_path, "--learning_rate", "3e-4").prefer_learning_rate(1e-3) == 3e-4
+
+
 def test_the_embedded_student_is_the_recipes():
     config = student_config(ModelArguments(), DataArguments(dataset_name="mnist"))
     assert {key: getattr(config, key) for key in EMBEDDED_STUDENT} == EMBEDDED_STUDENT
