@@ -10,6 +10,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Optional
 
+from hf_deit_inputs.checks import EMBEDDED_DATASETS
 from transformers import TrainingArguments
 
 from .configuration_distilled_deit import PRESET_ALIASES, PRESETS, DistilledDeiTConfig
@@ -19,7 +20,6 @@ from .precision import bf16_is_faster
 # half its depth. Its 16 tokens make a step 1.3x faster than 64 tokens of 4 px patches at 32 px (width 128), and it
 # learns more per CPU-minute (scripts/experiment_recipe.py, README).
 EMBEDDED_STUDENT = dict(image_size=28, patch_size=7, hidden_size=192, num_hidden_layers=6, num_attention_heads=3)
-EMBEDDED_DATASETS = ("mnist", "digits")
 # The paper's learning rate is 5e-4 for a global batch of 512, scaled linearly with the batch.
 BASE_LEARNING_RATE = 5e-4
 BASE_BATCH_SIZE = 512
