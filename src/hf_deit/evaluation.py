@@ -3,7 +3,7 @@
 Works for our distilled DeiT (averaged output, class head, distillation head) and for any transformers image
 classifier (one output). Batches stream through a DataLoader and each batch's metrics are folded into running sums
 weighted by its size, so memory does not grow with the number of images (no logits are kept). The metrics are those
-of training (`hf_deit.trainer.make_compute_metrics`, the shipped `evaluate` module); a weighted mean of per-batch
+of training (`hf_deit.metrics.make_compute_metrics`, the shipped `evaluate` module); a weighted mean of per-batch
 accuracies is exactly the accuracy over all images.
 
     model = AutoModelForImageClassification.from_pretrained(folder)
@@ -33,8 +33,8 @@ from .data import (
     make_batch_transform,
     undecoded_images,
 )
+from .metrics import make_compute_metrics
 from .teacher import TeacherInputAdapter, TeacherLogits, check_label_space, load_teacher, teacher_preprocessing
-from .trainer import make_compute_metrics
 
 logger = logging.getLogger(__name__)
 
