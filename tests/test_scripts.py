@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
 TINY_STUDENT = "image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2"
 TINY_TEACHER = '{"hidden_sizes": [16, 32], "depths": [1, 1], "embedding_size": 16}'
