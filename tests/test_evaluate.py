@@ -1,8 +1,7 @@
-"""hf_deit.evaluation and scripts/evaluate.py: streamed per-batch metrics equal the metrics over all logits at once,
+"""hf_deit.evaluation and scripts/evaluate_model.py: streamed per-batch metrics equal the metrics over all logits at once,
 any image classifier works, classes are matched by name, bad images are dropped and counted, the script's table and
 JSON."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,16 +18,13 @@ from hf_deit.evaluation import dataset_label_order, eval_transform_for, evaluate
 from hf_deit.image_processing import deit_image_processor
 from hf_deit.metrics import make_compute_metrics
 
-REPO = Path(__file__).resolve().parents[1]
 DIGITS = [str(d) for d in range(10)]
 
 
 def load_script():
-    # Loaded under another name: as `evaluate` it would stand for the library of that name.
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import evaluate_model  # scripts/ is on the path (conftest)
+
+    return evaluate_model
 
 
 @pytest.fixture(scope="module")

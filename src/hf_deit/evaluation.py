@@ -10,7 +10,7 @@ accuracies is exactly the accuracy over all images.
     results = evaluate_classifier(model, dataset["validation"], eval_transform_for(folder, model.config))
     print(format_results(results))
 
-`scripts/evaluate.py` is the command line around these functions.
+`scripts/evaluate_model.py` is the command line around these functions.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ HEAD_FIELDS = ("logits", "cls_logits", "distillation_logits")
 
 @dataclass
 class EvaluationArguments:
-    """Arguments of `scripts/evaluate.py` beyond the data flags (`hf_deit.arguments.DataArguments`)."""
+    """Arguments of `scripts/evaluate_model.py` beyond the data flags (`hf_deit.arguments.DataArguments`)."""
 
     model_name_or_path: str = field(metadata={"help": "A folder or Hub id of an image classifier (ours or any)."})
     teacher_name_or_path: Optional[str] = field(
