@@ -8,7 +8,7 @@ import pytest
 
 # Set before any test module imports transformers/huggingface_hub: the Hub cannot be reached from here, and a
 # test that silently tried it would wait ~25 s for retries. A test that runs its own loopback Hub changes it with
-# monkeypatch inside the test (huggingface_hub reads it at import: see hf-stack-notes).
+# monkeypatch inside the test (huggingface_hub reads it when first imported).
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 # The command-line scripts import each other as a script's own folder allows (`import train`, `import
