@@ -12,6 +12,7 @@ import torch
 from .decoding import BadImageError
 from .transforms import AugmentationArguments
 
+
 class MixupCutmixCollator:
     """Collate examples into a batch and mix it as the DeiT recipe (timm's `Mixup`, mode "batch").
 

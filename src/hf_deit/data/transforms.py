@@ -22,7 +22,7 @@ from PIL import Image as PILImage
 from torchvision.transforms import v2
 
 from ..image_processing import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
-from .decoding import decode_or_skip, substitute_image, transform_image, to_rgb, undecoded_images
+from .decoding import decode_or_skip, substitute_image, to_rgb, transform_image, undecoded_images
 
 # Presets as data. "imagenet": the paper (its training defaults). "small_images": 28-32 px digits, where the
 # paper's crops would cut most of a digit away and mirror images are other symbols.
