@@ -36,14 +36,11 @@ import sys
 import time
 
 import numpy as np
-from datasets import DatasetDict
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling scripts' main(argv)
-
-import train  # noqa: E402
-import train_teacher  # noqa: E402
-
-from hf_deit.data import load_embedded_dataset, split_labeled  # noqa: E402
+import experiment_common  # noqa: F401  (first: it keeps everything offline before transformers is imported)
+import train
+import train_teacher
+from experiment_common import QUIET_RUN_FLAGS, embedded_splits, finished_results, run_unless_finished, write_label_split
 
 VARIANTS = {
     "none": dict(distillation="none", attention=False, pool=False),
@@ -62,8 +59,7 @@ QUICK = dict(fractions=[0.25, 1.0], seeds=[0], student_steps=2, teacher_steps=2,
              student="hidden_size=32,num_hidden_layers=2,num_attention_heads=2", train_size=400, eval_size=100)  # fmt: skip
 # A 2-stage ResNet: its last stage keeps a 4x4 map at 32 px (a 4-stage one shrinks it to 1x1, nothing to distil).
 TEACHER_CONFIG = '{"hidden_sizes": [32, 64], "depths": [1, 1]}'
-COMMON = ["--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true",
-          "--logging_steps", "50", "--dataloader_num_workers", "0", "--image_size", "32",
+COMMON = [*QUIET_RUN_FLAGS, "--logging_steps", "50", "--dataloader_num_workers", "0", "--image_size", "32",
           "--rand_augment", "none", "--reprob", "0", "--scale_min", "0.8"]  # fmt: skip
 
 
@@ -87,37 +83,22 @@ def parse_args(argv=None):
 
 
 def write_splits(folder: str, fraction: float, seed: int, settings: dict) -> tuple[str, str | None]:
-    """The labelled subset (+ validation) and the unlabelled rest, as save_to_disk folders the scripts can load."""
-    mnist = load_embedded_dataset("mnist")
-    train_split, validation = mnist["train"], mnist["validation"]
-    if settings["train_size"]:
-        train_split = train_split.shuffle(seed=0).select(range(settings["train_size"]))
-        # The embedded split lists digits class by class: shuffle before taking a few, or they are all zeros.
-        validation = validation.shuffle(seed=0).select(range(settings["eval_size"]))
-    labeled_dir, pool_dir = os.path.join(folder, "labeled"), None
-    if os.path.isfile(os.path.join(labeled_dir, "dataset_dict.json")):  # written by an earlier, interrupted run
-        pool_dir = os.path.join(folder, "unlabeled") if fraction < 1.0 else None
-        return labeled_dir, pool_dir
-    if fraction < 1.0:
-        labeled, unlabeled = split_labeled(train_split, fraction, seed=seed)
-        pool_dir = os.path.join(folder, "unlabeled")
-        DatasetDict(train=unlabeled).save_to_disk(pool_dir)
-    else:
-        labeled = train_split
-    DatasetDict(train=labeled, validation=validation).save_to_disk(labeled_dir)
-    return labeled_dir, pool_dir
+    """The labelled subset (+ validation) and the unlabelled rest, as save_to_disk folders the scripts can load (kept
+    when an earlier, interrupted run wrote them)."""
+    train_split, validation = embedded_splits("mnist", settings["train_size"], settings["eval_size"])
+    labeled_dir, pool_dir = write_label_split(train_split, validation, fraction, seed, folder, keep_existing=True)
+    return str(labeled_dir), None if pool_dir is None else str(pool_dir)
 
 
-def run_teacher(labeled_dir: str, output_dir: str, seed: int, settings: dict) -> float:
-    metrics = train_teacher.main([
+def teacher_flags(labeled_dir: str, output_dir: str, seed: int, settings: dict) -> list[str]:
+    return [
         "--dataset_name", labeled_dir, "--output_dir", output_dir, "--seed", str(seed),
         "--config_overrides", TEACHER_CONFIG, "--max_steps", str(settings["teacher_steps"]),
         "--per_device_train_batch_size", str(settings["batch_size"]), *COMMON,
-    ])  # fmt: skip
-    return metrics["eval_accuracy"]
+    ]  # fmt: skip
 
 
-def run_student(variant: dict, labeled_dir, pool_dir, teacher_dir, output_dir, seed, settings, attention_weight):
+def student_flags(variant: dict, labeled_dir, pool_dir, teacher_dir, output_dir, seed, settings, attention_weight):
     argv = [
         "--dataset_name", labeled_dir, "--output_dir", output_dir, "--seed", str(seed),
         # The embedded-MNIST student and learning rate, given explicitly since the data comes from a folder.
@@ -131,7 +112,7 @@ def run_student(variant: dict, labeled_dir, pool_dir, teacher_dir, output_dir, s
         argv += ["--attention_distillation_weight", str(attention_weight)]
     if variant["pool"]:
         argv += ["--unlabeled_dataset_name", pool_dir]
-    return train.main(argv)["eval_accuracy"]
+    return argv
 
 
 def summarize(runs: list[dict], settings: dict, output_dir: str) -> str:
@@ -191,16 +172,6 @@ def plot(runs: list[dict], fractions, output_dir: str) -> str:
     return path
 
 
-def run_once(name: str, output_dir: str, train_fn) -> None:
-    """Runs `train_fn()` unless `output_dir` already holds its finished results: an interrupted grid resumes where it
-    stopped, and seeds started as separate processes (`--seeds 0`, `--seeds 1`, ...) share one `--output_dir`."""
-    if os.path.isfile(os.path.join(output_dir, "eval_results.json")):  # written last
-        print(f"=== {name}: finished earlier, kept ({output_dir})", flush=True)
-        return
-    print(f"=== {name}", flush=True)
-    train_fn()
-
-
 def collect_runs(output_dir: str, fractions) -> list[dict]:
     """Every finished run under `output_dir/runs` (from any process), in grid order."""
     runs = []
@@ -208,9 +179,8 @@ def collect_runs(output_dir: str, fractions) -> list[dict]:
         folders = glob.glob(os.path.join(output_dir, "runs", f"labels{fraction:g}_seed*"))
         for seed, folder in sorted((int(folder.rsplit("_seed", 1)[1]), folder) for folder in folders):
             for name in ["teacher", *VARIANTS]:
-                if os.path.isfile(os.path.join(folder, name, "eval_results.json")):
-                    with open(os.path.join(folder, name, "all_results.json")) as handle:
-                        metrics = json.load(handle)
+                metrics = finished_results(os.path.join(folder, name))
+                if metrics is not None:
                     runs.append(dict(fraction=fraction, seed=seed, variant=name, accuracy=metrics["eval_accuracy"],
                                      seconds=round(metrics["train_runtime"], 1)))  # fmt: skip
     return runs
@@ -224,15 +194,17 @@ def main(argv=None) -> dict:
             folder = os.path.join(args.output_dir, "runs", f"labels{fraction:g}_seed{seed}")
             labeled_dir, pool_dir = write_splits(folder, fraction, seed, settings)
             teacher_dir = os.path.join(folder, "teacher")
-            run_once(f"{fraction:.0%} labelled, seed {seed}: teacher", teacher_dir,
-                     lambda: run_teacher(labeled_dir, teacher_dir, seed, settings))  # fmt: skip
+            # Finished runs are kept: an interrupted grid resumes, and seeds started as separate processes
+            # (`--seeds 0`, `--seeds 1`, ...) share one `--output_dir`.
+            run_unless_finished(f"{fraction:.0%} labelled, seed {seed}: teacher", teacher_dir, train_teacher.main,
+                                teacher_flags(labeled_dir, teacher_dir, seed, settings))
             for name, variant in VARIANTS.items():
                 if variant["pool"] and pool_dir is None:
                     continue  # 100% labelled: no unlabelled pool
                 run_dir = os.path.join(folder, name)
-                run_once(f"{fraction:.0%} labelled, seed {seed}: {name}", run_dir,
-                         lambda: run_student(variant, labeled_dir, pool_dir, teacher_dir, run_dir, seed, settings,
-                                             args.attention_weight))  # fmt: skip
+                run_unless_finished(f"{fraction:.0%} labelled, seed {seed}: {name}", run_dir, train.main,
+                                    student_flags(variant, labeled_dir, pool_dir, teacher_dir, run_dir, seed, settings,
+                                                  args.attention_weight))
     runs = collect_runs(args.output_dir, settings["fractions"])
     results = dict(settings=settings, attention_weight=args.attention_weight, argv=sys.argv[1:] if argv is None else argv,
                    date=time.strftime("%Y-%m-%d"), runs=runs)  # fmt: skip

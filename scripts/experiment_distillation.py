@@ -13,16 +13,13 @@ Each seed trains its own teacher, so the spread includes the teacher's. Every ru
 
 import argparse
 import json
-import os
 import statistics
-import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import train  # noqa: E402
-import train_teacher  # noqa: E402
+import experiment_common  # noqa: F401  (first: it keeps everything offline before transformers is imported)
+import train
+import train_teacher
+from experiment_common import RESULTS_NAME, finished_results, run_unless_finished
 
 STUDENT_VARIANTS = ("none", "soft", "hard")
 
@@ -49,11 +46,6 @@ def common_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
-def run_stage(name: str, main, argv: list[str]) -> dict:
-    print(f"\n=== {name}: {' '.join(argv)}", flush=True)
-    return main(argv)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.output_dir)
@@ -63,15 +55,13 @@ def main(argv=None) -> dict:
         args.seed = seed
         flags = common_flags(args)
         teacher_dir = out / f"seed{seed}" / "teacher"
-        if not (teacher_dir / "eval_results.json").exists():  # finished runs are kept: a rerun completes the grid
-            run_stage(f"seed {seed}: teacher", train_teacher.main, [
-                "--output_dir", str(teacher_dir), "--num_train_epochs", str(args.teacher_epochs),
-                *flags,
-            ])
+        # Finished runs are kept: a rerun completes the grid.
+        run_unless_finished(f"seed {seed}: teacher", teacher_dir, train_teacher.main, [
+            "--output_dir", str(teacher_dir), "--num_train_epochs", str(args.teacher_epochs),
+            *flags,
+        ])
         for variant in args.variants:
-            if (out / f"seed{seed}" / variant / "eval_results.json").exists():  # written last
-                continue
-            run_stage(f"seed {seed}: student, {variant}", train.main, [
+            run_unless_finished(f"seed {seed}: student, {variant}", out / f"seed{seed}" / variant, train.main, [
                 "--output_dir", str(out / f"seed{seed}" / variant), "--num_train_epochs", str(args.student_epochs),
                 "--teacher_name_or_path", str(teacher_dir), "--distillation_type", variant,
                 "--distillation_tau", str(args.distillation_tau), *flags, *extra,
@@ -85,11 +75,12 @@ def main(argv=None) -> dict:
 def collect_runs(out: Path) -> dict[str, dict[int, dict]]:
     """{run name: {seed: metrics}} from every finished run's all_results.json under `out`."""
     runs: dict[str, dict[int, dict]] = {}
-    for path in sorted(out.glob("seed*/*/all_results.json")):
-        if not path.with_name("eval_results.json").exists():  # still running, or killed before its evaluation
+    for path in sorted(out.glob(f"seed*/*/{RESULTS_NAME}")):
+        metrics = finished_results(path.parent)
+        if metrics is None:  # still running, or killed before its evaluation
             continue
         seed = int(path.parent.parent.name.removeprefix("seed"))
-        runs.setdefault(path.parent.name, {})[seed] = json.loads(path.read_text())
+        runs.setdefault(path.parent.name, {})[seed] = metrics
     return runs
 
 

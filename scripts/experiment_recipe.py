@@ -18,17 +18,14 @@ it.
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import train  # noqa: E402
-import train_teacher  # noqa: E402
+import experiment_common  # noqa: F401  (first: it keeps everything offline before transformers is imported)
+import train
+import train_teacher
+from experiment_common import RESULTS_NAME, finished_results, run_unless_finished
 
 # Students. "p7": the default embedded student (28 px, patch 7: a 4x4 grid of 16 tokens, width 192, 6 blocks);
 # "p4": the earlier one (28 px padded to 32, patch 4: 64 tokens, width 128), 1.3x slower per step.
@@ -104,13 +101,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_once(name: str, output_dir: Path, main, argv: list[str]) -> None:
-    if (output_dir / "eval_results.json").exists():  # written last: the run finished earlier
-        return
-    print(f"\n=== {name}: {' '.join(argv)}", flush=True)
-    main(argv)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.output_dir)
@@ -127,13 +117,13 @@ def main(argv=None) -> dict:
             teacher_flags = ["--image_size", str(image_size), "--num_train_epochs", str(args.teacher_epochs)]
             if args.quick:
                 teacher_flags += ["--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", "32"]
-            run_once(f"seed {seed}: teacher at {image_size} px", teacher_dir, train_teacher.main,
+            run_unless_finished(f"seed {seed}: teacher at {image_size} px", teacher_dir, train_teacher.main,
                      ["--output_dir", str(teacher_dir), "--seed", str(seed), *COMMON, *teacher_flags])  # fmt: skip
             for arm, arm_flags in arms.items():
                 if args.arms and arm not in args.arms:
                     continue
                 run_dir = out / f"seed{seed}" / row / arm
-                run_once(f"seed {seed}: {row} / {arm}", run_dir, train.main, [
+                run_unless_finished(f"seed {seed}: {row} / {arm}", run_dir, train.main, [
                     "--output_dir", str(run_dir), "--seed", str(seed), "--teacher_name_or_path", str(teacher_dir),
                     *COMMON, *flags, *arm_flags,
                 ])  # fmt: skip
@@ -145,12 +135,13 @@ def collect(out: Path, rows: dict) -> dict:
     runs, teachers = {}, {}
     for seed_dir in sorted(out.glob("seed*")):
         seed = int(seed_dir.name.removeprefix("seed"))
-        for teacher in seed_dir.glob("teacher*/all_results.json"):
+        for teacher in seed_dir.glob(f"teacher*/{RESULTS_NAME}"):
             teachers.setdefault(teacher.parent.name, {})[seed] = json.loads(teacher.read_text())
         for row in rows:  # rows in the study's order
-            for result in sorted((seed_dir / row).glob("*/all_results.json")):
-                if result.with_name("eval_results.json").exists():
-                    runs.setdefault(row, {}).setdefault(result.parent.name, {})[seed] = json.loads(result.read_text())
+            for result in sorted((seed_dir / row).glob(f"*/{RESULTS_NAME}")):
+                metrics = finished_results(result.parent)
+                if metrics is not None:
+                    runs.setdefault(row, {}).setdefault(result.parent.name, {})[seed] = metrics
     return {"runs": runs, "teachers": teachers}
 
 

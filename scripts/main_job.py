@@ -25,12 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import experiment_common  # noqa: F401  (first: it keeps everything offline before transformers is imported)
+import train_teacher
+from experiment_common import QUIET_RUN_FLAGS, embedded_splits, run_stage, write_label_split
 
-import train_teacher  # noqa: E402
-
-from hf_deit.arguments import EMBEDDED_STUDENT  # noqa: E402
+from hf_deit.arguments import EMBEDDED_STUDENT
 
 # The recipe's distillation: hard labels from the teacher, and (the default for small images and a CNN teacher) its
 # feature maps for the student's patch tokens.
@@ -50,19 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def common_flags(args: argparse.Namespace) -> list[str]:
-    flags = ["--seed", str(args.seed), "--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true",
-             "--report_to", "none"]  # fmt: skip
+    flags = ["--seed", str(args.seed), *QUIET_RUN_FLAGS]
     if args.quick:
         flags += ["--max_train_samples", "256", "--max_eval_samples", "128"]
     return flags
-
-
-def run_stage(name: str, main, argv: list[str]) -> dict:
-    print(f"\n=== {name}: {' '.join(argv)}", flush=True)
-    start = time.perf_counter()
-    metrics = main(argv)
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
-    return metrics
 
 
 def run_side_by_side(stages: dict[str, tuple[str, list[str]]]) -> dict[str, dict]:
@@ -95,20 +85,8 @@ def run_side_by_side(stages: dict[str, tuple[str, list[str]]]) -> dict[str, dict
 def write_few_label_splits(args: argparse.Namespace, folder: Path) -> tuple[Path, Path]:
     """The labelled 10% (stratified, seeded) with the validation split, and the unlabelled rest, as `save_to_disk`
     folders that `--dataset_name` and `--unlabeled_dataset_name` load."""
-    from datasets import DatasetDict
-
-    from hf_deit.data import load_embedded_dataset, split_labeled
-
-    dataset = load_embedded_dataset(args.dataset_name)
-    train_split, validation = dataset["train"], dataset["validation"]
-    if args.quick:  # the embedded splits list the images class by class: shuffle before taking a few
-        train_split = train_split.shuffle(seed=0).select(range(256))
-        validation = validation.shuffle(seed=0).select(range(128))
-    labeled, unlabeled = split_labeled(train_split, FEW_LABELS_FRACTION, seed=args.seed)
-    labeled_dir, pool_dir = folder / "labeled", folder / "unlabeled"
-    DatasetDict(train=labeled, validation=validation).save_to_disk(str(labeled_dir))
-    DatasetDict(train=unlabeled).save_to_disk(str(pool_dir))
-    return labeled_dir, pool_dir
+    train_split, validation = embedded_splits(args.dataset_name, *((256, 128) if args.quick else (None, None)))
+    return write_label_split(train_split, validation, FEW_LABELS_FRACTION, args.seed, folder)
 
 
 def main(argv=None) -> dict:

@@ -56,7 +56,8 @@ from hf_deit.checkpointing import (  # noqa: E402
 )
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
-from hf_deit.trainer import DistillationTrainer, make_compute_metrics  # noqa: E402
+from hf_deit.metrics import make_compute_metrics  # noqa: E402
+from hf_deit.trainer import DistillationTrainer  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train")
 

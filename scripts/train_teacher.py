@@ -51,7 +51,8 @@ from hf_deit.card import augmentation_recipe, data_card_fields, final_train_loss
 from hf_deit.checkpointing import prepare_output_dir, record_run_settings, run_settings  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
-from hf_deit.trainer import ClassifierTrainer, make_compute_metrics  # noqa: E402
+from hf_deit.metrics import make_compute_metrics  # noqa: E402
+from hf_deit.trainer import ClassifierTrainer  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train_teacher")
 

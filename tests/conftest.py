@@ -1,13 +1,21 @@
 """Fixtures shared by every test module: an offline Hub and a tiny model geometry."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 # Set before any test module imports transformers/huggingface_hub: the Hub cannot be reached from here, and a
 # test that silently tried it would wait ~25 s for retries. A test that runs its own loopback Hub changes it with
-# monkeypatch inside the test (huggingface_hub reads it at import: see hf-stack-notes).
+# monkeypatch inside the test (huggingface_hub reads it when first imported).
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+# The command-line scripts import each other as a script's own folder allows (`import train`, `import
+# experiment_common`); tests that call a script's `main(argv)` import it the same way, from this one place.
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@ with a count and its path in the log, or, with skipping off, stops with an error
 
 import io
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,6 @@ from hf_deit.data import (
     undecoded_images,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 TINY_STUDENT = "image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2"
 CROP = 32
@@ -133,9 +131,9 @@ def test_without_substitutes_bad_images_are_marked_for_dropping(image_folder):
 
 
 def test_skipped_images_are_counted_and_named_in_the_log(image_folder, caplog, monkeypatch):
-    import hf_deit.data
+    import hf_deit.data.decoding
 
-    monkeypatch.setattr(hf_deit.data, "_bad_image_count", 0)  # counted per process: earlier tests skipped some too
+    monkeypatch.setattr(hf_deit.data.decoding, "_bad_image_count", 0)  # counted per process: earlier tests skipped some too
     root, _, bad = image_folder
     _, loaders = _loader(root, skip=True, num_workers=0)
     caplog.set_level(logging.WARNING, logger="hf_deit.data")

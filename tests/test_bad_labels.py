@@ -3,7 +3,6 @@ that exist, out-of-range labels stop before training naming the value and the cl
 is not a ClassLabel is mapped from its values (logged) and trained on."""
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ from PIL import Image as PILImage
 
 from hf_deit.data import load_image_classification_dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 TINY_STUDENT = "image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2"
 

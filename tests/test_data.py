@@ -509,3 +509,33 @@ def test_default_is_the_embedded_mnist():
     assert dataset["train"].features["label"].names == [str(d) for d in range(10)]
     streamed = load_image_classification_dataset("digits", streaming=True, max_eval_samples=4)
     assert len(list(streamed["validation"])) == 4
+
+
+# The public names of hf_deit.data from when it was one module: code that imports them keeps working.
+PUBLIC_NAMES = (
+    "AUGMENTATION_PRESETS", "BAD_IMAGE_PATHS_LOGGED", "DEFAULT_DATASET", "DIGIT_NAMES", "EMBEDDED_DATASETS",
+    "EMBEDDED_SPLIT_SEED", "EMBEDDED_VALIDATION_FRACTION", "EVAL_SPLIT_CANDIDATES", "RAND_AUGMENT_MAX_MAGNITUDE",
+    "SMALL_IMAGE_MAX_SIZE", "SUBSTITUTE_TRIES", "AugmentationArguments", "BadImageError", "CenterCrop",
+    "MixupCutmixCollator", "NoisyRandAugment", "RepeatedAugmentationSampler", "ToNormalizedTensor",
+    "apply_transforms", "build_collator", "build_eval_transform", "build_train_transform", "decode_image",
+    "drop_skipped_examples", "image_source", "load_embedded_dataset", "load_image_classification_dataset",
+    "load_image_folders", "load_unlabeled_images", "make_batch_transform", "recipe_defaults", "split_labeled",
+    "stratified_split_indices", "to_rgb", "undecoded_images",
+)  # fmt: skip
+
+
+def test_the_data_package_exports_every_public_name_of_the_former_module():
+    import hf_deit.data
+
+    assert [name for name in PUBLIC_NAMES if name not in hf_deit.data.__all__] == []
+    assert [name for name in hf_deit.data.__all__ if not hasattr(hf_deit.data, name)] == []
+
+
+def test_embedded_dataset_names_are_defined_once():
+    import hf_deit.arguments
+    import hf_deit.data
+    from hf_deit_inputs import checks
+
+    # The same object everywhere: the command-line checks (standard library only) own the definition.
+    assert hf_deit.data.EMBEDDED_DATASETS is checks.EMBEDDED_DATASETS
+    assert hf_deit.arguments.EMBEDDED_DATASETS is checks.EMBEDDED_DATASETS

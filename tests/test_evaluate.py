@@ -1,9 +1,10 @@
-"""hf_deit.evaluation and scripts/evaluate.py: streamed per-batch metrics equal the metrics over all logits at once,
+"""hf_deit.evaluation and scripts/evaluate_model.py: streamed per-batch metrics equal the metrics over all logits at once,
 any image classifier works, classes are matched by name, bad images are dropped and counted, the script's table and
 JSON."""
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +16,15 @@ from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
 from hf_deit.data import load_image_classification_dataset
 from hf_deit.evaluation import dataset_label_order, eval_transform_for, evaluate_classifier, format_results
 from hf_deit.image_processing import deit_image_processor
-from hf_deit.trainer import make_compute_metrics
+from hf_deit.metrics import make_compute_metrics
 
-REPO = Path(__file__).resolve().parents[1]
 DIGITS = [str(d) for d in range(10)]
 
 
 def load_script():
-    # Loaded under another name: as `evaluate` it would stand for the library of that name.
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import evaluate_model  # scripts/ is on the path (conftest)
+
+    return evaluate_model
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +140,11 @@ def test_script_prints_the_per_head_table_and_writes_json_with_teacher_agreement
     assert written["teacher_agreement"] == 1.0 and written["teacher_accuracy"] == pytest.approx(written["accuracy"])
     assert written["num_images"] == 60 and written["model"] == str(saved_deit)
     assert {key: value for key, value in written.items() if key not in ("model", "teacher")} == results
+
+
+def test_evaluation_does_not_load_the_trainer():
+    # Evaluating a saved model needs the metrics, not the training side (Trainer, losses, teacher distillation).
+    code = "import sys, hf_deit.evaluation; print('hf_deit.trainer' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

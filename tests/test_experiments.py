@@ -1,20 +1,15 @@
 """The data-efficiency experiment script, end to end in its quick mode (real MNIST subset, real training runs)."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 from PIL import Image
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "experiment_data_efficiency.py")
-
 
 @pytest.mark.slow
 def test_quick_data_efficiency_run_writes_table_json_and_plot(tmp_path):
-    spec = importlib.util.spec_from_file_location("experiment_data_efficiency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import experiment_data_efficiency as module  # scripts/ is on the path (conftest)
+
     results = module.main(["--output_dir", str(tmp_path), "--quick"])
 
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
@@ -42,9 +37,8 @@ def test_quick_data_efficiency_run_writes_table_json_and_plot(tmp_path):
 
 @pytest.mark.slow
 def test_quick_recipe_study_runs_both_arms_and_reports_the_difference_per_seed(tmp_path):
-    spec = importlib.util.spec_from_file_location("experiment_recipe", SCRIPT.replace("data_efficiency", "recipe"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import experiment_recipe as module
+
     module.main(["--output_dir", str(tmp_path), "--quick", "--seeds", "0"])
     found = module.main(["--output_dir", str(tmp_path), "--quick", "--seeds", "1"])  # a second process adds its seed
 

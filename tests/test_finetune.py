@@ -29,7 +29,6 @@ from timm.models import save_for_hf  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
-sys.path.insert(0, str(TESTS.parent / "scripts"))
 from hub_server import loopback_hub, use_in_this_process  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end-to-end: a few training steps per source

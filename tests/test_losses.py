@@ -111,7 +111,7 @@ def test_int32_labels_are_accepted():
     assert DistillationLoss("hard")(CLS, DIST, LABELS.int(), TEACHER).loss.item() == expected.item()
 
 
-# ---- attention-map loss, feature loss, unlabelled examples (issue 4) ----
+# ---- attention-map loss, feature loss, unlabelled examples ----
 
 from hf_deit.feature_distillation import feature_distillation_loss  # noqa: E402
 from hf_deit.losses import attention_map_loss  # noqa: E402

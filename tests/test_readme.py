@@ -1,4 +1,5 @@
-"""The README's Python snippets run as written (offline, in a fresh process and an empty folder)."""
+"""The README's Python snippets run as written (offline, in a fresh process and an empty folder), and its layout map
+names the modules that exist."""
 
 import os
 import re
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
@@ -30,3 +32,14 @@ def test_readme_python_snippets_run(tmp_path):
     # The peft snippet: the merged LoRA model gives the adapted model's logits.
     lora_diff = float(re.search(r"LoRA merged, max \|diff\|: ([-0-9.e]+)", result.stdout).group(1))
     assert lora_diff <= 1e-5
+
+
+def test_layout_map_names_every_package_module_and_only_files_that_exist():
+    layout = README.read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([\w./]+(?:\.py|/))`", layout))
+    package = REPO / "src" / "hf_deit"
+    missing = [name for name in named if not (REPO / name).exists() and not (package / name).exists()]
+    assert missing == [], f"the README's layout names files that do not exist: {missing}"
+    modules = {str(path.relative_to(package)) for path in package.rglob("*.py")
+               if path.name != "__init__.py" and "top_k_accuracy" not in path.parts}  # fmt: skip
+    assert sorted(modules - named) == [], "modules missing from the README's layout map"

@@ -141,7 +141,6 @@ def test_sigkill_while_saving_leaves_the_previous_checkpoint_loadable_and_resume
 
 
 def run_in_process(output_dir, *extra):
-    sys.path.insert(0, str(ROOT / "scripts"))
     import train
 
     return train.main([

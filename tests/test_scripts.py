@@ -1,5 +1,6 @@
 """End-to-end runs of the command-line scripts on the embedded digits: what a user types, in small."""
 
+import importlib.machinery
 import json
 import os
 import subprocess
@@ -11,7 +12,6 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
 TINY_STUDENT = "image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2"
 TINY_TEACHER = '{"hidden_sizes": [16, 32], "depths": [1, 1], "embedding_size": 16}'
@@ -24,6 +24,17 @@ def child_env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_"))}
     env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     return env
+
+
+def test_no_script_is_named_like_a_module_it_would_hide():
+    # A running script's folder comes first on sys.path: a script named like a library or standard module (as
+    # evaluate.py was, for the `evaluate` library the metrics use) would be imported in its place.
+    elsewhere = [path for path in sys.path if Path(path or os.curdir).resolve() != SCRIPTS.resolve()]
+    hidden = [
+        script.stem for script in sorted(SCRIPTS.glob("*.py"))
+        if script.stem in sys.stdlib_module_names or importlib.machinery.PathFinder.find_spec(script.stem, elsewhere)
+    ]  # fmt: skip
+    assert hidden == []
 
 
 @pytest.fixture(scope="module")

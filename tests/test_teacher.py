@@ -145,7 +145,7 @@ def test_timm_save_for_hf_folder_loads_through_the_timm_wrapper(tmp_path):
     from transformers import AutoModelForImageClassification
 
     with pytest.raises(TypeError, match="multiple values for keyword argument 'num_classes'"):
-        AutoModelForImageClassification.from_pretrained(tmp_path)  # transformers alone, as the issue reports
+        AutoModelForImageClassification.from_pretrained(tmp_path)  # transformers alone cannot load it
 
     loaded = load_teacher(str(tmp_path))
     assert type(loaded).__name__ == "TimmWrapperForImageClassification" and loaded.config.num_labels == 3

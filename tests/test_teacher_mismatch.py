@@ -1,7 +1,6 @@
 """Teachers that do not match the student, saved as real folders (tiny transformers ResNets + image processors) and
 given to scripts/train.py: errors before the first step, or re-ordering and resizing where the mismatch is benign."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from hf_deit.data import load_image_classification_dataset
 from hf_deit.image_processing import deit_image_processor
 from hf_deit.trainer import DistillationTrainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 DIGITS = [str(d) for d in range(10)]
 TINY_STUDENT = "image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2"

@@ -299,7 +299,7 @@ def test_metrics_per_head_top5_and_agreement_by_hand():
                           "distillation_majority_share"}  # fmt: skip
 
 
-# ---- attention-map and feature distillation (issue 4) ----
+# ---- attention-map and feature distillation ----
 
 
 @pytest.mark.parametrize("feature_token", ["dist", "patches"])

@@ -4,14 +4,11 @@ on it with `scripts/train_teacher.py`, then `scripts/train.py` with hard distill
 Only the student's size is set (a DeiT-Tiny at 224 px would take minutes here)."""
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 
 CLASSES = ("astronaut", "cat", "coffee")
 SMALL_STUDENT = "image_size=32,patch_size=8,hidden_size=64,num_hidden_layers=4,num_attention_heads=2"

@@ -10,6 +10,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Optional
 
+from hf_deit_inputs.checks import EMBEDDED_DATASETS
 from transformers import TrainingArguments
 
 from .configuration_distilled_deit import PRESET_ALIASES, PRESETS, DistilledDeiTConfig
@@ -22,7 +23,6 @@ EMBEDDED_STUDENT = dict(image_size=28, patch_size=7, hidden_size=192, num_hidden
 # Its learning rate at batch 64 (scaled with the square root of the batch, as SMALL_DATA_LEARNING_RATE): at the main
 # job's 1,200 steps 1e-3 beat 5e-4 with and without a teacher (3 seeds) and 2e-3 fell to 79% (recipe study, README).
 EMBEDDED_STUDENT_LEARNING_RATE = 1e-3
-EMBEDDED_DATASETS = ("mnist", "digits")
 # The paper's learning rate is 5e-4 for a global batch of 512, scaled linearly with the batch.
 BASE_LEARNING_RATE = 5e-4
 BASE_BATCH_SIZE = 512

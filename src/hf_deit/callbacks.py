@@ -107,7 +107,7 @@ COLLAPSED_SHARE = 0.9  # a head giving one class to this share of the images pre
 
 
 def head_warnings(metrics: dict, num_labels: int, prefix: str = "eval_", num_examples: int | None = None) -> list[str]:
-    """Warnings about the heads from evaluation metrics (`hf_deit.trainer.make_compute_metrics`): a head that
+    """Warnings about the heads from evaluation metrics (`hf_deit.metrics.make_compute_metrics`): a head that
     collapsed onto one class or is at chance level, and averaged logits worse than the better head by more than a
     point and more than two of the `num_examples` evaluated (so that one image of a small split is not an alarm)."""
     warnings = []

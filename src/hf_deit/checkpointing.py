@@ -32,8 +32,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -237,95 +235,3 @@ def check_checkpoint_settings(checkpoint: str, settings: dict) -> None:
         listed = ", ".join(f"--{name} ({old!r} there, {new!r} now)" for name, (old, new) in differences.items())
         raise ValueError(f"--resume_from_checkpoint {checkpoint} was saved by a run with other settings: {listed}. "
                          "Resume it with the same flags, or leave --resume_from_checkpoint out to start fresh.")  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Augmentation randomness that resumes exactly
-# ---------------------------------------------------------------------------------------------------------------------
-# Trainer saves torch's global RNG with each checkpoint and restores it on resume, but the data pipeline draws from
-# that same RNG (random crops, RandAugment, erasing, mixup) and accelerate's DataLoader prefetches one batch ahead: the
-# saved state already includes the next batch's draws, and with worker processes each worker's RNG restarts elsewhere
-# after the skipped batches. A resumed run then augments differently from an uninterrupted one.
-#
-# Instead, every draw of the data pipeline is seeded by its place in the epoch: the sampler yields (index, seed) with
-# seed = f(training seed, epoch, position), the dataset applies its transform under that seed (in a forked RNG, so the
-# global RNG that the model's dropout uses is untouched), and the collator mixes each batch with a generator seeded
-# from its first example. Skipping batches skips positions, so augmentation no longer depends on where a run started,
-# on prefetching or on the number of DataLoader workers.
-
-_MASK64 = (1 << 64) - 1
-
-
-def mix_seed(*values: int) -> int:
-    """A well-spread 63-bit seed from integers (splitmix64 steps), the same in every process and Python version."""
-    state = 0x9E3779B97F4A7C15
-    for value in values:
-        state = (state ^ (value & _MASK64)) & _MASK64
-        state = (state + 0x9E3779B97F4A7C15) & _MASK64
-        mixed = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        mixed = ((mixed ^ (mixed >> 27)) * 0x94D049BB133111EB) & _MASK64
-        state = mixed ^ (mixed >> 31)
-    return state >> 1
-
-
-class PositionSeededSampler(torch.utils.data.Sampler):
-    """Yields `(index, seed)`: the indices of `sampler` (or, for a `RandomSampler`, a permutation seeded by
-    `seed + epoch`), each with a seed for its augmentation derived from the training seed, the epoch and its position."""
-
-    def __init__(self, sampler, seed: int):
-        self.sampler = sampler
-        self.seed = seed
-        self.epoch = 0
-        self.shuffle_here = isinstance(sampler, torch.utils.data.RandomSampler)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self):
-        if self.shuffle_here:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            indices = torch.randperm(len(self.sampler.data_source), generator=generator).tolist()
-        else:
-            indices = iter(self.sampler)
-        for position, index in enumerate(indices):
-            yield int(index), mix_seed(self.seed, self.epoch, position)
-
-
-class PositionSeededDataset(torch.utils.data.Dataset):
-    """Map-style dataset read with `(index, seed)` keys: the item's transform runs under `torch.manual_seed(seed)`."""
-
-    SEED_KEY = "augmentation_seed"
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            example = dict(self.dataset[index])
-        example[self.SEED_KEY] = seed
-        return example
-
-
-class PositionSeededCollator:
-    """Wraps a collator: drops the seeds from the examples and, when the collator draws from a `generator` (mixup),
-    gives it one seeded from the batch's first example."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __call__(self, examples):
-        # Trainer's `remove_unused_columns` (on by default for torch datasets) may already have dropped the seeds.
-        seeds = [example.pop(PositionSeededDataset.SEED_KEY, None) for example in examples]
-        if hasattr(self.collator, "generator") and seeds and seeds[0] is not None:
-            self.collator.generator = torch.Generator().manual_seed(mix_seed(seeds[0], 1))
-        return self.collator(examples)

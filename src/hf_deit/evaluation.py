@@ -3,14 +3,14 @@
 Works for our distilled DeiT (averaged output, class head, distillation head) and for any transformers image
 classifier (one output). Batches stream through a DataLoader and each batch's metrics are folded into running sums
 weighted by its size, so memory does not grow with the number of images (no logits are kept). The metrics are those
-of training (`hf_deit.trainer.make_compute_metrics`, the shipped `evaluate` module); a weighted mean of per-batch
+of training (`hf_deit.metrics.make_compute_metrics`, the shipped `evaluate` module); a weighted mean of per-batch
 accuracies is exactly the accuracy over all images.
 
     model = AutoModelForImageClassification.from_pretrained(folder)
     results = evaluate_classifier(model, dataset["validation"], eval_transform_for(folder, model.config))
     print(format_results(results))
 
-`scripts/evaluate.py` is the command line around these functions.
+`scripts/evaluate_model.py` is the command line around these functions.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from .data import (
     make_batch_transform,
     undecoded_images,
 )
+from .metrics import make_compute_metrics
 from .teacher import Teacher, check_label_space
-from .trainer import make_compute_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ HEAD_FIELDS = ("logits", "cls_logits", "distillation_logits")
 
 @dataclass
 class EvaluationArguments:
-    """Arguments of `scripts/evaluate.py` beyond the data flags (`hf_deit.arguments.DataArguments`)."""
+    """Arguments of `scripts/evaluate_model.py` beyond the data flags (`hf_deit.arguments.DataArguments`)."""
 
     model_name_or_path: str = field(metadata={"help": "A folder or Hub id of an image classifier (ours or any)."})
     teacher_name_or_path: Optional[str] = field(

@@ -35,7 +35,7 @@ MODEL_PRESETS = tuple(  # hf_deit.configuration_distilled_deit.PRESET_ALIASES, t
     + [f"deit_{size}_distilled_patch16_{res}" for res in (224, 384) for size in ("tiny", "small", "base")]
 )
 PRESET_PATCH_SIZE = 16
-EMBEDDED_DATASETS = ("mnist", "digits")  # hf_deit.data.EMBEDDED_DATASETS
+EMBEDDED_DATASETS = ("mnist", "digits")  # the one definition: hf_deit.data loads these sets
 DISTILLATION_TYPES = ("none", "soft", "hard")  # hf_deit.losses.DistillationType
 ATTENTION_TOKENS = ("cls", "dist", "both")
 ATTENTION_MAP_LOSSES = ("kl", "mse")  # hf_deit.losses.ATTENTION_MAP_LOSSES

@@ -1,5 +1,7 @@
-"""`evaluate` metric modules shipped with hf_deit, loadable offline by path."""
+"""Evaluation metrics: per-head accuracies of a distilled DeiT (`make_compute_metrics`, used by the Trainer and by
+`hf_deit.evaluation`), computed with the `evaluate` metric module shipped here and loadable offline by path
+(`TOP_K_ACCURACY_PATH`)."""
 
-from pathlib import Path
+from .head_metrics import TOP_K_ACCURACY_PATH, make_compute_metrics
 
-TOP_K_ACCURACY_PATH = str(Path(__file__).parent / "top_k_accuracy")
+__all__ = ["TOP_K_ACCURACY_PATH", "make_compute_metrics"]

@@ -1,30 +1,17 @@
 #!/usr/bin/env python
 """Evaluate a saved image classifier (a distilled DeiT or any transformers one) on a dataset; print the per-head table.
 
-    python scripts/evaluate.py --model_name_or_path outputs/deit                        # embedded MNIST validation
-    python scripts/evaluate.py --model_name_or_path outputs/deit --teacher_name_or_path outputs/teacher \
+    python scripts/evaluate_model.py --model_name_or_path outputs/deit                        # embedded MNIST validation
+    python scripts/evaluate_model.py --model_name_or_path outputs/deit --teacher_name_or_path outputs/teacher \
         --validation_dir data/val --output_file results.json
 
 Data flags are train.py's (`--dataset_name`, `--train_dir`, `--validation_dir`, `--eval_split`, ...): the same flags
 and `--seed` give the split training evaluated on. With only `--validation_dir`, that folder is the evaluation set.
 """
 
-import importlib.machinery
-import importlib.util
 import json
 import logging
-import os
 import sys
-
-if __name__ == "evaluate":
-    # Imported as `evaluate` because this folder is on sys.path (run as a script, or scripts/ added by a test): the
-    # name belongs to the `evaluate` library, which the metrics import. Load the library and leave it in our place.
-    _here = os.path.dirname(os.path.abspath(__file__))
-    _spec = importlib.machinery.PathFinder.find_spec(
-        "evaluate", [path for path in sys.path if os.path.abspath(path or os.curdir) != _here]
-    )
-    sys.modules["evaluate"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["evaluate"])
 
 import torch
 from transformers import AutoModelForImageClassification, HfArgumentParser

@@ -1,0 +1,175 @@
+"""Samplers: which example comes next, and the seed its augmentation draws from.
+
+    RepeatedAugmentationSampler(dataset, num_replicas, rank, ...)   DeiT's RASampler (distributed runs).
+    PositionSeededSampler / PositionSeededDataset / PositionSeededCollator
+                                     augmentation seeded by its place in the epoch, so that a resumed run augments
+                                     exactly as an uninterrupted one (`DeiTTrainerBase` wraps the training data).
+
+Augmentation randomness that resumes exactly. Trainer saves torch's global RNG with each checkpoint and restores it on
+resume, but the data pipeline draws from that same RNG (random crops, RandAugment, erasing, mixup) and accelerate's
+DataLoader prefetches one batch ahead: the saved state already includes the next batch's draws, and with worker
+processes each worker's RNG restarts elsewhere after the skipped batches. A resumed run then augments differently from
+an uninterrupted one.
+
+Instead, every draw of the data pipeline is seeded by its place in the epoch: the sampler yields (index, seed) with
+seed = f(training seed, epoch, position), the dataset applies its transform under that seed (in a forked RNG, so the
+global RNG that the model's dropout uses is untouched), and the collator mixes each batch with a generator seeded
+from its first example. Skipping batches skips positions, so augmentation no longer depends on where a run started,
+on prefetching or on the number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional
+
+import torch
+
+
+class RepeatedAugmentationSampler(torch.utils.data.Sampler[int]):
+    """DeiT's repeated augmentation (RASampler) for distributed runs: each image is used `num_repeats` times,
+    its copies landing on different ranks, so each copy gets its own augmentation in the same global batch.
+
+    Per epoch: shuffle the indices (seed + epoch, identical on every rank), repeat each index `num_repeats` times in a
+    row, pad to a multiple of the world size by wrapping around, and give rank r the positions r, r + W, r + 2W, ...
+    As in the official code an epoch then stops after `len(dataset) // W` indices per rank, first rounded down to a
+    multiple of `round_to` (256) across the world: an epoch costs as many steps as without repeats but visits only
+    about 1/num_repeats of the images. `visit_all_repeats=True` instead yields all of its positions, so every image
+    is seen num_repeats times per epoch. Call `set_epoch(epoch)` before each epoch.
+
+    The sampler already picks this rank's share: give it to a DataLoader that is not sharded again (accelerate's
+    `prepare` shards batches across processes too unless the DataLoader is left unprepared).
+    """
+
+    def __init__(
+        self,
+        dataset,
+        num_replicas: Optional[int] = None,
+        rank: Optional[int] = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_repeats: int = 3,
+        round_to: int = 256,
+        visit_all_repeats: bool = False,
+    ):
+        if num_replicas is None or rank is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            num_replicas = num_replicas if num_replicas is not None else (torch.distributed.get_world_size() if distributed else 1)
+            rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}.")
+        if num_repeats < 1 or round_to < 1:
+            raise ValueError("num_repeats and round_to must be >= 1.")
+        self.dataset_size = len(dataset)
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_repeats = num_repeats
+        self.epoch = 0
+        # Positions of the repeated, padded sequence that belong to each rank.
+        self.num_samples = math.ceil(self.dataset_size * num_repeats / num_replicas)
+        if visit_all_repeats:
+            self.num_selected = self.num_samples
+        else:
+            self.num_selected = (self.dataset_size // round_to * round_to) // num_replicas
+            if self.num_selected == 0:
+                raise ValueError(
+                    f"An epoch of {self.dataset_size} images rounded down to multiples of round_to={round_to} over "
+                    f"{num_replicas} ranks is empty; pass a smaller round_to (1 keeps every image)."
+                )
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.dataset_size)
+        repeated = order.repeat_interleave(self.num_repeats)
+        total = self.num_samples * self.num_replicas
+        repeated = torch.cat([repeated, repeated[: total - len(repeated)]])
+        mine = repeated[self.rank : total : self.num_replicas]
+        return iter(mine[: self.num_selected].tolist())
+
+    def __len__(self) -> int:
+        return self.num_selected
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """A well-spread 63-bit seed from integers (splitmix64 steps), the same in every process and Python version."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (value & _MASK64)) & _MASK64
+        state = (state + 0x9E3779B97F4A7C15) & _MASK64
+        mixed = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        mixed = ((mixed ^ (mixed >> 27)) * 0x94D049BB133111EB) & _MASK64
+        state = mixed ^ (mixed >> 31)
+    return state >> 1
+
+
+class PositionSeededSampler(torch.utils.data.Sampler):
+    """Yields `(index, seed)`: the indices of `sampler` (or, for a `RandomSampler`, a permutation seeded by
+    `seed + epoch`), each with a seed for its augmentation derived from the training seed, the epoch and its position."""
+
+    def __init__(self, sampler, seed: int):
+        self.sampler = sampler
+        self.seed = seed
+        self.epoch = 0
+        self.shuffle_here = isinstance(sampler, torch.utils.data.RandomSampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        if self.shuffle_here:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            indices = torch.randperm(len(self.sampler.data_source), generator=generator).tolist()
+        else:
+            indices = iter(self.sampler)
+        for position, index in enumerate(indices):
+            yield int(index), mix_seed(self.seed, self.epoch, position)
+
+
+class PositionSeededDataset(torch.utils.data.Dataset):
+    """Map-style dataset read with `(index, seed)` keys: the item's transform runs under `torch.manual_seed(seed)`."""
+
+    SEED_KEY = "augmentation_seed"
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            example = dict(self.dataset[index])
+        example[self.SEED_KEY] = seed
+        return example
+
+
+class PositionSeededCollator:
+    """Wraps a collator: drops the seeds from the examples and, when the collator draws from a `generator` (mixup),
+    gives it one seeded from the batch's first example."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples):
+        # Trainer's `remove_unused_columns` (on by default for torch datasets) may already have dropped the seeds.
+        seeds = [example.pop(PositionSeededDataset.SEED_KEY, None) for example in examples]
+        if hasattr(self.collator, "generator") and seeds and seeds[0] is not None:
+            self.collator.generator = torch.Generator().manual_seed(mix_seed(seeds[0], 1))
+        return self.collator(examples)

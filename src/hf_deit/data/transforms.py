@@ -1,0 +1,340 @@
+"""Transforms: DeiT's augmentation recipe as data (presets, `AugmentationArguments`) and the per-image transforms
+built from it (torchvision.transforms.v2), attached to the splits lazily.
+
+    AugmentationArguments            dataclass for HfArgumentParser; `preset` "imagenet" (paper) / "small_images".
+    build_train_transform(args) / build_eval_transform(args)   PIL image (any mode) -> normalised float tensor.
+    apply_transforms(dataset_dict, train_transform, eval_transform, skip_bad_images=True)
+                                     adds `pixel_values` + `labels` lazily; images decoded there
+                                     (`hf_deit.data.decoding`: undecodable ones skipped).
+
+Deliberate differences from timm's `rand-m9-mstd0.5-inc1` (what DeiT uses) are listed in `NoisyRandAugment`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+from PIL import Image as PILImage
+from torchvision.transforms import v2
+
+from ..image_processing import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
+from .decoding import decode_or_skip, substitute_image, to_rgb, transform_image, undecoded_images
+
+# Presets as data. "imagenet": the paper (its training defaults). "small_images": 28-32 px digits, where the
+# paper's crops would cut most of a digit away and mirror images are other symbols.
+AUGMENTATION_PRESETS = {
+    "imagenet": dict(
+        image_size=224, crop_pct=DEFAULT_CROP_PCT, scale_min=0.08, hflip=0.5, rand_augment="9",
+        rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.25,
+        mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5, smoothing=0.1,
+    ),
+    # Light, because the budgets these images get are short: a digit fills ~20x20 of 28x28 px, so crops keep >= 80%
+    # of the area; no flips (mirror images are other symbols); no RandAugment, erasing, mixup or cutmix. Measured on
+    # the 4,000 embedded digits (scripts/train.py, width-128 student, 300 steps, seed 0, 2026-11-28): RandAugment m5 +
+    # crops >= 50% + erasing 0.1 held it at 25% where these crops alone reached 45%; mixup/cutmix held students at
+    # 22-24% after 4 epochs (3 seeds). For long schedules `--rand_augment 5 --scale_min 0.5 --reprob 0.1` (and
+    # `--mixup 0.8 --cutmix 1.0`) bring the paper's regularisation back. Eval resizes the whole image (crop_pct 1).
+    "small_images": dict(
+        image_size=32, crop_pct=1.0, scale_min=0.8, hflip=0.0, rand_augment="none",
+        rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.0,
+        mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5, smoothing=0.1,
+    ),
+}  # fmt: skip
+SMALL_IMAGE_MAX_SIZE = 64
+RAND_AUGMENT_MAX_MAGNITUDE = 10.0  # timm's magnitude scale: m9 applies 90% of each op's largest strength
+
+
+@dataclass
+class AugmentationArguments:
+    """DeiT's augmentation recipe, each piece tunable or off. Unset (None) fields take the `preset`'s value.
+
+    Field names do not clash with `TrainingArguments`, so both can go into one `HfArgumentParser`.
+    """
+
+    _argument_group_name = "Augmentation"  # its heading in --help
+
+    preset: str = field(
+        default="auto",
+        metadata={
+            "help": "Recipe defaults: 'imagenet' (the paper's values), 'small_images' (28-32 px digits), or 'auto' "
+            f"(small_images when --image_size <= {SMALL_IMAGE_MAX_SIZE}, else imagenet)."
+        },
+    )
+    image_size: Optional[int] = field(default=None, metadata={"help": "Side of the square model input (px)."})
+    crop_pct: Optional[float] = field(
+        default=None, metadata={"help": "Eval: resize the shorter side to image_size/crop_pct, center-crop image_size."}
+    )
+    scale_min: Optional[float] = field(
+        default=None, metadata={"help": "Smallest RandomResizedCrop area fraction (paper 0.08); 1 keeps whole images."}
+    )
+    hflip: Optional[float] = field(default=None, metadata={"help": "Horizontal flip probability; 0 turns it off."})
+    rand_augment: Optional[str] = field(
+        default=None,
+        metadata={"help": "RandAugment magnitude on timm's 0-10 scale (paper 9), or 'none' to turn it off."},
+    )
+    rand_augment_num_ops: Optional[int] = field(default=None, metadata={"help": "RandAugment ops per image (2)."})
+    rand_augment_mstd: Optional[float] = field(
+        default=None, metadata={"help": "Std of the per-op magnitude noise (paper 0.5; 0 = fixed magnitude)."}
+    )
+    color_jitter: Optional[float] = field(
+        default=None, metadata={"help": "ColorJitter strength for brightness/contrast/saturation; 0 turns it off."}
+    )
+    reprob: Optional[float] = field(
+        default=None, metadata={"help": "Random erasing probability (per-pixel noise, paper 0.25); 0 turns it off."}
+    )
+    mean: Optional[list[float]] = field(default=None, metadata={"help": "Normalisation mean (default ImageNet)."})
+    std: Optional[list[float]] = field(default=None, metadata={"help": "Normalisation std (default ImageNet)."})
+    mixup: Optional[float] = field(default=None, metadata={"help": "Mixup Beta alpha (paper 0.8); 0 turns it off."})
+    cutmix: Optional[float] = field(default=None, metadata={"help": "CutMix Beta alpha (paper 1.0); 0 turns it off."})
+    mixup_prob: Optional[float] = field(
+        default=None, metadata={"help": "Probability that a batch is mixed at all (paper 1.0)."}
+    )
+    mixup_switch_prob: Optional[float] = field(
+        default=None, metadata={"help": "Probability of CutMix instead of mixup when both are on (paper 0.5)."}
+    )
+    smoothing: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Label smoothing (paper 0.1): folded into the mixed soft targets, or applied by the loss when "
+            "mixup and cutmix are off. Leave TrainingArguments.label_smoothing_factor at 0."
+        },
+    )
+
+    def resolved(self) -> "AugmentationArguments":
+        """A copy with the preset's values filled in and every value checked."""
+        preset = self.preset
+        if preset == "auto":
+            preset = "small_images" if self.image_size is not None and self.image_size <= SMALL_IMAGE_MAX_SIZE else "imagenet"
+        if preset not in AUGMENTATION_PRESETS:
+            raise ValueError(f"Unknown augmentation preset {preset!r}; choose auto, {', '.join(AUGMENTATION_PRESETS)}.")
+        values = {key: value for key, value in asdict(self).items() if value is not None}
+        values = {**AUGMENTATION_PRESETS[preset], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **values}
+        values["preset"] = preset
+        resolved = AugmentationArguments(**values)
+        resolved._check()
+        return resolved
+
+    @property
+    def rand_augment_magnitude(self) -> Optional[float]:
+        """The RandAugment magnitude as a number, or None when it is off."""
+        text = str(self.rand_augment).strip().lower()
+        if text in ("none", "off", ""):
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"rand_augment must be a magnitude (0-10) or 'none', got {self.rand_augment!r}.") from None
+
+    def _check(self) -> None:
+        for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "smoothing", "scale_min"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}.")
+        magnitude = self.rand_augment_magnitude
+        if magnitude is not None and not 0.0 <= magnitude <= RAND_AUGMENT_MAX_MAGNITUDE:
+            raise ValueError(f"rand_augment magnitude must be in [0, {RAND_AUGMENT_MAX_MAGNITUDE:g}], got {magnitude}.")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {self.mean} and {self.std}.")
+        if self.image_size <= 0 or min(self.color_jitter, self.mixup, self.cutmix, self.rand_augment_mstd) < 0:
+            raise ValueError("image_size must be positive; color_jitter, mixup, cutmix, rand_augment_mstd >= 0.")
+
+
+def recipe_defaults(image_size: int) -> AugmentationArguments:
+    """The resolved recipe for a given input size: the paper's above 64 px, the small-image preset below."""
+    return AugmentationArguments(image_size=image_size).resolved()
+
+
+
+_MAGNITUDE_STEPS = 10  # bins per magnitude unit: noise resolution 0.1
+
+
+class NoisyRandAugment(torch.nn.Module):
+    """RandAugment with DeiT's magnitude noise (`mstd0.5`): each op draws its magnitude from N(m, std) in [0, 10].
+
+    torchvision's `v2.RandAugment` takes an integer magnitude bin, fixed per instance. This holds one single-op
+    `v2.RandAugment` per bin of a 0-10 scale split in steps of 0.1 (101 bins, so `magnitude=9` is 90% of each op's
+    range as in timm, whereas torchvision's default 31 bins make 9 only 30%), and for each of the `num_ops` ops
+    draws a bin from the noisy magnitude. Random draws use torch's RNG (seeded per DataLoader worker).
+
+    Differences from timm's `rand-m9-mstd0.5-inc1` that remain: torchvision's op set (includes Identity; no Invert
+    or SolarizeAdd), ops always applied (timm applies each with probability 0.5), and its own op ranges.
+    """
+
+    def __init__(self, magnitude: float = 9.0, magnitude_std: float = 0.5, num_ops: int = 2, fill=None):
+        super().__init__()
+        self.magnitude = magnitude
+        self.magnitude_std = magnitude_std
+        self.num_ops = num_ops
+        num_bins = int(RAND_AUGMENT_MAX_MAGNITUDE * _MAGNITUDE_STEPS) + 1
+        self.ops = [
+            v2.RandAugment(
+                num_ops=1, magnitude=b, num_magnitude_bins=num_bins, interpolation=v2.InterpolationMode.BILINEAR, fill=fill
+            )
+            for b in range(num_bins)
+        ]
+
+    def sample_magnitude(self) -> float:
+        noisy = self.magnitude + self.magnitude_std * float(torch.randn(())) if self.magnitude_std > 0 else self.magnitude
+        return min(max(noisy, 0.0), RAND_AUGMENT_MAX_MAGNITUDE)
+
+    def forward(self, image):
+        for _ in range(self.num_ops):
+            image = self.ops[round(self.sample_magnitude() * _MAGNITUDE_STEPS)](image)
+        return image
+
+    def extra_repr(self) -> str:
+        return f"num_ops={self.num_ops}, magnitude={self.magnitude}, magnitude_std={self.magnitude_std}"
+
+
+class ToNormalizedTensor(torch.nn.Module):
+    """8-bit RGB PIL image -> normalised float32 (3, H, W) tensor: `(pixel / 255 - mean) / std`.
+
+    The same numbers as v2.ToImage + v2.ToDtype(float32, scale=True) + v2.Normalize, in one step: on 32 px images
+    the three v2 calls cost ~4.5x more time (per-call dispatch), and the data pipeline must outrun training.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        # Folded into one subtract and one divide on the 0..255 values.
+        self._offset = torch.tensor(self.mean).view(3, 1, 1) * 255.0
+        self._scale = torch.tensor(self.std).view(3, 1, 1) * 255.0
+
+    def forward(self, image: PILImage.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
+        return (pixels - self._offset).div_(self._scale)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, std={self.std}"
+
+
+class CenterCrop(torch.nn.Module):
+    """Center crop with the saved image processor's offsets: `(side - size) // 2`.
+
+    torchvision's `v2.CenterCrop` rounds half offsets instead, a one-pixel shift whenever the margin is odd; the
+    evaluation during training must see exactly what the saved preprocessing config gives at inference.
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, image: PILImage.Image) -> PILImage.Image:
+        width, height = image.size
+        top, left = (height - self.size) // 2, (width - self.size) // 2
+        return image.crop((left, top, left + self.size, top + self.size))
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+def build_train_transform(args: Optional[AugmentationArguments] = None) -> v2.Compose:
+    """DeiT's training transform: PIL image of any mode -> normalised float32 (3, image_size, image_size) tensor.
+
+    to_rgb -> RandomResizedCrop(bicubic) -> flip -> RandAugment -> ColorJitter -> normalised tensor ->
+    RandomErasing. Geometry and RandAugment run on the PIL image (fast C code, one decode, no tensor round trip);
+    erasing runs on the normalised tensor with standard-normal noise per pixel (`value="random"`), which is timm's
+    `mode="pixel"` that DeiT uses.
+    """
+    args = (args or AugmentationArguments()).resolved()
+    steps = [
+        to_rgb,  # a plain callable: v2.Lambda would add dispatch cost for nothing
+        v2.RandomResizedCrop(
+            args.image_size, scale=(args.scale_min, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True
+        ),
+    ]
+    if args.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(args.hflip))
+    magnitude = args.rand_augment_magnitude
+    if magnitude is not None:
+        # Pixels shifted in from outside the image take the dataset mean, as timm does.
+        fill = [round(255 * m) for m in args.mean]
+        steps.append(NoisyRandAugment(magnitude, args.rand_augment_mstd, args.rand_augment_num_ops, fill=fill))
+    if args.color_jitter > 0:
+        steps.append(v2.ColorJitter(args.color_jitter, args.color_jitter, args.color_jitter))
+    steps.append(ToNormalizedTensor(args.mean, args.std))
+    if args.reprob > 0:
+        steps.append(v2.RandomErasing(p=args.reprob, scale=(0.02, 1 / 3), ratio=(0.3, 3.3), value="random"))
+    return v2.Compose(steps)
+
+
+def build_eval_transform(args: Optional[AugmentationArguments] = None) -> v2.Compose:
+    """DeiT's evaluation transform, equal to `deit_image_processor(image_size, crop_pct, mean, std)`.
+
+    to_rgb -> Resize shorter side to image_size/crop_pct (bicubic) -> CenterCrop(image_size) -> Normalize.
+    """
+    args = (args or AugmentationArguments()).resolved()
+    return v2.Compose(
+        [
+            to_rgb,  # a plain callable: v2.Lambda would add dispatch cost for nothing
+            v2.Resize(
+                eval_resize_size(args.image_size, args.crop_pct),
+                interpolation=v2.InterpolationMode.BICUBIC,
+                antialias=True,
+            ),
+            CenterCrop(args.image_size),
+            ToNormalizedTensor(args.mean, args.std),
+        ]
+    )
+
+
+def make_batch_transform(
+    transform: Callable, skip_bad_images: bool = True, substitutes: Optional[Dataset] = None
+) -> Callable[[dict], dict]:
+    """A `set_transform`/`with_transform` function: {"image", "label"} batch -> {"pixel_values", "labels"}.
+
+    Images may come decoded (PIL) or as datasets' undecoded {"path", "bytes"} values; undecoded ones are decoded here
+    (`hf_deit.data.decoding`). With `skip_bad_images`, an undecodable image is replaced by a decodable one of
+    `substitutes` (with its label) when given, else gets `pixel_values` None (for a collator that drops it);
+    without, it raises `BadImageError` naming the file.
+    """
+
+    def batch_transform(batch: dict) -> dict:
+        pixel_values, labels = [], list(batch["label"])
+        for row, value in enumerate(batch["image"]):
+            image = decode_or_skip(value, skip_bad_images)
+            if image is None and substitutes is not None:
+                image, labels[row] = substitute_image(value, substitutes)
+            pixel_values.append(None if image is None else transform_image(transform, image, value))
+        return {"pixel_values": pixel_values, "labels": labels}
+
+    return batch_transform
+
+
+def _drop_skipped(batch: dict) -> dict:
+    kept = [i for i, pixels in enumerate(batch["pixel_values"]) if pixels is not None]
+    return {name: [column[i] for i in kept] for name, column in batch.items()}
+
+
+def apply_transforms(
+    dataset: DatasetDict | IterableDatasetDict,
+    train_transform: Callable,
+    eval_transform: Callable,
+    skip_bad_images: bool = True,
+):
+    """Attach the train transform to `train` and the eval transform to every other split, lazily (per access).
+
+    Map-style splits use `with_transform` (no cache files); streamed splits a lazy batched `map`. Each item then
+    holds only `pixel_values` (float tensor) and `labels` (int). With a Trainer, set `remove_unused_columns=False`.
+    Images are decoded inside the transform, where an undecodable file can be caught: with `skip_bad_images` a
+    map-style item takes the place of another image of its split (chosen from a hash of the bad file, so runs
+    repeat; batches keep their size, and a Trainer never gets an empty batch) and a streamed one is left out;
+    without, the file is named in a `BadImageError`. (`hf_deit.evaluation` drops bad images instead, so that a
+    reported accuracy counts every image once.)
+    """
+    transformed = {}
+    for name, split in dataset.items():
+        split = undecoded_images(split)
+        transform = train_transform if name == "train" else eval_transform
+        if isinstance(split, IterableDataset):
+            stream_transform = lambda batch, fn=make_batch_transform(transform, skip_bad_images): _drop_skipped(fn(batch))  # noqa: E731
+            transformed[name] = split.map(stream_transform, batched=True, remove_columns=["image", "label"])
+        else:
+            transformed[name] = split.with_transform(make_batch_transform(transform, skip_bad_images, substitutes=split))
+    return type(dataset)(transformed)
+
