@@ -111,7 +111,9 @@ def head_warnings(metrics: dict, num_labels: int, prefix: str = "eval_", num_exa
     collapsed onto one class or is at chance level, and averaged logits worse than the better head by more than a
     point and more than two of the `num_examples` evaluated (so that one image of a small split is not an alarm)."""
     warnings = []
-    heads = {"class head": "cls_", "distillation head": "distillation_"}
+    from .metrics import HEAD_PREFIXES
+
+    heads = dict(zip(("class head", "distillation head"), HEAD_PREFIXES[1:]))
     chance = 1.0 / max(num_labels, 1)
     for name, head in heads.items():
         accuracy = metrics.get(f"{prefix}{head}accuracy")

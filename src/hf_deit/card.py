@@ -17,6 +17,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .metrics.head_metrics import HEADS as METRIC_HEADS
+
 # Shipped inside the package (src/hf_deit/model_cards is a symlink to the repository's model_cards/, and setup.cfg's
 # package_data copies it into wheels), so an installed hf_deit finds it as well as a checkout does.
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "distilled_deit.md"
@@ -25,10 +27,9 @@ LICENSE = "apache-2.0"
 MAX_LABELS_SHOWN = 20
 
 # The outputs reported by the trainer's evaluation (keys of `eval_results`, without the "eval_" prefix).
-HEADS = (  # (row in the table, key prefix)
-    ("average of both heads (`logits`)", ""),
-    ("cls head (`cls_logits`)", "cls_"),
-    ("distillation head (`distillation_logits`)", "distillation_"),
+HEADS = tuple(  # (row in the table, key prefix)
+    (f"{name} (`{field}`)", prefix)
+    for name, (field, prefix) in zip(("average of both heads", "cls head", "distillation head"), METRIC_HEADS)
 )
 _SECRET_NAME = re.compile(r"token|secret|password|passwd|api_?key|credential|authorization", re.IGNORECASE)
 _SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")

@@ -33,7 +33,7 @@ from .data import (
     make_batch_transform,
     undecoded_images,
 )
-from .metrics import make_compute_metrics
+from .metrics import HEAD_FIELDS, HEAD_PREFIXES, make_compute_metrics
 from .teacher import Teacher, check_label_space
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ __all__ = [
     "teacher_for_evaluation",
 ]
 
-# Output fields of the model read as heads, in the order `make_compute_metrics` expects them.
-HEAD_FIELDS = ("logits", "cls_logits", "distillation_logits")
 
 
 @dataclass
@@ -199,14 +197,14 @@ def evaluate_classifier(
         predictions = tuple(head.float().cpu().numpy() for head in heads)
         results = compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels.numpy()))
         if single_head:
-            results = {k: v for k, v in results.items() if not k.startswith(("cls_", "distillation_"))}
+            results = {k: v for k, v in results.items() if not k.startswith(HEAD_PREFIXES[1:])}
         count = len(labels)
         for name, value in results.items():
             if name.endswith("majority_share"):  # a share of the whole split, not a mean of the batches' shares
                 continue
             sums[name] = sums.get(name, 0.0) + float(value) * count
         if not single_head:
-            for prefix, head in (("cls_", predictions[1]), ("distillation_", predictions[2])):
+            for prefix, head in zip(HEAD_PREFIXES[1:], predictions[1:3]):
                 counts = np.bincount(head.argmax(axis=-1), minlength=head.shape[-1])
                 class_counts[prefix] = class_counts.get(prefix, 0) + counts
         num_images += count
@@ -225,7 +223,7 @@ def format_results(results: dict[str, float]) -> str:
     top_k_label = top_k_key.removesuffix("_accuracy").replace("top", "top-") if top_k_key else None
     header = f"{'head':<14}{'top-1':>8}" + (f"{top_k_label:>8}" if top_k_label else "")
     lines = [header, "-" * len(header)]
-    rows = (("averaged" if "cls_accuracy" in results else "output", ""), ("cls", "cls_"), ("distillation", "distillation_"))
+    rows = zip(("averaged" if "cls_accuracy" in results else "output", "cls", "distillation"), HEAD_PREFIXES)
     for name, prefix in rows:
         if prefix + "accuracy" not in results:
             continue

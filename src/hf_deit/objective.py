@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .data.mixup import LABELED_KEY
 from .attention_maps import CLS_TOKEN, DISTILLATION_TOKEN, capture_input, grid_for, token_attention_map
 from .feature_distillation import (
     FEATURE_LOSSES,
@@ -206,7 +207,7 @@ class DistillationObjective(nn.Module):
     def student_forward(self, model: nn.Module, student: nn.Module, inputs: dict, extra_terms: bool):
         """Run `model` (the student, maybe wrapped by DDP or compiled; `student` is the unwrapped one) on the batch
         and read what the switched-on extra terms need from the same pass. Returns `(outputs, StudentSignals)`."""
-        student_inputs = {name: value for name, value in inputs.items() if name not in ("labels", "labeled")}
+        student_inputs = {name: value for name, value in inputs.items() if name not in ("labels", LABELED_KEY)}
         want_maps = extra_terms and self.attention_weight > 0
         want_features = extra_terms and self.feature_weight > 0
         want_patch_tokens = extra_terms and self.feature_map_weight > 0

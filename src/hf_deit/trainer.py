@@ -13,6 +13,7 @@ from transformers import Trainer, default_data_collator
 from .arguments import DeiTTrainingArguments, DistillationConfig
 from .callbacks import LogAtLeastEvery, NonFiniteLossError, NonFiniteLossGuard, head_warnings
 from .checkpointing import save_checkpoint_atomically
+from .data.mixup import LABELED_KEY
 from .data.samplers import PositionSeededCollator, PositionSeededDataset, PositionSeededSampler
 from .losses import classification_loss
 from .metrics import make_compute_metrics  # noqa: F401  (also importable from here, where it used to live)
@@ -285,11 +286,11 @@ class DistillationTrainer(DeiTTrainerBase):
         # The teacher runs only when the loss uses it, or in evaluation (for agreement metrics) when there is one.
         # Unlabelled examples (a `labeled` mask from the collator) take their class targets from the teacher.
         with_teacher = self.teacher is not None and (
-            self.objective.needs_teacher or not model.training or "labeled" in inputs
+            self.objective.needs_teacher or not model.training or LABELED_KEY in inputs
         )
         outputs, signals, teacher = self._forward(model, inputs, with_teacher, extra_terms=model.training)
         result = self.objective(outputs, signals if model.training else None, inputs["labels"], teacher,
-                                inputs.get("labeled"))  # fmt: skip
+                                inputs.get(LABELED_KEY))  # fmt: skip
         if model.training:
             # Summed on the device and read once per logging window: no host sync per step.
             step_terms = torch.stack([term.detach() for term in result.terms.values()])

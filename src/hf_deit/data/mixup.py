@@ -13,6 +13,10 @@ from .decoding import BadImageError
 from .transforms import AugmentationArguments
 
 
+# The batch key of the (batch,) bool mask that marks labelled rows (False: an image the teacher labels), when a batch
+# has unlabelled images; read by the loss (hf_deit.objective).
+LABELED_KEY = "labeled"
+
 class MixupCutmixCollator:
     """Collate examples into a batch and mix it as the DeiT recipe (timm's `Mixup`, mode "batch").
 
@@ -95,7 +99,7 @@ class MixupCutmixCollator:
                 labeled = labeled & labeled.flip(0) if lam < 1.0 else labeled
                 batch["labels"][~labeled] = 0.0
         if not labeled.all():
-            batch["labeled"] = labeled
+            batch[LABELED_KEY] = labeled
         return batch
 
     def sample_params(self) -> tuple[float, bool]:

@@ -13,7 +13,11 @@ from transformers import EvalPrediction
 # Installed with the package (setup.cfg package_data); `evaluate.load` takes the folder.
 TOP_K_ACCURACY_PATH = str(Path(__file__).parent / "top_k_accuracy")
 
-_HEADS = (("", 0), ("cls_", 1), ("distillation_", 2))
+# The three outputs of a distilled DeiT that evaluation reads, in the order predictions come in, and the prefix of
+# their metrics (`accuracy`, `cls_accuracy`, `distillation_accuracy`, ...). The one definition of both.
+HEADS = (("logits", ""), ("cls_logits", "cls_"), ("distillation_logits", "distillation_"))
+HEAD_FIELDS = tuple(field for field, _ in HEADS)
+HEAD_PREFIXES = tuple(prefix for _, prefix in HEADS)
 
 
 def _ranked(logits: np.ndarray, k: int) -> np.ndarray:
@@ -46,7 +50,7 @@ def make_compute_metrics(top_k: int = 5) -> Callable[[EvalPrediction], dict[str,
         num_classes = outputs[0].shape[-1]
         k = top_k if num_classes > top_k else 1
         results = {}
-        for prefix, index in _HEADS:
+        for index, prefix in enumerate(HEAD_PREFIXES):
             if index < len(outputs):
                 head = metric.compute(predictions=_ranked(outputs[index], k), references=labels)
                 results.update({prefix + name: value for name, value in head.items()})
