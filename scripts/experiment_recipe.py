@@ -73,6 +73,9 @@ ROWS = {
     "p7-28px-1200-lr1e-3-midaug": ("learning rate 1e-3, moderate augmentation: RandAugment m3, crops >= 65%; 1,200 steps",
                                    28, [*P7, *MODERATE, "--max_steps", "1200", "--learning_rate", "1e-3"],
                                    {"none": NONE, "hard+fmap": HARD_FMAP}),
+    "p7-28px-2400-lr1e-3-midaug": ("as above (moderate augmentation, learning rate 1e-3); 2,400 steps", 28,
+                                   [*P7, *MODERATE, "--max_steps", "2400", "--learning_rate", "1e-3"],
+                                   {"none": NONE, "hard+fmap": HARD_FMAP}),
     "p7-28px-1200-lr1e-3-aug": ("learning rate 1e-3, stronger augmentation: RandAugment m5, crops >= 50%, erasing 0.1; "
                                 "1,200 steps", 28,
                                 [*P7, *STRONGER, "--max_steps", "1200", "--learning_rate", "1e-3"],
