@@ -34,7 +34,7 @@ from .data import (
     undecoded_images,
 )
 from .teacher import TeacherInputAdapter, TeacherLogits, check_label_space, load_teacher, teacher_preprocessing
-from .trainer import make_compute_metrics
+from .trainer import _teacher_input_size, make_compute_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ class EvaluationArguments:
     model_name_or_path: str = field(metadata={"help": "A folder or Hub id of an image classifier (ours or any)."})
     teacher_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "A teacher to measure agreement with (top-1 of the model vs the teacher's)."}
+    )
+    teacher_image_size: Optional[str] = field(
+        default=None,
+        metadata={"help": "What the teacher sees, as in training: its own preprocessing size (default; the batch is "
+                  "resized to it), 'student' (the evaluated model's batch as is), or N px."},
     )
     output_file: Optional[str] = field(default=None, metadata={"help": "Write the results there as JSON."})
     batch_size: int = field(default=128, metadata={"help": "Images per batch."})
@@ -128,17 +133,21 @@ def dataset_label_order(label_names: list[str], model_config) -> Optional[torch.
 
 
 def teacher_for_evaluation(
-    teacher, label_names: list[str], student_mean, student_std, trust_remote_code: bool = False, device=None
+    teacher, label_names: list[str], student_mean, student_std, trust_remote_code: bool = False, device=None,
+    teacher_image_size=None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function from the evaluated model's batch to the teacher's logits in the dataset's class order.
 
     The same checks and input adaptation as in training (`hf_deit.teacher`): label space, re-normalisation, resizing,
-    channel count.
+    channel count. `teacher_image_size` is training's `--teacher_image_size`: None for the teacher's own
+    preprocessing size, "student" for the batch as is, or N px.
     """
     module = load_teacher(teacher, trust_remote_code=trust_remote_code)
     config = getattr(module, "config", None)
     order = check_label_space(_label_space(label_names), config) if hasattr(config, "id2label") else None
     expected = teacher_preprocessing(teacher, None, module)
+    if teacher_image_size is not None:
+        expected.image_size = _teacher_input_size(teacher_image_size)
     if expected.num_channels is None:
         expected.num_channels = getattr(config, "num_channels", None)
     adapter = TeacherInputAdapter.from_preprocessing(expected, student_mean, student_std).to(device)
