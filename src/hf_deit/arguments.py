@@ -336,13 +336,14 @@ def label_fields(label_names: list[str]) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def help_catalogue() -> dict:
-    """train.py's flags by group (name, metavar, default, help), from the argument dataclasses."""
+def help_catalogue(groups: Optional[list] = None) -> dict:
+    """A script's flags by group (name, metavar, default, help), from its argument dataclasses. `groups`: (dataclass,
+    the flags shown or None for all, note) in order; default: train.py's."""
     from hf_deit_inputs.help import COMMON_TRAINING_FLAGS, catalogue_entry
 
     from .data import AugmentationArguments
 
-    groups = [
+    groups = groups or [
         (ModelArguments, None, None),
         (DataArguments, None, None),
         (AugmentationArguments, None, "DeiT's recipe; a flag left out takes the --preset's value."),
@@ -365,15 +366,21 @@ def help_catalogue() -> dict:
     return {"groups": catalogue}
 
 
-def write_help_catalogue(path: Optional[str] = None) -> str:
-    """Rewrite hf_deit_inputs/train_flags.json (run after changing a flag, its default or its help)."""
-    from hf_deit_inputs.help import CATALOGUE_PATH
+def write_help_catalogue(path: Optional[str] = None, teacher_path: Optional[str] = None) -> tuple[str, str]:
+    """Rewrite hf_deit_inputs/train_flags.json and teacher_flags.json, train.py's and train_teacher.py's --help (run
+    after changing a flag, its default or its help)."""
+    from hf_deit_inputs.help import CATALOGUE_PATH, TEACHER_CATALOGUE_PATH
 
-    path = path or CATALOGUE_PATH
-    with open(path, "w") as file:
-        json.dump(help_catalogue(), file, indent=1, default=str)
-        file.write("\n")
-    return path
+    from .teacher_arguments import teacher_help_catalogue
+
+    written = []
+    for catalogue, target in ((help_catalogue(), path or CATALOGUE_PATH),
+                              (teacher_help_catalogue(), teacher_path or TEACHER_CATALOGUE_PATH)):  # fmt: skip
+        with open(target, "w") as file:
+            json.dump(catalogue, file, indent=1, default=str)
+            file.write("\n")
+        written.append(target)
+    return tuple(written)
 
 
 def _type_name(annotation) -> str:

@@ -234,6 +234,8 @@ def _check_recorded_data(model: str) -> list[str]:
     except (OSError, ValueError) as error:
         return [f"{recorded} cannot be read ({error}): pass --images, or the data flags of its training run."]
     given = {name: str(settings[name]) for name in VISUALIZE_DATA_FLAGS if settings.get(name) is not None}
+    if "train_dir" in given or "validation_dir" in given:  # the folders were the data; --dataset_name's default stays
+        given.pop("dataset_name", None)
     return [f"{problem} (recorded by the training run in {recorded}; pass the data flags to use other images.)"
             for problem in check_data(given, needs_train=False)]
 
