@@ -4,6 +4,8 @@
     python scripts/evaluate_model.py --model_name_or_path outputs/deit                        # embedded MNIST validation
     python scripts/evaluate_model.py --model_name_or_path outputs/deit --teacher_name_or_path outputs/teacher \
         --validation_dir data/val --output_file results.json
+    python scripts/evaluate_model.py --model_name_or_path outputs/deit-384 --teacher_name_or_path outputs/teacher \
+        --teacher_image_size student --validation_dir data/val    # the teacher as training ran it
 
 Data flags are train.py's (`--dataset_name`, `--train_dir`, `--validation_dir`, `--eval_split`, ...): the same flags
 and `--seed` give the split training evaluated on. With only `--validation_dir`, that folder is the evaluation set.
@@ -13,13 +15,18 @@ import json
 import logging
 import sys
 
-import torch
-from transformers import AutoModelForImageClassification, HfArgumentParser
+from hf_deit_inputs import check_evaluate_command_line, exit_on_input_error
 
-import hf_deit  # noqa: F401  (registers our model with the Auto classes)
-from hf_deit.arguments import DataArguments
-from hf_deit.data import load_image_classification_dataset
-from hf_deit.evaluation import (
+if __name__ == "__main__":  # every input on the command line checked first, before torch loads (below): in a second
+    exit_on_input_error(check_evaluate_command_line, sys.argv[1:], "evaluate_model.py")
+
+import torch  # noqa: E402
+from transformers import AutoModelForImageClassification, HfArgumentParser  # noqa: E402
+
+import hf_deit  # noqa: E402, F401  (registers our model with the Auto classes)
+from hf_deit.arguments import DataArguments  # noqa: E402
+from hf_deit.data import load_image_classification_dataset  # noqa: E402
+from hf_deit.evaluation import (  # noqa: E402
     EvaluationArguments,
     dataset_label_order,
     eval_transform_for,
@@ -32,6 +39,7 @@ logger = logging.getLogger("hf_deit.evaluate")
 
 
 def main(argv=None) -> dict:
+    check_evaluate_command_line(sys.argv[1:] if argv is None else argv)  # raises InputError naming each fix
     eval_args, data_args = HfArgumentParser((EvaluationArguments, DataArguments)).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     device = eval_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,6 +72,7 @@ def main(argv=None) -> dict:
         teacher = teacher_for_evaluation(
             eval_args.teacher_name_or_path, label_names, normalize.mean, normalize.std,
             trust_remote_code=eval_args.teacher_trust_remote_code, device=device,
+            teacher_image_size=eval_args.teacher_image_size,
         )  # fmt: skip
 
     results = evaluate_classifier(

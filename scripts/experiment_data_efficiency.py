@@ -58,7 +58,7 @@ FULL = dict(fractions=[0.05, 0.10, 0.25, 1.0], seeds=[0, 1], student_steps=500, 
 QUICK = dict(fractions=[0.25, 1.0], seeds=[0], student_steps=2, teacher_steps=2, batch_size=16,
              student="hidden_size=32,num_hidden_layers=2,num_attention_heads=2", train_size=400, eval_size=100)  # fmt: skip
 # A 2-stage ResNet: its last stage keeps a 4x4 map at 32 px (a 4-stage one shrinks it to 1x1, nothing to distil).
-TEACHER_CONFIG = '{"hidden_sizes": [32, 64], "depths": [1, 1]}'
+TEACHER_CONFIG = "hidden_sizes=[32,64],depths=[1,1]"
 COMMON = [*QUIET_RUN_FLAGS, "--logging_steps", "50", "--dataloader_num_workers", "0", "--image_size", "32",
           "--rand_augment", "none", "--reprob", "0", "--scale_min", "0.8"]  # fmt: skip
 

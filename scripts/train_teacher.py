@@ -1,43 +1,38 @@
 #!/usr/bin/env python
-"""Train or fine-tune a CNN teacher on the same data, with the same data flags as `scripts/train.py`.
+r"""Train or fine-tune a CNN teacher on the same data, with the same data flags as `scripts/train.py`.
 
     python scripts/train_teacher.py --output_dir outputs/teacher                      # embedded MNIST, small ResNet
-    python scripts/train_teacher.py --architecture regnet --config_overrides "hidden_sizes=[32,64,128]" ...
+    python scripts/train_teacher.py --train_dir data/train --validation_dir data/val --image_size 64 \
+        --output_dir outputs/teacher                 # your images: one sub-folder per class in each
+    python scripts/train_teacher.py --architecture regnet --config_overrides 'depths=[1,2,2,1]' ...
     python scripts/train_teacher.py --model_name_or_path microsoft/resnet-50 --ignore_mismatched_sizes ...
 
 The teacher is saved with its preprocessing config, so `DistillationTrainer` adapts the student's batch to it.
 """
 
-import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Optional
 
 from hf_deit_inputs import check_teacher_command_line, exit_on_input_error
+from hf_deit_inputs.help import TEACHER_CATALOGUE_PATH, answer_help
 
-# Small CNNs for small images, random init; any field can be overridden with --config_overrides.
-TEACHER_ARCHITECTURES = {
-    "resnet": dict(model_type="resnet", embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
-                   layer_type="basic", downsample_in_first_stage=False),
-    "regnet": dict(model_type="regnet", embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
-                   groups_width=16, layer_type="y"),
-    "convnext": dict(model_type="convnext", hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1], patch_size=2),
-}
-
-if __name__ == "__main__":  # every input on the command line checked first, before torch loads (below): in a second
-    exit_on_input_error(check_teacher_command_line, sys.argv[1:], "train_teacher.py", tuple(TEACHER_ARCHITECTURES))
+if __name__ == "__main__":  # --help and every input on the command line answered first, before torch loads (below)
+    sys.argv[1:] = answer_help(sys.argv[1:], "train_teacher.py", __doc__, TEACHER_CATALOGUE_PATH)
+    exit_on_input_error(check_teacher_command_line, sys.argv[1:], "train_teacher.py")
 
 import transformers  # noqa: E402
 from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed  # noqa: E402
 
 from hf_deit.arguments import (  # noqa: E402
     EMBEDDED_STUDENT,
+    TEACHER_ARCHITECTURES,
     DataArguments,
-    DeiTTrainingArguments,
+    TeacherArguments,
+    TeacherTrainingArguments,
     label_fields,
     load_dataset_from_args,
+    parse_config_overrides,
     uses_embedded_data,
 )
 from hf_deit.data import (  # noqa: E402
@@ -57,34 +52,9 @@ from hf_deit.trainer import ClassifierTrainer  # noqa: E402
 logger = logging.getLogger("hf_deit.train_teacher")
 
 
-@dataclass
-class TeacherArguments:
-    model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Fine-tune this checkpoint (folder or Hub id) instead of a new CNN."}
-    )
-    architecture: str = field(
-        default="resnet", metadata={"help": "New CNN: " + ", ".join(TEACHER_ARCHITECTURES) + " (transformers configs)."}
-    )
-    config_overrides: Optional[str] = field(
-        default=None, metadata={"help": "JSON object of config fields, e.g. '{\"depths\": [2, 2, 2, 2]}'."}
-    )
-    ignore_mismatched_sizes: bool = field(default=False, metadata={"help": "New head for another class count."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for models loaded by name."})
-
-
-@dataclass
-class TeacherTrainingArguments(DeiTTrainingArguments):
-    """CNNs train well with a higher learning rate and no warm-up fraction as long as DeiT's."""
-
-    output_dir: Optional[str] = field(default="outputs/teacher", metadata={"help": "Where the teacher goes."})
-    learning_rate: Optional[float] = field(default=2e-3, metadata={"help": "Peak learning rate (AdamW)."})
-    num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs."})
-    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps or fraction of training."})
-
-
 def build_teacher(args: TeacherArguments, label_names: list[str]):
     fields = label_fields(label_names)
-    overrides = json.loads(args.config_overrides) if args.config_overrides else {}
+    overrides = parse_config_overrides(args.config_overrides)
     if args.model_name_or_path:
         return AutoModelForImageClassification.from_pretrained(
             args.model_name_or_path,
@@ -101,7 +71,7 @@ def build_teacher(args: TeacherArguments, label_names: list[str]):
 
 
 def main(argv=None) -> dict:
-    check_teacher_command_line(sys.argv[1:] if argv is None else argv, tuple(TEACHER_ARCHITECTURES))
+    check_teacher_command_line(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((TeacherArguments, DataArguments, AugmentationArguments, TeacherTrainingArguments))
     if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         teacher_args, data_args, aug_args, training_args = parser.parse_json_file(sys.argv[1])

@@ -19,7 +19,33 @@ import json
 import os
 import sys
 
-import matplotlib
+from hf_deit_inputs import InputError, check_visualize_inputs, exit_on_input_error
+
+DATA_FLAGS = {  # train.py's data flags (hf_deit.arguments.DataArguments) that choose the evaluation images
+    "dataset_name": str, "dataset_config_name": str, "train_dir": str, "validation_dir": str, "eval_split": str,
+    "train_val_split": float, "image_column_name": str, "label_column_name": str, "seed": int,
+}  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="Folder (or Hub id) of a trained distilled DeiT.")
+    parser.add_argument("--images", nargs="*", default=None, help="Image files (default: the model's evaluation data).")
+    parser.add_argument("--num_images", type=int, default=4, help="Evaluation images shown (the first ones).")
+    data = parser.add_argument_group("the evaluation data, as train.py's flags (default: what the run recorded)")
+    for name, kind in DATA_FLAGS.items():
+        data.add_argument(f"--{name}", type=kind, default=None)
+    parser.add_argument("--teacher_name_or_path", default=None, help="Add the teacher's map beside the student's.")
+    parser.add_argument("--output_dir", default="attention_maps", help="Where the PNG files go.")
+    parser.add_argument("--trust_remote_code", action="store_true", help="Allow remote code for the model/teacher.")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # the command line answered first (--help, every input checked), before torch loads
+    exit_on_input_error(lambda argv: check_visualize_inputs(vars(parse_args(argv))), sys.argv[1:],
+                        "visualize_attention.py")  # fmt: skip
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -42,26 +68,6 @@ from hf_deit.data import decode_image, load_image_classification_dataset, to_rgb
 from hf_deit.teacher import Teacher  # noqa: E402
 
 
-DATA_FLAGS = {  # train.py's data flags (hf_deit.arguments.DataArguments) that choose the evaluation images
-    "dataset_name": str, "dataset_config_name": str, "train_dir": str, "validation_dir": str, "eval_split": str,
-    "train_val_split": float, "image_column_name": str, "label_column_name": str, "seed": int,
-}  # fmt: skip
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="Folder (or Hub id) of a trained distilled DeiT.")
-    parser.add_argument("--images", nargs="*", default=None, help="Image files (default: the model's evaluation data).")
-    parser.add_argument("--num_images", type=int, default=4, help="Evaluation images shown (the first ones).")
-    data = parser.add_argument_group("the evaluation data, as train.py's flags (default: what the run recorded)")
-    for name, kind in DATA_FLAGS.items():
-        data.add_argument(f"--{name}", type=kind, default=None)
-    parser.add_argument("--teacher_name_or_path", default=None, help="Add the teacher's map beside the student's.")
-    parser.add_argument("--output_dir", default="attention_maps", help="Where the PNG files go.")
-    parser.add_argument("--trust_remote_code", action="store_true", help="Allow remote code for the model/teacher.")
-    return parser.parse_args(argv)
-
-
 def load_images(args) -> list[tuple[str, "PIL.Image.Image", "str | None"]]:  # noqa: F821
     """(name, RGB image, true label name or None) for each image shown."""
     if args.images:
@@ -69,6 +75,8 @@ def load_images(args) -> list[tuple[str, "PIL.Image.Image", "str | None"]]:  # n
 
         return [(os.path.splitext(os.path.basename(path))[0], to_rgb(Image.open(path)), None) for path in args.images]
     flags = evaluation_data_flags(args)
+    if flags.get("validation_dir") and not flags.get("train_dir"):  # an evaluation folder alone: its only split
+        flags.update(train_dir=flags.pop("validation_dir"), eval_split="train")
     dataset = load_image_classification_dataset(
         **{name: value for name, value in flags.items() if name != "seed"}, seed=flags.get("seed", 42)
     )
@@ -149,6 +157,10 @@ def overlay(figure, axis, image: np.ndarray, attention: torch.Tensor, title: str
 
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
+    try:  # every input checked before any model or data is loaded
+        check_visualize_inputs(vars(args))
+    except InputError as error:
+        raise SystemExit(f"visualize_attention.py: error: {error}") from None
     model = AutoModelForImageClassification.from_pretrained(
         args.model, trust_remote_code=args.trust_remote_code, attn_implementation="eager"
     ).eval()

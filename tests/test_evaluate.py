@@ -148,3 +148,35 @@ def test_evaluation_does_not_load_the_trainer():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_the_teacher_sees_the_size_training_gave_it(tmp_path):
+    """--teacher_image_size as in training: default the teacher's own preprocessing size (the batch is resized to
+    it), 'student' the batch as is, N px."""
+    from hf_deit.evaluation import teacher_for_evaluation
+
+    torch.manual_seed(0)
+    teacher = ResNetForImageClassification(ResNetConfig(
+        embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", num_labels=10,
+        id2label=dict(enumerate(DIGITS)), label2id={name: i for i, name in enumerate(DIGITS)},
+    )).eval()  # fmt: skip
+    teacher.save_pretrained(tmp_path / "teacher")
+    processor = deit_image_processor(32, crop_pct=1.0)  # the teacher's own size: 32 px
+    processor.save_pretrained(tmp_path / "teacher")
+    batch = torch.randn(3, 3, 16, 16)  # the evaluated model's 16 px batch, normalised as the teacher's
+    with torch.no_grad():
+        as_is = teacher(batch).logits
+        resized = teacher(torch.nn.functional.interpolate(batch, size=(24, 24), mode="bicubic")).logits
+
+    def logits(size):
+        run = teacher_for_evaluation(str(tmp_path / "teacher"), DIGITS, processor.image_mean, processor.image_std,
+                                     teacher_image_size=size)  # fmt: skip
+        with torch.no_grad():
+            return run.logits(batch)
+
+    torch.testing.assert_close(logits("student"), as_is)
+    own_size = logits(None)
+    assert not torch.allclose(own_size, as_is, atol=1e-4)
+    assert not torch.allclose(logits("24"), own_size, atol=1e-4)
+    torch.testing.assert_close(logits(24), logits("24"))
+    assert torch.nn.functional.cosine_similarity(logits(24).flatten(), resized.flatten(), dim=0) > 0.99

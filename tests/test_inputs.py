@@ -240,3 +240,122 @@ def test_checkpoint_files_are_accepted_other_files_are_not(tmp_path):
     check_train_command_line(["--model_name_or_path", str(tmp_path / "deit.pth")])  # converted on load
     message = problems(["--model_name_or_path", str(tmp_path / "notes.txt")])
     assert "is a file but not a checkpoint" in message and ".safetensors" in message
+
+
+# ------------------------------------------------------------------ evaluate_model.py and visualize_attention.py
+
+
+@pytest.fixture
+def saved_model(tmp_path) -> Path:
+    """A folder that looks like a saved model to the checks (config.json), beside the image folders."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"image_size": 32, "patch_size": 8}')
+    return tmp_path / "model"
+
+
+def evaluate_problems(argv) -> str:
+    with pytest.raises(InputError) as caught:
+        checks.check_evaluate_command_line(argv)
+    return str(caught.value)
+
+
+def test_evaluate_inputs(image_root, saved_model):
+    val = str(image_root / "elsewhere/deeper/val")
+    checks.check_evaluate_command_line(["--model_name_or_path", str(saved_model), "--validation_dir", val,
+                                        "--teacher_name_or_path", str(saved_model), "--teacher_image_size", "student",
+                                        "--output_file", str(image_root / "results.json")])  # fmt: skip
+    assert "--model_name_or_path is required" in evaluate_problems(["--validation_dir", val])
+    message = evaluate_problems(["--model_name_or_path", str(image_root / "modle"), "--validation_dir", val + "x"])
+    assert message.startswith("2 problems") and "did you mean" in message and str(saved_model) in message
+    assert "holds no images" in evaluate_problems(["--model_name_or_path", str(saved_model), "--validation_dir",
+                                                   str(saved_model)])  # fmt: skip
+    message = evaluate_problems(["--model_name_or_path", str(saved_model), "--teacher_image_size", "big"])
+    assert "give 'student'" in message
+    message = evaluate_problems(["--model_name_or_path", str(saved_model), "--teacher_image_size", "224"])
+    assert "no --teacher_name_or_path was given" in message
+    message = evaluate_problems(["--model_name_or_path", str(saved_model), "--batch_size", "0", "--output_file",
+                                 str(image_root / "no" / "results.json")])  # fmt: skip
+    assert "--batch_size 0" in message and "does not exist" in message
+    assert "no such folder" in problems(["--teacher_image_size", "student", "--teacher_name_or_path", "./teachr"])
+
+
+def visualize_problems(**values) -> str:
+    with pytest.raises(InputError) as caught:
+        checks.check_visualize_inputs(values)
+    return str(caught.value)
+
+
+def test_visualize_inputs(image_root, saved_model):
+    train, val = str(image_root / "data/train"), str(image_root / "elsewhere/deeper/val")
+    photo = image_root / "data" / "train" / "cat" / "0.jpg"
+    checks.check_visualize_inputs(dict(model=str(saved_model), images=[str(photo)], num_images=4))
+    checks.check_visualize_inputs(dict(model=str(saved_model), validation_dir=val))  # an evaluation folder alone
+    assert "no such folder" in visualize_problems(model=str(image_root / "missing"), images=[str(photo)])
+    message = visualize_problems(model=str(saved_model), images=[str(image_root / "cat.jpg"), train,
+                                                                 str(image_root / "data" / "train")])
+    assert "no such file" in message and "is a folder" in message
+    (image_root / "notes.txt").write_text("x")
+    assert "not an image file" in visualize_problems(model=str(saved_model), images=[str(image_root / "notes.txt")])
+    assert "keep one" in visualize_problems(model=str(saved_model), images=[str(photo)], train_dir=train)
+    assert "--num_images 0" in visualize_problems(model=str(saved_model), images=[str(photo)], num_images=0)
+    # Neither images nor data flags: the data the run recorded, which must say what it was and still be there.
+    assert "pass --images, or the data flags" in visualize_problems(model=str(saved_model))
+    (saved_model / "run_settings.json").write_text(json.dumps({"train_dir": train, "validation_dir": val + "2"}))
+    message = visualize_problems(model=str(saved_model))
+    assert "no such folder" in message and "recorded by the training run" in message
+    # As train.py records it: --dataset_name's default beside the folders.
+    (saved_model / "run_settings.json").write_text(json.dumps({"dataset_name": "mnist", "train_dir": train,
+                                                               "validation_dir": val, "train_val_split": 0.1}))
+    checks.check_visualize_inputs(dict(model=str(saved_model)))
+
+
+def test_both_scripts_take_config_overrides_as_key_value_pairs():
+    """One syntax for the student's and the teacher's --config_overrides: key=value pairs, JSON values for lists."""
+    from hf_deit_inputs.checks import parse_config_overrides
+
+    assert parse_config_overrides("hidden_sizes=[32, 64],depths=[1,1],qkv_bias=false,layer_type=basic,lr=1e-3") == {
+        "hidden_sizes": [32, 64], "depths": [1, 1], "qkv_bias": False, "layer_type": "basic", "lr": 1e-3}
+    check_teacher_command_line(["--config_overrides", "hidden_sizes=[32,64],depths=[1,1]"])
+    for check in (check_teacher_command_line, check_train_command_line):
+        with pytest.raises(InputError, match="key=value pairs separated by commas, not a JSON object"):
+            check(["--config_overrides", '{"depths": [1, 1, 2, 1]}'])
+        with pytest.raises(InputError, match="expected key=value"):
+            check(["--config_overrides", "depths"])
+
+
+@pytest.mark.parametrize("script, argv, expected", [
+    ("evaluate_model.py", ["--model_name_or_path", "./model", "--validation_dir", "no/val"], "2 problems"),
+    ("evaluate_model.py", ["--model_name_or_path", "me/deit", "--teacher_image_size", "big"], "HF_HUB_OFFLINE"),
+    ("visualize_attention.py", ["./model", "--num_images", "2"], "no such folder"),
+    ("visualize_attention.py", ["./model", "--images", "cat.jpg"], "no such file"),
+])  # fmt: skip
+def test_evaluate_and_visualize_answer_in_well_under_two_seconds(tmp_path, script, argv, expected):
+    test_scripts_answer_in_well_under_two_seconds_before_importing_torch(tmp_path, script, argv, expected)
+
+
+def test_teacher_help_is_grouped_and_answers_at_once():
+    result, cpu_seconds = run_script("train_teacher.py", "--help")
+    assert result.returncode == 0 and cpu_seconds < 3.0, result.stderr[-2000:]
+    text = result.stdout
+    assert text.index("python scripts/train_teacher.py --train_dir data/train") < text.index("Model (the teacher):")
+    titles = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert titles == ["Model (the teacher):", "Data:", "Augmentation:", "Training:"]
+    for flag in ("--architecture", "--config_overrides", "--train_dir", "--rand_augment", "--max_steps"):
+        assert f"  {flag} " in text, flag
+    assert "(default: 0.002)" in text and "--help_all" in text  # the teacher's own learning rate, not DeiT's
+
+
+def test_the_teacher_help_catalogue_matches_its_dataclasses():
+    from hf_deit.arguments import TEACHER_ARCHITECTURES, teacher_help_catalogue
+    from hf_deit_inputs.help import REGENERATE, TEACHER_CATALOGUE_PATH
+
+    with open(TEACHER_CATALOGUE_PATH) as file:
+        saved = json.load(file)
+    assert saved == json.loads(json.dumps(teacher_help_catalogue(), default=str)), f"Out of date: run {REGENERATE}"
+    assert checks.TEACHER_ARCHITECTURES == tuple(TEACHER_ARCHITECTURES)
+
+
+def test_the_run_settings_file_name_matches_the_package():
+    from hf_deit.checkpointing import RUN_SETTINGS_NAME
+
+    assert checks.RUN_SETTINGS_NAME == RUN_SETTINGS_NAME

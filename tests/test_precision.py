@@ -71,3 +71,21 @@ def test_this_machine_trains_the_digits_student_in_float32(tmp_path):
     # Whatever the CPU, a 128-wide student (narrower than DeiT-Tiny) is never switched to bf16 on CPU.
     args = parse(tmp_path)
     assert args.resolve_precision(hidden_size=128) is False and args.mixed_precision == "no"
+
+
+def test_the_log_says_the_precision_used_even_when_accelerate_launch_said_no(amx_cpu, tmp_path, monkeypatch, caplog):
+    """`accelerate launch` without --mixed_precision warns that it set 'no' and exports it; the default choice is still
+    ours, and the trainer's log line says which way it went."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    config = DistilledDeiTConfig(image_size=32, patch_size=8, hidden_size=192, num_hidden_layers=1, num_attention_heads=3,
+                                 num_labels=10)  # fmt: skip
+    with caplog.at_level("INFO", logger="hf_deit.trainer"):
+        trainer = DistillationTrainer(model=DistilledDeiTForImageClassification(config), args=parse(tmp_path),
+                                      distillation_type="none")  # fmt: skip
+    assert trainer.accelerator.mixed_precision == "bf16"
+    assert "Precision: bf16 autocast (chosen as faster on this hardware" in caplog.text and "--bf16 false" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hf_deit.trainer"):
+        DistillationTrainer(model=DistilledDeiTForImageClassification(config), args=parse(tmp_path, "--bf16", "false"),
+                            distillation_type="none")  # fmt: skip
+    assert "Precision: float32 (no mixed precision)." in caplog.text

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 
 TINY_STUDENT = "image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2"
-TINY_TEACHER = '{"hidden_sizes": [16, 32], "depths": [1, 1], "embedding_size": 16}'
+TINY_TEACHER = "hidden_sizes=[16,32],depths=[1,1],embedding_size=16"
 FAST_RUN = ["--dataset_name", "digits", "--image_size", "16", "--max_steps", "8", "--per_device_train_batch_size",
             "32", "--logging_steps", "4", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true",
             "--max_eval_samples", "64"]

@@ -269,3 +269,26 @@ def test_the_teacher_reorders_its_classes_into_the_students_by_name(tmp_path):
     with torch.no_grad():
         own = model(x).logits
     torch.testing.assert_close(teacher.logits(x), own[:, [["dog", "bird", "cat"].index(name) for name in NAMES]])
+
+
+def test_imagenet_wordnet_folders_match_a_timm_imagenet_teacher_by_description():
+    """An ImageNet folder names its classes n01440764 ...; a timm ImageNet teacher 'tench, Tinca tinca' ...: the same
+    1000 classes, matched through timm's ImageNet class list (and re-ordered when the folders are listed otherwise)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    wordnet_ids = list(info.label_names())
+    descriptions = [info.label_descriptions(as_dict=True)[wordnet_id] for wordnet_id in wordnet_ids]
+    teacher = config_with(descriptions)  # what transformers' TimmWrapperConfig names an ImageNet model's classes
+    assert len(set(descriptions)) < 1000  # two 'crane's, two 'maillot's: matching by description alone is ambiguous
+    assert check_label_space(config_with(wordnet_ids), teacher) is None  # sorted folders: ImageNet's own order
+    swapped = [wordnet_ids[1], wordnet_ids[0], *wordnet_ids[2:]]
+    assert check_label_space(config_with(swapped), teacher)[:3].tolist() == [1, 0, 2]
+    # Ten of them (an ImageNet subset): a clear word on why this teacher cannot teach them as it is.
+    with pytest.raises(ValueError, match="ImageNet WordNet ids: a subset of ImageNet's 1000 classes"):
+        check_label_space(config_with(wordnet_ids[:10]), teacher)
+    # Other names are still compared as they are.
+    with pytest.raises(ValueError, match="class names are not the student's"):
+        check_label_space(config_with(["n99999999", *wordnet_ids[1:]]), teacher)
+    with pytest.raises(ValueError, match="class names are not the student's"):
+        check_label_space(config_with(wordnet_ids), config_with([f"class {i}" for i in range(1000)]))

@@ -10,7 +10,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Optional
 
-from hf_deit_inputs.checks import EMBEDDED_DATASETS
+from hf_deit_inputs.checks import EMBEDDED_DATASETS, parse_config_overrides  # noqa: F401  (its one home)
 from transformers import TrainingArguments
 
 from .configuration_distilled_deit import PRESET_ALIASES, PRESETS, DistilledDeiTConfig
@@ -298,6 +298,62 @@ DISTILLATION_FIELDS = tuple(
 )
 
 
+# ---- train_teacher.py: the teacher's own flags (data and augmentation flags are train.py's) ----
+
+# Small CNNs for small images, random init; any field can be overridden with --config_overrides.
+TEACHER_ARCHITECTURES = {
+    "resnet": dict(model_type="resnet", embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
+                   layer_type="basic", downsample_in_first_stage=False),
+    "regnet": dict(model_type="regnet", embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
+                   groups_width=16, layer_type="y"),
+    "convnext": dict(model_type="convnext", hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1], patch_size=2),
+}  # fmt: skip
+
+
+@dataclass
+class TeacherArguments:
+    _argument_group_name = "Model (the teacher)"  # its heading in --help
+
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Fine-tune this checkpoint (folder or Hub id) instead of a new CNN."}
+    )
+    architecture: str = field(
+        default="resnet", metadata={"help": "New CNN: " + ", ".join(TEACHER_ARCHITECTURES) + " (transformers configs)."}
+    )
+    config_overrides: Optional[str] = field(
+        default=None,
+        metadata={"help": "Comma-separated config fields as for train.py, values in JSON where they are lists, e.g. "
+                  "'depths=[2,2,2,2],hidden_sizes=[32,64,128,256]'."},
+    )
+    ignore_mismatched_sizes: bool = field(default=False, metadata={"help": "New head for another class count."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for models loaded by name."})
+
+
+@dataclass
+class TeacherTrainingArguments(DeiTTrainingArguments):
+    """CNNs train well with a higher learning rate and no warm-up fraction as long as DeiT's."""
+
+    output_dir: Optional[str] = field(default="outputs/teacher", metadata={"help": "Where the teacher goes."})
+    learning_rate: Optional[float] = field(default=2e-3, metadata={"help": "Peak learning rate (AdamW)."})
+    num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps or fraction of training."})
+
+
+def teacher_help_catalogue() -> dict:
+    """train_teacher.py's flags by group, as `help_catalogue` renders train.py's."""
+    from hf_deit_inputs.help import COMMON_TRAINING_FLAGS
+
+    from .data import AugmentationArguments
+
+    return help_catalogue([
+        (TeacherArguments, None, None, TeacherArguments._argument_group_name),
+        (DataArguments, None, None, DataArguments._argument_group_name),
+        (AugmentationArguments, None, "The student's recipe; a flag left out takes the --preset's value.",
+         AugmentationArguments._argument_group_name),
+        (TeacherTrainingArguments, COMMON_TRAINING_FLAGS, "The usual ones (defaults: a CNN's, see --help_all).", "Training"),
+    ])  # fmt: skip
+
+
 def train_argument_parser():
     """`scripts/train.py`'s parser: model, data, augmentation and `DistillationConfig` flags, with the distillation
     fields in a --help group of their own (HfArgumentParser gives one group per dataclass)."""
@@ -312,28 +368,6 @@ def train_argument_parser():
             group._group_actions.remove(action)
             distillation._group_actions.append(action)
     return parser
-
-
-def parse_config_overrides(text: Optional[str]) -> dict:
-    """'hidden_size=128,qkv_bias=false,image_size=32' -> typed values."""
-    overrides = {}
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--config_overrides: expected key=value, got {item!r}.")
-        lowered = value.strip().lower()
-        if lowered in ("true", "false"):
-            overrides[key.strip()] = lowered == "true"
-            continue
-        for cast in (int, float):
-            try:
-                overrides[key.strip()] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            overrides[key.strip()] = value.strip()
-    return overrides
 
 
 def uses_embedded_data(data_args: DataArguments) -> bool:
@@ -394,13 +428,14 @@ def label_fields(label_names: list[str]) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def help_catalogue() -> dict:
-    """train.py's flags by group (name, metavar, default, help), from the argument dataclasses."""
+def help_catalogue(groups: Optional[list] = None) -> dict:
+    """A script's flags by group (name, metavar, default, help), from its argument dataclasses. `groups`: (dataclass,
+    the flags shown or None for all, note, title) in order; default: train.py's."""
     from hf_deit_inputs.help import COMMON_TRAINING_FLAGS, catalogue_entry
 
     from .data import AugmentationArguments
 
-    groups = [
+    groups = groups or [
         (ModelArguments, None, None, ModelArguments._argument_group_name),
         (DataArguments, None, None, DataArguments._argument_group_name),
         (AugmentationArguments, None, "DeiT's recipe; a flag left out takes the --preset's value.",
@@ -423,15 +458,20 @@ def help_catalogue() -> dict:
     return {"groups": catalogue}
 
 
-def write_help_catalogue(path: Optional[str] = None) -> str:
-    """Rewrite hf_deit_inputs/train_flags.json (run after changing a flag, its default or its help)."""
-    from hf_deit_inputs.help import CATALOGUE_PATH
+def write_help_catalogue(path: Optional[str] = None, teacher_path: Optional[str] = None) -> tuple[str, str]:
+    """Rewrite hf_deit_inputs/train_flags.json and teacher_flags.json, train.py's and train_teacher.py's --help (run
+    after changing a flag, its default or its help)."""
+    from hf_deit_inputs.help import CATALOGUE_PATH, TEACHER_CATALOGUE_PATH
 
-    path = path or CATALOGUE_PATH
-    with open(path, "w") as file:
-        json.dump(help_catalogue(), file, indent=1, default=str)
-        file.write("\n")
-    return path
+
+    written = []
+    for catalogue, target in ((help_catalogue(), path or CATALOGUE_PATH),
+                              (teacher_help_catalogue(), teacher_path or TEACHER_CATALOGUE_PATH)):  # fmt: skip
+        with open(target, "w") as file:
+            json.dump(catalogue, file, indent=1, default=str)
+            file.write("\n")
+        written.append(target)
+    return tuple(written)
 
 
 def _type_name(annotation) -> str:

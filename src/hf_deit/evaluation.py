@@ -57,6 +57,11 @@ class EvaluationArguments:
     teacher_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "A teacher to measure agreement with (top-1 of the model vs the teacher's)."}
     )
+    teacher_image_size: Optional[str] = field(
+        default=None,
+        metadata={"help": "What the teacher sees, as in training: its own preprocessing size (default; the batch is "
+                  "resized to it), 'student' (the evaluated model's batch as is), or N px."},
+    )
     output_file: Optional[str] = field(default=None, metadata={"help": "Write the results there as JSON."})
     batch_size: int = field(default=128, metadata={"help": "Images per batch."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes decoding the images."})
@@ -127,13 +132,13 @@ def dataset_label_order(label_names: list[str], model_config) -> Optional[torch.
 
 def teacher_for_evaluation(
     teacher, label_names: list[str], student_mean, student_std, trust_remote_code: bool = False, device=None,
-    image_size=None,
+    teacher_image_size=None,
 ) -> Teacher:
     """The teacher, fitted to the evaluated model's batch and the dataset's classes as in training
-    (`hf_deit.teacher.Teacher.load`: label space, re-normalisation, resizing to `image_size` or its own size, channel
+    (`hf_deit.teacher.Teacher.load`: label space, re-normalisation, resizing to `teacher_image_size` (training's `--teacher_image_size`: None for its own size, "student", or N px), channel
     count). `teacher.logits(batch)` gives its logits in the dataset's class order."""
     return Teacher.load(teacher, _label_space(label_names), student_mean=student_mean, student_std=student_std,
-                        image_size=image_size, trust_remote_code=trust_remote_code).to(device)  # fmt: skip
+                        image_size=teacher_image_size, trust_remote_code=trust_remote_code).to(device)  # fmt: skip
 
 
 def _collate(examples: list[dict]):

@@ -144,6 +144,33 @@ def _timm_teacher_from_file(path: Path, timm_model_name: str | None) -> nn.Modul
     return model.eval()
 
 
+_WORDNET_ID = re.compile(r"n\d{8}")
+
+
+def _are_wordnet_ids(names: Sequence[str]) -> bool:
+    return bool(names) and all(_WORDNET_ID.fullmatch(name) for name in names)
+
+
+def _imagenet_order(student_names: Sequence[str], teacher_names: Sequence[str]) -> list[int] | None:
+    """ImageNet folders name their classes by WordNet id (n01440764), while transformers names a timm ImageNet model's
+    classes by description ('tench, Tinca tinca'; not unique: two are 'crane'). When the student's classes are
+    ImageNet-1k WordNet ids and the teacher lists ImageNet-1k's descriptions in ImageNet's order, the teacher's index
+    of each student class; else None."""
+    if not _are_wordnet_ids(student_names):
+        return None
+    try:
+        from timm.data import ImageNetInfo
+    except ImportError:
+        return None
+    info = ImageNetInfo("imagenet-1k")
+    wordnet_ids = list(info.label_names())
+    descriptions = info.label_descriptions(as_dict=True)  # as transformers' TimmWrapperConfig names the classes
+    if list(teacher_names) != [descriptions[wordnet_id] for wordnet_id in wordnet_ids]:
+        return None
+    index = {wordnet_id: position for position, wordnet_id in enumerate(wordnet_ids)}
+    return [index[name] for name in student_names] if all(name in index for name in student_names) else None
+
+
 def _has_real_names(config) -> bool:
     names = list(config.id2label.values())
     return not all(_DEFAULT_LABEL_NAME.fullmatch(str(name)) for name in names)
@@ -159,9 +186,12 @@ def check_label_space(student_config, teacher_config) -> torch.Tensor | None:
     """
     student_count, teacher_count = student_config.num_labels, teacher_config.num_labels
     if student_count != teacher_count:
+        wordnet = _are_wordnet_ids([str(name) for name in getattr(student_config, "id2label", {}).values()])
         raise ValueError(
             f"The teacher predicts {teacher_count} classes, the student {student_count}. Distillation needs the "
             "same label space: fine-tune the teacher on the student's dataset first (scripts/train_teacher.py)."
+            + (" (The student's classes are ImageNet WordNet ids: a subset of ImageNet's 1000 classes; an ImageNet "
+               "teacher teaches them only once fine-tuned on them.)" if wordnet else "")
         )
     if not (_has_real_names(student_config) and _has_real_names(teacher_config)):
         return None
@@ -169,6 +199,13 @@ def check_label_space(student_config, teacher_config) -> torch.Tensor | None:
     teacher_names = [str(teacher_config.id2label[i]) for i in range(teacher_count)]
     if student_names == teacher_names:
         return None
+    imagenet_order = _imagenet_order(student_names, teacher_names)
+    if imagenet_order is not None:
+        logger.info("The student's classes are ImageNet WordNet ids (%s, ...), the teacher's ImageNet's descriptions "
+                    "(%s, ...): matched through timm's ImageNet class list.", student_names[0], teacher_names[0])
+        if imagenet_order == list(range(teacher_count)):
+            return None
+        return torch.tensor(imagenet_order, dtype=torch.long)
     teacher_index = {name: i for i, name in enumerate(teacher_names)}
     if len(teacher_index) != teacher_count or set(student_names) != set(teacher_names):
         only_student = sorted(set(student_names) - set(teacher_names))[:5]

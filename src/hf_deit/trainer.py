@@ -51,6 +51,16 @@ def _check_objective_in_checkpoint(checkpoint: str) -> None:
                          "--feature_map_distillation_weight and layers, or start a new run.")
 
 
+def _precision_in_words(mixed_precision: str, chosen_here: bool) -> str:
+    """The precision training uses, for the log. `accelerate launch` without `--mixed_precision` warns that it set
+    'no' (and exports it); that default leaves the choice to `hf_deit.precision`, so the log says which way it went."""
+    words = {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(str(mixed_precision), "float32 (no mixed precision)")
+    if chosen_here and str(mixed_precision) == "bf16":
+        words += " (chosen as faster on this hardware; accelerate launch's default mixed_precision 'no' is not a "
+        words += "choice: pass --bf16 false for float32)"
+    return words
+
+
 class DeiTTrainerBase(Trainer):
     """What DeiT training adds to `Trainer` whatever the loss: evaluation batches collated without mixup, repeated
     augmentation across processes, and no weight decay on the tokens and position embeddings.
@@ -67,7 +77,8 @@ class DeiTTrainerBase(Trainer):
 
     def __init__(self, *args, eval_data_collator=None, repeated_augmentation: int = 1, **kwargs):
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-        if getattr(training_args, "bf16", False) is None:  # DeiTTrainingArguments left to choose: before the accelerator
+        chosen_here = getattr(training_args, "bf16", False) is None
+        if chosen_here:  # DeiTTrainingArguments left to choose: before the accelerator
             model = kwargs.get("model", args[0] if args else None)
             training_args.resolve_precision(getattr(getattr(model, "config", None), "hidden_size", None))
         if isinstance(training_args, DeiTTrainingArguments):  # learning rate and epochs left unset: sized to the run
@@ -81,8 +92,7 @@ class DeiTTrainerBase(Trainer):
         if getattr(training_args, "dataloader_pin_memory", False) and not torch.cuda.is_available():
             training_args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every epoch
         super().__init__(*args, **kwargs)
-        logger.info("Precision: %s.", {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(
-            str(self.accelerator.mixed_precision), "float32 (no mixed precision)"))  # fmt: skip
+        logger.info("Precision: %s.", _precision_in_words(self.accelerator.mixed_precision, chosen_here))
         if eval_data_collator is None and hasattr(self.data_collator, "for_evaluation"):
             eval_data_collator = self.data_collator.for_evaluation()
         self.eval_data_collator = eval_data_collator

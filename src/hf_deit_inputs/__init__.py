@@ -10,15 +10,24 @@ only, so that a mistyped path, name or choice is answered in a fraction of a sec
                  (offline or not), choices, ranges and flags that contradict each other.
 """
 
-from .checks import InputError, check_teacher_command_line, check_train_command_line, exit_on_input_error
+from .checks import (
+    InputError,
+    check_evaluate_command_line,
+    check_teacher_command_line,
+    check_train_command_line,
+    check_visualize_inputs,
+    exit_on_input_error,
+)
 from .folders import IMAGE_EXTENSIONS, ClassFolders, find_class_folders
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ClassFolders",
     "InputError",
+    "check_evaluate_command_line",
     "check_teacher_command_line",
     "check_train_command_line",
+    "check_visualize_inputs",
     "exit_on_input_error",
     "find_class_folders",
 ]

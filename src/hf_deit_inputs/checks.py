@@ -27,7 +27,7 @@ import re
 import sys
 from typing import Iterable, Optional, Sequence
 
-from .folders import IMAGE_EXTENSIONS, find_class_folders, has_image
+from .folders import IMAGE_EXTENSIONS, find_class_folders, has_image, is_image_file
 
 # Mirrors of the package's constants (tests/test_inputs.py checks them against the real ones).
 MODEL_PRESETS = tuple(  # hf_deit.configuration_distilled_deit.PRESET_ALIASES, then PRESETS
@@ -43,6 +43,7 @@ FEATURE_LOSSES = ("cosine", "mse")  # hf_deit.feature_distillation.FEATURE_LOSSE
 FEATURE_TOKENS = ("dist", "cls", "patches")  # hf_deit.feature_distillation.FEATURE_TOKENS
 AUGMENTATION_PRESETS = ("auto", "imagenet", "small_images")  # "auto" + hf_deit.data.AUGMENTATION_PRESETS
 RESUME_KEYWORDS = ("auto", "true", "latest", "last", "yes", "false", "no", "none", "never")  # hf_deit.checkpointing
+TEACHER_ARCHITECTURES = ("resnet", "regnet", "convnext")  # hf_deit.arguments.TEACHER_ARCHITECTURES
 SPLIT_FOLDER_NAMES = ("train", "training", "val", "valid", "validation", "test", "eval")
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
@@ -98,14 +99,15 @@ AUGMENTATION_FLAGS = ("preset", "image_size", "rand_augment", "hflip", "reprob",
                       "smoothing", "scale_min", "crop_pct", "mixup", "cutmix")  # fmt: skip
 TRAINING_FLAGS = ("output_dir", "resume_from_checkpoint")
 DISTILLATION_FLAGS = (
-    "teacher_name_or_path", "distillation_type", "distillation_alpha", "distillation_tau",
+    "teacher_name_or_path", "teacher_image_size", "distillation_type", "distillation_alpha", "distillation_tau",
     "attention_distillation_weight", "attention_distillation_token", "attention_distillation_loss",
     "feature_distillation_weight", "feature_distillation_loss", "feature_distillation_token",
     "unlabeled_dataset_name", "unlabeled_train_dir", "labeled_fraction", "pseudo_label_threshold",
 )  # fmt: skip
 TRAIN_FLAGS = ("model_name_or_path", "config_overrides", *DATA_FLAGS, *AUGMENTATION_FLAGS, *DISTILLATION_FLAGS,
                *TRAINING_FLAGS)  # fmt: skip
-TEACHER_FLAGS = ("model_name_or_path", "architecture", *DATA_FLAGS, *AUGMENTATION_FLAGS, *TRAINING_FLAGS)
+TEACHER_FLAGS = ("model_name_or_path", "architecture", "config_overrides", *DATA_FLAGS, *AUGMENTATION_FLAGS,
+                 *TRAINING_FLAGS)  # fmt: skip
 
 
 def exit_on_input_error(check, argv: Sequence[str], prog: str, *args) -> None:
@@ -133,18 +135,116 @@ def check_train_inputs(given: dict[str, str]) -> None:
         raise InputError(problems)
 
 
-def check_teacher_command_line(argv: Sequence[str], architectures: Sequence[str]) -> None:
+def check_teacher_command_line(argv: Sequence[str], architectures: Sequence[str] = TEACHER_ARCHITECTURES) -> None:
     """`scripts/train_teacher.py`'s inputs (`--model_name_or_path` is a checkpoint to fine-tune there)."""
     given = _read(argv, TEACHER_FLAGS)
     problems = []
     if "model_name_or_path" in given:
         problems += check_saved_model("--model_name_or_path", given["model_name_or_path"])
     problems += _check_choice(given, "architecture", architectures)
+    if "config_overrides" in given:
+        problems += _parse_overrides(given["config_overrides"])[1]
     problems += check_data(given, needs_train=True)
     problems += check_augmentation(given)
     problems += check_training(given)
     if problems:
         raise InputError(problems)
+
+
+EVALUATE_FLAGS = ("model_name_or_path", "teacher_name_or_path", "teacher_image_size", "output_file", "batch_size",
+                  "num_workers", "image_size", "crop_pct", "top_k", *DATA_FLAGS)  # fmt: skip
+
+
+def check_evaluate_command_line(argv: Sequence[str]) -> None:
+    """`scripts/evaluate_model.py`'s inputs: the model (required), the teacher and its input size, the data, the numbers."""
+    given = flags_given(argv, EVALUATE_FLAGS)
+    problems = []
+    if "model_name_or_path" not in given:
+        problems.append("--model_name_or_path is required: the folder (or Hub id) of the classifier to evaluate, "
+                        "e.g. --model_name_or_path outputs/deit.")  # fmt: skip
+    else:
+        problems += check_saved_model("--model_name_or_path", given["model_name_or_path"])
+    problems += _check_teacher_input(given)
+    problems += check_data(given, needs_train=False)
+    for flag in ("batch_size", "top_k", "image_size"):
+        value = _int(given, flag, problems)
+        if value is not None and value < 1:
+            problems.append(f"--{flag} {value}: give a positive whole number.")
+    value = _int(given, "num_workers", problems)
+    if value is not None and value < 0:
+        problems.append(f"--num_workers {value}: give 0 (decode in the main process) or more worker processes.")
+    problems += _check_range(given, "crop_pct", 0.0, 1.0, low_open=True)
+    output_file = given.get("output_file")
+    if output_file:
+        folder = os.path.dirname(os.path.abspath(os.path.expanduser(output_file)))
+        if os.path.isdir(output_file):
+            problems.append(f"--output_file {output_file} is a folder: name a file to write, e.g. "
+                            f"{os.path.join(output_file, 'results.json')}.")  # fmt: skip
+        elif not os.path.isdir(folder):
+            problems.append(f"--output_file {output_file}: its folder {folder} does not exist{_close_names(folder)}; "
+                            "create it first, or name a file in an existing folder.")  # fmt: skip
+    if problems:
+        raise InputError(problems)
+
+
+VISUALIZE_DATA_FLAGS = ("dataset_name", "train_dir", "validation_dir", "train_val_split")
+
+
+def check_visualize_inputs(values: dict) -> None:
+    """`scripts/visualize_attention.py`'s inputs, as its (standard library) argument parser read them: `model`,
+    `images`, `num_images`, `teacher_name_or_path` and the data flags (None when not given). Without `--images` or
+    data flags, the model folder must say what it was trained on (`run_settings.json`), and that data must still be
+    there."""
+    problems = check_saved_model("model", values["model"])
+    if values.get("teacher_name_or_path"):
+        problems += check_saved_model("--teacher_name_or_path", values["teacher_name_or_path"], role="teacher")
+    if values.get("num_images") is not None and values["num_images"] < 1:
+        problems.append(f"--num_images {values['num_images']}: give how many evaluation images to draw (1 or more).")
+    given = {name: str(values[name]) for name in VISUALIZE_DATA_FLAGS if values.get(name) is not None}
+    if values.get("images"):
+        problems += _check_image_files("--images", values["images"])
+        if given:
+            problems.append(f"--images and {', '.join('--' + name for name in given)} both name the images: keep one.")
+    elif given:
+        problems += check_data(given, needs_train=False)
+    elif not problems and os.path.isdir(os.path.expanduser(values["model"])):
+        problems += _check_recorded_data(values["model"])
+    if problems:
+        raise InputError(problems)
+
+
+RUN_SETTINGS_NAME = "run_settings.json"  # hf_deit.checkpointing.RUN_SETTINGS_NAME
+
+
+def _check_recorded_data(model: str) -> list[str]:
+    """The data a model's training run recorded beside it, when neither images nor data flags are given."""
+    recorded = os.path.join(os.path.expanduser(model), RUN_SETTINGS_NAME)
+    if not os.path.isfile(recorded):
+        return [f"{model} has no {RUN_SETTINGS_NAME} saying what it was trained on: pass --images, or the data flags "
+                "of its training run (--dataset_name, or --train_dir/--validation_dir)."]  # fmt: skip
+    try:
+        with open(recorded) as file:
+            settings = json.load(file)
+    except (OSError, ValueError) as error:
+        return [f"{recorded} cannot be read ({error}): pass --images, or the data flags of its training run."]
+    given = {name: str(settings[name]) for name in VISUALIZE_DATA_FLAGS if settings.get(name) is not None}
+    if "train_dir" in given or "validation_dir" in given:  # the folders were the data; --dataset_name's default stays
+        given.pop("dataset_name", None)
+    return [f"{problem} (recorded by the training run in {recorded}; pass the data flags to use other images.)"
+            for problem in check_data(given, needs_train=False)]
+
+
+def _check_image_files(flag: str, paths: Sequence[str]) -> list[str]:
+    problems = []
+    for path in paths:
+        if os.path.isdir(path):
+            problems.append(f"{flag} {path} is a folder: pass image files (e.g. {os.path.join(path, '*.jpg')}), or "
+                            "the folder as --validation_dir with one sub-folder per class.")  # fmt: skip
+        elif not os.path.isfile(path):
+            problems.append(f"{flag} {path}: no such file{_close_names(path)}.")
+        elif not is_image_file(path):
+            problems.append(f"{flag} {path} is not an image file ({_extensions()}).")
+    return problems
 
 
 def _read(argv: Sequence[str], names: Sequence[str]) -> dict[str, str]:
@@ -241,11 +341,27 @@ def check_augmentation(given: dict) -> list[str]:
     return problems
 
 
-def _check_distillation(given: dict) -> list[str]:
+def _check_teacher_input(given: dict) -> list[str]:
+    """The teacher (a saved model) and `--teacher_image_size`: 'student' or N px, and only beside a teacher."""
     problems = []
     teacher = given.get("teacher_name_or_path")
     if teacher is not None:
         problems += check_saved_model("--teacher_name_or_path", teacher, role="teacher")
+    size = given.get("teacher_image_size")
+    if size is None:
+        return problems
+    if size != "student" and not (size.isdigit() and int(size) > 0):
+        problems.append(f"--teacher_image_size {size}: give 'student' (the student's batch as is) or a size in "
+                        "pixels (e.g. 224); leave it out for the teacher's own preprocessing size.")  # fmt: skip
+    elif teacher is None:
+        problems.append(f"--teacher_image_size {size} sets what a teacher sees, and no --teacher_name_or_path was "
+                        "given: pass the teacher, or leave the flag out.")  # fmt: skip
+    return problems
+
+
+def _check_distillation(given: dict) -> list[str]:
+    problems = _check_teacher_input(given)
+    teacher = given.get("teacher_name_or_path")
     problems += _check_choice(given, "distillation_type", DISTILLATION_TYPES)
     problems += _check_choice(given, "attention_distillation_token", ATTENTION_TOKENS)
     problems += _check_choice(given, "attention_distillation_loss", ATTENTION_MAP_LOSSES)
@@ -540,17 +656,44 @@ def _float_or_none(text) -> Optional[float]:
         return None
 
 
-def _parse_overrides(text: str) -> tuple[dict, list[str]]:
-    """`--config_overrides` 'key=value,...' (as `hf_deit.arguments.parse_config_overrides`): ints where they parse."""
-    values, problems = {}, []
-    for item in filter(None, (part.strip() for part in text.split(","))):
+def parse_config_overrides(text: Optional[str]) -> dict:
+    """`--config_overrides` of both training scripts: 'hidden_size=128,qkv_bias=false,hidden_sizes=[32,64]' -> typed
+    values (JSON where the value parses as JSON: numbers, true/false, lists; else the text). Commas inside brackets
+    belong to the value."""
+    text = (text or "").strip()
+    if text.startswith("{"):
+        raise ValueError("--config_overrides takes key=value pairs separated by commas, not a JSON object: e.g. "
+                         "'depths=[1,1],hidden_sizes=[32,64]'.")  # fmt: skip
+    overrides = {}
+    for item in filter(None, (part.strip() for part in _split_top_level(text))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            problems.append(f"--config_overrides: expected key=value pairs separated by commas, got {item!r} "
-                            "(e.g. 'hidden_size=128,num_hidden_layers=6').")  # fmt: skip
-            continue
+            raise ValueError(f"--config_overrides: expected key=value, got {item!r}.")
+        value = value.strip()
         try:
-            values[key.strip()] = int(value)
-        except ValueError:
-            values[key.strip()] = value.strip()
-    return values, problems
+            overrides[key.strip()] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at the commas that are not inside brackets."""
+    parts, depth, start = [], 0, 0
+    for position, character in enumerate(text):
+        if character in "[{(":
+            depth += 1
+        elif character in "]})":
+            depth -= 1
+        elif character == "," and depth == 0:
+            parts.append(text[start:position])
+            start = position + 1
+    return [*parts, text[start:]]
+
+
+def _parse_overrides(text: str) -> tuple[dict, list[str]]:
+    """`parse_config_overrides`, its error as a problem to report."""
+    try:
+        return parse_config_overrides(text), []
+    except ValueError as error:
+        return {}, [f"{error} (e.g. 'hidden_size=128,num_hidden_layers=6')."]

@@ -1,10 +1,12 @@
-"""`train.py --help` in a fraction of a second: the flags grouped by what they are for, from a catalogue.
+"""`train.py --help` (and `train_teacher.py --help`) in a fraction of a second: the flags grouped by what they are
+for, from a catalogue.
 
 The flags' names, defaults and help texts live in the argument dataclasses (`hf_deit.arguments`, `hf_deit.data`),
 whose import costs seconds of torch. `hf_deit.arguments.write_help_catalogue()` renders them, by group, into
-`train_flags.json` beside this module (tests/test_inputs.py fails, with the command to run, when it is out of date);
-`--help` prints it under the script's docstring (its description and examples). `--help_all` prints the full,
-slower listing of every flag, transformers' `TrainingArguments` included.
+`train_flags.json` (train_teacher.py's, from `hf_deit.arguments`, into `teacher_flags.json`) beside this
+module (tests/test_inputs.py fails, with the command to run, when one is out of date); `--help` prints it under the
+script's docstring (its description and examples). `--help_all` prints the full, slower listing of every flag,
+transformers' `TrainingArguments` included.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import textwrap
 from typing import Sequence
 
 CATALOGUE_PATH = os.path.join(os.path.dirname(__file__), "train_flags.json")
+TEACHER_CATALOGUE_PATH = os.path.join(os.path.dirname(__file__), "teacher_flags.json")  # train_teacher.py's
 REGENERATE = "python -c 'import hf_deit.arguments as a; a.write_help_catalogue()'"
 # The TrainingArguments flags a first run needs, shown under "Training"; the other ~150 are in --help_all.
 COMMON_TRAINING_FLAGS = (
@@ -26,11 +29,11 @@ COMMON_TRAINING_FLAGS = (
 WIDTH = 100
 
 
-def answer_help(argv: Sequence[str], prog: str, description: str) -> list[str]:
-    """Print the grouped help and exit when `argv` asks for it (-h/--help); `--help_all` becomes the full parser's
-    `--help`. Returns the command line to parse."""
+def answer_help(argv: Sequence[str], prog: str, description: str, catalogue_path: str = CATALOGUE_PATH) -> list[str]:
+    """Print the grouped help (of the script whose catalogue is `catalogue_path`) and exit when `argv` asks for it
+    (-h/--help); `--help_all` becomes the full parser's `--help`. Returns the command line to parse."""
     if any(token in ("-h", "--help") for token in argv):
-        print_help(prog, description)
+        print_help(prog, description, catalogue_path)
         sys.exit(0)
     return ["--help" if token == "--help_all" else token for token in argv]
 
