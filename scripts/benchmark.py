@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Measure hf-deit against timm and transformers side by side (see `hf_deit.benchmark`).
+"""Measure hf-deit against timm and transformers side by side (the measurements are in `benchmark_sections.py` beside it).
 
     python scripts/benchmark.py --quick --output /tmp/bench            # seconds: tiny geometry, CI
     python scripts/benchmark.py --output benchmarks/cpu-2025-01-01      # the full CPU run (~8 min on 2 cores)
@@ -11,7 +11,7 @@ import shlex
 import sys
 import time
 
-from hf_deit.benchmark import BenchmarkSettings, run_benchmark, to_markdown, write_report
+from benchmark_sections import BenchmarkSettings, run_benchmark, to_markdown, write_report
 
 
 def main(argv=None) -> dict:

@@ -4,7 +4,7 @@ loop, the data pipeline, FLOPs and matmul efficiency, `torch.compile`.
 Everything runs in one process and the contenders of a comparison take turns (round-robin over `rounds`), so that
 the noise of a shared machine falls on all of them alike; results are medians with min/max, and ratios of medians.
 `run_benchmark(settings)` returns a JSON-ready dict; `write_report(results, prefix)` writes `prefix.json` and
-`prefix.md`. `scripts/benchmark.py` is the command line.
+`prefix.md`. `benchmark.py` beside it is the command line; this module is a tool, not part of the library.
 """
 
 import copy
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import cpu_flags, cpu_has_native_bf16
+from hf_deit.precision import cpu_flags, cpu_has_native_bf16
 
 # The paper's Table 1 throughput (one 16 GB V100, fp32, largest batch that fits), images/s.
 PAPER_V100_INFERENCE = {"small": 940.0, "base": 292.0, "tiny": 2536.0}
@@ -157,8 +157,8 @@ def build_timm(model: str, geometry: dict | None, drop_path_rate: float = 0.0) -
 
 def build_ours(timm_model: nn.Module, attn_implementation: str, drop_path_rate: float = 0.0) -> nn.Module:
     """Our model carrying the timm model's weights (converted by `hf_deit.convert`)."""
-    from .convert import convert_state_dict
-    from .modeling_distilled_deit import DistilledDeiTForImageClassification
+    from hf_deit.convert import convert_state_dict
+    from hf_deit.modeling_distilled_deit import DistilledDeiTForImageClassification
 
     state_dict, config, _ = convert_state_dict(
         timm_model.state_dict(), num_attention_heads=timm_model.blocks[0].attn.num_heads, drop_path_rate=drop_path_rate
@@ -502,8 +502,8 @@ def training_section(settings: BenchmarkSettings, log: Callable[[str], None]) ->
     """
     from transformers import TrainingArguments, default_data_collator
 
-    from .teacher import TeacherLogits
-    from .trainer import DistillationTrainer
+    from hf_deit.teacher import TeacherLogits
+    from hf_deit.trainer import DistillationTrainer
 
     device = settings.device
     size = _image_size(settings.geometry)
@@ -627,7 +627,7 @@ def make_image_dataset(count: int, size: int, num_labels: int = 10):
 def data_section(settings: BenchmarkSettings, log: Callable[[str], None]) -> list[dict]:
     """Images/s of decode + DeiT train transforms + mixup/cutmix collation through a DataLoader, per worker count.
     Each round is a full pass; time is counted from the first batch (so worker start-up is excluded)."""
-    from .data import apply_transforms, build_collator, build_train_transform, recipe_defaults
+    from hf_deit.data import apply_transforms, build_collator, build_train_transform, recipe_defaults
 
     num_labels = 10
     dataset = make_image_dataset(settings.data_images, settings.data_image_size, num_labels)
