@@ -12,6 +12,7 @@ import copy
 import io
 import json
 import math
+import os
 import platform
 import statistics
 import tempfile
@@ -34,6 +35,7 @@ TIMM_NAMES = {
     "small": "deit_small_distilled_patch16_224",
     "base": "deit_base_distilled_patch16_224",
 }
+WIDTHS = {"tiny": 192, "small": 384, "base": 768}
 # A geometry small enough for CI: 2 blocks, 32 wide, 32 px images in 8 px patches.
 QUICK_GEOMETRY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
 
@@ -452,19 +454,15 @@ def flops_section(settings: BenchmarkSettings, inference: list[dict], log: Calla
             batch = case["batch_size"]
             large_rate = matmul_flops_per_s(large, large, large, dtype, device)
             large_matmul_rate = matmul_flops_per_s(large, large, large, dtype, device, seconds=0.0, op="matmul")
-            shape_flops = shape_time = 0.0
-            for m, k, n, count in _linear_shapes(ours, batch * sequence):
-                rate = matmul_flops_per_s(m, k, n, dtype, device, seconds=0.2)
-                shape_flops += 2 * m * k * n * count
-                shape_time += 2 * m * k * n * count / rate
-            shapes_rate = shape_flops / shape_time
-            measured = [e for e in inference
-                        if e["model"] == model_name and e["batch_size"] == batch and e["precision"] == precision]
-            achieved = None
-            if measured:
-                _, images_per_s = _best(measured[0]["images_per_s"], "ours")
-                achieved = images_per_s * counts["ours"]
-            entry["dtypes"][precision] = {
+            shapes_rate = _model_shape_rate(ours, batch * sequence, dtype, device)
+            achieved = _achieved_flops_per_s(inference, model_name, precision, batch, counts["ours"])
+            latency = {}
+            if case["latency"] and batch != 1:
+                rate_1 = _model_shape_rate(ours, sequence, dtype, device)
+                achieved_1 = _achieved_flops_per_s(inference, model_name, precision, 1, counts["ours"])
+                latency = {"batch_1": {"model_shape_matmul_flops_per_s": rate_1, "forward_flops_per_s": achieved_1,
+                                       "fraction_of_model_shape_matmul": achieved_1 / rate_1 if achieved_1 else None}}
+            entry["dtypes"][precision] = {**latency,
                 "batch_size": batch, "large_linear_flops_per_s": large_rate, "large_size": large,
                 "large_torch_matmul_flops_per_s": large_matmul_rate,
                 "model_shape_matmul_flops_per_s": shapes_rate, "forward_flops_per_s": achieved,
@@ -473,6 +471,23 @@ def flops_section(settings: BenchmarkSettings, inference: list[dict], log: Calla
             }
         results.append(entry)
     return results
+
+
+def _model_shape_rate(model: nn.Module, tokens: int, dtype: torch.dtype, device: str) -> float:
+    """FLOP/s of `F.linear` over the model's own Linear shapes for `tokens` rows, weighted by each shape's FLOPs."""
+    shape_flops = shape_time = 0.0
+    for m, k, n, count in _linear_shapes(model, tokens):
+        rate = matmul_flops_per_s(m, k, n, dtype, device, seconds=0.2)
+        shape_flops += 2 * m * k * n * count
+        shape_time += 2 * m * k * n * count / rate
+    return shape_flops / shape_time
+
+
+def _achieved_flops_per_s(inference: list[dict], model_name: str, precision: str, batch: int, flops: float):
+    """Our fastest contender's FLOP/s at (model, precision, batch), or None where it was not measured."""
+    measured = [e for e in inference
+                if e["model"] == model_name and e["batch_size"] == batch and e["precision"] == precision]
+    return _best(measured[0]["images_per_s"], "ours")[1] * flops if measured else None
 
 
 def profile_section(settings: BenchmarkSettings, log: Callable[[str], None]) -> list[dict]:
@@ -781,6 +796,11 @@ def machine_info(device: str) -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": cpu_has_native_bf16(),
         "amx": "amx_bf16" in flags,
+        "cpu_model": _cpu_model(),
+        "cpu_flags": sorted(flags),
+        # How busy the machine was (1/5/15-minute load averages) when the run started: other processes share the
+        # cores, and absolute rates fall with them (the interleaved ratios much less).
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
@@ -794,6 +814,14 @@ def machine_info(device: str) -> dict:
     return info
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line.partition(":")[2].strip() for line in cpuinfo if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
+
+
 def run_benchmark(
     settings: BenchmarkSettings, log: Callable[[str], None] = print, on_section: Callable[[dict], None] | None = None
 ) -> dict:
@@ -805,12 +833,19 @@ def run_benchmark(
                "compile": [], "targets": [], "wall_seconds": 0.0}
     if settings.device == "cuda":
         results["paper_v100_fp32_inference"] = PAPER_V100_INFERENCE
+    # What `optimize_for_inference(precision="auto")` picks here for each real model (the fastest-mode table shows
+    # whether that is the faster one).
+    if settings.geometry is None:
+        from hf_deit.inference import fastest_inference_precision
+
+        results["auto_precision"] = {m: fastest_inference_precision(settings.device, WIDTHS[m]) for m in settings.models}
 
     def finished(name: str, value) -> None:
         results[name] = value
         results["fastest_modes"] = fastest_mode_ratios(results["inference"])
         results["targets"] = check_targets(results)
         results["wall_seconds"] = time.perf_counter() - started
+        results["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         if on_section is not None:
             on_section(results)
 
@@ -841,11 +876,11 @@ def check_targets(results: dict) -> list[dict]:
                                 "met": ratio["ratio"] >= needed[peer]})
     for entry in results["flops"]:
         for dtype, d in entry["dtypes"].items():
-            if d["fraction_of_model_shape_matmul"] is not None:
-                targets.append({"target": f"{entry['model']} {dtype} b{d['batch_size']} forward >= 55% of {dtype} "
-                                          "linear FLOP/s on the model's own shapes",
-                                "value": d["fraction_of_model_shape_matmul"],
-                                "met": d["fraction_of_model_shape_matmul"] >= 0.55})
+            for batch, fraction in ((d["batch_size"], d["fraction_of_model_shape_matmul"]),
+                                    (1, d.get("batch_1", {}).get("fraction_of_model_shape_matmul"))):
+                if fraction is not None:
+                    targets.append({"target": f"{entry['model']} {dtype} b{batch} forward >= 55% of {dtype} linear "
+                                              "FLOP/s on the model's own shapes", "value": fraction, "met": fraction >= 0.55})
     for entry in results["training"]:
         targets.append({"target": f"trainer step {entry['model']} {entry['precision']} >= 0.9x hand-written loop",
                         "value": entry["ratio"], "met": entry["ratio"] >= 0.9})
@@ -868,9 +903,12 @@ def to_markdown(results: dict, command: str = "") -> str:
         f"# hf-deit benchmark, {results['date']}",
         "",
         f"- command: `{command}`" if command else "",
-        f"- machine: {m.get('gpu') or m['processor']}, {m['threads']} threads, cpu capability {m['cpu_capability']}, "
-        f"native bf16 on CPU: {m['cpu_native_bf16']}; torch {m['torch']}, transformers {m.get('transformers')}, "
-        f"timm {m.get('timm')}",
+        f"- machine: {m.get('gpu') or m.get('cpu_model') or m['processor']}, {m['threads']} threads, cpu capability "
+        f"{m['cpu_capability']}, native bf16 on CPU: {m['cpu_native_bf16']}, AMX: {m.get('amx')}; torch {m['torch']}, "
+        f"transformers {m.get('transformers')}, timm {m.get('timm')}",
+        f"- load average (1/5/15 min) at start {m.get('load_average_at_start')}, at end "
+        f"{results.get('load_average_at_end')} (other processes shared the cores)",
+        f"- CPU flags: {' '.join(m.get('cpu_flags', []))}",
         f"- wall time: {results['wall_seconds']:.0f} s; rates are images/s, median (min-max) over "
         f"{results['settings']['rounds']} interleaved rounds after a warm-up round",
         "",
@@ -880,6 +918,9 @@ def to_markdown(results: dict, command: str = "") -> str:
         "|---|---|---|",
     ]
     lines += [f"| {t['target']} | {t['value']:.2f} | {'yes' if t['met'] else 'NO'} |" for t in results["targets"]]
+    if results.get("auto_precision"):
+        lines.insert(lines.index("## Targets"), "- `optimize_for_inference` chooses here (precision='auto'): " + ", ".join(
+            f"{model} {precision}" for model, precision in results["auto_precision"].items()) + "\n")
     lines += ["", "## Inference: each library's fastest mode", "",
               "| model | batch | ours | timm | transformers | ours/timm | ours/transformers |", "|---|---|---|---|---|---|---|"]
     for s in results["fastest_modes"]:
@@ -915,6 +956,12 @@ def to_markdown(results: dict, command: str = "") -> str:
                 f"({d['large_torch_matmul_flops_per_s'] / 1e9:.1f}) | "
                 f"{d['model_shape_matmul_flops_per_s'] / 1e9:.1f} | {achieved / 1e9 if achieved else float('nan'):.1f} | "
                 f"{d['fraction_of_model_shape_matmul'] or float('nan'):.2f} |")
+            if "batch_1" in d:
+                b1 = d["batch_1"]
+                lines.append(
+                    f"| {entry['model']} (batch 1) | | {dtype} | | {b1['model_shape_matmul_flops_per_s'] / 1e9:.1f} | "
+                    f"{(b1['forward_flops_per_s'] or float('nan')) / 1e9:.1f} | "
+                    f"{b1['fraction_of_model_shape_matmul'] or float('nan'):.2f} |")
     if results["profile"]:
         lines += ["", "## Profile: top operators of one forward of ours (self time)", ""]
         for p in results["profile"]:
@@ -957,7 +1004,6 @@ def to_markdown(results: dict, command: str = "") -> str:
 
 def write_report(results: dict, prefix: str, command: str = "") -> tuple[str, str]:
     """Writes `prefix.json` and `prefix.md`; returns their paths."""
-    import os
 
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     json_path, md_path = prefix + ".json", prefix + ".md"
