@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # the benchmark is a tool beside the library, imported as the script does
 
 from benchmark_sections import BenchmarkSettings, check_targets, interleave, summarize  # noqa: E402
-from benchmark_sections import _inference_entry  # noqa: E402
+from benchmark_sections import QUICK_GEOMETRY, _inference_entry, build_timm, compiled_contenders  # noqa: E402
 
 
 @pytest.mark.slow
@@ -76,6 +76,20 @@ def test_settings_cases_apply_overrides_and_skips():
     assert settings.case("tiny", "fp32")["batch_size"] == 32
     cuda = BenchmarkSettings.full("cuda")
     assert cuda.models == ("small", "base") and cuda.teacher == "regnety-16gf"
+
+
+@pytest.mark.slow  # two compilations
+def test_compiled_contenders_carry_the_same_weights_and_time_the_compiled_graphs():
+    reference = build_timm("tiny", QUICK_GEOMETRY)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    calls, compile_seconds, diffs = compiled_contenders(reference, "tiny", QUICK_GEOMETRY, "fp32", images, "cpu")
+    assert set(calls) == set(compile_seconds) == set(diffs) == {"ours/compiled", "timm/compiled"}
+    assert all(seconds > 0 for seconds in compile_seconds.values())
+    assert max(diffs.values()) < 1e-4  # both compiled graphs give ours-eager's logits
+    with torch.inference_mode():
+        expected = reference(images)
+    assert torch.allclose(calls["ours/compiled"](), expected, atol=1e-4)
+    assert torch.allclose(calls["timm/compiled"](), expected, atol=1e-4)
 
 
 def test_ratios_and_targets_separate_timm_eager_from_timm_compiled():
