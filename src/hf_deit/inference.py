@@ -76,7 +76,8 @@ class InferenceModel(nn.Module):
             return self._logits(pixel_values)
         try:
             return self._compiled_logits(pixel_values)
-        except Exception as error:  # noqa: BLE001 - any compiler failure falls back; the eager call re-raises input errors
+        # Any compiler failure falls back to eager; an error of the input itself re-raises from the eager call.
+        except Exception as error:  # noqa: BLE001
             logits = self._logits(pixel_values)  # raises here if the input itself is wrong
             self.compiled, self._compiled_logits = False, None
             warnings.warn(
@@ -102,7 +103,9 @@ def optimize_for_inference(
     through SDPA (`config._attn_implementation = "sdpa"`, changed in place; attention weights are not returned).
     """
     if precision not in INFERENCE_PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not one of {INFERENCE_PRECISIONS}; use 'auto' to let the device decide.")
+        raise ValueError(
+            f"precision={precision!r} is not one of {INFERENCE_PRECISIONS}; use 'auto' to let the device decide."
+        )
     device = torch.device(device) if device is not None else next(model.parameters()).device
     config = getattr(model, "config", None)
     if precision == "auto":
