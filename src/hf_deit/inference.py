@@ -74,9 +74,9 @@ class InferenceModel(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if not self.compiled:
             return self._logits(pixel_values)
+        # Any compiler failure falls back to eager; an error of the input itself re-raises from the eager call.
         try:
             return self._compiled_logits(pixel_values)
-        # Any compiler failure falls back to eager; an error of the input itself re-raises from the eager call.
         except Exception as error:  # noqa: BLE001
             logits = self._logits(pixel_values)  # raises here if the input itself is wrong
             self.compiled, self._compiled_logits = False, None
