@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Measure hf-deit against timm and transformers side by side (see `hf_deit.benchmark`).
+"""Measure hf-deit against timm and transformers side by side (the measurements are in `benchmark_sections.py` beside it).
 
     python scripts/benchmark.py --quick --output /tmp/bench            # seconds: tiny geometry, CI
-    python scripts/benchmark.py --output benchmarks/cpu-2025-01-01      # the full CPU run (~8 min on 2 cores)
+    python scripts/benchmark.py --output benchmarks/cpu-2025-01-01      # the full CPU run (20-40 min on 2 cores)
     python scripts/benchmark.py --device cuda --output benchmarks/gpu-h100  # DeiT-S/B, RegNetY-16GF-sized teacher
 """
 
@@ -11,7 +11,7 @@ import shlex
 import sys
 import time
 
-from hf_deit.benchmark import BenchmarkSettings, run_benchmark, to_markdown, write_report
+from benchmark_sections import SECTIONS, BenchmarkSettings, run_benchmark, to_markdown, write_report
 
 
 def main(argv=None) -> dict:
@@ -23,6 +23,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-compile", action="store_true", help="Skip the torch.compile section.")
     parser.add_argument("--models", nargs="+", choices=["tiny", "small", "base"], help="Models to measure (override).")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16-autocast", "bf16"], help="Inference precisions.")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, help="Run only these sections (default: all).")
+    parser.add_argument("--no-compiled-inference", action="store_true",
+                        help="Leave out the compiled inference contenders (ours via optimize_for_inference, timm compiled).")
     args = parser.parse_args(argv)
 
     settings = BenchmarkSettings.quick() if args.quick else BenchmarkSettings.full(args.device)
@@ -35,6 +38,10 @@ def main(argv=None) -> dict:
         settings.models = settings.train_models = tuple(args.models)
     if args.precisions:
         settings.precisions = tuple(args.precisions)
+    if args.sections:
+        settings.sections = tuple(args.sections)
+    if args.no_compiled_inference:
+        settings.compiled_inference = ()
     if args.device == "cuda":
         import torch
 

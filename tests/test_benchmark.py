@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from hf_deit import DistilledDeiTForImageClassification
-from hf_deit.benchmark import BenchmarkSettings, interleave, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # the benchmark is a tool beside the library, imported as the script does
+
+from benchmark_sections import BenchmarkSettings, check_targets, interleave, summarize  # noqa: E402
+from benchmark_sections import QUICK_GEOMETRY, _inference_entry, build_timm, compiled_contenders  # noqa: E402
 
 
 @pytest.mark.slow
@@ -73,6 +76,43 @@ def test_settings_cases_apply_overrides_and_skips():
     assert settings.case("tiny", "fp32")["batch_size"] == 32
     cuda = BenchmarkSettings.full("cuda")
     assert cuda.models == ("small", "base") and cuda.teacher == "regnety-16gf"
+
+
+@pytest.mark.slow  # two compilations
+def test_compiled_contenders_carry_the_same_weights_and_time_the_compiled_graphs():
+    reference = build_timm("tiny", QUICK_GEOMETRY)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    calls, compile_seconds, diffs = compiled_contenders(reference, "tiny", QUICK_GEOMETRY, "fp32", images, "cpu")
+    assert set(calls) == set(compile_seconds) == set(diffs) == {"ours/compiled", "timm/compiled"}
+    assert all(seconds > 0 for seconds in compile_seconds.values())
+    assert max(diffs.values()) < 1e-4  # both compiled graphs give ours-eager's logits
+    with torch.inference_mode():
+        expected = reference(images)
+    assert torch.allclose(calls["ours/compiled"](), expected, atol=1e-4)
+    assert torch.allclose(calls["timm/compiled"](), expected, atol=1e-4)
+
+
+def test_ratios_and_targets_separate_timm_eager_from_timm_compiled():
+    rate = lambda median: {"median": median, "min": median, "max": median, "runs": 1}  # noqa: E731
+    rows = {"ours/sdpa": rate(60.0), "ours/compiled": rate(80.0), "timm/sdpa": rate(56.0), "timm/eager": rate(50.0),
+            "timm/compiled": rate(70.0), "transformers/sdpa": rate(40.0)}
+    entry = _inference_entry("tiny", "fp32", 32, rows, parity={})
+    ratios = {peer: (r["ours"], r["peer"], round(r["ratio"], 3)) for peer, r in entry["ratios"].items()}
+    assert ratios == {"timm": ("ours/compiled", "timm/sdpa", round(80 / 56, 3)),  # timm's fastest eager contender
+                      "timm compiled": ("ours/compiled", "timm/compiled", round(80 / 70, 3)),
+                      "transformers": ("ours/compiled", "transformers/sdpa", 2.0)}
+    flops = {"model": "tiny", "dtypes": {"fp32": {"batch_size": 32, "fraction_of_model_shape_matmul": 0.5}}}
+    targets = {t["target"]: t["met"] for t in check_targets({"inference": [entry], "flops": [flops], "training": [], "data": []})}
+    assert targets == {
+        "inference tiny fp32 b32: ours/timm >= 1.3": True,  # 1.43
+        "inference tiny fp32 b32: ours/timm compiled >= 1.0": True,
+        "inference tiny fp32 b32: ours/transformers >= 1.0": True,
+        "tiny fp32 b32 forward >= 55% of fp32 linear FLOP/s on the model's own shapes": False,
+    }
+    # Without compiled contenders (the quick mode) there is no "timm compiled" ratio, and ours/timm falls short.
+    del rows["ours/compiled"], rows["timm/compiled"]
+    entry = _inference_entry("tiny", "fp32", 32, rows, parity={})
+    assert set(entry["ratios"]) == {"timm", "transformers"} and entry["ratios"]["timm"]["ratio"] < 1.3
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
