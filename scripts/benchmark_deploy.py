@@ -81,7 +81,8 @@ def run(geometry: dict | None, batch_sizes: list[int], rounds: int, log) -> dict
         size = (geometry or {}).get("img_size", 224)
         batches = {b: torch.randn(b, 3, size, size) for b in batch_sizes}
         # One timed call per contender and batch size per round, all in turn (the first round is a warm-up).
-        calls = {f"{name} | {b}": (lambda fn=fn, x=x: fn(x)) for b, x in batches.items() for name, fn in contenders.items()}
+        calls = {f"{name} | {b}": (lambda fn=fn, x=x: fn(x))
+                 for b, x in batches.items() for name, fn in contenders.items()}
         times = interleave(calls, rounds, "cpu")
     rows = []
     for b in batch_sizes:
@@ -99,8 +100,9 @@ def to_markdown(results: dict) -> str:
         f"- Command: `{results['command']}`",
         f"- Date (UTC): {results['date']}",
         f"- CPU: {results['cpu']['model']}, {results['cpu']['cpus']} CPUs, flags {', '.join(results['cpu']['flags'])}",
-        f"- Threads: {results['threads']} for torch and for each ONNX Runtime session; torch {results['versions']['torch']},"
-        f" onnxruntime {results['versions']['onnxruntime']}, transformers {results['versions']['transformers']}",
+        f"- Threads: {results['threads']} for torch and for each ONNX Runtime session; "
+        f"torch {results['versions']['torch']}, onnxruntime {results['versions']['onnxruntime']}, "
+        f"transformers {results['versions']['transformers']}",
         f"- Geometry: {results['geometry']}; {results['rounds']} interleaved rounds after a warm-up round",
         "- Max |logits - ours eager| (3 images): "
         + ", ".join(f"{name} {diff:.1e}" for name, diff in results["parity_max_abs_diff"].items()),
@@ -118,7 +120,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per contender and batch size")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--quick", action="store_true", help="a 2-block, 32-wide model on 32 px images: seconds")
-    parser.add_argument("--threads", type=int, help="threads for torch and each ONNX Runtime session (default: torch's)")
+    parser.add_argument("--threads", type=int,
+                        help="threads for torch and each ONNX Runtime session (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,9 +134,11 @@ def main(argv=None) -> dict:
     geometry = TINY_GEOMETRY if args.quick else None
     results = run(geometry, args.batch_sizes, args.rounds, log)
     results.update(
-        command="python scripts/benchmark_deploy.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)),
+        command="python scripts/benchmark_deploy.py "
+        + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)),
         date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()), cpu=cpu_description(), rounds=args.rounds,
-        geometry="tiny test geometry" if args.quick else "DeiT-Tiny (224 px, patch 16, 192 wide, 12 blocks, 1000 classes)",
+        geometry=("tiny test geometry" if args.quick
+                  else "DeiT-Tiny (224 px, patch 16, 192 wide, 12 blocks, 1000 classes)"),
         versions={"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                   "transformers": transformers.__version__, "python": platform.python_version()},
     )

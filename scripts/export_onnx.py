@@ -63,8 +63,8 @@ def main(argv=None) -> dict:
     worst = max(differences.values())
     if worst > TOLERANCE:
         sys.exit(f"error: the ONNX export differs from PyTorch by {worst:.2e} (> {TOLERANCE}): {differences}")
-    print(f"Exported {args.model_dir} -> {path} ({path.stat().st_size / 1e6:.1f} MB); outputs {', '.join(OUTPUT_NAMES)}; "
-          f"max |ONNX Runtime - PyTorch| {worst:.1e}.")
+    print(f"Exported {args.model_dir} -> {path} ({path.stat().st_size / 1e6:.1f} MB); "
+          f"outputs {', '.join(OUTPUT_NAMES)}; max |ONNX Runtime - PyTorch| {worst:.1e}.")
     return differences
 
 

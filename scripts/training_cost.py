@@ -15,7 +15,8 @@ GPU_PEAKS = {"V100 (fp16)": 125, "A100": 312, "H100 SXM": 989}
 
 
 def cost_table(student_gmacs, teacher_gmacs, images, epochs, gpus, utilisations):
-    # Training a layer costs ~3x its forward (forward, input gradients, weight gradients); the teacher runs forward only.
+    # Training a layer costs ~3x its forward (forward, input gradients, weight gradients); the teacher runs forward
+    # only.
     flop_per_image = 2e9 * (3 * student_gmacs + teacher_gmacs)
     total = flop_per_image * images * epochs
     rows = []

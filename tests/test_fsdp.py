@@ -9,7 +9,6 @@ on CPU over gloo, so the model's side of FSDP (the wrap unit `DistilledDeiTLayer
 a full state dict that `from_pretrained` loads) is tested with it directly.
 """
 
-import json
 import os
 import sys
 import textwrap
