@@ -32,6 +32,9 @@ def test_readme_python_snippets_run(tmp_path):
     # The peft snippet: the merged LoRA model gives the adapted model's logits.
     lora_diff = float(re.search(r"LoRA merged, max \|diff\|: ([-0-9.e]+)", result.stdout).group(1))
     assert lora_diff <= 1e-5
+    # The deployment snippet: ONNX Runtime on the export gives PyTorch's logits.
+    onnx_diff = float(re.search(r"ONNX Runtime vs PyTorch, max \|diff\|: ([-0-9.e]+)", result.stdout).group(1))
+    assert onnx_diff <= 1e-4
 
 
 def test_layout_map_names_every_package_module_and_only_files_that_exist():
