@@ -125,7 +125,6 @@ def main(argv=None) -> dict:
     image_processor = deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std)
 
     # Train: the trainer sizes what was left unset (learning rate, epochs) to the model and the data
-    training_args.label_smoothing_factor = aug_args.smoothing
     if training_args.teacher_name_or_path is None and training_args.distillation_type in ("soft", "hard"):
         logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
         training_args.distillation_type = "none"  # the default, unasked

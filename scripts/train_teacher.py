@@ -96,7 +96,6 @@ def main(argv=None) -> dict:
     )
 
     hub_token, push_to_hub = take_hub_settings(training_args)
-    training_args.label_smoothing_factor = aug_args.smoothing
     trainer = ClassifierTrainer(
         model=model,
         args=training_args,

@@ -163,9 +163,7 @@ def test_presets_and_resolution():
     assert (paper.preset, paper.scale_min, paper.hflip, paper.rand_augment_magnitude, paper.reprob) == (
         "imagenet", 0.08, 0.5, 9.0, 0.25,
     )  # fmt: skip
-    assert (paper.mixup, paper.cutmix, paper.mixup_switch_prob, paper.smoothing, paper.crop_pct) == (
-        0.8, 1.0, 0.5, 0.1, 0.875,
-    )  # fmt: skip
+    assert (paper.mixup, paper.cutmix, paper.mixup_switch_prob, paper.crop_pct) == (0.8, 1.0, 0.5, 0.875)
     small = recipe_defaults(32)
     assert small.preset == "small_images" and small.hflip == 0.0 and small.image_size == 32
     # Light: heavier augmentation held a from-scratch student far lower on the short budgets small images get.
@@ -263,30 +261,34 @@ def _examples(labels, size=8):
 
 
 def test_mixup_targets_and_images_by_hand():
-    collator = MixupCutmixCollator(num_classes=4, label_smoothing=0.1)
+    collator = MixupCutmixCollator(num_classes=4)
     examples = _examples([0, 1, 2])
     images = torch.stack([example["pixel_values"] for example in examples])
     mixed, targets = collator.mix(images, torch.tensor([0, 1, 2]), lam=0.7, use_cutmix=False)
-    # smoothed one-hot: on = 1 - 0.1 + 0.025 = 0.925, off = 0.025; row 0 mixes with row 2, row 1 with itself.
-    expected = torch.tensor(
-        [[0.7 * 0.925 + 0.3 * 0.025, 0.025, 0.7 * 0.025 + 0.3 * 0.925, 0.025],
-         [0.025, 0.925, 0.025, 0.025],
-         [0.7 * 0.025 + 0.3 * 0.925, 0.025, 0.7 * 0.925 + 0.3 * 0.025, 0.025]]
-    )  # fmt: skip
+    # one-hot rows mixed (the loss smooths them): row 0 mixes with row 2, row 1 with itself.
+    expected = torch.tensor([[0.7, 0.0, 0.3, 0.0], [0.0, 1.0, 0.0, 0.0], [0.3, 0.0, 0.7, 0.0]])
     assert torch.allclose(targets, expected) and torch.allclose(targets.sum(1), torch.ones(3))
     assert torch.allclose(mixed, 0.7 * images + 0.3 * images.flip(0))
     assert torch.equal(images, torch.stack([example["pixel_values"] for example in examples]))  # input untouched
 
 
-def test_targets_match_timm():
+def test_targets_and_their_smoothed_loss_match_timm():
+    """timm folds smoothing into the mixed targets; here the loss smooths them: the same targets without smoothing,
+    and the same loss with it."""
     timm_mixup = pytest.importorskip("timm.data.mixup")
+    from hf_deit.losses import classification_loss
+
     labels = torch.tensor([3, 0, 7, 7, 1, 9])
-    ours = MixupCutmixCollator(num_classes=10, label_smoothing=0.1).soft_targets(labels, 0.62)
-    assert torch.allclose(ours, timm_mixup.mixup_target(labels, 10, lam=0.62, smoothing=0.1))
+    ours = MixupCutmixCollator(num_classes=10).soft_targets(labels, 0.62)
+    assert torch.allclose(ours, timm_mixup.mixup_target(labels, 10, lam=0.62, smoothing=0.0))
+    logits = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
+    timm_targets = timm_mixup.mixup_target(labels, 10, lam=0.62, smoothing=0.1)
+    by_timm = torch.sum(-timm_targets * logits.log_softmax(-1), -1).mean()
+    torch.testing.assert_close(classification_loss(logits, ours, label_smoothing=0.1), by_timm)
 
 
 def test_cutmix_pastes_a_box_and_corrects_lambda():
-    collator = MixupCutmixCollator(num_classes=3, label_smoothing=0.0, generator=torch.Generator().manual_seed(5))
+    collator = MixupCutmixCollator(num_classes=3, generator=torch.Generator().manual_seed(5))
     images = torch.stack([example["pixel_values"] for example in _examples([0, 1, 2, 0], size=16)])
     labels = torch.tensor([0, 1, 2, 0])
     for lam in (0.3, 0.8):
@@ -315,8 +317,8 @@ def test_collator_sampling_is_reproducible_and_switches():
     cutmix_share = np.mean([use_cutmix for _, use_cutmix in draws])
     assert 0.4 < cutmix_share < 0.6 and 0.4 < np.mean([lam for lam, _ in draws]) < 0.6
     assert MixupCutmixCollator(10, cutmix_alpha=0.0).sample_params()[1] is False
-    unmixed = MixupCutmixCollator(10, prob=1e-9)(examples)["labels"]  # smoothed one-hot, still soft
-    assert unmixed.dtype == torch.float32 and unmixed[0, 0].item() == pytest.approx(0.91)
+    unmixed = MixupCutmixCollator(10, prob=1e-9)(examples)["labels"]  # one-hot, still soft (the loss smooths it)
+    assert unmixed.dtype == torch.float32 and unmixed[0, 0].item() == 1.0 and unmixed[0].sum().item() == 1.0
 
 
 def test_collator_disabled_returns_class_ids():

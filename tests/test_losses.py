@@ -72,13 +72,19 @@ def test_alpha_weights_the_two_terms(alpha):
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_soft_targets_use_soft_cross_entropy_without_extra_smoothing():
-    targets = torch.tensor([[0.7, 0.2, 0.1], [0.05, 0.05, 0.9]])
+def test_soft_targets_use_soft_cross_entropy_and_are_smoothed_by_the_loss():
+    """The loss is the one owner of label smoothing: mixup/cutmix targets arrive unsmoothed and are smoothed here,
+    `t * (1 - eps) + eps / num_classes`, as class ids are."""
+    targets = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.0, 1.0]])
     out = DistillationLoss("hard", label_smoothing=0.1)(CLS, DIST, targets, TEACHER)
     expected = 0.0
     for row, target in zip(CLS.tolist(), targets.tolist()):
-        expected -= sum(t * lp for t, lp in zip(target, log_softmax_by_hand(row)))
+        smoothed = [t * 0.9 + 0.1 / 3 for t in target]
+        expected -= sum(t * lp for t, lp in zip(smoothed, log_softmax_by_hand(row)))
     assert out.cls.item() == pytest.approx(expected / 2, rel=1e-6)
+    one_hot = DistillationLoss("hard", label_smoothing=0.1)(CLS, DIST, torch.eye(3)[[0, 2]], TEACHER)
+    class_ids = DistillationLoss("hard", label_smoothing=0.1)(CLS, DIST, torch.tensor([0, 2]), TEACHER)
+    assert one_hot.cls.item() == pytest.approx(class_ids.cls.item(), rel=1e-6)
 
 
 def test_bf16_inputs_are_computed_in_float32():

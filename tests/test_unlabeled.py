@@ -29,7 +29,7 @@ def test_unmixed_batch_carries_the_mask_and_keeps_minus_one():
 
 def test_mixed_row_is_ground_truth_only_when_both_partners_are_labelled():
     # Row i mixes with row 3 - i. Rows 0/3 pair labelled with labelled; rows 1/2 pair labelled with unlabelled.
-    collator = MixupCutmixCollator(4, label_smoothing=0.0)
+    collator = MixupCutmixCollator(4)
     examples = _examples([0, 1, -1, 3])
     pixel_values = torch.stack([example["pixel_values"] for example in examples])
     mixed_images, soft = collator.mix(pixel_values, torch.tensor([0, 1, 0, 3]), 0.7, use_cutmix=False)
@@ -44,7 +44,7 @@ def test_mixed_row_is_ground_truth_only_when_both_partners_are_labelled():
 
 
 def test_a_batch_left_unmixed_keeps_an_unlabelled_row_unlabelled_only():
-    batch = MixupCutmixCollator(3, prob=1e-9, label_smoothing=0.0)(_examples([0, -1, 2]))  # lambda 1: no mixing
+    batch = MixupCutmixCollator(3, prob=1e-9)(_examples([0, -1, 2]))  # lambda 1: no mixing
     assert batch["labeled"].tolist() == [True, False, True]
     assert batch["labels"].tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
 
@@ -87,7 +87,7 @@ def test_trainer_gives_a_mixed_batch_the_described_targets(tmp_path):
     teacher = ResNetForImageClassification(
         ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], layer_type="basic", num_labels=4)
     ).eval()
-    collator = MixupCutmixCollator(4, label_smoothing=0.1)
+    collator = MixupCutmixCollator(4)
     args = DistillationConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no",
                               eval_strategy="no", distillation_type="hard", pseudo_label_threshold=0.0,
                               feature_map_distillation_weight=0.0)  # fmt: skip
@@ -104,10 +104,10 @@ def test_trainer_gives_a_mixed_batch_the_described_targets(tmp_path):
     with torch.no_grad():
         teacher_logits = teacher(batch["pixel_values"]).logits
     outputs = student(batch["pixel_values"])
-    off, on = 0.1 / 4, 0.9 + 0.1 / 4
     targets = batch["labels"].clone()
     for row in (1, 2):
-        targets[row] = torch.full((4,), off).index_fill(0, teacher_logits[row].argmax(), on)
+        targets[row] = torch.zeros(4).index_fill(0, teacher_logits[row].argmax(), 1.0)
+    targets = targets * 0.9 + 0.1 / 4  # label smoothing 0.1 (DistillationConfig's default), on every row
     cls = torch.sum(-targets * outputs.cls_logits.log_softmax(-1), -1).mean()
     dist = torch.nn.functional.cross_entropy(outputs.distillation_logits, teacher_logits.argmax(-1))
     assert loss.item() == pytest.approx((0.5 * cls + 0.5 * dist).item(), rel=1e-5)

@@ -2,8 +2,8 @@
 
     loss = (1 - alpha) * base(cls_logits, labels) + alpha * distill(distillation_logits, teacher_logits)
 
-`base` is cross-entropy: with label smoothing for class indices, plain soft-target cross-entropy for per-class
-probabilities (mixup/cutmix targets already carry the smoothing, folded in by the collator). `distill` is
+`base` is cross-entropy with label smoothing, the one place smoothing is applied: to class indices, and to per-class
+probabilities (mixup/cutmix targets), where smoothing the mixed targets equals mixing smoothed ones. `distill` is
 
 - `"soft"`: KL(teacher || student) between the temperature-softened distributions, times tau^2 so gradient
   magnitudes do not shrink with the temperature, summed and divided by `batch * num_classes` as the reference does;
@@ -28,10 +28,9 @@ DISTILLATION_TYPES = ("none", "soft", "hard")
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy against class indices (with label smoothing) or per-class probabilities (mixup/cutmix targets,
-    smoothing already folded in)."""
+    """Cross-entropy with label smoothing against class indices or per-class probabilities (mixup/cutmix targets)."""
     if labels.is_floating_point() and labels.ndim == 2:
-        return torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     return F.cross_entropy(logits, labels.long(), label_smoothing=label_smoothing)
 
 
@@ -145,24 +144,23 @@ class DistillationLoss(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Class-head targets `(batch, num_classes)` and per-example weights (1 = contributes, 0 = does not).
 
-        Labelled rows keep their ground truth: class ids as smoothed one-hot rows (what `cross_entropy` with label
-        smoothing computes), soft targets (mixup/cutmix, smoothing folded in) as they are. Unlabelled rows get the
-        teacher's hard prediction, smoothed the same way, when the teacher's top probability reaches
-        `pseudo_label_threshold`; below it they contribute no class-head loss.
+        Labelled rows keep their ground truth (class ids as one-hot rows, mixup/cutmix targets as they are);
+        unlabelled rows get the teacher's hard prediction when its top probability reaches `pseudo_label_threshold`
+        (below it they contribute no class-head loss). Every row is then label-smoothed, as `cross_entropy` with
+        label smoothing would smooth it.
         """
         num_classes = teacher_logits.shape[-1]
-        off = self.label_smoothing / num_classes
-        on = 1.0 - self.label_smoothing + off
         teacher_probabilities = teacher_logits.softmax(dim=-1)
         confidence, pseudo_labels = teacher_probabilities.max(dim=-1)
-        targets = torch.full_like(teacher_logits, off).scatter_(1, pseudo_labels[:, None], on)
+        targets = torch.zeros_like(teacher_logits).scatter_(1, pseudo_labels[:, None], 1.0)
         labeled = labeled.bool()
         if labels.is_floating_point() and labels.ndim == 2:
             targets = torch.where(labeled[:, None], labels, targets)
         else:
             ground_truth = labels.clamp(min=0)  # -1 rows are replaced below; clamp keeps scatter in range
-            one_hot = torch.full_like(teacher_logits, off).scatter_(1, ground_truth[:, None], on)
+            one_hot = torch.zeros_like(teacher_logits).scatter_(1, ground_truth[:, None], 1.0)
             targets = torch.where(labeled[:, None], one_hot, targets)
+        targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / num_classes
         weights = (labeled | (confidence >= self.pseudo_label_threshold)).float()
         return targets, weights
 

@@ -96,7 +96,7 @@ def flags_from_json(path: str) -> dict[str, str]:
 
 DATA_FLAGS = ("dataset_name", "train_dir", "validation_dir", "max_train_samples", "max_eval_samples", "train_val_split")
 AUGMENTATION_FLAGS = ("preset", "image_size", "rand_augment", "hflip", "reprob", "mixup_prob", "mixup_switch_prob",
-                      "smoothing", "scale_min", "crop_pct", "mixup", "cutmix")  # fmt: skip
+                      "scale_min", "crop_pct", "mixup", "cutmix")  # fmt: skip
 TRAINING_FLAGS = ("output_dir", "resume_from_checkpoint")
 DISTILLATION_FLAGS = (
     "teacher_name_or_path", "teacher_image_size", "distillation_type", "distillation_alpha", "distillation_tau",
@@ -333,7 +333,7 @@ def check_augmentation(given: dict) -> list[str]:
             )
     for flag in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob"):
         problems += _check_range(given, flag, 0.0, 1.0)
-    problems += _check_range(given, "smoothing", 0.0, 1.0, high_open=True)
+    problems += _check_range(given, "label_smoothing_factor", 0.0, 1.0, high_open=True)
     problems += _check_range(given, "scale_min", 0.0, 1.0, low_open=True)
     problems += _check_range(given, "crop_pct", 0.0, 1.0, low_open=True)
     for flag in ("mixup", "cutmix"):

@@ -1,5 +1,5 @@
 """Mixup and CutMix: the collator that stacks transformed examples into a batch and mixes it (DeiT's recipe,
-with label smoothing folded into the soft targets, and unlabelled rows kept apart from ground truth)."""
+with unlabelled rows kept apart from ground truth); label smoothing is the loss's."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ class MixupCutmixCollator:
 
     One lambda per batch from Beta(alpha, alpha); with probability `switch_prob` CutMix (a box of area ~(1-lambda)
     pasted from the flipped batch, lambda then corrected to the box's actual area, which clipping at the border
-    shrinks) else mixup (`lam * x + (1 - lam) * x.flip(0)`). The targets mix the same way, with label smoothing folded
-    in: `lam * y + (1 - lam) * y.flip(0)` where `y = one_hot * (1 - smoothing) + smoothing / num_classes`. A batch
-    left unmixed (probability `1 - prob`) still gets smoothed one-hot targets, so `labels` always has one type. With
-    both alphas 0 (or prob 0) the batch is only stacked and `labels` stay class ids: the loss smooths them.
+    shrinks) else mixup (`lam * x + (1 - lam) * x.flip(0)`). The targets mix the same way:
+    `lam * y + (1 - lam) * y.flip(0)` with `y` the one-hot labels (the loss smooths them, whatever their form). A batch
+    left unmixed (probability `1 - prob`) still gets one-hot targets, so `labels` always has one type. With both
+    alphas 0 (or prob 0) the batch is only stacked and `labels` stay class ids.
 
     Output: {"pixel_values": (B, C, H, W) float, "labels": (B,) long or (B, num_classes) float[, "labeled": (B,)
     bool]}. Any batch size
@@ -42,7 +42,7 @@ class MixupCutmixCollator:
 
     Why not torchvision's `v2.MixUp`/`v2.CutMix`: they draw lambda per call as here, but from torch's global RNG only,
     with no switch or apply probability in one object (composing `RandomChoice`/`RandomApply` yields class ids for
-    unmixed batches and soft targets for mixed ones), without label smoothing, and with no way to fix lambda for
+    unmixed batches and soft targets for mixed ones), and with no way to fix lambda for
     checking. The mixing itself is three tensor lines; owning it keeps the recipe visible.
     """
 
@@ -53,21 +53,17 @@ class MixupCutmixCollator:
         cutmix_alpha: float = 1.0,
         switch_prob: float = 0.5,
         prob: float = 1.0,
-        label_smoothing: float = 0.1,
         generator: Optional[torch.Generator] = None,
     ):
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}.")
         if mixup_alpha < 0 or cutmix_alpha < 0 or not 0 <= switch_prob <= 1 or not 0 <= prob <= 1:
             raise ValueError("Alphas must be >= 0, switch_prob and prob in [0, 1].")
-        if not 0 <= label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
         self.num_classes = num_classes
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self.switch_prob = switch_prob
         self.prob = prob
-        self.label_smoothing = label_smoothing
         self.generator = generator
 
     @property
@@ -127,10 +123,10 @@ class MixupCutmixCollator:
         return pixel_values, self.soft_targets(labels, lam)
 
     def soft_targets(self, labels: torch.Tensor, lam: float) -> torch.Tensor:
-        off = self.label_smoothing / self.num_classes
-        on = 1.0 - self.label_smoothing + off
-        smoothed = torch.full((len(labels), self.num_classes), off).scatter_(1, labels[:, None], on)
-        return smoothed * lam + smoothed.flip(0) * (1.0 - lam)
+        """`lam * one_hot + (1 - lam) * one_hot.flip(0)`. Label smoothing is the loss's (`hf_deit.losses`): smoothing
+        these mixed targets there equals mixing smoothed ones, as timm's `mixup_target` does."""
+        one_hot = torch.zeros(len(labels), self.num_classes).scatter_(1, labels[:, None], 1.0)
+        return one_hot * lam + one_hot.flip(0) * (1.0 - lam)
 
     def cutmix_box(self, size: Sequence[int], lam: float) -> tuple[tuple[int, int, int, int], float]:
         """A box with sides sqrt(1 - lam) of the image's, centred uniformly, clipped to the image.
@@ -175,6 +171,5 @@ def build_collator(args: AugmentationArguments, num_classes: int) -> MixupCutmix
         cutmix_alpha=args.cutmix,
         switch_prob=args.mixup_switch_prob,
         prob=args.mixup_prob,
-        label_smoothing=args.smoothing,
     )
 

@@ -30,7 +30,7 @@ AUGMENTATION_PRESETS = {
     "imagenet": dict(
         image_size=224, crop_pct=DEFAULT_CROP_PCT, scale_min=0.08, hflip=0.5, rand_augment="9",
         rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.25,
-        mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5, smoothing=0.1,
+        mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5,
     ),
     # Light, because the budgets these images get are short: a digit fills ~20x20 of 28x28 px, so crops keep >= 80%
     # of the area; no flips (mirror images are other symbols); no RandAugment, erasing, mixup or cutmix. Measured on
@@ -41,7 +41,7 @@ AUGMENTATION_PRESETS = {
     "small_images": dict(
         image_size=32, crop_pct=1.0, scale_min=0.8, hflip=0.0, rand_augment="none",
         rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.0,
-        mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5, smoothing=0.1,
+        mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
     ),
 }  # fmt: skip
 SMALL_IMAGE_MAX_SIZE = 64
@@ -96,13 +96,6 @@ class AugmentationArguments:
     mixup_switch_prob: Optional[float] = field(
         default=None, metadata={"help": "Probability of CutMix instead of mixup when both are on (paper 0.5)."}
     )
-    smoothing: Optional[float] = field(
-        default=None,
-        metadata={
-            "help": "Label smoothing (paper 0.1): folded into the mixed soft targets, or applied by the loss when "
-            "mixup and cutmix are off. Leave TrainingArguments.label_smoothing_factor at 0."
-        },
-    )
 
     def resolved(self) -> "AugmentationArguments":
         """A copy with the preset's values filled in and every value checked."""
@@ -130,7 +123,7 @@ class AugmentationArguments:
             raise ValueError(f"rand_augment must be a magnitude (0-10) or 'none', got {self.rand_augment!r}.") from None
 
     def _check(self) -> None:
-        for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "smoothing", "scale_min"):
+        for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "scale_min"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}.")
