@@ -80,12 +80,10 @@ def test_the_log_says_the_precision_used_even_when_accelerate_launch_said_no(amx
     config = DistilledDeiTConfig(image_size=32, patch_size=8, hidden_size=192, num_hidden_layers=1, num_attention_heads=3,
                                  num_labels=10)  # fmt: skip
     with caplog.at_level("INFO", logger="hf_deit.trainer"):
-        trainer = DistillationTrainer(model=DistilledDeiTForImageClassification(config), args=parse(tmp_path),
-                                      distillation_type="none")  # fmt: skip
+        trainer = DistillationTrainer(model=DistilledDeiTForImageClassification(config), args=parse(tmp_path))
     assert trainer.accelerator.mixed_precision == "bf16"
     assert "Precision: bf16 autocast (chosen as faster on this hardware" in caplog.text and "--bf16 false" in caplog.text
     caplog.clear()
     with caplog.at_level("INFO", logger="hf_deit.trainer"):
-        DistillationTrainer(model=DistilledDeiTForImageClassification(config), args=parse(tmp_path, "--bf16", "false"),
-                            distillation_type="none")  # fmt: skip
+        DistillationTrainer(model=DistilledDeiTForImageClassification(config), args=parse(tmp_path, "--bf16", "false"))
     assert "Precision: float32 (no mixed precision)." in caplog.text
