@@ -49,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def common_flags(args: argparse.Namespace) -> list[str]:
-    flags = ["--seed", str(args.seed), *QUIET_RUN_FLAGS]
+    # The job owns its folder: a rerun (after an update, or with another --seed) replaces the previous run there
+    # rather than stopping at the rerun check that protects users' own output folders.
+    flags = ["--seed", str(args.seed), "--overwrite_output_dir", "true", *QUIET_RUN_FLAGS]
     if args.quick:
         flags += ["--max_train_samples", "256", "--max_eval_samples", "128"]
     return flags
