@@ -24,10 +24,9 @@ import torch  # noqa: E402
 from transformers import AutoModelForImageClassification, HfArgumentParser  # noqa: E402
 
 import hf_deit  # noqa: E402, F401  (registers our model with the Auto classes)
-from hf_deit.arguments import DataArguments  # noqa: E402
+from hf_deit.arguments import DataArguments, EvaluationArguments  # noqa: E402
 from hf_deit.data import load_image_classification_dataset  # noqa: E402
 from hf_deit.evaluation import (  # noqa: E402
-    EvaluationArguments,
     dataset_label_order,
     eval_transform_for,
     evaluate_classifier,

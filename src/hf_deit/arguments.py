@@ -7,7 +7,7 @@ recipe's defaults live here, in one place, and `DeiTTrainingArguments` only chan
 import json
 import math
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Optional
 
 from hf_deit_inputs.checks import EMBEDDED_DATASETS, parse_config_overrides  # noqa: F401  (its one home)
@@ -23,6 +23,8 @@ EMBEDDED_STUDENT = dict(image_size=28, patch_size=7, hidden_size=192, num_hidden
 # Its learning rate at batch 64 (scaled with the square root of the batch, as SMALL_DATA_LEARNING_RATE): at the main
 # job's 1,200 steps 1e-3 beat 5e-4 with and without a teacher (3 seeds) and 2e-3 fell to 79% (recipe study, README).
 EMBEDDED_STUDENT_LEARNING_RATE = 1e-3
+# Images up to this size get the small-image augmentation preset and, with a CNN teacher, feature-map distillation.
+SMALL_IMAGE_MAX_SIZE = 64
 # The paper's learning rate is 5e-4 for a global batch of 512, scaled linearly with the batch.
 BASE_LEARNING_RATE = 5e-4
 BASE_BATCH_SIZE = 512
@@ -229,6 +231,99 @@ class DeiTTrainingArguments(TrainingArguments):
 
 
 @dataclass
+class AugmentationArguments:
+    """DeiT's augmentation recipe, each piece tunable or off. Unset (None) fields take the `preset`'s value.
+
+    Field names do not clash with `TrainingArguments`, so both can go into one `HfArgumentParser`.
+    """
+
+    _argument_group_name = "Augmentation"  # its heading in --help
+
+    preset: str = field(
+        default="auto",
+        metadata={
+            "help": "Recipe defaults: 'imagenet' (the paper's values), 'small_images' (28-32 px digits), or 'auto' "
+            f"(small_images when --image_size <= {SMALL_IMAGE_MAX_SIZE}, else imagenet)."
+        },
+    )
+    image_size: Optional[int] = field(default=None, metadata={"help": "Side of the square model input (px)."})
+    crop_pct: Optional[float] = field(
+        default=None, metadata={"help": "Eval: resize the shorter side to image_size/crop_pct, center-crop image_size."}
+    )
+    scale_min: Optional[float] = field(
+        default=None, metadata={"help": "Smallest RandomResizedCrop area fraction (paper 0.08); 1 keeps whole images."}
+    )
+    hflip: Optional[float] = field(default=None, metadata={"help": "Horizontal flip probability; 0 turns it off."})
+    rand_augment: Optional[str] = field(
+        default=None,
+        metadata={"help": "RandAugment magnitude on timm's 0-10 scale (paper 9), or 'none' to turn it off."},
+    )
+    rand_augment_num_ops: Optional[int] = field(default=None, metadata={"help": "RandAugment ops per image (2)."})
+    rand_augment_mstd: Optional[float] = field(
+        default=None, metadata={"help": "Std of the per-op magnitude noise (paper 0.5; 0 = fixed magnitude)."}
+    )
+    color_jitter: Optional[float] = field(
+        default=None, metadata={"help": "ColorJitter strength for brightness/contrast/saturation; 0 turns it off."}
+    )
+    reprob: Optional[float] = field(
+        default=None, metadata={"help": "Random erasing probability (per-pixel noise, paper 0.25); 0 turns it off."}
+    )
+    mean: Optional[list[float]] = field(default=None, metadata={"help": "Normalisation mean (default ImageNet)."})
+    std: Optional[list[float]] = field(default=None, metadata={"help": "Normalisation std (default ImageNet)."})
+    mixup: Optional[float] = field(default=None, metadata={"help": "Mixup Beta alpha (paper 0.8); 0 turns it off."})
+    cutmix: Optional[float] = field(default=None, metadata={"help": "CutMix Beta alpha (paper 1.0); 0 turns it off."})
+    mixup_prob: Optional[float] = field(
+        default=None, metadata={"help": "Probability that a batch is mixed at all (paper 1.0)."}
+    )
+    mixup_switch_prob: Optional[float] = field(
+        default=None, metadata={"help": "Probability of CutMix instead of mixup when both are on (paper 0.5)."}
+    )
+
+    def resolved(self) -> "AugmentationArguments":
+        """A copy with the preset's values filled in and every value checked."""
+        from .data.transforms import AUGMENTATION_PRESETS
+        from .image_processing import IMAGENET_MEAN, IMAGENET_STD
+
+        preset = self.preset
+        if preset == "auto":
+            preset = "small_images" if self.image_size is not None and self.image_size <= SMALL_IMAGE_MAX_SIZE else "imagenet"
+        if preset not in AUGMENTATION_PRESETS:
+            raise ValueError(f"Unknown augmentation preset {preset!r}; choose auto, {', '.join(AUGMENTATION_PRESETS)}.")
+        values = {key: value for key, value in asdict(self).items() if value is not None}
+        values = {**AUGMENTATION_PRESETS[preset], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **values}
+        values["preset"] = preset
+        resolved = AugmentationArguments(**values)
+        resolved._check()
+        return resolved
+
+    @property
+    def rand_augment_magnitude(self) -> Optional[float]:
+        """The RandAugment magnitude as a number, or None when it is off."""
+        text = str(self.rand_augment).strip().lower()
+        if text in ("none", "off", ""):
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"rand_augment must be a magnitude (0-10) or 'none', got {self.rand_augment!r}.") from None
+
+    def _check(self) -> None:
+        from .data.transforms import RAND_AUGMENT_MAX_MAGNITUDE
+
+        for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "scale_min"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}.")
+        magnitude = self.rand_augment_magnitude
+        if magnitude is not None and not 0.0 <= magnitude <= RAND_AUGMENT_MAX_MAGNITUDE:
+            raise ValueError(f"rand_augment magnitude must be in [0, {RAND_AUGMENT_MAX_MAGNITUDE:g}], got {magnitude}.")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {self.mean} and {self.std}.")
+        if self.image_size <= 0 or min(self.color_jitter, self.mixup, self.cutmix, self.rand_augment_mstd) < 0:
+            raise ValueError("image_size must be positive; color_jitter, mixup, cutmix, rand_augment_mstd >= 0.")
+
+
+@dataclass
 class DistillationConfig(DeiTTrainingArguments):
     """`TrainingArguments` for a distilled student: DeiT's recipe (`DeiTTrainingArguments`) plus the teacher and every
     distillation setting, as TRL's trainer configs hold theirs. `DistillationTrainer(model=..., args=DistillationConfig(
@@ -343,7 +438,6 @@ def teacher_help_catalogue() -> dict:
     """train_teacher.py's flags by group, as `help_catalogue` renders train.py's."""
     from hf_deit_inputs.help import COMMON_TRAINING_FLAGS
 
-    from .data import AugmentationArguments
 
     return help_catalogue([
         (TeacherArguments, None, None, TeacherArguments._argument_group_name),
@@ -354,12 +448,45 @@ def teacher_help_catalogue() -> dict:
     ])  # fmt: skip
 
 
+# ---- evaluate_model.py: the model to evaluate, its teacher and the batch settings (data flags are train.py's) ----
+
+
+@dataclass
+class EvaluationArguments:
+    """Arguments of `scripts/evaluate_model.py` beyond the data flags (`hf_deit.arguments.DataArguments`)."""
+
+    model_name_or_path: str = field(metadata={"help": "A folder or Hub id of an image classifier (ours or any)."})
+    teacher_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "A teacher to measure agreement with (top-1 of the model vs the teacher's)."}
+    )
+    teacher_image_size: Optional[str] = field(
+        default=None,
+        metadata={"help": "What the teacher sees, as in training: its own preprocessing size (default; the batch is "
+                  "resized to it), 'student' (the evaluated model's batch as is), or N px."},
+    )
+    output_file: Optional[str] = field(default=None, metadata={"help": "Write the results there as JSON."})
+    batch_size: int = field(default=128, metadata={"help": "Images per batch."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes decoding the images."})
+    image_size: Optional[int] = field(
+        default=None, metadata={"help": "Input size; default: the model's saved preprocessing config, else its config."}
+    )
+    crop_pct: Optional[float] = field(
+        default=None, metadata={"help": "Center-crop fraction; default: from the saved preprocessing config."}
+    )
+    seed: int = field(
+        default=42, metadata={"help": "Seed of a carved-out validation split: training's --seed gives the same one."}
+    )
+    top_k: int = field(default=5, metadata={"help": "The k of top-k accuracy (reported with more than k classes)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's remote code."})
+    teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Allow the teacher's remote code."})
+    device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, ...; default: cuda when available."})
+
+
 def train_argument_parser():
     """`scripts/train.py`'s parser: model, data, augmentation and `DistillationConfig` flags, with the distillation
     fields in a --help group of their own (HfArgumentParser gives one group per dataclass)."""
     from transformers import HfArgumentParser
 
-    from .data import AugmentationArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, DistillationConfig))
     distillation = parser.add_argument_group("Distillation")
@@ -433,7 +560,6 @@ def help_catalogue(groups: Optional[list] = None) -> dict:
     the flags shown or None for all, note, title) in order; default: train.py's."""
     from hf_deit_inputs.help import COMMON_TRAINING_FLAGS, catalogue_entry
 
-    from .data import AugmentationArguments
 
     groups = groups or [
         (ModelArguments, None, None, ModelArguments._argument_group_name),

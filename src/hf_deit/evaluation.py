@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Optional
 
@@ -39,7 +38,6 @@ from .teacher import Teacher, check_label_space
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "EvaluationArguments",
     "dataset_label_order",
     "eval_transform_for",
     "evaluate_classifier",
@@ -47,37 +45,6 @@ __all__ = [
     "teacher_for_evaluation",
 ]
 
-
-
-@dataclass
-class EvaluationArguments:
-    """Arguments of `scripts/evaluate_model.py` beyond the data flags (`hf_deit.arguments.DataArguments`)."""
-
-    model_name_or_path: str = field(metadata={"help": "A folder or Hub id of an image classifier (ours or any)."})
-    teacher_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "A teacher to measure agreement with (top-1 of the model vs the teacher's)."}
-    )
-    teacher_image_size: Optional[str] = field(
-        default=None,
-        metadata={"help": "What the teacher sees, as in training: its own preprocessing size (default; the batch is "
-                  "resized to it), 'student' (the evaluated model's batch as is), or N px."},
-    )
-    output_file: Optional[str] = field(default=None, metadata={"help": "Write the results there as JSON."})
-    batch_size: int = field(default=128, metadata={"help": "Images per batch."})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes decoding the images."})
-    image_size: Optional[int] = field(
-        default=None, metadata={"help": "Input size; default: the model's saved preprocessing config, else its config."}
-    )
-    crop_pct: Optional[float] = field(
-        default=None, metadata={"help": "Center-crop fraction; default: from the saved preprocessing config."}
-    )
-    seed: int = field(
-        default=42, metadata={"help": "Seed of a carved-out validation split: training's --seed gives the same one."}
-    )
-    top_k: int = field(default=5, metadata={"help": "The k of top-k accuracy (reported with more than k classes)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's remote code."})
-    teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Allow the teacher's remote code."})
-    device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, ...; default: cuda when available."})
 
 
 def eval_transform_for(model_name_or_path: str, config, image_size: Optional[int] = None, crop_pct: Optional[float] = None):

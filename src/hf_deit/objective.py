@@ -316,7 +316,7 @@ def _probe_input(config, device) -> torch.Tensor:
 def _default_feature_map_weight(loss: DistillationLoss, teacher, probe: torch.Tensor) -> float:
     """1 for small images (at most 64 px) distilled from a CNN, 0 otherwise: the recipe that made distillation pay
     off on the embedded digits (README, scripts/experiment_recipe.py)."""
-    from .data import SMALL_IMAGE_MAX_SIZE
+    from .arguments import SMALL_IMAGE_MAX_SIZE
 
     size = max(probe.shape[-2:])
     if teacher is None or not loss.needs_teacher or size > SMALL_IMAGE_MAX_SIZE:

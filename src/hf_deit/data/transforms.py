@@ -1,7 +1,7 @@
-"""Transforms: DeiT's augmentation recipe as data (presets, `AugmentationArguments`) and the per-image transforms
-built from it (torchvision.transforms.v2), attached to the splits lazily.
+"""Transforms: DeiT's augmentation recipe as data (the presets that `hf_deit.arguments.AugmentationArguments`
+resolves) and the per-image transforms built from it (torchvision.transforms.v2), attached to the splits lazily.
 
-    AugmentationArguments            dataclass for HfArgumentParser; `preset` "imagenet" (paper) / "small_images".
+    AUGMENTATION_PRESETS             "imagenet" (paper) / "small_images"; the flags are `AugmentationArguments`.
     build_train_transform(args) / build_eval_transform(args)   PIL image (any mode) -> normalised float tensor.
     apply_transforms(dataset_dict, train_transform, eval_transform, skip_bad_images=True)
                                      adds `pixel_values` + `labels` lazily; images decoded there
@@ -21,6 +21,7 @@ from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from PIL import Image as PILImage
 from torchvision.transforms import v2
 
+from ..arguments import SMALL_IMAGE_MAX_SIZE, AugmentationArguments  # noqa: F401  (re-exported)
 from ..image_processing import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
 from .decoding import decode_or_skip, substitute_image, to_rgb, transform_image, undecoded_images
 
@@ -44,96 +45,7 @@ AUGMENTATION_PRESETS = {
         mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
     ),
 }  # fmt: skip
-SMALL_IMAGE_MAX_SIZE = 64
 RAND_AUGMENT_MAX_MAGNITUDE = 10.0  # timm's magnitude scale: m9 applies 90% of each op's largest strength
-
-
-@dataclass
-class AugmentationArguments:
-    """DeiT's augmentation recipe, each piece tunable or off. Unset (None) fields take the `preset`'s value.
-
-    Field names do not clash with `TrainingArguments`, so both can go into one `HfArgumentParser`.
-    """
-
-    _argument_group_name = "Augmentation"  # its heading in --help
-
-    preset: str = field(
-        default="auto",
-        metadata={
-            "help": "Recipe defaults: 'imagenet' (the paper's values), 'small_images' (28-32 px digits), or 'auto' "
-            f"(small_images when --image_size <= {SMALL_IMAGE_MAX_SIZE}, else imagenet)."
-        },
-    )
-    image_size: Optional[int] = field(default=None, metadata={"help": "Side of the square model input (px)."})
-    crop_pct: Optional[float] = field(
-        default=None, metadata={"help": "Eval: resize the shorter side to image_size/crop_pct, center-crop image_size."}
-    )
-    scale_min: Optional[float] = field(
-        default=None, metadata={"help": "Smallest RandomResizedCrop area fraction (paper 0.08); 1 keeps whole images."}
-    )
-    hflip: Optional[float] = field(default=None, metadata={"help": "Horizontal flip probability; 0 turns it off."})
-    rand_augment: Optional[str] = field(
-        default=None,
-        metadata={"help": "RandAugment magnitude on timm's 0-10 scale (paper 9), or 'none' to turn it off."},
-    )
-    rand_augment_num_ops: Optional[int] = field(default=None, metadata={"help": "RandAugment ops per image (2)."})
-    rand_augment_mstd: Optional[float] = field(
-        default=None, metadata={"help": "Std of the per-op magnitude noise (paper 0.5; 0 = fixed magnitude)."}
-    )
-    color_jitter: Optional[float] = field(
-        default=None, metadata={"help": "ColorJitter strength for brightness/contrast/saturation; 0 turns it off."}
-    )
-    reprob: Optional[float] = field(
-        default=None, metadata={"help": "Random erasing probability (per-pixel noise, paper 0.25); 0 turns it off."}
-    )
-    mean: Optional[list[float]] = field(default=None, metadata={"help": "Normalisation mean (default ImageNet)."})
-    std: Optional[list[float]] = field(default=None, metadata={"help": "Normalisation std (default ImageNet)."})
-    mixup: Optional[float] = field(default=None, metadata={"help": "Mixup Beta alpha (paper 0.8); 0 turns it off."})
-    cutmix: Optional[float] = field(default=None, metadata={"help": "CutMix Beta alpha (paper 1.0); 0 turns it off."})
-    mixup_prob: Optional[float] = field(
-        default=None, metadata={"help": "Probability that a batch is mixed at all (paper 1.0)."}
-    )
-    mixup_switch_prob: Optional[float] = field(
-        default=None, metadata={"help": "Probability of CutMix instead of mixup when both are on (paper 0.5)."}
-    )
-
-    def resolved(self) -> "AugmentationArguments":
-        """A copy with the preset's values filled in and every value checked."""
-        preset = self.preset
-        if preset == "auto":
-            preset = "small_images" if self.image_size is not None and self.image_size <= SMALL_IMAGE_MAX_SIZE else "imagenet"
-        if preset not in AUGMENTATION_PRESETS:
-            raise ValueError(f"Unknown augmentation preset {preset!r}; choose auto, {', '.join(AUGMENTATION_PRESETS)}.")
-        values = {key: value for key, value in asdict(self).items() if value is not None}
-        values = {**AUGMENTATION_PRESETS[preset], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **values}
-        values["preset"] = preset
-        resolved = AugmentationArguments(**values)
-        resolved._check()
-        return resolved
-
-    @property
-    def rand_augment_magnitude(self) -> Optional[float]:
-        """The RandAugment magnitude as a number, or None when it is off."""
-        text = str(self.rand_augment).strip().lower()
-        if text in ("none", "off", ""):
-            return None
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"rand_augment must be a magnitude (0-10) or 'none', got {self.rand_augment!r}.") from None
-
-    def _check(self) -> None:
-        for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "scale_min"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}.")
-        magnitude = self.rand_augment_magnitude
-        if magnitude is not None and not 0.0 <= magnitude <= RAND_AUGMENT_MAX_MAGNITUDE:
-            raise ValueError(f"rand_augment magnitude must be in [0, {RAND_AUGMENT_MAX_MAGNITUDE:g}], got {magnitude}.")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError(f"mean and std need 3 values (RGB), got {self.mean} and {self.std}.")
-        if self.image_size <= 0 or min(self.color_jitter, self.mixup, self.cutmix, self.rand_augment_mstd) < 0:
-            raise ValueError("image_size must be positive; color_jitter, mixup, cutmix, rand_augment_mstd >= 0.")
 
 
 def recipe_defaults(image_size: int) -> AugmentationArguments:
