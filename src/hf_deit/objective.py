@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .configuration_distilled_deit import _pair
 from .data.mixup import LABELED_KEY
 from .attention_maps import CLS_TOKEN, DISTILLATION_TOKEN, capture_input, grid_for, token_attention_map
 from .feature_distillation import (
@@ -157,14 +158,14 @@ class DistillationObjective(nn.Module):
         if teacher is not None and args.feature_distillation_weight > 0:
             features = teacher(probe, features=True).features
             feature_projection = FeatureProjection(config.hidden_size, features.shape[-1]).to(device)
-        feature_map_weight = args.feature_map_distillation_weight
+        feature_map_weight, stage_maps = args.feature_map_distillation_weight, None
         if feature_map_weight is None:
-            feature_map_weight = _default_feature_map_weight(loss, teacher, probe)
+            feature_map_weight, stage_maps = _default_feature_map_weight(loss, teacher, probe)
         layers = sorted({index % depth for index in args.feature_map_distillation_layers})
         projections, stage = (), None
         if feature_map_weight > 0:
             # One teacher pass at the student's input size tells which stage matches the patch grid, and its width.
-            stage_maps = teacher(probe, stage_maps=True).stage_maps
+            stage_maps = stage_maps or teacher(probe, stage_maps=True).stage_maps
             stage = nearest_stage(stage_maps, student_grid(config, probe))
             channels = stage_maps[stage].shape[1]
             projections = [FeatureProjection(config.hidden_size, channels).to(device) for _ in layers]
@@ -298,10 +299,6 @@ class DistillationObjective(nn.Module):
                 f"feature_map_weight={self.feature_map_weight}, feature_map_layers={self.feature_map_layers}")
 
 
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
-
-
 def student_grid(config, pixel_values: torch.Tensor) -> tuple[int, int]:
     """The student's patch grid for a batch of this size."""
     patch_size = _pair(config.patch_size)
@@ -313,20 +310,21 @@ def _probe_input(config, device) -> torch.Tensor:
     return torch.zeros(1, config.num_channels, *_pair(config.image_size), device=device)
 
 
-def _default_feature_map_weight(loss: DistillationLoss, teacher, probe: torch.Tensor) -> float:
+def _default_feature_map_weight(loss: DistillationLoss, teacher, probe: torch.Tensor):
     """1 for small images (at most 64 px) distilled from a CNN, 0 otherwise: the recipe that made distillation pay
-    off on the embedded digits (README, scripts/experiment_recipe.py)."""
+    off on the embedded digits (README, scripts/experiment_recipe.py). Returns (weight, the probe's stage maps or
+    None), so that the caller does not run the teacher again."""
     from .arguments import SMALL_IMAGE_MAX_SIZE
 
     size = max(probe.shape[-2:])
     if teacher is None or not loss.needs_teacher or size > SMALL_IMAGE_MAX_SIZE:
-        return 0.0
+        return 0.0, None
     if getattr(teacher.model, "config", None) is None:  # a plain module: no hidden states to ask for
-        return 0.0
+        return 0.0, None
     try:
-        teacher(probe, stage_maps=True)
+        stage_maps = teacher(probe, stage_maps=True).stage_maps
     except ValueError:  # not a CNN: no spatial stage outputs to imitate
-        return 0.0
+        return 0.0, None
     logger.info("Feature-map distillation on (weight 1): a CNN teacher and %d px images. "
                 "--feature_map_distillation_weight 0 turns it off.", size)
-    return 1.0
+    return 1.0, stage_maps

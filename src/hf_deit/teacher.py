@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configuration_distilled_deit import _pair
 from .attention_maps import (
     CLS_TOKEN,
     activation_attention_map,
@@ -526,8 +527,7 @@ class Teacher(nn.Module):
                                  "attention only).")
             if not is_distilled_deit(self.model):  # every layer came back: pick the requested ones
                 attentions = [attentions[index] for index in layers]
-            patch_size = self.model.config.patch_size
-            patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+            patch_size = _pair(self.model.config.patch_size)
             num_patches = (pixel_values.shape[-2] // patch_size[0]) * (pixel_values.shape[-1] // patch_size[1])
             grid = grid_for(num_patches, pixel_values.shape[-2:], patch_size)
             return token_attention_map(attentions, grid, CLS_TOKEN)

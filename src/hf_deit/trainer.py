@@ -1,6 +1,7 @@
 """`DistillationTrainer`: transformers' `Trainer` with DeiT's teacher and loss, and per-head evaluation metrics."""
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -37,8 +38,6 @@ def _check_objective_in_checkpoint(checkpoint: str) -> None:
         if not os.path.isfile(path):
             continue
         if name.endswith(".json"):
-            import json
-
             with open(path) as file:
                 keys = json.load(file)["weight_map"]
         else:
@@ -77,12 +76,11 @@ class DeiTTrainerBase(Trainer):
 
     def __init__(self, *args, eval_data_collator=None, repeated_augmentation: int = 1, **kwargs):
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        model = kwargs.get("model", args[0] if args else None)
         chosen_here = getattr(training_args, "bf16", False) is None
         if chosen_here:  # DeiTTrainingArguments left to choose: before the accelerator
-            model = kwargs.get("model", args[0] if args else None)
             training_args.resolve_precision(getattr(getattr(model, "config", None), "hidden_size", None))
         if isinstance(training_args, DeiTTrainingArguments):  # learning rate and epochs left unset: sized to the run
-            model = kwargs.get("model", args[0] if args else None)
             train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
             try:
                 num_examples = len(train_dataset) if train_dataset is not None else None
