@@ -79,6 +79,29 @@ def test_compiled_outputs_match_eager(model_and_images):
     torch.testing.assert_close(fast(images[:1]), expected[:1], atol=1e-4, rtol=1e-4)  # a new batch size recompiles
 
 
+@pytest.mark.slow  # compiles
+def test_compiled_forward_freezes_and_packs_the_weights(model_and_images):
+    """The weights become constants of the generated code and the Linear layers run on packed weights (MKL in
+    fp32). Passed as `torch.compile(options={"freezing": True})` instead, freezing is silently ignored: the weights
+    stay graph inputs and every Linear is a plain `addmm`."""
+    from torch._inductor.utils import run_and_get_code
+
+    model, images, expected = model_and_images
+    fast = optimize_for_inference(model, precision="fp32", compile=True)
+    logits, (code, *_) = run_and_get_code(fast, images)
+    assert fast.compiled
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    assert "_frozen_param" in code
+    if torch._C.has_mkl:
+        assert "_mkl_linear" in code and "extern_kernels.addmm" not in code
+
+
+def test_unknown_compile_mode_names_the_choices(model_and_images):
+    model, _, _ = model_and_images
+    with pytest.raises(ValueError, match=r"compile_mode='autotune' is not one of \('default', 'max-autotune'\)"):
+        optimize_for_inference(model, compile_mode="autotune")
+
+
 def _failing_compile(fn, **kwargs):
     def compiled(*args):
         raise RuntimeError("InductorError: no C++ compiler found\n(long compiler log)")
