@@ -184,6 +184,24 @@ class DeiTTrainerBase(Trainer):
     def _save_checkpoint(self, model, trial):
         return save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # FSDP2's `fully_shard` swaps the model's class for a subclass it defines in torch (`FSDP<Name>`, module
+        # torch.distributed.fsdp._fully_shard._fsdp_init). `save_pretrained` names the saved class in `auto_map` and
+        # copies its defining module's files: the folder would hold torch's FSDP sources and an `auto_map` that
+        # `trust_remote_code` cannot load. The weights come gathered in `state_dict` (Trainer.save_model), so the
+        # save runs with the model's own class; the sharded class is back when it returns.
+        from torch.distributed.fsdp import FSDPModule
+
+        sharded_class = type(self.model)
+        if not issubclass(sharded_class, FSDPModule) or state_dict is None:
+            return super()._save(output_dir, state_dict)
+        own_class = next(cls for cls in sharded_class.__mro__ if not issubclass(cls, FSDPModule))
+        self.model.__class__ = own_class
+        try:
+            return super()._save(output_dir, state_dict)
+        finally:
+            self.model.__class__ = sharded_class
+
 
 class ClassifierTrainer(DeiTTrainerBase):
     """Trains a single-head image classifier (a CNN teacher, for instance) with the DeiT data recipe: cross-entropy
