@@ -42,8 +42,9 @@ QUICK_GEOMETRY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_head
 # Inference precisions: weights and input in float32; float32 weights under bf16 autocast (per-call casts); the
 # model and input cast to bfloat16 once (`model.to(torch.bfloat16)`).
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
-# The compiled contenders: ours through `optimize_for_inference`, timm compiled with the same inductor options.
-OURS_COMPILED, TIMM_COMPILED = "ours/compiled", "timm/compiled"
+# The compiled contenders: ours through `optimize_for_inference`, timm through the same `compile_for_inference`, in
+# each compile mode: "<library>/compiled" (frozen weights) and "<library>/compiled-max-autotune".
+COMPILED = "/compiled"
 SECTIONS = ("inference", "flops", "profile", "training", "data", "compile")
 ATTENTION_CONTENDER = "ours/DistillationTrainer + attention distillation"
 
@@ -74,8 +75,10 @@ class BenchmarkSettings:
     compile: bool = True
     compile_precision: str = "fp32"
     # Precisions ("fp32", "bf16") in which the inference section also runs the compiled contenders (each compiles
-    # once per model, precision and batch size: ~1 minute apiece on a 2-core CPU).
+    # once per model, precision and batch size: 10-20 s apiece on a 2-core CPU), and those in which it also runs them
+    # compiled with max-autotune (~45 s apiece; on an AMX CPU inductor's bf16 templates beat oneDNN on most shapes).
     compiled_inference: tuple[str, ...] = ("fp32", "bf16")
+    autotuned_inference: tuple[str, ...] = ()
     profile: bool = True
     sections: tuple[str, ...] = SECTIONS
 
@@ -101,6 +104,7 @@ class BenchmarkSettings:
             # Native bf16: both models in fp32 and bf16 weights, eager (SDPA) and compiled, batch 32 and 1. Autocast
             # and the eager-attention contenders are left out (a training mode, and a slower backend of each library).
             settings.precisions, settings.backends = ("fp32", "bf16"), ("sdpa",)
+            settings.autotuned_inference = ("bf16",) if "amx_bf16" in cpu_flags() else ()
         else:
             # Without AMX/AVX512-BF16 every bf16 kernel is emulated and ~5x slower than fp32: bf16 is measured at a
             # smaller batch, and DeiT-S only in fp32 with SDPA, so that a run on 2 cores stays under ~8 minutes.
@@ -236,32 +240,40 @@ def _logits(output) -> torch.Tensor:
 
 
 def compiled_contenders(
-    reference: nn.Module, model_name: str, geometry: dict | None, precision: str, images: torch.Tensor, device: str
+    reference: nn.Module, model_name: str, geometry: dict | None, precision: str, images: torch.Tensor, device: str,
+    modes: tuple[str, ...] = ("default",),
 ) -> tuple[dict[str, Callable[[], object]], dict[str, float], dict[str, float]]:
-    """Ours through `optimize_for_inference` and timm compiled with the same options, both in `precision`, compiled
-    for the shape of `images` (float32): the calls to time, each one's compile time (its first call), and each one's
-    max |logits - ours eager| in that precision."""
-    from hf_deit.inference import COMPILE_OPTIONS, optimize_for_inference
+    """Ours through `optimize_for_inference` and timm through the same `compile_for_inference`, both in `precision`,
+    in each compile mode of `modes`, compiled for the shape of `images` (float32): the calls to time, each one's
+    compile time (its first call), and each one's max |logits - ours eager| in that precision."""
+    from hf_deit.inference import compile_for_inference, optimize_for_inference
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    # Each (model, precision, batch) compiles afresh: a shape already seen would make dynamo compile a dynamic graph.
-    torch._dynamo.reset()
-    ours = optimize_for_inference(build_ours(reference, "sdpa"), precision=precision, device=device)
-    timm_model = _set_timm_fused_attention(build_timm(model_name, geometry), fused=True).to(device, dtype)
-    timm_compiled = torch.compile(timm_model, dynamic=False, options=COMPILE_OPTIONS)
     eager = build_ours(reference, "sdpa").to(device, dtype)
     cast = images.to(dtype)
-    with torch.inference_mode():
-        expected = _logits(eager(cast)).float()
-        compile_seconds, diffs = {}, {}
-        for name, call in ((OURS_COMPILED, lambda: ours(images)), (TIMM_COMPILED, lambda: timm_compiled(cast))):
-            start = time.perf_counter()
-            logits = call()
-            compile_seconds[name] = time.perf_counter() - start
-            diffs[name] = float((_logits(logits).float() - expected).abs().max())
-    if not ours.compiled:
-        raise RuntimeError("optimize_for_inference fell back to eager (see the warning above): nothing compiled to time.")
-    calls = {OURS_COMPILED: lambda: ours(images), TIMM_COMPILED: lambda: _inference_call(timm_compiled, cast)}
+    calls, compile_seconds, diffs = {}, {}, {}
+    for mode in modes:
+        suffix = COMPILED + ("" if mode == "default" else f"-{mode}")
+        # Each (model, precision, batch, mode) compiles afresh: a shape already seen would make dynamo compile a
+        # dynamic graph.
+        torch._dynamo.reset()
+        ours = optimize_for_inference(build_ours(reference, "sdpa"), precision=precision, device=device,
+                                      compile_mode=mode)
+        timm_model = _set_timm_fused_attention(build_timm(model_name, geometry), fused=True).to(device, dtype).eval()
+        timm_compiled = compile_for_inference(timm_model.requires_grad_(False), mode)
+        timm_call = lambda timm_compiled=timm_compiled: _inference_call(timm_compiled, cast)  # noqa: E731
+        with torch.inference_mode():
+            expected = _logits(eager(cast)).float()
+            for name, call in ((f"ours{suffix}", lambda ours=ours: ours(images)), (f"timm{suffix}", timm_call)):
+                start = time.perf_counter()
+                logits = call()
+                compile_seconds[name] = time.perf_counter() - start
+                diffs[name] = float((_logits(logits).float() - expected).abs().max())
+                calls[name] = call
+        if not ours.compiled:
+            raise RuntimeError(
+                "optimize_for_inference fell back to eager (see the warning above): nothing compiled to time."
+            )
     return calls, compile_seconds, diffs
 
 
@@ -320,8 +332,9 @@ def inference_section(settings: BenchmarkSettings, log: Callable[[str], None]) -
                 compiled = {}
                 if precision in settings.compiled_inference:
                     log(f"compile {model_name} {precision} batch {batch_size}")
+                    modes = ("default",) + (("max-autotune",) if precision in settings.autotuned_inference else ())
                     compiled_calls, compile_seconds, compiled_diffs = compiled_contenders(
-                        reference, model_name, settings.geometry, precision, images_fp32, device
+                        reference, model_name, settings.geometry, precision, images_fp32, device, modes
                     )
                     forwards.update(compiled_calls)
                     compiled = {"compile_seconds": compile_seconds, "max_abs_logit_diff_to_ours_eager": compiled_diffs}
@@ -347,7 +360,7 @@ def _parity(models: dict[str, nn.Module], size: int, device: str) -> dict[str, f
 def _best(rows: dict[str, dict], library: str, compiled: bool | None = None) -> tuple[str, float]:
     """The fastest contender of `library` ("ours", "timm", "transformers"); `compiled`: only compiled (True) or only
     eager (False) contenders, or either (None)."""
-    names = [n for n in rows if n.startswith(library + "/") and compiled in (None, n.endswith("/compiled"))]
+    names = [n for n in rows if n.startswith(library + "/") and compiled in (None, COMPILED in n)]
     name = max(names, key=lambda n: rows[n]["median"])
     return name, rows[name]["median"]
 
@@ -360,7 +373,7 @@ def _inference_entry(model_name, precision, batch_size, rows, parity) -> dict:
     ours_name, ours = _best(rows, "ours")
     ratios = {}
     for peer, (library, compiled) in PEERS.items():
-        if compiled and TIMM_COMPILED not in rows:
+        if compiled and not any(n.startswith("timm" + COMPILED) for n in rows):
             continue
         peer_name, peer_rate = _best(rows, library, compiled)
         ratios[peer] = {"ours": ours_name, "peer": peer_name, "ratio": ours / peer_rate}
@@ -506,10 +519,11 @@ def profile_section(settings: BenchmarkSettings, log: Callable[[str], None]) -> 
     for model_name, precision in cases:
         batch = settings.case(model_name, precision)["batch_size"]
         compiled = precision in settings.compiled_inference
-        log(f"profile {model_name} {precision} batch {batch} ({'compiled' if compiled else 'eager'})")
+        mode = "max-autotune" if precision in settings.autotuned_inference else "default"
+        log(f"profile {model_name} {precision} batch {batch} ({f'compiled, {mode}' if compiled else 'eager'})")
         torch._dynamo.reset()
         model = optimize_for_inference(build_ours(build_timm(model_name, settings.geometry), "sdpa"),
-                                       precision=precision, compile=compiled, device=device)
+                                       precision=precision, compile=compiled, device=device, compile_mode=mode)
         images = torch.randn(batch, 3, size, size, device=device)
         model(images)
         model(images)
@@ -522,7 +536,7 @@ def profile_section(settings: BenchmarkSettings, log: Callable[[str], None]) -> 
         top = sorted(events, key=lambda e: getattr(e, time_attr), reverse=True)[:12]
         results.append({
             "model": model_name, "precision": precision, "batch_size": batch, "compiled": model.compiled,
-            "total_ms": total / 1000, "top_ops": [{"op": e.key, "calls": e.count, "self_ms": getattr(e, time_attr) / 1000,
+            "compile_mode": mode if model.compiled else None, "total_ms": total / 1000, "top_ops": [{"op": e.key, "calls": e.count, "self_ms": getattr(e, time_attr) / 1000,
                          "share": getattr(e, time_attr) / total} for e in top],
         })
     return results
@@ -966,7 +980,9 @@ def to_markdown(results: dict, command: str = "") -> str:
     if results["profile"]:
         lines += ["", "## Profile: top operators of one forward of ours (self time)", ""]
         for p in results["profile"]:
-            mode = "compiled (optimize_for_inference)" if p.get("compiled") else "eager, SDPA"
+            mode = "eager, SDPA"
+            if p.get("compiled"):
+                mode = f"compiled, {p.get('compile_mode') or 'default'} (optimize_for_inference)"
             lines += [f"### {p['model']}, {p['precision']}, batch {p['batch_size']}, {mode}: {p.get('total_ms', 0):.0f} ms "
                       "of self time in all", "", "| op | calls | self ms | share |", "|---|---|---|---|"]
             lines += [f"| {o['op']} | {o['calls']} | {o['self_ms']:.1f} | {o['share']:.0%} |" for o in p["top_ops"]]

@@ -78,18 +78,21 @@ def test_settings_cases_apply_overrides_and_skips():
     assert cuda.models == ("small", "base") and cuda.teacher == "regnety-16gf"
 
 
-@pytest.mark.slow  # two compilations
+@pytest.mark.slow  # four compilations, two of them autotuned
 def test_compiled_contenders_carry_the_same_weights_and_time_the_compiled_graphs():
     reference = build_timm("tiny", QUICK_GEOMETRY)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    calls, compile_seconds, diffs = compiled_contenders(reference, "tiny", QUICK_GEOMETRY, "fp32", images, "cpu")
-    assert set(calls) == set(compile_seconds) == set(diffs) == {"ours/compiled", "timm/compiled"}
+    calls, compile_seconds, diffs = compiled_contenders(
+        reference, "tiny", QUICK_GEOMETRY, "fp32", images, "cpu", modes=("default", "max-autotune")
+    )
+    names = {"ours/compiled", "timm/compiled", "ours/compiled-max-autotune", "timm/compiled-max-autotune"}
+    assert set(calls) == set(compile_seconds) == set(diffs) == names
     assert all(seconds > 0 for seconds in compile_seconds.values())
-    assert max(diffs.values()) < 1e-4  # both compiled graphs give ours-eager's logits
+    assert max(diffs.values()) < 1e-4  # every compiled graph gives ours-eager's logits
     with torch.inference_mode():
         expected = reference(images)
-    assert torch.allclose(calls["ours/compiled"](), expected, atol=1e-4)
-    assert torch.allclose(calls["timm/compiled"](), expected, atol=1e-4)
+    for name in names:
+        assert torch.allclose(calls[name](), expected, atol=1e-4), name
 
 
 def test_ratios_and_targets_separate_timm_eager_from_timm_compiled():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_deit import DistilledDeiTForImageClassification
-from hf_deit.inference import fastest_inference_precision, optimize_for_inference
+from hf_deit.inference import fastest_inference_precision, inference_compile_mode, optimize_for_inference
 
 
 @pytest.mark.parametrize("flags, hidden_size, expected", [
@@ -96,9 +96,18 @@ def test_compiled_forward_freezes_and_packs_the_weights(model_and_images):
         assert "_mkl_linear" in code and "extern_kernels.addmm" not in code
 
 
+def test_auto_compile_mode_autotunes_bf16_on_cpu_only(model_and_images):
+    assert inference_compile_mode("bf16", "cpu") == "max-autotune"  # inductor's AMX templates beat oneDNN at batch 1
+    assert inference_compile_mode("fp32", "cpu") == "default"  # MKL's packed GEMM wins on the model's shapes
+    assert inference_compile_mode("bf16", "cuda") == "default"
+    model, _, _ = model_and_images
+    assert optimize_for_inference(model, precision="bf16", compile=False).compile_mode == "max-autotune"
+    assert optimize_for_inference(model, precision="fp32", compile=False).compile_mode == "default"
+
+
 def test_unknown_compile_mode_names_the_choices(model_and_images):
     model, _, _ = model_and_images
-    with pytest.raises(ValueError, match=r"compile_mode='autotune' is not one of \('default', 'max-autotune'\)"):
+    with pytest.raises(ValueError, match=r"compile_mode='autotune' is not one of \('auto', 'default', 'max-autotune'\)"):
         optimize_for_inference(model, compile_mode="autotune")
 
 

@@ -3,9 +3,11 @@
 It puts the model in eval mode without gradients, casts it to the precision that runs fastest on the device, selects
 PyTorch's fused attention (SDPA), and compiles the forward with `torch.compile` with the weights frozen into the graph
 (inductor's `freezing`: the weights become constants, so the Linear layers run on pre-packed MKL (fp32) or oneDNN
-(bf16) weights, with the bias, GELU and residual additions fused into them). `compile_mode="max-autotune"` also times
-inductor's C++ matrix-product templates (AMX/AVX512 micro-kernels) against the library kernel for every Linear shape
-and keeps the faster one: a few percent faster in bf16 on an AMX Xeon, for about four times the compile time.
+(bf16) weights, with the bias, GELU and residual additions fused into them). In bf16 on a CPU it also times
+inductor's C++ matrix-product templates (AMX micro-kernels) against oneDNN for every Linear shape and keeps the faster
+one (`compile_mode="max-autotune"`): on a 2-core AMX Xeon, DeiT-Tiny at batch 1 ran 169 images/s against 114 without
+it (the same at batch 32), for a first compile of ~45 s instead of ~10 s (benchmarks/cpu-2026-11-30-amx.md). In fp32
+the MKL kernel won on the model's shapes, so fp32 compiles without it.
 
 Precision ("auto"):
     CUDA    bf16 where the GPU supports it.
@@ -46,11 +48,18 @@ def fastest_inference_precision(
     return "fp32"
 
 
-# Inductor settings for inference, per compile mode. The benchmark compiles timm with the same ones.
+# Inductor settings for inference, per compile mode ("auto" picks one per precision and device, see
+# `inference_compile_mode`). The benchmark compiles timm with the same ones.
+COMPILE_MODES = ("auto", "default", "max-autotune")
 INDUCTOR_INFERENCE_CONFIG = {
     "default": {"freezing": True},
     "max-autotune": {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"},
 }
+
+
+def inference_compile_mode(precision: str, device: str | torch.device) -> str:
+    """The compile mode `compile_mode="auto"` uses: "max-autotune" for bf16 on a CPU, else "default"."""
+    return "max-autotune" if precision == "bf16" and torch.device(device).type == "cpu" else "default"
 
 
 def compile_for_inference(fn, mode: str = "default"):
@@ -121,7 +130,7 @@ def optimize_for_inference(
     precision: str = "auto",
     compile: bool = True,
     device: str | torch.device | None = None,
-    compile_mode: str = "default",
+    compile_mode: str = "auto",
 ) -> InferenceModel:
     """Prepares `model` (a `DistilledDeiTForImageClassification`, or any classifier returning logits) for inference.
 
@@ -130,8 +139,9 @@ def optimize_for_inference(
     compile: compile the forward with `torch.compile` and frozen weights (the first call of each new input shape
         compiles: tens of seconds on a CPU). Falls back to eager where compiling fails.
     device: where to run (default: where the model's weights are).
-    compile_mode: "default" (frozen weights) or "max-autotune" (frozen weights, and each Linear shape timed against
-        inductor's C++ matrix-product templates; about 4x the compile time, see the module docstring).
+    compile_mode: "auto" ("max-autotune" for bf16 on a CPU, else "default"), "default" (frozen weights) or
+        "max-autotune" (frozen weights, and each Linear shape timed against inductor's C++ matrix-product templates;
+        about 4x the compile time, see the module docstring).
 
     The model is switched to eval mode, gradients are turned off and, where the model supports it, attention runs
     through SDPA (`config._attn_implementation = "sdpa"`, changed in place; attention weights are not returned).
@@ -140,15 +150,17 @@ def optimize_for_inference(
         raise ValueError(
             f"precision={precision!r} is not one of {INFERENCE_PRECISIONS}; use 'auto' to let the device decide."
         )
-    if compile_mode not in INDUCTOR_INFERENCE_CONFIG:
+    if compile_mode not in COMPILE_MODES:
         raise ValueError(
-            f"compile_mode={compile_mode!r} is not one of {tuple(INDUCTOR_INFERENCE_CONFIG)}; 'default' compiles "
-            "fastest, 'max-autotune' runs a few percent faster in bf16."
+            f"compile_mode={compile_mode!r} is not one of {COMPILE_MODES}; 'auto' picks the faster one for the "
+            "precision and device."
         )
     device = torch.device(device) if device is not None else next(model.parameters()).device
     config = getattr(model, "config", None)
     if precision == "auto":
         precision = fastest_inference_precision(device, getattr(config, "hidden_size", None))
+    if compile_mode == "auto":
+        compile_mode = inference_compile_mode(precision, device)
     if getattr(model, "_supports_sdpa", False) and config is not None:
         config._attn_implementation = "sdpa"
     model = model.to(device, _DTYPES[precision]).eval().requires_grad_(False)
