@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Deployment speed: ONNX Runtime on our export against ONNX Runtime on transformers' DeiT exported the same way,
-and against our PyTorch paths (eager, torch.compile), interleaved in one process.
+and against our PyTorch paths (eager, and `optimize_for_inference` in fp32 and in the CPU's fastest precision),
+interleaved in one process.
 
     python scripts/benchmark_deploy.py --output benchmarks/deploy-cpu-2026-11-30   # DeiT-Tiny geometry, batch 1 and 32
     python scripts/benchmark_deploy.py --quick --output /tmp/deploy                 # tiny geometry, seconds of timing
 
-All four contenders carry the same random weights (timm's DeiT-Tiny layout converted by `hf_deit.convert`; transformers'
+All contenders carry the same random weights (timm's DeiT-Tiny layout converted by `hf_deit.convert`; transformers'
 `DeiTForImageClassificationWithTeacher` gets them with q/k/v split), are checked to give the same logits, and use the
 same number of threads. Each round times every contender once per batch size, in turn, so that the noise of a shared
 machine falls on all of them alike; the report gives the median images/s and each contender's ratio to our eager model.
@@ -24,10 +25,12 @@ from pathlib import Path
 
 import torch
 
-from hf_deit.benchmark import build_ours, build_timm, build_transformers, interleave, summarize
-from hf_deit.export import OUTPUT_NAMES, LogitsOnly, export_onnx, onnx_session
+from benchmark_sections import build_ours, build_timm, build_transformers, interleave, summarize
+from hf_deit.export import LogitsOnly, export_onnx, onnx_session
+from hf_deit.inference import fastest_inference_precision, optimize_for_inference
 
-CONTENDERS = ("ours, ONNX Runtime", "transformers DeiT, ONNX Runtime", "ours, PyTorch eager", "ours, torch.compile")
+ORT_OURS, ORT_THEIRS, EAGER = "ours, ONNX Runtime", "transformers DeiT, ONNX Runtime", "ours, PyTorch eager"
+COMPILED_FP32 = "ours, optimize_for_inference fp32"
 TINY_GEOMETRY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
 
 
@@ -45,36 +48,41 @@ def cpu_description() -> dict:
 
 
 def build_contenders(geometry: dict | None, workdir: Path, threads: int) -> tuple[dict, dict]:
-    """The four contenders as callables taking a batch, and their largest logit differences from our eager model."""
+    """The contenders as callables taking a float32 batch, and their largest logit differences from our eager model:
+    ONNX Runtime on both exports (fp32), our eager model (fp32), `optimize_for_inference` in fp32 and, where the CPU
+    runs another precision faster (bf16 with AMX), in that precision too (its default there)."""
     reference = build_timm("tiny", geometry)
     ours = build_ours(reference, "sdpa")
     theirs = build_transformers(ours, "sdpa")
     ours_path = export_onnx(ours, workdir / "ours.onnx")
     theirs_path = export_onnx(theirs, workdir / "transformers_deit.onnx")  # same wrapper: same inputs, same outputs
-    ours_session, theirs_session = onnx_session(ours_path, threads), onnx_session(theirs_path, threads)
-    compiled = torch.compile(LogitsOnly(ours).eval())
-
+    # Without spinning: busy-waiting ONNX Runtime threads would take the cores from the contender timed next.
+    ours_session = onnx_session(ours_path, threads, spinning=False)
+    theirs_session = onnx_session(theirs_path, threads, spinning=False)
     contenders = {
-        CONTENDERS[0]: lambda x: ours_session.run(None, {"pixel_values": x.numpy()}),
-        CONTENDERS[1]: lambda x: theirs_session.run(None, {"pixel_values": x.numpy()}),
-        CONTENDERS[2]: lambda x: ours(pixel_values=x),
-        CONTENDERS[3]: lambda x: compiled(x),
+        ORT_OURS: lambda x: torch.from_numpy(ours_session.run(None, {"pixel_values": x.numpy()})[0]),
+        ORT_THEIRS: lambda x: torch.from_numpy(theirs_session.run(None, {"pixel_values": x.numpy()})[0]),
+        EAGER: lambda x: LogitsOnly(ours)(x)[0],
+        COMPILED_FP32: optimize_for_inference(build_ours(reference, "sdpa"), precision="fp32"),
     }
+    fastest = fastest_inference_precision("cpu", ours.config.hidden_size)
+    if fastest != "fp32":
+        contenders[f"ours, optimize_for_inference {fastest} (its default here)"] = optimize_for_inference(
+            build_ours(reference, "sdpa"), precision=fastest
+        )
     size = ours.config.image_size
     x = torch.randn(3, 3, size, size)
     with torch.no_grad():
-        expected = ours(pixel_values=x).logits
-        results = {CONTENDERS[0]: torch.from_numpy(contenders[CONTENDERS[0]](x)[0]),
-                   CONTENDERS[1]: torch.from_numpy(contenders[CONTENDERS[1]](x)[0]),
-                   CONTENDERS[3]: compiled(x)[OUTPUT_NAMES.index("logits")]}
-    parity = {name: (logits - expected).abs().max().item() for name, logits in results.items()}
+        expected = contenders[EAGER](x)
+        # The first call of each compiled contender compiles it (for these 3 images; the timed batches recompile).
+        parity = {name: (fn(x) - expected).abs().max().item() for name, fn in contenders.items() if name != EAGER}
     return contenders, parity
 
 
 def run(geometry: dict | None, batch_sizes: list[int], rounds: int, log) -> dict:
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as workdir, torch.no_grad():
-        log(f"exporting both models and compiling ours ({threads} threads each)")
+        log(f"exporting both models, compiling ours ({threads} threads each)")
         start = time.perf_counter()
         contenders, parity = build_contenders(geometry, Path(workdir), threads)
         log(f"ready in {time.perf_counter() - start:.0f} s; max |logits - eager|: {parity}")
@@ -87,7 +95,7 @@ def run(geometry: dict | None, batch_sizes: list[int], rounds: int, log) -> dict
     rows = []
     for b in batch_sizes:
         stats = {name: summarize(times[f"{name} | {b}"], b) for name in contenders}
-        eager = stats[CONTENDERS[2]]["median"]
+        eager = stats[EAGER]["median"]
         for name in contenders:
             rows.append({"contender": name, "batch_size": b, **stats[name],
                          "vs_ours_eager": stats[name]["median"] / eager})
@@ -96,11 +104,11 @@ def run(geometry: dict | None, batch_sizes: list[int], rounds: int, log) -> dict
 
 def to_markdown(results: dict) -> str:
     lines = [
-        "# Deployment speed: ONNX Runtime vs PyTorch (DeiT-Tiny geometry, distilled, random weights, fp32)", "",
+        "# Deployment speed: ONNX Runtime vs PyTorch (DeiT-Tiny geometry, distilled, random weights)", "",
         f"- Command: `{results['command']}`",
         f"- Date (UTC): {results['date']}",
         f"- CPU: {results['cpu']['model']}, {results['cpu']['cpus']} CPUs, flags {', '.join(results['cpu']['flags'])}",
-        f"- Threads: {results['threads']} for torch and for each ONNX Runtime session; "
+        f"- Threads: {results['threads']} for torch and for each ONNX Runtime session (spinning off); "
         f"torch {results['versions']['torch']}, onnxruntime {results['versions']['onnxruntime']}, "
         f"transformers {results['versions']['transformers']}",
         f"- Geometry: {results['geometry']}; {results['rounds']} interleaved rounds after a warm-up round",

@@ -76,7 +76,7 @@ class BenchmarkSettings:
     compile_precision: str = "fp32"
     # Precisions ("fp32", "bf16") in which the inference section also runs the compiled contenders (each compiles
     # once per model, precision and batch size: 10-20 s apiece on a 2-core CPU), and those in which it also runs them
-    # compiled with max-autotune (~45 s apiece; on an AMX CPU inductor's bf16 templates beat oneDNN on most shapes).
+    # compiled with max-autotune (~40 s apiece; on an AMX CPU inductor's bf16 templates beat oneDNN on most shapes).
     compiled_inference: tuple[str, ...] = ("fp32", "bf16")
     autotuned_inference: tuple[str, ...] = ()
     profile: bool = True

@@ -101,3 +101,17 @@ def test_export_cli_refuses_an_output_that_is_not_onnx(saved_model, tmp_path):
     folder, _ = saved_model
     with pytest.raises(SystemExit, match="should end in .onnx"):
         export_onnx.main([str(folder), "--output", str(tmp_path / "model.pt")])
+
+
+@pytest.mark.slow  # two ONNX exports and two compiles
+def test_deploy_benchmark_times_every_contender_with_eagers_logits(tmp_path):
+    import benchmark_deploy
+
+    results = benchmark_deploy.main(["--quick", "--rounds", "1", "--batch_sizes", "2", "--output", str(tmp_path / "d")])
+    names = {row["contender"] for row in results["rows"]}
+    assert {benchmark_deploy.ORT_OURS, benchmark_deploy.ORT_THEIRS, benchmark_deploy.EAGER,
+            benchmark_deploy.COMPILED_FP32} <= names
+    assert all(row["median"] > 0 for row in results["rows"])
+    assert max(results["parity_max_abs_diff"].values()) < 1e-4  # the quick model is narrow: every contender in fp32
+    report = (tmp_path / "d.md").read_text()
+    assert "ours, optimize_for_inference fp32" in report and "vs ours eager" in report

@@ -32,6 +32,9 @@ def test_readme_python_snippets_run(tmp_path):
     # The peft snippet: the merged LoRA model gives the adapted model's logits.
     lora_diff = float(re.search(r"LoRA merged, max \|diff\|: ([-0-9.e]+)", result.stdout).group(1))
     assert lora_diff <= 1e-5
+    # The inference snippet: compiled (no fallback to eager), with the plain model's logits.
+    optimized = re.search(r"optimized: (\w+) (compiled|eager) max \|diff\|: ([-0-9.e]+)", result.stdout)
+    assert optimized.group(1, 2) == ("fp32", "compiled") and float(optimized.group(3)) <= 1e-4
     # The deployment snippet: ONNX Runtime on the export gives PyTorch's logits.
     onnx_diff = float(re.search(r"ONNX Runtime vs PyTorch, max \|diff\|: ([-0-9.e]+)", result.stdout).group(1))
     assert onnx_diff <= 1e-4

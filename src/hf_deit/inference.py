@@ -5,8 +5,8 @@ PyTorch's fused attention (SDPA), and compiles the forward with `torch.compile` 
 (inductor's `freezing`: the weights become constants, so the Linear layers run on pre-packed MKL (fp32) or oneDNN
 (bf16) weights, with the bias, GELU and residual additions fused into them). In bf16 on a CPU it also times
 inductor's C++ matrix-product templates (AMX micro-kernels) against oneDNN for every Linear shape and keeps the faster
-one (`compile_mode="max-autotune"`): on a 2-core AMX Xeon, DeiT-Tiny at batch 1 ran 169 images/s against 114 without
-it (the same at batch 32), for a first compile of ~45 s instead of ~10 s (benchmarks/cpu-2026-11-30-amx.md). In fp32
+one (`compile_mode="max-autotune"`): on a 2-core AMX Xeon, DeiT-Tiny at batch 1 ran 133 images/s against 105 without
+it (the same at batch 32), for a first compile of 37-41 s instead of 10-13 s (benchmarks/cpu-2026-11-30-amx.md). In fp32
 the MKL kernel won on the model's shapes, so fp32 compiles without it.
 
 Precision ("auto"):
