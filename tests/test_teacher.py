@@ -261,6 +261,20 @@ def test_the_teacher_stays_frozen_whatever_its_parent_does():
     torch.testing.assert_close(teacher.logits(x), teacher.model(x).logits)  # eval-mode batch norm: deterministic
 
 
+@pytest.mark.slow  # compiles with inductor
+def test_the_compiled_teacher_runs_with_its_weights_frozen_into_the_graph():
+    from torch._inductor.utils import run_and_get_code
+
+    teacher = Teacher(tiny_resnet(NAMES))
+    x = torch.randn(2, 3, 16, 16)
+    expected = teacher.logits(x)
+    teacher.compile()
+    logits, (code, *_) = run_and_get_code(teacher.logits, x)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    # Weights as constants (batch norm folded into the convolutions, weights packed), not graph inputs.
+    assert "_frozen_param" in code
+
+
 def test_the_teacher_reorders_its_classes_into_the_students_by_name(tmp_path):
     model = tiny_resnet(["dog", "bird", "cat"]).eval()
     model.save_pretrained(tmp_path)

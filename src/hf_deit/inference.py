@@ -62,22 +62,27 @@ def inference_compile_mode(precision: str, device: str | torch.device) -> str:
     return "max-autotune" if precision == "bf16" and torch.device(device).type == "cpu" else "default"
 
 
-def compile_for_inference(fn, mode: str = "default"):
-    """`torch.compile(fn)` for inference with `INDUCTOR_INFERENCE_CONFIG[mode]` in force: call the result under
-    `torch.no_grad()`/`torch.inference_mode()` (freezing applies to graphs without gradients only).
+def compile_for_inference(fn, compile_mode: str = "default", **compile_options):
+    """`torch.compile(fn, **compile_options)` (static shapes unless `dynamic` is given) for inference, with
+    `INDUCTOR_INFERENCE_CONFIG[compile_mode]` in force: call the result under `torch.no_grad()` or
+    `torch.inference_mode()` (freezing applies to graphs without gradients only). Used for the trained model
+    (`optimize_for_inference`) and for the teacher during training (`Teacher.compile`), whose weights never change.
 
     The settings are patched into inductor's config around every call rather than passed as
     `torch.compile(options=...)`: dynamo decides whether the parameters become constants from the global `freezing`
     flag when it traces (the call is when a new shape compiles), so `options={"freezing": True}` is silently ignored
     and the weights stay graph inputs, unpacked (measured with torch 2.14: no `_frozen_param` in the generated code).
+    Other backends than inductor get `torch.compile` as is.
     """
     import torch._inductor.config as inductor_config
 
-    if mode not in INDUCTOR_INFERENCE_CONFIG:
-        raise ValueError(f"compile mode {mode!r} is not one of {tuple(INDUCTOR_INFERENCE_CONFIG)}.")
-    settings = INDUCTOR_INFERENCE_CONFIG[mode]
-    # dynamic=False: each new batch size compiles its own static graph (faster than one dynamic graph for all).
-    compiled = torch.compile(fn, dynamic=False)
+    if compile_mode not in INDUCTOR_INFERENCE_CONFIG:
+        raise ValueError(f"compile mode {compile_mode!r} is not one of {tuple(INDUCTOR_INFERENCE_CONFIG)}.")
+    # dynamic=False by default: each new batch size compiles its own static graph (faster than one dynamic graph).
+    compiled = torch.compile(fn, **{"dynamic": False, **compile_options})
+    if compile_options.get("backend", "inductor") != "inductor":
+        return compiled
+    settings = INDUCTOR_INFERENCE_CONFIG[compile_mode]
 
     def call(*args, **kwargs):
         with inductor_config.patch(settings):

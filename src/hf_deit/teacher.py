@@ -469,9 +469,13 @@ class Teacher(nn.Module):
         return super().train(False)  # frozen: its outputs never change with its parent's mode
 
     def compile(self, **options) -> "Teacher":
-        """Compile the teacher's forward pass with `torch.compile(**options)` (backend, mode, ...). Passes that read
-        the classifier's input (`features=True`) hook into the model and run eagerly."""
-        self.compiled = torch.compile(self.model, **options)
+        """Compile the teacher's forward pass with `torch.compile(**options)` (backend, mode, ...); with inductor its
+        weights are frozen into the graph as constants (it never trains), pre-packed for the CPU's convolution and
+        matrix libraries (`hf_deit.inference.compile_for_inference`). Passes that read the classifier's input
+        (`features=True`) hook into the model and run eagerly."""
+        from .inference import compile_for_inference
+
+        self.compiled = compile_for_inference(self.model, **{"dynamic": None, **options})
         return self
 
     @torch.no_grad()
