@@ -778,17 +778,21 @@ def compile_section(settings: BenchmarkSettings, log: Callable[[str], None]) -> 
     model_name = settings.models[0]
     batch = (settings.case(model_name, precision) or {"batch_size": settings.batch_size})["batch_size"]
     reference = build_timm(model_name, settings.geometry)
+    teacher = build_teacher(settings.teacher, reference.num_classes, size)
+    # Each as training compiles it: the student with `torch.compile`, the teacher through `Teacher.compile` (frozen
+    # weights); the teacher also without freezing, for comparison.
     modules = {
-        f"student ours/{model_name}": build_ours(reference, "sdpa"),
-        f"teacher {settings.teacher}": build_teacher(settings.teacher, reference.num_classes, size),
+        f"student ours/{model_name}": (build_ours(reference, "sdpa"), torch.compile),
+        f"teacher {settings.teacher}, frozen weights (training's)": (
+            teacher, lambda module: compile_for_inference(module, dynamic=None)),
+        f"teacher {settings.teacher}, plain torch.compile": (teacher, torch.compile),
     }
     results = []
-    for name, module in modules.items():
+    for name, (module, compile_module) in modules.items():
         module = module.to(device, dtype).eval()
         images = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
         torch._dynamo.reset()
-        # The teacher as training compiles it (`Teacher.compile`: frozen weights); the student as training does.
-        compiled = compile_for_inference(module, dynamic=None) if name.startswith("teacher") else torch.compile(module)
+        compiled = compile_module(module)
         log(f"compile {name}")
         with torch.inference_mode():
             compile_seconds = time_call(lambda: compiled(images), device)
