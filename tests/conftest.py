@@ -11,6 +11,15 @@ import pytest
 # monkeypatch inside the test (huggingface_hub reads it when first imported).
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# Under pytest-xdist each worker takes its share of the cores (and so do the processes it launches). With torch's
+# default, every worker runs as many OpenMP threads as there are cores: on 2 cores two workers' spinning threads
+# contend, and two long training tests side by side each ran 3x slower than alone.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # The command-line scripts import each other as a script's own folder allows (`import train`, `import
 # experiment_common`); tests that call a script's `main(argv)` import it the same way, from this one place.
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

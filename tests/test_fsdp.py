@@ -72,6 +72,9 @@ FSDP_WORKER = textwrap.dedent(
         with open(os.path.join(out, "report.json"), "w") as f:
             json.dump(dict(loss=mean_loss.item(), world_size=world), f)
     if sharded:
+        # Both ranks leave together: a rank that tears gloo down while rank 0 still saves aborted now and then
+        # ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
     """
 )

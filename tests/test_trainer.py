@@ -228,6 +228,7 @@ DDP_WORKER = textwrap.dedent(
         with open(os.path.join(sys.argv[1], "report.json"), "w") as f:
             json.dump(report, f)
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # both ranks leave together (see the FSDP worker in test_fsdp.py)
         torch.distributed.destroy_process_group()
     """
 )
