@@ -44,6 +44,7 @@ from hf_deit.data import (  # noqa: E402
 )
 from hf_deit.card import augmentation_recipe, data_card_fields, final_train_loss, write_teacher_card  # noqa: E402
 from hf_deit.checkpointing import prepare_output_dir, record_run_settings, run_settings  # noqa: E402
+from hf_deit.distributed import leave_process_group  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
@@ -132,6 +133,7 @@ def main(argv=None) -> dict:
         )
         if push_to_hub:
             push_output_to_hub(training_args, hub_token)
+    leave_process_group(trainer)  # every rank, once all is saved: a finished run exits 0 (hf_deit.distributed)
     return metrics
 
 

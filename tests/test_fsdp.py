@@ -17,9 +17,8 @@ import textwrap
 import pytest
 import torch
 
-from test_trainer import _mkdir, run_worker, tiny_resnet, tiny_student
+from test_trainer import TORCHRUN, _mkdir, run_worker, tiny_resnet, tiny_student
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 FSDP_WORKER = textwrap.dedent(
     """
@@ -72,10 +71,9 @@ FSDP_WORKER = textwrap.dedent(
         with open(os.path.join(out, "report.json"), "w") as f:
             json.dump(dict(loss=mean_loss.item(), world_size=world), f)
     if sharded:
-        # Both ranks leave together: a rank that tears gloo down while rank 0 still saves aborted now and then
-        # ("terminate called without an active exception").
-        dist.barrier()
-        dist.destroy_process_group()
+        from hf_deit.distributed import leave_process_group
+
+        leave_process_group()
     """
 )
 
@@ -84,11 +82,15 @@ FSDP_WORKER = textwrap.dedent(
 # pass: the sharded model gathers its weights). The main process writes report.json into the output folder.
 TRAIN_WITH_RECORD = textwrap.dedent(
     """
-    import json, os, runpy, sys
+    import atexit, json, os, runpy, sys
     import torch, transformers
     sys.path.insert(0, {tests_dir!r})
     from test_fsdp import probe_images
+    from test_trainer import gloo_threads
     from train_launcher import ROOT, _add_callback
+
+    # Registered first, so it runs last, after hf_deit's own exit hook.
+    atexit.register(lambda: print(f"gloo threads at exit: {{gloo_threads()}}", flush=True))
 
 
     class Record(transformers.TrainerCallback):
@@ -197,6 +199,9 @@ def test_train_script_fully_shards_on_two_cpu_processes_with_one_process_loss_an
             logits = loaded.eval()(pixel_values=probe_images()).logits
         assert torch.isfinite(logits).all()
         torch.testing.assert_close(logits, trained, rtol=1e-5, atol=1e-6)
+    # Both ranks left the group with gloo's threads joined, although the sharded model's device mesh is cached by
+    # DTensor for the life of the process (hf_deit.distributed).
+    assert double["gloo_threads_at_exit"] == [0, 0]
 
 
 @pytest.mark.slow

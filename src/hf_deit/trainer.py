@@ -16,6 +16,7 @@ from .callbacks import LogAtLeastEvery, NonFiniteLossError, NonFiniteLossGuard, 
 from .checkpointing import save_checkpoint_atomically
 from .data.mixup import LABELED_KEY
 from .data.samplers import PositionSeededCollator, PositionSeededDataset, PositionSeededSampler
+from .distributed import release_group_at_exit
 from .losses import classification_loss
 from .metrics import make_compute_metrics  # noqa: F401  (also importable from here, where it used to live)
 from .objective import DistillationObjective
@@ -131,6 +132,8 @@ class DeiTTrainerBase(Trainer):
         self.repeated_augmentation = repeated_augmentation
         self.loss_guard = NonFiniteLossGuard()  # compute_loss feeds it; training_step checks it (hf_deit.callbacks)
         self.add_callback(LogAtLeastEvery())
+        if self.args.world_size > 1:  # scripts call hf_deit.distributed.leave_process_group; this is the safety net
+            release_group_at_exit(self)
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
