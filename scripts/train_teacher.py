@@ -48,6 +48,7 @@ from hf_deit.distributed import leave_process_group  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
+from hf_deit.preemption import exit_status_of  # noqa: E402
 from hf_deit.trainer import ClassifierTrainer  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train_teacher")
@@ -138,4 +139,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status_of(main))  # 0, or 128 + the signal that stopped training (hf_deit.preemption)

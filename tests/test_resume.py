@@ -3,6 +3,7 @@ started again ends with the same weights and metrics as a run that was never int
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,3 +176,78 @@ def test_a_rerun_with_other_settings_is_refused_and_the_card_stays_true(tmp_path
     assert json.loads((out / "run_settings.json").read_text())["distillation_alpha"] == 0.3
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["log_history"][-1].get("train_loss") is not None
+
+
+# --------------------------------------------------------------------------------------------- stopped on a signal
+
+
+def stop_and_resume(tmp_path, launch, signal_to, reference_dir):
+    """Starts a run, sends SIGTERM when its first checkpoint exists (`signal_to`: the whole process group, as SLURM and
+    a terminal do, or the launcher alone, as Kubernetes does), checks how it stopped, reruns the same command and
+    checks that the result is the uninterrupted run's."""
+    run_dir = tmp_path / "run"
+    victim = start(launch(run_dir, "--slow_steps_after", str(SAVE_STEPS)), tmp_path / "victim.log")
+    try:
+        wait_for(lambda: (run_dir / f"checkpoint-{SAVE_STEPS}" / "trainer_state.json").exists(), victim, timeout=240)
+        signalled = time.monotonic()
+        signal_to(victim)
+        victim.wait(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+    log = (tmp_path / "victim.log").read_text()
+    assert victim.returncode != 0 and took < 20, (victim.returncode, took, log[-3000:])
+    assert "SIGTERM received: finishing the current step, saving a checkpoint" in log
+    stopped = [int(step) for step in re.findall(r"Training stopped on SIGTERM after step (\d+)", log)]
+    assert stopped and len(set(stopped)) == 1 and SAVE_STEPS < stopped[0] < MAX_STEPS, log[-3000:]  # one step for all
+    checkpoint = run_dir / f"checkpoint-{stopped[0]}"
+    assert f"its state is saved in {checkpoint}. Run the same command again to resume" in log
+    assert (checkpoint / "trainer_state.json").exists() and not list(run_dir.glob(".partial-*"))
+    assert not (run_dir / "model.safetensors").exists()  # the run did not go on to save a final model
+
+    resumed = start(launch(run_dir), tmp_path / "resumed.log")
+    finish(resumed, tmp_path / "resumed.log", timeout=300)
+    assert f"Resuming from {checkpoint}" in (tmp_path / "resumed.log").read_text()
+    assert_same_run(run_dir, reference_dir)
+    return victim.returncode
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_saves_and_the_same_command_resumes_to_the_uninterrupted_result(tmp_path):
+    reference_dir = tmp_path / "reference"
+    reference = start(train_command(reference_dir), tmp_path / "reference.log")
+    status = stop_and_resume(tmp_path, train_command, lambda run: os.killpg(run.pid, signal.SIGTERM), reference_dir)
+    finish(reference, tmp_path / "reference.log")
+    assert status == 128 + signal.SIGTERM  # a scheduler reads "ended by SIGTERM" and may requeue
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    victim = start(train_command(tmp_path / "run", "--slow_steps_after", "0"), tmp_path / "victim.log")
+    try:
+        wait_for(lambda: "{'loss'" in (tmp_path / "victim.log").read_text(), victim, timeout=120)
+        os.killpg(victim.pid, signal.SIGINT)
+        time.sleep(0.05)
+        os.killpg(victim.pid, signal.SIGINT)
+        victim.wait(timeout=10)
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+    assert victim.returncode in (-signal.SIGINT, 128 + signal.SIGINT, 1)
+    assert "KeyboardInterrupt" in (tmp_path / "victim.log").read_text()
+
+
+def two_process_command(output_dir, *launcher_options):
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--main_process_port", "0", "--num_cpu_threads_per_process", "1",
+            *train_command(output_dir, *launcher_options)[1:]]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_both_processes_after_the_same_step_and_the_rerun_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # two gloo processes
+    reference_dir = tmp_path / "reference"
+    reference = start(two_process_command(reference_dir), tmp_path / "reference.log")
+    finish(reference, tmp_path / "reference.log", timeout=300)
+    stop_and_resume(tmp_path, two_process_command, lambda run: os.kill(run.pid, signal.SIGTERM), reference_dir)

@@ -1,6 +1,7 @@
 """Runs scripts/train.py in this process, with optional slow-downs so that a test can kill it at a chosen moment.
 
     python tests/train_launcher.py [--slow_steps_after N] [--slow_save_at_step N] -- <train.py arguments>
+    accelerate launch ... tests/train_launcher.py <train.py arguments>          # no options, no "--"
 
 --slow_steps_after N   sleep 0.5 s after each optimizer step past step N (the run is then still going when the
                        test sees checkpoint N and kills it).
@@ -20,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main():
     argv = sys.argv[1:]
-    split = argv.index("--")
-    options, train_argv = argv[:split], argv[split + 1 :]
+    # accelerate launch's parser drops a "--" that comes first among the script's arguments
+    options, train_argv = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else ([], argv)
     options = dict(zip(options[::2], (int(value) for value in options[1::2])))
 
     import transformers

@@ -20,6 +20,7 @@ from .distributed import release_group_at_exit
 from .losses import classification_loss
 from .metrics import make_compute_metrics  # noqa: F401  (also importable from here, where it used to live)
 from .objective import DistillationObjective
+from .preemption import StopOnSignal, shield_workers
 from .teacher import Teacher, TeacherForwardOutput
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ class DeiTTrainerBase(Trainer):
         self.repeated_augmentation = repeated_augmentation
         self.loss_guard = NonFiniteLossGuard()  # compute_loss feeds it; training_step checks it (hf_deit.callbacks)
         self.add_callback(LogAtLeastEvery())
+        self.stop_on_signal = StopOnSignal()  # SIGTERM or Ctrl-C: finish the step, save, stop (hf_deit.preemption)
+        self.add_callback(self.stop_on_signal)
         if self.args.world_size > 1:  # scripts call hf_deit.distributed.leave_process_group; this is the safety net
             release_group_at_exit(self)
 
@@ -168,7 +171,7 @@ class DeiTTrainerBase(Trainer):
             if batch_sampler is not None and hasattr(batch_sampler, "num_processes"):
                 batch_sampler.num_processes = 1
                 batch_sampler.process_index = 0
-        return dataloader
+        return shield_workers(dataloader)
 
     def _seeded_train_dataloader(self):
         # Map-style data: every augmentation draw seeded by its place in the epoch (hf_deit.checkpointing), so that
@@ -186,7 +189,7 @@ class DeiTTrainerBase(Trainer):
 
     def get_eval_dataloader(self, eval_dataset=None):
         with self._collating_with(self.eval_data_collator):
-            return super().get_eval_dataloader(eval_dataset)
+            return shield_workers(super().get_eval_dataloader(eval_dataset))
 
     def get_test_dataloader(self, test_dataset):
         with self._collating_with(self.eval_data_collator):
@@ -215,10 +218,14 @@ class DeiTTrainerBase(Trainer):
 
     def train(self, *args, **kwargs):
         try:
-            return super().train(*args, **kwargs)
+            result = super().train(*args, **kwargs)
         except NonFiniteLossError as error:
             # The bad step never reached the optimizer: save the last good state, then stop loudly.
             raise error.with_checkpoint(self._save_checkpoint(self.model, trial=None)) from None
+        interruption = self.stop_on_signal.interruption(self.args.output_dir)
+        if interruption is not None:  # stopped on SIGTERM/Ctrl-C, checkpoint saved: the run is not finished
+            raise interruption
+        return result
 
     def _save_checkpoint(self, model, trial):
         return save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
