@@ -251,3 +251,27 @@ def test_sigterm_to_the_launcher_stops_both_processes_after_the_same_step_and_th
     reference = start(two_process_command(reference_dir), tmp_path / "reference.log")
     finish(reference, tmp_path / "reference.log", timeout=300)
     stop_and_resume(tmp_path, two_process_command, lambda run: os.kill(run.pid, signal.SIGTERM), reference_dir)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_within_a_minute_naming_it_and_the_checkpoint(tmp_path, monkeypatch):
+    import psutil
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    run_dir = tmp_path / "run"
+    launcher = start(two_process_command(run_dir, "--slow_steps_after", str(SAVE_STEPS)), tmp_path / "run.log")
+    try:
+        wait_for(lambda: (run_dir / f"checkpoint-{SAVE_STEPS}" / "trainer_state.json").exists(), launcher, timeout=240)
+        ranks = {int(child.environ()["RANK"]): child for child in psutil.Process(launcher.pid).children()
+                 if "RANK" in child.environ()}  # fmt: skip
+        killed = time.monotonic()
+        ranks[1].kill()  # SIGKILL: no handler runs, as when the out-of-memory killer strikes
+        launcher.wait(timeout=90)
+        took = time.monotonic() - killed
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    log = (tmp_path / "run.log").read_text()
+    assert launcher.returncode != 0 and took < 60, (took, log[-3000:])
+    assert re.search(r"Rank 1 of this run was lost: its process \(pid \d+ on this host\) is gone", log), log[-3000:]
+    assert f"The newest complete checkpoint is {run_dir / f'checkpoint-{SAVE_STEPS}'}" in log

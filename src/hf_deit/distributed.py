@@ -19,9 +19,15 @@ rank, drop the wrappers that hold the group, destroy it, and collect, all while 
 import atexit
 import gc
 import logging
+import os
+import socket
+import threading
+import time
 import weakref
 
 import torch.distributed as dist
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +80,110 @@ def _forget_groups_in_device_meshes() -> None:
 
     for mesh in (obj for obj in gc.get_objects() if isinstance(obj, DeviceMesh)):
         getattr(mesh, "_pg_registry", {}).clear()
+
+
+# ---- a lost process: the survivors say which rank is gone and where to resume, instead of waiting on it ----
+
+LOST_PROCESS_EXIT_STATUS = 1
+
+
+class PeerWatch(TrainerCallback):
+    """Watches the other ranks of a multi-process run from a background thread, so that a rank that dies alone (killed,
+    out of memory, its machine gone) ends the run within seconds with a message that names it, instead of leaving the
+    others blocked in a collective until its timeout (30 minutes by default).
+
+    Each rank records its host and pid in the run's key-value store (the one the process group was set up with) and
+    bumps a heartbeat counter every `interval` seconds. A peer on the same host is lost when its process no longer
+    exists; any peer is lost when its heartbeat has not moved for `patience` seconds (measured on the watcher's own
+    clock, so hosts need no common time), or when the store itself stops answering (it lives with rank 0 or the
+    launcher). The watcher then logs which rank, and the newest complete checkpoint, and ends its process: the step
+    under way cannot finish without the lost rank. Under `accelerate launch`/`torchrun` the launcher also stops the
+    survivors (SIGTERM, then SIGKILL 30 s later); the message is what it does not give."""
+
+    def __init__(self, output_dir: str, interval: float = 2.0, patience: float = 60.0):
+        self.output_dir, self.interval, self.patience = output_dir, interval, patience
+        self._stop = threading.Event()
+        self._thread = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.stop()
+
+    def start(self) -> None:
+        if self._thread is not None or not (dist.is_available() and dist.is_initialized()):
+            return
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        try:
+            self.store = dist.distributed_c10d._get_default_store()
+        except (RuntimeError, ValueError) as error:  # a group set up without a store: nothing to watch through
+            logger.warning("Not watching the other ranks: %s", error)
+            return
+        self.store.set(f"hf_deit/peer/{self.rank}", f"{socket.gethostname()} {os.getpid()}")
+        self._thread = threading.Thread(target=self._watch, name="hf_deit_peer_watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _watch(self) -> None:
+        peers = [rank for rank in range(self.world_size) if rank != self.rank]
+        seen = {rank: (None, time.monotonic()) for rank in peers}  # last heartbeat value, when it last moved
+        beats = 0
+        while not self._stop.wait(self.interval):
+            try:
+                beats += 1
+                self.store.set(f"hf_deit/heartbeat/{self.rank}", str(beats))
+                for rank in peers:
+                    reason = self._lost_because(rank, seen)
+                    if reason:
+                        return self._end(rank, reason)
+            except Exception as error:  # the store is gone with the process that held it
+                if self._stop.is_set():
+                    return
+                return self._end(0, f"the run's key-value store stopped answering ({error})")
+
+    def _lost_because(self, rank: int, seen: dict) -> str | None:
+        host, pid = self.store.get(f"hf_deit/peer/{rank}").decode().split() \
+            if self.store.check([f"hf_deit/peer/{rank}"]) else (None, None)  # fmt: skip
+        if host == socket.gethostname() and not _process_exists(int(pid)):
+            return f"its process (pid {pid} on this host) is gone"
+        key = f"hf_deit/heartbeat/{rank}"
+        beat = self.store.get(key) if self.store.check([key]) else None
+        last, since = seen[rank]
+        if beat != last:
+            seen[rank] = (beat, time.monotonic())
+        elif time.monotonic() - since > self.patience:
+            return f"it has given no sign of life for {self.patience:.0f} s" + (f" (host {host}, pid {pid})" if host else "")
+        return None
+
+    def _end(self, rank: int, reason: str) -> None:
+        checkpoint = get_last_checkpoint(self.output_dir) if os.path.isdir(self.output_dir) else None  # all whole
+        resume = (f"The newest complete checkpoint is {checkpoint}: run the same command again to resume from it."
+                  if checkpoint else "No checkpoint was saved yet: run the same command again to start over.")
+        logger.error("Rank %d of this run was lost: %s. Rank %d stops too, since no step can finish without it. %s",
+                     rank, reason, self.rank, resume)
+        logging.shutdown()
+        os._exit(LOST_PROCESS_EXIT_STATUS)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _read_state(pid) != "Z"  # a zombie has ended: only its exit status is left for its parent
+
+
+def _read_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""

@@ -16,7 +16,7 @@ from .callbacks import LogAtLeastEvery, NonFiniteLossError, NonFiniteLossGuard, 
 from .checkpointing import save_checkpoint_atomically
 from .data.mixup import LABELED_KEY
 from .data.samplers import PositionSeededCollator, PositionSeededDataset, PositionSeededSampler
-from .distributed import release_group_at_exit
+from .distributed import PeerWatch, release_group_at_exit
 from .losses import classification_loss
 from .metrics import make_compute_metrics  # noqa: F401  (also importable from here, where it used to live)
 from .objective import DistillationObjective
@@ -135,8 +135,9 @@ class DeiTTrainerBase(Trainer):
         self.add_callback(LogAtLeastEvery())
         self.stop_on_signal = StopOnSignal()  # SIGTERM or Ctrl-C: finish the step, save, stop (hf_deit.preemption)
         self.add_callback(self.stop_on_signal)
-        if self.args.world_size > 1:  # scripts call hf_deit.distributed.leave_process_group; this is the safety net
-            release_group_at_exit(self)
+        if self.args.world_size > 1:  # hf_deit.distributed
+            release_group_at_exit(self)  # the scripts leave the group themselves; this is the safety net
+            self.add_callback(PeerWatch(self.args.output_dir))  # a rank that dies alone ends the run, named
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
