@@ -97,7 +97,7 @@ def flags_from_json(path: str) -> dict[str, str]:
 DATA_FLAGS = ("dataset_name", "train_dir", "validation_dir", "max_train_samples", "max_eval_samples", "train_val_split")
 AUGMENTATION_FLAGS = ("preset", "image_size", "rand_augment", "hflip", "reprob", "mixup_prob", "mixup_switch_prob",
                       "scale_min", "crop_pct", "mixup", "cutmix")  # fmt: skip
-TRAINING_FLAGS = ("output_dir", "resume_from_checkpoint")
+TRAINING_FLAGS = ("output_dir", "resume_from_checkpoint", "repeated_augmentation")
 DISTILLATION_FLAGS = (
     "teacher_name_or_path", "teacher_image_size", "distillation_type", "distillation_alpha", "distillation_tau",
     "attention_distillation_weight", "attention_distillation_token", "attention_distillation_loss",
@@ -418,6 +418,9 @@ def check_training(given: dict) -> list[str]:
                 f"--resume_from_checkpoint {resume} is not a checkpoint (no trainer_state.json): pass one of its "
                 f"checkpoint-<step> folders{_listing(resume, 'checkpoint-')}."
             )
+    repeats = _int(given, "repeated_augmentation", problems)
+    if repeats is not None and repeats < 1:
+        problems.append(f"--repeated_augmentation {repeats}: give 1 (off) or more copies of each image per epoch.")
     return problems
 
 
