@@ -21,9 +21,7 @@ if __name__ == "__main__":  # --help and every input on the command line answere
     sys.argv[1:] = answer_help(sys.argv[1:], "train.py", __doc__)
     exit_on_input_error(check_train_command_line, sys.argv[1:], "train.py")
 
-import transformers  # noqa: E402
 from datasets import concatenate_datasets  # noqa: E402
-from transformers import set_seed  # noqa: E402
 
 from hf_deit import DistilledDeiTForImageClassification  # noqa: E402
 from hf_deit.arguments import (  # noqa: E402
@@ -47,26 +45,13 @@ from hf_deit.data import (  # noqa: E402
     split_labeled,
 )
 from hf_deit.card import augmentation_recipe, data_card_fields  # noqa: E402
-from hf_deit.checkpointing import (  # noqa: E402
-    check_checkpoint_settings,
-    prepare_output_dir,
-    record_run_settings,
-    resolve_resume_checkpoint,
-    run_settings,
-)
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
+from hf_deit.run import parse_command_line, start_run, train_and_evaluate  # noqa: E402
 from hf_deit.trainer import DistillationTrainer  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train")
-
-
-def parse_args(argv=None):
-    parser = train_argument_parser()
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        return parser.parse_json_file(sys.argv[1])
-    return parser.parse_args_into_dataclasses(args=argv)
 
 
 def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str], image_size=None):
@@ -93,18 +78,9 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, label_na
 
 
 def main(argv=None) -> dict:
-    check_train_command_line(sys.argv[1:] if argv is None else argv)  # raises InputError naming each fix
-    model_args, data_args, aug_args, training_args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.disable_progress_bar()  # else each checkpoint draws a "Writing model shards" bar
-    set_seed(training_args.seed)
-    # A run into a folder that holds one of other settings is refused (or, asked, replaced): hf_deit.checkpointing
-    settings = run_settings(model_args, data_args, aug_args, training_args)
-    prepare_output_dir(training_args.output_dir, settings, training_args.overwrite_output_dir,
-                       write=training_args.should_save)  # fmt: skip
+    model_args, data_args, aug_args, training_args = parse_command_line(train_argument_parser(), argv,
+                                                                        check_train_command_line)  # fmt: skip
+    settings = start_run(training_args, (model_args, data_args, aug_args), logger)
 
     # Data
     dataset = load_dataset_from_args(data_args, training_args.seed, training_args.hub_token)
@@ -138,22 +114,9 @@ def main(argv=None) -> dict:
         compute_metrics=make_compute_metrics(),
         processing_class=image_processor,
     )
-    # Resume from the newest checkpoint in output_dir unless told otherwise (rule: hf_deit.checkpointing).
-    checkpoint = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
-    if checkpoint is not None:
-        check_checkpoint_settings(checkpoint, settings)
-    if trainer.is_world_process_zero():
-        record_run_settings(training_args.output_dir, settings)
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
-    trainer.save_state()
+    metrics = train_and_evaluate(trainer, settings)  # resumes as hf_deit.checkpointing says
 
-    # Evaluate, card, push
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    # Card, push
     if trainer.is_world_process_zero():
         data_fields = data_card_fields(data_args, training_args.seed)
         trainer.create_model_card(

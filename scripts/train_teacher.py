@@ -21,8 +21,7 @@ if __name__ == "__main__":  # --help and every input on the command line answere
     sys.argv[1:] = answer_help(sys.argv[1:], "train_teacher.py", __doc__, TEACHER_CATALOGUE_PATH)
     exit_on_input_error(check_teacher_command_line, sys.argv[1:], "train_teacher.py")
 
-import transformers  # noqa: E402
-from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed  # noqa: E402
+from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser  # noqa: E402
 
 from hf_deit.arguments import (  # noqa: E402
     EMBEDDED_STUDENT,
@@ -43,10 +42,10 @@ from hf_deit.data import (  # noqa: E402
     build_train_transform,
 )
 from hf_deit.card import augmentation_recipe, data_card_fields, final_train_loss, write_teacher_card  # noqa: E402
-from hf_deit.checkpointing import prepare_output_dir, record_run_settings, run_settings  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
+from hf_deit.run import parse_command_line, start_run, train_and_evaluate  # noqa: E402
 from hf_deit.trainer import ClassifierTrainer  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train_teacher")
@@ -71,19 +70,9 @@ def build_teacher(args: TeacherArguments, label_names: list[str]):
 
 
 def main(argv=None) -> dict:
-    check_teacher_command_line(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((TeacherArguments, DataArguments, AugmentationArguments, TeacherTrainingArguments))
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        teacher_args, data_args, aug_args, training_args = parser.parse_json_file(sys.argv[1])
-    else:
-        teacher_args, data_args, aug_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    transformers.utils.logging.disable_progress_bar()  # else each checkpoint draws a "Writing model shards" bar
-    set_seed(training_args.seed)
-    settings = run_settings(teacher_args, data_args, aug_args, training_args)
-    prepare_output_dir(training_args.output_dir, settings, training_args.overwrite_output_dir,
-                       write=training_args.should_save)  # fmt: skip
+    teacher_args, data_args, aug_args, training_args = parse_command_line(parser, argv, check_teacher_command_line)
+    settings = start_run(training_args, (teacher_args, data_args, aug_args), logger)
 
     dataset = load_dataset_from_args(data_args, training_args.seed, training_args.hub_token)
     label_names = dataset["train"].features["label"].names
@@ -105,15 +94,7 @@ def main(argv=None) -> dict:
         compute_metrics=make_compute_metrics(),
         processing_class=deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std),
     )
-    if trainer.is_world_process_zero():
-        record_run_settings(training_args.output_dir, settings)
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    metrics = train_and_evaluate(trainer, settings)  # resumes as hf_deit.checkpointing says
     if trainer.is_world_process_zero():
         write_teacher_card(
             training_args.output_dir,

@@ -175,3 +175,32 @@ def test_a_rerun_with_other_settings_is_refused_and_the_card_stays_true(tmp_path
     assert json.loads((out / "run_settings.json").read_text())["distillation_alpha"] == 0.3
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["log_history"][-1].get("train_loss") is not None
+
+
+def run_teacher_in_process(output_dir, *extra):
+    import train_teacher
+
+    return train_teacher.main([
+        "--dataset_name", "digits", "--max_eval_samples", "32", "--output_dir", str(output_dir), "--image_size", "16",
+        "--config_overrides", "hidden_sizes=[8,16],depths=[1,1],embedding_size=8", "--max_steps", "2",
+        "--per_device_train_batch_size", "16", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+        "--report_to", "none", "--disable_tqdm", "true", *extra,
+    ])  # fmt: skip
+
+
+def test_the_teacher_script_resumes_by_the_same_rule(tmp_path, caplog):
+    """train_teacher.py runs the sequence train.py runs (hf_deit.run): --resume_from_checkpoint resolved and checked
+    against the run's settings, a rerun with the same settings resumes where the last one ended."""
+    out = tmp_path / "teacher"
+    with pytest.raises(ValueError, match="no checkpoint-<step> folder"):
+        run_teacher_in_process(out, "--resume_from_checkpoint", "auto")
+    run_teacher_in_process(out, "--learning_rate", "0.002")
+    assert json.loads((out / "run_settings.json").read_text())["learning_rate"] == 0.002
+    with pytest.raises(ValueError, match="saved by a run with other settings: --learning_rate"):
+        run_teacher_in_process(tmp_path / "other", "--learning_rate", "0.001", "--resume_from_checkpoint",
+                               str(out / "checkpoint-2"))  # fmt: skip
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        run_teacher_in_process(out, "--learning_rate", "0.002", "--resume_from_checkpoint", "false")
+    caplog.set_level("INFO", logger="hf_deit.checkpointing")
+    run_teacher_in_process(out, "--learning_rate", "0.002", "--logging_steps", "1")  # resumes the finished run
+    assert any(message.startswith(f"Resuming from {out / 'checkpoint-2'}") for message in caplog.messages)
