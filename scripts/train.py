@@ -45,6 +45,7 @@ from hf_deit.data import (  # noqa: E402
     split_labeled,
 )
 from hf_deit.card import augmentation_recipe, data_card_fields  # noqa: E402
+from hf_deit.convert import checkpoint_class_count  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
@@ -54,11 +55,13 @@ from hf_deit.trainer import DistillationTrainer  # noqa: E402
 logger = logging.getLogger("hf_deit.train")
 
 
-def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str], image_size=None):
+def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str], image_size=None,
+                  token=None):
     """A new model (preset or default) at `image_size` when given, or a saved one: our own model, or a transformers
     DeiT/ViT (folder or Hub id), a timm/facebook checkpoint file or a timm Hub-layout folder, converted on load
-    (`hf_deit.convert`). A saved model with other classes gets new heads; `image_size` (--image_size) other than its
-    own resamples its position embeddings once, at load (the paper fine-tunes 224 -> 384); each is logged."""
+    (`hf_deit.convert`). A saved model with other classes than the data's gets new heads (`from_pretrained` with
+    `ignore_mismatched_sizes=True`, logged); `image_size` (--image_size) other than its own resamples its position
+    embeddings once, at load (the paper fine-tunes 224 -> 384)."""
     fields = label_fields(label_names)
     config = student_config(model_args, data_args, image_size, **fields)
     if config is not None:
@@ -67,11 +70,19 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, label_na
     if image_size is not None:
         fields["image_size"] = image_size
     fields.update(parse_config_overrides(model_args.config_overrides))  # e.g. num_attention_heads for a bare file
+    name = model_args.model_name_or_path
+    # None: a bare weights file, whose heads only conversion reads (it logs new ones and can replace nothing else)
+    saved_classes = checkpoint_class_count(name, token=token)
+    new_heads = saved_classes is None or saved_classes != len(label_names)
+    if saved_classes is not None and new_heads:
+        logger.warning("%s has %d classes, the data %d: both heads start untrained (ignore_mismatched_sizes).", name,
+                       saved_classes, len(label_names))  # fmt: skip
     return DistilledDeiTForImageClassification.from_pretrained(
-        model_args.model_name_or_path,
+        name,
+        token=token,
         trust_remote_code=model_args.trust_remote_code,
         attn_implementation=model_args.attn_implementation,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes or new_heads,
         drop_path_rate=model_args.drop_path_rate,
         **fields,
     )
@@ -88,7 +99,7 @@ def main(argv=None) -> dict:
     dataset["train"] = add_unlabeled_examples(dataset["train"], data_args, training_args)
 
     # Student: its input size decides the transforms' unless given
-    model = build_student(model_args, data_args, label_names, aug_args.image_size)
+    model = build_student(model_args, data_args, label_names, aug_args.image_size, training_args.hub_token)
     if model_args.model_name_or_path is None and uses_embedded_data(data_args):
         training_args.prefer_learning_rate(EMBEDDED_STUDENT_LEARNING_RATE)  # measured for this student
     if aug_args.image_size is None:

@@ -63,7 +63,9 @@ class ModelArguments:
     attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa, flex_attention, ..."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for models loaded by name."})
     ignore_mismatched_sizes: bool = field(
-        default=False, metadata={"help": "Fine-tune a checkpoint with another number of classes (new heads)."}
+        default=False,
+        metadata={"help": "Load a checkpoint whose weights do not all fit the model, the misfits untrained. Not "
+                  "needed for other classes than the checkpoint's: new heads are made for the data's classes."},
     )
 
 
