@@ -37,6 +37,7 @@ from hf_deit.arguments import (  # noqa: E402
     uses_embedded_data,
 )
 from hf_deit.data import (  # noqa: E402
+    AugmentationArguments,
     apply_transforms,
     build_collator,
     build_eval_transform,
@@ -92,39 +93,8 @@ def main(argv=None) -> dict:
     model_args, data_args, aug_args, training_args = parse_command_line(train_argument_parser(), argv,
                                                                         check_train_command_line)  # fmt: skip
     settings = start_run(training_args, (model_args, data_args, aug_args), logger)
-
-    # Data
-    dataset = load_dataset_from_args(data_args, training_args.seed, training_args.hub_token)
-    label_names = dataset["train"].features["label"].names
-    dataset["train"] = add_unlabeled_examples(dataset["train"], data_args, training_args)
-
-    # Student: its input size decides the transforms' unless given
-    model = build_student(model_args, data_args, label_names, aug_args.image_size, training_args.hub_token)
-    if model_args.model_name_or_path is None and uses_embedded_data(data_args):
-        training_args.prefer_learning_rate(EMBEDDED_STUDENT_LEARNING_RATE)  # measured for this student
-    if aug_args.image_size is None:
-        image_size = model.config.image_size
-        aug_args.image_size = image_size if isinstance(image_size, int) else image_size[0]
-    aug_args = aug_args.resolved()
-    dataset = apply_transforms(
-        dataset, build_train_transform(aug_args), build_eval_transform(aug_args), skip_bad_images=data_args.skip_bad_images
-    )
-    image_processor = deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std)
-
-    # Train: the trainer sizes what was left unset (learning rate, epochs) to the model and the data
-    if training_args.teacher_name_or_path is None and training_args.distillation_type in ("soft", "hard"):
-        logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
-        training_args.distillation_type = "none"  # the default, unasked
     hub_token, push_to_hub = take_hub_settings(training_args)
-    trainer = DistillationTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=dataset["train"],
-        eval_dataset=dataset.get("validation"),
-        data_collator=build_collator(aug_args, len(label_names)),
-        compute_metrics=make_compute_metrics(),
-        processing_class=image_processor,
-    )
+    trainer, dataset, aug_args = build_run(model_args, data_args, aug_args, training_args, hub_token)
     metrics = train_and_evaluate(trainer, settings)  # resumes as hf_deit.checkpointing says
 
     # Card, push
@@ -143,7 +113,45 @@ def main(argv=None) -> dict:
     return metrics
 
 
-def add_unlabeled_examples(train, data_args: DataArguments, training_args: DistillationConfig):
+def build_run(model_args: ModelArguments, data_args: DataArguments, aug_args: AugmentationArguments,
+              training_args: DistillationConfig, hub_token=None) -> tuple:
+    """What the run trains with, from its settings: (the trainer, holding the student, the teacher and the objective;
+    the transformed data; the augmentation settings resolved)."""
+    # Data
+    dataset = load_dataset_from_args(data_args, training_args.seed, hub_token)
+    label_names = dataset["train"].features["label"].names
+    dataset["train"] = add_unlabeled_examples(dataset["train"], data_args, training_args, hub_token)
+
+    # Student: its input size decides the transforms' unless given
+    model = build_student(model_args, data_args, label_names, aug_args.image_size, hub_token)
+    if model_args.model_name_or_path is None and uses_embedded_data(data_args):
+        training_args.prefer_learning_rate(EMBEDDED_STUDENT_LEARNING_RATE)  # measured for this student
+    if aug_args.image_size is None:
+        image_size = model.config.image_size
+        aug_args.image_size = image_size if isinstance(image_size, int) else image_size[0]
+    aug_args = aug_args.resolved()
+    dataset = apply_transforms(
+        dataset, build_train_transform(aug_args), build_eval_transform(aug_args), skip_bad_images=data_args.skip_bad_images
+    )
+    image_processor = deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std)
+
+    # Train: the trainer sizes what was left unset (learning rate, epochs) to the model and the data
+    if training_args.teacher_name_or_path is None and training_args.distillation_type in ("soft", "hard"):
+        logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
+        training_args.distillation_type = "none"  # the default, unasked
+    trainer = DistillationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset["train"],
+        eval_dataset=dataset.get("validation"),
+        data_collator=build_collator(aug_args, len(label_names)),
+        compute_metrics=make_compute_metrics(),
+        processing_class=image_processor,
+    )
+    return trainer, dataset, aug_args
+
+
+def add_unlabeled_examples(train, data_args: DataArguments, training_args: DistillationConfig, hub_token=None):
     """The training split with unlabelled examples (label -1): the part `--labeled_fraction` leaves unlabelled,
     and/or the pool `--unlabeled_dataset_name`/`--unlabeled_train_dir`. The teacher labels them during training."""
     parts = [train]
@@ -159,7 +167,7 @@ def add_unlabeled_examples(train, data_args: DataArguments, training_args: Disti
                 image_column_name=data_args.image_column_name,
                 max_samples=data_args.max_unlabeled_samples,
                 seed=training_args.seed,
-                token=training_args.hub_token,
+                token=hub_token,
             )
         )
     if len(parts) > 1 and training_args.teacher_name_or_path is None:

@@ -137,6 +137,8 @@ def test_the_teacher_script_checks_its_inputs(tmp_path):
         check_teacher_command_line(["--architecture", "resnt"], ("resnet", "regnet"))
     with pytest.raises(InputError, match="no such folder"):
         check_teacher_command_line(["--train_dir", str(tmp_path / "missing")], ("resnet",))
+    with pytest.raises(InputError, match="--unlabeled_dataset_name: the teacher learns from labelled images only"):
+        check_teacher_command_line(["--unlabeled_dataset_name", "digits"], ("resnet",))
 
 
 def test_repeated_augmentation_is_checked_for_both_scripts():

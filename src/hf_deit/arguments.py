@@ -112,7 +112,8 @@ class DataArguments:
     max_unlabeled_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the unlabelled pool."})
     labeled_fraction: Optional[float] = field(
         default=None,
-        metadata={"help": "Keep the labels of this stratified, seeded fraction of train; the rest becomes unlabelled."},
+        metadata={"help": "Keep the labels of this stratified, seeded fraction of train; the rest becomes unlabelled "
+                  "(train_teacher.py trains on that fraction only, the same images with the same --seed)."},
     )
 
 
@@ -515,6 +516,14 @@ def train_argument_parser():
             group._group_actions.remove(action)
             distillation._group_actions.append(action)
     return parser
+
+
+def teacher_argument_parser():
+    """`scripts/train_teacher.py`'s parser: the teacher's model flags, train.py's data and augmentation flags, and
+    `TeacherTrainingArguments`."""
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser((TeacherArguments, DataArguments, AugmentationArguments, TeacherTrainingArguments))
 
 
 def uses_embedded_data(data_args: DataArguments) -> bool:

@@ -106,8 +106,9 @@ DISTILLATION_FLAGS = (
 )  # fmt: skip
 TRAIN_FLAGS = ("model_name_or_path", "config_overrides", *DATA_FLAGS, *AUGMENTATION_FLAGS, *DISTILLATION_FLAGS,
                *TRAINING_FLAGS)  # fmt: skip
+UNLABELED_POOL_FLAGS = ("unlabeled_dataset_name", "unlabeled_train_dir", "max_unlabeled_samples")  # train.py's only
 TEACHER_FLAGS = ("model_name_or_path", "architecture", "config_overrides", *DATA_FLAGS, *AUGMENTATION_FLAGS,
-                 *TRAINING_FLAGS)  # fmt: skip
+                 *TRAINING_FLAGS, *UNLABELED_POOL_FLAGS)  # fmt: skip
 
 
 def exit_on_input_error(check, argv: Sequence[str], prog: str, *args) -> None:
@@ -147,6 +148,10 @@ def check_teacher_command_line(argv: Sequence[str], architectures: Sequence[str]
     problems += check_data(given, needs_train=True)
     problems += check_augmentation(given)
     problems += check_training(given)
+    pool = [f"--{name}" for name in UNLABELED_POOL_FLAGS if name in given]
+    if pool:
+        problems.append(f"{', '.join(pool)}: the teacher learns from labelled images only; pass the unlabelled pool to "
+                        "scripts/train.py, where the teacher labels it.")  # fmt: skip
     if problems:
         raise InputError(problems)
 
