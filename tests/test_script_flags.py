@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import functools
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -106,7 +105,8 @@ def base_command_line(script: str, sources: dict, output_dir: Path) -> list[str]
 # Another valid value for each flag (paths from `sources` by name, written "{name}").
 CHANGED = {
     # Model (the student)
-    "model_name_or_path": "{student}", "config_overrides": TINY_STUDENT.replace("num_hidden_layers=2", "num_hidden_layers=1"),
+    "model_name_or_path": "{student}",
+    "config_overrides": TINY_STUDENT.replace("num_hidden_layers=2", "num_hidden_layers=1"),
     "drop_path_rate": "0.2", "attn_implementation": "eager", "ignore_mismatched_sizes": "true",
     # Data
     "dataset_name": "digits", "train_dir": "{train_dir}", "validation_dir": "{validation_dir}",
@@ -182,7 +182,8 @@ def describe(value, depth: int = 6):
     if isinstance(value, torch.Tensor):
         return [list(value.shape), round(float(value.detach().double().sum()), 4)]
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [describe(item, depth) for item in (sorted(value, key=str) if isinstance(value, (set, frozenset)) else value)]
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        return [describe(item, depth) for item in items]
     if isinstance(value, dict):
         return {str(key): describe(item, depth) for key, item in value.items()}
     if isinstance(value, PretrainedConfig):
@@ -196,7 +197,8 @@ def describe(value, depth: int = 6):
                 "keywords": describe(value.keywords, depth - 1)}  # fmt: skip
     if hasattr(value, "__code__"):  # a function: what its closure captured
         cells = zip(value.__code__.co_freevars, value.__closure__ or ())
-        return {"function": value.__qualname__, **{name: describe(cell.cell_contents, depth - 1) for name, cell in cells}}
+        captured = {name: describe(cell.cell_contents, depth - 1) for name, cell in cells}
+        return {"function": value.__qualname__, **captured}
     described = {"type": type(value).__name__}
     if isinstance(value, nn.Module):
         described["parameters"] = [round(float(sum(p.detach().double().sum() for p in value.parameters())), 4),

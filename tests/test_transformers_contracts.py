@@ -21,9 +21,9 @@ SEQ_LENGTH = (IMAGE_SIZE // PATCH_SIZE) ** 2 + 2  # patches, the class token and
 
 
 def get_config(**overrides) -> DistilledDeiTConfig:
-    return DistilledDeiTConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_size=WIDTH, num_hidden_layers=LAYERS,
-                               num_attention_heads=HEADS, intermediate_size=37, num_labels=3, drop_path_rate=0.0,
-                               attn_implementation="eager", **overrides)  # fmt: skip
+    return DistilledDeiTConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_size=WIDTH,
+                               num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=37, num_labels=3,
+                               drop_path_rate=0.0, attn_implementation="eager", **overrides)  # fmt: skip
 
 
 def inputs(seed: int = 0) -> dict:
@@ -132,7 +132,8 @@ def test_model_outputs_equivalence(model_class):
             as_dict = model(**inputs(), return_dict=True, **flags).to_tuple()
         assert len(as_tuple) == len(as_dict)
         for left, right in zip(as_tuple, as_dict):
-            for a, b in zip(left if isinstance(left, tuple) else (left,), right if isinstance(right, tuple) else (right,)):
+            as_pairs = zip(left, right) if isinstance(left, tuple) else [(left, right)]
+            for a, b in as_pairs:
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 

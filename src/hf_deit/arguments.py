@@ -171,7 +171,8 @@ class DeiTTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         if self.repeated_augmentation < 1:
-            raise ValueError(f"repeated_augmentation must be at least 1 (1 turns it off), got {self.repeated_augmentation}.")
+            raise ValueError(f"repeated_augmentation must be at least 1 (1 turns it off), got "
+                             f"{self.repeated_augmentation}.")  # fmt: skip
         self._eval_strategy_given = self.eval_strategy is not None
         if self.eval_strategy is None:
             self.eval_strategy = "epoch"  # provisional: "no" without an evaluation set (resolve_evaluation)
