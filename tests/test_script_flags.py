@@ -40,8 +40,8 @@ TINY_TEACHER = "hidden_sizes=[8,16],depths=[1,1],embedding_size=8"
 
 # Flags that by design change nothing a run is built with, and why; each is covered where it acts.
 NOT_BUILT = {
-    "trust_remote_code": "permission to run a checkpoint's own code: the model built is the same wherever it is "
-    "allowed (tests/test_finetune.py loads with remote code)",
+    "trust_remote_code": "permission to run a checkpoint's own code, which the model built does not depend on where "
+    "it is allowed (remote code: tests/test_modeling.py::test_remote_code_loads_where_hf_deit_is_not_importable)",
     "teacher_trust_remote_code": "the same permission for the teacher's code",
     "overwrite_output_dir": "acts on --output_dir before anything is built (hf_deit.checkpointing.prepare_output_dir; "
     "tests/test_resume.py::test_a_rerun_with_other_settings_is_refused_and_the_card_stays_true)",
@@ -281,3 +281,26 @@ def test_every_flag_changes_what_the_run_is_built_with(script, sources, tmp_path
     assert missing == [], f"give these new flags a changed value in CHANGED (or a reason in NOT_BUILT): {missing}"
     assert unchanged == [], f"these flags change nothing the run is built with: {unchanged}"
     assert set(NOT_BUILT) <= set(flags) | set(walked_flags(train_argument_parser())), "NOT_BUILT names a flag no more"
+
+
+def test_the_teacher_learns_from_the_images_train_keeps_labelled(sources, tmp_path):
+    """--labeled_fraction with the same --seed: the teacher trains on exactly the images train.py keeps labelled."""
+    import train
+    import train_teacher
+
+    flags = ["--labeled_fraction", "0.5", "--seed", "3", "--bf16", "false"]  # one precision for both trainers
+    student_run = train_argument_parser().parse_args_into_dataclasses(
+        args=[*base_command_line("train", sources, tmp_path / "student"), *flags])
+    teacher_run = teacher_argument_parser().parse_args_into_dataclasses(
+        args=[*base_command_line("train_teacher", sources, tmp_path / "teacher"), *flags])
+    _, student_data, _ = train.build_run(*student_run)
+    _, teacher_data, _ = train_teacher.build_run(*teacher_run)
+
+    def images_and_labels(split):
+        rows = split.with_format(None)
+        return [(image["bytes"], label) for image, label in
+                zip(rows.cast_column("image", Image(decode=False))["image"], rows["label"])]  # fmt: skip
+
+    labelled = [row for row in images_and_labels(student_data["train"]) if row[1] != -1]
+    assert abs(len(labelled) - 40) <= 2  # a stratified half of the 80 training images
+    assert images_and_labels(teacher_data["train"]) == labelled
