@@ -21,9 +21,7 @@ if __name__ == "__main__":  # --help and every input on the command line answere
     sys.argv[1:] = answer_help(sys.argv[1:], "train.py", __doc__)
     exit_on_input_error(check_train_command_line, sys.argv[1:], "train.py")
 
-import transformers  # noqa: E402
 from datasets import concatenate_datasets  # noqa: E402
-from transformers import set_seed  # noqa: E402
 
 from hf_deit import DistilledDeiTForImageClassification  # noqa: E402
 from hf_deit.arguments import (  # noqa: E402
@@ -39,6 +37,7 @@ from hf_deit.arguments import (  # noqa: E402
     uses_embedded_data,
 )
 from hf_deit.data import (  # noqa: E402
+    AugmentationArguments,
     apply_transforms,
     build_collator,
     build_eval_transform,
@@ -47,35 +46,25 @@ from hf_deit.data import (  # noqa: E402
     split_labeled,
 )
 from hf_deit.card import augmentation_recipe, data_card_fields  # noqa: E402
-from hf_deit.checkpointing import (  # noqa: E402
-    check_checkpoint_settings,
-    prepare_output_dir,
-    record_run_settings,
-    resolve_resume_checkpoint,
-    run_settings,
-)
+from hf_deit.convert import checkpoint_class_count  # noqa: E402
 from hf_deit.distributed import leave_process_group  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
 from hf_deit.preemption import exit_status_of  # noqa: E402
+from hf_deit.run import parse_command_line, start_run, train_and_evaluate  # noqa: E402
 from hf_deit.trainer import DistillationTrainer  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train")
 
 
-def parse_args(argv=None):
-    parser = train_argument_parser()
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        return parser.parse_json_file(sys.argv[1])
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str], image_size=None):
+def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str], image_size=None,
+                  token=None):
     """A new model (preset or default) at `image_size` when given, or a saved one: our own model, or a transformers
     DeiT/ViT (folder or Hub id), a timm/facebook checkpoint file or a timm Hub-layout folder, converted on load
-    (`hf_deit.convert`). A saved model with other classes gets new heads; `image_size` (--image_size) other than its
-    own resamples its position embeddings once, at load (the paper fine-tunes 224 -> 384); each is logged."""
+    (`hf_deit.convert`). A saved model with other classes than the data's gets new heads (`from_pretrained` with
+    `ignore_mismatched_sizes=True`, logged); `image_size` (--image_size) other than its own resamples its position
+    embeddings once, at load (the paper fine-tunes 224 -> 384)."""
     fields = label_fields(label_names)
     config = student_config(model_args, data_args, image_size, **fields)
     if config is not None:
@@ -84,78 +73,33 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, label_na
     if image_size is not None:
         fields["image_size"] = image_size
     fields.update(parse_config_overrides(model_args.config_overrides))  # e.g. num_attention_heads for a bare file
+    name = model_args.model_name_or_path
+    # None: a bare weights file, whose heads only conversion reads (it logs new ones and can replace nothing else)
+    saved_classes = checkpoint_class_count(name, token=token)
+    new_heads = saved_classes is None or saved_classes != len(label_names)
+    if saved_classes is not None and new_heads:
+        logger.warning("%s has %d classes, the data %d: both heads start untrained (ignore_mismatched_sizes).", name,
+                       saved_classes, len(label_names))  # fmt: skip
     return DistilledDeiTForImageClassification.from_pretrained(
-        model_args.model_name_or_path,
+        name,
+        token=token,
         trust_remote_code=model_args.trust_remote_code,
         attn_implementation=model_args.attn_implementation,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes or new_heads,
         drop_path_rate=model_args.drop_path_rate,
         **fields,
     )
 
 
 def main(argv=None) -> dict:
-    check_train_command_line(sys.argv[1:] if argv is None else argv)  # raises InputError naming each fix
-    model_args, data_args, aug_args, training_args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.disable_progress_bar()  # else each checkpoint draws a "Writing model shards" bar
-    set_seed(training_args.seed)
-    # A run into a folder that holds one of other settings is refused (or, asked, replaced): hf_deit.checkpointing
-    settings = run_settings(model_args, data_args, aug_args, training_args)
-    prepare_output_dir(training_args.output_dir, settings, training_args.overwrite_output_dir,
-                       write=training_args.should_save)  # fmt: skip
-
-    # Data
-    dataset = load_dataset_from_args(data_args, training_args.seed, training_args.hub_token)
-    label_names = dataset["train"].features["label"].names
-    dataset["train"] = add_unlabeled_examples(dataset["train"], data_args, training_args)
-
-    # Student: its input size decides the transforms' unless given
-    model = build_student(model_args, data_args, label_names, aug_args.image_size)
-    if model_args.model_name_or_path is None and uses_embedded_data(data_args):
-        training_args.prefer_learning_rate(EMBEDDED_STUDENT_LEARNING_RATE)  # measured for this student
-    if aug_args.image_size is None:
-        image_size = model.config.image_size
-        aug_args.image_size = image_size if isinstance(image_size, int) else image_size[0]
-    aug_args = aug_args.resolved()
-    dataset = apply_transforms(
-        dataset, build_train_transform(aug_args), build_eval_transform(aug_args), skip_bad_images=data_args.skip_bad_images
-    )
-    image_processor = deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std)
-
-    # Train: the trainer sizes what was left unset (learning rate, epochs) to the model and the data
-    if training_args.teacher_name_or_path is None and training_args.distillation_type in ("soft", "hard"):
-        logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
-        training_args.distillation_type = "none"  # the default, unasked
+    model_args, data_args, aug_args, training_args = parse_command_line(train_argument_parser(), argv,
+                                                                        check_train_command_line)  # fmt: skip
+    settings = start_run(training_args, (model_args, data_args, aug_args), logger)
     hub_token, push_to_hub = take_hub_settings(training_args)
-    trainer = DistillationTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=dataset["train"],
-        eval_dataset=dataset.get("validation"),
-        data_collator=build_collator(aug_args, len(label_names)),
-        compute_metrics=make_compute_metrics(),
-        processing_class=image_processor,
-    )
-    # Resume from the newest checkpoint in output_dir unless told otherwise (rule: hf_deit.checkpointing).
-    checkpoint = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
-    if checkpoint is not None:
-        check_checkpoint_settings(checkpoint, settings)
-    if trainer.is_world_process_zero():
-        record_run_settings(training_args.output_dir, settings)
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
-    trainer.save_state()
+    trainer, dataset, aug_args = build_run(model_args, data_args, aug_args, training_args, hub_token)
+    metrics = train_and_evaluate(trainer, settings)  # resumes as hf_deit.checkpointing says
 
-    # Evaluate, card, push
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    # Card, push
     if trainer.is_world_process_zero():
         data_fields = data_card_fields(data_args, training_args.seed)
         trainer.create_model_card(
@@ -172,7 +116,45 @@ def main(argv=None) -> dict:
     return metrics
 
 
-def add_unlabeled_examples(train, data_args: DataArguments, training_args: DistillationConfig):
+def build_run(model_args: ModelArguments, data_args: DataArguments, aug_args: AugmentationArguments,
+              training_args: DistillationConfig, hub_token=None) -> tuple:
+    """What the run trains with, from its settings: (the trainer, holding the student, the teacher and the objective;
+    the transformed data; the augmentation settings resolved)."""
+    # Data
+    dataset = load_dataset_from_args(data_args, training_args.seed, hub_token)
+    label_names = dataset["train"].features["label"].names
+    dataset["train"] = add_unlabeled_examples(dataset["train"], data_args, training_args, hub_token)
+
+    # Student: its input size decides the transforms' unless given
+    model = build_student(model_args, data_args, label_names, aug_args.image_size, hub_token)
+    if model_args.model_name_or_path is None and uses_embedded_data(data_args):
+        training_args.prefer_learning_rate(EMBEDDED_STUDENT_LEARNING_RATE)  # measured for this student
+    if aug_args.image_size is None:
+        image_size = model.config.image_size
+        aug_args.image_size = image_size if isinstance(image_size, int) else image_size[0]
+    aug_args = aug_args.resolved()
+    dataset = apply_transforms(
+        dataset, build_train_transform(aug_args), build_eval_transform(aug_args), skip_bad_images=data_args.skip_bad_images
+    )
+    image_processor = deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std)
+
+    # Train: the trainer sizes what was left unset (learning rate, epochs) to the model and the data
+    if training_args.teacher_name_or_path is None and training_args.distillation_type in ("soft", "hard"):
+        logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
+        training_args.distillation_type = "none"  # the default, unasked
+    trainer = DistillationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset["train"],
+        eval_dataset=dataset.get("validation"),
+        data_collator=build_collator(aug_args, len(label_names)),
+        compute_metrics=make_compute_metrics(),
+        processing_class=image_processor,
+    )
+    return trainer, dataset, aug_args
+
+
+def add_unlabeled_examples(train, data_args: DataArguments, training_args: DistillationConfig, hub_token=None):
     """The training split with unlabelled examples (label -1): the part `--labeled_fraction` leaves unlabelled,
     and/or the pool `--unlabeled_dataset_name`/`--unlabeled_train_dir`. The teacher labels them during training."""
     parts = [train]
@@ -188,7 +170,7 @@ def add_unlabeled_examples(train, data_args: DataArguments, training_args: Disti
                 image_column_name=data_args.image_column_name,
                 max_samples=data_args.max_unlabeled_samples,
                 seed=training_args.seed,
-                token=training_args.hub_token,
+                token=hub_token,
             )
         )
     if len(parts) > 1 and training_args.teacher_name_or_path is None:

@@ -21,8 +21,7 @@ if __name__ == "__main__":  # --help and every input on the command line answere
     sys.argv[1:] = answer_help(sys.argv[1:], "train_teacher.py", __doc__, TEACHER_CATALOGUE_PATH)
     exit_on_input_error(check_teacher_command_line, sys.argv[1:], "train_teacher.py")
 
-import transformers  # noqa: E402
-from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed  # noqa: E402
+from transformers import AutoConfig, AutoModelForImageClassification  # noqa: E402
 
 from hf_deit.arguments import (  # noqa: E402
     EMBEDDED_STUDENT,
@@ -33,6 +32,7 @@ from hf_deit.arguments import (  # noqa: E402
     label_fields,
     load_dataset_from_args,
     parse_config_overrides,
+    teacher_argument_parser,
     uses_embedded_data,
 )
 from hf_deit.data import (  # noqa: E402
@@ -41,14 +41,15 @@ from hf_deit.data import (  # noqa: E402
     build_collator,
     build_eval_transform,
     build_train_transform,
+    split_labeled,
 )
 from hf_deit.card import augmentation_recipe, data_card_fields, final_train_loss, write_teacher_card  # noqa: E402
-from hf_deit.checkpointing import prepare_output_dir, record_run_settings, run_settings  # noqa: E402
 from hf_deit.distributed import leave_process_group  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
 from hf_deit.preemption import exit_status_of  # noqa: E402
+from hf_deit.run import parse_command_line, start_run, train_and_evaluate  # noqa: E402
 from hf_deit.trainer import ClassifierTrainer  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train_teacher")
@@ -73,54 +74,18 @@ def build_teacher(args: TeacherArguments, label_names: list[str]):
 
 
 def main(argv=None) -> dict:
-    check_teacher_command_line(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((TeacherArguments, DataArguments, AugmentationArguments, TeacherTrainingArguments))
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        teacher_args, data_args, aug_args, training_args = parser.parse_json_file(sys.argv[1])
-    else:
-        teacher_args, data_args, aug_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    transformers.utils.logging.disable_progress_bar()  # else each checkpoint draws a "Writing model shards" bar
-    set_seed(training_args.seed)
-    settings = run_settings(teacher_args, data_args, aug_args, training_args)
-    prepare_output_dir(training_args.output_dir, settings, training_args.overwrite_output_dir,
-                       write=training_args.should_save)  # fmt: skip
-
-    dataset = load_dataset_from_args(data_args, training_args.seed, training_args.hub_token)
-    label_names = dataset["train"].features["label"].names
-    model = build_teacher(teacher_args, label_names)
-    if aug_args.image_size is None:
-        aug_args.image_size = EMBEDDED_STUDENT["image_size"] if uses_embedded_data(data_args) else 224
-    aug_args = aug_args.resolved()
-    dataset = apply_transforms(
-        dataset, build_train_transform(aug_args), build_eval_transform(aug_args), skip_bad_images=data_args.skip_bad_images
-    )
+    teacher_args, data_args, aug_args, training_args = parse_command_line(teacher_argument_parser(), argv,
+                                                                          check_teacher_command_line)  # fmt: skip
+    settings = start_run(training_args, (teacher_args, data_args, aug_args), logger)
 
     hub_token, push_to_hub = take_hub_settings(training_args)
-    trainer = ClassifierTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=dataset["train"],
-        eval_dataset=dataset.get("validation"),
-        data_collator=build_collator(aug_args, len(label_names)),
-        compute_metrics=make_compute_metrics(),
-        processing_class=deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std),
-    )
-    if trainer.is_world_process_zero():
-        record_run_settings(training_args.output_dir, settings)
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    trainer, dataset, aug_args = build_run(teacher_args, data_args, aug_args, training_args, hub_token)
+    metrics = train_and_evaluate(trainer, settings)  # resumes as hf_deit.checkpointing says
     if trainer.is_world_process_zero():
         write_teacher_card(
             training_args.output_dir,
             model_name=training_args.hub_model_id or os.path.basename(os.path.normpath(training_args.output_dir)),
-            config=model.config,
+            config=trainer.model.config,
             eval_results=metrics,
             num_train_images=len(dataset["train"]) if hasattr(dataset["train"], "__len__") else None,
             num_eval_images=len(dataset["validation"]) if hasattr(dataset.get("validation"), "__len__") else None,
@@ -136,6 +101,47 @@ def main(argv=None) -> dict:
             push_output_to_hub(training_args, hub_token)
     leave_process_group(trainer)  # every rank, once all is saved: a finished run exits 0 (hf_deit.distributed)
     return metrics
+
+
+def build_run(teacher_args: TeacherArguments, data_args: DataArguments, aug_args: AugmentationArguments,
+              training_args: TeacherTrainingArguments, hub_token=None) -> tuple:
+    """What the run trains with, from its settings: (the trainer, holding the teacher; the transformed data; the
+    augmentation settings resolved)."""
+    dataset = load_dataset_from_args(data_args, training_args.seed, hub_token)
+    dataset["train"] = labeled_training_images(dataset["train"], data_args, training_args.seed)
+    label_names = dataset["train"].features["label"].names
+    model = build_teacher(teacher_args, label_names)
+    if aug_args.image_size is None:
+        aug_args.image_size = EMBEDDED_STUDENT["image_size"] if uses_embedded_data(data_args) else 224
+    aug_args = aug_args.resolved()
+    dataset = apply_transforms(
+        dataset, build_train_transform(aug_args), build_eval_transform(aug_args), skip_bad_images=data_args.skip_bad_images
+    )
+    trainer = ClassifierTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset["train"],
+        eval_dataset=dataset.get("validation"),
+        data_collator=build_collator(aug_args, len(label_names)),
+        compute_metrics=make_compute_metrics(),
+        processing_class=deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std),
+    )
+    return trainer, dataset, aug_args
+
+
+def labeled_training_images(train, data_args: DataArguments, seed: int):
+    """The images the teacher may learn from: with `--labeled_fraction`, the labelled part only, the same images as
+    train.py keeps labelled with the same seed (the teacher then labels the rest for the student)."""
+    pool = (data_args.unlabeled_dataset_name, data_args.unlabeled_train_dir, data_args.max_unlabeled_samples)
+    if any(value is not None for value in pool):
+        raise ValueError("The teacher learns from labelled images only: leave --unlabeled_dataset_name, "
+                         "--unlabeled_train_dir and --max_unlabeled_samples to scripts/train.py, where the teacher "
+                         "labels them.")  # fmt: skip
+    if data_args.labeled_fraction is None or data_args.labeled_fraction >= 1.0:
+        return train
+    labeled, _ = split_labeled(train, data_args.labeled_fraction, seed=seed)
+    logger.info("Training on the %d labelled of %d images (--labeled_fraction).", len(labeled), len(train))
+    return labeled
 
 
 if __name__ == "__main__":

@@ -581,13 +581,31 @@ def test_new_resolution_at_load_is_timms_resampling(tmp_path, caplog, source_kin
                for message in caplog.messages)
 
 
-def test_our_own_folder_gets_new_heads_without_ignore_mismatched_sizes(tmp_path, caplog):
-    torch.save(tiny_timm_distilled().state_dict(), tmp_path / "deit.pth")
-    convert_checkpoint(tmp_path / "deit.pth", tmp_path / "ours", num_attention_heads=4)
-    caplog.set_level("INFO", logger="hf_deit.convert")
+@pytest.mark.parametrize("source_kind", ["timm file", "our own folder"])
+def test_other_classes_than_the_checkpoints_need_ignore_mismatched_sizes(tmp_path, caplog, source_kind):
+    """transformers' contract: a class count other than the checkpoint's raises (a RuntimeError naming
+    ignore_mismatched_sizes) instead of silently loading untrained heads; with ignore_mismatched_sizes=True both
+    heads are new and every other weight is the checkpoint's."""
+    path = tmp_path / "deit.pth"
+    torch.save(tiny_timm_distilled().state_dict(), path)
+    if source_kind == "our own folder":
+        convert_checkpoint(path, tmp_path / "ours", num_attention_heads=4)
+        path = tmp_path / "ours"
+    saved = DistilledDeiTForImageClassification.from_pretrained(path, num_attention_heads=4)
     names = {index: str(index) for index in range(10)}
-    model = DistilledDeiTForImageClassification.from_pretrained(tmp_path / "ours", id2label=names, drop_path_rate=0.2)
-    assert model.config.id2label == names and model.cls_classifier.out_features == 10
-    assert model.config.drop_path_rate == 0.2
-    assert any("both heads are freshly initialised" in message for message in caplog.messages)
-    assert any(message.startswith(f"Loaded {tmp_path / 'ours'}") for message in caplog.messages)
+    for asked in (dict(num_labels=10), dict(id2label=names)):
+        with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+            DistilledDeiTForImageClassification.from_pretrained(path, num_attention_heads=4, **asked)
+    caplog.set_level("INFO")
+    model = DistilledDeiTForImageClassification.from_pretrained(path, num_attention_heads=4, id2label=names,
+                                                                drop_path_rate=0.2, ignore_mismatched_sizes=True)
+    assert model.config.id2label == names and model.config.drop_path_rate == 0.2
+    heads = ("cls_classifier.", "distillation_classifier.")
+    new = dict(model.named_parameters())
+    for name, value in saved.named_parameters():
+        if name.startswith(heads):
+            assert new[name].shape == (10, *value.shape[1:])
+        else:
+            assert torch.equal(new[name], value), name
+    expected = "freshly initialised" if source_kind == "timm file" else "Reinit due to size mismatch"
+    assert any(expected in message for message in caplog.messages)

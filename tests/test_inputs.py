@@ -137,6 +137,16 @@ def test_the_teacher_script_checks_its_inputs(tmp_path):
         check_teacher_command_line(["--architecture", "resnt"], ("resnet", "regnet"))
     with pytest.raises(InputError, match="no such folder"):
         check_teacher_command_line(["--train_dir", str(tmp_path / "missing")], ("resnet",))
+    with pytest.raises(InputError, match="--unlabeled_dataset_name: the teacher learns from labelled images only"):
+        check_teacher_command_line(["--unlabeled_dataset_name", "digits"], ("resnet",))
+
+
+def test_repeated_augmentation_is_checked_for_both_scripts():
+    assert "give 1 (off) or more copies" in problems(["--repeated_augmentation", "0"])
+    assert "give a whole number" in problems(["--repeated_augmentation", "three"])
+    with pytest.raises(InputError, match="give 1 \\(off\\) or more copies"):
+        check_teacher_command_line(["--repeated_augmentation", "-1"], ("resnet",))
+    check_train_command_line(["--repeated_augmentation", "1"])  # no error
 
 
 def test_json_configuration_files_are_checked_too(tmp_path):

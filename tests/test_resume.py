@@ -275,3 +275,32 @@ def test_a_killed_rank_ends_the_run_within_a_minute_naming_it_and_the_checkpoint
     assert launcher.returncode != 0 and took < 60, (took, log[-3000:])
     assert re.search(r"Rank 1 of this run was lost: its process \(pid \d+ on this host\) is gone", log), log[-3000:]
     assert f"The newest complete checkpoint is {run_dir / f'checkpoint-{SAVE_STEPS}'}" in log
+
+
+def run_teacher_in_process(output_dir, *extra):
+    import train_teacher
+
+    return train_teacher.main([
+        "--dataset_name", "digits", "--max_eval_samples", "32", "--output_dir", str(output_dir), "--image_size", "16",
+        "--config_overrides", "hidden_sizes=[8,16],depths=[1,1],embedding_size=8", "--max_steps", "2",
+        "--per_device_train_batch_size", "16", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+        "--report_to", "none", "--disable_tqdm", "true", *extra,
+    ])  # fmt: skip
+
+
+def test_the_teacher_script_resumes_by_the_same_rule(tmp_path, caplog):
+    """train_teacher.py runs the sequence train.py runs (hf_deit.run): --resume_from_checkpoint resolved and checked
+    against the run's settings, a rerun with the same settings resumes where the last one ended."""
+    out = tmp_path / "teacher"
+    with pytest.raises(ValueError, match="no checkpoint-<step> folder"):
+        run_teacher_in_process(out, "--resume_from_checkpoint", "auto")
+    run_teacher_in_process(out, "--learning_rate", "0.002")
+    assert json.loads((out / "run_settings.json").read_text())["learning_rate"] == 0.002
+    with pytest.raises(ValueError, match="saved by a run with other settings: --learning_rate"):
+        run_teacher_in_process(tmp_path / "other", "--learning_rate", "0.001", "--resume_from_checkpoint",
+                               str(out / "checkpoint-2"))  # fmt: skip
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        run_teacher_in_process(out, "--learning_rate", "0.002", "--resume_from_checkpoint", "false")
+    caplog.set_level("INFO", logger="hf_deit.checkpointing")
+    run_teacher_in_process(out, "--learning_rate", "0.002", "--logging_steps", "1")  # resumes the finished run
+    assert any(message.startswith(f"Resuming from {out / 'checkpoint-2'}") for message in caplog.messages)

@@ -18,8 +18,8 @@ from torch import nn
 from transformers import EvalPrediction, ResNetConfig, ResNetForImageClassification, TrainerCallback
 
 from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
-from hf_deit.arguments import DistillationConfig
-from hf_deit.trainer import DistillationTrainer, make_compute_metrics
+from hf_deit.arguments import DistillationConfig, TeacherTrainingArguments
+from hf_deit.trainer import ClassifierTrainer, DistillationTrainer, make_compute_metrics
 
 IMAGE_SIZE = 8
 DIGIT_NAMES = [str(d) for d in range(10)]
@@ -593,3 +593,34 @@ def test_a_config_built_in_python_trains_with_its_defaults_resolved_by_the_train
     assert trainer.state.global_step == 2 and trainer.optimizer.param_groups[0]["initial_lr"] == args.learning_rate
     with pytest.raises(TypeError, match="DistillationConfig"):
         DistillationTrainer(model=tiny_student(), args=args_for(tmp_path).to_dict())
+
+
+def test_the_minimal_python_call_trains_without_an_evaluation_set(digits, teacher, tmp_path):
+    """`TrainingArguments(output_dir=...)` trains with a training set alone; so do DeiT's configs. Evaluation is on
+    (every epoch) when an evaluation set is given, and a strategy the user chose stays theirs."""
+    train, test = digits
+    args = DistillationConfig(output_dir=str(tmp_path / "student"), max_steps=3)
+    trainer = DistillationTrainer(model=tiny_student(), args=args, train_dataset=train, teacher=teacher)
+    assert args.eval_strategy == "no"
+    trainer.train()
+    assert trainer.state.global_step == 3
+
+    teacher_args = TeacherTrainingArguments(output_dir=str(tmp_path / "teacher"), max_steps=2)
+    ClassifierTrainer(model=tiny_resnet(), args=teacher_args, train_dataset=train).train()
+
+    with_eval = DistillationConfig(output_dir=str(tmp_path / "evaluated"))
+    DistillationTrainer(model=tiny_student(), args=with_eval, train_dataset=train, eval_dataset=test, teacher=teacher)
+    assert with_eval.eval_strategy == "epoch"
+    chosen = DistillationConfig(output_dir=str(tmp_path / "chosen"), eval_strategy="steps", eval_steps=5)
+    with pytest.raises(ValueError, match="eval_dataset"):
+        DistillationTrainer(model=tiny_student(), args=chosen, train_dataset=train, teacher=teacher)
+
+
+def test_repeated_augmentation_is_a_setting_of_the_config(tmp_path):
+    """DeiT's RASampler is read from the trainer's args (`--repeated_augmentation`, default 3, the paper's)."""
+    assert DistillationConfig(output_dir=str(tmp_path)).repeated_augmentation == 3
+    assert TeacherTrainingArguments(output_dir=str(tmp_path)).repeated_augmentation == 3
+    args = args_for(tmp_path, repeated_augmentation=2, distillation_type="none")
+    assert DistillationTrainer(model=tiny_student(), args=args).repeated_augmentation == 2
+    with pytest.raises(ValueError, match="repeated_augmentation must be at least 1"):
+        DistillationConfig(output_dir=str(tmp_path), repeated_augmentation=0)

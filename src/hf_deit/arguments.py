@@ -12,6 +12,7 @@ from typing import Optional
 
 from hf_deit_inputs.checks import EMBEDDED_DATASETS, parse_config_overrides  # noqa: F401  (its one home)
 from transformers import TrainingArguments
+from transformers.trainer_utils import IntervalStrategy
 
 from .configuration_distilled_deit import PRESET_ALIASES, PRESETS, DistilledDeiTConfig
 from .precision import bf16_is_faster
@@ -62,7 +63,9 @@ class ModelArguments:
     attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa, flex_attention, ..."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for models loaded by name."})
     ignore_mismatched_sizes: bool = field(
-        default=False, metadata={"help": "Fine-tune a checkpoint with another number of classes (new heads)."}
+        default=False,
+        metadata={"help": "Load a checkpoint whose weights do not all fit the model, the misfits untrained. Not "
+                  "needed for other classes than the checkpoint's: new heads are made for the data's classes."},
     )
 
 
@@ -109,12 +112,8 @@ class DataArguments:
     max_unlabeled_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the unlabelled pool."})
     labeled_fraction: Optional[float] = field(
         default=None,
-        metadata={"help": "Keep the labels of this stratified, seeded fraction of train; the rest becomes unlabelled."},
-    )
-    repeated_augmentation: int = field(
-        default=3,
-        metadata={"help": "Repeated augmentation: copies of each image per epoch across processes (multi-process "
-                  "runs only, as the paper; 1 turns it off)."},
+        metadata={"help": "Keep the labels of this stratified, seeded fraction of train; the rest becomes unlabelled "
+                  "(train_teacher.py trains on that fraction only, the same images with the same --seed)."},
     )
 
 
@@ -148,10 +147,19 @@ class DeiTTrainingArguments(TrainingArguments):
     )
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate."})
+    eval_strategy: Optional[str] = field(
+        default=None,
+        metadata={"help": "When to evaluate: no, steps or epoch. Default: every epoch when there is an evaluation set, "
+                  "else never."},
+    )
     save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept."})
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
+    repeated_augmentation: int = field(
+        default=3,
+        metadata={"help": "Repeated augmentation (DeiT's RASampler): copies of each image per epoch, spread over the "
+                  "processes (multi-process runs only, as the paper's 3; 1 turns it off)."},
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep False: the transforms need the image column."}
     )
@@ -162,6 +170,12 @@ class DeiTTrainingArguments(TrainingArguments):
     )  # fmt: skip
 
     def __post_init__(self):
+        if self.repeated_augmentation < 1:
+            raise ValueError(f"repeated_augmentation must be at least 1 (1 turns it off), got "
+                             f"{self.repeated_augmentation}.")  # fmt: skip
+        self._eval_strategy_given = self.eval_strategy is not None
+        if self.eval_strategy is None:
+            self.eval_strategy = "epoch"  # provisional: "no" without an evaluation set (resolve_evaluation)
         self._epochs_given = self.num_train_epochs is not None
         if self.num_train_epochs is None:
             self.num_train_epochs = float(DEFAULT_EPOCHS)  # may grow in resolve_schedule
@@ -182,6 +196,14 @@ class DeiTTrainingArguments(TrainingArguments):
         (`resolve_learning_rate`) and the epochs (`resolve_schedule`). The trainers call it before training."""
         self.resolve_learning_rate(num_train_examples, from_scratch)
         self.resolve_schedule(num_train_examples, from_scratch)
+
+    def resolve_evaluation(self, has_eval_dataset: bool) -> str:
+        """The evaluation strategy when none was given: every epoch with an evaluation set, else none (as
+        `TrainingArguments`' own default), so that a trainer given only a training set trains. The trainers call it
+        before `Trainer.__init__`, which checks the two agree. Returns `eval_strategy`."""
+        if not self._eval_strategy_given and not has_eval_dataset:
+            self.eval_strategy, self.do_eval = IntervalStrategy.NO, False
+        return self.eval_strategy
 
     def resolve_precision(self, hidden_size: Optional[int] = None) -> bool:
         """Settles `bf16` when it was left unset: off when a precision was chosen otherwise (`--fp16`, or
@@ -495,6 +517,14 @@ def train_argument_parser():
             group._group_actions.remove(action)
             distillation._group_actions.append(action)
     return parser
+
+
+def teacher_argument_parser():
+    """`scripts/train_teacher.py`'s parser: the teacher's model flags, train.py's data and augmentation flags, and
+    `TeacherTrainingArguments`."""
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser((TeacherArguments, DataArguments, AugmentationArguments, TeacherTrainingArguments))
 
 
 def uses_embedded_data(data_args: DataArguments) -> bool:

@@ -143,7 +143,7 @@ TRAINING_SETTINGS = (
     "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
     "optim_args", "num_train_epochs", "max_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed", "bf16", "fp16",
-    "label_smoothing_factor", "full_determinism",
+    "label_smoothing_factor", "full_determinism", "repeated_augmentation",
 )  # fmt: skip
 # Fields of the script's own argument groups that do not change the weights.
 NOT_SETTINGS = ("max_eval_samples", "eval_split", "attn_implementation", "trust_remote_code",

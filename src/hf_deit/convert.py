@@ -73,6 +73,11 @@ class CheckpointConversionError(ValueError):
     """The checkpoint cannot be converted; the message says why and what to do."""
 
 
+class MismatchedClassesError(CheckpointConversionError, RuntimeError):
+    """Loading would replace the checkpoint's heads (another class count) and `ignore_mismatched_sizes` was not set:
+    a `RuntimeError`, as transformers' `from_pretrained` raises for mismatched shapes."""
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Loading
 
@@ -436,8 +441,10 @@ def _resolve_heads(fields: dict) -> None:
     fields["num_attention_heads"] = HEADS_BY_WIDTH[width]
 
 
-def _resolve_labels(ours: dict[str, torch.Tensor], fields: dict, num_labels: int | None, id2label) -> None:
-    """Keep the checkpoint's classes and labels, or replace them: another class count means new heads."""
+def _resolve_labels(ours: dict[str, torch.Tensor], fields: dict, num_labels: int | None, id2label,
+                    new_heads_allowed: bool) -> None:
+    """Keep the checkpoint's classes and labels, or replace them: another class count means new heads (refused
+    unless `new_heads_allowed`)."""
     if id2label is not None:
         id2label = _labels(id2label)
         if num_labels is not None and num_labels != len(id2label):
@@ -452,6 +459,12 @@ def _resolve_labels(ours: dict[str, torch.Tensor], fields: dict, num_labels: int
             "heads."
         )
     if num_labels is not None and num_labels != checkpoint_labels:
+        if checkpoint_labels is not None and not new_heads_allowed:
+            raise MismatchedClassesError(
+                f"The checkpoint's heads have {checkpoint_labels} classes and {num_labels} were asked for: loading "
+                "would replace both heads with new, untrained ones. Pass ignore_mismatched_sizes=True to fine-tune "
+                "on new classes, or leave num_labels and id2label out to keep the checkpoint's classes."
+            )
         for key in [key for key in ours if key.split(".")[0] in ("cls_classifier", "distillation_classifier")]:
             del ours[key]
         if checkpoint_labels is not None:
@@ -477,13 +490,16 @@ def _resolve_labels(ours: dict[str, torch.Tensor], fields: dict, num_labels: int
 
 
 def convert_state_dict(
-    state_dict: dict[str, torch.Tensor], source_config: dict | None = None, **overrides
+    state_dict: dict[str, torch.Tensor], source_config: dict | None = None, ignore_mismatched_sizes: bool = True,
+    **overrides
 ) -> tuple[dict[str, torch.Tensor], DistilledDeiTConfig, str]:
     """Map a foreign DeiT state dict onto our keys and infer the config that fits it.
 
     Args:
         state_dict: weights in any of `LAYOUTS` (see `detect_layout`).
         source_config: the source's config.json as a dict, if it has one (heads, layer-norm eps, labels).
+        ignore_mismatched_sizes: allow another class count than the checkpoint's (new heads); False raises
+            `MismatchedClassesError` instead, as `from_pretrained` does without it.
         overrides: `DistilledDeiTConfig` fields (None means "not given"). Fields the weights fix (`hidden_size`,
             `num_hidden_layers`, `intermediate_size`, `patch_size`, `num_channels`, `qkv_bias`) are checked against
             them. An `image_size` with another patch grid resamples the position embeddings. A `num_labels` other
@@ -519,7 +535,8 @@ def convert_state_dict(
             )
 
     _resolve_geometry(ours, fields, overrides.pop("image_size", None))
-    _resolve_labels(ours, fields, overrides.pop("num_labels", None), overrides.pop("id2label", None))
+    _resolve_labels(ours, fields, overrides.pop("num_labels", None), overrides.pop("id2label", None),
+                    new_heads_allowed=ignore_mismatched_sizes)
     fields.update(overrides)
     _resolve_heads(fields)
     try:
@@ -587,11 +604,8 @@ UNSUPPORTED_ON_LOAD = (
     "device_map", "max_memory", "offload_folder", "quantization_config", "tp_plan", "key_mapping", "state_dict",
     "output_loading_info", "gguf_file", "subfolder",
 )  # fmt: skip
-# Options that mean nothing for a converted checkpoint: another class count always gives new heads, and the model's
-# code is this package's.
-IGNORED_ON_LOAD = (
-    "ignore_mismatched_sizes", "trust_remote_code", "use_safetensors", "weights_only", "low_cpu_mem_usage",
-)  # fmt: skip
+# Options that mean nothing for a converted checkpoint: the model's code is this package's.
+IGNORED_ON_LOAD = ("trust_remote_code", "use_safetensors", "weights_only", "low_cpu_mem_usage")
 
 
 def _fetch_from_hub(repo_id: str, hub_options: dict, overrides: dict) -> tuple[Path | None, dict | None]:
@@ -617,27 +631,43 @@ def _fetch_from_hub(repo_id: str, hub_options: dict, overrides: dict) -> tuple[P
     raise CheckpointConversionError(f"The Hub repo {repo_id!r} has no weights file ({', '.join(WEIGHT_FILES)}).")
 
 
-def _checkpoint_class_count(config: dict) -> int:
-    return len(config["id2label"]) if config.get("id2label") else int(config.get("num_labels", 2))
+def checkpoint_class_count(pretrained_model_name_or_path, **hub_options) -> int | None:
+    """The class count of a saved model's heads as its config.json says (a folder or a Hub repo, transformers' or
+    timm's Hub layout), or None where no config says (a bare weights file; a repo that cannot be reached)."""
+    from transformers.utils import cached_file
+
+    path = Path(str(pretrained_model_name_or_path))
+    if path.is_file():
+        return None
+    try:
+        config_file = path / "config.json" if path.is_dir() else cached_file(
+            str(pretrained_model_name_or_path), "config.json", _raise_exceptions_for_missing_entries=False,
+            **hub_options,
+        )  # fmt: skip
+    except OSError:
+        return None
+    if config_file is None or not Path(config_file).is_file():
+        return None
+    config = json.loads(Path(config_file).read_text())
+    if "architecture" in config:  # timm's Hub layout
+        return config.get("num_classes")
+    return len(config["id2label"]) if config.get("id2label") else config.get("num_labels")
 
 
 def _needs_conversion(source_config: dict | None, name: str, overrides: dict) -> bool:
-    """True for a source this module converts, and for our own model when `overrides` ask for another class count
-    (new heads) or another patch grid (resampled position embeddings), which transformers' loading cannot do;
-    False for our own model otherwise (transformers loads it). Raises for a config of another kind of model."""
+    """True for a source this module converts, and for our own model when `overrides` ask for another patch grid
+    (resampled position embeddings), which transformers' loading cannot do; False for our own model otherwise
+    (transformers loads it, and another class count raises unless `ignore_mismatched_sizes`). Raises for a config
+    of another kind of model."""
     if source_config is None:
         return True  # a bare weights file or folder: its keys say what it is
     model_type = source_config.get("model_type")
     if model_type == DistilledDeiTConfig.model_type:
-        id2label, num_labels = overrides.get("id2label"), overrides.get("num_labels")
-        wanted_classes = len(id2label) if id2label is not None else num_labels
-        new_classes = wanted_classes is not None and wanted_classes != _checkpoint_class_count(source_config)
         image_size, patch_size = overrides.get("image_size"), _pair(source_config.get("patch_size", 16))
-        new_grid = image_size is not None and (
+        return image_size is not None and (
             [side // patch for side, patch in zip(_pair(image_size), patch_size)]
             != [side // patch for side, patch in zip(_pair(source_config.get("image_size", 224)), patch_size)]
         )
-        return new_classes or new_grid
     if model_type in CONVERTIBLE_MODEL_TYPES or "architecture" in source_config:
         return True
     raise CheckpointConversionError(
@@ -652,8 +682,9 @@ def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
 
     Returns None for this package's own folders and Hub repos (transformers loads those), else the converted model
     (in eval mode, as `from_pretrained` returns it), after logging what was converted. `kwargs` are
-    `from_pretrained`'s: the Hub options, `attn_implementation`, `dtype`, and config fields, which act as the
-    overrides of `convert_state_dict` (`num_labels`/`id2label` other than the checkpoint's give new heads, an
+    `from_pretrained`'s: the Hub options, `attn_implementation`, `dtype`, `ignore_mismatched_sizes`, and config fields,
+    which act as the overrides of `convert_state_dict` (`num_labels`/`id2label` other than the checkpoint's give new
+    heads with `ignore_mismatched_sizes=True` and raise `MismatchedClassesError` without it, as transformers does; an
     `image_size` with another patch grid resamples the position embeddings once, `drop_path_rate`, ...).
     """
     name = str(pretrained_model_name_or_path)
@@ -680,6 +711,7 @@ def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
         )
     for key in IGNORED_ON_LOAD + UNSUPPORTED_ON_LOAD:
         kwargs.pop(key, None)
+    ignore_mismatched_sizes = bool(kwargs.pop("ignore_mismatched_sizes", False))
     attn_implementation = kwargs.pop("attn_implementation", None)
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
     if kwargs.get("id2label") is not None:
@@ -690,7 +722,8 @@ def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
     # log, where a training run's reader looks, rather than to warnings.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ours, config, layout = convert_state_dict(state_dict, checkpoint_config or source_config, **kwargs)
+        ours, config, layout = convert_state_dict(state_dict, checkpoint_config or source_config,
+                                                  ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs)
     for warning in caught:
         logger.warning("%s: %s", name, warning.message)
     if attn_implementation is not None:
@@ -713,6 +746,8 @@ def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
 __all__ = [
     "LAYOUTS",
     "CheckpointConversionError",
+    "MismatchedClassesError",
+    "checkpoint_class_count",
     "convert_checkpoint",
     "convert_state_dict",
     "detect_layout",

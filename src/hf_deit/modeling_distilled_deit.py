@@ -18,7 +18,6 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
@@ -26,7 +25,7 @@ from .configuration_distilled_deit import DistilledDeiTConfig, _pair
 
 
 @dataclass
-class DistilledDeiTModelOutput(BaseModelOutputWithPooling):
+class DistilledDeiTModelOutput(ModelOutput):
     """
     Output of [`DistilledDeiTModel`].
 
@@ -38,9 +37,15 @@ class DistilledDeiTModelOutput(BaseModelOutputWithPooling):
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): the embeddings and every block's output.
         attentions (`tuple(torch.FloatTensor)`, *optional*): attention weights `(batch, heads, seq, seq)` of every
             block when `output_attentions=True`, or of the blocks listed in `attention_layers`, in that order.
+
+    As a tuple (`return_dict=False`) in this order, the attentions last, as every transformers model output.
     """
 
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
     distillation_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass

@@ -101,21 +101,23 @@ class DeiTTrainerBase(Trainer):
     Args (beyond `Trainer`'s):
         eval_data_collator: collates evaluation batches; by default the training collator without mixing (its
             `for_evaluation()`), so that metrics see real images and class ids.
-        repeated_augmentation: copies of each image per epoch spread over the processes (DeiT's RASampler; the paper
-            uses 3). Applies to multi-process runs only, as in the official code; 1 turns it off.
+
+    Repeated augmentation (DeiT's RASampler) follows `args.repeated_augmentation` (`DeiTTrainingArguments`; other
+    `TrainingArguments` train without it): multi-process runs only, as in the official code.
     """
 
     # `compute_loss` returns a per-batch mean; Trainer divides it by the accumulation steps itself.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, eval_data_collator=None, repeated_augmentation: int = 1, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         model = kwargs.get("model", args[0] if args else None)
         chosen_here = getattr(training_args, "bf16", False) is None
         if chosen_here:  # DeiTTrainingArguments left to choose: before the accelerator
             training_args.resolve_precision(getattr(getattr(model, "config", None), "hidden_size", None))
-        if isinstance(training_args, DeiTTrainingArguments):  # learning rate and epochs left unset: sized to the run
+        if isinstance(training_args, DeiTTrainingArguments):  # what was left unset: sized to the run
             train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
+            training_args.resolve_evaluation(kwargs.get("eval_dataset", args[4] if len(args) > 4 else None) is not None)
             try:
                 num_examples = len(train_dataset) if train_dataset is not None else None
             except TypeError:  # a stream: size unknown
@@ -128,9 +130,6 @@ class DeiTTrainerBase(Trainer):
         if eval_data_collator is None and hasattr(self.data_collator, "for_evaluation"):
             eval_data_collator = self.data_collator.for_evaluation()
         self.eval_data_collator = eval_data_collator
-        if repeated_augmentation < 1:
-            raise ValueError(f"repeated_augmentation must be >= 1, got {repeated_augmentation}.")
-        self.repeated_augmentation = repeated_augmentation
         self.loss_guard = NonFiniteLossGuard()  # compute_loss feeds it; training_step checks it (hf_deit.callbacks)
         self.add_callback(LogAtLeastEvery())
         self.stop_on_signal = StopOnSignal()  # SIGTERM or Ctrl-C: finish the step, save, stop (hf_deit.preemption)
@@ -142,6 +141,10 @@ class DeiTTrainerBase(Trainer):
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
         _shard_on_cpu_when_asked(self)
+
+    @property
+    def repeated_augmentation(self) -> int:
+        return getattr(self.args, "repeated_augmentation", 1)
 
     def _uses_repeated_augmentation(self) -> bool:
         return self.repeated_augmentation > 1 and self.args.world_size > 1

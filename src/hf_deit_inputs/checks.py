@@ -97,7 +97,7 @@ def flags_from_json(path: str) -> dict[str, str]:
 DATA_FLAGS = ("dataset_name", "train_dir", "validation_dir", "max_train_samples", "max_eval_samples", "train_val_split")
 AUGMENTATION_FLAGS = ("preset", "image_size", "rand_augment", "hflip", "reprob", "mixup_prob", "mixup_switch_prob",
                       "scale_min", "crop_pct", "mixup", "cutmix")  # fmt: skip
-TRAINING_FLAGS = ("output_dir", "resume_from_checkpoint")
+TRAINING_FLAGS = ("output_dir", "resume_from_checkpoint", "repeated_augmentation")
 DISTILLATION_FLAGS = (
     "teacher_name_or_path", "teacher_image_size", "distillation_type", "distillation_alpha", "distillation_tau",
     "attention_distillation_weight", "attention_distillation_token", "attention_distillation_loss",
@@ -106,8 +106,9 @@ DISTILLATION_FLAGS = (
 )  # fmt: skip
 TRAIN_FLAGS = ("model_name_or_path", "config_overrides", *DATA_FLAGS, *AUGMENTATION_FLAGS, *DISTILLATION_FLAGS,
                *TRAINING_FLAGS)  # fmt: skip
+UNLABELED_POOL_FLAGS = ("unlabeled_dataset_name", "unlabeled_train_dir", "max_unlabeled_samples")  # train.py's only
 TEACHER_FLAGS = ("model_name_or_path", "architecture", "config_overrides", *DATA_FLAGS, *AUGMENTATION_FLAGS,
-                 *TRAINING_FLAGS)  # fmt: skip
+                 *TRAINING_FLAGS, *UNLABELED_POOL_FLAGS)  # fmt: skip
 
 
 def exit_on_input_error(check, argv: Sequence[str], prog: str, *args) -> None:
@@ -147,6 +148,10 @@ def check_teacher_command_line(argv: Sequence[str], architectures: Sequence[str]
     problems += check_data(given, needs_train=True)
     problems += check_augmentation(given)
     problems += check_training(given)
+    pool = [f"--{name}" for name in UNLABELED_POOL_FLAGS if name in given]
+    if pool:
+        problems.append(f"{', '.join(pool)}: the teacher learns from labelled images only; pass the unlabelled pool to "
+                        "scripts/train.py, where the teacher labels it.")  # fmt: skip
     if problems:
         raise InputError(problems)
 
@@ -418,6 +423,9 @@ def check_training(given: dict) -> list[str]:
                 f"--resume_from_checkpoint {resume} is not a checkpoint (no trainer_state.json): pass one of its "
                 f"checkpoint-<step> folders{_listing(resume, 'checkpoint-')}."
             )
+    repeats = _int(given, "repeated_augmentation", problems)
+    if repeats is not None and repeats < 1:
+        problems.append(f"--repeated_augmentation {repeats}: give 1 (off) or more copies of each image per epoch.")
     return problems
 
 

@@ -23,8 +23,9 @@ REGENERATE = "python -c 'import hf_deit.arguments as a; a.write_help_catalogue()
 # The TrainingArguments flags a first run needs, shown under "Training"; the other ~150 are in --help_all.
 COMMON_TRAINING_FLAGS = (
     "output_dir", "overwrite_output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-    "learning_rate", "weight_decay", "warmup_steps", "label_smoothing_factor", "seed", "bf16", "eval_strategy", "save_strategy",
-    "logging_steps", "resume_from_checkpoint", "dataloader_num_workers", "report_to", "push_to_hub", "hub_model_id",
+    "learning_rate", "weight_decay", "warmup_steps", "label_smoothing_factor", "repeated_augmentation", "seed", "bf16",
+    "eval_strategy", "save_strategy", "logging_steps", "resume_from_checkpoint", "dataloader_num_workers", "report_to",
+    "push_to_hub", "hub_model_id",
 )  # fmt: skip
 WIDTH = 100
 
