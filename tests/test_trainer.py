@@ -223,7 +223,7 @@ DDP_WORKER = textwrap.dedent(
     trainer = DistillationTrainer(
         model=tiny_student(seed=1),
         args=args_for(out_dir, per_device_train_batch_size=per_device, max_steps=1, logging_steps=1,
-                      optim="sgd", learning_rate=0.1,
+                      optim="sgd", learning_rate=0.1, repeated_augmentation=1,  # the same 32 images as 1 process
                       ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None, distillation_type="hard"),
         train_dataset=dataset, teacher=tiny_resnet(seed=3).eval(),
     )

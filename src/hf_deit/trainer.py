@@ -163,6 +163,9 @@ class DeiTTrainerBase(Trainer):
             rank=self.args.process_index,
             seed=self.args.seed,
             num_repeats=self.repeated_augmentation,
+            # The official epoch length rounds down to 256 images; on a small folder that would drop most of it (all
+            # of it under 256 images), so there it rounds to the number of processes only.
+            round_to=256 if len(dataset) >= 10 * 256 else self.args.world_size,
         )
 
     def get_train_dataloader(self):
