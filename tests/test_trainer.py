@@ -270,6 +270,7 @@ def run_worker(command, out_dir, timeout=240, extra_args=()):
     assert process.returncode == 0, output[-4000:]
     report = json.loads((out_dir / "report.json").read_text())
     report["gloo_threads_at_exit"] = [int(n) for n in re.findall(r"gloo threads at exit: (\d+)", output)]
+    report["output"] = output
     return report
 
 

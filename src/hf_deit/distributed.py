@@ -1,4 +1,8 @@
-"""How a multi-process run ends: every rank leaves the process group so that a finished run exits 0.
+"""Running on several processes: FSDP on CPUs, saving a sharded model, how a run ends (every rank leaves the process
+group so that a finished run exits 0), and a lost rank. Each workaround names the versions it works around
+(torch 2.14, accelerate 1.15) and has a test that fails once it is no longer needed (tests/test_fsdp.py).
+
+How a run ends.
 
 Why a finished run could abort. gloo runs each collective on a worker thread of its own (torch 2.14:
 `ProcessGroupGloo::runLoop`), and that thread drops its reference to the finished work object a moment *after* the
@@ -17,6 +21,7 @@ rank, drop the wrappers that hold the group, destroy it, and collect, all while 
 """
 
 import atexit
+import contextlib
 import gc
 import logging
 import os
@@ -187,3 +192,62 @@ def _read_state(pid: int) -> str:
             return stat.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return ""
+
+
+# ---- FSDP on CPU processes, and saving a sharded model with its own class ----
+
+
+def shard_on_cpu_when_asked(trainer) -> None:
+    """FSDP on several CPU processes, as asked, instead of accelerate's silent fall-back to DDP.
+
+    accelerate 1.15 sets `DistributedType.FSDP` only for accelerator devices (`AcceleratorState.__init__`, the
+    MULTI_GPU/NPU/XPU/... branch of accelerate/state.py): on CPU the state stays MULTI_CPU, the plugin is dropped and
+    `Trainer` wraps the model in DDP, although `--fsdp` or `accelerate launch` with an FSDP config asked to shard.
+    Its FSDP2 path itself (`fsdp2_prepare_model`: torch's `fully_shard` over the default gloo mesh) works on CPU, so
+    the state gets what that branch would have given it: the plugin (the one the Trainer's arguments describe, or
+    accelerate's environment from the launcher) and the type FSDP. Only FSDP2 (FSDP1, deprecated in transformers, is
+    left as accelerate has it). Called after `Trainer`'s own post-creation checks of FSDP settings, which therefore do
+    not run on CPU. Logs "FSDP2 on N CPU processes" when it acts: tests/test_fsdp.py expects that line, and fails
+    once accelerate shards on CPU by itself.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    asked = trainer.args.fsdp_plugin_args is not None or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if not asked or state.distributed_type != DistributedType.MULTI_CPU or getattr(state, "fsdp_plugin", None):
+        return
+    plugin = FullyShardedDataParallelPlugin(**(trainer.args.fsdp_plugin_args or {}))
+    if plugin.fsdp_version != 2:
+        logger.warning("FSDP version 1 is not enabled on CPU here: training with DDP. fsdp_version 2 shards on CPU.")
+        return
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin = plugin
+    state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True
+    logger.info("FSDP2 on %d CPU processes (gloo): accelerate enables FSDP only on accelerators.",
+                state.num_processes)
+
+
+@contextlib.contextmanager
+def saved_as_own_class(model, state_dict):
+    """While saving: the model with its own class, not the subclass FSDP2 gave it.
+
+    torch 2.14's `fully_shard` swaps the model's class for a subclass it defines (`FSDP<Name>`, module
+    torch.distributed.fsdp._fully_shard._fsdp_init). `save_pretrained` names the saved class in `auto_map` and copies
+    its defining module's files: the folder would hold torch's FSDP sources and an `auto_map` that `trust_remote_code`
+    cannot load. The weights come gathered in `state_dict` (Trainer.save_model), so the save can run with the model's
+    own class; the sharded class is back afterwards. tests/test_fsdp.py checks that the class is swapped (and fails
+    once torch stops doing so) and that the saved folder holds only our files."""
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded_class = type(model)
+    if not issubclass(sharded_class, FSDPModule) or state_dict is None:
+        yield
+        return
+    model.__class__ = next(cls for cls in sharded_class.__mro__ if not issubclass(cls, FSDPModule))
+    try:
+        yield
+    finally:
+        model.__class__ = sharded_class

@@ -16,7 +16,7 @@ from .callbacks import LogAtLeastEvery, NonFiniteLossError, NonFiniteLossGuard, 
 from .checkpointing import save_checkpoint_atomically
 from .data.mixup import LABELED_KEY
 from .data.samplers import PositionSeededCollator, PositionSeededDataset, PositionSeededSampler
-from .distributed import PeerWatch, release_group_at_exit
+from .distributed import PeerWatch, release_group_at_exit, saved_as_own_class, shard_on_cpu_when_asked
 from .losses import classification_loss
 from .metrics import make_compute_metrics  # noqa: F401  (also importable from here, where it used to live)
 from .objective import DistillationObjective
@@ -60,38 +60,6 @@ def _precision_in_words(mixed_precision: str, chosen_here: bool) -> str:
         words += " (chosen as faster on this hardware; accelerate launch's default mixed_precision 'no' is not a "
         words += "choice: pass --bf16 false for float32)"
     return words
-
-
-def _shard_on_cpu_when_asked(trainer: Trainer) -> None:
-    """FSDP on several CPU processes, as asked, instead of accelerate's silent fall-back to DDP.
-
-    accelerate (1.15) sets `DistributedType.FSDP` only for accelerator devices (`AcceleratorState.__init__`, the
-    MULTI_GPU/NPU/XPU/... branch of accelerate/state.py): on CPU the state stays MULTI_CPU, the plugin is dropped and
-    `Trainer` wraps the model in DDP, although `--fsdp` or `accelerate launch` with an FSDP config asked to shard.
-    Its FSDP2 path itself (`fsdp2_prepare_model`: torch's `fully_shard` over the default gloo mesh) works on CPU, so
-    the state gets what that branch would have given it: the plugin (the one the Trainer's arguments describe, or
-    accelerate's environment from the launcher) and the type FSDP. Only FSDP2 (FSDP1, deprecated in transformers, is
-    left as accelerate has it). Set after `Trainer`'s own post-creation checks of FSDP settings, which therefore do
-    not run on CPU.
-    """
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
-    state = trainer.accelerator.state
-    asked = trainer.args.fsdp_plugin_args is not None or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-    if not asked or state.distributed_type != DistributedType.MULTI_CPU or getattr(state, "fsdp_plugin", None):
-        return
-    plugin = FullyShardedDataParallelPlugin(**(trainer.args.fsdp_plugin_args or {}))
-    if plugin.fsdp_version != 2:
-        logger.warning("FSDP version 1 is not enabled on CPU here: training with DDP. fsdp_version 2 shards on CPU.")
-        return
-    if state.mixed_precision != "no":
-        plugin.set_mixed_precision(state.mixed_precision)
-    state.fsdp_plugin = plugin
-    state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-    trainer.is_fsdp_enabled = True
-    logger.info("FSDP2 on %d CPU processes (gloo): accelerate enables FSDP only on accelerators.",
-                state.num_processes)
 
 
 class DeiTTrainerBase(Trainer):
@@ -140,7 +108,7 @@ class DeiTTrainerBase(Trainer):
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
-        _shard_on_cpu_when_asked(self)
+        shard_on_cpu_when_asked(self)
 
     @property
     def repeated_augmentation(self) -> int:
@@ -238,22 +206,8 @@ class DeiTTrainerBase(Trainer):
         return save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        # FSDP2's `fully_shard` swaps the model's class for a subclass it defines in torch (`FSDP<Name>`, module
-        # torch.distributed.fsdp._fully_shard._fsdp_init). `save_pretrained` names the saved class in `auto_map` and
-        # copies its defining module's files: the folder would hold torch's FSDP sources and an `auto_map` that
-        # `trust_remote_code` cannot load. The weights come gathered in `state_dict` (Trainer.save_model), so the
-        # save runs with the model's own class; the sharded class is back when it returns.
-        from torch.distributed.fsdp import FSDPModule
-
-        sharded_class = type(self.model)
-        if not issubclass(sharded_class, FSDPModule) or state_dict is None:
+        with saved_as_own_class(self.model, state_dict):  # not as FSDP's subclass (hf_deit.distributed)
             return super()._save(output_dir, state_dict)
-        own_class = next(cls for cls in sharded_class.__mro__ if not issubclass(cls, FSDPModule))
-        self.model.__class__ = own_class
-        try:
-            return super()._save(output_dir, state_dict)
-        finally:
-            self.model.__class__ = sharded_class
 
 
 class ClassifierTrainer(DeiTTrainerBase):
