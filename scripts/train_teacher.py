@@ -33,6 +33,7 @@ from hf_deit.arguments import (  # noqa: E402
     label_fields,
     load_dataset_from_args,
     parse_config_overrides,
+    teacher_augmentation_preset,
     uses_embedded_data,
 )
 from hf_deit.data import (  # noqa: E402
@@ -90,6 +91,8 @@ def main(argv=None) -> dict:
     model = build_teacher(teacher_args, label_names)
     if aug_args.image_size is None:
         aug_args.image_size = EMBEDDED_STUDENT["image_size"] if uses_embedded_data(data_args) else 224
+    aug_args.preset = teacher_augmentation_preset(aug_args.preset, aug_args.image_size,
+                                                  from_scratch=not teacher_args.model_name_or_path)  # fmt: skip
     aug_args = aug_args.resolved()
     dataset = apply_transforms(
         dataset, build_train_transform(aug_args), build_eval_transform(aug_args), skip_bad_images=data_args.skip_bad_images
