@@ -43,7 +43,13 @@ from hf_deit.data import (  # noqa: E402
     build_eval_transform,
     build_train_transform,
 )
-from hf_deit.card import augmentation_recipe, data_card_fields, final_train_loss, write_teacher_card  # noqa: E402
+from hf_deit.card import (  # noqa: E402
+    augmentation_recipe,
+    data_card_fields,
+    final_train_loss,
+    kept_checkpoint,
+    write_teacher_card,
+)
 from hf_deit.checkpointing import prepare_output_dir, record_run_settings, run_settings  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
@@ -127,6 +133,7 @@ def main(argv=None) -> dict:
             num_eval_images=len(dataset["validation"]) if hasattr(dataset.get("validation"), "__len__") else None,
             augmentation=augmentation_recipe(aug_args),
             final_train_loss=final_train_loss(trainer.state.log_history),
+            checkpoint_kept=kept_checkpoint(trainer.state),
             hyperparameters={"learning_rate": training_args.learning_rate, "seed": training_args.seed,
                              "train_batch_size": training_args.per_device_train_batch_size,
                              "num_epochs": training_args.num_train_epochs if training_args.max_steps <= 0 else None,
