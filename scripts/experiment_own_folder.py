@@ -94,6 +94,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--kinds", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
     parser.add_argument("--image_size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS),
+                        help="The student runs to make (the table shows every finished one).")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
     results = {}
@@ -107,7 +109,7 @@ def main(argv=None) -> dict:
                          for name, (title, flags) in TEACHERS.items()])  # fmt: skip
         folders = {"teacher": str(runs / "teacher"), "weak": str(runs / "weak_teacher")}
         run_in_parallel([(f"{kind}: {title}", "train.py", runs / name, [*(flag.format(**folders) for flag in flags), *data])
-                         for name, (title, flags) in STUDENTS.items()])  # fmt: skip
+                         for name, (title, flags) in STUDENTS.items() if name in args.students])  # fmt: skip
         results[kind] = {name: finished_results(runs / name) for name in (*TEACHERS, *STUDENTS)}
     table = results_table(results, args, argv)
     print(table)
@@ -122,6 +124,8 @@ def results_table(results: dict, args, argv) -> str:
     for kind, runs in results.items():
         for name, (title, _) in {**TEACHERS, **STUDENTS}.items():
             metrics = runs[name]
+            if metrics is None:
+                continue  # not run
             if name in TEACHERS:
                 rows.append(f"| {kind} | {title} | {pct(metrics, 'eval_accuracy')} | | | |")
             else:

@@ -344,6 +344,8 @@ class DistillationTrainer(DeiTTrainerBase):
         report = check_teacher(self.teacher_logits, self.train_dataset, self.eval_dataset, transform, names,
                                self.args.min_teacher_accuracy, device=self.accelerator.device, seed=self.args.seed)  # fmt: skip
         if report is None:
+            logger.info("Teacher not checked before training: the training set is streamed or has no image and label "
+                        "columns to read without augmentation.")
             return None
         if report.weak:
             self.objective.loss.label_fallback = self.args.protect_from_weak_teacher
