@@ -416,14 +416,16 @@ class DistillationConfig(DeiTTrainingArguments):
     # A teacher too weak to teach (hf_deit.teacher_check): measured before the first step
     protect_from_weak_teacher: bool = field(
         default=True,
-        metadata={"help": "Before training, the teacher is measured on the labelled training images; when it is right "
-                  "on fewer than --min_teacher_accuracy of them, a warning says so and (this flag) the distillation "
-                  "target of a labelled image it gets wrong becomes the label. false: it teaches its mistakes."},
+        metadata={"help": "Before training, the teacher is measured on the labelled training images and the "
+                  "validation images; when it is right on fewer than --min_teacher_accuracy of either, a warning says "
+                  "so and (this flag) the distillation target of a labelled image it gets wrong becomes the label. "
+                  "false: it teaches its mistakes."},
     )
     min_teacher_accuracy: float = field(
         default=0.95,
-        metadata={"help": "The teacher's accuracy on the labelled training images (no augmentation) below which it "
-                  "is too weak to teach: its hard targets there would be worse than the labels they replace."},
+        metadata={"help": "The teacher's accuracy on the labelled training images (no augmentation), or on the "
+                  "validation images, below which it is too weak to teach: its hard targets would be worse than the "
+                  "labels they replace."},
     )
 
     def __post_init__(self):
