@@ -97,6 +97,9 @@ def test_the_hard_target_falls_back_to_the_label_where_the_teacher_is_wrong():
     protected = loss(student, student, labels, teacher).distillation
     assert torch.allclose(protected, F.cross_entropy(student, torch.tensor([0, 2, 2, 1])))
     assert loss.fallback_counts() == (4, 2) and loss.fallback_counts() == (0, 0)
+    with torch.no_grad():  # evaluation: targets protected alike, not counted
+        assert torch.allclose(loss(student, student, labels, teacher).distillation, protected)
+    assert loss.fallback_counts() == (0, 0)
 
 
 def test_on_mixed_and_unlabelled_images_the_teacher_keeps_what_the_labels_allow():

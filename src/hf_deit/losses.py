@@ -237,7 +237,7 @@ class DistillationLoss(nn.Module):
     ) -> torch.Tensor:
         """`(batch,)` bool: labelled examples whose label the teacher's top class misses. For class ids, a different
         class; for per-class targets (mixup/cutmix, smoothing folded in), a class with no more than the row's floor
-        (the smoothing share), i.e. none of the mixed classes. Counted for `fallback_counts`."""
+        (the smoothing share), i.e. none of the mixed classes. Counted for `fallback_counts` (training: with gradients on)."""
         predicted = teacher_logits.argmax(dim=1)
         if labels.ndim == 2:
             on_predicted = labels.gather(1, predicted[:, None])[:, 0]
@@ -248,8 +248,9 @@ class DistillationLoss(nn.Module):
         if labels.ndim != 2:
             is_labeled = is_labeled & (labels >= 0)
         wrong = wrong & is_labeled
-        counts = torch.stack([is_labeled.sum(), wrong.sum()]).detach()
-        self._fallback_counts = counts if self._fallback_counts is None else self._fallback_counts + counts
+        if torch.is_grad_enabled():  # training steps only: evaluation runs under no_grad
+            counts = torch.stack([is_labeled.sum(), wrong.sum()]).detach()
+            self._fallback_counts = counts if self._fallback_counts is None else self._fallback_counts + counts
         return wrong
 
     def fallback_counts(self) -> tuple[int, int]:
