@@ -100,15 +100,16 @@ def main(argv=None) -> dict:
     out = Path(args.output_dir)
     results = {}
     for kind in args.kinds:
-        train_dir, val_dir = build_folder(kind, out / "data" / kind, seed=args.seed) \
-            if not (out / "data" / kind / "val").is_dir() else (out / "data" / kind / "train", out / "data" / kind / "val")  # fmt: skip
+        folder = out / "data" / kind
+        train_dir, val_dir = (folder / "train", folder / "val") if (folder / "val").is_dir() else \
+            build_folder(kind, folder, seed=args.seed)  # fmt: skip
         data = ["--train_dir", str(train_dir), "--validation_dir", str(val_dir), "--image_size", str(args.image_size),
                 "--seed", str(args.seed), *COMMON]  # fmt: skip
         runs = out / kind
         run_in_parallel([(f"{kind}: {title}", "train_teacher.py", runs / name, [*flags, *data])
                          for name, (title, flags) in TEACHERS.items()])  # fmt: skip
         folders = {"teacher": str(runs / "teacher"), "weak": str(runs / "weak_teacher")}
-        run_in_parallel([(f"{kind}: {title}", "train.py", runs / name, [*(flag.format(**folders) for flag in flags), *data])
+        run_in_parallel([(f"{kind}: {title}", "train.py", runs / name, [*(f.format(**folders) for f in flags), *data])
                          for name, (title, flags) in STUDENTS.items() if name in args.students])  # fmt: skip
         results[kind] = {name: finished_results(runs / name) for name in (*TEACHERS, *STUDENTS)}
     table = results_table(results, args, argv)
@@ -129,8 +130,9 @@ def results_table(results: dict, args, argv) -> str:
             if name in TEACHERS:
                 rows.append(f"| {kind} | {title} | {pct(metrics, 'eval_accuracy')} | | | |")
             else:
-                rows.append(f"| {kind} | {title} | {pct(metrics, 'eval_accuracy')} | {pct(metrics, 'eval_cls_accuracy')} | "
-                            f"{pct(metrics, 'eval_distillation_accuracy')} | {pct(metrics, 'eval_teacher_accuracy')} |")
+                rows.append(f"| {kind} | {title} | {pct(metrics, 'eval_accuracy')} | "
+                            f"{pct(metrics, 'eval_cls_accuracy')} | {pct(metrics, 'eval_distillation_accuracy')} | "
+                            f"{pct(metrics, 'eval_teacher_accuracy')} |")
     command = "python scripts/experiment_own_folder.py " + " ".join(argv if argv is not None else sys.argv[1:])
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     return "\n".join(rows) + f"\n\n`{command.strip()}`, {when}, {machine()}; one thread per run, two runs at a time."

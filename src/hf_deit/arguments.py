@@ -216,7 +216,8 @@ class DeiTTrainingArguments(TrainingArguments):
             if warning:
                 logger.warning(warning)
             return self.num_train_epochs
-        self.num_train_epochs = float(max(self.default_epochs, math.ceil(self.min_from_scratch_steps / steps_per_epoch)))
+        needed = math.ceil(self.min_from_scratch_steps / steps_per_epoch)
+        self.num_train_epochs = float(max(self.default_epochs, needed))
         return self.num_train_epochs
 
     def _steps_per_epoch(self, num_train_examples: int) -> int:

@@ -237,7 +237,8 @@ class DistillationLoss(nn.Module):
     ) -> torch.Tensor:
         """`(batch,)` bool: labelled examples whose label the teacher's top class misses. For class ids, a different
         class; for per-class targets (mixup/cutmix, smoothing folded in), a class with no more than the row's floor
-        (the smoothing share), i.e. none of the mixed classes. Counted for `fallback_counts` (training: with gradients on)."""
+        (the smoothing share), i.e. none of the mixed classes. Counted for `fallback_counts` (training: with
+        gradients on)."""
         predicted = teacher_logits.argmax(dim=1)
         if labels.ndim == 2:
             on_predicted = labels.gather(1, predicted[:, None])[:, 0]
