@@ -13,6 +13,7 @@ textures, 40 each; validation crops from regions never seen in training), with d
 
     python scripts/experiment_own_folder.py                        # both folders at 96 px (about 35 min, 2 cores)
     python scripts/experiment_own_folder.py --image_size 224       # the scripts' own default size (hours here)
+    python scripts/experiment_own_folder.py --table_only           # the table of the runs finished so far
 
 Two runs at a time, one process and one thread each; each run's log is `train.log` in its folder, and a finished
 run is kept when the script is rerun. Prints a table (also `results.md`) with the command, machine and date.
@@ -96,6 +97,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS),
                         help="The student runs to make (the table shows every finished one).")
+    parser.add_argument("--table_only", action="store_true", help="Print the table of the finished runs; run none.")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
     results = {}
@@ -106,6 +108,9 @@ def main(argv=None) -> dict:
         data = ["--train_dir", str(train_dir), "--validation_dir", str(val_dir), "--image_size", str(args.image_size),
                 "--seed", str(args.seed), *COMMON]  # fmt: skip
         runs = out / kind
+        if args.table_only:
+            results[kind] = {name: finished_results(runs / name) for name in (*TEACHERS, *STUDENTS)}
+            continue
         run_in_parallel([(f"{kind}: {title}", "train_teacher.py", runs / name, [*flags, *data])
                          for name, (title, flags) in TEACHERS.items()])  # fmt: skip
         folders = {"teacher": str(runs / "teacher"), "weak": str(runs / "weak_teacher")}
