@@ -5,7 +5,7 @@ On each sample folder (`scripts/make_sample_folders.py`: 4 classes of photos, 30
 textures, 40 each; validation crops from regions never seen in training), with default flags except the input size:
 
     teacher          scripts/train_teacher.py (its default schedule: at least 300 steps, best checkpoint kept)
-    weak teacher     scripts/train_teacher.py --num_train_epochs 10 (the old default: 20-40 steps)
+    weak teacher     scripts/train_teacher.py --num_train_epochs 10 (the old default's schedule: 20-40 steps)
     none             scripts/train.py --distillation_type none
     hard             scripts/train.py --teacher_name_or_path teacher (hard distillation, the default)
     hard, weak       ... --teacher_name_or_path "weak teacher" (protected: protect_from_weak_teacher, the default)
@@ -44,7 +44,7 @@ STUDENTS = {  # name -> (title, flags beyond the data; "{teacher}"/"{weak}" are 
                       ["--teacher_name_or_path", "{weak}", "--protect_from_weak_teacher", "false"]),
 }  # fmt: skip
 TEACHERS = {"teacher": ("teacher (default schedule)", []),
-            "weak_teacher": ("weak teacher (--num_train_epochs 10, the old default)", ["--num_train_epochs", "10"])}
+            "weak_teacher": ("weak teacher (--num_train_epochs 10, the old default's schedule)", ["--num_train_epochs", "10"])}
 
 
 def run_in_parallel(runs: list[tuple[str, str, Path, list[str]]], width: int = 2) -> None:
