@@ -43,8 +43,10 @@ STUDENTS = {  # name -> (title, flags beyond the data; "{teacher}"/"{weak}" are 
     "hard_weak_off": ("student, hard distillation from the weak teacher, --protect_from_weak_teacher false",
                       ["--teacher_name_or_path", "{weak}", "--protect_from_weak_teacher", "false"]),
 }  # fmt: skip
-TEACHERS = {"teacher": ("teacher (default schedule)", []),
-            "weak_teacher": ("weak teacher (--num_train_epochs 10, the old default's schedule)", ["--num_train_epochs", "10"])}
+TEACHERS = {
+    "teacher": ("teacher (default schedule)", []),
+    "weak_teacher": ("weak teacher (--num_train_epochs 10, the old default's schedule)", ["--num_train_epochs", "10"]),
+}
 
 
 def run_in_parallel(runs: list[tuple[str, str, Path, list[str]]], width: int = 2) -> None:
