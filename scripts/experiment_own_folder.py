@@ -10,6 +10,7 @@ textures, 40 each; validation crops from regions never seen in training), with d
     hard             scripts/train.py --teacher_name_or_path teacher (hard distillation, the default)
     hard, weak       ... --teacher_name_or_path "weak teacher" (protected: protect_from_weak_teacher, the default)
     hard, weak, off  ... the same with --protect_from_weak_teacher false
+    hard, weak, all  ... the same with --weak_teacher_fallback all (labels on every labelled image)
 
     python scripts/experiment_own_folder.py                        # both folders at 96 px (about 35 min, 2 cores)
     python scripts/experiment_own_folder.py --image_size 224       # the scripts' own default size (hours here)
@@ -42,6 +43,8 @@ STUDENTS = {  # name -> (title, flags beyond the data; "{teacher}"/"{weak}" are 
                   ["--teacher_name_or_path", "{weak}"]),
     "hard_weak_off": ("student, hard distillation from the weak teacher, --protect_from_weak_teacher false",
                       ["--teacher_name_or_path", "{weak}", "--protect_from_weak_teacher", "false"]),
+    "hard_weak_all": ("student, hard distillation from the weak teacher, --weak_teacher_fallback all",
+                      ["--teacher_name_or_path", "{weak}", "--weak_teacher_fallback", "all"]),
 }  # fmt: skip
 TEACHERS = {
     "teacher": ("teacher (default schedule)", []),

@@ -142,3 +142,23 @@ def test_the_report_and_the_head_advice_name_their_numbers():
     assert "it beats the averaged heads by 30.0%" in advice and "the teacher scores 56.7%" in advice
     tie = which_head({"eval_accuracy": 1.0, "eval_cls_accuracy": 1.0, "eval_distillation_accuracy": 1.0})
     assert "`logits` (the averaged heads" in tie
+
+
+def test_fallback_all_gives_every_labelled_example_its_label_and_the_unlabelled_the_teacher():
+    loss = DistillationLoss("hard", alpha=1.0, label_smoothing=0.0)
+    loss.label_fallback = "all"
+    teacher = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])  # right on row 0, wrong on row 1, row 2 unlabelled
+    mixed = torch.tensor([[0.6, 0.4, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.0]])
+    labeled = torch.tensor([True, True, False])
+    student = torch.randn(3, 3)
+    log_probabilities = F.log_softmax(student, dim=-1)
+    expected = -(mixed[0] * log_probabilities[0]).sum() - log_probabilities[1, 2] - log_probabilities[2, 2]
+    assert torch.allclose(loss(student, student, mixed, teacher, labeled).distillation, expected / 3)
+    assert loss.fallback_counts() == (2, 2)
+
+
+def test_the_fallback_setting_is_checked():
+    from hf_deit.arguments import DistillationConfig
+
+    with pytest.raises(ValueError, match="weak_teacher_fallback must be 'where_wrong' or 'all', got 'some'"):
+        DistillationConfig(output_dir="unused", weak_teacher_fallback="some", report_to="none")

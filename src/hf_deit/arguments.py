@@ -422,6 +422,12 @@ class DistillationConfig(DeiTTrainingArguments):
                   "so and (this flag) the distillation target of a labelled image it gets wrong becomes the label. "
                   "false: it teaches its mistakes."},
     )
+    weak_teacher_fallback: str = field(
+        default="where_wrong",
+        metadata={"help": "What protection does on the labelled images: 'where_wrong' (the label replaces the weak "
+                  "teacher's target where it is wrong) or 'all' (on every labelled image; the teacher then teaches "
+                  "only unlabelled images)."},
+    )
     min_teacher_accuracy: float = field(
         default=0.95,
         metadata={"help": "The teacher's accuracy on the labelled training images (no augmentation), or on the "
@@ -436,6 +442,8 @@ class DistillationConfig(DeiTTrainingArguments):
         if self.distillation_type not in DISTILLATION_TYPES:
             raise ValueError(f"distillation_type must be one of {', '.join(DISTILLATION_TYPES)}, got "
                              f"{self.distillation_type!r}.")  # fmt: skip
+        if self.weak_teacher_fallback not in ("where_wrong", "all"):
+            raise ValueError(f"weak_teacher_fallback must be 'where_wrong' or 'all', got {self.weak_teacher_fallback!r}.")
         if not 0.0 <= self.min_teacher_accuracy <= 1.0:
             raise ValueError(f"min_teacher_accuracy must be in [0, 1], got {self.min_teacher_accuracy}.")
 

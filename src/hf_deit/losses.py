@@ -15,7 +15,8 @@ probabilities (mixup/cutmix targets), where smoothing the mixed targets equals m
 Unlabelled examples (`labeled` mask False; see `DistillationLoss.forward`) take their class-head target from the
 teacher, and the optional `attention_map_loss` term makes the student look where the teacher looks.
 
-With `label_fallback` (switched on by the trainer for a teacher too weak to teach, `hf_deit.teacher_check`), the
+With `label_fallback` (switched on by the trainer for a teacher too weak to teach, `hf_deit.teacher_check`; "all":
+every labelled example, see `DistillationConfig.weak_teacher_fallback`), the
 distillation target of a labelled example whose label the teacher gets wrong is the label: its class for `"hard"`,
 its distribution for `"soft"`. Not in the reference: it protects the student from a teacher worse than the labels.
 """
@@ -222,6 +223,13 @@ class DistillationLoss(nn.Module):
                     reduction="sum",
                     log_target=True,
                 ) * (T * T) / distillation_logits.numel()
+            elif wrong is not None and self.label_fallback == "all":
+                # Every labelled example learns its label as it is (a mixed row stays mixed), unsmoothed as hard
+                # targets are; the teacher's argmax teaches the unlabelled ones.
+                label_rows = labels if labels.ndim == 2 else F.one_hot(labels.clamp(min=0), teacher_logits.shape[-1])
+                targets = torch.where(wrong[:, None], label_rows.float(), F.one_hot(teacher_logits.argmax(dim=1),
+                                                                                     teacher_logits.shape[-1]).float())
+                distillation_loss = torch.sum(-targets * F.log_softmax(distillation_logits, dim=-1), dim=-1).mean()
             else:
                 targets = teacher_logits.argmax(dim=1)
                 if wrong is not None:
@@ -248,7 +256,7 @@ class DistillationLoss(nn.Module):
         is_labeled = labeled.bool() if labeled is not None else torch.ones_like(wrong)
         if labels.ndim != 2:
             is_labeled = is_labeled & (labels >= 0)
-        wrong = wrong & is_labeled
+        wrong = is_labeled if self.label_fallback == "all" else wrong & is_labeled
         if torch.is_grad_enabled():  # training steps only: evaluation runs under no_grad
             counts = torch.stack([is_labeled.sum(), wrong.sum()]).detach()
             self._fallback_counts = counts if self._fallback_counts is None else self._fallback_counts + counts

@@ -348,7 +348,8 @@ class DistillationTrainer(DeiTTrainerBase):
                         "columns to read without augmentation.")
             return None
         if report.weak:
-            self.objective.loss.label_fallback = self.args.protect_from_weak_teacher
+            if self.args.protect_from_weak_teacher:
+                self.objective.loss.label_fallback = "all" if self.args.weak_teacher_fallback == "all" else True
             if self.is_world_process_zero():
                 logger.warning(report.message(protected=self.args.protect_from_weak_teacher))
         elif self.is_world_process_zero():
