@@ -8,9 +8,9 @@ textures, 40 each; validation crops from regions never seen in training), with d
     weak teacher     scripts/train_teacher.py --num_train_epochs 10 (the old default's schedule: 20-40 steps)
     none             scripts/train.py --distillation_type none
     hard             scripts/train.py --teacher_name_or_path teacher (hard distillation, the default)
-    hard, weak       ... --teacher_name_or_path "weak teacher" (protected: protect_from_weak_teacher, the default)
+    hard, weak, all  ... --teacher_name_or_path "weak teacher" (protected, the default: labels on labelled images)
+    hard, weak, ...  ... the same with --weak_teacher_fallback where_wrong (labels where the teacher is wrong)
     hard, weak, off  ... the same with --protect_from_weak_teacher false
-    hard, weak, all  ... the same with --weak_teacher_fallback all (labels on every labelled image)
 
     python scripts/experiment_own_folder.py                        # both folders at 96 px (about 35 min, 2 cores)
     python scripts/experiment_own_folder.py --image_size 224       # the scripts' own default size (hours here)
@@ -39,11 +39,11 @@ COMMON = ["--report_to", "none", "--disable_tqdm", "true"]
 STUDENTS = {  # name -> (title, flags beyond the data; "{teacher}"/"{weak}" are the teachers' folders)
     "none": ("student, no teacher", ["--distillation_type", "none"]),
     "hard": ("student, hard distillation from the default teacher", ["--teacher_name_or_path", "{teacher}"]),
-    "hard_weak": ("student, hard distillation from the weak teacher (protected, the default)",
-                  ["--teacher_name_or_path", "{weak}"]),
+    "hard_weak": ("student, hard distillation from the weak teacher, --weak_teacher_fallback where_wrong",
+                  ["--teacher_name_or_path", "{weak}", "--weak_teacher_fallback", "where_wrong"]),
     "hard_weak_off": ("student, hard distillation from the weak teacher, --protect_from_weak_teacher false",
                       ["--teacher_name_or_path", "{weak}", "--protect_from_weak_teacher", "false"]),
-    "hard_weak_all": ("student, hard distillation from the weak teacher, --weak_teacher_fallback all",
+    "hard_weak_all": ("student, hard distillation from the weak teacher, protected (the default: fallback all)",
                       ["--teacher_name_or_path", "{weak}", "--weak_teacher_fallback", "all"]),
 }  # fmt: skip
 TEACHERS = {

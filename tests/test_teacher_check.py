@@ -60,14 +60,25 @@ def test_a_teacher_wrong_on_two_classes_is_named_with_its_numbers_and_the_labels
     assert "needed: 95% of each" in warning
     worst = warning.split("worst classes on training: ")[1].split(".")[0]
     assert {name.split()[0] for name in worst.split(", ")[:2]} == set(SWAPPED), worst
-    assert "Protected (protect_from_weak_teacher)" in warning and "scripts/train_teacher.py" in warning
+    assert "Protected (protect_from_weak_teacher): the distillation head learns the labels" in warning
+    assert "scripts/train_teacher.py" in warning
     accuracy = float(warning.split("right on ")[1].split("%")[0]) / 100
     assert 0.6 <= accuracy < 0.85  # two classes of ten lost: about 80%, not 95%
-    # The targets changed as designed: the label replaced the teacher's target on about the share it gets wrong.
+    # The targets changed as designed (the default, weak_teacher_fallback "all"): every labelled view learns its label.
+    replaced = next(message for message in messages if message.startswith("The label replaced the teacher's target"))
+    assert replaced.endswith("labelled training views (100.0%).")
+    assert any(message.startswith("Which head to use") for message in messages)
+
+
+@pytest.mark.slow
+def test_fallback_where_wrong_replaces_about_the_share_the_teacher_gets_wrong(bad_teacher, tmp_path, caplog):
+    _, messages = run_student(tmp_path, bad_teacher, caplog, "--weak_teacher_fallback", "where_wrong")
+    warning = next(message for message in messages if message.startswith("The teacher is too weak to teach"))
+    assert "Protected (protect_from_weak_teacher, weak_teacher_fallback where_wrong)" in warning
+    accuracy = float(warning.split("right on ")[1].split("%")[0]) / 100
     replaced = next(message for message in messages if message.startswith("The label replaced the teacher's target"))
     share = float(replaced.split("(")[1].split("%")[0]) / 100
     assert 0.5 * (1 - accuracy) <= share <= 1.5 * (1 - accuracy) + 0.1, (replaced, accuracy)
-    assert any(message.startswith("Which head to use") for message in messages)
 
 
 @pytest.mark.slow

@@ -419,14 +419,14 @@ class DistillationConfig(DeiTTrainingArguments):
         default=True,
         metadata={"help": "Before training, the teacher is measured on the labelled training images and the "
                   "validation images; when it is right on fewer than --min_teacher_accuracy of either, a warning says "
-                  "so and (this flag) the distillation target of a labelled image it gets wrong becomes the label. "
+                  "so and (this flag) the labels replace its targets on labelled images (--weak_teacher_fallback). "
                   "false: it teaches its mistakes."},
     )
     weak_teacher_fallback: str = field(
-        default="where_wrong",
-        metadata={"help": "What protection does on the labelled images: 'where_wrong' (the label replaces the weak "
-                  "teacher's target where it is wrong) or 'all' (on every labelled image; the teacher then teaches "
-                  "only unlabelled images)."},
+        default="all",
+        metadata={"help": "What protection does on the labelled images: 'all' (the label on every labelled image; a "
+                  "weak teacher teaches the unlabelled ones only) or 'where_wrong' (the label where the teacher is "
+                  "wrong, its target elsewhere)."},
     )
     min_teacher_accuracy: float = field(
         default=0.95,

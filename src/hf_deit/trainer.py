@@ -351,7 +351,7 @@ class DistillationTrainer(DeiTTrainerBase):
             if self.args.protect_from_weak_teacher:
                 self.objective.loss.label_fallback = "all" if self.args.weak_teacher_fallback == "all" else True
             if self.is_world_process_zero():
-                logger.warning(report.message(protected=self.args.protect_from_weak_teacher))
+                logger.warning(report.message(self.args.protect_from_weak_teacher, self.args.weak_teacher_fallback))
         elif self.is_world_process_zero():
             logger.info("Teacher checked before training: right on %s.", report.summary())
         return report
