@@ -57,7 +57,7 @@ def test_a_teacher_wrong_on_two_classes_is_named_with_its_numbers_and_the_labels
     # Its accuracy on the labelled training images (1,438 digits), on the validation images, the worst classes
     # (the two swapped ones, at or near 0%), what the run does about it, and the fix.
     assert "of 1438 labelled training images" in warning and "validation images" in warning
-    assert "needed: 95% of each" in warning
+    assert "needed: 95% of the training images" in warning
     worst = warning.split("worst classes on training: ")[1].split(".")[0]
     assert {name.split()[0] for name in worst.split(", ")[:2]} == set(SWAPPED), worst
     assert "Protected (protect_from_weak_teacher): the distillation head learns the labels" in warning
@@ -144,9 +144,10 @@ def test_the_report_and_the_head_advice_name_their_numbers():
     message = report.message(protected=True)
     assert "56.7% of 90 labelled training images, 60.0% of 30 validation images" in message
     assert "worst classes on training: a 20%, b 50%." in message
-    # Fitting the training images is not enough: the old 20-step teacher on the photo folder, 94% and 68%.
-    assert TeacherReport(1.0, 120, 0.675, 40).weak and not TeacherReport(1.0, 120, 0.975, 40).weak
-    assert not TeacherReport(0.96, 120).weak and TeacherReport(0.942, 120).weak
+    # Judged on the training images, whose labels its targets replace (the photo folder's 20-step teacher: 94.2%);
+    # the validation accuracy is reported only (the texture folder's 86% teacher still lifted the student).
+    assert TeacherReport(0.942, 120, 0.675, 40).weak and not TeacherReport(0.99, 200, 0.86, 50).weak
+    assert not TeacherReport(0.96, 120).weak
     advice = which_head({"eval_accuracy": 0.7, "eval_cls_accuracy": 1.0, "eval_distillation_accuracy": 0.667,
                          "eval_teacher_accuracy": 0.567})  # the filer's run (issue 20)
     assert advice.startswith("Which head to use, on the evaluation images: `cls_logits` (class head)")

@@ -418,9 +418,9 @@ class DistillationConfig(DeiTTrainingArguments):
     protect_from_weak_teacher: bool = field(
         default=True,
         metadata={"help": "Before training, the teacher is measured on the labelled training images and the "
-                  "validation images; when it is right on fewer than --min_teacher_accuracy of either, a warning says "
-                  "so and (this flag) the labels replace its targets on labelled images (--weak_teacher_fallback). "
-                  "false: it teaches its mistakes."},
+                  "validation images; when it is right on fewer than --min_teacher_accuracy of the training images, a "
+                  "warning says so and (this flag) the labels replace its targets on labelled images "
+                  "(--weak_teacher_fallback). false: it teaches its mistakes."},
     )
     weak_teacher_fallback: str = field(
         default="all",
@@ -430,9 +430,8 @@ class DistillationConfig(DeiTTrainingArguments):
     )
     min_teacher_accuracy: float = field(
         default=0.95,
-        metadata={"help": "The teacher's accuracy on the labelled training images (no augmentation), or on the "
-                  "validation images, below which it is too weak to teach: its hard targets would be worse than the "
-                  "labels they replace."},
+        metadata={"help": "The teacher's accuracy on the labelled training images (no augmentation) below which it "
+                  "is too weak to teach: its hard targets there would be worse than the labels they replace."},
     )
 
     def __post_init__(self):

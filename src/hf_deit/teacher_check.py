@@ -4,7 +4,7 @@ DeiT's premise is a teacher better than the labels it stands in for. On a user's
 trained for 20 steps was wrong on 43% of the images, and hard distillation taught the student its mistakes
 (issue 20). `check_teacher` measures the teacher on the labelled training images (evaluation transform, no
 augmentation) and on the validation images, per class; `TeacherReport.weak` says whether it falls short of
-`min_accuracy` on either, and `TeacherReport.message` says so with the numbers and the fix.
+`min_accuracy` on the training images, and `TeacherReport.message` says so with the numbers and the fix.
 
 The protection (`DistillationConfig.protect_from_weak_teacher`, on by default) is `hf_deit.losses.DistillationLoss`'s
 label fallback. By default (`weak_teacher_fallback="all"`) the distillation head learns the label of every labelled
@@ -41,12 +41,11 @@ class TeacherReport:
 
     @property
     def weak(self) -> bool:
-        """Below `min_accuracy` on the training images (the hard targets it would give the distillation head there
-        are worse than the labels they replace), or on the validation images where given: a teacher that fits its
-        training images but not new ones (the old 20-step default: 94% and 68% on the photo folder) is wrong on
-        many of the augmented views the student trains on."""
-        return self.train_accuracy < self.min_accuracy or (
-            self.validation_accuracy is not None and self.validation_accuracy < self.min_accuracy)
+        """Below `min_accuracy` on the labelled training images: the hard targets it would give the distillation head
+        there are worse than the labels they replace. The validation accuracy is reported, not judged: a teacher at
+        86% on new texture crops (99% on its training crops) still lifted the student from 74% to 84%, where
+        protecting the student from it held it at 72% (README, "Your own small folder")."""
+        return self.train_accuracy < self.min_accuracy
 
     def summary(self) -> str:
         text = f"{self.train_accuracy:.1%} of {self.num_train_images} labelled training images"
@@ -63,7 +62,7 @@ class TeacherReport:
         `DistillationConfig.weak_teacher_fallback`), and the fix."""
         worst = self.worst_classes()
         text = (f"The teacher is too weak to teach: it is right on {self.summary()} (needed: {self.min_accuracy:.0%} "
-                f"of each, or its targets are worse than the labels they replace)"
+                f"of the training images, or its targets there are worse than the labels they replace)"
                 + (f"; worst classes on training: {worst}" if worst else "") + ". ")
         if protected and fallback == "all":
             text += ("Protected (protect_from_weak_teacher): the distillation head learns the labels of the labelled "

@@ -329,8 +329,8 @@ class DistillationTrainer(DeiTTrainerBase):
 
     def check_teacher(self):
         """Before the first step: the teacher's accuracy on the labelled training images and the evaluation images
-        (evaluation transform), logged; a teacher below `args.min_teacher_accuracy` on either is named with its
-        numbers and the fix, and with `args.protect_from_weak_teacher` the loss's distillation
+        (evaluation transform), logged; a teacher below `args.min_teacher_accuracy` on the training images is named
+        with its numbers and the fix, and with `args.protect_from_weak_teacher` the loss's distillation
         targets fall back to the labels where it is wrong. Returns the `TeacherReport`, or None (no teacher in the
         loss, or no readable training set)."""
         if self.teacher is None or not self.objective.needs_teacher:
