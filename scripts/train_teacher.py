@@ -33,6 +33,7 @@ from hf_deit.arguments import (  # noqa: E402
     load_dataset_from_args,
     parse_config_overrides,
     teacher_argument_parser,
+    teacher_augmentation_preset,
     uses_embedded_data,
 )
 from hf_deit.data import (  # noqa: E402
@@ -43,7 +44,13 @@ from hf_deit.data import (  # noqa: E402
     build_train_transform,
     split_labeled,
 )
-from hf_deit.card import augmentation_recipe, data_card_fields, final_train_loss, write_teacher_card  # noqa: E402
+from hf_deit.card import (  # noqa: E402
+    augmentation_recipe,
+    data_card_fields,
+    final_train_loss,
+    kept_checkpoint,
+    write_teacher_card,
+)
 from hf_deit.distributed import leave_process_group  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
@@ -91,6 +98,7 @@ def main(argv=None) -> dict:
             num_eval_images=len(dataset["validation"]) if hasattr(dataset.get("validation"), "__len__") else None,
             augmentation=augmentation_recipe(aug_args),
             final_train_loss=final_train_loss(trainer.state.log_history),
+            checkpoint_kept=kept_checkpoint(trainer.state),
             hyperparameters={"learning_rate": training_args.learning_rate, "seed": training_args.seed,
                              "train_batch_size": training_args.per_device_train_batch_size,
                              "num_epochs": training_args.num_train_epochs if training_args.max_steps <= 0 else None,
@@ -113,6 +121,8 @@ def build_run(teacher_args: TeacherArguments, data_args: DataArguments, aug_args
     model = build_teacher(teacher_args, label_names)
     if aug_args.image_size is None:
         aug_args.image_size = EMBEDDED_STUDENT["image_size"] if uses_embedded_data(data_args) else 224
+    aug_args.preset = teacher_augmentation_preset(aug_args.preset, aug_args.image_size,
+                                                  from_scratch=not teacher_args.model_name_or_path)  # fmt: skip
     aug_args = aug_args.resolved()
     dataset = apply_transforms(
         dataset, build_train_transform(aug_args), build_eval_transform(aug_args), skip_bad_images=data_args.skip_bad_images

@@ -59,3 +59,49 @@ def test_a_new_model_on_a_tiny_dataset_gets_enough_steps(tmp_path):
     assert parse(tmp_path).resolve_schedule(num_train_examples=90, from_scratch=False) == 30  # fine-tuning
     assert parse(tmp_path, "--num_train_epochs", "5").resolve_schedule(num_train_examples=90) == 5  # asked for
     assert parse(tmp_path, "--max_steps", "40").resolve_schedule(num_train_examples=90) == 30  # steps rule
+
+
+def parse_teacher(tmp_path, *flags):
+    from hf_deit.arguments import TeacherTrainingArguments
+
+    (args,) = HfArgumentParser(TeacherTrainingArguments).parse_args_into_dataclasses(
+        args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--report_to", "none", *flags]
+    )
+    return args
+
+
+def test_a_new_teacher_gets_enough_steps_and_keeps_its_best_checkpoint(tmp_path):
+    # 90 photos at batch 64: the old default, 10 epochs, was 20 steps (56.7% in issue 20); now 150 epochs, 300 steps.
+    assert parse_teacher(tmp_path).resolve_schedule(num_train_examples=90) == 150
+    assert parse_teacher(tmp_path).resolve_schedule(num_train_examples=4000) == 10  # 63 steps an epoch: 630 steps
+    assert parse_teacher(tmp_path).resolve_schedule(num_train_examples=90, from_scratch=False) == 10  # fine-tuning
+    assert parse_teacher(tmp_path).learning_rate == 2e-3  # the CNN's rate, whatever the data (the main job's too)
+    # Evaluated and saved every epoch (the defaults): the best checkpoint by validation accuracy is kept.
+    args = parse_teacher(tmp_path)
+    assert args.load_best_model_at_end and args.metric_for_best_model == "accuracy" and args.greater_is_better
+    # Not saved, or at another cadence: nothing to reload, and no error from Trainer's own check.
+    assert not parse_teacher(tmp_path, "--save_strategy", "no").load_best_model_at_end
+    assert not parse_teacher(tmp_path, "--eval_strategy", "no", "--save_strategy", "no").load_best_model_at_end
+    assert not parse_teacher(tmp_path, "--eval_strategy", "steps", "--eval_steps", "5").load_best_model_at_end
+    assert parse_teacher(tmp_path, "--load_best_model_at_end", "false").load_best_model_at_end is False
+
+
+def test_a_run_too_short_to_learn_is_warned_with_its_steps_and_the_fix(tmp_path, caplog):
+    from hf_deit.arguments import TeacherTrainingArguments
+
+    with caplog.at_level("WARNING", logger="hf_deit.arguments"):
+        assert parse(tmp_path, "--num_train_epochs", "10").resolve_schedule(num_train_examples=90) == 10  # kept
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert message.startswith("--num_train_epochs 10 (2 step(s) an epoch) gives a new model 20 optimizer steps on "
+                              "90 images (global batch 64)")
+    assert "at least 300" in message and "Pass --num_train_epochs 150 (or --max_steps 300)" in message
+    # The teacher's own: the filer's 20 steps on 90 images; --max_steps too.
+    assert "--num_train_epochs 150" in parse_teacher(tmp_path, "--num_train_epochs", "10").short_run_warning(90)
+    assert "--max_steps 40 gives a new model 40" in parse(tmp_path, "--max_steps", "40").short_run_warning(90)
+    # Enough steps, or fine-tuning a trained model: no warning.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_deit.arguments"):
+        parse(tmp_path, "--num_train_epochs", "10").resolve_schedule(num_train_examples=4000)  # 630 steps
+        parse(tmp_path, "--num_train_epochs", "1").resolve_schedule(num_train_examples=90, from_scratch=False)
+        parse(tmp_path).resolve_schedule(num_train_examples=90)  # the default sizes itself
+    assert caplog.records == [] and TeacherTrainingArguments.min_from_scratch_steps == 300

@@ -52,3 +52,21 @@ def test_quick_recipe_study_runs_both_arms_and_reports_the_difference_per_seed(t
     assert "(seeds 0, 1)" in row and row.count("/") >= 3  # per-seed accuracies and per-seed differences to none
     with pytest.raises(SystemExit, match="Unknown rows"):
         module.main(["--output_dir", str(tmp_path), "--quick", "--rows", "nope"])
+
+
+def test_sample_folders_have_the_described_classes_counts_and_formats(tmp_path):
+    from make_sample_folders import FOLDERS, VALIDATION_PER_CLASS, build_folder
+    from PIL import Image
+
+    for kind, (classes, per_class) in FOLDERS.items():
+        train, val = build_folder(kind, tmp_path / kind)
+        for split, count in ((train, per_class), (val, VALIDATION_PER_CLASS)):
+            assert sorted(path.name for path in split.iterdir()) == sorted(classes)
+            files = sorted(split.glob("*/*"))
+            assert len(files) == count * len(classes)
+            assert {path.suffix for path in files} == {".jpg", ".png"}
+            sizes = {Image.open(path).size for path in files}
+            assert all(width == height and 48 <= width <= 200 for width, height in sizes) and len(sizes) > 5
+    # Rebuilt with the same seed, the same images.
+    again, _ = build_folder("photos", tmp_path / "again")
+    assert (again / "rocket" / "3.png").read_bytes() == (tmp_path / "photos" / "train" / "rocket" / "3.png").read_bytes()

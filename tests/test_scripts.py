@@ -200,3 +200,33 @@ def test_accelerate_launch_two_processes_ddp_over_gloo(teacher_dir, tmp_path):
     card = (out / "README.md").read_text()  # written by the main process from the trainer's own state
     assert "| num_processes | 2 |" in card and "| total_train_batch_size | 64 |" in card
     assert (out / "model.safetensors").exists()
+
+
+def test_short_runs_are_warned_up_front_and_the_teacher_keeps_its_best_checkpoint(tmp_path, caplog):
+    # 1,438 digits at batch 32: 45 steps an epoch. Two epochs are 90 steps, far below the 300 a new model needs: both
+    # scripts say so before training, with the count and the setting that reaches 300 (and train anyway).
+    import train
+    import train_teacher
+
+    short = ["--dataset_name", "digits", "--image_size", "16", "--per_device_train_batch_size", "32",
+             "--num_train_epochs", "2", "--disable_tqdm", "true", "--max_eval_samples", "64", "--report_to", "none"]  # fmt: skip
+    teacher_dir = tmp_path / "teacher"
+    with caplog.at_level("WARNING"):
+        metrics = train_teacher.main(["--output_dir", str(teacher_dir), "--config_overrides", TINY_TEACHER, *short])
+    expected = ("--num_train_epochs 2 (45 step(s) an epoch) gives a new model 90 optimizer steps on 1438 images "
+                "(global batch 32): far too few to learn; a model trained from scratch needs at least 300. Pass "
+                "--num_train_epochs 7 (or --max_steps 300)")  # fmt: skip
+    assert any(record.getMessage().startswith(expected) for record in caplog.records)
+    # Evaluated and saved each epoch (the defaults): the best checkpoint by validation accuracy is the saved model,
+    # and the card says which it is and how it scores.
+    state = json.loads(next(teacher_dir.glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["best_model_checkpoint"] and state["best_metric"] == pytest.approx(metrics["eval_accuracy"])
+    card = (teacher_dir / "README.md").read_text()
+    assert f"- Checkpoint kept: the best by validation accuracy ({state['best_metric']:.1%}, step " in card
+    assert "of 90)" in card and "top-1 accuracy" in card
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train.main(["--output_dir", str(tmp_path / "student"), "--config_overrides", TINY_STUDENT,
+                    "--save_strategy", "no", "--eval_strategy", "no", *short])  # fmt: skip
+    assert any(record.getMessage().startswith(expected) for record in caplog.records)

@@ -5,6 +5,7 @@ recipe's defaults live here, in one place, and `DeiTTrainingArguments` only chan
 """
 
 import json
+import logging
 import math
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -16,6 +17,8 @@ from transformers.trainer_utils import IntervalStrategy
 
 from .configuration_distilled_deit import PRESET_ALIASES, PRESETS, DistilledDeiTConfig
 from .precision import bf16_is_faster
+
+logger = logging.getLogger(__name__)
 
 # The model trained on the embedded digits: their native 28 px in a 4x4 grid of 7 px patches, DeiT-Tiny's width and
 # half its depth. Its 16 tokens make a step 1.3x faster than 64 tokens of 4 px patches at 32 px (width 128), and it
@@ -178,7 +181,7 @@ class DeiTTrainingArguments(TrainingArguments):
             self.eval_strategy = "epoch"  # provisional: "no" without an evaluation set (resolve_evaluation)
         self._epochs_given = self.num_train_epochs is not None
         if self.num_train_epochs is None:
-            self.num_train_epochs = float(DEFAULT_EPOCHS)  # may grow in resolve_schedule
+            self.num_train_epochs = float(self.default_epochs)  # may grow in resolve_schedule
         self._learning_rate_given = self.learning_rate is not None
         if self.learning_rate is None:
             self.learning_rate = 0.0  # provisional: set below, once TrainingArguments knows the world size
@@ -218,15 +221,47 @@ class DeiTTrainingArguments(TrainingArguments):
                     self.mixed_precision = "bf16"
         return self.bf16
 
+    # The epochs when none are given, and the fewest optimizer steps a new model gets (the CNN teacher has its own).
+    default_epochs = DEFAULT_EPOCHS
+    min_from_scratch_steps = MIN_FROM_SCRATCH_STEPS
+
     def resolve_schedule(self, num_train_examples: Optional[int] = None, from_scratch: bool = True) -> float:
-        """The epochs when neither they nor `max_steps` were given: 30, or as many as give a new model at least
-        300 optimizer steps on a small dataset. Returns `num_train_epochs`."""
-        if self._epochs_given or self.max_steps > 0 or not from_scratch or not num_train_examples:
+        """The epochs when neither they nor `max_steps` were given: `default_epochs` (30), or as many as give a new
+        model at least `min_from_scratch_steps` (300) optimizer steps on a small dataset. Given epochs or steps that
+        leave a new model below that minimum are kept, with a warning naming the count and the setting that reaches
+        it (`short_run_warning`). Returns `num_train_epochs`."""
+        if not from_scratch or not num_train_examples:
             return self.num_train_epochs
-        global_batch = self._global_batch_size()
-        steps_per_epoch = max(1, math.ceil(num_train_examples / global_batch))
-        self.num_train_epochs = float(max(DEFAULT_EPOCHS, math.ceil(MIN_FROM_SCRATCH_STEPS / steps_per_epoch)))
+        steps_per_epoch = self._steps_per_epoch(num_train_examples)
+        if self._epochs_given or self.max_steps > 0:
+            warning = self.short_run_warning(num_train_examples)
+            if warning:
+                logger.warning(warning)
+            return self.num_train_epochs
+        needed = math.ceil(self.min_from_scratch_steps / steps_per_epoch)
+        self.num_train_epochs = float(max(self.default_epochs, needed))
         return self.num_train_epochs
+
+    def _steps_per_epoch(self, num_train_examples: int) -> int:
+        batches = math.ceil(num_train_examples / (self.per_device_train_batch_size * self.world_size))
+        return max(1, math.ceil(batches / self.gradient_accumulation_steps))
+
+    def short_run_warning(self, num_train_examples: int) -> Optional[str]:
+        """A warning when the epochs or steps asked for give a new model fewer optimizer steps than
+        `min_from_scratch_steps`, or None. Says the count and the setting that reaches the minimum."""
+        steps_per_epoch = self._steps_per_epoch(num_train_examples)
+        if self.max_steps > 0:
+            steps, asked = self.max_steps, f"--max_steps {self.max_steps}"
+        else:
+            steps = math.ceil(self.num_train_epochs * steps_per_epoch)
+            asked = f"--num_train_epochs {self.num_train_epochs:g} ({steps_per_epoch} step(s) an epoch)"
+        if steps >= self.min_from_scratch_steps:
+            return None
+        epochs = math.ceil(self.min_from_scratch_steps / steps_per_epoch)
+        return (f"{asked} gives a new model {steps} optimizer steps on {num_train_examples} images (global batch "
+                f"{self._global_batch_size()}): far too few to learn; a model trained from scratch needs at least "
+                f"{self.min_from_scratch_steps}. Pass --num_train_epochs {epochs} (or --max_steps "
+                f"{self.min_from_scratch_steps}), or leave both out: the default sizes the schedule to the data.")
 
     def prefer_learning_rate(self, rate_at_batch_64: float) -> float:
         """A model's own learning rate, for when none was given: `rate_at_batch_64` x sqrt(global batch / 64)."""
@@ -264,8 +299,10 @@ class AugmentationArguments:
     preset: str = field(
         default="auto",
         metadata={
-            "help": "Recipe defaults: 'imagenet' (the paper's values), 'small_images' (28-32 px digits), or 'auto' "
-            f"(small_images when --image_size <= {SMALL_IMAGE_MAX_SIZE}, else imagenet)."
+            "help": "Recipe defaults: 'imagenet' (the paper's values), 'small_images' (28-32 px digits), "
+            "'cnn_from_scratch' (crops and flips only: a new CNN teacher on a small folder), or 'auto' "
+            f"(small_images when --image_size <= {SMALL_IMAGE_MAX_SIZE}, else imagenet; train_teacher.py: "
+            "cnn_from_scratch for a new CNN above that size)."
         },
     )
     image_size: Optional[int] = field(default=None, metadata={"help": "Side of the square model input (px)."})
@@ -399,6 +436,25 @@ class DistillationConfig(DeiTTrainingArguments):
         metadata={"help": "Unlabelled images train the class head on the teacher's label when its probability "
                   "reaches this (0 = always)."},
     )
+    # A teacher too weak to teach (hf_deit.teacher_check): measured before the first step
+    protect_from_weak_teacher: bool = field(
+        default=True,
+        metadata={"help": "Before training, the teacher is measured on the labelled training images and the "
+                  "validation images; when it is right on fewer than --min_teacher_accuracy of the training images, a "
+                  "warning says so and (this flag) the labels replace its targets on labelled images "
+                  "(--weak_teacher_fallback). false: it teaches its mistakes."},
+    )
+    weak_teacher_fallback: str = field(
+        default="all",
+        metadata={"help": "What protection does on the labelled images: 'all' (the label on every labelled image; a "
+                  "weak teacher teaches the unlabelled ones only) or 'where_wrong' (the label where the teacher is "
+                  "wrong, its target elsewhere)."},
+    )
+    min_teacher_accuracy: float = field(
+        default=0.95,
+        metadata={"help": "The teacher's accuracy on the labelled training images (no augmentation) below which it "
+                  "is too weak to teach: its hard targets there would be worse than the labels they replace."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -407,6 +463,10 @@ class DistillationConfig(DeiTTrainingArguments):
         if self.distillation_type not in DISTILLATION_TYPES:
             raise ValueError(f"distillation_type must be one of {', '.join(DISTILLATION_TYPES)}, got "
                              f"{self.distillation_type!r}.")  # fmt: skip
+        if self.weak_teacher_fallback not in ("where_wrong", "all"):
+            raise ValueError(f"weak_teacher_fallback must be 'where_wrong' or 'all', got {self.weak_teacher_fallback!r}.")
+        if not 0.0 <= self.min_teacher_accuracy <= 1.0:
+            raise ValueError(f"min_teacher_accuracy must be in [0, 1], got {self.min_teacher_accuracy}.")
 
 
 # The fields DistillationConfig adds to DeiTTrainingArguments: the --help group "Distillation", and run settings.
@@ -446,14 +506,54 @@ class TeacherArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for models loaded by name."})
 
 
+# A CNN teacher learning from scratch: at least this many optimizer steps (the epochs grow on a small folder, as the
+# student's do). On 120-200 images at batch 64 the old default of 10 epochs was 20-40 steps and 57-65% accuracy;
+# scripts/experiment_own_folder.py measures what the default gives (README).
+MIN_TEACHER_STEPS = 300
+# The augmentation preset of a new CNN teacher on images above SMALL_IMAGE_MAX_SIZE (see TEACHER_PRESET in
+# hf_deit.data.transforms): the paper's recipe (RandAugment m9, mixup, cutmix, erasing) is for a ViT on ImageNet.
+TEACHER_FROM_SCRATCH_PRESET = "cnn_from_scratch"
+
+
 @dataclass
 class TeacherTrainingArguments(DeiTTrainingArguments):
-    """CNNs train well with a higher learning rate and no warm-up fraction as long as DeiT's."""
+    """A CNN's defaults: a higher learning rate, a short warm-up, 10 epochs or at least 300 optimizer steps for a new
+    model, and, when a validation set is evaluated and saved at the same cadence, the best checkpoint by validation
+    accuracy kept at the end (`load_best_model_at_end`)."""
 
     output_dir: Optional[str] = field(default="outputs/teacher", metadata={"help": "Where the teacher goes."})
     learning_rate: Optional[float] = field(default=2e-3, metadata={"help": "Peak learning rate (AdamW)."})
-    num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs."})
+    num_train_epochs: Optional[float] = field(
+        default=None,
+        metadata={"help": f"Epochs. Default 10, more for a new model on a dataset so small that 10 epochs are fewer "
+                  f"than {MIN_TEACHER_STEPS} steps."},
+    )
     warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps or fraction of training."})
+    load_best_model_at_end: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Keep the checkpoint with the best validation accuracy. Default: on when evaluation and "
+                  "saving happen at the same cadence (eval_strategy = save_strategy, not 'no')."},
+    )
+
+    default_epochs = 10
+    min_from_scratch_steps = MIN_TEACHER_STEPS
+
+    def __post_init__(self):
+        if self.load_best_model_at_end is None:
+            evaluate, save = (getattr(value, "value", value) for value in (self.eval_strategy, self.save_strategy))
+            self.load_best_model_at_end = evaluate == save != "no" and (
+                evaluate != "steps" or self.eval_steps in (None, self.save_steps))
+            if self.load_best_model_at_end and self.metric_for_best_model is None:
+                self.metric_for_best_model = "accuracy"
+        super().__post_init__()
+
+
+def teacher_augmentation_preset(preset: str, image_size: int, from_scratch: bool) -> str:
+    """The teacher's augmentation preset for `--preset auto`: the small-image preset up to 64 px (as the student's),
+    `cnn_from_scratch` for a new CNN on larger images, the paper's recipe for a pretrained one being fine-tuned."""
+    if preset != "auto" or image_size <= SMALL_IMAGE_MAX_SIZE:
+        return preset
+    return TEACHER_FROM_SCRATCH_PRESET if from_scratch else "imagenet"
 
 
 def teacher_help_catalogue() -> dict:

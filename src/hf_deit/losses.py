@@ -14,6 +14,11 @@ probabilities (mixup/cutmix targets), where smoothing the mixed targets equals m
 
 Unlabelled examples (`labeled` mask False; see `DistillationLoss.forward`) take their class-head target from the
 teacher, and the optional `attention_map_loss` term makes the student look where the teacher looks.
+
+With `label_fallback` (switched on by the trainer for a teacher too weak to teach, `hf_deit.teacher_check`; "all":
+every labelled example, see `DistillationConfig.weak_teacher_fallback`), the
+distillation target of a labelled example whose label the teacher gets wrong is the label: its class for `"hard"`,
+its distribution for `"soft"`. Not in the reference: it protects the student from a teacher worse than the labels.
 """
 
 from dataclasses import dataclass
@@ -131,6 +136,10 @@ class DistillationLoss(nn.Module):
             raise ValueError(f"pseudo_label_threshold must be in [0, 1], got {pseudo_label_threshold}.")
         self.label_smoothing = label_smoothing
         self.pseudo_label_threshold = pseudo_label_threshold
+        # Set by the trainer when the teacher is too weak (hf_deit.teacher_check); the counts are of labelled
+        # examples and of those whose distillation target fell back to the label, since the last `fallback_counts()`.
+        self.label_fallback = False
+        self._fallback_counts = None
 
     @property
     def needs_teacher(self) -> bool:
@@ -201,19 +210,62 @@ class DistillationLoss(nn.Module):
             if teacher_logits is None:
                 raise ValueError(f"distillation_type={self.distillation_type!r} needs the teacher's logits.")
             teacher_logits = teacher_logits.float()
+            wrong = self.teacher_wrong(teacher_logits, labels, labeled) if self.label_fallback else None
             if self.distillation_type == "soft":
                 T = self.tau
+                log_targets = F.log_softmax(teacher_logits / T, dim=1)
+                if wrong is not None:  # the label's distribution (class ids as one-hot rows) where the teacher errs
+                    label_rows = labels if labels.ndim == 2 else F.one_hot(labels.clamp(min=0), log_targets.shape[-1])
+                    log_targets = torch.where(wrong[:, None], label_rows.float().clamp(min=1e-8).log(), log_targets)
                 distillation_loss = F.kl_div(
                     F.log_softmax(distillation_logits / T, dim=1),
-                    F.log_softmax(teacher_logits / T, dim=1),
+                    log_targets,
                     reduction="sum",
                     log_target=True,
                 ) * (T * T) / distillation_logits.numel()
+            elif wrong is not None and self.label_fallback == "all":
+                # Every labelled example learns its label as it is (a mixed row stays mixed), unsmoothed as hard
+                # targets are; the teacher's argmax teaches the unlabelled ones.
+                label_rows = labels if labels.ndim == 2 else F.one_hot(labels.clamp(min=0), teacher_logits.shape[-1])
+                targets = torch.where(wrong[:, None], label_rows.float(), F.one_hot(teacher_logits.argmax(dim=1),
+                                                                                     teacher_logits.shape[-1]).float())
+                distillation_loss = torch.sum(-targets * F.log_softmax(distillation_logits, dim=-1), dim=-1).mean()
             else:
-                distillation_loss = F.cross_entropy(distillation_logits, teacher_logits.argmax(dim=1))
+                targets = teacher_logits.argmax(dim=1)
+                if wrong is not None:
+                    label_class = labels.argmax(dim=1) if labels.ndim == 2 else labels
+                    targets = torch.where(wrong, label_class, targets)
+                distillation_loss = F.cross_entropy(distillation_logits, targets)
 
             loss = (1 - self.alpha) * cls_loss + self.alpha * distillation_loss
             return DistillationLossOutput(loss, cls_loss, distillation_loss)
+
+    def teacher_wrong(
+        self, teacher_logits: torch.Tensor, labels: torch.Tensor, labeled: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`(batch,)` bool: labelled examples whose label the teacher's top class misses. For class ids, a different
+        class; for per-class targets (mixup/cutmix, smoothing folded in), a class with no more than the row's floor
+        (the smoothing share), i.e. none of the mixed classes. Counted for `fallback_counts` (training: with
+        gradients on)."""
+        predicted = teacher_logits.argmax(dim=1)
+        if labels.ndim == 2:
+            on_predicted = labels.gather(1, predicted[:, None])[:, 0]
+            wrong = on_predicted <= labels.min(dim=1).values + 1e-6
+        else:
+            wrong = predicted != labels
+        is_labeled = labeled.bool() if labeled is not None else torch.ones_like(wrong)
+        if labels.ndim != 2:
+            is_labeled = is_labeled & (labels >= 0)
+        wrong = is_labeled if self.label_fallback == "all" else wrong & is_labeled
+        if torch.is_grad_enabled():  # training steps only: evaluation runs under no_grad
+            counts = torch.stack([is_labeled.sum(), wrong.sum()]).detach()
+            self._fallback_counts = counts if self._fallback_counts is None else self._fallback_counts + counts
+        return wrong
+
+    def fallback_counts(self) -> tuple[int, int]:
+        """(labelled examples seen, of those whose target fell back to the label) since the last call; resets."""
+        counts, self._fallback_counts = self._fallback_counts, None
+        return (0, 0) if counts is None else tuple(int(value) for value in counts.tolist())
 
     def extra_repr(self) -> str:
         return (

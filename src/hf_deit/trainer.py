@@ -22,6 +22,7 @@ from .metrics import make_compute_metrics  # noqa: F401  (also importable from h
 from .objective import DistillationObjective
 from .preemption import StopOnSignal, shield_workers
 from .teacher import Teacher, TeacherForwardOutput
+from .teacher_check import check_teacher, eval_transform_of, which_head
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +285,7 @@ class DistillationTrainer(DeiTTrainerBase):
     # ---- the objective's projections train as part of the student ----
 
     def train(self, *args, **kwargs):
+        self.teacher_report = self.check_teacher()
         attach = any(True for _ in self.objective.parameters())
         if attach:
             self.model.add_module(OBJECTIVE_NAME, self.objective)
@@ -292,6 +294,44 @@ class DistillationTrainer(DeiTTrainerBase):
         finally:
             if attach:
                 delattr(self.model, OBJECTIVE_NAME)  # the saved model holds none of it
+            self._log_label_fallback()
+
+    # ---- is the teacher worth learning from? (hf_deit.teacher_check) ----
+
+    def check_teacher(self):
+        """Before the first step: the teacher's accuracy on the labelled training images and the evaluation images
+        (evaluation transform), logged; a teacher below `args.min_teacher_accuracy` on the training images is named
+        with its numbers and the fix, and with `args.protect_from_weak_teacher` the loss's distillation
+        targets fall back to the labels where it is wrong. Returns the `TeacherReport`, or None (no teacher in the
+        loss, or no readable training set)."""
+        if self.teacher is None or not self.objective.needs_teacher:
+            return None
+        transform = eval_transform_of(getattr(self, "processing_class", None))
+        if transform is None:
+            logger.info("Teacher not checked before training: no image processor (processing_class) to read the "
+                        "training images with.")
+            return None
+        names = [self.model.config.id2label[index] for index in range(self.model.config.num_labels)]
+        report = check_teacher(self.teacher_logits, self.train_dataset, self.eval_dataset, transform, names,
+                               self.args.min_teacher_accuracy, device=self.accelerator.device, seed=self.args.seed)  # fmt: skip
+        if report is None:
+            logger.info("Teacher not checked before training: the training set is streamed or has no image and label "
+                        "columns to read without augmentation.")
+            return None
+        if report.weak:
+            if self.args.protect_from_weak_teacher:
+                self.objective.loss.label_fallback = "all" if self.args.weak_teacher_fallback == "all" else True
+            if self.is_world_process_zero():
+                logger.warning(report.message(self.args.protect_from_weak_teacher, self.args.weak_teacher_fallback))
+        elif self.is_world_process_zero():
+            logger.info("Teacher checked before training: right on %s.", report.summary())
+        return report
+
+    def _log_label_fallback(self) -> None:
+        seen, fallen_back = self.objective.loss.fallback_counts()
+        if self.objective.loss.label_fallback and seen and self.is_world_process_zero():
+            logger.info("The label replaced the teacher's target on %d of %d labelled training views (%.1f%%).",
+                        fallen_back, seen, 100 * fallen_back / seen)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if hasattr(self.model, OBJECTIVE_NAME):
@@ -367,6 +407,10 @@ class DistillationTrainer(DeiTTrainerBase):
             num_examples = len(dataset) if hasattr(dataset, "__len__") else None
             for warning in head_warnings(metrics, self.model.config.num_labels, prefix, num_examples):
                 logger.warning(warning)
+            if self.state.max_steps and self.state.global_step >= self.state.max_steps:  # the end of the run
+                advice = which_head(metrics, prefix)
+                if advice:
+                    logger.info(advice)
         return metrics
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

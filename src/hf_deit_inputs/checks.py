@@ -41,7 +41,8 @@ ATTENTION_TOKENS = ("cls", "dist", "both")
 ATTENTION_MAP_LOSSES = ("kl", "mse")  # hf_deit.losses.ATTENTION_MAP_LOSSES
 FEATURE_LOSSES = ("cosine", "mse")  # hf_deit.feature_distillation.FEATURE_LOSSES
 FEATURE_TOKENS = ("dist", "cls", "patches")  # hf_deit.feature_distillation.FEATURE_TOKENS
-AUGMENTATION_PRESETS = ("auto", "imagenet", "small_images")  # "auto" + hf_deit.data.AUGMENTATION_PRESETS
+# "auto" + hf_deit.data.AUGMENTATION_PRESETS
+AUGMENTATION_PRESETS = ("auto", "imagenet", "small_images", "cnn_from_scratch")
 RESUME_KEYWORDS = ("auto", "true", "latest", "last", "yes", "false", "no", "none", "never")  # hf_deit.checkpointing
 TEACHER_ARCHITECTURES = ("resnet", "regnet", "convnext")  # hf_deit.arguments.TEACHER_ARCHITECTURES
 SPLIT_FOLDER_NAMES = ("train", "training", "val", "valid", "validation", "test", "eval")

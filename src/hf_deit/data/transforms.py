@@ -44,6 +44,15 @@ AUGMENTATION_PRESETS = {
         rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.0,
         mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
     ),
+    # A new CNN teacher on a small folder of larger images (train_teacher.py's default above 64 px): crops of at
+    # least a quarter of the image and flips, nothing else. A CNN from scratch on 120-200 images gets a few hundred
+    # steps; the paper's RandAugment, erasing and mixup/cutmix are for a ViT on ImageNet. Measured on the sample
+    # folders (scripts/experiment_own_folder.py, README).
+    "cnn_from_scratch": dict(
+        image_size=224, crop_pct=DEFAULT_CROP_PCT, scale_min=0.25, hflip=0.5, rand_augment="none",
+        rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.0,
+        mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
+    ),
 }  # fmt: skip
 RAND_AUGMENT_MAX_MAGNITUDE = 10.0  # timm's magnitude scale: m9 applies 90% of each op's largest strength
 

@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+r"""A new user's own small folder (issue 20): does the README's path, teacher first and then distil, help the student?
+
+On each sample folder (`scripts/make_sample_folders.py`: 4 classes of photos, 30 training images each; 5 classes of
+textures, 40 each; validation crops from regions never seen in training), with default flags except the input size:
+
+    teacher          scripts/train_teacher.py (its default schedule: at least 300 steps, best checkpoint kept)
+    weak teacher     scripts/train_teacher.py --num_train_epochs 10 (the old default's schedule: 20-40 steps)
+    none             scripts/train.py --distillation_type none
+    hard             scripts/train.py --teacher_name_or_path teacher (hard distillation, the default)
+    hard, weak, all  ... --teacher_name_or_path "weak teacher" (protected, the default: labels on labelled images)
+    hard, weak, ...  ... the same with --weak_teacher_fallback where_wrong (labels where the teacher is wrong)
+    hard, weak, off  ... the same with --protect_from_weak_teacher false
+
+    python scripts/experiment_own_folder.py                        # both folders at 96 px (about 35 min, 2 cores)
+    python scripts/experiment_own_folder.py --image_size 224       # the scripts' own default size (hours here)
+    python scripts/experiment_own_folder.py --table_only           # the table of the runs finished so far
+
+Two runs at a time, one process and one thread each; each run's log is `train.log` in its folder, and a finished
+run is kept when the script is rerun. Prints a table (also `results.md`) with the command, machine and date.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import experiment_common  # noqa: F401  (first: it keeps everything offline)
+from experiment_common import finished_results, is_finished
+from make_sample_folders import FOLDERS, build_folder
+
+SCRIPTS = Path(__file__).resolve().parent
+COMMON = ["--report_to", "none", "--disable_tqdm", "true"]
+STUDENTS = {  # name -> (title, flags beyond the data; "{teacher}"/"{weak}" are the teachers' folders)
+    "none": ("student, no teacher", ["--distillation_type", "none"]),
+    "hard": ("student, hard distillation from the default teacher", ["--teacher_name_or_path", "{teacher}"]),
+    "hard_weak": ("student, hard distillation from the weak teacher, --weak_teacher_fallback where_wrong",
+                  ["--teacher_name_or_path", "{weak}", "--weak_teacher_fallback", "where_wrong"]),
+    "hard_weak_off": ("student, hard distillation from the weak teacher, --protect_from_weak_teacher false",
+                      ["--teacher_name_or_path", "{weak}", "--protect_from_weak_teacher", "false"]),
+    "hard_weak_all": ("student, hard distillation from the weak teacher, protected (the default: fallback all)",
+                      ["--teacher_name_or_path", "{weak}", "--weak_teacher_fallback", "all"]),
+}  # fmt: skip
+TEACHERS = {
+    "teacher": ("teacher (default schedule)", []),
+    "weak_teacher": ("weak teacher (--num_train_epochs 10, the old default's schedule)", ["--num_train_epochs", "10"]),
+}
+
+
+def run_in_parallel(runs: list[tuple[str, str, Path, list[str]]], width: int = 2) -> None:
+    """Runs (title, script, output folder, argv) `width` at a time, one thread each; finished runs are skipped."""
+    pending = [run for run in runs if not is_finished(run[2])]
+    active = []
+    while pending or active:
+        while pending and len(active) < width:
+            title, script, output_dir, argv = pending.pop(0)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, str(SCRIPTS / script), "--output_dir", str(output_dir), *argv]
+            print(f"=== {title}: {' '.join(command[1:])}", flush=True)
+            log = open(output_dir / "train.log", "w")
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+            active.append((title, process, log, output_dir, time.perf_counter()))
+        time.sleep(2)
+        for entry in list(active):
+            title, process, log, output_dir, start = entry
+            if process.poll() is None:
+                continue
+            log.close()
+            active.remove(entry)
+            if process.returncode != 0:
+                tail = "\n".join((output_dir / "train.log").read_text().splitlines()[-15:])
+                raise SystemExit(f"{title} failed (exit {process.returncode}):\n{tail}")
+            (output_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+
+
+def machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
+    flags = [flag for flag in ("avx512_bf16", "amx_bf16", "amx_tile") if f" {flag}" in lscpu]
+    return f"{model}, {os.cpu_count()} cores, flags: {', '.join(flags) or 'no avx512_bf16/amx'}"
+
+
+def pct(metrics: dict | None, key: str) -> str:
+    value = (metrics or {}).get(key)
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="outputs/own_folder")
+    parser.add_argument("--kinds", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
+    parser.add_argument("--image_size", type=int, default=96)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS),
+                        help="The student runs to make (the table shows every finished one).")
+    parser.add_argument("--table_only", action="store_true", help="Print the table of the finished runs; run none.")
+    args = parser.parse_args(argv)
+    out = Path(args.output_dir)
+    results = {}
+    for kind in args.kinds:
+        folder = out / "data" / kind
+        train_dir, val_dir = (folder / "train", folder / "val") if (folder / "val").is_dir() else \
+            build_folder(kind, folder, seed=args.seed)  # fmt: skip
+        data = ["--train_dir", str(train_dir), "--validation_dir", str(val_dir), "--image_size", str(args.image_size),
+                "--seed", str(args.seed), *COMMON]  # fmt: skip
+        runs = out / kind
+        if args.table_only:
+            results[kind] = {name: finished_results(runs / name) for name in (*TEACHERS, *STUDENTS)}
+            continue
+        run_in_parallel([(f"{kind}: {title}", "train_teacher.py", runs / name, [*flags, *data])
+                         for name, (title, flags) in TEACHERS.items()])  # fmt: skip
+        folders = {"teacher": str(runs / "teacher"), "weak": str(runs / "weak_teacher")}
+        run_in_parallel([(f"{kind}: {title}", "train.py", runs / name, [*(f.format(**folders) for f in flags), *data])
+                         for name, (title, flags) in STUDENTS.items() if name in args.students])  # fmt: skip
+        results[kind] = {name: finished_results(runs / name) for name in (*TEACHERS, *STUDENTS)}
+    table = results_table(results, args, argv)
+    print(table)
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def results_table(results: dict, args, argv) -> str:
+    rows = ["| folder | model | top-1 (averaged heads) | class head | distillation head | teacher (val) |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    for kind, runs in results.items():
+        for name, (title, _) in {**TEACHERS, **STUDENTS}.items():
+            metrics = runs[name]
+            if metrics is None:
+                continue  # not run
+            if name in TEACHERS:
+                rows.append(f"| {kind} | {title} | {pct(metrics, 'eval_accuracy')} | | | |")
+            else:
+                rows.append(f"| {kind} | {title} | {pct(metrics, 'eval_accuracy')} | "
+                            f"{pct(metrics, 'eval_cls_accuracy')} | {pct(metrics, 'eval_distillation_accuracy')} | "
+                            f"{pct(metrics, 'eval_teacher_accuracy')} |")
+    command = "python scripts/experiment_own_folder.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    return "\n".join(rows) + f"\n\n`{command.strip()}`, {when}, {machine()}; one thread per run, two runs at a time."
+
+
+if __name__ == "__main__":
+    main()

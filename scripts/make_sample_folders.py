@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+r"""Small image folders of the kind a new user brings, from real images that ship inside pip packages (no network).
+
+    python scripts/make_sample_folders.py --output_dir data/samples            # both folders
+    python scripts/make_sample_folders.py --output_dir data/samples --kinds photos
+
+Writes `<output_dir>/<kind>/train/<class>/<n>.jpg|png` and `.../val/<class>/...`:
+
+- `photos`: 4 classes of colour photos (scikit-image's rocket, scikit-learn's china and flower, scikit-image's
+  immunohistochemistry slide), 30 training and 10 validation crops each;
+- `textures`: 5 classes of grey surfaces (scikit-image's brick, grass, gravel, moon and a printed page), 40 training
+  and 10 validation crops each.
+
+Crops are squares of 12-60% of the image's shorter side, resized to 48-200 px, saved as JPEG and PNG alternately.
+Training crops come from the left 70% of each image, validation crops from the right 30%: no validation pixel was
+seen in training. (The tests' own folders use other images: astronaut, cat, coffee, MNIST digits.)
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TRAIN_FRACTION = 0.7  # of each image's width: training crops left of it, validation crops right of it
+
+
+def _skimage(name: str):
+    from skimage import data
+
+    return lambda: getattr(data, name)()
+
+
+def _sklearn(file_name: str):
+    def load():
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(file_name)
+
+    return load
+
+
+# kind -> (classes as name -> loader of an HxW or HxWx3 uint8 array, training crops per class)
+FOLDERS = {
+    "photos": ({"rocket": _skimage("rocket"), "china": _sklearn("china.jpg"), "flower": _sklearn("flower.jpg"),
+                "slide": _skimage("immunohistochemistry")}, 30),
+    "textures": ({"brick": _skimage("brick"), "grass": _skimage("grass"), "gravel": _skimage("gravel"),
+                  "moon": _skimage("moon"), "page": _skimage("page")}, 40),
+}  # fmt: skip
+VALIDATION_PER_CLASS = 10
+
+
+def _crops(image: Image.Image, count: int, rng: np.random.Generator, left: int, right: int):
+    """`count` square crops inside columns [left, right) of `image`, each resized to 48-200 px."""
+    width = right - left
+    for _ in range(count):
+        side = int(min(width, image.height) * rng.uniform(0.12, 0.6))
+        x = left + int(rng.integers(0, width - side + 1))
+        y = int(rng.integers(0, image.height - side + 1))
+        yield image.crop((x, y, x + side, y + side)).resize((int(rng.integers(48, 201)),) * 2, Image.BICUBIC)
+
+
+def build_folder(kind: str, root: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Writes `root/train` and `root/val` for `kind` (a key of FOLDERS); returns the two folders."""
+    classes, train_per_class = FOLDERS[kind]
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for name, load in classes.items():
+        image = Image.fromarray(np.asarray(load())).convert("RGB")
+        split_x = int(image.width * TRAIN_FRACTION)
+        for split, count, (left, right) in (("train", train_per_class, (0, split_x)),
+                                            ("val", VALIDATION_PER_CLASS, (split_x, image.width))):  # fmt: skip
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index, crop in enumerate(_crops(image, count, rng, left, right)):
+                crop.save(folder / f"{index}.{'png' if index % 2 else 'jpg'}")
+    return root / "train", root / "val"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="data/samples")
+    parser.add_argument("--kinds", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for kind in args.kinds:
+        train, val = build_folder(kind, Path(args.output_dir) / kind, args.seed)
+        print(f"{kind}: {train} and {val}")
+
+
+if __name__ == "__main__":
+    main()
