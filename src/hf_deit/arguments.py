@@ -206,6 +206,8 @@ class DeiTTrainingArguments(TrainingArguments):
         before `Trainer.__init__`, which checks the two agree. Returns `eval_strategy`."""
         if not self._eval_strategy_given and not has_eval_dataset:
             self.eval_strategy, self.do_eval = IntervalStrategy.NO, False
+            if getattr(self, "_best_model_defaulted", False):  # the teacher's default: no best model to keep
+                self.load_best_model_at_end = False
         return self.eval_strategy
 
     def resolve_precision(self, hidden_size: Optional[int] = None) -> bool:
@@ -539,8 +541,12 @@ class TeacherTrainingArguments(DeiTTrainingArguments):
     min_from_scratch_steps = MIN_TEACHER_STEPS
 
     def __post_init__(self):
-        if self.load_best_model_at_end is None:
-            evaluate, save = (getattr(value, "value", value) for value in (self.eval_strategy, self.save_strategy))
+        self._best_model_defaulted = self.load_best_model_at_end is None
+        if self._best_model_defaulted:
+            # An unset eval_strategy is every epoch when there is an evaluation set (`resolve_evaluation`, which turns
+            # this default off again without one).
+            evaluate, save = (getattr(value, "value", value) for value in (self.eval_strategy or "epoch",
+                                                                           self.save_strategy))  # fmt: skip
             self.load_best_model_at_end = evaluate == save != "no" and (
                 evaluate != "steps" or self.eval_steps in (None, self.save_steps))
             if self.load_best_model_at_end and self.metric_for_best_model is None:
