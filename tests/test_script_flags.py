@@ -128,6 +128,7 @@ CHANGED = {
     "feature_distillation_weight": "0.5", "feature_distillation_loss": "mse", "feature_distillation_token": "cls",
     "feature_map_distillation_weight": "0.5", "feature_map_distillation_layers": ["1"],
     "pseudo_label_threshold": "0.5",
+    "protect_from_weak_teacher": "false", "weak_teacher_fallback": "where_wrong", "min_teacher_accuracy": "0.0",
     # Model (the teacher)
     "architecture": "regnet",
 }  # fmt: skip
@@ -229,6 +230,8 @@ def what_the_run_uses(script: str, argv: list[str]) -> dict:
         trainer, dataset, aug_args = module.build_run(*groups)
     except Exception as error:  # a flag that turns a refusal into a run (or the reverse) changes the run
         return {"error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
+    if hasattr(trainer, "check_teacher"):
+        trainer.check_teacher()  # what train() does before the first step: it settles the loss's targets
     args = trainer.args
     return {
         "model": describe(trainer.model.config), "weights": describe(trainer.model, depth=1)["parameters"],
