@@ -625,3 +625,22 @@ def test_repeated_augmentation_is_a_setting_of_the_config(tmp_path):
     assert DistillationTrainer(model=tiny_student(), args=args).repeated_augmentation == 2
     with pytest.raises(ValueError, match="repeated_augmentation must be at least 1"):
         DistillationConfig(output_dir=str(tmp_path), repeated_augmentation=0)
+
+
+def test_training_restores_the_signal_handlers_even_when_it_fails(tmp_path):
+    """During train() SIGTERM and a first Ctrl-C mean "save and stop" (hf_deit.preemption); after it, finished or
+    failed, Ctrl-C interrupts at once again."""
+    import signal
+
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    images, labels = load_digits_tensors()
+    dataset = DigitsDataset(images[:32], labels[:32])
+    trainer = DistillationTrainer(model=tiny_student(), args=args_for(tmp_path, max_steps=1, distillation_type="none"),
+                                  train_dataset=dataset)  # fmt: skip
+    trainer.train()
+    assert {number: signal.getsignal(number) for number in before} == before
+    trainer.args.max_steps = 2
+    trainer.compute_loss = lambda *args, **kwargs: 1 / 0  # a failure inside the training loop
+    with pytest.raises(ZeroDivisionError):
+        trainer.train()
+    assert {number: signal.getsignal(number) for number in before} == before

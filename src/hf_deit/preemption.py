@@ -89,6 +89,10 @@ class StopOnSignal(TrainerCallback):
         return requested
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.restore_handlers()
+
+    def restore_handlers(self) -> None:
+        """The handlers from before training (also after a `train()` that raised: `DeiTTrainerBase.train`)."""
         for signal_number, handler in self._previous_handlers.items():
             signal.signal(signal_number, handler)
         self._previous_handlers.clear()

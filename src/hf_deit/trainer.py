@@ -198,6 +198,8 @@ class DeiTTrainerBase(Trainer):
         except NonFiniteLossError as error:
             # The bad step never reached the optimizer: save the last good state, then stop loudly.
             raise error.with_checkpoint(self._save_checkpoint(self.model, trial=None)) from None
+        finally:
+            self.stop_on_signal.restore_handlers()  # Ctrl-C means "stop now" again once training is over
         interruption = self.stop_on_signal.interruption(self.args.output_dir)
         if interruption is not None:  # stopped on SIGTERM/Ctrl-C, checkpoint saved: the run is not finished
             raise interruption
