@@ -153,6 +153,11 @@ def test_the_report_and_the_head_advice_name_their_numbers():
     assert "it beats the averaged heads by 30.0%" in advice and "the teacher scores 56.7%" in advice
     tie = which_head({"eval_accuracy": 1.0, "eval_cls_accuracy": 1.0, "eval_distillation_accuracy": 1.0})
     assert "`logits` (the averaged heads" in tie
+    # One image in 1,000 (the main job's students) is noise: the averaged output stays the advice.
+    noise = which_head({"eval_accuracy": 0.935, "eval_cls_accuracy": 0.935, "eval_distillation_accuracy": 0.936},
+                       num_examples=1000)  # fmt: skip
+    assert "`logits` (the averaged heads" in noise and "less than this evaluation can tell apart (1.6%)" in noise
+    assert "`cls_logits`" in which_head({"eval_accuracy": 0.7, "eval_cls_accuracy": 1.0}, num_examples=30)
 
 
 def test_fallback_all_gives_every_labelled_example_its_label_and_the_unlabelled_the_teacher():

@@ -16,6 +16,7 @@ folders (scripts/experiment_own_folder.py, README): from a weak photo teacher th
 """
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -149,8 +150,10 @@ def check_teacher(predict, train_dataset, eval_dataset, transform, label_names, 
     return report
 
 
-def which_head(metrics: dict, prefix: str = "eval_") -> str | None:
-    """The end-of-run advice: which of the student's outputs to use, from the evaluation metrics, and why."""
+def which_head(metrics: dict, prefix: str = "eval_", num_examples: int | None = None) -> str | None:
+    """The end-of-run advice: which of the student's outputs to use, from the evaluation metrics, and why. A single
+    head is advised over the averaged one only when it leads by more than the evaluation's noise: two standard errors
+    of the averaged accuracy on `num_examples` images, and at least two images (1 point when the count is unknown)."""
     from .metrics import HEAD_PREFIXES
 
     names = {"": "`logits` (the averaged heads; pipeline() uses it)", HEAD_PREFIXES[1]: "`cls_logits` (class head)",
@@ -159,12 +162,16 @@ def which_head(metrics: dict, prefix: str = "eval_") -> str | None:
     scores = {head: value for head, value in scores.items() if value is not None}
     if "" not in scores or len(scores) < 2:
         return None
-    best = max(scores.values())
-    # The averaged output wins ties: it is what pipeline() and the Hub widget use.
-    choice = "" if scores[""] >= best else max(scores, key=scores.get)
+    averaged = scores[""]
+    margin = 0.01 if not num_examples else max(2 / num_examples,
+                                               2 * math.sqrt(averaged * (1 - averaged) / num_examples))  # fmt: skip
+    leader = max(scores, key=scores.get)
+    # The averaged output stays the advice unless a head clearly beats it: it is what pipeline() and the Hub use.
+    choice = leader if scores[leader] - averaged > margin else ""
     listed = ", ".join(f"{names[head].split(' ')[0]} {value:.1%}" for head, value in scores.items())
-    reason = ("it scores as well as either head" if choice == "" else
-              f"it beats the averaged heads by {scores[choice] - scores['']:.1%}")
+    reason = (f"it beats the averaged heads by {scores[choice] - averaged:.1%}" if choice else
+              "it scores as well as either head" if averaged >= scores[leader] else
+              f"the heads differ by less than this evaluation can tell apart ({margin:.1%})")
     teacher = metrics.get(f"{prefix}teacher_accuracy")
     teacher_text = f"; the teacher scores {teacher:.1%}" if teacher is not None else ""
     return f"Which head to use, on the evaluation images: {names[choice]}: {reason} ({listed}{teacher_text})."

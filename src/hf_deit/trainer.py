@@ -410,7 +410,7 @@ class DistillationTrainer(DeiTTrainerBase):
             for warning in head_warnings(metrics, self.model.config.num_labels, prefix, num_examples):
                 logger.warning(warning)
             if self.state.max_steps and self.state.global_step >= self.state.max_steps:  # the end of the run
-                advice = which_head(metrics, prefix)
+                advice = which_head(metrics, prefix, num_examples)
                 if advice:
                     logger.info(advice)
         return metrics
