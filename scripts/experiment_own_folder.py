@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-r"""A new user's own small folder (issue 20): does the README's path, teacher first and then distil, help the student?
+r"""A new user's own small folder: does the README's path, teacher first and then distil, help the student?
 
 On each sample folder (`scripts/make_sample_folders.py`: 4 classes of photos, 30 training images each; 5 classes of
 textures, 40 each; validation crops from regions never seen in training), with default flags except the input size:

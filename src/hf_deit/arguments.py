@@ -509,8 +509,8 @@ class TeacherArguments:
 
 
 # A CNN teacher learning from scratch: at least this many optimizer steps (the epochs grow on a small folder, as the
-# student's do). On 120-200 images at batch 64 the old default of 10 epochs was 20-40 steps and 57-65% accuracy;
-# scripts/experiment_own_folder.py measures what the default gives (README).
+# student's do; a fixed 10 epochs is a few dozen steps on a folder of a hundred images). scripts/experiment_own_folder.py
+# measures what the default gives (README).
 MIN_TEACHER_STEPS = 300
 # The augmentation preset of a new CNN teacher on images above SMALL_IMAGE_MAX_SIZE (see TEACHER_PRESET in
 # hf_deit.data.transforms): the paper's recipe (RandAugment m9, mixup, cutmix, erasing) is for a ViT on ImageNet.
