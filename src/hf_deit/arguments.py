@@ -466,7 +466,8 @@ class DistillationConfig(DeiTTrainingArguments):
             raise ValueError(f"distillation_type must be one of {', '.join(DISTILLATION_TYPES)}, got "
                              f"{self.distillation_type!r}.")  # fmt: skip
         if self.weak_teacher_fallback not in ("where_wrong", "all"):
-            raise ValueError(f"weak_teacher_fallback must be 'where_wrong' or 'all', got {self.weak_teacher_fallback!r}.")
+            raise ValueError(f"weak_teacher_fallback must be 'where_wrong' or 'all', got "
+                             f"{self.weak_teacher_fallback!r}.")  # fmt: skip
         if not 0.0 <= self.min_teacher_accuracy <= 1.0:
             raise ValueError(f"min_teacher_accuracy must be in [0, 1], got {self.min_teacher_accuracy}.")
 
@@ -509,8 +510,8 @@ class TeacherArguments:
 
 
 # A CNN teacher learning from scratch: at least this many optimizer steps (the epochs grow on a small folder, as the
-# student's do; a fixed 10 epochs is a few dozen steps on a folder of a hundred images). scripts/experiment_own_folder.py
-# measures what the default gives (README).
+# student's do; a fixed 10 epochs is a few dozen steps on a folder of a hundred images).
+# scripts/experiment_own_folder.py measures what the default gives (README).
 MIN_TEACHER_STEPS = 300
 # The augmentation preset of a new CNN teacher on images above SMALL_IMAGE_MAX_SIZE (see TEACHER_PRESET in
 # hf_deit.data.transforms): the paper's recipe (RandAugment m9, mixup, cutmix, erasing) is for a ViT on ImageNet.
