@@ -35,6 +35,9 @@ P4 = ["--config_overrides", "image_size=32,patch_size=4,hidden_size=128,num_hidd
       "--learning_rate", "1e-3"]  # fmt: skip
 LIGHT = ["--rand_augment", "none", "--reprob", "0", "--scale_min", "0.8", "--mixup", "0", "--cutmix", "0"]
 MODERATE = ["--rand_augment", "3", "--reprob", "0", "--scale_min", "0.65", "--mixup", "0", "--cutmix", "0"]
+# between light and moderate, for budgets too short for moderate augmentation to pay the undistilled student back
+MILD = ["--rand_augment", "2", "--reprob", "0", "--scale_min", "0.8", "--mixup", "0", "--cutmix", "0"]
+MILD_CROPS = ["--rand_augment", "3", "--reprob", "0", "--scale_min", "0.7", "--mixup", "0", "--cutmix", "0"]
 STRONGER = ["--rand_augment", "5", "--reprob", "0.1", "--scale_min", "0.5", "--mixup", "0", "--cutmix", "0"]
 MIXED = ["--rand_augment", "none", "--reprob", "0", "--scale_min", "0.8", "--mixup", "0.8", "--cutmix", "1.0"]
 
@@ -76,6 +79,12 @@ ROWS = {
     "p7-28px-2400-lr1e-3-midaug": ("as above (moderate augmentation, learning rate 1e-3); 2,400 steps", 28,
                                    [*P7, *MODERATE, "--max_steps", "2400", "--learning_rate", "1e-3"],
                                    {"none": NONE, "hard+fmap": HARD_FMAP}),
+    "p7-28px-1600-lr1e-3-mildaug": ("learning rate 1e-3, mild augmentation: RandAugment m2, crops >= 80%; 1,600 steps",
+                                    28, [*P7, *MILD, "--max_steps", "1600", "--learning_rate", "1e-3"],
+                                    {"none": NONE, "hard+fmap": HARD_FMAP}),
+    "p7-28px-1600-lr1e-3-mildaug-crops": ("learning rate 1e-3, RandAugment m3, crops >= 70%; 1,600 steps", 28,
+                                          [*P7, *MILD_CROPS, "--max_steps", "1600", "--learning_rate", "1e-3"],
+                                          {"none": NONE, "hard+fmap": HARD_FMAP}),
     "p7-28px-1200-lr1e-3-aug": ("learning rate 1e-3, stronger augmentation: RandAugment m5, crops >= 50%, erasing 0.1; "
                                 "1,200 steps", 28,
                                 [*P7, *STRONGER, "--max_steps", "1200", "--learning_rate", "1e-3"],
