@@ -164,8 +164,12 @@ def test_a_rerun_with_other_settings_is_refused_and_the_card_stays_true(tmp_path
     assert "--distillation_alpha: 0.5 there, 0.3 now" in message and "--seed: 42 there, 3 now" in message
     assert "another --output_dir" in message and "--overwrite_output_dir true" in message
     assert (out / "README.md").read_text() == card and (out / "model.safetensors").read_bytes() == weights
-    # The same settings (and flags that do not shape the weights) resume the finished run.
+    # The same settings (and flags that do not shape the weights) resume the finished run: nothing is trained, not
+    # even the one step past the schedule that Trainer.train resumed at the last step would take.
     run_in_process(out, "--distillation_alpha", "0.5", "--logging_steps", "1", "--max_eval_samples", "16")
+    assert not (out / "checkpoint-3").exists()
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    assert (out / "model.safetensors").read_bytes() == weights
     # A checkpoint of another run, given by path, is refused too.
     with pytest.raises(ValueError, match="saved by a run with other settings"):
         run_in_process(tmp_path / "other", "--distillation_alpha", "0.3", "--resume_from_checkpoint",
@@ -304,3 +308,4 @@ def test_the_teacher_script_resumes_by_the_same_rule(tmp_path, caplog):
     caplog.set_level("INFO", logger="hf_deit.checkpointing")
     run_teacher_in_process(out, "--learning_rate", "0.002", "--logging_steps", "1")  # resumes the finished run
     assert any(message.startswith(f"Resuming from {out / 'checkpoint-2'}") for message in caplog.messages)
+    assert not (out / "checkpoint-3").exists()

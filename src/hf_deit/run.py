@@ -11,11 +11,13 @@ so that the resume rule and the same-settings checks of `hf_deit.checkpointing` 
 """
 
 import logging
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
 import transformers
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import HfArgumentParser, Trainer, TrainerState, TrainingArguments, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 
 from .checkpointing import (
     check_checkpoint_settings,
@@ -62,10 +64,13 @@ def train_and_evaluate(trainer: Trainer, settings: dict) -> dict:
         check_checkpoint_settings(checkpoint, settings)
     if trainer.is_world_process_zero():
         record_run_settings(args.output_dir, settings)
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    if checkpoint is not None and _is_last_step(checkpoint):
+        _take_finished_run(trainer, checkpoint)
+    else:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
     trainer.save_model()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
     if trainer.eval_dataset is None:
         return {}
@@ -73,3 +78,22 @@ def train_and_evaluate(trainer: Trainer, settings: dict) -> dict:
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     return metrics
+
+
+def _is_last_step(checkpoint: str) -> bool:
+    state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+    return state.max_steps > 0 and state.global_step >= state.max_steps
+
+
+def _take_finished_run(trainer: Trainer, checkpoint: str) -> None:
+    """A rerun of a finished run trains nothing: its last checkpoint's weights (the best one's where the run keeps the
+    best) become the model again. `Trainer.train` resumed at the last step would train one step past the schedule:
+    its epoch loop looks for the end only after a step."""
+    logging.getLogger(__name__).warning(
+        "%s is this run's last step: nothing is left to train. The run's model is saved again from it and evaluated.",
+        checkpoint,
+    )
+    trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+    best = trainer.state.best_model_checkpoint
+    keep_best = trainer.args.load_best_model_at_end and best is not None and os.path.isdir(best)
+    trainer._load_from_checkpoint(best if keep_best else checkpoint)  # the Trainer's own loader: every layout
