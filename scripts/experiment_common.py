@@ -1,20 +1,33 @@
 """What the experiment scripts (`main_job.py`, `experiment_*.py`) share: running `train.py` and `train_teacher.py` as
-stages in this process, the flags every stage gets, the labelled/unlabelled splits they train on, and reading
-finished runs back from disk.
+stages in this process or side by side as processes of their own, with one progress line per run
+(`hf_deit.progress`), the flags every stage gets, the labelled/unlabelled splits they train on, and reading finished
+runs back from disk.
 
 Imported plainly (`import experiment_common`): Python puts a script's own folder on `sys.path`, so the scripts of this
 folder import each other when one of them runs; tests put this folder on the path in `tests/conftest.py`.
 """
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 # Every stage reads local data: no request should wait for the Hub. Set on import, so import this module before
-# `train`/`train_teacher` (huggingface_hub reads the variable when it is first imported).
+# `train`/`train_teacher` (huggingface_hub reads the variable when it is first imported). The libraries' own progress
+# bars (saving a dataset, mapping it) would interleave with the runs' progress lines: off, here and in the runs'
+# processes, which inherit the environment.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from hf_deit.progress import PROGRESS_FILE_ENV, PROGRESS_NAME, ProgressBoard, progress_line, read_progress  # noqa: E402
+
+SCRIPTS = Path(__file__).resolve().parent
 
 # Every stage of an experiment: no checkpoints (a stage is short and rerun whole), one evaluation at the end, and no
 # progress bars or trackers in the logs.
@@ -26,14 +39,100 @@ FINISHED_MARKER = "eval_results.json"
 RESULTS_NAME = "all_results.json"
 
 
+def output_dir_of(argv: list[str]) -> Path:
+    return Path(argv[argv.index("--output_dir") + 1])
+
+
 def run_stage(title: str, main: Callable[[list[str]], dict], argv: list[str]) -> dict:
-    """Runs a script's `main(argv)` after printing the command (so that each stage can be rerun alone); returns its
-    metrics with `wall_seconds` added."""
+    """Runs a script's `main(argv)` after printing the command (so that each stage can be rerun alone), with a
+    progress line every `PROGRESS_INTERVAL` seconds among its logs; returns its metrics with `wall_seconds` added."""
     print(f"\n=== {title}: {' '.join(argv)}", flush=True)
     start = time.perf_counter()
-    metrics = main(argv)
+    with _progress_printed(output_dir_of(argv)):
+        metrics = main(argv)
     metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
     return metrics
+
+
+# Seconds between two progress blocks printed as plain lines (a log file, or beside a run's own logs).
+PROGRESS_INTERVAL = 30.0
+
+
+@contextlib.contextmanager
+def _progress_printed(output_dir: Path):
+    """While the block runs a stage in this process: it writes its progress to `output_dir`, and a thread prints it
+    as a plain line (its logs share the console, so it is never redrawn in place)."""
+    path = output_dir / PROGRESS_NAME
+    path.unlink(missing_ok=True)  # an earlier run's
+    board, stop = ProgressBoard(live=False, interval=PROGRESS_INTERVAL), threading.Event()
+
+    def show():
+        while not stop.wait(PROGRESS_INTERVAL):
+            progress = read_progress(path)
+            if progress is not None and not progress["training_done"]:
+                board.update([progress_line(output_dir.name, progress)])
+
+    previous = os.environ.get(PROGRESS_FILE_ENV)
+    os.environ[PROGRESS_FILE_ENV] = str(path)
+    thread = threading.Thread(target=show, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        if previous is None:
+            os.environ.pop(PROGRESS_FILE_ENV, None)
+        else:
+            os.environ[PROGRESS_FILE_ENV] = previous
+
+
+def run_in_parallel(runs: dict[str, tuple[str, list[str]]], width: int | None = None) -> dict[str, float]:
+    """Runs each `name: (script, argv)` (a script of this folder; `argv` names its `--output_dir`) as a process of its
+    own with one thread, `width` at a time (all by default); two small runs use two cores better than one process with
+    two threads. Each run's log is `train.log` in its output folder; this process shows one progress line per run,
+    redrawn in place on a terminal, every `PROGRESS_INTERVAL` seconds as plain lines otherwise. Returns each run's
+    wall-clock seconds. A run that fails lets the others finish, then stops the caller with the end of its log."""
+    pending, active, seconds, failed = list(runs), {}, {}, {}
+    board = ProgressBoard(interval=PROGRESS_INTERVAL)
+    while pending or active:
+        while pending and len(active) < (width or len(runs)) and not failed:
+            name = pending.pop(0)
+            script, argv = runs[name]
+            output_dir = output_dir_of(argv)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / PROGRESS_NAME).unlink(missing_ok=True)  # an earlier run's
+            env = {**os.environ, "OMP_NUM_THREADS": "1", PROGRESS_FILE_ENV: str(output_dir / PROGRESS_NAME)}
+            with open(output_dir / "train.log", "w") as log:  # the child holds its own copy of the file
+                process = subprocess.Popen([sys.executable, str(SCRIPTS / script), *argv], stdout=log,
+                                           stderr=subprocess.STDOUT, env=env)  # fmt: skip
+            active[name] = (process, output_dir, time.perf_counter())
+        for name, (process, output_dir, start) in list(active.items()):
+            if process.poll() is not None:
+                del active[name]
+                seconds[name] = round(time.perf_counter() - start, 1)
+                if process.returncode != 0:
+                    failed[name] = process.returncode
+        if failed:
+            pending.clear()
+        board.update([_run_line(name, runs[name][1], active, seconds, failed) for name in runs])
+        if active:
+            time.sleep(1.0)
+    board.close()
+    for name, returncode in failed.items():
+        log = output_dir_of(runs[name][1]) / "train.log"
+        tail = "\n".join(log.read_text().splitlines()[-20:])
+        raise SystemExit(f"{name} failed (exit {returncode}); the end of {log}:\n{tail}")
+    return seconds
+
+
+def _run_line(name: str, argv: list[str], active: dict, seconds: dict, failed: dict) -> str:
+    progress = read_progress(output_dir_of(argv) / PROGRESS_NAME)
+    if name in failed:
+        return progress_line(name, progress, f"failed (exit {failed[name]}): see {output_dir_of(argv) / 'train.log'}")
+    if name in seconds:
+        return progress_line(name, progress, f"done in {seconds[name]:.0f} s")
+    return progress_line(name, progress, None if name in active else "waiting")
 
 
 def is_finished(output_dir: str | os.PathLike) -> bool:

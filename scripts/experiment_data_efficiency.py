@@ -42,6 +42,8 @@ import train
 import train_teacher
 from experiment_common import QUIET_RUN_FLAGS, embedded_splits, finished_results, run_unless_finished, write_label_split
 
+from hf_deit.plots import plot_groups
+
 VARIANTS = {
     "none": dict(distillation="none", attention=False, pool=False),
     "hard": dict(distillation="hard", attention=False, pool=False),
@@ -145,31 +147,12 @@ def _mean_std(values: list[float], seeds: int) -> str:
 
 
 def plot(runs: list[dict], fractions, output_dir: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for name in ["teacher", *VARIANTS]:
-        xs, means, stds = [], [], []
-        for fraction in fractions:
-            values = [100 * r["accuracy"] for r in runs if r["fraction"] == fraction and r["variant"] == name]
-            if values:
-                xs.append(100 * fraction), means.append(np.mean(values)), stds.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
-        if xs:
-            axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=name, linestyle="--" if name == "teacher" else "-")
-    axis.set_xscale("log")
-    axis.set_xticks([100 * f for f in fractions], [f"{f:.0%}" for f in fractions])
-    axis.set_xlabel("labelled training images")
-    axis.set_ylabel("validation top-1 (%)")
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path = os.path.join(output_dir, "accuracy_vs_labels.png")
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    """Each fraction's teacher and students, one dot per seed (`hf_deit.plots.plot_groups`)."""
+    groups = {f"{fraction:.0%} labelled": {name: [100 * r["accuracy"] for r in runs
+                                                  if r["fraction"] == fraction and r["variant"] == name]
+                                           for name in ["teacher", *VARIANTS]} for fraction in fractions}  # fmt: skip
+    return str(plot_groups(groups, os.path.join(output_dir, "accuracy_vs_labels.png"),
+                           title="Top-1 on the MNIST validation digits: one dot per seed, bars at the mean"))
 
 
 def collect_runs(output_dir: str, fractions) -> list[dict]:

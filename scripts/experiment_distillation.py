@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 r"""The paper's claim at our scale: on the embedded MNIST digits, a CNN teacher, and a small DeiT trained without
 distillation, with soft distillation and with hard distillation, every student with the same budget (epochs, batch,
-recipe), over several seeds. Writes `results.json` and `results.md` (mean, std, min, max per variant).
+recipe), over several seeds. Writes `results.json`, `results.md` (mean, std, min, max per variant) and `results.png`
+(each run's accuracy as a dot, per variant).
 
     python scripts/experiment_distillation.py --output_dir outputs/experiment --seeds 0 1 2 --student_epochs 16 \
         -- --config_overrides hidden_size=96 --rand_augment none --reprob 0 --scale_min 0.8   # the README's run
@@ -21,7 +22,11 @@ import train
 import train_teacher
 from experiment_common import RESULTS_NAME, finished_results, run_unless_finished
 
+from hf_deit.plots import plot_groups
+
 STUDENT_VARIANTS = ("none", "soft", "hard")
+LABELS = {"teacher": "CNN teacher", "none": "DeiT, no distillation", "soft": "DeiT, soft distillation",
+          "hard": "DeiT, hard distillation"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,6 +117,9 @@ def write_results(out: Path, setup: dict) -> dict:
     setup["student_flags"] = [flag for flag in setup.get("student_flags", []) if flag != "--"]
     (out / "results.json").write_text(json.dumps({"setup": setup, "summary": summary, "runs": runs}, indent=2))
     (out / "results.md").write_text(markdown_table(summary, setup))
+    plot_groups({"top-1 of the averaged heads": {LABELS[name]: [100 * metrics["eval_accuracy"] for metrics in
+                                                                runs[name].values()] for name in summary}},
+                out / "results.png", title=f"{setup['dataset_name']}: one dot per seed, bars at the mean")
     return summary
 
 
@@ -129,10 +137,8 @@ def markdown_table(summary: dict, setup: dict) -> str:
         "| run | seeds | averaged heads | cls head | distillation head | agrees with teacher | train minutes |",
         "|---|---|---|---|---|---|---|",
     ]
-    labels = {"teacher": "CNN teacher", "none": "DeiT, no distillation", "soft": "DeiT, soft distillation",
-              "hard": "DeiT, hard distillation"}
     for name, stats in summary.items():
-        lines.append(f"| {labels[name]} | {', '.join(map(str, stats['seeds']))} | {cell(stats.get('accuracy'))} | "
+        lines.append(f"| {LABELS[name]} | {', '.join(map(str, stats['seeds']))} | {cell(stats.get('accuracy'))} | "
                      f"{cell(stats.get('cls_accuracy'))} | {cell(stats.get('distillation_accuracy'))} | "
                      f"{cell(stats.get('teacher_agreement'))} | {stats['train_minutes']['mean']:.1f} |")
     return "\n".join(lines) + "\n"

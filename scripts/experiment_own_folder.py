@@ -17,7 +17,8 @@ textures, 40 each; validation crops from regions never seen in training), with d
     python scripts/experiment_own_folder.py --table_only           # the table of the runs finished so far
 
 Two runs at a time, one process and one thread each; each run's log is `train.log` in its folder, and a finished
-run is kept when the script is rerun. Prints a table (also `results.md`) with the command, machine and date.
+run is kept when the script is rerun. Prints a table (also `results.md`, and `results.png`) with the command, machine
+and date.
 """
 
 import argparse
@@ -27,14 +28,14 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import experiment_common  # noqa: F401  (first: it keeps everything offline)
-from experiment_common import finished_results, is_finished
+from experiment_common import finished_results, is_finished, run_in_parallel
 from make_sample_folders import FOLDERS, build_folder
 
-SCRIPTS = Path(__file__).resolve().parent
+from hf_deit.plots import plot_groups
+
 COMMON = ["--report_to", "none", "--disable_tqdm", "true"]
 STUDENTS = {  # name -> (title, flags beyond the data; "{teacher}"/"{weak}" are the teachers' folders)
     "none": ("student, no teacher", ["--distillation_type", "none"]),
@@ -52,31 +53,17 @@ TEACHERS = {
 }
 
 
-def run_in_parallel(runs: list[tuple[str, str, Path, list[str]]], width: int = 2) -> None:
-    """Runs (title, script, output folder, argv) `width` at a time, one thread each; finished runs are skipped."""
-    pending = [run for run in runs if not is_finished(run[2])]
-    active = []
-    while pending or active:
-        while pending and len(active) < width:
-            title, script, output_dir, argv = pending.pop(0)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, str(SCRIPTS / script), "--output_dir", str(output_dir), *argv]
-            print(f"=== {title}: {' '.join(command[1:])}", flush=True)
-            log = open(output_dir / "train.log", "w")
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-            active.append((title, process, log, output_dir, time.perf_counter()))
-        time.sleep(2)
-        for entry in list(active):
-            title, process, log, output_dir, start = entry
-            if process.poll() is None:
-                continue
-            log.close()
-            active.remove(entry)
-            if process.returncode != 0:
-                tail = "\n".join((output_dir / "train.log").read_text().splitlines()[-15:])
-                raise SystemExit(f"{title} failed (exit {process.returncode}):\n{tail}")
-            (output_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+def run_two_at_a_time(runs: list[tuple[str, str, Path, list[str]]]) -> None:
+    """Runs (title, script, output folder, argv) two at a time, one thread each (`experiment_common.run_in_parallel`,
+    a progress line per run); finished runs are skipped."""
+    pending = {f"{output_dir.parent.name}/{output_dir.name}": (title, script, output_dir, argv)
+               for title, script, output_dir, argv in runs if not is_finished(output_dir)}  # fmt: skip
+    for title, script, output_dir, argv in pending.values():
+        print(f"=== {title}: {script} --output_dir {output_dir} {' '.join(argv)}", flush=True)
+    seconds = run_in_parallel({name: (script, ["--output_dir", str(output_dir), *argv])
+                               for name, (_, script, output_dir, argv) in pending.items()}, width=2)  # fmt: skip
+    for name, (_, _, output_dir, _) in pending.items():
+        (output_dir / "wall_seconds.txt").write_text(f"{seconds[name]:.0f}\n")
 
 
 def machine() -> str:
@@ -116,16 +103,19 @@ def main(argv=None) -> dict:
         if args.table_only:
             results[kind] = {name: finished_results(runs / name) for name in (*TEACHERS, *STUDENTS)}
             continue
-        run_in_parallel([(f"{kind}: {title}", "train_teacher.py", runs / name, [*flags, *data])
+        run_two_at_a_time([(f"{kind}: {title}", "train_teacher.py", runs / name, [*flags, *data])
                          for name, (title, flags) in TEACHERS.items()])  # fmt: skip
         folders = {"teacher": str(runs / "teacher"), "weak": str(runs / "weak_teacher")}
-        run_in_parallel([(f"{kind}: {title}", "train.py", runs / name, [*(f.format(**folders) for f in flags), *data])
+        run_two_at_a_time([(f"{kind}: {title}", "train.py", runs / name, [*(f.format(**folders) for f in flags), *data])
                          for name, (title, flags) in STUDENTS.items() if name in args.students])  # fmt: skip
         results[kind] = {name: finished_results(runs / name) for name in (*TEACHERS, *STUDENTS)}
     table = results_table(results, args, argv)
     print(table)
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot_groups({kind: {name: [100 * metrics["eval_accuracy"]] for name, metrics in runs.items() if metrics}
+                 for kind, runs in results.items()}, out / "results.png",
+                title=f"Own folders: top-1 of the averaged heads (seed {args.seed})")  # fmt: skip
     return results
 
 

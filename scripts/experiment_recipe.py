@@ -2,8 +2,8 @@
 r"""The recipe study: under which recipe does hard distillation beat training without a teacher, on the embedded MNIST
 digits with all 4,000 training labels? Each row is one recipe (student shape, input size, schedule, augmentation);
 its arms differ only in what the student learns from (no teacher, soft or hard distillation, extra terms), with the
-same steps, batch and augmentation. Writes `results.json` and `results.md` (per seed, mean ± std, and the hard - none
-difference per seed where a row has both).
+same steps, batch and augmentation. Writes `results.json`, `results.md` (per seed, mean ± std, and the hard - none
+difference per seed where a row has both) and `results.png` (each arm's accuracy per seed as dots, row by row).
 
     python scripts/experiment_recipe.py --output_dir outputs/recipe --seeds 0                  # every row, seed 0
     python scripts/experiment_recipe.py --output_dir outputs/recipe --rows p7-28px-2400 --arms none hard+fmap --seeds 1
@@ -26,6 +26,8 @@ import experiment_common  # noqa: F401  (first: it keeps everything offline befo
 import train
 import train_teacher
 from experiment_common import RESULTS_NAME, finished_results, run_unless_finished
+
+from hf_deit.plots import plot_groups
 
 # Students. "p7": the default embedded student (28 px, patch 7: a 4x4 grid of 16 tokens, width 192, 6 blocks);
 # "p4": the earlier one (28 px padded to 32, patch 4: 64 tokens, width 128), 1.3x slower per step.
@@ -193,6 +195,11 @@ def write_results(out: Path, rows: dict) -> dict:
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **found}, indent=2))
+    if found["runs"]:
+        plot_groups({row: {arm: [100 * metrics["eval_accuracy"] for _, metrics in sorted(arms[arm].items())]
+                           for arm in sorted(arms, key=list(rows[row][3]).index)}
+                     for row, arms in found["runs"].items()},
+                    out / "results.png", title="Recipe study: top-1 of the averaged heads, a dot per seed")  # fmt: skip
     print(table)
     return found
 

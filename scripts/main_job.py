@@ -19,22 +19,23 @@ students of a comparison run side by side, one process each (their logs are `tra
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import experiment_common  # noqa: F401  (first: it keeps everything offline before transformers is imported)
 import train_teacher
-from experiment_common import QUIET_RUN_FLAGS, embedded_splits, run_stage, write_label_split
+from experiment_common import (QUIET_RUN_FLAGS, embedded_splits, output_dir_of, run_in_parallel, run_stage,
+                               write_label_split)
 
 from hf_deit.arguments import EMBEDDED_STUDENT
+from hf_deit.plots import learning_curve, plot_learning_curves
 
 # The recipe's distillation: hard labels from the teacher, and (the default for small images and a CNN teacher) its
 # feature maps for the student's patch tokens.
 DISTILLED = ["--distillation_type", "hard"]
 FEW_LABELS_FRACTION = 0.1
+# The students evaluate on the validation split every tenth of their steps, for their learning curves
+# (learning_curves.png); results.json has what those evaluations cost (`curve_evaluation_seconds`).
+CURVE_EVALUATION_EVERY = 0.1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,40 +49,43 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def common_flags(args: argparse.Namespace) -> list[str]:
+def common_flags(args: argparse.Namespace, learning_curves: bool = False) -> list[str]:
     # The job owns its folder: a rerun (after an update, or with another --seed) replaces the previous run there
     # rather than stopping at the rerun check that protects users' own output folders.
-    flags = ["--seed", str(args.seed), "--overwrite_output_dir", "true", *QUIET_RUN_FLAGS]
+    quiet = list(QUIET_RUN_FLAGS)
+    if learning_curves:
+        quiet[quiet.index("--eval_strategy") + 1] = "steps"
+        quiet += ["--eval_steps", str(CURVE_EVALUATION_EVERY)]
+    flags = ["--seed", str(args.seed), "--overwrite_output_dir", "true", *quiet]
     if args.quick:
         flags += ["--max_train_samples", "256", "--max_eval_samples", "128"]
     return flags
 
 
 def run_side_by_side(stages: dict[str, tuple[str, list[str]]]) -> dict[str, dict]:
-    """Runs `scripts/train.py` once per stage, all at the same time, one process and one thread each (two small
-    students use two cores better than one process with two threads). Each process's log is `train.log` in its
-    output folder; the stages' metrics come back by name."""
-    processes = {}
-    for name, (title, argv) in stages.items():
-        output_dir = Path(argv[argv.index("--output_dir") + 1])
-        output_dir.mkdir(parents=True, exist_ok=True)
-        print(f"\n=== {title}: scripts/train.py {' '.join(argv)}\n    (log: {output_dir / 'train.log'})", flush=True)
-        log = open(output_dir / "train.log", "w")
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        command = [sys.executable, str(Path(__file__).resolve().parent / "train.py"), *argv]
-        processes[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log, output_dir,
-                           time.perf_counter())  # fmt: skip
+    """Runs `scripts/train.py` once per stage, all at the same time, one process and one thread each, with a progress
+    line per stage (`experiment_common.run_in_parallel`). Each process's log is `train.log` in its output folder; the
+    stages' metrics come back by name, with their learning curve (`learning_curve`)."""
+    for title, argv in stages.values():
+        print(f"\n=== {title}: scripts/train.py {' '.join(argv)}\n    (log: {output_dir_of(argv) / 'train.log'})",
+              flush=True)  # fmt: skip
+    seconds = run_in_parallel({name: ("train.py", argv) for name, (_, argv) in stages.items()})
     results = {}
-    for name, (process, log, output_dir, start) in processes.items():
-        returncode = process.wait()
-        log.close()
-        if returncode != 0:
-            tail = (output_dir / "train.log").read_text().splitlines()[-20:]
-            raise SystemExit(f"{stages[name][0]} failed (exit {returncode}); the end of {output_dir / 'train.log'}:\n"
-                             + "\n".join(tail))
+    for name, (_, argv) in stages.items():
+        output_dir = output_dir_of(argv)
         results[name] = json.loads((output_dir / "all_results.json").read_text())
-        results[name]["wall_seconds"] = round(time.perf_counter() - start, 1)
+        results[name]["wall_seconds"] = seconds[name]
+        results[name].update(learning_curve_of(output_dir, results[name]))
     return results
+
+
+def learning_curve_of(output_dir: Path, metrics: dict) -> dict:
+    """The run's validation top-1 over its steps (`learning_curve`: [step, accuracy] pairs, the evaluation after
+    training last) and the seconds its evaluations during training took (`curve_evaluation_seconds`)."""
+    state = json.loads((output_dir / "trainer_state.json").read_text())  # saved before the final evaluation
+    during = [entry for entry in state["log_history"] if "eval_runtime" in entry]
+    return {"learning_curve": learning_curve(state["log_history"], final=metrics, final_step=state["global_step"]),
+            "curve_evaluation_seconds": round(sum(entry["eval_runtime"] for entry in during), 1)}  # fmt: skip
 
 
 def write_few_label_splits(args: argparse.Namespace, folder: Path) -> tuple[Path, Path]:
@@ -105,7 +109,8 @@ def main(argv=None) -> dict:
     results["teacher"] = run_stage("(a) all labels: teacher (CNN)", train_teacher.main, [
         "--output_dir", str(teacher_dir), *data, *teacher_steps, *flags,
     ])  # fmt: skip
-    student = [*data, "--teacher_name_or_path", str(teacher_dir), *steps, *flags]
+    student_flags = common_flags(args, learning_curves=True)
+    student = [*data, "--teacher_name_or_path", str(teacher_dir), *steps, *student_flags]
     results.update(run_side_by_side({
         "deit_none": ("(a) all labels: DeiT student, no distillation",
                       ["--output_dir", str(out / "deit_none"), "--distillation_type", "none", *student]),
@@ -126,7 +131,7 @@ def main(argv=None) -> dict:
         "--output_dir", str(few_teacher_dir), "--dataset_name", str(labeled_dir), *image_size, *few_teacher_steps, *flags,
     ])  # fmt: skip
     few_student = ["--dataset_name", str(labeled_dir), "--teacher_name_or_path", str(few_teacher_dir), *embedded_student,
-                   *steps, *flags]  # fmt: skip
+                   *steps, *student_flags]  # fmt: skip
     results.update(run_side_by_side({
         "few_labels_alone": ("(b) 10% labels: DeiT student, labels alone",
                              ["--output_dir", str(few / "deit_alone"), "--distillation_type", "none", *few_student]),
@@ -137,7 +142,8 @@ def main(argv=None) -> dict:
 
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(summary_table(results))
-    print(f"\nModels, cards and metrics are in {out}/ (results.json has every number).")
+    curves = plot_curves(results, out / "learning_curves.png")
+    print(f"\nLearning curves: {curves}. Models, cards and metrics are in {out}/ (results.json has every number).")
     return results
 
 
@@ -149,6 +155,28 @@ ROWS = (
     ("few_labels_alone", "(b) DeiT, 10% of the labels alone"),
     ("few_labels_pool", "(b) DeiT, 10% of the labels + the other 90% unlabelled (teacher)"),
 )
+STUDENTS = ("deit_none", "deit_hard", "few_labels_alone", "few_labels_pool")
+
+
+def curve_panels(results: dict) -> tuple[dict, dict]:
+    """The main job's learning curves: a panel per comparison with its two students' curves, and its teacher's
+    final top-1 as a reference line."""
+    panels, references = {}, {}
+    for panel, teacher, students in (("(a) all labels", "teacher", ("deit_none", "deit_hard")),
+                                     ("(b) 10% of the labels", "few_teacher", ("few_labels_alone", "few_labels_pool"))):
+        labels = dict(ROWS)
+        panels[panel] = {labels[name].removeprefix(panel[:4]): results[name]["learning_curve"] for name in students}
+        references[panel] = {"CNN teacher": results[teacher]["eval_accuracy"]}
+    return panels, references
+
+
+def plot_curves(results: dict, path: Path) -> Path:
+    share = sum(results[name]["curve_evaluation_seconds"] for name in STUDENTS) / sum(
+        results[name]["train_runtime"] for name in STUDENTS)
+    title = (f"Validation top-1 of the averaged heads during training (the evaluations took {share:.1%} of the "
+             "students' training time)")
+    panels, references = curve_panels(results)
+    return plot_learning_curves(panels, path, references, title=title)
 
 
 def summary_table(results: dict) -> str:

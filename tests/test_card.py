@@ -154,3 +154,37 @@ def test_the_teacher_card(tmp_path):
     assert "(`resnet`)" in text and "Classes (2): cat, dog" in text and "| average of both heads" not in text
     assert "75.00%" in text and "Final training loss: 0.3000" in text and "(10 images)" in text
     assert ModelCard.load(path).data.eval_results[0].metric_value == 0.75
+
+
+def test_the_card_carries_its_learning_curves_beside_the_per_head_table(tmp_path):
+    from PIL import Image
+
+    from hf_deit.card import LEARNING_CURVES_NAME, curve_data, write_learning_curves
+
+    log_history = [
+        {"loss": 2.0, "step": 10},
+        {"eval_accuracy": 0.5, "eval_cls_accuracy": 0.45, "eval_distillation_accuracy": 0.52,
+         "eval_teacher_accuracy": 0.95, "step": 20},
+        {"eval_accuracy": 0.8, "eval_cls_accuracy": 0.78, "eval_distillation_accuracy": 0.81,
+         "eval_teacher_accuracy": 0.95, "step": 40},
+    ]  # fmt: skip
+    curves, teacher = curve_data(log_history)
+    assert curves == {"average of both heads (`logits`)": [(20, 0.5), (40, 0.8)],
+                      "cls head (`cls_logits`)": [(20, 0.45), (40, 0.78)],
+                      "distillation head (`distillation_logits`)": [(20, 0.52), (40, 0.81)]}  # fmt: skip
+    assert teacher == 0.95
+
+    name = write_learning_curves(tmp_path, log_history, "deit-tiny-digits")
+    assert name == LEARNING_CURVES_NAME  # a name relative to the card: the Hub shows the picture beside it
+    with Image.open(tmp_path / name) as image:
+        assert image.format == "PNG" and image.width > 300
+    text = write_model_card(tmp_path, **full_card_fields(learning_curves=name)).read_text()
+    assert "### Learning curves" in text and f"]({LEARNING_CURVES_NAME})" in text
+    assert "| cls head (`cls_logits`) | 88.00% | 99.00% |" in text  # the per-head table stays
+    assert text.index("| output | top-1 accuracy") < text.index("### Learning curves")
+
+    # One evaluation is no curve: no picture, and no section pointing to one.
+    elsewhere = tmp_path / "one"
+    assert write_learning_curves(elsewhere, log_history[:2], "deit-tiny-digits") is None
+    assert not (elsewhere / LEARNING_CURVES_NAME).exists()
+    assert "Learning curves" not in build_model_card(**full_card_fields()).content

@@ -50,6 +50,8 @@ def test_quick_recipe_study_runs_both_arms_and_reports_the_difference_per_seed(t
     table = (tmp_path / "results.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| quick | hard+fmap |"))
     assert "(seeds 0, 1)" in row and row.count("/") >= 3  # per-seed accuracies and per-seed differences to none
+    with Image.open(tmp_path / "results.png") as plot:
+        assert plot.format == "PNG"
     with pytest.raises(SystemExit, match="Unknown rows"):
         module.main(["--output_dir", str(tmp_path), "--quick", "--rows", "nope"])
 
@@ -70,3 +72,43 @@ def test_sample_folders_have_the_described_classes_counts_and_formats(tmp_path):
     # Rebuilt with the same seed, the same images.
     again, _ = build_folder("photos", tmp_path / "again")
     assert (again / "rocket" / "3.png").read_bytes() == (tmp_path / "photos" / "train" / "rocket" / "3.png").read_bytes()
+
+
+def test_runs_in_parallel_show_progress_and_a_failed_run_is_named_with_its_log(tmp_path, capsys):
+    from experiment_common import run_in_parallel
+
+    runs = {"fails": ("train.py", ["--output_dir", str(tmp_path / "fails"), "--no_such_flag", "1"]),
+            "helps": ("train.py", ["--output_dir", str(tmp_path / "helps"), "--help"])}  # fmt: skip
+    with pytest.raises(SystemExit, match=r"(?s)fails failed \(exit [1-9]\d*\); the end of .*train\.log.*no_such_flag"):
+        run_in_parallel(runs)
+    shown = capsys.readouterr().out  # captured: not a terminal, so plain lines
+    assert "\r" not in shown and "\x1b" not in shown
+    assert "  fails  failed (exit " in shown and "  helps  done in " in shown
+    assert "--teacher_name_or_path" in (tmp_path / "helps" / "train.log").read_text()  # the other run finished
+
+
+def test_a_stage_in_this_process_prints_its_progress_among_its_logs(tmp_path, capsys, monkeypatch):
+    import time
+
+    import experiment_common
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from hf_deit.progress import progress_file_callback
+
+    monkeypatch.setattr(experiment_common, "PROGRESS_INTERVAL", 0.05)
+
+    def stage(argv):  # what a trainer does in a stage: the callback the environment asks for
+        callback = progress_file_callback()
+        args, state = TrainingArguments(output_dir=argv[1], report_to="none"), TrainerState(max_steps=8)
+        callback.on_train_begin(args, state, TrainerControl())
+        state.global_step = 4
+        callback.on_log(args, state, TrainerControl(), logs={"loss": 0.5})
+        time.sleep(0.5)
+        return {"eval_accuracy": 0.5}
+
+    metrics = experiment_common.run_stage("a stage", stage, ["--output_dir", str(tmp_path / "run")])
+    assert metrics["eval_accuracy"] == 0.5 and metrics["wall_seconds"] > 0
+    shown = capsys.readouterr().out
+    assert "=== a stage: --output_dir" in shown and "  run  [##########----------]  4/8   50%" in shown
+    assert "loss 0.5000" in shown and "\r" not in shown
+    assert experiment_common.PROGRESS_FILE_ENV not in __import__("os").environ  # restored after the stage

@@ -169,6 +169,34 @@ def test_main_job_quick_run_prints_the_side_by_side_table(tmp_path):
     assert any("loss_feature_map" in entry for entry in logged("few_labels/deit_pool"))
     assert not any("loss_feature_map" in entry for entry in logged("deit_none"))
 
+    # Piped (not a terminal): plain progress lines for every student, and no carriage returns (no third-party bars).
+    output = result.stdout + result.stderr
+    assert "\r" not in output and "\x1b[" not in output and "Saving the dataset" not in output
+    for student in ("deit_none", "deit_hard", "few_labels_alone", "few_labels_pool"):
+        assert any(line.startswith(f"  {student}  [####################]  2/2  100%  done in ")
+                   for line in result.stdout.splitlines()), student
+    assert result.stdout.count("[progress ") >= 2
+    # Learning curves: each student evaluated during training (--eval_steps 0.1 of 2 steps: steps 1 and 2), drawn
+    # for the job with the teachers' accuracy, and in each student's card.
+    for name in ("deit_none", "deit_hard", "few_labels_alone", "few_labels_pool"):
+        curve = results[name]["learning_curve"]
+        assert [step for step, _ in curve] == [1, 2] and curve[-1][1] == results[name]["eval_accuracy"]
+        assert results[name]["curve_evaluation_seconds"] > 0
+    import main_job
+
+    panels, references = main_job.curve_panels(results)
+    assert list(panels) == ["(a) all labels", "(b) 10% of the labels"]
+    assert panels["(a) all labels"]["DeiT, hard distillation + feature maps"] == results["deit_hard"]["learning_curve"]
+    assert references["(b) 10% of the labels"] == {"CNN teacher": results["few_teacher"]["eval_accuracy"]}
+    from PIL import Image
+
+    with Image.open(tmp_path / "learning_curves.png") as image:
+        assert image.format == "PNG" and image.width > 900
+    card = (tmp_path / "deit_hard" / "README.md").read_text()
+    assert "](learning_curves.png)" in card and "| distillation head (`distillation_logits`) |" in card
+    with Image.open(tmp_path / "deit_hard" / "learning_curves.png") as image:
+        assert image.format == "PNG"
+
 
 @pytest.mark.slow
 def test_experiment_script_quick_run_summarises_seeds(tmp_path):

@@ -10,6 +10,7 @@ and any value that looks like a Hugging Face token, are left out.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -31,6 +32,10 @@ HEADS = tuple(  # (row in the table, key prefix)
     (f"{name} (`{field}`)", prefix)
     for name, (field, prefix) in zip(("average of both heads", "cls head", "distillation head"), METRIC_HEADS)
 )
+# The learning curves' picture, saved beside the model and linked from the card by this relative name, so that the Hub
+# shows it with the card.
+LEARNING_CURVES_NAME = "learning_curves.png"
+logger = logging.getLogger(__name__)
 _SECRET_NAME = re.compile(r"token|secret|password|passwd|api_?key|credential|authorization", re.IGNORECASE)
 _SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 
@@ -179,6 +184,33 @@ def final_train_loss(log_history: list[dict]) -> str | None:
     if summaries:
         return f"{summaries[-1]['train_loss']:.4f} (mean over the run's {summaries[-1]['step']} steps)"
     return None
+
+
+def curve_data(log_history: list[dict]) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
+    """The learning curves a card shows, from a Trainer's log history: {head row: (step, top-1)} for each head the
+    evaluations logged, and the teacher's top-1 (its latest), or None without a teacher."""
+    from .plots import learning_curve
+
+    curves = {head: learning_curve(log_history, f"eval_{prefix}accuracy") for head, prefix in HEADS}
+    teacher = learning_curve(log_history, "eval_teacher_accuracy")
+    return {head: points for head, points in curves.items() if points}, teacher[-1][1] if teacher else None
+
+
+def write_learning_curves(output_dir, log_history: list[dict], model_name: str) -> str | None:
+    """Draws the validation top-1 of each head over the training steps, with the teacher's as a line, to
+    `output_dir/learning_curves.png`; returns its name for the card, or None when there is nothing to draw (fewer
+    than two evaluations: pass `--eval_strategy steps`) or no matplotlib (`pip install hf-deit[plots]`)."""
+    curves, teacher = curve_data(log_history)
+    if len(curves.get(HEADS[0][0], [])) < 2:
+        return None
+    from .plots import matplotlib_available, plot_learning_curves
+
+    if not matplotlib_available():
+        logger.info("No learning curves in the card: they need matplotlib (pip install hf-deit[plots]).")
+        return None
+    references = {model_name: {"teacher": teacher}} if teacher is not None else None
+    plot_learning_curves({model_name: curves}, Path(output_dir) / LEARNING_CURVES_NAME, references)
+    return LEARNING_CURVES_NAME
 
 
 def write_model_card(output_dir, **card_fields) -> Path:

@@ -21,6 +21,7 @@ from .losses import classification_loss
 from .metrics import make_compute_metrics  # noqa: F401  (also importable from here, where it used to live)
 from .objective import DistillationObjective
 from .preemption import StopOnSignal, shield_workers
+from .progress import progress_file_callback
 from .teacher import Teacher, TeacherForwardOutput
 from .teacher_check import check_teacher, eval_transform_of, which_head
 
@@ -103,6 +104,9 @@ class DeiTTrainerBase(Trainer):
         self.add_callback(LogAtLeastEvery())
         self.stop_on_signal = StopOnSignal()  # SIGTERM or Ctrl-C: finish the step, save, stop (hf_deit.preemption)
         self.add_callback(self.stop_on_signal)
+        progress = progress_file_callback()  # for a watching process, when asked (hf_deit.progress)
+        if progress is not None:
+            self.add_callback(progress)
         if self.args.world_size > 1:  # hf_deit.distributed
             release_group_at_exit(self)  # the scripts leave the group themselves; this is the safety net
             self.add_callback(PeerWatch(self.args.output_dir))  # a rank that dies alone ends the run, named
@@ -431,7 +435,7 @@ class DistillationTrainer(DeiTTrainerBase):
         """Writes README.md in `output_dir` from hf_deit's card template (`hf_deit.card.write_model_card`)."""
         if not self.is_world_process_zero():
             return
-        from .card import final_train_loss, write_model_card
+        from .card import final_train_loss, write_learning_curves, write_model_card
 
         eval_results = {}
         for entry in self.state.log_history:  # the latest evaluation wins
@@ -464,10 +468,12 @@ class DistillationTrainer(DeiTTrainerBase):
             "seed": args.seed,
         }
         kwargs.setdefault("final_train_loss", final_train_loss(self.state.log_history))
+        model_name = model_name or os.path.basename(os.path.normpath(args.output_dir))
+        kwargs.setdefault("learning_curves", write_learning_curves(args.output_dir, self.state.log_history, model_name))
         loss = self.distillation_loss
         write_model_card(
             output_dir=args.output_dir,
-            model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
+            model_name=model_name,
             eval_results=eval_results,
             dataset_name=dataset,
             teacher_name=self.teacher_name if loss.needs_teacher else None,
