@@ -21,6 +21,7 @@ because importing those modules costs seconds of torch.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import os
 import re
@@ -98,7 +99,7 @@ def flags_from_json(path: str) -> dict[str, str]:
 DATA_FLAGS = ("dataset_name", "train_dir", "validation_dir", "max_train_samples", "max_eval_samples", "train_val_split")
 AUGMENTATION_FLAGS = ("preset", "image_size", "rand_augment", "hflip", "reprob", "mixup_prob", "mixup_switch_prob",
                       "scale_min", "crop_pct", "mixup", "cutmix")  # fmt: skip
-TRAINING_FLAGS = ("output_dir", "resume_from_checkpoint", "repeated_augmentation")
+TRAINING_FLAGS = ("output_dir", "resume_from_checkpoint", "repeated_augmentation", "report_to")
 DISTILLATION_FLAGS = (
     "teacher_name_or_path", "teacher_image_size", "distillation_type", "distillation_alpha", "distillation_tau",
     "attention_distillation_weight", "attention_distillation_token", "attention_distillation_loss",
@@ -427,7 +428,22 @@ def check_training(given: dict) -> list[str]:
     repeats = _int(given, "repeated_augmentation", problems)
     if repeats is not None and repeats < 1:
         problems.append(f"--repeated_augmentation {repeats}: give 1 (off) or more copies of each image per epoch.")
+    tracker = given.get("report_to")
+    if tracker in TRACKER_PACKAGES and not any(_installed(name) for name in TRACKER_PACKAGES[tracker]):
+        problems.append(f"--report_to {tracker}: {TRACKER_PACKAGES[tracker][0]} is not installed. Install it with "
+                        "pip install 'hf-deit[tracking]' (or pip install -e '.[tracking]' in a clone).")
     return problems
+
+
+# The trackers the README shows, and the packages transformers' callbacks for them import (either will do).
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",)}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # a module set to None in sys.modules: not importable
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------------
