@@ -21,7 +21,8 @@ DATA = ["--dataset_name", "digits", "--image_size", "16", "--max_train_samples",
 TINY_RUN = [*DATA, "--max_steps", "4", "--logging_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2"]
 # Every loss term by name, the learning rate, each head's accuracy and the teacher's agreement with the student.
 LOGGED = {"train/loss", "train/loss_cls", "train/loss_distillation", "train/learning_rate", "eval/accuracy",
-          "eval/cls_accuracy", "eval/distillation_accuracy", "eval/teacher_accuracy", "eval/teacher_agreement"}  # fmt: skip
+          "eval/cls_accuracy", "eval/distillation_accuracy", "eval/teacher_accuracy",
+          "eval/teacher_agreement"}  # fmt: skip
 EVALUATIONS = 3  # at steps 2 and 4, and the one after training
 
 
