@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import ResNetConfig, ResNetForImageClassification
 
-from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
+from hf_deit import DistilledDeiTForImageClassification
 from hf_deit.image_processing import deit_image_processor
 from hf_deit_inputs import InputError
 
@@ -39,30 +38,8 @@ def digit_image(index: int = 0, size: int = 32) -> Image.Image:
     return Image.fromarray(pixels.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
 
 
-@pytest.fixture(scope="module")
-def saved_models(tmp_path_factory) -> tuple[Path, Path]:
-    """An untrained tiny distilled DeiT and ResNet teacher on the ten digits, saved as train.py saves them."""
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    labels = dict(num_labels=10, id2label=dict(enumerate(DIGITS)), label2id={name: i for i, name in enumerate(DIGITS)})
-    student = DistilledDeiTForImageClassification(
-        DistilledDeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            **labels)  # fmt: skip
-    )
-    processor = deit_image_processor(32, crop_pct=1.0)
-    student.save_pretrained(root / "student")
-    processor.save_pretrained(root / "student")
-    teacher = ResNetForImageClassification(
-        ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
-                     downsample_in_first_stage=False, **labels)  # fmt: skip
-    )
-    teacher.save_pretrained(root / "teacher")
-    processor.save_pretrained(root / "teacher")
-    return root / "student", root / "teacher"
-
-
-def test_prediction_gives_each_heads_top5_the_teachers_and_the_token_attention_over_the_image(saved_models):
-    student, teacher = saved_models
+def test_prediction_gives_each_heads_top5_the_teachers_and_the_token_attention_over_the_image(model_folders):
+    student, teacher = model_folders
     demo = DemoModel.load(str(student), teacher=str(teacher))
     prediction = demo.predict(digit_image())
 
@@ -86,8 +63,8 @@ def test_prediction_gives_each_heads_top5_the_teachers_and_the_token_attention_o
         assert np.abs(pixels[..., 0] - pixels[..., 2]).max() > 50  # the map is drawn in colour over the grey image
 
 
-def test_without_a_teacher_the_page_shows_the_three_heads(saved_models):
-    student, _ = saved_models
+def test_without_a_teacher_the_page_shows_the_three_heads(model_folders):
+    student, _ = model_folders
     assert list(DemoModel.load(str(student)).predict(digit_image()).heads) == list(HEADS.values())
 
 
@@ -104,8 +81,8 @@ def test_an_image_that_cannot_be_read_is_named_with_what_to_drop_instead(tmp_pat
     assert read_image(tmp_path / "clear.png").mode == "RGB"  # transparency over white, as the training data
 
 
-def test_a_folder_that_is_not_a_model_says_what_it_lacks(saved_models, tmp_path):
-    student, teacher = saved_models
+def test_a_folder_that_is_not_a_model_says_what_it_lacks(model_folders, tmp_path):
+    student, teacher = model_folders
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="without config.json, so not a saved model"):
         DemoModel.load(str(tmp_path / "empty"))
@@ -131,13 +108,13 @@ def setup_cfg_requirements() -> set[str]:
     return names - {"gradio"}  # a Space installs gradio itself, at its README's sdk_version
 
 
-def test_write_space_writes_the_app_its_requirements_card_and_model_files(saved_models, tmp_path):
+def test_write_space_writes_the_app_its_requirements_card_and_model_files(model_folders, tmp_path):
     import gradio
     from huggingface_hub import SpaceCard
 
     import hf_deit.demo
 
-    student, teacher = saved_models
+    student, teacher = model_folders
     space = write_space(tmp_path / "space", str(student), teacher=str(teacher))
 
     card = SpaceCard.load(space / "README.md").data
@@ -163,7 +140,7 @@ def test_write_space_writes_the_app_its_requirements_card_and_model_files(saved_
     assert [path.name for path in tmp_path.iterdir()] == ["space"]  # and no half-written folder was left
 
 
-def test_a_space_for_a_model_on_the_hub_names_it(saved_models, tmp_path, monkeypatch):
+def test_a_space_for_a_model_on_the_hub_names_it(model_folders, tmp_path, monkeypatch):
     from huggingface_hub import SpaceCard
 
     monkeypatch.delenv("HF_HUB_OFFLINE")  # nothing is downloaded: the Space names the model, and loads it when it runs
@@ -218,10 +195,10 @@ def serving(command: list[str], port: int, env: dict, log: Path, cwd: Path | Non
 
 
 @pytest.mark.slow
-def test_the_space_app_serves_the_same_predictions_over_gradios_api(saved_models, tmp_path):
+def test_the_space_app_serves_the_same_predictions_over_gradios_api(model_folders, tmp_path):
     from gradio_client import Client, handle_file
 
-    student, teacher = saved_models
+    student, teacher = model_folders
     space = write_space(tmp_path / "space", str(student), teacher=str(teacher))
     digit_image().save(tmp_path / "digit.png")
     expected = DemoModel.load(str(student), teacher=str(teacher)).predict(digit_image())
