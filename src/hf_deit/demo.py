@@ -100,8 +100,6 @@ class DemoModel:
         """`model`: a folder that save_pretrained wrote (with preprocessor_config.json) or a Hub id; `teacher`: any
         classifier `hf_deit.teacher.Teacher.load` takes. Bad inputs raise `hf_deit_inputs.InputError` naming the fix."""
         check_demo_inputs(model, teacher)
-        import hf_deit  # noqa: F401  (registers the distilled DeiT with the Auto classes)
-
         loaded = AutoModelForImageClassification.from_pretrained(
             model, trust_remote_code=trust_remote_code, attn_implementation="eager"  # eager: attention weights
         )
@@ -253,9 +251,9 @@ def write_space(folder: str | os.PathLike, model: str, teacher: str | None = Non
         model_ref = _place_model(model, staging / "model")
         teacher_ref = _place_model(teacher, staging / "teacher") if teacher else None
         (staging / "app.py").write_text(_app_source(model_ref, teacher_ref))
-        (staging / "requirements.txt").write_text(
-            "\n".join(f"{name}=={importlib.metadata.version(name)}" for name in SPACE_REQUIREMENTS) + "\n"
-        )
+        # Local version labels (torch's "+cpu") name builds that PyPI does not serve.
+        versions = {name: importlib.metadata.version(name).split("+")[0] for name in SPACE_REQUIREMENTS}
+        (staging / "requirements.txt").write_text("".join(f"{name}=={version}\n" for name, version in versions.items()))
         hub_ids = [ref for ref in (model_ref, teacher_ref) if ref and not ref.startswith("./")]
         data = SpaceCardData(
             title=title or f"{os.path.basename(os.path.normpath(model))} (distilled DeiT)",
