@@ -20,11 +20,19 @@ from PIL import Image
 
 from hf_deit import DistilledDeiTForImageClassification
 from hf_deit.image_processing import deit_image_processor
-from hf_deit_inputs import InputError
+from hf_deit_inputs import InputError, check_demo_inputs
 
 pytest.importorskip("gradio", reason="the demo extra (pip install -e '.[demo]') is not installed")
 
-from hf_deit.demo import HEADS, TEACHER_TITLE, DemoModel, UnreadableImageError, read_image, write_space  # noqa: E402
+from hf_deit.demo import (  # noqa: E402
+    HEADS,
+    TEACHER_TITLE,
+    DemoModel,
+    UnreadableImageError,
+    build_app,
+    read_image,
+    write_space,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = [str(digit) for digit in range(10)]
@@ -68,6 +76,17 @@ def test_without_a_teacher_the_page_shows_the_three_heads(model_folders):
     assert list(DemoModel.load(str(student)).predict(digit_image()).heads) == list(HEADS.values())
 
 
+def test_without_gradio_the_page_names_the_extra_to_install_and_predictions_still_work(model_folders, monkeypatch):
+    student, _ = model_folders
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if the demo extra were not installed
+    with pytest.raises(InputError, match=r"The demo page needs gradio: pip install 'hf-deit\[demo\]'"):
+        check_demo_inputs(str(student))
+    demo = DemoModel.load(str(student))
+    assert len(demo.predict(digit_image()).heads) == 3
+    with pytest.raises(ImportError, match=r"needs gradio: pip install 'hf-deit\[demo\]'"):
+        build_app(demo)
+
+
 def test_an_image_that_cannot_be_read_is_named_with_what_to_drop_instead(tmp_path):
     (tmp_path / "notes.png").write_bytes(b"not an image at all")
     with pytest.raises(UnreadableImageError, match=r"^notes\.png cannot be read as an image .*Drop a PNG, JPEG"):
@@ -108,14 +127,17 @@ def setup_cfg_requirements() -> set[str]:
     return names - {"gradio"}  # a Space installs gradio itself, at its README's sdk_version
 
 
-def test_write_space_writes_the_app_its_requirements_card_and_model_files(model_folders, tmp_path):
+def test_write_space_writes_the_app_its_requirements_card_and_model_files(model_folders, tmp_path, capsys):
+    import demo as demo_script  # scripts/demo.py
     import gradio
     from huggingface_hub import SpaceCard
 
     import hf_deit.demo
 
     student, teacher = model_folders
-    space = write_space(tmp_path / "space", str(student), teacher=str(teacher))
+    space = tmp_path / "space"
+    demo_script.main([str(student), "--teacher", str(teacher), "--write_space", str(space)])
+    assert f"Wrote the Space to {space}" in capsys.readouterr().out
 
     card = SpaceCard.load(space / "README.md").data
     assert (card.sdk, card.sdk_version, card.app_file) == ("gradio", gradio.__version__, "app.py")

@@ -99,7 +99,7 @@ class DemoModel:
     def load(cls, model: str, teacher: str | None = None, trust_remote_code: bool = False) -> "DemoModel":
         """`model`: a folder that save_pretrained wrote (with preprocessor_config.json) or a Hub id; `teacher`: any
         classifier `hf_deit.teacher.Teacher.load` takes. Bad inputs raise `hf_deit_inputs.InputError` naming the fix."""
-        check_demo_inputs(model, teacher)
+        check_demo_inputs(model, teacher, page=False)
         loaded = AutoModelForImageClassification.from_pretrained(
             model, trust_remote_code=trust_remote_code, attn_implementation="eager"  # eager: attention weights
         )

@@ -226,11 +226,13 @@ MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pyto
                       "pytorch_model.bin.index.json")  # fmt: skip
 
 
-def check_demo_inputs(model: str, teacher: Optional[str] = None, space_dir: Optional[str] = None) -> None:
-    """`scripts/demo.py`'s inputs, also checked by `hf_deit.demo.DemoModel.load`: gradio installed; `model` a
-    distilled DeiT saved with its image processor (a folder, or a Hub id); `teacher` a saved classifier (folder,
-    weights file or Hub id); `space_dir` (the Space folder to write) new or empty, so that nothing is overwritten."""
-    problems = [] if _installed("gradio") else [f"The demo page needs gradio: {DEMO_INSTALL_HINT}."]
+def check_demo_inputs(model: str, teacher: Optional[str] = None, space_dir: Optional[str] = None,
+                      page: bool = True) -> None:
+    """`scripts/demo.py`'s inputs, also checked by `hf_deit.demo.DemoModel.load` (`page=False`: predictions alone need
+    no gradio): gradio installed; `model` a distilled DeiT saved with its image processor (a folder, or a Hub id);
+    `teacher` a saved classifier (folder, weights file or Hub id); `space_dir` (the Space folder to write) new or
+    empty, so that nothing is overwritten."""
+    problems = [] if not page or _installed("gradio") else [f"The demo page needs gradio: {DEMO_INSTALL_HINT}."]
     if os.path.isfile(os.path.expanduser(model)):
         problems.append(f"model {model} is a file: the demo loads the folder that save_pretrained wrote (config.json, "
                         "model.safetensors, preprocessor_config.json); scripts/convert_checkpoint.py turns a "
