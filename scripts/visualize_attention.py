@@ -51,18 +51,11 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from datasets import Image as ImageFeature  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
 import hf_deit  # noqa: E402, F401  (registers the distilled DeiT with the Auto classes)
-from hf_deit.attention_maps import (  # noqa: E402
-    CLS_TOKEN,
-    DISTILLATION_TOKEN,
-    grid_for,
-    rollout_map,
-    token_attention_map,
-)
+from hf_deit.attention_maps import distilled_deit_maps, relative_heat  # noqa: E402
 from hf_deit.checkpointing import RUN_SETTINGS_NAME  # noqa: E402
 from hf_deit.data import decode_image, load_image_classification_dataset, to_rgb  # noqa: E402
 from hf_deit.teacher import Teacher  # noqa: E402
@@ -115,21 +108,6 @@ def panel_title(true_label: "str | None", predicted: str, probability: float) ->
     return f"true {true_label}{'' if true_label == predicted else ' (wrong)'}\n{prediction}"
 
 
-def student_maps(model, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Last-layer and rollout maps of the cls and dist tokens, `(batch, rows, columns)` each."""
-    with torch.no_grad():
-        attentions = model(pixel_values, output_attentions=True).attentions
-    patch_size = model.config.patch_size
-    patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-    grid = grid_for(attentions[-1].shape[-1] - 2, pixel_values.shape[-2:], patch_size)
-    return {
-        "cls, last layer": token_attention_map(attentions[-1:], grid, CLS_TOKEN, num_prefix_tokens=2),
-        "dist, last layer": token_attention_map(attentions[-1:], grid, DISTILLATION_TOKEN, num_prefix_tokens=2),
-        "cls, rollout": rollout_map(attentions, grid, CLS_TOKEN),
-        "dist, rollout": rollout_map(attentions, grid, DISTILLATION_TOKEN),
-    }
-
-
 def teacher_map(teacher_name: str, pixel_values: torch.Tensor, processor, trust_remote_code: bool) -> torch.Tensor:
     teacher = Teacher.load(teacher_name, student_mean=processor.image_mean, student_std=processor.image_std,
                            trust_remote_code=trust_remote_code, attention_maps=True)  # fmt: skip
@@ -138,15 +116,12 @@ def teacher_map(teacher_name: str, pixel_values: torch.Tensor, processor, trust_
 
 def overlay(figure, axis, image: np.ndarray, attention: torch.Tensor, title: str) -> None:
     """The image in grey with the map, upsampled to the image and scaled to [0, 1], on top, with its colour scale."""
-    height, width = image.shape[:2]
-    heat = F.interpolate(attention[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
     axis.imshow(image.mean(axis=-1), cmap="gray")
-    spread = heat.max() - heat.min()
-    if spread <= 1e-6 * heat.abs().max().clamp(min=1e-12):
-        # A constant map (a CNN whose last stage is 1x1 at this size): nothing to show, and scaling would paint noise.
+    heat = relative_heat(attention, image.shape[:2])
+    if heat is None:
         title += f" ({attention.shape[-2]}x{attention.shape[-1]}: uniform)"
     else:
-        shown = axis.imshow(((heat - heat.min()) / spread).numpy(), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+        shown = axis.imshow(heat.numpy(), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
         scale = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1])
         scale.ax.tick_params(labelsize=6)
         scale.set_label("relative attention", fontsize=6)
@@ -167,11 +142,10 @@ def main(argv=None) -> list[str]:
     processor = AutoImageProcessor.from_pretrained(args.model)
     named_images = load_images(args)
     pixel_values = processor([image for _, image, _ in named_images], return_tensors="pt")["pixel_values"]
-    maps = student_maps(model, pixel_values)
+    outputs, maps = distilled_deit_maps(model, pixel_values)
     if args.teacher_name_or_path:
         maps["teacher"] = teacher_map(args.teacher_name_or_path, pixel_values, processor, args.trust_remote_code)
-    with torch.no_grad():
-        probabilities, predictions = model(pixel_values).logits.float().softmax(-1).max(-1)
+    probabilities, predictions = outputs.logits.float().softmax(-1).max(-1)
 
     # What the model saw, back in [0, 1] for display.
     mean = torch.tensor(processor.image_mean)[:, None, None]

@@ -49,3 +49,33 @@ def tiny_config():
     from hf_deit import DistilledDeiTConfig
 
     return DistilledDeiTConfig(**TINY_CONFIG, drop_path_rate=0.0)
+
+
+@pytest.fixture(scope="session")
+def model_folders(tmp_path_factory):
+    """An untrained tiny distilled DeiT (32 px, 4 px patches) and ResNet teacher on the ten digits, each saved with
+    its image processor as the training scripts save them: (student folder, teacher folder)."""
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
+    from hf_deit.image_processing import deit_image_processor
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    names = [str(d) for d in range(10)]
+    labels = dict(num_labels=10, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    student = DistilledDeiTForImageClassification(
+        DistilledDeiTConfig(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            **labels)  # fmt: skip
+    )
+    processor = deit_image_processor(32, crop_pct=1.0)
+    student.save_pretrained(root / "student")
+    processor.save_pretrained(root / "student")
+    teacher = ResNetForImageClassification(
+        ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
+                     downsample_in_first_stage=False, **labels)  # fmt: skip
+    )
+    teacher.save_pretrained(root / "teacher")
+    processor.save_pretrained(root / "teacher")
+    return root / "student", root / "teacher"

@@ -184,6 +184,7 @@ def test_the_mirrored_constants_match_the_package():
     ("train.py", ["--model_name_or_path", "tinny"], "Did you mean 'tiny'?"),
     ("train.py", ["--teacher_name_or_path", "./teacher", "--distillation_type", "bogus"], "2 problems"),
     ("train_teacher.py", ["--architecture", "resnt"], "did you mean resnet?"),
+    ("demo.py", ["no/such/folder"], "no such folder"),
 ])  # fmt: skip
 def test_scripts_answer_in_well_under_two_seconds_before_importing_torch(tmp_path, script, argv, expected):
     """Timed in CPU seconds of the child (the machine may be busy): torch alone costs more than the budget."""

@@ -6,7 +6,6 @@ import os
 import pytest
 import torch
 from PIL import Image
-from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
 from hf_deit.image_processing import deit_image_processor
@@ -20,28 +19,6 @@ def load_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def model_folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    names = [str(d) for d in range(10)]
-    labels = dict(num_labels=10, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    student = DistilledDeiTForImageClassification(
-        DistilledDeiTConfig(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            **labels)  # fmt: skip
-    )
-    processor = deit_image_processor(32, crop_pct=1.0)
-    student.save_pretrained(root / "student")
-    processor.save_pretrained(root / "student")
-    teacher = ResNetForImageClassification(
-        ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
-                     downsample_in_first_stage=False, **labels)  # fmt: skip
-    )
-    teacher.save_pretrained(root / "teacher")
-    processor.save_pretrained(root / "teacher")
-    return root / "student", root / "teacher"
 
 
 def assert_png(path, min_width):

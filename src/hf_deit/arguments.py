@@ -7,6 +7,8 @@ recipe's defaults live here, in one place, and `DeiTTrainingArguments` only chan
 import json
 import logging
 import math
+import os
+import time
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Optional
@@ -187,6 +189,11 @@ class DeiTTrainingArguments(TrainingArguments):
             self.learning_rate = 0.0  # provisional: set below, once TrainingArguments knows the world size
         if self.lr_scheduler_type == "cosine_with_min_lr" and not self.lr_scheduler_kwargs:
             self.lr_scheduler_kwargs = {"min_lr": MIN_LEARNING_RATE}  # the paper's floor
+        if self.run_name is None:
+            # Trackio closes its run when training ends and opens one by this name for the evaluation after it; left
+            # unnamed, that evaluation landed in a second run under a random name.
+            folder = os.path.basename(os.path.normpath(self.output_dir or "run"))
+            self.run_name = f"{folder}-{time.strftime('%Y%m%d-%H%M%S')}"
         super().__post_init__()
         if not self._learning_rate_given:  # the paper's rule; resolve_learning_rate sizes it to the data
             self.learning_rate = BASE_LEARNING_RATE * self._global_batch_size() / BASE_BATCH_SIZE

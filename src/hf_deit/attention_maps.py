@@ -14,6 +14,12 @@ CNNs (ResNet, RegNet, ConvNeXt, ... from transformers)
     activation_attention_map(features)
         Attention transfer (Zagoruyko & Komodakis, 2017): the channel-wise mean of squared activations of a stage.
 
+Our distilled DeiT, for figures and the demo page
+    distilled_deit_maps(model, pixel_values)
+        One forward pass: its outputs, and the cls and dist tokens' maps in the last layer and by rollout.
+    relative_heat(attention, size)
+        A map upsampled to the image and scaled to [0, 1] for drawing over it (None when it is constant).
+
 A teacher's map, features and stage outputs, from the forward pass that gives its logits: `hf_deit.teacher.Teacher`.
 """
 
@@ -22,6 +28,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CLS_TOKEN, DISTILLATION_TOKEN = 0, 1
@@ -100,6 +107,38 @@ def rollout_map(
     rollout = attention_rollout(attentions, residual_weight)
     num_patches = grid[0] * grid[1]
     return rollout[:, token_index, -num_patches:].reshape(-1, *grid)
+
+
+def distilled_deit_maps(model: nn.Module, pixel_values: torch.Tensor) -> tuple:
+    """`(outputs, maps)` of one forward pass of a distilled DeiT loaded with eager attention (the others return no
+    weights): its output (logits of both heads) and, by title, the cls and dist tokens' maps `(batch, rows, columns)`
+    in the last layer (mean over heads) and by attention rollout (all layers)."""
+    with torch.no_grad():
+        outputs = model(pixel_values, output_attentions=True)
+    attentions = outputs.attentions
+    if not attentions or attentions[-1] is None:
+        raise ValueError("The model returned no attention weights: load it with attn_implementation=\"eager\".")
+    patch_size = model.config.patch_size
+    patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    prefix = DISTILLATION_TOKEN + 1  # the cls and dist tokens come before the patches
+    grid = grid_for(attentions[-1].shape[-1] - prefix, pixel_values.shape[-2:], patch_size)
+    maps = {
+        "cls, last layer": token_attention_map(attentions[-1:], grid, CLS_TOKEN, num_prefix_tokens=prefix),
+        "dist, last layer": token_attention_map(attentions[-1:], grid, DISTILLATION_TOKEN, num_prefix_tokens=prefix),
+        "cls, rollout": rollout_map(attentions, grid, CLS_TOKEN),
+        "dist, rollout": rollout_map(attentions, grid, DISTILLATION_TOKEN),
+    }
+    return outputs, maps
+
+
+def relative_heat(attention: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
+    """One `(rows, columns)` map upsampled (bilinear) to `size` (height, width) and scaled to [0, 1], to draw over the
+    image; None for a constant map (a CNN whose last stage is 1x1 at this size), where scaling would paint noise."""
+    heat = F.interpolate(attention[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    spread = heat.max() - heat.min()
+    if spread <= 1e-6 * heat.abs().max().clamp(min=1e-12):
+        return None
+    return (heat - heat.min()) / spread
 
 
 def activation_attention_map(features: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ only, so that a mistyped path, name or choice is answered in a fraction of a sec
 
 from .checks import (
     InputError,
+    check_demo_inputs,
     check_evaluate_command_line,
     check_teacher_command_line,
     check_train_command_line,
@@ -24,6 +25,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ClassFolders",
     "InputError",
+    "check_demo_inputs",
     "check_evaluate_command_line",
     "check_teacher_command_line",
     "check_train_command_line",

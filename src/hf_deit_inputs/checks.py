@@ -21,6 +21,7 @@ because importing those modules costs seconds of torch.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import os
 import re
@@ -98,7 +99,7 @@ def flags_from_json(path: str) -> dict[str, str]:
 DATA_FLAGS = ("dataset_name", "train_dir", "validation_dir", "max_train_samples", "max_eval_samples", "train_val_split")
 AUGMENTATION_FLAGS = ("preset", "image_size", "rand_augment", "hflip", "reprob", "mixup_prob", "mixup_switch_prob",
                       "scale_min", "crop_pct", "mixup", "cutmix")  # fmt: skip
-TRAINING_FLAGS = ("output_dir", "resume_from_checkpoint", "repeated_augmentation")
+TRAINING_FLAGS = ("output_dir", "resume_from_checkpoint", "repeated_augmentation", "report_to")
 DISTILLATION_FLAGS = (
     "teacher_name_or_path", "teacher_image_size", "distillation_type", "distillation_alpha", "distillation_tau",
     "attention_distillation_weight", "attention_distillation_token", "attention_distillation_loss",
@@ -217,6 +218,53 @@ def check_visualize_inputs(values: dict) -> None:
         problems += _check_recorded_data(values["model"])
     if problems:
         raise InputError(problems)
+
+
+DEMO_INSTALL_HINT = "pip install 'hf-deit[demo]' (or pip install -e '.[demo]' in a clone)"
+# What a folder that save_pretrained wrote holds as weights (one file, or an index of shards).
+MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")  # fmt: skip
+
+
+def check_demo_inputs(model: str, teacher: Optional[str] = None, space_dir: Optional[str] = None,
+                      page: bool = True) -> None:
+    """`scripts/demo.py`'s inputs, also checked by `hf_deit.demo.DemoModel.load` (`page=False`: predictions alone need
+    no gradio): gradio installed; `model` a distilled DeiT saved with its image processor (a folder, or a Hub id);
+    `teacher` a saved classifier (folder, weights file or Hub id); `space_dir` (the Space folder to write) new or
+    empty, so that nothing is overwritten."""
+    problems = [] if not page or _installed("gradio") else [f"The demo page needs gradio: {DEMO_INSTALL_HINT}."]
+    if os.path.isfile(os.path.expanduser(model)):
+        problems.append(f"model {model} is a file: the demo loads the folder that save_pretrained wrote (config.json, "
+                        "model.safetensors, preprocessor_config.json); scripts/convert_checkpoint.py turns a "
+                        "checkpoint file into one.")  # fmt: skip
+    else:
+        found = check_saved_model("model", model)
+        problems += found or (_check_demo_model_folder(model) if os.path.isdir(os.path.expanduser(model)) else [])
+    if teacher:
+        problems += check_saved_model("--teacher", teacher, role="teacher")
+    if space_dir and os.path.exists(space_dir) and (not os.path.isdir(space_dir) or os.listdir(space_dir)):
+        problems.append(f"--write_space {space_dir} exists and is not an empty folder: pass a new or empty folder "
+                        "(nothing there is overwritten).")  # fmt: skip
+    if problems:
+        raise InputError(problems)
+
+
+def _check_demo_model_folder(model: str) -> list[str]:
+    folder = os.path.expanduser(model)
+    missing = []
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in MODEL_WEIGHT_FILES):
+        missing.append("weights (model.safetensors)")
+    if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+        missing.append("image processor (preprocessor_config.json)")
+    problems = []
+    if missing:
+        problems.append(f"model {model} has no {' and no '.join(missing)}: pass the folder that scripts/train.py "
+                        "wrote, which holds config.json, model.safetensors and preprocessor_config.json.")  # fmt: skip
+    model_type = _saved_config(model).get("model_type")
+    if model_type not in (None, "distilled_deit"):
+        problems.append(f"model {model} is a {model_type} model, not a distilled DeiT: the demo shows a distilled "
+                        "DeiT's class and distillation heads. (Another classifier can be its --teacher.)")  # fmt: skip
+    return problems
 
 
 RUN_SETTINGS_NAME = "run_settings.json"  # hf_deit.checkpointing.RUN_SETTINGS_NAME
@@ -427,7 +475,22 @@ def check_training(given: dict) -> list[str]:
     repeats = _int(given, "repeated_augmentation", problems)
     if repeats is not None and repeats < 1:
         problems.append(f"--repeated_augmentation {repeats}: give 1 (off) or more copies of each image per epoch.")
+    tracker = given.get("report_to")
+    if tracker in TRACKER_PACKAGES and not any(_installed(name) for name in TRACKER_PACKAGES[tracker]):
+        problems.append(f"--report_to {tracker}: {TRACKER_PACKAGES[tracker][0]} is not installed. Install it with "
+                        "pip install 'hf-deit[tracking]' (or pip install -e '.[tracking]' in a clone).")
     return problems
+
+
+# The trackers the README shows, and the packages transformers' callbacks for them import (either will do).
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",)}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # a module set to None in sys.modules: not importable
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -612,12 +675,18 @@ def _presets_hint(presets: Sequence[str]) -> str:
     return f", or a preset ({', '.join(presets)})" if presets else ""
 
 
-def _saved_config_size(name: str, key: str) -> Optional[int]:
+def _saved_config(name: str) -> dict:
+    """The config.json of a saved model folder, or {} when there is none to read."""
     try:
         with open(os.path.join(os.path.expanduser(name), "config.json")) as file:
-            size = json.load(file).get(key)
+            config = json.load(file)
     except (OSError, ValueError):
-        return None
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _saved_config_size(name: str, key: str) -> Optional[int]:
+    size = _saved_config(name).get(key)
     size = size[0] if isinstance(size, (list, tuple)) and size else size
     return size if isinstance(size, int) else None
 
