@@ -154,3 +154,17 @@ def test_the_teacher_card(tmp_path):
     assert "(`resnet`)" in text and "Classes (2): cat, dog" in text and "| average of both heads" not in text
     assert "75.00%" in text and "Final training loss: 0.3000" in text and "(10 images)" in text
     assert ModelCard.load(path).data.eval_results[0].metric_value == 0.75
+
+
+def test_both_scripts_cards_take_their_hyperparameters_from_the_same_table(tmp_path):
+    from hf_deit.arguments import DistillationConfig, TeacherTrainingArguments
+    from hf_deit.card import training_hyperparameters
+
+    common = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, gradient_accumulation_steps=2, report_to=[],
+                  use_cpu=True, bf16=False)  # fmt: skip
+    student = training_hyperparameters(DistillationConfig(**common, max_steps=5), num_processes=2)
+    assert student["total_train_batch_size"] == 32 and student["max_steps"] == 5 and "num_epochs" not in student
+    assert student["mixed_precision"] == "no" and student["optimizer"] == "adamw_torch_fused"
+    teacher = training_hyperparameters(TeacherTrainingArguments(**common), num_processes=1)
+    assert teacher.keys() == {*student.keys(), "num_epochs"} - {"max_steps"}
+    assert teacher["num_epochs"] == 10 and teacher["learning_rate"] == 2e-3 and teacher["total_train_batch_size"] == 16

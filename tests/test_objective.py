@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
 from hf_deit.arguments import DistillationConfig
 from hf_deit.objective import DistillationObjective
 from hf_deit.teacher import Teacher
+from hf_deit.terms import TERMS, DistillationTerm, TermLoss, register_term
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "objective_reference.json")
 NUM_LABELS = 4
@@ -115,6 +117,63 @@ def test_loss_and_terms_equal_the_recorded_values(case, tmp_path):
     for key, value in expected.items():
         # Recorded on the 2-core Xeon of the README; other CPUs may round the last bits of a matrix product apart.
         assert actual[key] == (value if isinstance(value, list) else pytest.approx(value, rel=1e-6, abs=1e-9)), key
+
+
+def test_each_term_says_what_it_needs_from_the_teacher(tmp_path):
+    settings = dict(attention_distillation_weight=1.0, feature_distillation_weight=1.0,
+                    feature_map_distillation_weight=1.0)  # fmt: skip
+    args = DistillationConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], **settings)
+    model = student()
+    objective = DistillationObjective.build(args, model, teacher(model.config))
+    assert objective.teacher_outputs(training=True) == {
+        "logits": ("logits",), "attention": ("attention_map",), "feature": ("features",), "feature_map": ("stage_maps",),
+    }  # fmt: skip
+    assert objective.teacher_outputs(training=False) == {"logits": ("logits",)}  # evaluation: DeiT's loss only
+    assert objective.teacher_request(True) == dict(attention_map=True, features=True, stage_maps=True)
+    assert objective.terms["feature_map"].stage == 1  # which of the teacher's stage maps it reads
+
+
+class LogitNormTerm(DistillationTerm):
+    """A toy term from outside the package: the distillation head's logits keep the teacher's norm."""
+
+    name = "logit_norm"
+    weight_field = "logit_norm_distillation_weight"
+    teacher_outputs = ("logits",)
+
+    @classmethod
+    def build(cls, args, student, teacher, probe):
+        return cls(args.logit_norm_distillation_weight) if args.logit_norm_distillation_weight > 0 else None
+
+    def read(self, student, outputs, captured, pixel_values):
+        return outputs.distillation_logits
+
+    def forward(self, batch):
+        value = (batch.signals[self.name].norm(dim=-1) - batch.teacher.logits.norm(dim=-1)).pow(2).mean()
+        return TermLoss(value, {"loss_logit_norm": value})
+
+
+@dataclass
+class ConfigWithLogitNorm(DistillationConfig):
+    logit_norm_distillation_weight: float = 0.0
+
+
+def test_a_term_added_from_outside_the_package_joins_the_objective(tmp_path):
+    settings = dict(distillation_type="soft", feature_map_distillation_weight=0.0)
+    register_term(LogitNormTerm)
+    try:
+        without = _as_floats(objective_values(tmp_path, settings, ConfigWithLogitNorm))
+        with_term = _as_floats(objective_values(tmp_path, {**settings, "logit_norm_distillation_weight": 0.25},
+                                                ConfigWithLogitNorm))  # fmt: skip
+        with pytest.raises(ValueError, match="logit_norm_distillation_weight=0.25 needs a teacher"):
+            DistillationObjective.build(ConfigWithLogitNorm(output_dir=str(tmp_path), distillation_type="none",
+                                                            logit_norm_distillation_weight=0.25), student())  # fmt: skip
+    finally:
+        TERMS.pop(LogitNormTerm.name)
+    assert with_term["term_names"] == [*without["term_names"], "loss_logit_norm"]
+    assert with_term["train_loss_logit_norm"] > 0
+    assert with_term["train_loss"] == pytest.approx(without["train_loss"] + 0.25 * with_term["train_loss_logit_norm"])
+    assert with_term["eval_loss"] == without["eval_loss"]  # a training term: evaluation is DeiT's loss alone
+    assert with_term["gradient_sum"] != without["gradient_sum"]
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
