@@ -6,9 +6,10 @@ mean in the logs and keeps stepping the optimizer: a run that diverged (learning
 teacher returning inf, a corrupt batch) goes on training on NaN weights for days while its logged loss looks fine.
 
 `NonFiniteLossGuard` records, on the device, which loss terms were not finite in the current optimizer step
-(`observe`, no host synchronisation), and `check` reads that flag once per optimizer step, after the backward pass and
-before `optimizer.step()` (Trainer's `on_pre_optimizer_step`): the bad update is never applied. Trainer already synchronises with the device once per
-micro-batch for its NaN filter, so the extra read costs nothing measurable (see the README's reliability section).
+(`observe`, no host synchronisation), and `check` reads that flag once per optimizer step, after the backward pass
+and before `optimizer.step()` (Trainer's `on_pre_optimizer_step`): the bad update is never applied. Trainer already
+synchronises with the device once per micro-batch for its NaN filter, so the extra read costs nothing measurable (see
+the README's reliability section).
 `DeiTTrainerBase` then saves a checkpoint of the last good state and raises `NonFiniteLossError`, which says at which
 step, in which loss term, where the checkpoint is and what usually causes it.
 """

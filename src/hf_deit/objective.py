@@ -26,7 +26,7 @@ from .configuration_distilled_deit import _pair
 from .data.mixup import LABELED_KEY
 from .losses import DistillationLoss
 from .terms import TERMS, DistillationTerm, TermBatch
-from .terms.feature_map import student_grid
+from .terms.base import student_grid
 
 
 @dataclass
@@ -142,7 +142,8 @@ class DistillationObjective(nn.Module):
         """The loss of one batch: `outputs` and `signals` from `student_forward`, `teacher` a `TeacherForwardOutput`
         (or None without a teacher). The training terms are added when `signals` carries what they read."""
         read = signals.read if signals is not None else {}
-        batch = TermBatch(outputs, labels, teacher, labeled, read, signals.grid if signals is not None else None)
+        batch = TermBatch(outputs=outputs, labels=labels, teacher=teacher, labeled=labeled, signals=read,
+                          grid=signals.grid if signals is not None else None)
         loss, logged = None, {}
         for term in self.terms.values():
             if term.training_only and term.name not in read:

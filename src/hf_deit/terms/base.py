@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..configuration_distilled_deit import _pair
+
 # The fields of the teacher's output a term may need (hf_deit.teacher.TeacherForwardOutput).
 TEACHER_OUTPUTS = ("logits", "attention_map", "features", "stage_maps")
 # The student's tokens before its patches: cls and dist.
@@ -113,6 +115,12 @@ def register_term(term_class: type[DistillationTerm]) -> type[DistillationTerm]:
                          f"{', '.join(TEACHER_OUTPUTS)}.")  # fmt: skip
     TERMS[term_class.name] = term_class
     return term_class
+
+
+def student_grid(config, pixel_values: torch.Tensor) -> tuple[int, int]:
+    """The student's patch grid for a batch of this size."""
+    patch_size = _pair(config.patch_size)
+    return pixel_values.shape[-2] // patch_size[0], pixel_values.shape[-1] // patch_size[1]
 
 
 def check_layers(name: str, layers, depth: int) -> None:

@@ -22,8 +22,7 @@ import torch.nn.functional as F
 
 from hf_deit_inputs.choices import SMALL_IMAGE_MAX_SIZE
 
-from ..configuration_distilled_deit import _pair
-from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers
+from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers, student_grid
 from .feature import FeatureProjection
 
 logger = logging.getLogger(__name__)
@@ -109,12 +108,6 @@ class FeatureMapTerm(DistillationTerm):
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, layers={self.layers}, stage={self.stage}"
-
-
-def student_grid(config, pixel_values: torch.Tensor) -> tuple[int, int]:
-    """The student's patch grid for a batch of this size."""
-    patch_size = _pair(config.patch_size)
-    return pixel_values.shape[-2] // patch_size[0], pixel_values.shape[-1] // patch_size[1]
 
 
 def _default_weight(args, teacher, probe: torch.Tensor):
