@@ -191,7 +191,7 @@ def test_every_choice_is_written_once():
 
 
 def test_a_setting_is_checked_by_the_same_rule_on_the_command_line_and_in_python(tmp_path):
-    from hf_deit.arguments import AugmentationArguments, DistillationConfig
+    from hf_deit.arguments import AugmentationArguments, DataArguments, DistillationConfig
 
     for name, value in (("distillation_alpha", "1.5"), ("distillation_type", "bogus"), ("feature_distillation_token",
                                                                                           "patch")):  # fmt: skip
@@ -204,6 +204,8 @@ def test_a_setting_is_checked_by_the_same_rule_on_the_command_line_and_in_python
             DistillationConfig(output_dir=str(tmp_path), report_to="none", **{name: typed})
     with pytest.raises(ValueError, match=r"rand_augment 11: give a magnitude from 0 to 10"):
         AugmentationArguments(rand_augment="11").resolved()
+    with pytest.raises(ValueError, match=r"labeled_fraction 0: give a number in \(0, 1\]"):
+        DataArguments(labeled_fraction=0)
     assert "rand_augment 11: give a magnitude from 0 to 10" in str(checks.check_augmentation({"rand_augment": "11"}))
 
 

@@ -119,6 +119,9 @@ class DataArguments:
                   "(train_teacher.py trains on that fraction only, the same images with the same --seed)."},
     )
 
+    def __post_init__(self):
+        choices.check(self, ("train_val_split", "labeled_fraction"))
+
 
 @dataclass
 class DeiTTrainingArguments(TrainingArguments):

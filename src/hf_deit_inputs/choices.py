@@ -36,8 +36,8 @@ DEFAULT_CROP_PCT = 0.875  # DeiT evaluates on a center crop of 224 / 256 of the 
 
 # The augmentation recipe's presets. "imagenet": the paper (its training defaults). "small_images": 28-32 px digits,
 # where the paper's crops would cut most of a digit away and mirror images are other symbols: crops keep >= 80% of
-# the area, no flips, no RandAugment, erasing, mixup or cutmix (the budgets these images get are short; measured in
-# the README's recipe study), and eval resizes the whole image. "cnn_from_scratch": a new CNN teacher on a small
+# the area, no flips, no RandAugment, erasing, mixup or cutmix (the budgets these images get are short: README, "Where
+# the defaults come from"), and eval resizes the whole image. "cnn_from_scratch": a new CNN teacher on a small
 # folder of larger images (train_teacher.py's default above 64 px): crops of at least a quarter of the image and
 # flips, nothing else; the paper's RandAugment, erasing and mixup/cutmix are for a ViT on ImageNet.
 AUGMENTATION_PRESETS = {
