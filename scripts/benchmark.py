@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Measure hf-deit against timm and transformers side by side (the measurements are in `benchmark_sections.py` beside it).
+"""Measure hf-deit against timm and transformers side by side (the measurements are in `benchmark_sections/`, one
+module per section).
 
     python scripts/benchmark.py --quick --output /tmp/bench            # seconds: tiny geometry, CI
     python scripts/benchmark.py --output benchmarks/cpu-2025-01-01      # the full CPU run (20-40 min on 2 cores)
@@ -11,7 +12,20 @@ import shlex
 import sys
 import time
 
-from benchmark_sections import SECTIONS, BenchmarkSettings, run_benchmark, to_markdown, write_report
+from benchmark_sections import compilation, data, flops, inference, profile, training
+from benchmark_sections.common import BenchmarkSettings
+from benchmark_sections.report import run_benchmark, to_markdown, write_report
+
+# The sections, in the order they run and appear in the report; a new one is a module of benchmark_sections and a
+# line here.
+SECTIONS = (
+    inference,
+    flops,
+    profile,
+    training,
+    data,
+    compilation,
+)
 
 
 def main(argv=None) -> dict:
@@ -23,7 +37,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-compile", action="store_true", help="Skip the torch.compile section.")
     parser.add_argument("--models", nargs="+", choices=["tiny", "small", "base"], help="Models to measure (override).")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16-autocast", "bf16"], help="Inference precisions.")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, help="Run only these sections (default: all).")
+    parser.add_argument("--sections", nargs="+", choices=[section.NAME for section in SECTIONS],
+                        help="Run only these sections (default: all).")
     parser.add_argument("--no-compiled-inference", action="store_true",
                         help="Leave out the compiled inference contenders (ours via optimize_for_inference, timm compiled).")
     args = parser.parse_args(argv)
@@ -52,11 +67,12 @@ def main(argv=None) -> dict:
     command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     results = run_benchmark(
         settings,
+        SECTIONS,
         log=lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True),
-        on_section=lambda partial: write_report(partial, output, command),  # a cut-short run keeps what it measured
+        on_section=lambda partial: write_report(partial, SECTIONS, output, command),  # a cut-short run keeps what it measured
     )
-    json_path, md_path = write_report(results, output, command)
-    print(to_markdown(results, command))
+    json_path, md_path = write_report(results, SECTIONS, output, command)
+    print(to_markdown(results, SECTIONS, command))
     print(f"wrote {json_path} and {md_path}")
     return results
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark_sections import build_ours, build_timm, build_transformers, interleave, summarize
+from benchmark_sections.common import build_ours, build_timm, build_transformers, interleave, summarize
 from hf_deit.export import LogitsOnly, export_onnx, onnx_session
 from hf_deit.inference import fastest_inference_precision, optimize_for_inference
 

@@ -30,7 +30,6 @@ from hf_deit.arguments import (  # noqa: E402
     DistillationConfig,
     ModelArguments,
     label_fields,
-    load_dataset_from_args,
     parse_config_overrides,
     student_config,
     train_argument_parser,
@@ -42,6 +41,7 @@ from hf_deit.data import (  # noqa: E402
     build_collator,
     build_eval_transform,
     build_train_transform,
+    load_dataset_from_args,
     load_unlabeled_images,
     split_labeled,
 )

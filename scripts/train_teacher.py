@@ -30,7 +30,6 @@ from hf_deit.arguments import (  # noqa: E402
     TeacherArguments,
     TeacherTrainingArguments,
     label_fields,
-    load_dataset_from_args,
     parse_config_overrides,
     teacher_argument_parser,
     teacher_augmentation_preset,
@@ -42,6 +41,7 @@ from hf_deit.data import (  # noqa: E402
     build_collator,
     build_eval_transform,
     build_train_transform,
+    load_dataset_from_args,
     split_labeled,
 )
 from hf_deit.card import (  # noqa: E402
@@ -49,6 +49,7 @@ from hf_deit.card import (  # noqa: E402
     data_card_fields,
     final_train_loss,
     kept_checkpoint,
+    training_hyperparameters,
     write_teacher_card,
 )
 from hf_deit.distributed import leave_process_group  # noqa: E402
@@ -73,8 +74,6 @@ def build_teacher(args: TeacherArguments, label_names: list[str]):
             **fields,
             **overrides,
         )
-    if args.architecture not in TEACHER_ARCHITECTURES:
-        raise ValueError(f"Unknown --architecture {args.architecture!r}; choose {', '.join(TEACHER_ARCHITECTURES)}.")
     config_fields = {**TEACHER_ARCHITECTURES[args.architecture], **overrides, **fields}
     config = AutoConfig.for_model(config_fields.pop("model_type"), **config_fields)
     return AutoModelForImageClassification.from_config(config)
@@ -99,10 +98,7 @@ def main(argv=None) -> dict:
             augmentation=augmentation_recipe(aug_args),
             final_train_loss=final_train_loss(trainer.state.log_history),
             checkpoint_kept=kept_checkpoint(trainer.state),
-            hyperparameters={"learning_rate": training_args.learning_rate, "seed": training_args.seed,
-                             "train_batch_size": training_args.per_device_train_batch_size,
-                             "num_epochs": training_args.num_train_epochs if training_args.max_steps <= 0 else None,
-                             "max_steps": training_args.max_steps if training_args.max_steps > 0 else None},
+            hyperparameters=training_hyperparameters(training_args, trainer.accelerator.num_processes),
             **data_card_fields(data_args, training_args.seed),
         )
         if push_to_hub:

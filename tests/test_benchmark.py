@@ -14,8 +14,11 @@ from hf_deit import DistilledDeiTForImageClassification
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # the benchmark is a tool beside the library, imported as the script does
 
-from benchmark_sections import BenchmarkSettings, check_targets, interleave, summarize  # noqa: E402
-from benchmark_sections import QUICK_GEOMETRY, _inference_entry, build_timm, compiled_contenders  # noqa: E402
+from benchmark import SECTIONS  # noqa: E402
+from benchmark_sections.common import QUICK_GEOMETRY, BenchmarkSettings, build_timm, compiled_contenders  # noqa: E402
+from benchmark_sections.common import interleave, summarize  # noqa: E402
+from benchmark_sections.inference import _inference_entry  # noqa: E402
+from benchmark_sections.report import check_targets  # noqa: E402
 
 
 @pytest.mark.slow
@@ -105,7 +108,7 @@ def test_ratios_and_targets_separate_timm_eager_from_timm_compiled():
                       "timm compiled": ("ours/compiled", "timm/compiled", round(80 / 70, 3)),
                       "transformers": ("ours/compiled", "transformers/sdpa", 2.0)}
     flops = {"model": "tiny", "dtypes": {"fp32": {"batch_size": 32, "fraction_of_model_shape_matmul": 0.5}}}
-    targets = {t["target"]: t["met"] for t in check_targets({"inference": [entry], "flops": [flops], "training": [], "data": []})}
+    targets = {t["target"]: t["met"] for t in check_targets({"inference": [entry], "flops": [flops], "training": [], "data": []}, SECTIONS)}
     assert targets == {
         "inference tiny fp32 b32: ours/timm >= 1.3": True,  # 1.43
         "inference tiny fp32 b32: ours/timm compiled >= 1.0": True,

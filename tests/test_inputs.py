@@ -6,14 +6,13 @@ import os
 import resource
 import subprocess
 import sys
-import typing
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from hf_deit_inputs import InputError, check_teacher_command_line, check_train_command_line, find_class_folders
-from hf_deit_inputs import checks
+from hf_deit_inputs import checks, choices
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -134,18 +133,18 @@ def test_dataset_names_offline():
 
 def test_the_teacher_script_checks_its_inputs(tmp_path):
     with pytest.raises(InputError, match="choose one of resnet, regnet"):
-        check_teacher_command_line(["--architecture", "resnt"], ("resnet", "regnet"))
+        check_teacher_command_line(["--architecture", "resnt"])
     with pytest.raises(InputError, match="no such folder"):
-        check_teacher_command_line(["--train_dir", str(tmp_path / "missing")], ("resnet",))
+        check_teacher_command_line(["--train_dir", str(tmp_path / "missing")])
     with pytest.raises(InputError, match="--unlabeled_dataset_name: the teacher learns from labelled images only"):
-        check_teacher_command_line(["--unlabeled_dataset_name", "digits"], ("resnet",))
+        check_teacher_command_line(["--unlabeled_dataset_name", "digits"])
 
 
 def test_repeated_augmentation_is_checked_for_both_scripts():
     assert "give 1 (off) or more copies" in problems(["--repeated_augmentation", "0"])
     assert "give a whole number" in problems(["--repeated_augmentation", "three"])
     with pytest.raises(InputError, match="give 1 \\(off\\) or more copies"):
-        check_teacher_command_line(["--repeated_augmentation", "-1"], ("resnet",))
+        check_teacher_command_line(["--repeated_augmentation", "-1"])
     check_train_command_line(["--repeated_augmentation", "1"])  # no error
 
 
@@ -164,19 +163,50 @@ def test_class_folders_at_any_depth_and_hidden_files(image_root):
     assert len(paths) == 7 and labels == [0, 0, 0, 1, 1, 2, 2]
 
 
-def test_the_mirrored_constants_match_the_package():
+def test_the_model_presets_mirror_the_model_file():
+    # The model file travels to the Hub as remote code and imports nothing of this package: its presets are mirrored.
     from hf_deit.configuration_distilled_deit import PRESET_ALIASES, PRESETS
-    from hf_deit.data import AUGMENTATION_PRESETS, EMBEDDED_DATASETS
-    from hf_deit.feature_distillation import FEATURE_LOSSES, FEATURE_TOKENS
-    from hf_deit.losses import ATTENTION_MAP_LOSSES, DistillationType
 
     assert set(checks.MODEL_PRESETS) == set(PRESET_ALIASES) | set(PRESETS)
     assert {PRESETS[PRESET_ALIASES.get(name, name)].get("patch_size", 16) for name in checks.MODEL_PRESETS} == {16}
-    assert checks.AUGMENTATION_PRESETS == ("auto", *AUGMENTATION_PRESETS)
-    assert checks.EMBEDDED_DATASETS == tuple(EMBEDDED_DATASETS)
-    assert checks.DISTILLATION_TYPES == typing.get_args(DistillationType)
-    assert checks.ATTENTION_MAP_LOSSES == ATTENTION_MAP_LOSSES
-    assert (checks.FEATURE_LOSSES, checks.FEATURE_TOKENS) == (FEATURE_LOSSES, FEATURE_TOKENS)
+
+
+def test_every_choice_is_written_once():
+    """The package and the early checks read choices and ranges from hf_deit_inputs.choices; no module spells a list
+    of choices out again."""
+    import hf_deit.arguments
+    import hf_deit.data
+
+    assert hf_deit.data.AUGMENTATION_PRESETS is choices.AUGMENTATION_PRESETS
+    assert hf_deit.arguments.TEACHER_ARCHITECTURES is choices.TEACHER_ARCHITECTURES
+    sources = Path(checks.__file__).parent.parent
+    spelled = {name: [repr(values), repr(list(values))] for name, values in choices.CHOICES.items() if len(values) > 1}
+    for path in sources.rglob("*.py"):
+        if path.name == "choices.py":
+            continue
+        text = path.read_text()
+        for name, spellings in spelled.items():
+            assert not any(spelling in text for spelling in spellings), f"{path} spells out the choices of {name}"
+    assert choices.RANGES["rand_augment"].high == choices.RAND_AUGMENT_MAX_MAGNITUDE
+
+
+def test_a_setting_is_checked_by_the_same_rule_on_the_command_line_and_in_python(tmp_path):
+    from hf_deit.arguments import AugmentationArguments, DataArguments, DistillationConfig
+
+    for name, value in (("distillation_alpha", "1.5"), ("distillation_type", "bogus"), ("feature_distillation_token",
+                                                                                          "patch")):  # fmt: skip
+        with pytest.raises(InputError) as command_line:
+            check_train_command_line([f"--{name}", value, "--teacher_name_or_path", str(tmp_path)])
+        rule = choices.problem(name, value)
+        assert f"--{rule}" in str(command_line.value)
+        typed = float(value) if name == "distillation_alpha" else value
+        with pytest.raises(ValueError, match=choices.problem(name, typed).split(":")[0]):
+            DistillationConfig(output_dir=str(tmp_path), report_to="none", **{name: typed})
+    with pytest.raises(ValueError, match=r"rand_augment 11: give a magnitude from 0 to 10"):
+        AugmentationArguments(rand_augment="11").resolved()
+    with pytest.raises(ValueError, match=r"labeled_fraction 0: give a number in \(0, 1\]"):
+        DataArguments(labeled_fraction=0)
+    assert "rand_augment 11: give a magnitude from 0 to 10" in str(checks.check_augmentation({"rand_augment": "11"}))
 
 
 @pytest.mark.parametrize("script, argv, expected", [
@@ -357,13 +387,12 @@ def test_teacher_help_is_grouped_and_answers_at_once():
 
 
 def test_the_teacher_help_catalogue_matches_its_dataclasses():
-    from hf_deit.arguments import TEACHER_ARCHITECTURES, teacher_help_catalogue
+    from hf_deit.arguments import teacher_help_catalogue
     from hf_deit_inputs.help import REGENERATE, TEACHER_CATALOGUE_PATH
 
     with open(TEACHER_CATALOGUE_PATH) as file:
         saved = json.load(file)
     assert saved == json.loads(json.dumps(teacher_help_catalogue(), default=str)), f"Out of date: run {REGENERATE}"
-    assert checks.TEACHER_ARCHITECTURES == tuple(TEACHER_ARCHITECTURES)
 
 
 def test_the_run_settings_file_name_matches_the_package():

@@ -119,8 +119,8 @@ def test_int32_labels_are_accepted():
 
 # ---- attention-map loss, feature loss, unlabelled examples ----
 
-from hf_deit.feature_distillation import feature_distillation_loss  # noqa: E402
-from hf_deit.losses import attention_map_loss  # noqa: E402
+from hf_deit.terms.attention import attention_map_loss  # noqa: E402
+from hf_deit.terms.feature import feature_distillation_loss  # noqa: E402
 
 
 def test_attention_map_loss_is_zero_for_identical_maps_whatever_their_scale():

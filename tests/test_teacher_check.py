@@ -176,5 +176,5 @@ def test_fallback_all_gives_every_labelled_example_its_label_and_the_unlabelled_
 def test_the_fallback_setting_is_checked():
     from hf_deit.arguments import DistillationConfig
 
-    with pytest.raises(ValueError, match="weak_teacher_fallback must be 'where_wrong' or 'all', got 'some'"):
+    with pytest.raises(ValueError, match="weak_teacher_fallback some: not a choice; choose one of all, where_wrong"):
         DistillationConfig(output_dir="unused", weak_teacher_fallback="some", report_to="none")

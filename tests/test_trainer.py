@@ -355,7 +355,7 @@ def test_attention_and_feature_terms_train_the_projection_and_leave_it_out_of_th
         train_dataset=train,
         teacher=teacher,
     )  # fmt: skip
-    projection = trainer.objective.feature_projection
+    projection = trainer.objective.terms["feature"].projection
     before = {name: p.detach().clone() for name, p in projection.named_parameters()}
     trainer.train()
     # The projection learns with the student: it is in the optimizer and its weights moved.
@@ -400,14 +400,14 @@ def test_feature_projection_is_checkpointed_and_a_resumed_run_continues_it(digit
     reference = feature_trainer(digits, teacher, tmp_path / "reference", **steps)
     reference.train()
     checkpoint = tmp_path / "reference" / "checkpoint-2"
-    assert any(key.startswith("distillation_objective.feature_projection.") for key in checkpoint_keys(checkpoint))
+    assert any(key.startswith("distillation_objective.terms.feature.projection.") for key in checkpoint_keys(checkpoint))
 
     # Another seed: a resumed run that did not load the projection would end elsewhere (and one whose projection
     # gradients were never zeroed, as Trainer zeroes only the model's, would differ from step 3 on).
     resumed = feature_trainer(digits, teacher, tmp_path / "resumed", seed=1, **steps)
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    for (name, expected), actual in zip(reference.objective.feature_projection.state_dict().items(),
-                                        resumed.objective.feature_projection.state_dict().values()):  # fmt: skip
+    for (name, expected), actual in zip(reference.objective.terms["feature"].projection.state_dict().items(),
+                                        resumed.objective.terms["feature"].projection.state_dict().values()):  # fmt: skip
         assert torch.equal(actual, expected), f"projection {name} differs after resuming"
     for (name, expected), actual in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(actual, expected), f"{name} differs after resuming"
@@ -424,7 +424,7 @@ def test_gradient_clipping_covers_the_feature_projection(digits, teacher, tmp_pa
     """Trainer clips one norm over the student and the projection (attached to it while it trains): with a tiny
     max_grad_norm the clipped gradients of both, together, have exactly that norm at every step."""
     trainer = feature_trainer(digits, teacher, tmp_path, max_steps=3, max_grad_norm=1e-3)
-    projection = trainer.objective.feature_projection
+    projection = trainer.objective.terms["feature"].projection
     norms = []
 
     class ClippedNorm(TrainerCallback):
@@ -497,8 +497,8 @@ def test_feature_map_term_trains_a_projection_per_block_towards_the_nearest_teac
     trainer = feature_map_trainer(digits, teacher, tmp_path, max_steps=4, logging_steps=1)
     # 8 px with patch 2: a 4x4 grid. The ResNet's stage outputs at 8 px are 2x2 (embedder, 8 channels; stage 1,
     # 16 channels) and 1x1 (stage 2): the nearest grid is 2x2, and the deeper of the two is stage 1.
-    projections = trainer.objective.feature_map_projections
-    assert trainer.objective.feature_map_stage == 1
+    projections = trainer.objective.terms["feature_map"].projections
+    assert trainer.objective.terms["feature_map"].stage == 1
     assert [projection.proj.out_features for projection in projections] == [16, 16]
     before = {name: p.detach().clone() for name, p in projections.named_parameters()}
     trainer.train()
@@ -520,8 +520,8 @@ def test_feature_map_projection_is_checkpointed_and_resumed(digits, teacher, tmp
     checkpoint = tmp_path / "reference" / "checkpoint-2"
     resumed = feature_map_trainer(digits, teacher, tmp_path / "resumed", seed=1, **steps)
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    for (name, expected), actual in zip(reference.objective.feature_map_projections.state_dict().items(),
-                                        resumed.objective.feature_map_projections.state_dict().values()):  # fmt: skip
+    for (name, expected), actual in zip(reference.objective.terms["feature_map"].projections.state_dict().items(),
+                                        resumed.objective.terms["feature_map"].projections.state_dict().values()):  # fmt: skip
         assert torch.equal(actual, expected), f"projection {name} differs after resuming"
     drop_objective_from_checkpoint(checkpoint)
     again = feature_map_trainer(digits, teacher, tmp_path / "again", **steps)
@@ -589,7 +589,7 @@ def test_a_config_built_in_python_trains_with_its_defaults_resolved_by_the_train
     assert args.learning_rate == pytest.approx(5e-4 * 32 / 512)  # the paper's rule until the data is known
     trainer = DistillationTrainer(model=tiny_student(), args=args, train_dataset=digits[0], teacher=teacher)
     assert args.learning_rate == pytest.approx(5e-4 * (32 / 64) ** 0.5)
-    assert trainer.objective.feature_map_weight == 1.0  # 8 px images and a CNN teacher
+    assert trainer.objective.terms["feature_map"].weight == 1.0  # 8 px images and a CNN teacher
     trainer.train()
     assert trainer.state.global_step == 2 and trainer.optimizer.param_groups[0]["initial_lr"] == args.learning_rate
     with pytest.raises(TypeError, match="DistillationConfig"):
@@ -623,7 +623,7 @@ def test_repeated_augmentation_is_a_setting_of_the_config(tmp_path):
     assert TeacherTrainingArguments(output_dir=str(tmp_path)).repeated_augmentation == 3
     args = args_for(tmp_path, repeated_augmentation=2, distillation_type="none")
     assert DistillationTrainer(model=tiny_student(), args=args).repeated_augmentation == 2
-    with pytest.raises(ValueError, match="repeated_augmentation must be at least 1"):
+    with pytest.raises(ValueError, match=r"repeated_augmentation 0: give 1 \(off\) or more copies"):
         DistillationConfig(output_dir=str(tmp_path), repeated_augmentation=0)
 
 

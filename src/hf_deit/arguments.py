@@ -13,7 +13,9 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Optional
 
-from hf_deit_inputs.checks import EMBEDDED_DATASETS, parse_config_overrides  # noqa: F401  (its one home)
+from hf_deit_inputs import choices
+from hf_deit_inputs.checks import parse_config_overrides
+from hf_deit_inputs.choices import AUGMENTATION_PRESETS, EMBEDDED_DATASETS, SMALL_IMAGE_MAX_SIZE, TEACHER_ARCHITECTURES
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
@@ -23,28 +25,26 @@ from .precision import bf16_is_faster
 logger = logging.getLogger(__name__)
 
 # The model trained on the embedded digits: their native 28 px in a 4x4 grid of 7 px patches, DeiT-Tiny's width and
-# half its depth. Its 16 tokens make a step 1.3x faster than 64 tokens of 4 px patches at 32 px (width 128), and it
-# learns more per CPU-minute (scripts/experiment_recipe.py, README).
+# half its depth. Few tokens make its steps cheap, and it learns more per CPU-minute than a narrower model on more
+# tokens (the recipe study: README, "Where the defaults come from").
 EMBEDDED_STUDENT = dict(image_size=28, patch_size=7, hidden_size=192, num_hidden_layers=6, num_attention_heads=3)
-# Its learning rate at batch 64 (scaled with the square root of the batch, as SMALL_DATA_LEARNING_RATE): at the main
-# job's 1,200 steps 1e-3 beat 5e-4 with and without a teacher (3 seeds) and 2e-3 fell to 79% (recipe study, README).
+# Its learning rate at batch 64 (scaled with the square root of the batch, as SMALL_DATA_LEARNING_RATE): the best of
+# 5e-4/1e-3/2e-3 at the main job's length, with and without a teacher (README).
 EMBEDDED_STUDENT_LEARNING_RATE = 1e-3
-# Images up to this size get the small-image augmentation preset and, with a CNN teacher, feature-map distillation.
-SMALL_IMAGE_MAX_SIZE = 64
 # The paper's learning rate is 5e-4 for a global batch of 512, scaled linearly with the batch.
 BASE_LEARNING_RATE = 5e-4
 BASE_BATCH_SIZE = 512
 MIN_LEARNING_RATE = 1e-5
 # A new model on a small dataset (fewer than SMALL_DATASET_SIZE images) gets at least 5e-4 at batch 64, scaled with
 # the square root of the batch (AdamW's rule of thumb): the linear rule's 6e-5 at batch 64 (1.6e-5 at 16) barely moves
-# a from-scratch ViT in the few hundred steps such a dataset gives. 5e-4 was the best of 2e-3/1e-3/5e-4 for the
-# embedded student (scripts/experiment_recipe.py, README).
+# a from-scratch ViT in the few hundred steps such a dataset gives (the recipe study: scripts/experiment_recipe.py,
+# README).
 SMALL_DATASET_SIZE = 100_000
 SMALL_DATA_LEARNING_RATE = 5e-4
 SMALL_DATA_BATCH_SIZE = 64
 DEFAULT_EPOCHS = 30
-# A ViT trained from scratch barely starts to learn in fewer steps (the embedded student: 82-86% after 400 steps,
-# 91% after 800; README); a folder of 90 photos at batch 64 gives 2 steps an epoch.
+# A ViT trained from scratch barely starts to learn in fewer steps (README, "Where the defaults come from"), and a
+# small folder at batch 64 gives only a few steps an epoch.
 MIN_FROM_SCRATCH_STEPS = 300
 
 
@@ -121,6 +121,9 @@ class DataArguments:
                   "(train_teacher.py trains on that fraction only, the same images with the same --seed)."},
     )
 
+    def __post_init__(self):
+        choices.check(self, ("train_val_split", "labeled_fraction"))
+
 
 @dataclass
 class DeiTTrainingArguments(TrainingArguments):
@@ -175,9 +178,7 @@ class DeiTTrainingArguments(TrainingArguments):
     )  # fmt: skip
 
     def __post_init__(self):
-        if self.repeated_augmentation < 1:
-            raise ValueError(f"repeated_augmentation must be at least 1 (1 turns it off), got "
-                             f"{self.repeated_augmentation}.")  # fmt: skip
+        choices.check(self, ("repeated_augmentation", "label_smoothing_factor"))
         self._eval_strategy_given = self.eval_strategy is not None
         if self.eval_strategy is None:
             self.eval_strategy = "epoch"  # provisional: "no" without an evaluation set (resolve_evaluation)
@@ -349,46 +350,26 @@ class AugmentationArguments:
 
     def resolved(self) -> "AugmentationArguments":
         """A copy with the preset's values filled in and every value checked."""
-        from .data.transforms import AUGMENTATION_PRESETS
         from .image_processing import IMAGENET_MEAN, IMAGENET_STD
 
+        choices.check(self, ("preset",))
         preset = self.preset
         if preset == "auto":
             preset = "small_images" if self.image_size is not None and self.image_size <= SMALL_IMAGE_MAX_SIZE else "imagenet"
-        if preset not in AUGMENTATION_PRESETS:
-            raise ValueError(f"Unknown augmentation preset {preset!r}; choose auto, {', '.join(AUGMENTATION_PRESETS)}.")
         values = {key: value for key, value in asdict(self).items() if value is not None}
         values = {**AUGMENTATION_PRESETS[preset], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **values}
         values["preset"] = preset
         resolved = AugmentationArguments(**values)
-        resolved._check()
+        choices.check(resolved, [name for name in values if name in choices.RANGES])
+        if len(resolved.mean) != 3 or len(resolved.std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {resolved.mean} and {resolved.std}.")
         return resolved
 
     @property
     def rand_augment_magnitude(self) -> Optional[float]:
         """The RandAugment magnitude as a number, or None when it is off."""
         text = str(self.rand_augment).strip().lower()
-        if text in ("none", "off", ""):
-            return None
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"rand_augment must be a magnitude (0-10) or 'none', got {self.rand_augment!r}.") from None
-
-    def _check(self) -> None:
-        from .data.transforms import RAND_AUGMENT_MAX_MAGNITUDE
-
-        for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "scale_min"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}.")
-        magnitude = self.rand_augment_magnitude
-        if magnitude is not None and not 0.0 <= magnitude <= RAND_AUGMENT_MAX_MAGNITUDE:
-            raise ValueError(f"rand_augment magnitude must be in [0, {RAND_AUGMENT_MAX_MAGNITUDE:g}], got {magnitude}.")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError(f"mean and std need 3 values (RGB), got {self.mean} and {self.std}.")
-        if self.image_size <= 0 or min(self.color_jitter, self.mixup, self.cutmix, self.rand_augment_mstd) < 0:
-            raise ValueError("image_size must be positive; color_jitter, mixup, cutmix, rand_augment_mstd >= 0.")
+        return None if text in choices.NONE_WORDS else float(text)
 
 
 @dataclass
@@ -412,7 +393,7 @@ class DistillationConfig(DeiTTrainingArguments):
         metadata={"help": "What the teacher sees: its own preprocessing size (default; the batch is resized to it), "
                   "'student' (the student's batch as is: the paper's fine-tuning at a new resolution), or N px."},
     )
-    # Beyond the paper (hf_deit.losses.attention_map_loss, hf_deit.feature_distillation)
+    # Beyond the paper (hf_deit.terms: attention.py, feature.py, feature_map.py)
     attention_distillation_weight: float = field(
         default=0.0, metadata={"help": "Weight of the attention-map term: student attention vs teacher map (0 = off)."}
     )
@@ -467,16 +448,7 @@ class DistillationConfig(DeiTTrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        from .losses import DISTILLATION_TYPES
-
-        if self.distillation_type not in DISTILLATION_TYPES:
-            raise ValueError(f"distillation_type must be one of {', '.join(DISTILLATION_TYPES)}, got "
-                             f"{self.distillation_type!r}.")  # fmt: skip
-        if self.weak_teacher_fallback not in ("where_wrong", "all"):
-            raise ValueError(f"weak_teacher_fallback must be 'where_wrong' or 'all', got "
-                             f"{self.weak_teacher_fallback!r}.")  # fmt: skip
-        if not 0.0 <= self.min_teacher_accuracy <= 1.0:
-            raise ValueError(f"min_teacher_accuracy must be in [0, 1], got {self.min_teacher_accuracy}.")
+        choices.check(self, DISTILLATION_FIELDS)
 
 
 # The fields DistillationConfig adds to DeiTTrainingArguments: the --help group "Distillation", and run settings.
@@ -486,16 +458,6 @@ DISTILLATION_FIELDS = tuple(
 
 
 # ---- train_teacher.py: the teacher's own flags (data and augmentation flags are train.py's) ----
-
-# Small CNNs for small images, random init; any field can be overridden with --config_overrides.
-TEACHER_ARCHITECTURES = {
-    "resnet": dict(model_type="resnet", embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
-                   layer_type="basic", downsample_in_first_stage=False),
-    "regnet": dict(model_type="regnet", embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
-                   groups_width=16, layer_type="y"),
-    "convnext": dict(model_type="convnext", hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1], patch_size=2),
-}  # fmt: skip
-
 
 @dataclass
 class TeacherArguments:
@@ -514,6 +476,9 @@ class TeacherArguments:
     )
     ignore_mismatched_sizes: bool = field(default=False, metadata={"help": "New head for another class count."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for models loaded by name."})
+
+    def __post_init__(self):
+        choices.check(self, ("architecture",))
 
 
 # A CNN teacher learning from scratch: at least this many optimizer steps (the epochs grow on a small folder, as the
@@ -664,27 +629,6 @@ def student_config(
     return None
 
 
-def load_dataset_from_args(data_args: DataArguments, seed: int, token: Optional[str] = None):
-    """The `DatasetDict` (train + validation) the data flags describe; see `hf_deit.data`."""
-    from .data import load_image_classification_dataset
-
-    return load_image_classification_dataset(
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_dir=data_args.train_dir,
-        validation_dir=data_args.validation_dir,
-        image_column_name=data_args.image_column_name,
-        label_column_name=data_args.label_column_name,
-        eval_split=data_args.eval_split,
-        train_val_split=data_args.train_val_split,
-        seed=seed,
-        streaming=data_args.streaming,
-        max_train_samples=data_args.max_train_samples,
-        max_eval_samples=data_args.max_eval_samples,
-        token=token,
-    )
-
-
 def label_fields(label_names: list[str]) -> dict:
     """The config fields that name a classifier's classes."""
     return dict(
@@ -733,15 +677,23 @@ def write_help_catalogue(path: Optional[str] = None, teacher_path: Optional[str]
     after changing a flag, its default or its help)."""
     from hf_deit_inputs.help import CATALOGUE_PATH, TEACHER_CATALOGUE_PATH
 
-
     written = []
     for catalogue, target in ((help_catalogue(), path or CATALOGUE_PATH),
                               (teacher_help_catalogue(), teacher_path or TEACHER_CATALOGUE_PATH)):  # fmt: skip
         with open(target, "w") as file:
-            json.dump(catalogue, file, indent=1, default=str)
-            file.write("\n")
+            file.write(_catalogue_json(catalogue))
         written.append(target)
     return tuple(written)
+
+
+def _catalogue_json(catalogue: dict) -> str:
+    """The catalogue as JSON with one line per flag, so that a changed flag is a one-line diff."""
+    groups = []
+    for group in catalogue["groups"]:
+        heading = json.dumps({key: value for key, value in group.items() if key != "flags"}, default=str)[:-1]
+        flags = ",\n".join("  " + json.dumps(flag, default=str) for flag in group["flags"])
+        groups.append(f' {heading}, "flags": [\n{flags}\n ]}}')
+    return '{"groups": [\n' + ",\n".join(groups) + "\n]}\n"
 
 
 def _type_name(annotation) -> str:

@@ -6,9 +6,10 @@ mean in the logs and keeps stepping the optimizer: a run that diverged (learning
 teacher returning inf, a corrupt batch) goes on training on NaN weights for days while its logged loss looks fine.
 
 `NonFiniteLossGuard` records, on the device, which loss terms were not finite in the current optimizer step
-(`observe`, no host synchronisation), and `check` reads that flag once per optimizer step, after the backward pass and
-before `optimizer.step()`: the bad update is never applied. Trainer already synchronises with the device once per
-micro-batch for its NaN filter, so the extra read costs nothing measurable (see the README's reliability section).
+(`observe`, no host synchronisation), and `check` reads that flag once per optimizer step, after the backward pass
+and before `optimizer.step()` (Trainer's `on_pre_optimizer_step`): the bad update is never applied. Trainer already
+synchronises with the device once per micro-batch for its NaN filter, so the extra read costs nothing measurable (see
+the README's reliability section).
 `DeiTTrainerBase` then saves a checkpoint of the last good state and raises `NonFiniteLossError`, which says at which
 step, in which loss term, where the checkpoint is and what usually causes it.
 """
@@ -54,12 +55,18 @@ class NonFiniteLossError(RuntimeError):
         )
 
 
-class NonFiniteLossGuard:
-    """Records non-finite loss terms on the device; `check` raises `NonFiniteLossError` if any were seen."""
+class NonFiniteLossGuard(TrainerCallback):
+    """Records non-finite loss terms on the device; `check` raises `NonFiniteLossError` if any were seen. As a
+    Trainer callback it checks before every optimizer step (`on_pre_optimizer_step`), across the processes of
+    `accelerator`."""
 
-    def __init__(self):
+    def __init__(self, accelerator=None):
         self._not_finite: torch.Tensor | None = None  # bool per term, OR-ed over the micro-batches of one step
         self._names: tuple[str, ...] = ()
+        self.accelerator = accelerator
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.check(state.global_step + 1, self.accelerator)  # the step about to be taken
 
     def observe(self, terms: torch.Tensor, names: Sequence[str]) -> None:
         """`terms`: a 1-D tensor of this micro-batch's loss terms, named by `names`. No host synchronisation."""

@@ -164,6 +164,30 @@ def write_teacher_card(output_dir, *, model_name: str, config, eval_results: dic
     return path
 
 
+def training_hyperparameters(args, num_processes: int = 1) -> dict:
+    """The card's hyper-parameter table of a run with `TrainingArguments` `args` on `num_processes` processes (both
+    training scripts' cards); settings that do not apply (epochs of a run sized by max_steps) are left out."""
+    hyperparameters = {
+        "learning_rate": args.learning_rate,
+        "train_batch_size": args.per_device_train_batch_size,
+        "eval_batch_size": args.per_device_eval_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "total_train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps
+        * max(num_processes, 1),
+        "num_processes": num_processes,
+        "optimizer": str(getattr(args.optim, "value", args.optim)),
+        "weight_decay": args.weight_decay,
+        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup_steps": args.warmup_steps,
+        "num_epochs": args.num_train_epochs if args.max_steps <= 0 else None,
+        "max_steps": args.max_steps if args.max_steps > 0 else None,
+        "label_smoothing": args.label_smoothing_factor,
+        "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
+        "seed": args.seed,
+    }  # fmt: skip
+    return {key: value for key, value in hyperparameters.items() if value is not None}
+
+
 def kept_checkpoint(state) -> str | None:
     """'the best by validation accuracy (97.5%, step 146 of 300)' when training reloaded its best checkpoint at the
     end (`load_best_model_at_end`), from a Trainer's `state`; None otherwise."""

@@ -32,14 +32,13 @@ import os
 import shutil
 from pathlib import Path
 
+from hf_deit_inputs.choices import RESUME_LATEST, RESUME_NEVER, RUN_SETTINGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".partial-"  # hidden, and not matched by transformers' `checkpoint-<step>` patterns
 TRAINER_STATE_NAME = "trainer_state.json"
-_RESUME_LATEST = {"auto", "true", "latest", "last", "yes"}
-_RESUME_NEVER = {"false", "no", "none", "never"}
 
 
 def save_checkpoint_atomically(trainer, save_checkpoint, model, trial) -> str:
@@ -111,12 +110,12 @@ def resolve_resume_checkpoint(output_dir: str, requested: str | bool | None) -> 
                 "--output_dir (or --resume_from_checkpoint false after deleting the checkpoints).", latest, output_dir
             )
         return latest
-    if text in _RESUME_LATEST:
+    if text in RESUME_LATEST:
         if latest is None:
             raise ValueError(f"--resume_from_checkpoint {requested}: no checkpoint-<step> folder in {output_dir}.")
         logger.info("Resuming from %s.", latest)
         return latest
-    if text in _RESUME_NEVER:
+    if text in RESUME_NEVER:
         if latest is not None:
             raise ValueError(
                 f"--output_dir {output_dir} already holds checkpoints (newest: {os.path.basename(latest)}) and "
@@ -137,7 +136,6 @@ def resolve_resume_checkpoint(output_dir: str, requested: str | bool | None) -> 
 # Same settings only
 # ---------------------------------------------------------------------------------------------------------------------
 
-RUN_SETTINGS_NAME = "run_settings.json"
 # TrainingArguments fields that shape the weights (the rest: logging, saving, evaluation, the Hub, devices).
 TRAINING_SETTINGS = (
     "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",

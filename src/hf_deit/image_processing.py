@@ -3,16 +3,16 @@
 from transformers import BitImageProcessor
 from transformers.image_utils import PILImageResampling
 
+from hf_deit_inputs.choices import DEFAULT_CROP_PCT, problem
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# DeiT evaluates on a center crop of 224 / 256 of the shorter side.
-DEFAULT_CROP_PCT = 0.875
 
 
 def eval_resize_size(image_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
     """Shortest-edge size before the center crop: 256 for 224 at crop_pct 0.875, as the original."""
-    if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}.")
+    if problem("crop_pct", crop_pct):
+        raise ValueError(problem("crop_pct", crop_pct))
     return int(image_size / crop_pct)
 
 

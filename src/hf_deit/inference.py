@@ -5,16 +5,14 @@ PyTorch's fused attention (SDPA), and compiles the forward with `torch.compile` 
 (inductor's `freezing`: the weights become constants, so the Linear layers run on pre-packed MKL (fp32) or oneDNN
 (bf16) weights, with the bias, GELU and residual additions fused into them). In bf16 on a CPU it also times
 inductor's C++ matrix-product templates (AMX micro-kernels) against oneDNN for every Linear shape and keeps the faster
-one (`compile_mode="max-autotune"`): on a 2-core AMX Xeon, DeiT-Tiny at batch 1 ran 133 images/s against 105 without
-it (the same at batch 32), for a first compile of 37-41 s instead of 10-13 s (benchmarks/cpu-2026-11-30-amx.md). In fp32
-the MKL kernel won on the model's shapes, so fp32 compiles without it.
+one (`compile_mode="max-autotune"`), which pays for a first compile several times longer; in fp32 the MKL kernel wins
+on the model's shapes, so fp32 compiles without it (the figures: README, "Where the defaults come from").
 
 Precision ("auto"):
     CUDA    bf16 where the GPU supports it.
     CPU     bf16 only with AMX (`amx_bf16`) and a model at least as wide as DeiT-Tiny. AVX512-BF16 alone is not enough:
-            on a 2-core Xeon with AVX512-BF16 but no AMX, DeiT-Tiny at batch 32 ran 50 images/s in bf16 against 58
-            in fp32. With AMX, bf16 matrix products run several times faster than fp32 ones (the benchmark report
-            measures both on the model's own shapes).
+            there bf16 inference ran slower than fp32 (README). With AMX, bf16 matrix products run several times
+            faster than fp32 ones (the benchmark report measures both on the model's own shapes).
 
 Where `torch.compile` cannot run (no C++ compiler, an unsupported Python, a graph it cannot trace), the model runs
 eagerly with the same precision and a warning says why.

@@ -13,7 +13,7 @@ probabilities (mixup/cutmix targets), where smoothing the mixed targets equals m
   `(base(cls) + base(dist)) / 2`, which is also what `DistilledDeiTForImageClassification` computes from `labels`.
 
 Unlabelled examples (`labeled` mask False; see `DistillationLoss.forward`) take their class-head target from the
-teacher, and the optional `attention_map_loss` term makes the student look where the teacher looks.
+teacher. The terms beyond the paper (attention map, features, feature maps) are in `hf_deit.terms`.
 
 With `label_fallback` (switched on by the trainer for a teacher too weak to teach, `hf_deit.teacher_check`; "all":
 every labelled example, see `DistillationConfig.weak_teacher_fallback`), the
@@ -22,14 +22,12 @@ its distribution for `"soft"`. Not in the reference: it protects the student fro
 """
 
 from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-DistillationType = Literal["none", "soft", "hard"]
-DISTILLATION_TYPES = ("none", "soft", "hard")
+from hf_deit_inputs.choices import problems
+
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -46,61 +44,6 @@ def masked_soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weigh
     return (per_example * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-# ---- attention-map distillation ----
-
-AttentionMapLossType = Literal["kl", "mse"]
-ATTENTION_MAP_LOSSES = ("kl", "mse")
-
-
-def resize_map(attention_map: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Resample `(batch, h, w)` maps to `grid` (area average when shrinking, bilinear when growing)."""
-    if tuple(attention_map.shape[-2:]) == tuple(grid):
-        return attention_map
-    shrinking = grid[0] <= attention_map.shape[-2] and grid[1] <= attention_map.shape[-1]
-    mode = dict(mode="area") if shrinking else dict(mode="bilinear", align_corners=False)
-    return F.interpolate(attention_map[:, None].float(), size=tuple(grid), **mode)[:, 0]
-
-
-def as_distribution(attention_map: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Flatten `(batch, h, w)` non-negative maps to `(batch, h * w)` rows summing to 1."""
-    flat = attention_map.flatten(1).float().clamp(min=0)
-    return flat / flat.sum(dim=-1, keepdim=True).clamp(min=eps)
-
-
-def attention_map_loss(
-    student_map: torch.Tensor, teacher_map: torch.Tensor, loss_type: AttentionMapLossType = "kl", eps: float = 1e-8
-) -> torch.Tensor:
-    """How far the student's spatial attention is from the teacher's, averaged over the batch.
-
-    Both `(batch, h, w)` maps go to the coarser of the two grids (the finer one is area-averaged onto it: a coarse
-    map has no detail to match a fine one, and upsampling it would invent some), then each map is normalised to a
-    distribution over positions. Then
-
-    - `"kl"` (default): KL(teacher || student) = sum_p t_p (log t_p - log s_p), per example, batch mean. The maps
-      are distributions over where to look, and KL compares them as such: it weighs errors by where the teacher
-      looks (a student that ignores the teacher's focus pays most), is zero only for equal maps, does not depend on
-      the grid size, and needs no scale matching between a CNN's activation energy and a ViT's softmax weights.
-      `eps` keeps log s finite where the student gives a position no weight.
-    - `"mse"`: the mean over positions of the squared difference of the two maps as densities (`N * p` over N
-      positions, 1 everywhere for a uniform map, so that the value does not shrink as the grid grows), batch mean.
-      Close to the attention-transfer paper's choice (an L2 distance, there between L2-normalised maps).
-
-    Computed in float32.
-    """
-    if loss_type not in ATTENTION_MAP_LOSSES:
-        raise ValueError(f"attention map loss must be one of {ATTENTION_MAP_LOSSES}, got {loss_type!r}.")
-    with torch.autocast(device_type=student_map.device.type, enabled=False):
-        grid = (min(student_map.shape[-2], teacher_map.shape[-2]), min(student_map.shape[-1], teacher_map.shape[-1]))
-        student = as_distribution(resize_map(student_map.float(), grid), eps)
-        teacher = as_distribution(resize_map(teacher_map.float(), grid), eps)
-        if loss_type == "kl":
-            per_example = torch.sum(teacher * (torch.log(teacher + eps) - torch.log(student + eps)), dim=-1)
-        else:
-            positions = student.shape[-1]
-            per_example = torch.mean(((student - teacher) * positions) ** 2, dim=-1)
-        return per_example.mean()
-
-
 @dataclass
 class DistillationLossOutput:
     """The total loss and its two terms (for logging). In `"none"` mode `distillation` is the distillation head's
@@ -114,26 +57,20 @@ class DistillationLossOutput:
 class DistillationLoss(nn.Module):
     def __init__(
         self,
-        distillation_type: DistillationType = "hard",
+        distillation_type: str = "hard",
         alpha: float = 0.5,
         tau: float = 1.0,
         label_smoothing: float = 0.1,
         pseudo_label_threshold: float = 0.0,
     ):
         super().__init__()
-        if distillation_type not in DISTILLATION_TYPES:
-            raise ValueError(f"distillation_type must be one of {DISTILLATION_TYPES}, got {distillation_type!r}.")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"distillation alpha must be in [0, 1], got {alpha}.")
-        if tau <= 0:
-            raise ValueError(f"distillation tau must be positive, got {tau}.")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
+        found = problems({"distillation_type": distillation_type, "distillation_alpha": alpha, "distillation_tau": tau,
+                          "label_smoothing_factor": label_smoothing, "pseudo_label_threshold": pseudo_label_threshold})
+        if found:  # the settings' rules (hf_deit_inputs.choices), for a loss built without a DistillationConfig
+            raise ValueError(" ".join(found))
         self.distillation_type = distillation_type
         self.alpha = alpha
         self.tau = tau
-        if not 0.0 <= pseudo_label_threshold <= 1.0:
-            raise ValueError(f"pseudo_label_threshold must be in [0, 1], got {pseudo_label_threshold}.")
         self.label_smoothing = label_smoothing
         self.pseudo_label_threshold = pseudo_label_threshold
         # Set by the trainer when the teacher is too weak (hf_deit.teacher_check); the counts are of labelled

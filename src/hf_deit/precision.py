@@ -2,9 +2,9 @@
 
     CUDA    bf16 wherever the GPU supports it (Ampere and newer).
     CPU     bf16 only with native bf16 kernels (AMX or AVX512-BF16) and a model at least as wide as DeiT-Tiny (192).
-            Measured on AMX CPUs in the project's reference runs: bf16 autocast runs DeiT-Tiny/Small at 224 px 2.5-3.8x faster, but a width-128 ViT on 32 px
-            digits ~2x slower (8.4 vs 4.4 ms/image); a 0.7 M-parameter CNN teacher 2.3x faster. Without native
-            kernels bf16 is emulated and several times slower than float32 (`benchmarks/cpu-*.md`).
+            Narrower models lose more to the per-call casts than the faster matrix products win back (the figures:
+            README, "Where the defaults come from"). Without native kernels bf16 is emulated and several times
+            slower than float32 (`benchmarks/cpu-*.md`).
 
 An explicit `--bf16`/`--fp16` (true or false) or `accelerate launch --mixed_precision` always wins.
 """

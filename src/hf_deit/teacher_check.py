@@ -1,7 +1,8 @@
 """Is the teacher worth learning from? Measured before the student's first step, and what to do when it is not.
 
-DeiT's premise is a teacher better than the labels it stands in for. On a user's own small folder it may not be: a CNN
-trained for 20 steps was wrong on 43% of the images, and hard distillation taught the student its mistakes.
+DeiT's premise is a teacher better than the labels it stands in for. On a user's own small folder it may not be: a
+briefly trained CNN can be wrong on many of the images, and hard distillation then teaches the student its mistakes
+(an example: README, "Where the defaults come from").
 `check_teacher` measures the teacher on the labelled training images (evaluation transform, no
 augmentation) and on the validation images, per class; `TeacherReport.weak` says whether it falls short of
 `min_accuracy` on the training images, and `TeacherReport.message` says so with the numbers and the fix.

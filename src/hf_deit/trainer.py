@@ -9,7 +9,7 @@ import re
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import Trainer, default_data_collator
+from transformers import Trainer, TrainingArguments, default_data_collator
 
 from .arguments import DeiTTrainingArguments, DistillationConfig
 from .callbacks import LogAtLeastEvery, NonFiniteLossError, NonFiniteLossGuard, head_warnings
@@ -35,8 +35,8 @@ OBJECTIVE_NAME = "distillation_objective"
 _NOT_EVAL_RESULTS = re.compile(r"(runtime|per_second|epoch|step)$")
 
 
-def _check_objective_in_checkpoint(checkpoint: str) -> None:
-    """A run whose objective has projections resumes only from a checkpoint that saved them."""
+def _check_objective_in_checkpoint(checkpoint: str, expected: set[str]) -> None:
+    """A run whose objective has learnable parts resumes only from a checkpoint that saved those same parts."""
     for name in ("model.safetensors", "model.safetensors.index.json"):
         path = os.path.join(checkpoint, name)
         if not os.path.isfile(path):
@@ -47,11 +47,17 @@ def _check_objective_in_checkpoint(checkpoint: str) -> None:
         else:
             with safe_open(path, framework="pt") as file:
                 keys = file.keys()
-        if any(key.startswith(OBJECTIVE_NAME + ".") for key in keys):
+        saved = {key for key in keys if key.startswith(OBJECTIVE_NAME + ".")}
+        if saved == expected:
             return
-        raise ValueError(f"{checkpoint} holds no distillation projections: it was saved by a run without the feature "
-                         "or feature-map term. Resume with the same --feature_distillation_weight and "
+        raise ValueError(f"{checkpoint} holds other distillation projections than this run has (saved: "
+                         f"{_describe_keys(saved)}; this run: {_describe_keys(expected)}): it was saved by a run with "
+                         "other terms. Resume with the same --feature_distillation_weight and "
                          "--feature_map_distillation_weight and layers, or start a new run.")
+
+
+def _describe_keys(keys: set[str]) -> str:
+    return ", ".join(sorted(key.removeprefix(OBJECTIVE_NAME + ".") for key in keys)) or "none"
 
 
 def _precision_in_words(mixed_precision: str, chosen_here: bool) -> str:
@@ -68,7 +74,7 @@ class DeiTTrainerBase(Trainer):
     """What DeiT training adds to `Trainer` whatever the loss: evaluation batches collated without mixup, repeated
     augmentation across processes, and no weight decay on the tokens and position embeddings.
 
-    Args (beyond `Trainer`'s):
+    Args (beyond `Trainer`'s; every one after `model` and `args` by keyword):
         eval_data_collator: collates evaluation batches; by default the training collator without mixing (its
             `for_evaluation()`), so that metrics see real images and class ids.
 
@@ -79,28 +85,27 @@ class DeiTTrainerBase(Trainer):
     # `compute_loss` returns a per-batch mean; Trainer divides it by the accumulation steps itself.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
-        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-        model = kwargs.get("model", args[0] if args else None)
-        chosen_here = getattr(training_args, "bf16", False) is None
+    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *,
+                 train_dataset=None, eval_dataset=None, eval_data_collator=None, **kwargs):  # fmt: skip
+        chosen_here = getattr(args, "bf16", False) is None
         if chosen_here:  # DeiTTrainingArguments left to choose: before the accelerator
-            training_args.resolve_precision(getattr(getattr(model, "config", None), "hidden_size", None))
-        if isinstance(training_args, DeiTTrainingArguments):  # what was left unset: sized to the run
-            train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
-            training_args.resolve_evaluation(kwargs.get("eval_dataset", args[4] if len(args) > 4 else None) is not None)
+            args.resolve_precision(getattr(getattr(model, "config", None), "hidden_size", None))
+        if isinstance(args, DeiTTrainingArguments):  # what was left unset: sized to the run
+            args.resolve_evaluation(eval_dataset is not None)
             try:
                 num_examples = len(train_dataset) if train_dataset is not None else None
             except TypeError:  # a stream: size unknown
                 num_examples = None
-            training_args.resolve_for_training(num_examples, from_scratch=not getattr(model, "name_or_path", ""))
-        if getattr(training_args, "dataloader_pin_memory", False) and not torch.cuda.is_available():
-            training_args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every epoch
-        super().__init__(*args, **kwargs)
+            args.resolve_for_training(num_examples, from_scratch=not getattr(model, "name_or_path", ""))
+        if getattr(args, "dataloader_pin_memory", False) and not torch.cuda.is_available():
+            args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every epoch
+        super().__init__(model, args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         logger.info("Precision: %s.", _precision_in_words(self.accelerator.mixed_precision, chosen_here))
         if eval_data_collator is None and hasattr(self.data_collator, "for_evaluation"):
             eval_data_collator = self.data_collator.for_evaluation()
         self.eval_data_collator = eval_data_collator
-        self.loss_guard = NonFiniteLossGuard()  # compute_loss feeds it; training_step checks it (hf_deit.callbacks)
+        self.loss_guard = NonFiniteLossGuard(self.accelerator)  # compute_loss feeds it (hf_deit.callbacks)
+        self.add_callback(self.loss_guard)
         self.add_callback(LogAtLeastEvery())
         self.stop_on_signal = StopOnSignal()  # SIGTERM or Ctrl-C: finish the step, save, stop (hf_deit.preemption)
         self.add_callback(self.stop_on_signal)
@@ -190,12 +195,6 @@ class DeiTTrainerBase(Trainer):
 
     # ---- reliability: non-finite losses, atomic checkpoints (hf_deit.callbacks, hf_deit.checkpointing) ----
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.accelerator.sync_gradients:  # the step's last micro-batch: checked before optimizer.step()
-            self.loss_guard.check(self.state.global_step + 1, self.accelerator)
-        return loss
-
     def train(self, *args, **kwargs):
         try:
             result = super().train(*args, **kwargs)
@@ -224,14 +223,10 @@ class ClassifierTrainer(DeiTTrainerBase):
     transformers' own classification loss would read float targets as multi-label and use a sigmoid loss.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.label_smoothing = self.args.label_smoothing_factor
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(pixel_values=inputs["pixel_values"])
         with torch.autocast(device_type=outputs.logits.device.type, enabled=False):
-            loss = classification_loss(outputs.logits.float(), inputs["labels"], self.label_smoothing)
+            loss = classification_loss(outputs.logits.float(), inputs["labels"], self.args.label_smoothing_factor)
         if model.training:
             self.loss_guard.observe(loss.detach()[None], ("loss",))
         return (loss, outputs) if return_outputs else loss
@@ -259,12 +254,12 @@ class DistillationTrainer(DeiTTrainerBase):
     `accelerator.prepare` (DDP would reject a module without trainable parameters).
     """
 
-    def __init__(self, model: nn.Module | None = None, args=None, *trainer_args, teacher=None, teacher_processor=None,
-                 **trainer_kwargs):  # fmt: skip
+    def __init__(self, model: nn.Module | None = None, args: DistillationConfig | None = None, *, teacher=None,
+                 teacher_processor=None, **trainer_kwargs):  # fmt: skip
         if args is None or not isinstance(args, DistillationConfig):
             raise TypeError("DistillationTrainer takes its settings as args=DistillationConfig(...) "
                             "(hf_deit.arguments), a TrainingArguments with the teacher and distillation fields.")
-        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        super().__init__(model, args, **trainer_kwargs)
         teacher = teacher if teacher is not None else args.teacher_name_or_path
         self.teacher = None
         if teacher is not None:
@@ -341,7 +336,8 @@ class DistillationTrainer(DeiTTrainerBase):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if hasattr(self.model, OBJECTIVE_NAME):
-            _check_objective_in_checkpoint(resume_from_checkpoint)
+            expected = {f"{OBJECTIVE_NAME}.{key}" for key in self.objective.state_dict()}
+            _check_objective_in_checkpoint(resume_from_checkpoint, expected)
         return super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     # ---- forward passes and loss ----
@@ -435,7 +431,7 @@ class DistillationTrainer(DeiTTrainerBase):
         """Writes README.md in `output_dir` from hf_deit's card template (`hf_deit.card.write_model_card`)."""
         if not self.is_world_process_zero():
             return
-        from .card import final_train_loss, write_learning_curves, write_model_card
+        from .card import final_train_loss, training_hyperparameters, write_learning_curves, write_model_card
 
         eval_results = {}
         for entry in self.state.log_history:  # the latest evaluation wins
@@ -448,25 +444,6 @@ class DistillationTrainer(DeiTTrainerBase):
         if isinstance(dataset, list):
             dataset = dataset[0] if dataset else None
         args = self.args
-        hyperparameters = {
-            "learning_rate": args.learning_rate,
-            "train_batch_size": args.per_device_train_batch_size,
-            "eval_batch_size": args.per_device_eval_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "total_train_batch_size": args.per_device_train_batch_size
-            * args.gradient_accumulation_steps
-            * max(self.accelerator.num_processes, 1),
-            "num_processes": self.accelerator.num_processes,
-            "optimizer": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
-            "weight_decay": args.weight_decay,
-            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-            "warmup_steps": args.warmup_steps,
-            "num_epochs": args.num_train_epochs if args.max_steps <= 0 else None,
-            "max_steps": args.max_steps if args.max_steps > 0 else None,
-            "label_smoothing": args.label_smoothing_factor,
-            "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
-            "seed": args.seed,
-        }
         kwargs.setdefault("final_train_loss", final_train_loss(self.state.log_history))
         model_name = model_name or os.path.basename(os.path.normpath(args.output_dir))
         kwargs.setdefault("learning_curves", write_learning_curves(args.output_dir, self.state.log_history, model_name))
@@ -480,7 +457,7 @@ class DistillationTrainer(DeiTTrainerBase):
             distillation_type=loss.distillation_type,
             distillation_alpha=loss.alpha,
             distillation_tau=loss.tau,
-            hyperparameters={key: value for key, value in hyperparameters.items() if value is not None},
+            hyperparameters=training_hyperparameters(args, self.accelerator.num_processes),
             repo_id=args.hub_model_id,
             config=self.model.config,
             **{key: value for key, value in kwargs.items() if value is not None},

@@ -14,8 +14,9 @@ what is wrong and how to fix it:
 - flags that contradict each other: an input size the model cannot take, a distillation term without a teacher, a
   dataset name beside image folders.
 
-The choices mirror the package's own constants (`hf_deit.losses`, `hf_deit.data`, ...; tests keep them equal),
-because importing those modules costs seconds of torch.
+Choices and ranges are `hf_deit_inputs.choices`' (the package checks its settings by the same rules). The model
+presets mirror `hf_deit.configuration_distilled_deit`'s (tests keep them equal): that file travels to the Hub as
+remote code and imports nothing of this package.
 """
 
 from __future__ import annotations
@@ -28,24 +29,15 @@ import re
 import sys
 from typing import Iterable, Optional, Sequence
 
+from . import choices
+from .choices import EMBEDDED_DATASETS, RESUME_LATEST, RESUME_NEVER, RUN_SETTINGS_NAME
 from .folders import IMAGE_EXTENSIONS, find_class_folders, has_image, is_image_file
 
-# Mirrors of the package's constants (tests/test_inputs.py checks them against the real ones).
 MODEL_PRESETS = tuple(  # hf_deit.configuration_distilled_deit.PRESET_ALIASES, then PRESETS
     [f"{size}{suffix}" for suffix in ("", "-384") for size in ("tiny", "small", "base")]
     + [f"deit_{size}_distilled_patch16_{res}" for res in (224, 384) for size in ("tiny", "small", "base")]
 )
 PRESET_PATCH_SIZE = 16
-EMBEDDED_DATASETS = ("mnist", "digits")  # the one definition: hf_deit.data loads these sets
-DISTILLATION_TYPES = ("none", "soft", "hard")  # hf_deit.losses.DistillationType
-ATTENTION_TOKENS = ("cls", "dist", "both")
-ATTENTION_MAP_LOSSES = ("kl", "mse")  # hf_deit.losses.ATTENTION_MAP_LOSSES
-FEATURE_LOSSES = ("cosine", "mse")  # hf_deit.feature_distillation.FEATURE_LOSSES
-FEATURE_TOKENS = ("dist", "cls", "patches")  # hf_deit.feature_distillation.FEATURE_TOKENS
-# "auto" + hf_deit.data.AUGMENTATION_PRESETS
-AUGMENTATION_PRESETS = ("auto", "imagenet", "small_images", "cnn_from_scratch")
-RESUME_KEYWORDS = ("auto", "true", "latest", "last", "yes", "false", "no", "none", "never")  # hf_deit.checkpointing
-TEACHER_ARCHITECTURES = ("resnet", "regnet", "convnext")  # hf_deit.arguments.TEACHER_ARCHITECTURES
 SPLIT_FOLDER_NAMES = ("train", "training", "val", "valid", "validation", "test", "eval")
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
@@ -138,13 +130,13 @@ def check_train_inputs(given: dict[str, str]) -> None:
         raise InputError(problems)
 
 
-def check_teacher_command_line(argv: Sequence[str], architectures: Sequence[str] = TEACHER_ARCHITECTURES) -> None:
+def check_teacher_command_line(argv: Sequence[str]) -> None:
     """`scripts/train_teacher.py`'s inputs (`--model_name_or_path` is a checkpoint to fine-tune there)."""
     given = _read(argv, TEACHER_FLAGS)
     problems = []
     if "model_name_or_path" in given:
         problems += check_saved_model("--model_name_or_path", given["model_name_or_path"])
-    problems += _check_choice(given, "architecture", architectures)
+    problems += _settings(given, "architecture")
     if "config_overrides" in given:
         problems += _parse_overrides(given["config_overrides"])[1]
     problems += check_data(given, needs_train=True)
@@ -180,7 +172,7 @@ def check_evaluate_command_line(argv: Sequence[str]) -> None:
     value = _int(given, "num_workers", problems)
     if value is not None and value < 0:
         problems.append(f"--num_workers {value}: give 0 (decode in the main process) or more worker processes.")
-    problems += _check_range(given, "crop_pct", 0.0, 1.0, low_open=True)
+    problems += _settings(given, "crop_pct")
     output_file = given.get("output_file")
     if output_file:
         folder = os.path.dirname(os.path.abspath(os.path.expanduser(output_file)))
@@ -265,9 +257,6 @@ def _check_demo_model_folder(model: str) -> list[str]:
         problems.append(f"model {model} is a {model_type} model, not a distilled DeiT: the demo shows a distilled "
                         "DeiT's class and distillation heads. (Another classifier can be its --teacher.)")  # fmt: skip
     return problems
-
-
-RUN_SETTINGS_NAME = "run_settings.json"  # hf_deit.checkpointing.RUN_SETTINGS_NAME
 
 
 def _check_recorded_data(model: str) -> list[str]:
@@ -367,32 +356,13 @@ def check_data(given: dict, needs_train: bool) -> list[str]:
         value = _int(given, flag, problems)
         if value is not None and value < 1:
             problems.append(f"--{flag} {value}: give a positive number of images (or leave it out for all).")
-    problems += _check_range(given, "train_val_split", 0.0, 1.0, low_open=True, high_open=True)
+    problems += _settings(given, "train_val_split")
     return problems
 
 
 def check_augmentation(given: dict) -> list[str]:
-    problems = _check_choice(given, "preset", AUGMENTATION_PRESETS)
-    image_size = _int(given, "image_size", problems)
-    if image_size is not None and image_size < 1:
-        problems.append(f"--image_size {image_size}: give the side of the model's input in pixels (e.g. 224).")
-    if "rand_augment" in given and given["rand_augment"].lower() != "none":
-        try:
-            magnitude = float(given["rand_augment"])
-        except ValueError:
-            magnitude = -1.0
-        if not 0 <= magnitude <= 10:
-            problems.append(
-                f"--rand_augment {given['rand_augment']}: give a magnitude from 0 to 10 (the paper uses 9), or none."
-            )
-    for flag in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob"):
-        problems += _check_range(given, flag, 0.0, 1.0)
-    problems += _check_range(given, "label_smoothing_factor", 0.0, 1.0, high_open=True)
-    problems += _check_range(given, "scale_min", 0.0, 1.0, low_open=True)
-    problems += _check_range(given, "crop_pct", 0.0, 1.0, low_open=True)
-    for flag in ("mixup", "cutmix"):
-        problems += _check_range(given, flag, 0.0, float("inf"))
-    return problems
+    return _settings(given, "preset", "image_size", "rand_augment", "hflip", "reprob", "mixup_prob",
+                     "mixup_switch_prob", "label_smoothing_factor", "scale_min", "crop_pct", "mixup", "cutmix")  # fmt: skip
 
 
 def _check_teacher_input(given: dict) -> list[str]:
@@ -416,17 +386,10 @@ def _check_teacher_input(given: dict) -> list[str]:
 def _check_distillation(given: dict) -> list[str]:
     problems = _check_teacher_input(given)
     teacher = given.get("teacher_name_or_path")
-    problems += _check_choice(given, "distillation_type", DISTILLATION_TYPES)
-    problems += _check_choice(given, "attention_distillation_token", ATTENTION_TOKENS)
-    problems += _check_choice(given, "attention_distillation_loss", ATTENTION_MAP_LOSSES)
-    problems += _check_choice(given, "feature_distillation_loss", FEATURE_LOSSES)
-    problems += _check_choice(given, "feature_distillation_token", FEATURE_TOKENS)
-    problems += _check_range(given, "distillation_alpha", 0.0, 1.0)
-    problems += _check_range(given, "distillation_tau", 0.0, float("inf"), low_open=True)
-    problems += _check_range(given, "labeled_fraction", 0.0, 1.0, low_open=True)
-    problems += _check_range(given, "pseudo_label_threshold", 0.0, 1.0)
-    for flag in ("attention_distillation_weight", "feature_distillation_weight"):
-        problems += _check_range(given, flag, 0.0, float("inf"))
+    problems += _settings(given, "distillation_type", "attention_distillation_token", "attention_distillation_loss",
+                          "feature_distillation_loss", "feature_distillation_token", "distillation_alpha",
+                          "distillation_tau", "labeled_fraction", "pseudo_label_threshold",
+                          "attention_distillation_weight", "feature_distillation_weight")  # fmt: skip
     if "unlabeled_train_dir" in given:
         folder = given["unlabeled_train_dir"]
         problems += _check_folder("--unlabeled_train_dir", folder) or (
@@ -461,7 +424,7 @@ def check_training(given: dict) -> list[str]:
     if output_dir and os.path.exists(output_dir) and not os.path.isdir(output_dir):
         problems.append(f"--output_dir {output_dir} is a file: pass a folder (it is created if missing).")
     resume = given.get("resume_from_checkpoint")
-    if resume and resume.strip().lower() not in RESUME_KEYWORDS:
+    if resume and resume.strip().lower() not in RESUME_LATEST + RESUME_NEVER:
         if not os.path.isdir(resume):
             problems.append(
                 f"--resume_from_checkpoint {resume}: no such folder{_close_names(resume)}. Pass a checkpoint-<step> "
@@ -472,14 +435,11 @@ def check_training(given: dict) -> list[str]:
                 f"--resume_from_checkpoint {resume} is not a checkpoint (no trainer_state.json): pass one of its "
                 f"checkpoint-<step> folders{_listing(resume, 'checkpoint-')}."
             )
-    repeats = _int(given, "repeated_augmentation", problems)
-    if repeats is not None and repeats < 1:
-        problems.append(f"--repeated_augmentation {repeats}: give 1 (off) or more copies of each image per epoch.")
     tracker = given.get("report_to")
     if tracker in TRACKER_PACKAGES and not any(_installed(name) for name in TRACKER_PACKAGES[tracker]):
         problems.append(f"--report_to {tracker}: {TRACKER_PACKAGES[tracker][0]} is not installed. Install it with "
                         "pip install 'hf-deit[tracking]' (or pip install -e '.[tracking]' in a clone).")
-    return problems
+    return problems + _settings(given, "repeated_augmentation")
 
 
 # The trackers the README shows, and the packages transformers' callbacks for them import (either will do).
@@ -696,25 +656,9 @@ def _saved_config_size(name: str, key: str) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _check_choice(given: dict, flag: str, choices: Sequence[str]) -> list[str]:
-    if flag not in given or given[flag] in choices:
-        return []
-    close = difflib.get_close_matches(given[flag], choices, n=1, cutoff=0.5)
-    suggestion = f" (did you mean {close[0]}?)" if close else ""
-    return [f"--{flag} {given[flag]}: not a choice{suggestion}; choose one of {', '.join(choices)}."]
-
-
-def _check_range(given: dict, flag: str, low: float, high: float, low_open=False, high_open=False) -> list[str]:
-    if flag not in given:
-        return []
-    value = _float_or_none(given[flag])
-    inside = value is not None and (low < value if low_open else low <= value) and (
-        value < high if high_open else value <= high
-    )
-    if inside:
-        return []
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    return [f"--{flag} {given[flag]}: give a number in {interval}."]
+def _settings(given: dict, *names: str) -> list[str]:
+    """The choices and ranges of the flags `names` (`hf_deit_inputs.choices`)."""
+    return choices.problems(given, names, flag="--")
 
 
 def _int(given: dict, flag: str, problems: list) -> Optional[int]:

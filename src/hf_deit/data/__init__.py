@@ -3,7 +3,7 @@
     datasets.py    where images and labels come from: any `datasets` source, image folders, the embedded digits,
                    the evaluation split, a stratified labelled subset, a pool of unlabelled images
     decoding.py    image value -> 8-bit RGB PIL image; undecodable files skipped (or named in an error)
-    transforms.py  the augmentation recipe as data (presets, `AugmentationArguments`) and the per-image transforms
+    transforms.py  the per-image transforms, built from the augmentation recipe (`AugmentationArguments`)
     mixup.py       the collator: stack a batch, mix it (mixup/cutmix) with label smoothing folded into the targets
     samplers.py    the order examples are read in: repeated augmentation, and seeds by position (exact resume)
 
@@ -11,6 +11,7 @@ Public API (every name is importable from `hf_deit.data`):
 
 Loading
     load_image_classification_dataset(dataset_name=None, ...) -> DatasetDict | IterableDatasetDict
+    load_dataset_from_args(data_args, seed)    the same, from the data flags (hf_deit.arguments.DataArguments)
         Any `datasets` image-classification source (Hub id, `imagefolder` dirs, `save_to_disk` folder, or the
         embedded sets), normalised to splits `train`/`validation` with columns `image` (Image feature) and
         `label` (ClassLabel: label names are `ds["train"].features["label"].names`).
@@ -37,7 +38,14 @@ Batching
     RepeatedAugmentationSampler(dataset, num_replicas, rank, ...)  DeiT's RASampler (distributed runs).
 """
 
-from hf_deit_inputs.checks import EMBEDDED_DATASETS
+from hf_deit_inputs.choices import (
+    AUGMENTATION_PRESETS,
+    EMBEDDED_DATASETS,
+    RAND_AUGMENT_MAX_MAGNITUDE,
+    SMALL_IMAGE_MAX_SIZE,
+)
+
+from ..arguments import AugmentationArguments
 
 from .datasets import (
     DEFAULT_DATASET,
@@ -45,6 +53,7 @@ from .datasets import (
     EMBEDDED_SPLIT_SEED,
     EMBEDDED_VALIDATION_FRACTION,
     EVAL_SPLIT_CANDIDATES,
+    load_dataset_from_args,
     load_embedded_dataset,
     load_image_classification_dataset,
     load_image_folders,
@@ -70,10 +79,6 @@ from .samplers import (
     mix_seed,
 )
 from .transforms import (
-    AUGMENTATION_PRESETS,
-    RAND_AUGMENT_MAX_MAGNITUDE,
-    SMALL_IMAGE_MAX_SIZE,
-    AugmentationArguments,
     CenterCrop,
     NoisyRandAugment,
     ToNormalizedTensor,
@@ -114,6 +119,7 @@ __all__ = [
     "drop_skipped_examples",
     "image_source",
     "load_embedded_dataset",
+    "load_dataset_from_args",
     "load_image_classification_dataset",
     "load_image_folders",
     "load_unlabeled_images",

@@ -224,6 +224,25 @@ def load_image_classification_dataset(
     return (IterableDatasetDict if streaming else DatasetDict)(splits)
 
 
+def load_dataset_from_args(data_args, seed: int, token: Optional[str] = None):
+    """The `DatasetDict` (train + validation) the data flags (`hf_deit.arguments.DataArguments`) describe."""
+    return load_image_classification_dataset(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_dir=data_args.train_dir,
+        validation_dir=data_args.validation_dir,
+        image_column_name=data_args.image_column_name,
+        label_column_name=data_args.label_column_name,
+        eval_split=data_args.eval_split,
+        train_val_split=data_args.train_val_split,
+        seed=seed,
+        streaming=data_args.streaming,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
+        token=token,
+    )
+
+
 def _load_source(dataset_name, dataset_config_name, train_dir, validation_dir, streaming, cache_dir, token):
     if train_dir is not None or validation_dir is not None:
         # The default name (the scripts' --dataset_name default) gives way to the folders, as the flag's help says.

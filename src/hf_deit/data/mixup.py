@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .decoding import BadImageError
-from .transforms import AugmentationArguments
+from ..arguments import AugmentationArguments
 
 
 # The batch key of the (batch,) bool mask that marks labelled rows (False: an image the teacher labels), when a batch

@@ -1,7 +1,7 @@
-"""Transforms: DeiT's augmentation recipe as data (the presets that `hf_deit.arguments.AugmentationArguments`
-resolves) and the per-image transforms built from it (torchvision.transforms.v2), attached to the splits lazily.
+"""Transforms: the per-image transforms (torchvision.transforms.v2) built from DeiT's augmentation recipe (the
+flags `hf_deit.arguments.AugmentationArguments`, their presets `hf_deit_inputs.choices.AUGMENTATION_PRESETS`), attached
+to the splits lazily.
 
-    AUGMENTATION_PRESETS             "imagenet" (paper) / "small_images"; the flags are `AugmentationArguments`.
     build_train_transform(args) / build_eval_transform(args)   PIL image (any mode) -> normalised float tensor.
     apply_transforms(dataset_dict, train_transform, eval_transform, skip_bad_images=True)
                                      adds `pixel_values` + `labels` lazily; images decoded there
@@ -21,41 +21,11 @@ from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from PIL import Image as PILImage
 from torchvision.transforms import v2
 
-from ..arguments import SMALL_IMAGE_MAX_SIZE, AugmentationArguments  # noqa: F401  (re-exported)
-from ..image_processing import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
+from hf_deit_inputs.choices import RAND_AUGMENT_MAX_MAGNITUDE
+
+from ..arguments import AugmentationArguments
+from ..image_processing import eval_resize_size
 from .decoding import decode_or_skip, substitute_image, to_rgb, transform_image, undecoded_images
-
-# Presets as data. "imagenet": the paper (its training defaults). "small_images": 28-32 px digits, where the
-# paper's crops would cut most of a digit away and mirror images are other symbols.
-AUGMENTATION_PRESETS = {
-    "imagenet": dict(
-        image_size=224, crop_pct=DEFAULT_CROP_PCT, scale_min=0.08, hflip=0.5, rand_augment="9",
-        rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.25,
-        mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5,
-    ),
-    # Light, because the budgets these images get are short: a digit fills ~20x20 of 28x28 px, so crops keep >= 80%
-    # of the area; no flips (mirror images are other symbols); no RandAugment, erasing, mixup or cutmix. Measured on
-    # the 4,000 embedded digits (scripts/train.py, width-128 student, 300 steps, seed 0, 2026-11-28): RandAugment m5 +
-    # crops >= 50% + erasing 0.1 held it at 25% where these crops alone reached 45%; mixup/cutmix held students at
-    # 22-24% after 4 epochs (3 seeds). For long schedules `--rand_augment 5 --scale_min 0.5 --reprob 0.1` (and
-    # `--mixup 0.8 --cutmix 1.0`) bring the paper's regularisation back. Eval resizes the whole image (crop_pct 1).
-    "small_images": dict(
-        image_size=32, crop_pct=1.0, scale_min=0.8, hflip=0.0, rand_augment="none",
-        rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.0,
-        mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
-    ),
-    # A new CNN teacher on a small folder of larger images (train_teacher.py's default above 64 px): crops of at
-    # least a quarter of the image and flips, nothing else. A CNN from scratch on 120-200 images gets a few hundred
-    # steps; the paper's RandAugment, erasing and mixup/cutmix are for a ViT on ImageNet. Measured on the sample
-    # folders (scripts/experiment_own_folder.py, README).
-    "cnn_from_scratch": dict(
-        image_size=224, crop_pct=DEFAULT_CROP_PCT, scale_min=0.25, hflip=0.5, rand_augment="none",
-        rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.0,
-        mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
-    ),
-}  # fmt: skip
-RAND_AUGMENT_MAX_MAGNITUDE = 10.0  # timm's magnitude scale: m9 applies 90% of each op's largest strength
-
 
 def recipe_defaults(image_size: int) -> AugmentationArguments:
     """The resolved recipe for a given input size: the paper's above 64 px, the small-image preset below."""

@@ -1,0 +1,129 @@
+"""What a distillation term is: the protocol every term module implements, and the registry of terms.
+
+A term is an `nn.Module` (its learnable parts, such as projections, are its submodules) that says
+
+    name              its key in `TERMS`; its value is logged as `loss_<name>` (`log_names`)
+    weight_field      the `DistillationConfig` field that holds its weight (0 = off), or None
+    teacher_outputs   what it needs from the teacher's pass: fields of `hf_deit.teacher.TeacherForwardOutput`
+                      ("logits", "attention_map", "features", "stage_maps"); whatever gives them (the live teacher,
+                      or outputs recorded earlier) can stand in for the teacher
+    training_only     whether it is computed in training only (evaluation losses then compare across runs)
+    build(args, student, teacher, probe)
+                      the term `args` describe, sized for the student and the teacher, or None when it is off
+    student_kwargs(student), capture(student), read(student, outputs, captured, pixel_values)
+                      what it asks of the student's forward pass and what it reads from it, inside that pass
+    forward(batch)    its loss on a `TermBatch`: a `TermLoss` (the value the objective adds, times `weight`, and its
+                      named values for the logs)
+
+`register_term` adds a term class to `TERMS`, whose order is the order the objective sums the terms in.
+"""
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..configuration_distilled_deit import _pair
+
+# The fields of the teacher's output a term may need (hf_deit.teacher.TeacherForwardOutput).
+TEACHER_OUTPUTS = ("logits", "attention_map", "features", "stage_maps")
+# The student's tokens before its patches: cls and dist.
+NUM_PREFIX_TOKENS = 2
+
+
+@dataclass
+class TermBatch:
+    """What the terms see of one batch."""
+
+    outputs: Any  # the student's output: cls_logits, distillation_logits, ...
+    labels: torch.Tensor
+    teacher: Any = None  # a TeacherForwardOutput with what the active terms asked for, or None
+    labeled: torch.Tensor | None = None  # (batch,) bool, False for unlabelled examples
+    signals: dict[str, Any] = field(default_factory=dict)  # what each term read from the student's pass, by name
+    grid: tuple[int, int] | None = None  # the student's patch grid
+
+
+@dataclass
+class TermLoss:
+    value: torch.Tensor  # added to the objective's loss, times the term's weight
+    logs: dict[str, torch.Tensor]  # named, unweighted values for the logs
+
+
+class DistillationTerm(nn.Module):
+    """The base of every distillation term (see the module docstring)."""
+
+    name: ClassVar[str]
+    weight_field: ClassVar[str | None] = None
+    teacher_outputs: ClassVar[tuple[str, ...]] = ()
+    training_only: ClassVar[bool] = True
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        self.weight = weight
+
+    @classmethod
+    def build(cls, args, student: nn.Module, teacher, probe: torch.Tensor) -> "DistillationTerm | None":
+        raise NotImplementedError
+
+    @classmethod
+    def weight_of(cls, args) -> float:
+        """The term's weight in `args`; an unset one (None) counts as 0 here."""
+        return (getattr(args, cls.weight_field, 0) or 0) if cls.weight_field else 0
+
+    @classmethod
+    def settings_needing_teacher(cls, args) -> list[str]:
+        """The settings in `args` that switch this term on, when it learns from a teacher; [] otherwise."""
+        weight = cls.weight_of(args)
+        return [f"{cls.weight_field}={weight}"] if weight > 0 and cls.teacher_outputs else []
+
+    @property
+    def log_names(self) -> tuple[str, ...]:
+        return (f"loss_{self.name}",)
+
+    # ---- the student's forward pass: what the term asks for and reads ----
+
+    def student_kwargs(self, student: nn.Module) -> dict:
+        """Keyword arguments the student's forward pass needs for this term (e.g. output_hidden_states=True)."""
+        return {}
+
+    def capture(self, student: nn.Module) -> contextlib.AbstractContextManager:
+        """A context around the student's forward pass; what it yields is handed to `read` as `captured`."""
+        return contextlib.nullcontext({})
+
+    def read(self, student: nn.Module, outputs, captured, pixel_values: torch.Tensor):
+        """What the term needs from the student's output; runs inside the student's call, so that learnable parts
+        applied here take part in its forward pass (DDP averages their gradients as the student's)."""
+        return None
+
+    def forward(self, batch: TermBatch) -> TermLoss:
+        raise NotImplementedError
+
+
+TERMS: dict[str, type[DistillationTerm]] = {}
+
+
+def register_term(term_class: type[DistillationTerm]) -> type[DistillationTerm]:
+    """Adds a term class to `TERMS` (last in the sum); usable as a class decorator."""
+    if term_class.name in TERMS and TERMS[term_class.name] is not term_class:
+        raise ValueError(f"A distillation term named {term_class.name!r} is registered already: "
+                         f"{TERMS[term_class.name].__module__}.{TERMS[term_class.name].__qualname__}.")  # fmt: skip
+    unknown = set(term_class.teacher_outputs) - set(TEACHER_OUTPUTS)
+    if unknown:
+        raise ValueError(f"{term_class.__qualname__}.teacher_outputs has {sorted(unknown)}; a teacher gives "
+                         f"{', '.join(TEACHER_OUTPUTS)}.")  # fmt: skip
+    TERMS[term_class.name] = term_class
+    return term_class
+
+
+def student_grid(config, pixel_values: torch.Tensor) -> tuple[int, int]:
+    """The student's patch grid for a batch of this size."""
+    patch_size = _pair(config.patch_size)
+    return pixel_values.shape[-2] // patch_size[0], pixel_values.shape[-1] // patch_size[1]
+
+
+def check_layers(name: str, layers, depth: int) -> None:
+    for index in layers:
+        if not -depth <= index < depth:
+            raise ValueError(f"{name} has {index}, but the student has {depth} blocks.")

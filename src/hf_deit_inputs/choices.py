@@ -1,0 +1,190 @@
+"""Every setting's choices and range, as data, in one place (standard library only).
+
+The early input checks (`hf_deit_inputs.checks`, before torch is imported) and the package (`hf_deit.arguments`'
+dataclasses, the distillation terms, the transforms) read them from here; nothing keeps a copy. A setting is checked
+by its name, so a command-line flag and the dataclass field it fills are checked by the same rule:
+
+    problem("distillation_alpha", 1.5)  ->  "distillation_alpha 1.5: give a number in [0, 1]."
+    check(settings, names)              raises ValueError listing every problem (the dataclasses' __post_init__)
+
+The recipe's augmentation presets and the teacher architectures are here too, as the data they are.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+# ---- distillation ----
+
+DISTILLATION_TYPES = ("none", "soft", "hard")
+ATTENTION_TOKENS = ("cls", "dist", "both")
+ATTENTION_MAP_LOSSES = ("kl", "mse")
+FEATURE_LOSSES = ("cosine", "mse")
+FEATURE_TOKENS = ("dist", "cls", "patches")
+WEAK_TEACHER_FALLBACKS = ("all", "where_wrong")
+
+# ---- data and augmentation ----
+
+EMBEDDED_DATASETS = ("mnist", "digits")  # hf_deit.data loads these sets
+# Images up to this size get the small-image augmentation preset and, with a CNN teacher, feature-map distillation.
+SMALL_IMAGE_MAX_SIZE = 64
+RAND_AUGMENT_MAX_MAGNITUDE = 10.0  # timm's magnitude scale: m9 applies 90% of each op's largest strength
+DEFAULT_CROP_PCT = 0.875  # DeiT evaluates on a center crop of 224 / 256 of the shorter side
+
+# The augmentation recipe's presets. "imagenet": the paper (its training defaults). "small_images": 28-32 px digits,
+# where the paper's crops would cut most of a digit away and mirror images are other symbols: crops keep >= 80% of
+# the area, no flips, no RandAugment, erasing, mixup or cutmix (the budgets these images get are short: README, "Where
+# the defaults come from"), and eval resizes the whole image. "cnn_from_scratch": a new CNN teacher on a small
+# folder of larger images (train_teacher.py's default above 64 px): crops of at least a quarter of the image and
+# flips, nothing else; the paper's RandAugment, erasing and mixup/cutmix are for a ViT on ImageNet.
+AUGMENTATION_PRESETS = {
+    "imagenet": dict(
+        image_size=224, crop_pct=DEFAULT_CROP_PCT, scale_min=0.08, hflip=0.5, rand_augment="9",
+        rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.25,
+        mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5,
+    ),
+    "small_images": dict(
+        image_size=32, crop_pct=1.0, scale_min=0.8, hflip=0.0, rand_augment="none",
+        rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.0,
+        mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
+    ),
+    "cnn_from_scratch": dict(
+        image_size=224, crop_pct=DEFAULT_CROP_PCT, scale_min=0.25, hflip=0.5, rand_augment="none",
+        rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.0,
+        mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
+    ),
+}  # fmt: skip
+
+# ---- resuming: --resume_from_checkpoint takes a folder or one of these words ----
+
+RESUME_LATEST = ("auto", "true", "latest", "last", "yes")  # the newest checkpoint in --output_dir
+RESUME_NEVER = ("false", "no", "none", "never")  # start fresh (refused over existing checkpoints)
+RUN_SETTINGS_NAME = "run_settings.json"  # a run's settings, saved beside its checkpoints and its model
+
+# ---- the teacher's own script ----
+
+# Small CNNs for small images, random init; any field can be overridden with --config_overrides.
+TEACHER_ARCHITECTURES = {
+    "resnet": dict(model_type="resnet", embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
+                   layer_type="basic", downsample_in_first_stage=False),
+    "regnet": dict(model_type="regnet", embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
+                   groups_width=16, layer_type="y"),
+    "convnext": dict(model_type="convnext", hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1], patch_size=2),
+}  # fmt: skip
+
+# ---- every named choice and range, by setting ----
+
+CHOICES = {
+    "distillation_type": DISTILLATION_TYPES,
+    "attention_distillation_token": ATTENTION_TOKENS,
+    "attention_distillation_loss": ATTENTION_MAP_LOSSES,
+    "feature_distillation_loss": FEATURE_LOSSES,
+    "feature_distillation_token": FEATURE_TOKENS,
+    "weak_teacher_fallback": WEAK_TEACHER_FALLBACKS,
+    "preset": ("auto", *AUGMENTATION_PRESETS),
+    "architecture": tuple(TEACHER_ARCHITECTURES),
+}
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    whole: bool = False  # a whole number
+    hint: str = ""  # what the number is, for the message
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low < value if self.low_open else self.low <= value
+        return above and (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+_PROBABILITY = Range(0.0, 1.0)
+_NON_NEGATIVE = Range(0.0)
+_FRACTION = Range(0.0, 1.0, low_open=True)  # (0, 1]
+
+RANGES = {
+    # distillation
+    "distillation_alpha": _PROBABILITY,
+    "distillation_tau": Range(0.0, low_open=True),
+    "attention_distillation_weight": _NON_NEGATIVE,
+    "feature_distillation_weight": _NON_NEGATIVE,
+    "feature_map_distillation_weight": _NON_NEGATIVE,
+    "pseudo_label_threshold": _PROBABILITY,
+    "min_teacher_accuracy": _PROBABILITY,
+    "labeled_fraction": _FRACTION,
+    # training
+    "label_smoothing_factor": Range(0.0, 1.0, high_open=True),
+    "repeated_augmentation": Range(1, whole=True, hint="1 (off) or more copies of each image per epoch"),
+    # data and augmentation
+    "train_val_split": Range(0.0, 1.0, low_open=True, high_open=True),
+    "image_size": Range(1, whole=True, hint="the side of the model's input in pixels (e.g. 224)"),
+    "crop_pct": _FRACTION,
+    "scale_min": _FRACTION,
+    "hflip": _PROBABILITY,
+    "reprob": _PROBABILITY,
+    "mixup_prob": _PROBABILITY,
+    "mixup_switch_prob": _PROBABILITY,
+    "mixup": _NON_NEGATIVE,
+    "cutmix": _NON_NEGATIVE,
+    "color_jitter": _NON_NEGATIVE,
+    "rand_augment_mstd": _NON_NEGATIVE,
+    "rand_augment": Range(0.0, RAND_AUGMENT_MAX_MAGNITUDE, hint="a magnitude from 0 to 10 (the paper uses 9), or none"),
+}
+NONE_WORDS = ("none", "off", "")  # a setting that may be off (rand_augment) is off when given one of these
+
+
+def problem(name: str, value, flag: str = "") -> Optional[str]:
+    """What is wrong with `value` for the setting `name` (checked against `CHOICES` and `RANGES`), or None. `flag`
+    ("--" on a command line) prefixes the name in the message. Values may be typed or text as typed."""
+    shown = f"{flag}{name} {value}"
+    if name in CHOICES:
+        choices = CHOICES[name]
+        if value in choices:
+            return None
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+        suggestion = f" (did you mean {close[0]}?)" if close else ""
+        return f"{shown}: not a choice{suggestion}; choose one of {', '.join(choices)}."
+    allowed = RANGES.get(name)
+    if allowed is None or value is None:
+        return None
+    if name == "rand_augment" and str(value).strip().lower() in NONE_WORDS:
+        return None
+    number = _number(value, allowed.whole)
+    if number is not None and number in allowed:
+        return None
+    if number is None and allowed.whole:
+        return f"{shown}: give a whole number."
+    return f"{shown}: give {allowed.hint or f'a number in {allowed}'}."
+
+
+def problems(settings: dict, names: Optional[Iterable[str]] = None, flag: str = "") -> list[str]:
+    """The problems of the settings `names` (default: all) in `settings` (name -> value)."""
+    names = settings if names is None else names
+    return [message for name in names if name in settings and (message := problem(name, settings[name], flag))]
+
+
+def check(settings, names: Iterable[str]) -> None:
+    """Raise a ValueError listing what is wrong with the attributes `names` of `settings` (a dataclass)."""
+    found = problems({name: getattr(settings, name) for name in names})
+    if found:
+        raise ValueError(" ".join(found))
+
+
+def _number(value, whole: bool) -> Optional[float]:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if whole and (not math.isfinite(number) or number != int(number) or "." in str(value)):
+        return None
+    return number
