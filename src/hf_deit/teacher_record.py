@@ -576,11 +576,11 @@ class TeacherRecord:
         if loss.pseudo_label_threshold > 0 and "top_k" not in kinds:
             missing.append("--pseudo_label_threshold needs the teacher's confidence: record with --top_k")
         request = objective.teacher_request(True)
-        for requested, kind, term in (("features", "features", "the feature term"),
-                                      ("attention_map", "attention_map", "the attention term"),
-                                      ("stage_maps", "stage_map", "the feature-map term")):  # fmt: skip
+        for requested, kind, term, noun in (("features", "features", "the feature term", "pooled features"),
+                                            ("attention_map", "attention_map", "the attention term", "attention maps"),
+                                            ("stage_maps", "stage_map", "the feature-map term", "stage map")):  # fmt: skip
             if request[requested] and kind not in kinds:
-                missing.append(f"{term} needs the teacher's {kind.replace('_', ' ')}s: record with --record_{kind}")
+                missing.append(f"{term} needs the teacher's {noun}: record with --record_{kind}")
         if request["stage_maps"] and "stage_map" in kinds and outputs["stage"] != objective.feature_map_stage:
             missing.append(f"the feature-map term imitates stage {objective.feature_map_stage}, the record holds "
                            f"stage {outputs['stage']}")  # fmt: skip
