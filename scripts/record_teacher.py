@@ -13,11 +13,11 @@ a learning-rate sweep, other student sizes, resumed runs. A run that differs is 
 import logging
 import sys
 
-from hf_deit.arguments import record_argument_parser
-from hf_deit.teacher_record import plan_for_run, record_teacher_outputs
+import train
 from transformers import set_seed
 
-import train
+from hf_deit.arguments import record_argument_parser
+from hf_deit.teacher_record import plan_for_run, record_teacher_outputs
 
 logger = logging.getLogger("hf_deit.record_teacher")
 

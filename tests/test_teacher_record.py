@@ -5,12 +5,12 @@ refused before any step, each difference named."""
 import json
 
 import pytest
+import record_teacher
 import torch
+import train
 from safetensors.torch import load_file
 from transformers import ResNetConfig, ResNetForImageClassification
 
-import record_teacher
-import train
 from hf_deit.teacher_record import RecordMismatchError, TeacherRecord
 
 pytestmark = pytest.mark.filterwarnings("ignore")

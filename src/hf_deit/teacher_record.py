@@ -497,7 +497,7 @@ class TeacherRecord:
         self._checked_batches = 0
 
     @classmethod
-    def open(cls, folder: str) -> "TeacherRecord":
+    def open(cls, folder: str) -> TeacherRecord:
         path = os.path.join(folder, MANIFEST_NAME)
         if not os.path.isfile(path):
             shards = os.path.isdir(folder) and any(name.endswith(".safetensors") for name in os.listdir(folder))
@@ -530,7 +530,7 @@ class TeacherRecord:
 
     # ---- sizing the objective without the teacher ----
 
-    def stand_in(self) -> "RecordedTeacher":
+    def stand_in(self) -> RecordedTeacher:
         return RecordedTeacher(self)
 
     # ---- does it fit the run? ----
@@ -550,7 +550,8 @@ class TeacherRecord:
             if key.endswith("images") and transform_differs and ours and theirs and ours["rows"] == theirs["rows"]:
                 continue  # the fingerprint covers the transform too: the augmentation line names the difference
             if key == "augmentation" and ours and theirs:  # the steps that differ only
-                ours, theirs = [line for line in ours if line not in theirs], [line for line in theirs if line not in ours]
+                ours, theirs = ([line for line in ours if line not in theirs],
+                                [line for line in theirs if line not in ours])
             if ours != theirs:
                 problems.append(f"{name}: recorded {_short(ours)}, this run {_short(theirs)}")
         epochs = epochs_of_run(trainer, trainer.args.world_size)
@@ -576,9 +577,10 @@ class TeacherRecord:
         if loss.pseudo_label_threshold > 0 and "top_k" not in kinds:
             missing.append("--pseudo_label_threshold needs the teacher's confidence: record with --top_k")
         request = objective.teacher_request(True)
-        for requested, kind, term, noun in (("features", "features", "the feature term", "pooled features"),
-                                            ("attention_map", "attention_map", "the attention term", "attention maps"),
-                                            ("stage_maps", "stage_map", "the feature-map term", "stage map")):  # fmt: skip
+        wanted = (("features", "features", "the feature term", "pooled features"),
+                  ("attention_map", "attention_map", "the attention term", "attention maps"),
+                  ("stage_maps", "stage_map", "the feature-map term", "stage map"))
+        for requested, kind, term, noun in wanted:
             if request[requested] and kind not in kinds:
                 missing.append(f"{term} needs the teacher's {noun}: record with --record_{kind}")
         if request["stage_maps"] and "stage_map" in kinds and outputs["stage"] != objective.feature_map_stage:
@@ -769,7 +771,7 @@ class RecordedTeacher:
 
     def __call__(self, pixel_values, attention_map=False, features=False, stage_maps=False, layers=(-1,)):
         batch = len(pixel_values)
-        zeros = lambda shape: torch.zeros(batch, *shape, device=pixel_values.device)  # noqa: E731
+        zeros = lambda shape: torch.zeros(batch, *shape, device=pixel_values.device)
         names = {"features": features, "attention_map": attention_map, "stage_maps": stage_maps}
         for name, wanted in names.items():
             if wanted and self.shapes[name] is None:

@@ -135,7 +135,8 @@ class ViewKey(NamedTuple):
 
 class PositionSeededSampler(torch.utils.data.Sampler):
     """Yields a `ViewKey` per example: the indices of `sampler` (or, for a `RandomSampler`, a permutation seeded by
-    `seed + epoch`), each with a seed for its augmentation derived from the training seed, the epoch and its position."""
+    `seed + epoch`), each with a seed for its augmentation derived from the training seed, the epoch and its
+    position."""
 
     def __init__(self, sampler, seed: int):
         self.sampler = sampler
