@@ -5,6 +5,8 @@ r"""Train a distilled DeiT with a teacher, the Hugging Face way.
     python scripts/train.py --train_dir data/train --validation_dir data/val --model_name_or_path tiny \
         --image_size 224 --output_dir outputs/mine           # your images: one sub-folder per class in each
     accelerate launch scripts/train.py --teacher_name_or_path outputs/teacher --distillation_type hard
+    python scripts/record_teacher.py --record_dir outputs/record <the same flags>   # the teacher once, then
+    python scripts/train.py --teacher_outputs outputs/record <the same flags, no teacher>   # runs without it
     accelerate launch scripts/train.py --model_name_or_path small --train_dir ... --validation_dir ... \
         --teacher_name_or_path facebook/regnet-y-160 --push_to_hub --hub_model_id me/deit-small-distilled
 
@@ -139,7 +141,8 @@ def build_run(model_args: ModelArguments, data_args: DataArguments, aug_args: Au
     image_processor = deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std)
 
     # Train: the trainer sizes what was left unset (learning rate, epochs) to the model and the data
-    if training_args.teacher_name_or_path is None and training_args.distillation_type in ("soft", "hard"):
+    teacher_given = training_args.teacher_name_or_path is not None or training_args.teacher_outputs is not None
+    if not teacher_given and training_args.distillation_type in ("soft", "hard"):
         logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
         training_args.distillation_type = "none"  # the default, unasked
     trainer = DistillationTrainer(
@@ -173,8 +176,9 @@ def add_unlabeled_examples(train, data_args: DataArguments, training_args: Disti
                 token=hub_token,
             )
         )
-    if len(parts) > 1 and training_args.teacher_name_or_path is None:
-        raise ValueError("Unlabelled training images need a teacher to label them: pass --teacher_name_or_path.")
+    if len(parts) > 1 and training_args.teacher_name_or_path is None and training_args.teacher_outputs is None:
+        raise ValueError("Unlabelled training images need a teacher to label them: pass --teacher_name_or_path (or "
+                         "its recorded outputs, --teacher_outputs).")
     return concatenate_datasets(parts) if len(parts) > 1 else train
 
 

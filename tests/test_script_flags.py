@@ -89,9 +89,14 @@ def sources(tmp_path_factory) -> dict[str, str]:
                                               num_labels=10, id2label=names)).save_pretrained(root / "other_teacher")
     ResNetForImageClassification(ResNetConfig(**{**teacher, "num_labels": 3, "id2label": {0: "a", 1: "b", 2: "c"}})
                                  ).save_pretrained(root / "three_class_teacher")  # fmt: skip
-    return {name: str(root / name) for name in
-            ("saved", "train_dir", "validation_dir", "pool", "student", "teacher", "other_teacher",
-             "three_class_teacher")}  # fmt: skip
+    paths = {name: str(root / name) for name in
+             ("saved", "train_dir", "validation_dir", "pool", "student", "teacher", "other_teacher",
+              "three_class_teacher")}  # fmt: skip
+    import record_teacher  # the teacher's outputs over one epoch of the base command's views
+
+    record_teacher.main(["--record_dir", str(root / "record"), "--num_epochs", "1",
+                         *base_command_line("train", paths, root / "recorded")])  # fmt: skip
+    return {**paths, "record": str(root / "record")}
 
 
 def base_command_line(script: str, sources: dict, output_dir: Path) -> list[str]:
@@ -122,7 +127,7 @@ CHANGED = {
     # Training fields of our own
     "repeated_augmentation": "2",
     # Distillation
-    "teacher_name_or_path": "{other_teacher}", "distillation_type": "soft", "distillation_alpha": "0.3",
+    "teacher_name_or_path": "{other_teacher}", "teacher_outputs": "{record}", "distillation_type": "soft", "distillation_alpha": "0.3",
     "distillation_tau": "2.0", "teacher_image_size": "24", "attention_distillation_weight": "0.5",
     "attention_distillation_layers": ["0"], "attention_distillation_token": "cls", "attention_distillation_loss": "mse",
     "feature_distillation_weight": "0.5", "feature_distillation_loss": "mse", "feature_distillation_token": "cls",
@@ -240,6 +245,7 @@ def what_the_run_uses(script: str, argv: list[str]) -> dict:
         "collator": describe(trainer.data_collator), "eval collator": describe(trainer.eval_data_collator),
         "processor": describe(trainer.processing_class.to_dict()),
         "teacher": describe(getattr(trainer, "teacher", None), depth=3),
+        "teacher record": describe(getattr(trainer, "teacher_record", None), depth=2),
         "objective": describe(getattr(trainer, "objective", None)),
         "repeated augmentation": trainer.repeated_augmentation,
         "resolved": describe([args.learning_rate, args.num_train_epochs, args.eval_strategy, args.bf16]),

@@ -388,6 +388,12 @@ class DistillationConfig(DeiTTrainingArguments):
     distillation_alpha: float = field(default=0.5, metadata={"help": "Weight of the distillation term (paper 0.5)."})
     distillation_tau: float = field(default=1.0, metadata={"help": "Temperature of soft distillation (paper 1.0)."})
     teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Allow the teacher's remote code."})
+    teacher_outputs: Optional[str] = field(
+        default=None,
+        metadata={"help": "Train from the teacher's outputs recorded by scripts/record_teacher.py (this folder) instead "
+                  "of running the teacher: a record of other data, augmentation, seed, size or epochs is refused. "
+                  "With --teacher_name_or_path too, the first batches are checked against the teacher."},
+    )
     teacher_image_size: Optional[str] = field(
         default=None,
         metadata={"help": "What the teacher sees: its own preprocessing size (default; the batch is resized to it), "
@@ -581,6 +587,53 @@ class EvaluationArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's remote code."})
     teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Allow the teacher's remote code."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, ...; default: cuda when available."})
+
+
+@dataclass
+class RecordArguments:
+    """Arguments of `scripts/record_teacher.py` beyond train.py's (`hf_deit.teacher_record`)."""
+
+    _argument_group_name = "Record"  # its heading in --help
+
+    record_dir: str = field(metadata={"help": "Where the record goes (safetensors shards and manifest.json)."})
+    num_epochs: Optional[int] = field(
+        default=None, metadata={"help": "Epochs recorded; default: as many as the run's schedule reads."}
+    )
+    record_world_size: int = field(
+        default=1,
+        metadata={"help": "Processes of the run the record is for. Matters only with repeated augmentation or "
+                  "mixup/cutmix, whose views depend on it."},
+    )
+    top_k: str = field(
+        default="auto",
+        metadata={"help": "Teacher probabilities kept per view: N, 'all', or 'auto' (10 for soft distillation, none "
+                  "for hard, which needs only the argmax)."},
+    )
+    record_features: Optional[bool] = field(
+        default=None, metadata={"help": "Record the pooled features (default: when the feature term is on)."}
+    )
+    record_attention_map: Optional[bool] = field(
+        default=None, metadata={"help": "Record the attention maps (default: when the attention term is on)."}
+    )
+    record_stage_map: Optional[bool] = field(
+        default=None, metadata={"help": "Record the CNN stage map (default: when the feature-map term is on)."}
+    )
+    teacher_batch_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Views per teacher pass (default: the run's batch, whose arithmetic is the run's; larger "
+                  "is faster on an accelerator)."},
+    )
+    compile_teacher: bool = field(
+        default=False, metadata={"help": "Compile the teacher's pass (weights frozen in, as for inference)."}
+    )
+    overwrite_record: bool = field(default=False, metadata={"help": "Replace a record already in --record_dir."})
+
+
+def record_argument_parser():
+    """`scripts/record_teacher.py`'s parser: train.py's flags (the run the record is for) and `RecordArguments`."""
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, DistillationConfig, RecordArguments))
 
 
 def train_argument_parser():

@@ -23,6 +23,7 @@ from .objective import DistillationObjective
 from .preemption import StopOnSignal, shield_workers
 from .progress import progress_file_callback
 from .teacher import Teacher, TeacherForwardOutput
+from .teacher_record import TeacherRecord, evaluation_views
 from .teacher_check import check_teacher, eval_transform_of, which_head
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class DeiTTrainerBase(Trainer):
 
     # `compute_loss` returns a per-batch mean; Trainer divides it by the accumulation steps itself.
     loss_is_scaled_for_ga = False
+    # Training batches carry their rows' places in the epoch ("views"), where a trainer finds recorded outputs by them.
+    keeps_views = False
 
     def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *,
                  train_dataset=None, eval_dataset=None, eval_data_collator=None, **kwargs):  # fmt: skip
@@ -135,16 +138,8 @@ class DeiTTrainerBase(Trainer):
             return super()._get_train_sampler(dataset)
         from .data import RepeatedAugmentationSampler
 
-        return RepeatedAugmentationSampler(
-            dataset,
-            num_replicas=self.args.world_size,
-            rank=self.args.process_index,
-            seed=self.args.seed,
-            num_repeats=self.repeated_augmentation,
-            # The official epoch length rounds down to 256 images; on a small folder that would drop most of it (all
-            # of it under 256 images), so there it rounds to the number of processes only.
-            round_to=256 if len(dataset) >= 10 * 256 else self.args.world_size,
-        )
+        return RepeatedAugmentationSampler.for_run(dataset, self.args.world_size, self.args.process_index,
+                                                   self.args.seed, self.repeated_augmentation)  # fmt: skip
 
     def get_train_dataloader(self):
         dataloader = self._seeded_train_dataloader()
@@ -167,7 +162,8 @@ class DeiTTrainerBase(Trainer):
             return super().get_train_dataloader()
         self.train_dataset = PositionSeededDataset(train_dataset)
         try:
-            with self._collating_with(PositionSeededCollator(self.data_collator or default_data_collator)):
+            collator = PositionSeededCollator(self.data_collator or default_data_collator, keep_views=self.keeps_views)
+            with self._collating_with(collator):
                 return super().get_train_dataloader()
         finally:
             self.train_dataset = train_dataset
@@ -274,8 +270,12 @@ class DistillationTrainer(DeiTTrainerBase):
             self.teacher.to(self.accelerator.device)
             if args.torch_compile:
                 self.teacher.compile(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode)
-        self.teacher_name = self.teacher.name if self.teacher is not None else None
-        self.objective = DistillationObjective.build(args, self.model, self.teacher)
+        # Recorded outputs (hf_deit.teacher_record) replace the teacher's passes; a teacher given too checks them.
+        self.teacher_record = TeacherRecord.open(args.teacher_outputs) if args.teacher_outputs else None
+        self.keeps_views = self.teacher_record is not None
+        stand_in = self.teacher_record.stand_in() if self.teacher is None and self.teacher_record is not None else None
+        self.teacher_name = self.teacher.name if self.teacher is not None else getattr(stand_in, "name", None)
+        self.objective = DistillationObjective.build(args, self.model, self.teacher or stand_in)
         self._loss_terms_sum = None  # running sums of the objective's terms since the last log
         self._loss_terms_count = 0
 
@@ -285,7 +285,13 @@ class DistillationTrainer(DeiTTrainerBase):
 
     # ---- the objective's projections train as part of the student ----
 
+    @property
+    def has_teacher(self) -> bool:
+        return self.teacher is not None or self.teacher_record is not None
+
     def train(self, *args, **kwargs):
+        if self.teacher_record is not None:
+            self.teacher_record.check_run(self)  # before any step: a record of another run is refused
         self.teacher_report = self.check_teacher()
         attach = any(True for _ in self.objective.parameters())
         if attach:
@@ -305,16 +311,22 @@ class DistillationTrainer(DeiTTrainerBase):
         with its numbers and the fix, and with `args.protect_from_weak_teacher` the loss's distillation
         targets fall back to the labels where it is wrong. Returns the `TeacherReport`, or None (no teacher in the
         loss, or no readable training set)."""
-        if self.teacher is None or not self.objective.needs_teacher:
+        if not self.has_teacher or not self.objective.needs_teacher:
             return None
         transform = eval_transform_of(getattr(self, "processing_class", None))
-        if transform is None:
+        if self.teacher is None:  # trained from a record: the check made when it was recorded
+            report = self.teacher_record.teacher_report()
+            if report is not None:
+                report.min_accuracy = self.args.min_teacher_accuracy
+        elif transform is None:
             logger.info("Teacher not checked before training: no image processor (processing_class) to read the "
                         "training images with.")
             return None
-        names = [self.model.config.id2label[index] for index in range(self.model.config.num_labels)]
-        report = check_teacher(self.teacher_logits, self.train_dataset, self.eval_dataset, transform, names,
-                               self.args.min_teacher_accuracy, device=self.accelerator.device, seed=self.args.seed)  # fmt: skip
+        else:
+            names = [self.model.config.id2label[index] for index in range(self.model.config.num_labels)]
+            report = check_teacher(self.teacher_logits, self.train_dataset, self.eval_dataset, transform, names,
+                                   self.args.min_teacher_accuracy, device=self.accelerator.device,
+                                   seed=self.args.seed)  # fmt: skip
         if report is None:
             logger.info("Teacher not checked before training: the training set is streamed or has no image and label "
                         "columns to read without augmentation.")
@@ -351,16 +363,51 @@ class DistillationTrainer(DeiTTrainerBase):
         """The teacher's logits for the student's batch, in the student's class order."""
         return self.teacher_outputs(pixel_values).logits
 
+    def batch_teacher_outputs(self, pixel_values: torch.Tensor, views: torch.Tensor | None,
+                              extra_terms: bool) -> TeacherForwardOutput:
+        """The teacher's outputs for a batch: recorded (found by the rows' `views`) when the run has a record, else
+        the teacher's forward pass."""
+        request = self.objective.teacher_request(extra_terms)
+        if self.teacher_record is None:
+            return self.teacher_outputs(pixel_values, **request)
+        if views is None:
+            raise ValueError("A batch without its views' places reached a run that trains from recorded teacher "
+                             "outputs: read the data through the trainer's own data loaders.")
+        recorded = self.teacher_record.outputs(views, num_classes=self.model.config.num_labels,
+                                               device=pixel_values.device,
+                                               distillation_type=self.objective.loss.distillation_type, **request)
+        if self.teacher is not None and extra_terms:
+            self.teacher_record.check_against_teacher(recorded, self.teacher_outputs(pixel_values, **request))
+        return recorded
+
     def _forward(self, model, inputs, with_teacher: bool, extra_terms: bool = False):
+        views = inputs.pop("views", None)
         outputs, signals = self.objective.student_forward(model, self.accelerator.unwrap_model(model), inputs, extra_terms)
-        teacher = self.teacher_outputs(inputs["pixel_values"], **self.objective.teacher_request(extra_terms)) \
-            if with_teacher else None  # fmt: skip
+        teacher = self.batch_teacher_outputs(inputs["pixel_values"], views, extra_terms) if with_teacher else None
         return outputs, signals, teacher
+
+    def _prepare_inputs(self, inputs):
+        views = inputs.pop("views", None) if isinstance(inputs, dict) else None
+        inputs = super()._prepare_inputs(inputs)
+        if views is not None:
+            inputs["views"] = views.cpu()  # looked up on the host: no copy to the accelerator and back
+        return inputs
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.teacher_record is None or isinstance(eval_dataset, str):
+            return super().get_eval_dataloader(eval_dataset)
+        collator = self.eval_data_collator
+        self.eval_data_collator = PositionSeededCollator(collator, keep_views=True)
+        try:
+            return super().get_eval_dataloader(evaluation_views(eval_dataset if eval_dataset is not None
+                                                                else self.eval_dataset))  # fmt: skip
+        finally:
+            self.eval_data_collator = collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The teacher runs only when the loss uses it, or in evaluation (for agreement metrics) when there is one.
         # Unlabelled examples (a `labeled` mask from the collator) take their class targets from the teacher.
-        with_teacher = self.teacher is not None and (
+        with_teacher = self.has_teacher and (
             self.objective.needs_teacher or not model.training or LABELED_KEY in inputs
         )
         outputs, signals, teacher = self._forward(model, inputs, with_teacher, extra_terms=model.training)
@@ -392,7 +439,7 @@ class DistillationTrainer(DeiTTrainerBase):
                 loss = loss.detach()
             else:
                 loss = None
-                outputs, _, teacher = self._forward(model, inputs, self.teacher is not None)
+                outputs, _, teacher = self._forward(model, inputs, self.has_teacher)
                 predictions = self._prediction_outputs(outputs, teacher.logits if teacher is not None else None)
         if prediction_loss_only:
             return loss, None, None

@@ -96,7 +96,7 @@ DISTILLATION_FLAGS = (
     "teacher_name_or_path", "teacher_image_size", "distillation_type", "distillation_alpha", "distillation_tau",
     "attention_distillation_weight", "attention_distillation_token", "attention_distillation_loss",
     "feature_distillation_weight", "feature_distillation_loss", "feature_distillation_token",
-    "unlabeled_dataset_name", "unlabeled_train_dir", "labeled_fraction", "pseudo_label_threshold",
+    "unlabeled_dataset_name", "unlabeled_train_dir", "labeled_fraction", "pseudo_label_threshold", "teacher_outputs",
 )  # fmt: skip
 TRAIN_FLAGS = ("model_name_or_path", "config_overrides", *DATA_FLAGS, *AUGMENTATION_FLAGS, *DISTILLATION_FLAGS,
                *TRAINING_FLAGS)  # fmt: skip
@@ -385,7 +385,11 @@ def _check_teacher_input(given: dict) -> list[str]:
 
 def _check_distillation(given: dict) -> list[str]:
     problems = _check_teacher_input(given)
-    teacher = given.get("teacher_name_or_path")
+    teacher = given.get("teacher_name_or_path") or given.get("teacher_outputs")
+    record = given.get("teacher_outputs")
+    if record is not None and not os.path.isfile(os.path.join(record, "manifest.json")):
+        problems.append(f"--teacher_outputs {record}: no teacher record there (no manifest.json): write one with "
+                        "scripts/record_teacher.py and this run's flags, or pass --teacher_name_or_path instead.")
     problems += _settings(given, "distillation_type", "attention_distillation_token", "attention_distillation_loss",
                           "feature_distillation_loss", "feature_distillation_token", "distillation_alpha",
                           "distillation_tau", "labeled_fraction", "pseudo_label_threshold",

@@ -4,6 +4,9 @@
     PositionSeededSampler / PositionSeededDataset / PositionSeededCollator
                                      augmentation seeded by its place in the epoch, so that a resumed run augments
                                      exactly as an uninterrupted one (`DeiTTrainerBase` wraps the training data).
+    ViewKey                          what the sampler yields: the image, its seed, and the place it was drawn for
+                                     (epoch, position), by which recorded teacher outputs are found again
+                                     (`hf_deit.teacher_record`).
 
 Augmentation randomness that resumes exactly. Trainer saves torch's global RNG with each checkpoint and restores it on
 resume, but the data pipeline draws from that same RNG (random crops, RandAugment, erasing, mixup) and accelerate's
@@ -21,7 +24,7 @@ on prefetching or on the number of DataLoader workers.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 
@@ -79,6 +82,14 @@ class RepeatedAugmentationSampler(torch.utils.data.Sampler[int]):
                     f"{num_replicas} ranks is empty; pass a smaller round_to (1 keeps every image)."
                 )
 
+    @classmethod
+    def for_run(cls, dataset, world_size: int, rank: int, seed: int, num_repeats: int) -> "RepeatedAugmentationSampler":
+        """The sampler a training run with `world_size` processes gives rank `rank`."""
+        # The official epoch length rounds down to 256 images; on a small folder that would drop most of it (all of it
+        # under 256 images), so there it rounds to the number of processes only.
+        round_to = 256 if len(dataset) >= 10 * 256 else world_size
+        return cls(dataset, num_replicas=world_size, rank=rank, seed=seed, num_repeats=num_repeats, round_to=round_to)
+
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
             order = torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
@@ -112,9 +123,20 @@ def mix_seed(*values: int) -> int:
     return state >> 1
 
 
+class ViewKey(NamedTuple):
+    """One training view: the dataset's `index`, the `seed` its augmentation draws from, and the `epoch` and `position`
+    (in this process's share of the epoch) it was drawn for."""
+
+    index: int
+    seed: int
+    epoch: int
+    position: int
+
+
 class PositionSeededSampler(torch.utils.data.Sampler):
-    """Yields `(index, seed)`: the indices of `sampler` (or, for a `RandomSampler`, a permutation seeded by
-    `seed + epoch`), each with a seed for its augmentation derived from the training seed, the epoch and its position."""
+    """Yields a `ViewKey` per example: the indices of `sampler` (or, for a `RandomSampler`, a permutation seeded by
+    `seed + epoch`), each with a seed for its augmentation derived from the training seed, the epoch and its
+    position."""
 
     def __init__(self, sampler, seed: int):
         self.sampler = sampler
@@ -137,13 +159,15 @@ class PositionSeededSampler(torch.utils.data.Sampler):
         else:
             indices = iter(self.sampler)
         for position, index in enumerate(indices):
-            yield int(index), mix_seed(self.seed, self.epoch, position)
+            yield ViewKey(int(index), mix_seed(self.seed, self.epoch, position), self.epoch, position)
 
 
 class PositionSeededDataset(torch.utils.data.Dataset):
-    """Map-style dataset read with `(index, seed)` keys: the item's transform runs under `torch.manual_seed(seed)`."""
+    """Map-style dataset read with `ViewKey`s (or `(index, seed)` pairs): the item's transform runs under
+    `torch.manual_seed(seed)`. The example carries its seed and, from a `ViewKey`, its (epoch, position, index)."""
 
     SEED_KEY = "augmentation_seed"
+    VIEW_KEY = "view"
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -152,24 +176,37 @@ class PositionSeededDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
-        index, seed = key
+        index, seed = key[:2]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             example = dict(self.dataset[index])
         example[self.SEED_KEY] = seed
+        if isinstance(key, ViewKey):
+            example[self.VIEW_KEY] = (key.epoch, key.position, key.index)
         return example
 
 
 class PositionSeededCollator:
     """Wraps a collator: drops the seeds from the examples and, when the collator draws from a `generator` (mixup),
-    gives it one seeded from the batch's first example."""
+    gives it one seeded from the batch's first example. With `keep_views`, the batch also holds `"views"`: a
+    (batch, 3) int64 tensor of each kept row's (epoch, position, index), by which recorded teacher outputs are found."""
 
-    def __init__(self, collator):
+    def __init__(self, collator, keep_views: bool = False):
         self.collator = collator
+        self.keep_views = keep_views
 
     def __call__(self, examples):
         # Trainer's `remove_unused_columns` (on by default for torch datasets) may already have dropped the seeds.
         seeds = [example.pop(PositionSeededDataset.SEED_KEY, None) for example in examples]
+        views = [example.pop(PositionSeededDataset.VIEW_KEY, None) for example in examples]
         if hasattr(self.collator, "generator") and seeds and seeds[0] is not None:
             self.collator.generator = torch.Generator().manual_seed(mix_seed(seeds[0], 1))
-        return self.collator(examples)
+        batch = self.collator(examples)
+        if self.keep_views:
+            # The rows the collator keeps: it drops the examples whose image could not be decoded.
+            kept = [view for view, example in zip(views, examples) if example.get("pixel_values") is not None]
+            if None in kept:
+                raise ValueError("Recorded teacher outputs are found by each view's place in the epoch, and this "
+                                 "batch's examples carry none: read the training data through PositionSeededSampler.")
+            batch["views"] = torch.tensor(kept, dtype=torch.long).view(-1, 3)
+        return batch

@@ -187,6 +187,7 @@ def make_batch_transform(
             pixel_values.append(None if image is None else transform_image(transform, image, value))
         return {"pixel_values": pixel_values, "labels": labels}
 
+    batch_transform.image_transform = transform  # what each image goes through, for records of the views it makes
     return batch_transform
 
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+r"""Record the teacher's outputs once, over exactly the views a training run will produce (hf_deit.teacher_record).
+
+    python scripts/record_teacher.py --record_dir outputs/record --teacher_name_or_path outputs/teacher \
+        --distillation_type hard <the run's data, augmentation, seed and schedule flags>
+    python scripts/train.py --teacher_outputs outputs/record --distillation_type hard <the same flags>
+
+Takes train.py's flags (the run the record is for) and its own (--help lists them under "Record"). Every student
+trained with the same data, augmentation, seed and schedule then trains from the record without running the teacher:
+a learning-rate sweep, other student sizes, resumed runs. A run that differs is refused, each difference named.
+"""
+
+import logging
+import sys
+
+import train
+from transformers import set_seed
+
+from hf_deit.arguments import record_argument_parser
+from hf_deit.teacher_record import plan_for_run, record_teacher_outputs
+
+logger = logging.getLogger("hf_deit.record_teacher")
+
+
+def main(argv=None) -> dict:
+    parser = record_argument_parser()
+    model_args, data_args, aug_args, training_args, record_args = parser.parse_args_into_dataclasses(
+        args=sys.argv[1:] if argv is None else list(argv)
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if training_args.teacher_outputs is not None:
+        parser.error("--teacher_outputs reads a record; to write one, pass --record_dir and the teacher.")
+    if training_args.teacher_name_or_path is None:
+        parser.error("Recording needs the teacher: pass --teacher_name_or_path.")
+    set_seed(training_args.seed)
+    trainer, _, _ = train.build_run(model_args, data_args, aug_args, training_args)
+    if record_args.compile_teacher:
+        trainer.teacher.compile(backend=training_args.torch_compile_backend or "inductor")
+    plan = plan_for_run(trainer, record_args.num_epochs, record_args.record_world_size, record_args.top_k,
+                        record_args.record_features, record_args.record_attention_map, record_args.record_stage_map,
+                        record_args.teacher_batch_size)  # fmt: skip
+    manifest = record_teacher_outputs(trainer, record_args.record_dir, plan, overwrite=record_args.overwrite_record)
+    recording = manifest["recording"]
+    logger.info("Recorded %d views (%s) in %.1f s, the teacher at %.1f views/s: %s", recording["views"],
+                ", ".join(manifest["outputs"]["kinds"]), recording["seconds"],
+                recording["views"] / max(recording["teacher_seconds"], 1e-9), record_args.record_dir)
+    return manifest
+
+
+if __name__ == "__main__":
+    main()
