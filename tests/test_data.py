@@ -366,6 +366,27 @@ def test_sampler_copies_land_on_different_ranks():
     assert len(RepeatedAugmentationSampler(range(100), num_replicas=2, rank=0, round_to=1)) == 50
 
 
+def test_the_copies_of_an_image_on_different_ranks_draw_different_augmentations():
+    """Repeated augmentation's point: each copy its own view. The ranks number their positions from 0 and the copies
+    of an image sit at the same local position on every rank, so the augmentation seed comes from the position in
+    the whole epoch, not the local one."""
+    from hf_deit.data.samplers import PositionSeededSampler
+
+    world, size = 3, 768
+    keys = [list(PositionSeededSampler(RepeatedAugmentationSampler(range(size), num_replicas=world, rank=r), seed=0))
+            for r in range(world)]  # fmt: skip
+    seeds_per_image = {}
+    for rank_keys in keys:
+        for key in rank_keys:
+            seeds_per_image.setdefault(key.index, []).append(key.seed)
+    assert all(len(seeds) == 3 and len(set(seeds)) == 3 for seeds in seeds_per_image.values())
+    # The positions are the epoch's: rank r holds r, r + W, r + 2W, ...
+    assert [key.position for key in keys[1][:3]] == [1, 4, 7]
+    # One process with repeats, or no repeats: positions and seeds as before (a resumed run augments the same).
+    alone = list(PositionSeededSampler(RepeatedAugmentationSampler(range(size), num_replicas=1, rank=0), seed=0))
+    assert [key.position for key in alone[:3]] == [0, 1, 2]
+
+
 # ----------------------------------------------------------------------------------------------- general loader
 
 

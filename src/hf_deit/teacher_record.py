@@ -13,8 +13,9 @@ multi-process run, each rank), so it produces the run's views bit for bit, and t
 its rows' (epoch, position, image). What a view depends on decides what a record is bound to:
 
 - a view of one image (no mixup/cutmix) depends on (epoch, position, image) only: the record serves any batch size,
-  and any number of processes, except that repeated augmentation across processes numbers positions per process, so
-  a record of such a run serves only runs with the same number of processes and repeats;
+  and any number of processes, except that repeated augmentation across processes pads and rounds the epoch's
+  sequence to the number of processes, so a record of such a run serves only runs with the same number of processes
+  and repeats;
 - a mixup/cutmix view depends on its whole batch: the record is bound to the batch layout (per-process batch size,
   number of processes, repeats, drop_last) and a batch is found only whole, in its recorded order.
 

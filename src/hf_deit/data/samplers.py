@@ -158,7 +158,12 @@ class PositionSeededSampler(torch.utils.data.Sampler):
             indices = torch.randperm(len(self.sampler.data_source), generator=generator).tolist()
         else:
             indices = iter(self.sampler)
-        for position, index in enumerate(indices):
+        # A sampler that picks this process's share itself (repeated augmentation: rank r takes positions r, r + W,
+        # ...) numbers its positions per process. Placed back in the epoch's whole sequence, the copies of an image,
+        # which land on different processes at the same local position, draw different augmentations.
+        stride, offset = getattr(self.sampler, "num_replicas", 1), getattr(self.sampler, "rank", 0)
+        for local_position, index in enumerate(indices):
+            position = offset + local_position * stride
             yield ViewKey(int(index), mix_seed(self.seed, self.epoch, position), self.epoch, position)
 
 
