@@ -12,7 +12,6 @@ Deliberate differences from timm's `rand-m9-mstd0.5-inc1` (what DeiT uses) are l
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
