@@ -125,7 +125,7 @@ def test_soft_distillation_and_every_term_from_all_probabilities_match_within_ha
              "--feature_distillation_weight", "0.5", "--feature_map_distillation_weight", "1"]  # fmt: skip
     folder = record(tmp_path, teacher, *terms, record_flags=["--top_k", "all"])
     assert TeacherRecord.open(folder).kinds == ["argmax", "top_k", "features", "attention_map", "stage_map"]
-    assert TeacherRecord.open(folder).manifest["outputs"]["top_k_deviation"] is None  # every class kept: nothing to measure
+    assert TeacherRecord.open(folder).manifest["outputs"]["top_k_deviation"] is None  # all kept: nothing to measure
     train.main(run_flags(tmp_path / "live", *terms, "--teacher_name_or_path", teacher))
     # The teacher given beside the record: the first batches are checked against it.
     train.main(run_flags(tmp_path / "replay", *terms, "--teacher_outputs", str(folder), "--teacher_name_or_path",

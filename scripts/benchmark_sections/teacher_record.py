@@ -140,23 +140,36 @@ def teacher_record_section(settings: BenchmarkSettings, teachers: tuple[str, ...
                 first = round_index * batch_size
                 views = torch.stack([torch.zeros(batch_size, dtype=torch.long), torch.arange(first, first + batch_size),
                                      torch.arange(first, first + batch_size)], dim=1)  # fmt: skip
-                plain_seconds = _timed(lambda: step(plain))
-                tic = time.perf_counter()
-                teacher_logits = teacher(pixel_values).logits
-                teacher_seconds = time.perf_counter() - tic
-                step(hard, teacher_logits)
-                live_seconds = time.perf_counter() - tic
-                record_seconds = _timed(lambda: step(hard, record.outputs(views, num_classes=num_classes,
-                                                                          device=pixel_values.device).logits))
-                recording_seconds = _timed(lambda: teacher(record_batch))
+                seconds = {}
+
+                def plain_step():
+                    step(plain)
+
+                def live_step():
+                    tic = time.perf_counter()
+                    teacher_logits = teacher(pixel_values).logits
+                    seconds["teacher_live"] = (time.perf_counter() - tic) / batch_size
+                    step(hard, teacher_logits)
+
+                def record_step():
+                    step(hard, record.outputs(views, num_classes=num_classes, device=pixel_values.device).logits)
+
+                def recording_pass():
+                    teacher(record_batch)
+
+                contenders = [("plain", plain_step), ("live", live_step), ("record", record_step),
+                              ("teacher_recording", recording_pass)]  # fmt: skip
+                # Each round starts one further along, so that no contender always follows the same one (the large
+                # recording pass leaves the caches cold for whatever comes next).
+                shift = round_index % len(contenders)
+                for name, contender in contenders[shift:] + contenders[:shift]:
+                    seconds[name] = _timed(contender)
+                seconds["teacher_recording"] /= settings.record_batch_size
                 if round_index == 0:
                     continue
-                times["plain"].append(plain_seconds)
-                times["live"].append(live_seconds)
-                times["record"].append(record_seconds)
-                times["teacher_live"].append(teacher_seconds / batch_size)
-                times["teacher_recording"].append(recording_seconds / settings.record_batch_size)
-                log(f"{teacher_name} round {round_index}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()))
+                for name, value in seconds.items():
+                    times[name].append(value)
+                log(f"{teacher_name} round {round_index}: " + ", ".join(f"{k} {v[-1]:.4f} s" for k, v in times.items()))
             median = {name: statistics.median(values) for name, values in times.items()}
             # Three runs of S steps: 3 S live steps, or a recording of S x batch views and 3 S steps from the record.
             live_sweep = 3 * median["live"]
