@@ -5,6 +5,7 @@ module per section).
     python scripts/benchmark.py --quick --output /tmp/bench            # seconds: tiny geometry, CI
     python scripts/benchmark.py --output benchmarks/cpu-2025-01-01      # the full CPU run (20-40 min on 2 cores)
     python scripts/benchmark.py --device cuda --output benchmarks/gpu-h100  # DeiT-S/B, RegNetY-16GF-sized teacher
+    python scripts/benchmark.py --sections teacher_record --output benchmarks/teacher-record-cpu  # asked for by name
 """
 
 import argparse
@@ -12,7 +13,7 @@ import shlex
 import sys
 import time
 
-from benchmark_sections import compilation, data, flops, inference, profile, training
+from benchmark_sections import compilation, data, flops, inference, profile, teacher_record, training
 from benchmark_sections.common import BenchmarkSettings
 from benchmark_sections.report import run_benchmark, to_markdown, write_report
 
@@ -25,6 +26,7 @@ SECTIONS = (
     training,
     data,
     compilation,
+    teacher_record,
 )
 
 
@@ -39,6 +41,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16-autocast", "bf16"], help="Inference precisions.")
     parser.add_argument("--sections", nargs="+", choices=[section.NAME for section in SECTIONS],
                         help="Run only these sections (default: all).")
+    parser.add_argument("--record_teachers", nargs="+", metavar="TIMM_NAME",
+                        help="Teachers of the teacher_record section (default: regnety_160 and regnety_016).")
     parser.add_argument("--no-compiled-inference", action="store_true",
                         help="Leave out the compiled inference contenders (ours via optimize_for_inference, timm compiled).")
     args = parser.parse_args(argv)
@@ -55,6 +59,8 @@ def main(argv=None) -> dict:
         settings.precisions = tuple(args.precisions)
     if args.sections:
         settings.sections = tuple(args.sections)
+    if args.record_teachers:
+        settings.record_teachers = tuple(args.record_teachers)
     if args.no_compiled_inference:
         settings.compiled_inference = ()
     if args.device == "cuda":

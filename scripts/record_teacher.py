@@ -8,6 +8,8 @@ r"""Record the teacher's outputs once, over exactly the views a training run wil
 Takes train.py's flags (the run the record is for) and its own (--help lists them under "Record"). Every student
 trained with the same data, augmentation, seed and schedule then trains from the record without running the teacher:
 a learning-rate sweep, other student sizes, resumed runs. A run that differs is refused, each difference named.
+It prints the record's size before writing, the teacher's speed, and, for top-k soft targets with k below the number
+of classes, how far they lie from the teacher's full probabilities over the recorded views (also in the manifest).
 """
 
 import logging

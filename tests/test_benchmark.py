@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # the benchmark is a tool beside the library, imported as the script does
 
 from benchmark import SECTIONS  # noqa: E402
+from benchmark_sections import teacher_record  # noqa: E402
 from benchmark_sections.common import QUICK_GEOMETRY, BenchmarkSettings, build_timm, compiled_contenders  # noqa: E402
 from benchmark_sections.common import interleave, summarize  # noqa: E402
 from benchmark_sections.inference import _inference_entry  # noqa: E402
@@ -58,10 +59,40 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert all(d["images_per_s"]["median"] > 0 for d in results["data"])
     assert results["targets"] and all(isinstance(t["met"], bool) for t in results["targets"])
 
+    # The recorded-teacher section with the quick mode's tiny teacher: the three steps, recording and the sweep.
+    (record,) = results["teacher_record"]
+    assert (record["student"], record["teacher"], record["batch_size"], record["image_size"]) == (
+        "tiny", "regnetx_002", 4, 32)
+    assert all(seconds > 0 for seconds in record["seconds_per_step"].values())
+    ratios = ("live_over_plain", "record_over_plain", "recording_speed_over_live",
+              "three_run_sweep_with_record_over_without")
+    assert all(record[ratio] > 0 for ratio in ratios)
+    targets = {t["target"] for t in results["targets"]}
+    assert "hard step from the record (regnetx_002) <= 1.05x the undistilled step" in targets
+
     for heading in ("## Targets", "## Inference: each library's fastest mode", "## Inference: every contender",
-                    "## FLOPs and matmul efficiency", "## Profile", "## Training step", "## Data pipeline"):
+                    "## FLOPs and matmul efficiency", "## Profile", "## Training step", "## Data pipeline",
+                    "## Recorded teacher outputs"):
         assert heading in markdown
     assert "python scripts/benchmark.py --quick" in markdown and "+ attention distillation" in markdown
+
+
+def test_the_recorded_teacher_section_runs_when_asked_for_and_holds_the_paper_teacher_to_the_sweep_target():
+    full = BenchmarkSettings()  # the full run's default: the heavy section is left out
+    assert not teacher_record.enabled(full)
+    assert teacher_record.enabled(BenchmarkSettings(sections=("teacher_record",)))  # --sections teacher_record
+    assert teacher_record.enabled(BenchmarkSettings.quick())  # the quick mode names its tiny teacher
+    entry = {"record_over_plain": 1.02, "recording_speed_over_live": 1.3,
+             "three_run_sweep_with_record_over_without": 0.6}
+    found = {t["target"]: t["met"] for t in teacher_record.targets({"teacher_record": [
+        {**entry, "teacher": "regnety_160"}, {**entry, "teacher": "regnety_016", "record_over_plain": 1.2}]})}
+    assert found == {
+        "hard step from the record (regnety_160) <= 1.05x the undistilled step": True,
+        "recording regnety_160: per image >= 1.0x the live teacher's speed": True,
+        "three-run sweep with regnety_160: with the record <= 0.5x without": False,
+        "hard step from the record (regnety_016) <= 1.05x the undistilled step": False,
+        "recording regnety_016: per image >= 1.0x the live teacher's speed": True,
+    }
 
 
 def test_interleave_runs_contenders_in_turn_after_a_warm_up_round():

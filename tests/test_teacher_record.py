@@ -3,15 +3,21 @@ place (scripts/train.py --teacher_outputs): the same run, step by step, without 
 refused before any step, each difference named."""
 
 import json
+import logging
+import os
+import signal
+import sys
 
 import pytest
 import record_teacher
 import torch
 import train
 from safetensors.torch import load_file
+from test_resume import LAUNCHER, SAVE_STEPS, assert_same_run, finish, kill_group, start, train_command, wait_for
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from hf_deit.teacher_record import RecordMismatchError, TeacherRecord
+from hf_deit.teacher import TeacherForwardOutput
+from hf_deit.teacher_record import RecordMismatchError, RecordPlan, TeacherRecord, _outputs_to_store, top_k_deviation
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -119,6 +125,7 @@ def test_soft_distillation_and_every_term_from_all_probabilities_match_within_ha
              "--feature_distillation_weight", "0.5", "--feature_map_distillation_weight", "1"]  # fmt: skip
     folder = record(tmp_path, teacher, *terms, record_flags=["--top_k", "all"])
     assert TeacherRecord.open(folder).kinds == ["argmax", "top_k", "features", "attention_map", "stage_map"]
+    assert TeacherRecord.open(folder).manifest["outputs"]["top_k_deviation"] is None  # all kept: nothing to measure
     train.main(run_flags(tmp_path / "live", *terms, "--teacher_name_or_path", teacher))
     # The teacher given beside the record: the first batches are checked against it.
     train.main(run_flags(tmp_path / "replay", *terms, "--teacher_outputs", str(folder), "--teacher_name_or_path",
@@ -131,3 +138,92 @@ def test_soft_distillation_and_every_term_from_all_probabilities_match_within_ha
             assert replayed[name] == pytest.approx(live[name], rel=2e-3, abs=2e-4), (name, live, replayed)
     for name, tensor in live_weights.items():
         assert torch.allclose(replay_weights[name], tensor, rtol=1e-2, atol=1e-4), name
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_top_k_deviation_is_the_distance_between_the_replayed_and_the_live_soft_targets(tau):
+    """Top-2 of five probabilities, stored as the recorder stores them: the tail's 0.2 spread evenly over the other
+    three classes, compared with the teacher's own at temperature tau, by hand."""
+    live = torch.tensor([[0.5, 0.3, 0.1, 0.05, 0.05], [0.05, 0.05, 0.1, 0.3, 0.5]])
+    stored = _outputs_to_store(TeacherForwardOutput(logits=live.log()), RecordPlan(epochs=1, top_k=2), None)
+    replayed = torch.tensor([[0.5, 0.3, 0.2 / 3, 0.2 / 3, 0.2 / 3], [0.2 / 3, 0.2 / 3, 0.2 / 3, 0.3, 0.5]])
+    at_tau = lambda probabilities: (probabilities ** (1 / tau)) / (probabilities ** (1 / tau)).sum(1, keepdim=True)
+    p, q = at_tau(live), at_tau(replayed)
+    deviation = top_k_deviation(live.log(), stored, tau)
+    assert torch.allclose(deviation["mass outside the top k"], torch.tensor([0.2, 0.2]), atol=1e-6)
+    assert torch.allclose(deviation["total variation"], 0.5 * (q - p).abs().sum(1), atol=5e-4)
+    assert torch.allclose(deviation["soft loss"], (q * (q / p).log()).sum(1) * tau**2 / 5, atol=5e-5)
+    assert float(deviation["total variation"][0]) > 0.02  # the flattened tail is a real difference
+
+
+def test_a_top_k_record_measures_its_deviation_on_every_recorded_view(tmp_path, teacher, caplog):
+    caplog.set_level(logging.INFO, logger="hf_deit.teacher_record")
+    folder = record(tmp_path, teacher, "--distillation_type", "soft", "--distillation_tau", "2.0",
+                    "--max_train_samples", "128", record_flags=["--top_k", "3"])  # fmt: skip
+    manifest = TeacherRecord.open(folder).manifest
+    deviation = manifest["outputs"]["top_k_deviation"]
+    assert deviation["views"] == manifest["recording"]["views"] == 128 and deviation["tau"] == 2.0  # the training views
+    for name in ("mass outside the top k", "total variation", "soft loss"):
+        assert 0 < deviation[name] < 1, (name, deviation)
+    assert "Top-3 of 10 probabilities against the teacher's own" in caplog.text
+
+
+def two_processes(*train_flags) -> list[str]:
+    """scripts/train.py in two gloo processes, as tests/test_resume.py launches it (ACCELERATE_USE_CPU=1)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--main_process_port", "0", "--num_cpu_threads_per_process", "1", str(LAUNCHER), *train_flags]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_a_record_made_in_one_process_serves_a_two_process_run_as_the_live_teacher_would(tmp_path, teacher, monkeypatch,
+                                                                                         repeats):  # fmt: skip
+    """Hard distillation without mixup/cutmix: a record of the views is independent of the batch layout, except that
+    repeated augmentation across processes places an image's copies by process (`--record_world_size 2`, still
+    recorded in one process)."""
+    flags = lambda output_dir, *extra: run_flags(output_dir, "--distillation_type", "hard", "--mixup", "0",
+                                                 "--cutmix", "0", "--repeated_augmentation", str(repeats), *extra)
+    folder = tmp_path / "record"
+    record_teacher.main(["--record_dir", str(folder), "--teacher_name_or_path", teacher, "--record_world_size",
+                         "1" if repeats == 1 else "2", *flags(tmp_path / "unused")])  # fmt: skip
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    for name, source in (("live", ["--teacher_name_or_path", teacher]), ("replay", ["--teacher_outputs", str(folder)])):
+        run = start(two_processes(*flags(tmp_path / name, *source)), tmp_path / f"{name}.log")
+        finish(run, tmp_path / f"{name}.log", timeout=400)
+
+    live_logs, live_weights = trained(tmp_path / "live")
+    replay_logs, replay_weights = trained(tmp_path / "replay")
+    assert "| num_processes | 2 |" in (tmp_path / "replay" / "README.md").read_text()
+    assert len([entry for entry in live_logs if "loss_distillation" in entry]) == STEPS
+    assert replay_logs == live_logs  # every step's losses, and the evaluation
+    for name, tensor in live_weights.items():
+        assert torch.equal(replay_weights[name], tensor), name
+
+
+@pytest.mark.slow
+def test_a_run_from_a_record_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path, teacher):
+    folder = tmp_path / "record"
+    distillation = ("--distillation_type", "hard")
+    run_flags_of = lambda command: command[command.index("--") + 1 :]
+    record_teacher.main(["--record_dir", str(folder), "--teacher_name_or_path", teacher,
+                         *run_flags_of(train_command(tmp_path / "unused", extra=distillation))])  # fmt: skip
+    from_record = (*distillation, "--teacher_outputs", str(folder))
+    reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
+    reference = start(train_command(reference_dir, extra=from_record), tmp_path / "reference.log")
+    victim = start(train_command(run_dir, "--slow_steps_after", str(SAVE_STEPS), extra=from_record),
+                   tmp_path / "victim.log")  # fmt: skip
+    try:
+        checkpoint = run_dir / f"checkpoint-{SAVE_STEPS}"
+        wait_for(lambda: (checkpoint / "trainer_state.json").exists(), victim, timeout=240)
+        kill_group(victim)  # SIGKILL
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+    assert not (run_dir / "model.safetensors").exists(), "the kill came after the run had finished"
+
+    resumed = start(train_command(run_dir, extra=from_record), tmp_path / "resumed.log")  # the same command again
+    finish(resumed, tmp_path / "resumed.log", timeout=300)
+    finish(reference, tmp_path / "reference.log", timeout=300)
+    assert f"Resuming from {checkpoint}" in (tmp_path / "resumed.log").read_text()
+    assert_same_run(run_dir, reference_dir)
+    assert "eval_teacher_agreement" in json.loads((run_dir / "eval_results.json").read_text())  # the record's teacher

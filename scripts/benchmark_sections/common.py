@@ -66,6 +66,10 @@ class BenchmarkSettings:
     compiled_inference: tuple[str, ...] = ("fp32", "bf16")
     autotuned_inference: tuple[str, ...] = ()
     profile: bool = True
+    # timm teachers of the teacher_record section (empty: it runs only when named in `sections`, with its defaults),
+    # and the batch at which it times the recording pass.
+    record_teachers: tuple[str, ...] = ()
+    record_batch_size: int = 64
     sections: tuple[str, ...] | None = None  # the sections' names; None: every one
 
     @classmethod
@@ -73,6 +77,7 @@ class BenchmarkSettings:
         return cls(
             geometry=QUICK_GEOMETRY, batch_size=4, rounds=1, train_batch_size=4, train_steps=1, data_images=8,
             data_image_size=64, data_workers=(0, 1), compile=False, compiled_inference=(), profile=True,
+            record_teachers=("regnetx_002",), record_batch_size=8,
         )
 
     @classmethod

@@ -30,7 +30,12 @@ What is stored per view (bytes, C classes, k kept):
 Soft targets from top-k, as TinyViT stores them: the k largest probabilities at temperature 1, and the rest of the
 mass, 1 - sum(top k), spread evenly over the other C - k classes. Logits replayed as the log of that distribution
 give the same softmax at any temperature when k = C (within float16); with k < C the tail is flattened, which
-shifts the soft loss (scripts/record_teacher.py prints the deviation it measures on the first batches). Float16
+shifts the soft loss. The recorder measures by how much on every recorded training view, against the teacher's own
+probabilities, at the run's temperature tau (`top_k_deviation`): the mass outside the top k, the total variation
+between the replayed and the live soft targets (the soft loss's gradient with respect to the student's logits moves
+by tau times their difference), and the soft loss, in the units training logs, that a student reproducing the
+teacher exactly would be charged from the record (0 from the live teacher); it logs them and writes them into the
+manifest (`outputs.top_k_deviation`). Float16
 values are exact to about 3 significant digits; the argmax is exact. The record is only as exact as the teacher's
 arithmetic: it runs under the run's precision (autocast) and, by default, at the run's batch size.
 """
@@ -50,6 +55,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -314,6 +320,21 @@ def _outputs_to_store(output: TeacherForwardOutput, plan: RecordPlan, stage: int
     return {name: tensor.cpu() for name, tensor in stored.items()}
 
 
+def top_k_deviation(logits: torch.Tensor, stored: dict[str, torch.Tensor], tau: float) -> dict[str, torch.Tensor]:
+    """Per view, how far the soft targets replayed from `stored` top-k probabilities (`_outputs_to_store`) lie from
+    the teacher's `logits` (see the module docstring): "mass outside the top k" (temperature 1), "total variation"
+    and "soft loss" (KL(replayed || live) * tau^2 / classes, as the distillation loss averages it) at `tau`."""
+    logits = logits.detach().float().cpu()
+    num_classes, k = logits.shape[1], stored["top_probabilities"].shape[1]
+    replayed = TeacherRecord._logits(stored, stored["argmax"].long(), num_classes, "soft")
+    live, target = F.log_softmax(logits / tau, dim=1), F.log_softmax(replayed / tau, dim=1)
+    return {
+        "mass outside the top k": 1.0 - logits.softmax(dim=1).topk(k, dim=1).values.sum(dim=1),
+        "total variation": 0.5 * (target.exp() - live.exp()).abs().sum(dim=1),
+        "soft loss": (target.exp() * (target - live)).sum(dim=1) * tau * tau / num_classes,
+    }
+
+
 class _ShardWriter:
     """Writes one split's views (an epoch, or the evaluation images) in shards of `VIEWS_PER_SHARD`."""
 
@@ -384,6 +405,8 @@ def record_teacher_outputs(trainer, folder: str, plan: RecordPlan, overwrite: bo
 
     request = dict(features=plan.features, attention_map=plan.attention_map, stage_maps=plan.stage_map)
     started, counted = time.perf_counter(), {"views": 0, "teacher_seconds": 0.0}
+    tau = trainer.objective.loss.tau
+    deviation = {} if plan.top_k and plan.top_k < num_classes else None  # summed over the training views
 
     def run_teacher(batches: list[dict], writer: _ShardWriter, rows: int, pending_keys: list) -> None:
         pixel_values = torch.cat([batch["pixel_values"] for batch in batches]).to(trainer.accelerator.device)
@@ -392,6 +415,9 @@ def record_teacher_outputs(trainer, folder: str, plan: RecordPlan, overwrite: bo
         stored = _outputs_to_store(output, plan, stage)
         counted["teacher_seconds"] += time.perf_counter() - tic
         counted["views"] += len(pixel_values)
+        if deviation is not None:
+            for name, values in top_k_deviation(output.logits, stored, tau).items():
+                deviation[name] = deviation.get(name, 0.0) + float(values.double().sum())
         keys = np.concatenate([_view_keys(batch["views"], rows) for batch in batches])
         stored["view_key"] = torch.from_numpy(keys)
         if pending_keys is not None:  # bound to batches: each row knows its batch
@@ -453,6 +479,13 @@ def record_teacher_outputs(trainer, folder: str, plan: RecordPlan, overwrite: bo
         writer.flush()
         shards[str(EVAL_EPOCH)] = writer.files
 
+    if deviation is not None:
+        deviation = {"tau": tau, "views": counted["views"],
+                     **{name: total / max(counted["views"], 1) for name, total in deviation.items()}}  # fmt: skip
+        logger.info("Top-%d of %d probabilities against the teacher's own, mean over the %d recorded views (tau %g): "
+                    "mass outside the top k %.4g, total variation %.4g, soft loss of a student equal to the teacher "
+                    "%.4g (0 from the live teacher).", plan.top_k, num_classes, counted["views"], tau,
+                    deviation["mass outside the top k"], deviation["total variation"], deviation["soft loss"])
     report = trainer.check_teacher()
     manifest = {
         "format": FORMAT_VERSION,
@@ -462,7 +495,8 @@ def record_teacher_outputs(trainer, folder: str, plan: RecordPlan, overwrite: bo
         "teacher": {**identity, "precision": str(trainer.accelerator.mixed_precision),
                     "batch size": teacher_batch},  # fmt: skip
         "num_classes": num_classes,
-        "outputs": {"kinds": plan.kinds(), "top_k": plan.top_k, "stage": stage, "bytes_per_view": sizes},
+        "outputs": {"kinds": plan.kinds(), "top_k": plan.top_k, "stage": stage, "bytes_per_view": sizes,
+                    "top_k_deviation": deviation},
         "shapes": shapes,
         "teacher_report": asdict(report) if report is not None else None,
         "shards": shards,
