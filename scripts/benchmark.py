@@ -43,6 +43,7 @@ def main(argv=None) -> dict:
                         help="Run only these sections (default: all).")
     parser.add_argument("--record_teachers", nargs="+", metavar="TIMM_NAME",
                         help="Teachers of the teacher_record section (default: regnety_160 and regnety_016).")
+    parser.add_argument("--record_batch_size", type=int, help="The teacher_record section's recording batch (64).")
     parser.add_argument("--no-compiled-inference", action="store_true",
                         help="Leave out the compiled inference contenders (ours via optimize_for_inference, timm compiled).")
     args = parser.parse_args(argv)
@@ -61,6 +62,8 @@ def main(argv=None) -> dict:
         settings.sections = tuple(args.sections)
     if args.record_teachers:
         settings.record_teachers = tuple(args.record_teachers)
+    if args.record_batch_size:
+        settings.record_batch_size = args.record_batch_size
     if args.no_compiled_inference:
         settings.compiled_inference = ()
     if args.device == "cuda":

@@ -67,9 +67,10 @@ class BenchmarkSettings:
     autotuned_inference: tuple[str, ...] = ()
     profile: bool = True
     # timm teachers of the teacher_record section (empty: it runs only when named in `sections`, with its defaults),
-    # and the batch at which it times the recording pass.
+    # and the batch at which it times the recording pass: the training batch, record_teacher.py's default (on a CPU a
+    # larger one was no faster per image).
     record_teachers: tuple[str, ...] = ()
-    record_batch_size: int = 64
+    record_batch_size: int = 32
     sections: tuple[str, ...] | None = None  # the sections' names; None: every one
 
     @classmethod
