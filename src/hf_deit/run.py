@@ -64,8 +64,9 @@ def train_and_evaluate(trainer: Trainer, settings: dict) -> dict:
         check_checkpoint_settings(checkpoint, settings)
     if trainer.is_world_process_zero():
         record_run_settings(args.output_dir, settings)
-    if checkpoint is not None and _is_last_step(checkpoint):
-        _take_finished_run(trainer, checkpoint)
+    state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME)) if checkpoint else None
+    if state is not None and state.max_steps > 0 and state.global_step >= state.max_steps:
+        _take_finished_run(trainer, checkpoint, state)
     else:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.log_metrics("train", train_result.metrics)
@@ -80,12 +81,7 @@ def train_and_evaluate(trainer: Trainer, settings: dict) -> dict:
     return metrics
 
 
-def _is_last_step(checkpoint: str) -> bool:
-    state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
-    return state.max_steps > 0 and state.global_step >= state.max_steps
-
-
-def _take_finished_run(trainer: Trainer, checkpoint: str) -> None:
+def _take_finished_run(trainer: Trainer, checkpoint: str, state: TrainerState) -> None:
     """A rerun of a finished run trains nothing: its last checkpoint's weights (the best one's where the run keeps the
     best) become the model again. `Trainer.train` resumed at the last step would train one step past the schedule:
     its epoch loop looks for the end only after a step."""
@@ -93,7 +89,7 @@ def _take_finished_run(trainer: Trainer, checkpoint: str) -> None:
         "%s is this run's last step: nothing is left to train. The run's model is saved again from it and evaluated.",
         checkpoint,
     )
-    trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+    trainer.state = state
     best = trainer.state.best_model_checkpoint
     keep_best = trainer.args.load_best_model_at_end and best is not None and os.path.isdir(best)
     trainer._load_from_checkpoint(best if keep_best else checkpoint)  # the Trainer's own loader: every layout
