@@ -1,13 +1,14 @@
 """What the experiment scripts (`main_job.py`, `experiment_*.py`) share: running `train.py` and `train_teacher.py` as
 stages in this process or side by side as processes of their own, with one progress line per run
-(`hf_deit.progress`), the flags every stage gets, the labelled/unlabelled splits they train on, and reading finished
-runs back from disk.
+(`hf_deit.progress`), the flags every stage gets, the labelled/unlabelled splits they train on, one record of a
+teacher's outputs for the students that share it (`share_teacher_records`), and reading finished runs back from disk.
 
 Imported plainly (`import experiment_common`): Python puts a script's own folder on `sys.path`, so the scripts of this
 folder import each other when one of them runs; tests put this folder on the path in `tests/conftest.py`.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -193,3 +194,157 @@ def write_label_split(train_split, validation, fraction: float, seed: int, folde
         labeled = train_split
     DatasetDict(train=labeled, validation=validation).save_to_disk(str(labeled_dir))
     return labeled_dir, pool_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One teacher record for the students that would each run the same teacher over the same views
+# ---------------------------------------------------------------------------------------------------------------------
+
+TEACHER_FLAG, RECORD_FLAG = "--teacher_name_or_path", "--teacher_outputs"
+RECORDS_NAME = "records.json"  # in the records folder: which record served which students
+
+
+def share_teacher_records(title: str, record_root: str | os.PathLike, students: dict[str, list[str]]) -> dict:
+    """`students` (name: `train.py` command line) with the command lines of every group that shares a teacher and its
+    views rewritten to train from one record of that teacher's outputs (`hf_deit.teacher_record`) instead of running
+    it: the teacher runs once per group, not once per student. Students differ freely in what does not change the
+    views (learning rate, student size, loss terms); the record holds what every student of its group needs.
+
+    Which students share their views is found out, not declared: each unfinished student's run is built (data,
+    transforms, student, objective; no training) and described as a record describes it. A group with one unfinished
+    student keeps its live teacher (a record would cost what it saves), and finished students are left alone. Records
+    are written to `record_root/<digest of the views>` and kept, so a rerun reuses them; `records.json` there lists
+    which students each one served. A student given a record that does not fit is refused by `train.py` before its
+    first step, each difference named, never trained on wrong targets."""
+    record_root = Path(record_root)
+    groups = _groups_sharing_views(students)
+    rewritten, served = dict(students), {}
+    for (teacher, views), members in groups.items():
+        folder = record_root / hashlib.sha256(f"{teacher}|{views}".encode()).hexdigest()[:12]
+        plan = _plan_for_all(members)
+        if len(members) < 2 and not _record_covers(folder, plan):
+            continue
+        if not _record_covers(folder, plan):
+            recorder = max(members, key=lambda member: (member["plan"].stage_map, member["plan"].attention_map))
+            argv = _with_flag(recorder["argv"], "--output_dir", str(folder))
+            argv += ["--record_dir", str(folder), "--num_epochs", str(plan.epochs), "--top_k", str(plan.top_k or "auto"),
+                     "--record_features", str(plan.features), "--record_attention_map", str(plan.attention_map),
+                     "--record_stage_map", str(plan.stage_map), "--overwrite_record", "true"]  # fmt: skip
+            if plan.attention_map and not recorder["plan"].attention_map:  # the teacher loads its attention maps
+                argv += ["--attention_distillation_weight", "1"]
+            import record_teacher
+
+            run_stage(f"{title}: the teacher once for {', '.join(m['name'] for m in members)}", record_teacher.main,
+                      argv)  # fmt: skip
+        for member in members:
+            argv = students[member["name"]]
+            rewritten[member["name"]] = _with_flag(_without_flag(argv, TEACHER_FLAG), RECORD_FLAG, str(folder))
+        served[folder.name] = {"teacher": teacher, "students": [member["name"] for member in members]}
+    if served:
+        path = record_root / RECORDS_NAME
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        for name, entry in served.items():
+            old = known.get(name, {}).get("students", [])
+            known[name] = {**entry, "students": old + [s for s in entry["students"] if s not in old]}
+        path.write_text(json.dumps(known, indent=2))
+    return rewritten
+
+
+def _groups_sharing_views(students: dict[str, list[str]]) -> dict[tuple, list[dict]]:
+    """{(teacher, views): [unfinished student: name, argv, plan, stage]}. Feature-map students that imitate different
+    teacher stages cannot share a record: each stage has its group, and the students without the term join the
+    first."""
+    import train
+
+    from hf_deit.arguments import train_argument_parser
+    from hf_deit.teacher_record import describe_views, feature_map_stage, plan_for_run
+
+    by_views = {}
+    for name, argv in students.items():
+        if TEACHER_FLAG not in argv or is_finished(output_dir_of(argv)):
+            continue
+        model_args, data_args, aug_args, training_args = train_argument_parser().parse_args_into_dataclasses(args=argv)
+        trainer, _, _ = train.build_run(model_args, data_args, aug_args, training_args)
+        if not trainer.objective.needs_teacher:
+            continue  # trains without it (the teacher is only scored beside it): nothing to record
+        key = (argv[argv.index(TEACHER_FLAG) + 1], json.dumps(describe_views(trainer, 1), sort_keys=True))
+        member = dict(name=name, argv=argv, plan=plan_for_run(trainer), stage=feature_map_stage(trainer.objective))
+        by_views.setdefault(key, []).append(member)
+    groups = {}
+    for (teacher, views), members in by_views.items():
+        stages = list(dict.fromkeys(member["stage"] for member in members if member["stage"] is not None)) or [None]
+        for stage in stages:
+            groups[(teacher, views if stage is None else f"{views}|stage {stage}")] = [
+                member for member in members
+                if member["stage"] == stage or (member["stage"] is None and stage == stages[0])
+            ]  # fmt: skip
+    return groups
+
+
+def _plan_for_all(members: list[dict]):
+    """The record every member can train from: the most epochs, the most probabilities, every output kind."""
+    from hf_deit.teacher_record import RecordPlan
+
+    plans = [member["plan"] for member in members]
+    return RecordPlan(epochs=max(plan.epochs for plan in plans), top_k=max(plan.top_k or 0 for plan in plans) or None,
+                      features=any(plan.features for plan in plans),
+                      attention_map=any(plan.attention_map for plan in plans),
+                      stage_map=any(plan.stage_map for plan in plans))  # fmt: skip
+
+
+def _record_covers(folder: Path, plan) -> bool:
+    """Whether `folder` holds a whole record with at least what `plan` asks for."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return False
+    manifest = json.loads(path.read_text())
+    kinds = set(manifest["outputs"]["kinds"])
+    return (manifest["epochs"] >= plan.epochs and set(plan.kinds()) <= kinds
+            and (manifest["outputs"].get("top_k") or 0) >= (plan.top_k or 0))  # fmt: skip
+
+
+def _without_flag(argv: list[str], flag: str) -> list[str]:
+    if flag not in argv:
+        return list(argv)
+    at = argv.index(flag)
+    return argv[:at] + argv[at + 2 :]
+
+
+def _with_flag(argv: list[str], flag: str, value: str) -> list[str]:
+    return [*_without_flag(argv, flag), flag, value]
+
+
+def distillation_cost(record_roots: list[Path], distilled_runs: list[str | os.PathLike]) -> dict:
+    """What the distilled students of an experiment cost in teacher time: the finished distilled runs' training
+    seconds (`train_runtime`, the teacher's passes included when it ran live), and the shared records under
+    `record_roots` (`share_teacher_records`): how many, the students they served, recording seconds, bytes on disk."""
+    runs = [finished_results(run) for run in distilled_runs]
+    cost = {"distilled_students": sum(run is not None for run in runs),
+            "distilled_training_seconds": round(sum(run["train_runtime"] for run in runs if run is not None), 1),
+            "records": 0, "students_from_records": 0, "recording_seconds": 0.0, "record_bytes": 0}  # fmt: skip
+    for root in record_roots:
+        path = Path(root) / RECORDS_NAME
+        for folder, entry in (json.loads(path.read_text()) if path.is_file() else {}).items():
+            manifest = Path(root) / folder / "manifest.json"
+            if not manifest.is_file():
+                continue
+            cost["records"] += 1
+            cost["students_from_records"] += len(entry["students"])
+            cost["recording_seconds"] += json.loads(manifest.read_text())["recording"]["seconds"]
+            cost["record_bytes"] += sum(file.stat().st_size for file in manifest.parent.iterdir())
+    cost["recording_seconds"] = round(cost["recording_seconds"], 1)
+    return cost
+
+
+def describe_distillation_cost(cost: dict) -> str:
+    """`distillation_cost` in a sentence, for an experiment's results.md."""
+    text = (f"The {cost['distilled_students']} distilled students trained for "
+            f"{cost['distilled_training_seconds'] / 60:.1f} min in all")
+    if not cost["records"]:
+        return text + ", each running its teacher live (no shared teacher records)."
+    records = f"{cost['records']} shared teacher record" + ("s" if cost["records"] > 1 else "")
+    text += (f"; {cost['students_from_records']} of them from {records} "
+             f"(`share_teacher_records`), recorded in {cost['recording_seconds'] / 60:.1f} min "
+             f"({cost['record_bytes'] / 1e6:.1f} MB on disk)")
+    live = cost["distilled_students"] - cost["students_from_records"]
+    return text + (f", {live} with their teacher live." if live > 0 else ".")

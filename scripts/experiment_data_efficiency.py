@@ -19,7 +19,9 @@ five students, every one with the same number of steps, batch size and recipe:
     hard+pool        labelled subset + the remaining training images unlabelled (the teacher labels them)
     hard+attn+pool   both
 
-At 100% there is no unlabelled pool: the pool variants are not run there (the table says n/a). Accuracy is top-1 of the
+At 100% there is no unlabelled pool: the pool variants are not run there (the table says n/a). The teacher runs once
+for hard and hard+attn, which see the same views, and once for the two pool variants: they train from its recorded
+outputs (`experiment_common.share_teacher_records`; `--live_teacher` runs it inside every student instead). Accuracy is top-1 of the
 averaged heads on the 1,000 validation digits. Writes `results.json` (every run), `results.md` (mean ± std over
 seeds) and `accuracy_vs_labels.png` in `--output_dir`.
 
@@ -40,7 +42,16 @@ import numpy as np
 import experiment_common  # noqa: F401  (first: it keeps everything offline before transformers is imported)
 import train
 import train_teacher
-from experiment_common import QUIET_RUN_FLAGS, embedded_splits, finished_results, run_unless_finished, write_label_split
+from experiment_common import (
+    QUIET_RUN_FLAGS,
+    describe_distillation_cost,
+    distillation_cost,
+    embedded_splits,
+    finished_results,
+    run_unless_finished,
+    share_teacher_records,
+    write_label_split,
+)
 
 from hf_deit.plots import plot_groups
 
@@ -74,6 +85,9 @@ def parse_args(argv=None):
     parser.add_argument("--student_steps", type=int, default=None, help="Steps of every student (the shared budget).")
     parser.add_argument("--teacher_steps", type=int, default=None)
     parser.add_argument("--attention_weight", type=float, default=1.0)
+    parser.add_argument("--live_teacher", action="store_true",
+                        help="Run the teacher inside every distilled student, recording nothing (to measure what the "
+                        "shared records save).")
     parser.add_argument("--summary_only", action="store_true",
                         help="Train nothing: rebuild results.json/.md and the plot from the finished runs on disk.")
     args = parser.parse_args(argv)
@@ -117,7 +131,7 @@ def student_flags(variant: dict, labeled_dir, pool_dir, teacher_dir, output_dir,
     return argv
 
 
-def summarize(runs: list[dict], settings: dict, output_dir: str) -> str:
+def summarize(runs: list[dict], settings: dict, output_dir: str, cost: dict) -> str:
     fractions = settings["fractions"]
     seeds = sorted({run["seed"] for run in runs})
     lines = ["| labelled | teacher | " + " | ".join(VARIANTS) + " |", "|---" * (2 + len(VARIANTS)) + "|"]
@@ -132,7 +146,8 @@ def summarize(runs: list[dict], settings: dict, output_dir: str) -> str:
         handle.write(
             f"Top-1 accuracy (%) on the 1,000 MNIST validation digits, mean ± sample std over seeds {seeds}. Student "
             f"{settings['student']}, {settings['student_steps']} steps of {settings['batch_size']} images for every "
-            f"variant; teacher {settings['teacher_steps']} steps on the labelled subset.\n\n" + table + "\n"
+            f"variant; teacher {settings['teacher_steps']} steps on the labelled subset.\n\n" + table + "\n\n"
+            + describe_distillation_cost(cost) + "\n"
         )
     return table
 
@@ -181,19 +196,26 @@ def main(argv=None) -> dict:
             # (`--seeds 0`, `--seeds 1`, ...) share one `--output_dir`.
             run_unless_finished(f"{fraction:.0%} labelled, seed {seed}: teacher", teacher_dir, train_teacher.main,
                                 teacher_flags(labeled_dir, teacher_dir, seed, settings))
-            for name, variant in VARIANTS.items():
-                if variant["pool"] and pool_dir is None:
-                    continue  # 100% labelled: no unlabelled pool
-                run_dir = os.path.join(folder, name)
-                run_unless_finished(f"{fraction:.0%} labelled, seed {seed}: {name}", run_dir, train.main,
-                                    student_flags(variant, labeled_dir, pool_dir, teacher_dir, run_dir, seed, settings,
-                                                  args.attention_weight))
+            students = {name: student_flags(variant, labeled_dir, pool_dir, teacher_dir, os.path.join(folder, name),
+                                            seed, settings, args.attention_weight)
+                        for name, variant in VARIANTS.items()
+                        if not (variant["pool"] and pool_dir is None)}  # 100% labelled: no unlabelled pool
+            if not args.live_teacher:  # hard and hard+attn see the same views, as do the two pool variants
+                students = share_teacher_records(f"{fraction:.0%} labelled, seed {seed}",
+                                                 os.path.join(folder, "records"), students)  # fmt: skip
+            for name, argv in students.items():
+                run_unless_finished(f"{fraction:.0%} labelled, seed {seed}: {name}", os.path.join(folder, name),
+                                    train.main, argv)  # fmt: skip
     runs = collect_runs(args.output_dir, settings["fractions"])
+    folders = [folder for fraction in settings["fractions"]
+               for folder in sorted(glob.glob(os.path.join(args.output_dir, "runs", f"labels{fraction:g}_seed*")))]
+    cost = distillation_cost([os.path.join(folder, "records") for folder in folders],
+                             [os.path.join(folder, name) for folder in folders for name in VARIANTS if name != "none"])
     results = dict(settings=settings, attention_weight=args.attention_weight, argv=sys.argv[1:] if argv is None else argv,
-                   date=time.strftime("%Y-%m-%d"), runs=runs)  # fmt: skip
+                   date=time.strftime("%Y-%m-%d"), runs=runs, distillation_cost=cost)  # fmt: skip
     with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2)
-    results["table"] = summarize(runs, settings, args.output_dir)
+    results["table"] = summarize(runs, settings, args.output_dir, cost)
     results["plot"] = plot(runs, settings["fractions"], args.output_dir)
     print(results["table"])
     return results

@@ -11,7 +11,9 @@ difference per seed where a row has both) and `results.png` (each arm's accuracy
     python scripts/experiment_recipe.py --output_dir /tmp/recipe --quick                        # smoke run (CI)
 
 Each seed trains one CNN teacher per input size (`scripts/train_teacher.py`, 10 epochs) that every student of that
-seed and size shares. Finished runs are kept: a rerun completes what is missing, and seeds can run as separate
+seed and size shares. Students of a seed that see the same views (the distilled arms of a row, and rows that differ
+only in learning rate or student) train from one record of their teacher's outputs, so the teacher runs once for them
+(`experiment_common.share_teacher_records`; `--live_teacher` runs it inside every student). Finished runs are kept: a rerun completes what is missing, and seeds can run as separate
 processes (one thread each) into one folder. Every run is `scripts/train.py` in-process with the flags printed above
 it.
 """
@@ -25,7 +27,15 @@ from pathlib import Path
 import experiment_common  # noqa: F401  (first: it keeps everything offline before transformers is imported)
 import train
 import train_teacher
-from experiment_common import RESULTS_NAME, finished_results, run_unless_finished
+from experiment_common import (
+    RESULTS_NAME,
+    describe_distillation_cost,
+    distillation_cost,
+    finished_results,
+    output_dir_of,
+    run_unless_finished,
+    share_teacher_records,
+)
 
 from hf_deit.plots import plot_groups
 
@@ -98,7 +108,7 @@ ROWS = {
 }  # fmt: skip
 QUICK_ROWS = {"quick": ("smoke run", 28, [*P7, *LIGHT, "--max_steps", "2", "--max_train_samples", "64",
                                           "--max_eval_samples", "32", "--per_device_train_batch_size", "16"],
-                        {"none": NONE, "hard+fmap": HARD_FMAP})}  # fmt: skip
+                        {"none": NONE, "hard": HARD, "hard+fmap": HARD_FMAP})}  # fmt: skip
 COMMON = ["--dataset_name", "mnist", "--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true",
           "--report_to", "none", "--dataloader_num_workers", "0"]  # fmt: skip
 
@@ -110,6 +120,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--arms", nargs="+", default=None, help="Only these arms of each row.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--teacher_epochs", type=float, default=10)
+    parser.add_argument("--live_teacher", action="store_true",
+                        help="Run the teacher inside every distilled arm, recording nothing (to measure what the "
+                        "shared records save).")
     parser.add_argument("--summary_only", action="store_true", help="Train nothing; rebuild the table from disk.")
     parser.add_argument("--quick", action="store_true", help="A tiny row for CI.")
     return parser.parse_args(argv)
@@ -125,6 +138,7 @@ def main(argv=None) -> dict:
     if unknown:
         raise SystemExit(f"Unknown rows {unknown}; choose from {', '.join(rows)}.")
     for seed in [] if args.summary_only else args.seeds:
+        students = {}
         for row in chosen:
             _, image_size, flags, arms = rows[row]
             teacher_dir = out / f"seed{seed}" / f"teacher{image_size}"
@@ -136,11 +150,14 @@ def main(argv=None) -> dict:
             for arm, arm_flags in arms.items():
                 if args.arms and arm not in args.arms:
                     continue
-                run_dir = out / f"seed{seed}" / row / arm
-                run_unless_finished(f"seed {seed}: {row} / {arm}", run_dir, train.main, [
-                    "--output_dir", str(run_dir), "--seed", str(seed), "--teacher_name_or_path", str(teacher_dir),
-                    *COMMON, *flags, *arm_flags,
-                ])  # fmt: skip
+                students[f"{row} / {arm}"] = [
+                    "--output_dir", str(out / f"seed{seed}" / row / arm), "--seed", str(seed),
+                    "--teacher_name_or_path", str(teacher_dir), *COMMON, *flags, *arm_flags,
+                ]  # fmt: skip
+        if not args.live_teacher:  # the distilled arms of a row, and rows that differ only in learning rate
+            students = share_teacher_records(f"seed {seed}", out / f"seed{seed}" / "records", students)
+        for name, argv in students.items():
+            run_unless_finished(f"seed {seed}: {name}", output_dir_of(argv), train.main, argv)
     return write_results(out, rows)
 
 
@@ -192,6 +209,12 @@ def write_results(out: Path, rows: dict) -> dict:
             lines.append(f"| {row} | {arm} | {' / '.join(f'{a:.1f}' for a in accuracy)} ({'seeds' if len(seeds) > 1 else 'seed'} {', '.join(map(str, seeds))}) "
                          f"| {_stats(accuracy)} | {cls:.1f} / {dist:.1f} | {' / '.join(minus) or '-'} | {minutes:.1f} |")
     lines += ["", "Rows:"] + [f"- `{row}`: {rows[row][0]}; flags `{' '.join(rows[row][2])}`" for row in found["runs"]]
+    found["distillation_cost"] = distillation_cost(
+        sorted(out.glob("seed*/records")),
+        [out / f"seed{seed}" / row / arm for row, arms in found["runs"].items() for arm, by_seed in arms.items()
+         if arm != "none" for seed in by_seed],
+    )  # fmt: skip
+    lines += ["", describe_distillation_cost(found["distillation_cost"])]
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **found}, indent=2))

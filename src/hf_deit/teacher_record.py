@@ -375,7 +375,7 @@ def record_teacher_outputs(trainer, folder: str, plan: RecordPlan, overwrite: bo
     bound = bound_to_batches(views)
     num_classes = trainer.model.config.num_labels
     shapes = _probe_shapes(trainer)
-    stage = _feature_map_stage(trainer.objective) if plan.stage_map else None
+    stage = feature_map_stage(trainer.objective) if plan.stage_map else None
     if plan.stage_map and stage is None:
         from .terms.feature_map import nearest_stage
 
@@ -618,8 +618,8 @@ class TeacherRecord:
         for requested, kind, term, noun in wanted:
             if request[requested] and kind not in kinds:
                 missing.append(f"{term} needs the teacher's {noun}: record with --record_{kind}")
-        if request["stage_maps"] and "stage_map" in kinds and outputs["stage"] != _feature_map_stage(objective):
-            missing.append(f"the feature-map term imitates stage {_feature_map_stage(objective)}, the record holds "
+        if request["stage_maps"] and "stage_map" in kinds and outputs["stage"] != feature_map_stage(objective):
+            missing.append(f"the feature-map term imitates stage {feature_map_stage(objective)}, the record holds "
                            f"stage {outputs['stage']}")  # fmt: skip
         return [f"missing term: {text}" for text in missing]
 
@@ -819,7 +819,7 @@ class RecordedTeacher:
         )
 
 
-def _feature_map_stage(objective) -> int | None:
+def feature_map_stage(objective) -> int | None:
     """The teacher stage the objective's feature-map term imitates (None without that term)."""
     term = objective.terms["feature_map"] if "feature_map" in objective.terms else None
     return None if term is None else term.stage
