@@ -204,7 +204,11 @@ TEACHER_FLAG, RECORD_FLAG = "--teacher_name_or_path", "--teacher_outputs"
 RECORDS_NAME = "records.json"  # in the records folder: which record served which students
 
 
-def share_teacher_records(title: str, record_root: str | os.PathLike, students: dict[str, list[str]]) -> dict:
+RECORD_WHEN = ("auto", "always", "never")
+
+
+def share_teacher_records(title: str, record_root: str | os.PathLike, students: dict[str, list[str]],
+                          when: str = "auto") -> dict:
     """`students` (name: `train.py` command line) with the command lines of every group that shares a teacher and its
     views rewritten to train from one record of that teacher's outputs (`hf_deit.teacher_record`) instead of running
     it: the teacher runs once per group, not once per student. Students differ freely in what does not change the
@@ -212,30 +216,43 @@ def share_teacher_records(title: str, record_root: str | os.PathLike, students: 
 
     Which students share their views is found out, not declared: each unfinished student's run is built (data,
     transforms, student, objective; no training) and described as a record describes it. A group with one unfinished
-    student keeps its live teacher (a record would cost what it saves), and finished students are left alone. Records
-    are written to `record_root/<digest of the views>` and kept, so a rerun reuses them; `records.json` there lists
-    which students each one served. A student given a record that does not fit is refused by `train.py` before its
-    first step, each difference named, never trained on wrong targets."""
+    student keeps its live teacher, and finished students are left alone. `when`: "always" records every group of
+    two or more; "auto" only where the record pays: recording rebuilds every view once, and with a cheap teacher that
+    costs more than the teacher's passes it saves (`view_costs`, measured on a few batches and printed); "never"
+    changes nothing. Records go to `record_root/<digest of the views>` and are kept, so a rerun reuses them;
+    `records.json` there lists which students each one served. A student given a record that does not fit is refused
+    by `train.py` before its first step, each difference named, never trained on wrong targets."""
+    if when not in RECORD_WHEN:
+        raise ValueError(f"when must be one of {', '.join(RECORD_WHEN)}; got {when!r}.")
+    if when == "never":
+        return dict(students)
     record_root = Path(record_root)
-    groups = _groups_sharing_views(students)
     rewritten, served = dict(students), {}
-    for (teacher, views), members in groups.items():
+    for (teacher, views), (members, costs) in _groups_sharing_views(students, measure=when == "auto").items():
         folder = record_root / hashlib.sha256(f"{teacher}|{views}".encode()).hexdigest()[:12]
         plan = _plan_for_all(members)
-        if len(members) < 2 and not _record_covers(folder, plan):
-            continue
+        names = ", ".join(member["name"] for member in members)
         if not _record_covers(folder, plan):
+            if len(members) < 2:
+                continue
+            if costs is not None:
+                saved = (len(members) - 1) * costs["teacher"] - costs["pipeline"]
+                print(f"=== {title}: {names} share their teacher's views; per view, the teacher takes "
+                      f"{1e3 * costs['teacher']:.3f} ms and rebuilding the view {1e3 * costs['pipeline']:.3f} ms, so "
+                      f"one record would {'save' if saved > 0 else 'cost'} about {1e3 * abs(saved):.3f} ms: "
+                      f"{'recording it' if saved > 0 else 'each keeps its live teacher'}", flush=True)  # fmt: skip
+                if saved <= 0:
+                    continue
             recorder = max(members, key=lambda member: (member["plan"].stage_map, member["plan"].attention_map))
             argv = _with_flag(recorder["argv"], "--output_dir", str(folder))
-            argv += ["--record_dir", str(folder), "--num_epochs", str(plan.epochs), "--top_k", str(plan.top_k or "auto"),
-                     "--record_features", str(plan.features), "--record_attention_map", str(plan.attention_map),
+            argv += ["--record_dir", str(folder), "--num_epochs", str(plan.epochs),
+                     "--top_k", str(plan.top_k or "auto"), "--record_features", str(plan.features), "--record_attention_map", str(plan.attention_map),
                      "--record_stage_map", str(plan.stage_map), "--overwrite_record", "true"]  # fmt: skip
             if plan.attention_map and not recorder["plan"].attention_map:  # the teacher loads its attention maps
                 argv += ["--attention_distillation_weight", "1"]
             import record_teacher
 
-            run_stage(f"{title}: the teacher once for {', '.join(m['name'] for m in members)}", record_teacher.main,
-                      argv)  # fmt: skip
+            run_stage(f"{title}: the teacher once for {names}", record_teacher.main, argv)
         for member in members:
             argv = students[member["name"]]
             rewritten[member["name"]] = _with_flag(_without_flag(argv, TEACHER_FLAG), RECORD_FLAG, str(folder))
@@ -250,16 +267,16 @@ def share_teacher_records(title: str, record_root: str | os.PathLike, students: 
     return rewritten
 
 
-def _groups_sharing_views(students: dict[str, list[str]]) -> dict[tuple, list[dict]]:
-    """{(teacher, views): [unfinished student: name, argv, plan, stage]}. Feature-map students that imitate different
-    teacher stages cannot share a record: each stage has its group, and the students without the term join the
-    first."""
+def _groups_sharing_views(students: dict[str, list[str]], measure: bool) -> dict[tuple, tuple[list[dict], dict]]:
+    """{(teacher, views): ([unfinished student: name, argv, plan, stage], costs)}, `costs` the first student's
+    `view_costs` when `measure`, else None. Feature-map students that imitate different teacher stages cannot share a
+    record: each stage has its group, and the students without the term join the first."""
     import train
 
     from hf_deit.arguments import train_argument_parser
-    from hf_deit.teacher_record import describe_views, feature_map_stage, plan_for_run
+    from hf_deit.teacher_record import describe_views, feature_map_stage, plan_for_run, view_costs
 
-    by_views = {}
+    by_views, costs = {}, {}
     for name, argv in students.items():
         if TEACHER_FLAG not in argv or is_finished(output_dir_of(argv)):
             continue
@@ -270,14 +287,16 @@ def _groups_sharing_views(students: dict[str, list[str]]) -> dict[tuple, list[di
         key = (argv[argv.index(TEACHER_FLAG) + 1], json.dumps(describe_views(trainer, 1), sort_keys=True))
         member = dict(name=name, argv=argv, plan=plan_for_run(trainer), stage=feature_map_stage(trainer.objective))
         by_views.setdefault(key, []).append(member)
+        if measure and key not in costs:
+            costs[key] = view_costs(trainer)
     groups = {}
     for (teacher, views), members in by_views.items():
         stages = list(dict.fromkeys(member["stage"] for member in members if member["stage"] is not None)) or [None]
         for stage in stages:
-            groups[(teacher, views if stage is None else f"{views}|stage {stage}")] = [
+            groups[(teacher, views if stage is None else f"{views}|stage {stage}")] = ([
                 member for member in members
                 if member["stage"] == stage or (member["stage"] is None and stage == stages[0])
-            ]  # fmt: skip
+            ], costs.get((teacher, views)))  # fmt: skip
     return groups
 
 

@@ -19,9 +19,10 @@ five students, every one with the same number of steps, batch size and recipe:
     hard+pool        labelled subset + the remaining training images unlabelled (the teacher labels them)
     hard+attn+pool   both
 
-At 100% there is no unlabelled pool: the pool variants are not run there (the table says n/a). The teacher runs once
-for hard and hard+attn, which see the same views, and once for the two pool variants: they train from its recorded
-outputs (`experiment_common.share_teacher_records`; `--live_teacher` runs it inside every student instead). Accuracy is top-1 of the
+At 100% there is no unlabelled pool: the pool variants are not run there (the table says n/a). hard and hard+attn see
+the same views, as do the two pool variants: each pair can train from one record of the teacher's outputs
+(`experiment_common.share_teacher_records`), `--teacher_record auto` (the default) where the measured costs say it
+pays, `always`, or `never`. Accuracy is top-1 of the
 averaged heads on the 1,000 validation digits. Writes `results.json` (every run), `results.md` (mean ± std over
 seeds) and `accuracy_vs_labels.png` in `--output_dir`.
 
@@ -44,6 +45,7 @@ import train
 import train_teacher
 from experiment_common import (
     QUIET_RUN_FLAGS,
+    RECORD_WHEN,
     describe_distillation_cost,
     distillation_cost,
     embedded_splits,
@@ -85,9 +87,9 @@ def parse_args(argv=None):
     parser.add_argument("--student_steps", type=int, default=None, help="Steps of every student (the shared budget).")
     parser.add_argument("--teacher_steps", type=int, default=None)
     parser.add_argument("--attention_weight", type=float, default=1.0)
-    parser.add_argument("--live_teacher", action="store_true",
-                        help="Run the teacher inside every distilled student, recording nothing (to measure what the "
-                        "shared records save).")
+    parser.add_argument("--teacher_record", choices=RECORD_WHEN, default="auto",
+                        help="Students that see the same views train from one record of their teacher: 'auto' where "
+                        "it pays (measured), 'always', or 'never' (the teacher runs inside every student).")
     parser.add_argument("--summary_only", action="store_true",
                         help="Train nothing: rebuild results.json/.md and the plot from the finished runs on disk.")
     args = parser.parse_args(argv)
@@ -200,9 +202,9 @@ def main(argv=None) -> dict:
                                             seed, settings, args.attention_weight)
                         for name, variant in VARIANTS.items()
                         if not (variant["pool"] and pool_dir is None)}  # 100% labelled: no unlabelled pool
-            if not args.live_teacher:  # hard and hard+attn see the same views, as do the two pool variants
-                students = share_teacher_records(f"{fraction:.0%} labelled, seed {seed}",
-                                                 os.path.join(folder, "records"), students)  # fmt: skip
+            # hard and hard+attn see the same views, as do the two pool variants
+            students = share_teacher_records(f"{fraction:.0%} labelled, seed {seed}", os.path.join(folder, "records"),
+                                             students, when=args.teacher_record)  # fmt: skip
             for name, argv in students.items():
                 run_unless_finished(f"{fraction:.0%} labelled, seed {seed}: {name}", os.path.join(folder, name),
                                     train.main, argv)  # fmt: skip

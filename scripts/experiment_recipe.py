@@ -12,10 +12,11 @@ difference per seed where a row has both) and `results.png` (each arm's accuracy
 
 Each seed trains one CNN teacher per input size (`scripts/train_teacher.py`, 10 epochs) that every student of that
 seed and size shares. Students of a seed that see the same views (the distilled arms of a row, and rows that differ
-only in learning rate or student) train from one record of their teacher's outputs, so the teacher runs once for them
-(`experiment_common.share_teacher_records`; `--live_teacher` runs it inside every student). Finished runs are kept: a rerun completes what is missing, and seeds can run as separate
-processes (one thread each) into one folder. Every run is `scripts/train.py` in-process with the flags printed above
-it.
+only in learning rate or student) can train from one record of their teacher's outputs, the teacher run once for
+them (`experiment_common.share_teacher_records`): `--teacher_record auto` (the default) records where the measured
+costs say it pays, `always`, or `never`. Finished runs are kept: a rerun completes what is missing, and seeds can
+run as separate processes (one thread each) into one folder. Every run is `scripts/train.py` in-process with the
+flags printed above it.
 """
 
 import argparse
@@ -28,6 +29,7 @@ import experiment_common  # noqa: F401  (first: it keeps everything offline befo
 import train
 import train_teacher
 from experiment_common import (
+    RECORD_WHEN,
     RESULTS_NAME,
     describe_distillation_cost,
     distillation_cost,
@@ -120,9 +122,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--arms", nargs="+", default=None, help="Only these arms of each row.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--teacher_epochs", type=float, default=10)
-    parser.add_argument("--live_teacher", action="store_true",
-                        help="Run the teacher inside every distilled arm, recording nothing (to measure what the "
-                        "shared records save).")
+    parser.add_argument("--teacher_record", choices=RECORD_WHEN, default="auto",
+                        help="Students that see the same views train from one record of their teacher: 'auto' where "
+                        "it pays (measured), 'always', or 'never' (the teacher runs inside every student).")
     parser.add_argument("--summary_only", action="store_true", help="Train nothing; rebuild the table from disk.")
     parser.add_argument("--quick", action="store_true", help="A tiny row for CI.")
     return parser.parse_args(argv)
@@ -154,8 +156,9 @@ def main(argv=None) -> dict:
                     "--output_dir", str(out / f"seed{seed}" / row / arm), "--seed", str(seed),
                     "--teacher_name_or_path", str(teacher_dir), *COMMON, *flags, *arm_flags,
                 ]  # fmt: skip
-        if not args.live_teacher:  # the distilled arms of a row, and rows that differ only in learning rate
-            students = share_teacher_records(f"seed {seed}", out / f"seed{seed}" / "records", students)
+        # the distilled arms of a row, and rows that differ only in learning rate, see the same views
+        students = share_teacher_records(f"seed {seed}", out / f"seed{seed}" / "records", students,
+                                         when=args.teacher_record)  # fmt: skip
         for name, argv in students.items():
             run_unless_finished(f"seed {seed}: {name}", output_dir_of(argv), train.main, argv)
     return write_results(out, rows)

@@ -1,8 +1,12 @@
-"""The data-efficiency experiment script, end to end in its quick mode (real MNIST subset, real training runs)."""
+"""The experiment scripts end to end in their quick modes (real MNIST subsets, real training runs), and what they share
+(`scripts/experiment_common.py`): side-by-side runs, progress, and one teacher record for the students that share it."""
 
 import json
+import os
+import re
 
 import pytest
+import torch
 from PIL import Image
 
 
@@ -10,7 +14,7 @@ from PIL import Image
 def test_quick_data_efficiency_run_writes_table_json_and_plot(tmp_path):
     import experiment_data_efficiency as module  # scripts/ is on the path (conftest)
 
-    results = module.main(["--output_dir", str(tmp_path), "--quick"])
+    results = module.main(["--output_dir", str(tmp_path), "--quick", "--teacher_record", "always"])
 
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     # 25%: teacher + 5 students; 100%: teacher + the 3 variants without a pool.
@@ -24,8 +28,18 @@ def test_quick_data_efficiency_run_writes_table_json_and_plot(tmp_path):
     with Image.open(tmp_path / "accuracy_vs_labels.png") as plot:
         assert plot.format == "PNG" and plot.width > 300
 
+    # The students that see the same views trained from one record of their teacher: hard with hard+attn, and the two
+    # pool variants (their pool changes the views).
+    served = json.loads((tmp_path / "runs" / "labels0.25_seed0" / "records" / "records.json").read_text())
+    assert sorted(entry["students"] for entry in served.values()) == [
+        ["hard", "hard+attn"], ["hard+pool", "hard+attn+pool"]]  # fmt: skip
+    cost = json.loads((tmp_path / "results.json").read_text())["distillation_cost"]
+    assert cost["distilled_students"] == cost["students_from_records"] == 6 and cost["records"] == 3
+    assert "6 of them from 3 shared teacher records" in table
+
     # Started again, it trains nothing and summarises what is on disk: an interrupted grid resumes, parallel seeds add up.
     stamps = {path: path.stat().st_mtime_ns for path in (tmp_path / "runs").glob("*/*/model.safetensors")}
+    stamps.update({path: path.stat().st_mtime_ns for path in (tmp_path / "runs").glob("*/records/*/manifest.json")})
     again = module.main(["--output_dir", str(tmp_path), "--quick"])
     assert again["runs"] == results["runs"]
     assert stamps and all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
@@ -39,10 +53,15 @@ def test_quick_data_efficiency_run_writes_table_json_and_plot(tmp_path):
 def test_quick_recipe_study_runs_both_arms_and_reports_the_difference_per_seed(tmp_path):
     import experiment_recipe as module
 
-    module.main(["--output_dir", str(tmp_path), "--quick", "--seeds", "0"])
-    found = module.main(["--output_dir", str(tmp_path), "--quick", "--seeds", "1"])  # a second process adds its seed
+    module.main(["--output_dir", str(tmp_path), "--quick", "--seeds", "0", "--teacher_record", "always"])
+    found = module.main(["--output_dir", str(tmp_path), "--quick", "--seeds", "1", "--teacher_record", "always"])
 
-    assert set(found["runs"]["quick"]) == {"none", "hard+fmap"}
+    assert set(found["runs"]["quick"]) == {"none", "hard", "hard+fmap"}
+    # hard and hard+fmap trained from one record of their teacher; none, which does not use it, with the teacher.
+    for seed in (0, 1):
+        served = json.loads((tmp_path / f"seed{seed}" / "records" / "records.json").read_text())
+        assert [entry["students"] for entry in served.values()] == [["quick / hard", "quick / hard+fmap"]]
+    assert found["distillation_cost"]["students_from_records"] == found["distillation_cost"]["distilled_students"] == 4
     assert all(set(by_seed) == {0, 1} for by_seed in found["runs"]["quick"].values())
     assert set(found["teachers"]["teacher28"]) == {0, 1}
     distilled = found["runs"]["quick"]["hard+fmap"][0]
@@ -112,3 +131,65 @@ def test_a_stage_in_this_process_prints_its_progress_among_its_logs(tmp_path, ca
     assert "=== a stage: --output_dir" in shown and "  run  [##########----------]  4/8   50%" in shown
     assert "loss 0.5000" in shown and "\r" not in shown
     assert experiment_common.PROGRESS_FILE_ENV not in __import__("os").environ  # restored after the stage
+
+
+@pytest.mark.slow
+def test_students_that_see_the_same_views_share_one_record_and_train_as_with_their_live_teacher(tmp_path, capsys):
+    from experiment_common import RECORD_FLAG, RECORDS_NAME, share_teacher_records
+    from test_teacher_record import run_flags, save_small_cnn, trained
+
+    import train
+
+    teacher = save_small_cnn(tmp_path / "teacher")
+
+    def student(name, *flags):
+        return run_flags(tmp_path / name, "--teacher_name_or_path", teacher, *flags)
+
+    students = {
+        "hard": student("hard", "--distillation_type", "hard"),
+        "hard, lr 1e-3": student("hard_lr", "--distillation_type", "hard", "--learning_rate", "1e-3"),
+        "soft, wider": student("soft_wide", "--distillation_type", "soft", "--config_overrides",
+                               "image_size=32,hidden_size=48,num_hidden_layers=2,num_attention_heads=2,patch_size=8"),
+        "hard, seed 4": student("seed4", "--distillation_type", "hard", "--seed", "4"),  # other views, alone
+        "none": student("none", "--distillation_type", "none"),  # scores the teacher, never trains from it
+    }  # fmt: skip
+    shared = share_teacher_records("test", tmp_path / "records", students, when="always")
+
+    served = json.loads((tmp_path / "records" / RECORDS_NAME).read_text())
+    assert [entry["students"] for entry in served.values()] == [["hard", "hard, lr 1e-3", "soft, wider"]]
+    folder = str(tmp_path / "records" / next(iter(served)))
+    manifest = json.loads((tmp_path / "records" / next(iter(served)) / "manifest.json").read_text())
+    assert manifest["outputs"]["kinds"] == ["argmax", "top_k"]  # the soft student's probabilities too
+    for name in ("hard", "hard, lr 1e-3", "soft, wider"):
+        assert "--teacher_name_or_path" not in shared[name] and shared[name][-2:] == ["--teacher_outputs", folder]
+    assert shared["hard, seed 4"] == students["hard, seed 4"] and shared["none"] == students["none"]
+
+    # From the record, the run the live teacher gives, step by step (float32 on the CPU).
+    train.main(shared["hard, lr 1e-3"])
+    live = student("live", "--distillation_type", "hard", "--learning_rate", "1e-3")
+    train.main(live)
+    (replay_logs, replay_weights), (live_logs, live_weights) = trained(tmp_path / "hard_lr"), trained(tmp_path / "live")
+    assert replay_logs == live_logs
+    assert all(torch.equal(replay_weights[name], tensor) for name, tensor in live_weights.items())
+
+    # Asked again, the finished student is left alone and the two waiting ones reuse the record, not a new one.
+    stamp = os.stat(os.path.join(folder, "manifest.json")).st_mtime_ns
+    again = share_teacher_records("test", tmp_path / "records", students, when="always")
+    assert again["hard"] == shared["hard"] and again["soft, wider"] == shared["soft, wider"]
+    assert os.stat(os.path.join(folder, "manifest.json")).st_mtime_ns == stamp
+
+    # "auto" measures what a record would cost and save, says so, and records only where it pays.
+    fresh = {f"hard {index}": student(f"auto{index}", "--distillation_type", "hard", "--seed", "5",
+                                      "--learning_rate", f"{index}e-4") for index in (1, 2, 3)}  # fmt: skip
+    capsys.readouterr()
+    decided = share_teacher_records("test", tmp_path / "auto_records", fresh, when="auto")
+    said = re.search(r"teacher takes ([\d.]+) ms and rebuilding the view ([\d.]+) ms, so one record would (save|cost) "
+                     r"about ([\d.]+) ms: (recording it|each keeps its live teacher)", capsys.readouterr().out)  # fmt: skip
+    teacher_ms, pipeline_ms = float(said[1]), float(said[2])
+    pays = 2 * teacher_ms > pipeline_ms
+    assert said[3] == ("save" if pays else "cost") and float(said[4]) == pytest.approx(abs(2 * teacher_ms - pipeline_ms), abs=2e-3)
+    assert (said[5] == "recording it") == pays
+    assert all((RECORD_FLAG in argv) == pays for argv in decided.values())
+    assert (tmp_path / "auto_records" / RECORDS_NAME).is_file() == pays
+    with pytest.raises(ValueError, match="when must be one of auto, always, never"):
+        share_teacher_records("test", tmp_path / "records", students, when="sometimes")

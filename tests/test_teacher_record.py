@@ -27,8 +27,11 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> str:
+    return save_small_cnn(tmp_path_factory.mktemp("teacher") / "teacher")
+
+
+def save_small_cnn(folder) -> str:
     """A small CNN of the digits' classes (random weights: what it says is arbitrary, but the same every time)."""
-    folder = tmp_path_factory.mktemp("teacher") / "teacher"
     torch.manual_seed(0)
     config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=10,
                           id2label={i: str(i) for i in range(10)})  # fmt: skip

@@ -268,6 +268,29 @@ def plan_for_run(trainer, epochs: int | None = None, world_size: int = 1, top_k:
     )
 
 
+def view_costs(trainer, batches: int = 4) -> dict[str, float]:
+    """Seconds per training view of the run `trainer` is set up for, measured over `batches` batches of its first
+    epoch after one unmeasured batch: `pipeline`, reading, decoding, augmenting and collating the view; `teacher`, the
+    teacher's pass over it, with what the objective asks of it. Recording pays both once per view; a live run pays
+    the teacher's pass on every view, so a record that n runs share saves about (n - 1) x teacher - pipeline per view
+    (replaying costs the student little: an index lookup and a read)."""
+    request = trainer.objective.teacher_request(True)
+    loader = torch.utils.data.DataLoader(PositionSeededDataset(trainer.train_dataset),
+                                         batch_sampler=view_batches(trainer, 0, 1, 0)[: batches + 1],
+                                         collate_fn=PositionSeededCollator(trainer.data_collator, keep_views=True))
+    seconds, views = {"pipeline": 0.0, "teacher": 0.0}, 0
+    iterator, tic = iter(loader), time.perf_counter()
+    for batch_index, batch in enumerate(iterator):
+        loaded = time.perf_counter()
+        trainer.teacher_outputs(batch["pixel_values"].to(trainer.accelerator.device), **request)
+        if batch_index > 0 or len(loader) == 1:  # the first batch warms up
+            seconds["pipeline"] += loaded - tic
+            seconds["teacher"] += time.perf_counter() - loaded
+            views += len(batch["pixel_values"])
+        tic = time.perf_counter()
+    return {name: value / max(views, 1) for name, value in seconds.items()}
+
+
 def _probe_shapes(trainer) -> dict:
     """The teacher's output shapes per view at the student's input size, whatever is recorded, so that a replaying
     objective can be sized (`TeacherRecord.stand_in`): features (None without), stage maps (None: not a CNN)."""
