@@ -8,7 +8,8 @@ recipe), over several seeds. Writes `results.json`, `results.md` (mean, std, min
         -- --config_overrides hidden_size=96 --rand_augment none --reprob 0 --scale_min 0.8   # the README's run
     python scripts/experiment_distillation.py --quick            # a smoke run (CI)
 
-Each seed trains its own teacher, so the spread includes the teacher's. Every run is `scripts/train.py` or
+Each seed trains its own teacher, so the spread includes the teacher's. The soft and hard students of a seed see the
+same views: `--teacher_record` (`experiment_common.share_teacher_records`) lets them train from one record of it. Every run is `scripts/train.py` or
 `scripts/train_teacher.py` in-process with the flags printed above it.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import experiment_common  # noqa: F401  (first: it keeps everything offline before transformers is imported)
 import train
 import train_teacher
-from experiment_common import RESULTS_NAME, finished_results, run_unless_finished
+from experiment_common import RECORD_WHEN, RESULTS_NAME, finished_results, run_unless_finished, share_teacher_records
 
 from hf_deit.plots import plot_groups
 
@@ -39,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--student_epochs", type=float, default=30)
     parser.add_argument("--distillation_tau", type=float, default=1.0)
     parser.add_argument("--quick", action="store_true", help="Tiny subset, few steps, for CI.")
+    parser.add_argument("--teacher_record", choices=RECORD_WHEN, default="auto",
+                        help="The soft and hard students see the same views and can train from one record of the "
+                        "teacher: 'auto' where it pays (measured), 'always', or 'never'.")
     parser.add_argument("student_flags", nargs=argparse.REMAINDER, help="After --: more flags for every student.")
     return parser.parse_args(argv)
 
@@ -65,12 +69,17 @@ def main(argv=None) -> dict:
             "--output_dir", str(teacher_dir), "--num_train_epochs", str(args.teacher_epochs),
             *flags,
         ])
-        for variant in args.variants:
-            run_unless_finished(f"seed {seed}: student, {variant}", out / f"seed{seed}" / variant, train.main, [
-                "--output_dir", str(out / f"seed{seed}" / variant), "--num_train_epochs", str(args.student_epochs),
-                "--teacher_name_or_path", str(teacher_dir), "--distillation_type", variant,
-                "--distillation_tau", str(args.distillation_tau), *flags, *extra,
-            ])
+        students = {variant: [
+            "--output_dir", str(out / f"seed{seed}" / variant), "--num_train_epochs", str(args.student_epochs),
+            "--teacher_name_or_path", str(teacher_dir), "--distillation_type", variant,
+            "--distillation_tau", str(args.distillation_tau), *flags, *extra,
+        ] for variant in args.variants}  # fmt: skip
+        # soft and hard see the same views
+        students = share_teacher_records(f"seed {seed}", out / f"seed{seed}" / "records", students,
+                                         when=args.teacher_record)  # fmt: skip
+        for variant, student_argv in students.items():
+            run_unless_finished(f"seed {seed}: student, {variant}", out / f"seed{seed}" / variant, train.main,
+                                student_argv)  # fmt: skip
         # Summarised after every seed from what is on disk: an interrupted experiment keeps what it measured, and
         # seeds run as separate processes into the same folder add up.
         summary = write_results(out, vars(args))

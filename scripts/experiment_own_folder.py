@@ -16,9 +16,10 @@ textures, 40 each; validation crops from regions never seen in training), with d
     python scripts/experiment_own_folder.py --image_size 224       # the scripts' own default size (hours here)
     python scripts/experiment_own_folder.py --table_only           # the table of the runs finished so far
 
-Two runs at a time, one process and one thread each; each run's log is `train.log` in its folder, and a finished
-run is kept when the script is rerun. Prints a table (also `results.md`, and `results.png`) with the command, machine
-and date.
+The three students of the weak teacher see the same views: `--teacher_record`
+(`experiment_common.share_teacher_records`) lets them train from one record of it. Two runs at a time, one process and
+one thread each; each run's log is `train.log` in its folder, and a finished run is kept when the script is rerun.
+Prints a table (also `results.md`, and `results.png`) with the command, machine and date.
 """
 
 import argparse
@@ -31,7 +32,7 @@ import sys
 from pathlib import Path
 
 import experiment_common  # noqa: F401  (first: it keeps everything offline)
-from experiment_common import finished_results, is_finished, run_in_parallel
+from experiment_common import RECORD_WHEN, finished_results, is_finished, run_in_parallel, share_teacher_records
 from make_sample_folders import FOLDERS, build_folder
 
 from hf_deit.plots import plot_groups
@@ -89,6 +90,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS),
                         help="The student runs to make (the table shows every finished one).")
+    parser.add_argument("--teacher_record", choices=RECORD_WHEN, default="auto",
+                        help="The students of one teacher see the same views and can train from one record of it: "
+                        "'auto' where it pays (measured), 'always', or 'never'.")
     parser.add_argument("--table_only", action="store_true", help="Print the table of the finished runs; run none.")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
@@ -106,8 +110,12 @@ def main(argv=None) -> dict:
         run_two_at_a_time([(f"{kind}: {title}", "train_teacher.py", runs / name, [*flags, *data])
                          for name, (title, flags) in TEACHERS.items()])  # fmt: skip
         folders = {"teacher": str(runs / "teacher"), "weak": str(runs / "weak_teacher")}
-        run_two_at_a_time([(f"{kind}: {title}", "train.py", runs / name, [*(f.format(**folders) for f in flags), *data])
-                         for name, (title, flags) in STUDENTS.items() if name in args.students])  # fmt: skip
+        students = {name: ["--output_dir", str(runs / name), *(flag.format(**folders) for flag in flags), *data]
+                    for name, (_, flags) in STUDENTS.items() if name in args.students}  # fmt: skip
+        # the three students of the weak teacher see the same views
+        students = share_teacher_records(kind, runs / "records", students, when=args.teacher_record)
+        run_two_at_a_time([(f"{kind}: {STUDENTS[name][0]}", "train.py", runs / name, argv[2:])  # after --output_dir
+                           for name, argv in students.items()])  # fmt: skip
         results[kind] = {name: finished_results(runs / name) for name in (*TEACHERS, *STUDENTS)}
     table = results_table(results, args, argv)
     print(table)

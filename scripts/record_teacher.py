@@ -8,11 +8,13 @@ r"""Record the teacher's outputs once, over exactly the views a training run wil
 Takes train.py's flags (the run the record is for) and its own (--help lists them under "Record"). Every student
 trained with the same data, augmentation, seed and schedule then trains from the record without running the teacher:
 a learning-rate sweep, other student sizes, resumed runs. A run that differs is refused, each difference named.
-It prints the record's size before writing, the teacher's speed, and, for top-k soft targets with k below the number
-of classes, how far they lie from the teacher's full probabilities over the recorded views (also in the manifest).
+It prints the record's size before writing, the teacher's speed, after how many runs from the record the recording
+has paid for itself, and, for top-k soft targets with k below the number of classes, how far they lie from the
+teacher's full probabilities over the recorded views (also in the manifest).
 """
 
 import logging
+import math
 import sys
 
 import train
@@ -46,7 +48,18 @@ def main(argv=None) -> dict:
     logger.info("Recorded %d views (%s) in %.1f s, the teacher at %.1f views/s: %s", recording["views"],
                 ", ".join(manifest["outputs"]["kinds"]), recording["seconds"],
                 recording["views"] / max(recording["teacher_seconds"], 1e-9), record_args.record_dir)
+    # Each run from the record is spared the teacher's passes; the recording also rebuilt every view once.
+    runs = math.ceil(recording["seconds"] / max(recording["teacher_seconds"], 1e-9))
+    logger.info("Each run from this record is spared about %.1f s of teacher passes; the recording took %.1f s, so it "
+                "pays for itself from the %s run that trains from it%s.", recording["teacher_seconds"],
+                recording["seconds"], _ordinal(runs),
+                "" if runs <= 2 else ": with a teacher this cheap, rebuilding the views costs more than its passes")
     return manifest
+
+
+def _ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 if __name__ == "__main__":

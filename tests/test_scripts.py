@@ -202,12 +202,15 @@ def test_main_job_quick_run_prints_the_side_by_side_table(tmp_path):
 def test_experiment_script_quick_run_summarises_seeds(tmp_path):
     import experiment_distillation
 
-    flags = ["--quick", "--dataset_name", "digits", "--variants", "none", "hard", "--output_dir", str(tmp_path),
-             "--", "--config_overrides", TINY_STUDENT, "--image_size", "16"]
+    flags = ["--quick", "--dataset_name", "digits", "--variants", "none", "soft", "hard", "--output_dir", str(tmp_path),
+             "--teacher_record", "always", "--", "--config_overrides", TINY_STUDENT, "--image_size", "16"]
     experiment_distillation.main(["--seeds", "0", *flags])
     summary = experiment_distillation.main(["--seeds", "1", *flags])  # a second process adds its seed
-    assert set(summary) == {"teacher", "none", "hard"} and summary["hard"]["seeds"] == [0, 1]
+    assert set(summary) == {"teacher", "none", "soft", "hard"} and summary["hard"]["seeds"] == [0, 1]
     assert summary["hard"]["accuracy"]["n"] == 2
+    for seed in (0, 1):  # soft and hard from one record of their seed's teacher
+        served = json.loads((tmp_path / f"seed{seed}" / "records" / "records.json").read_text())
+        assert [entry["students"] for entry in served.values()] == [["soft", "hard"]]
     assert "| DeiT, hard distillation |" in (tmp_path / "results.md").read_text()
 
 

@@ -4,6 +4,7 @@ refused before any step, each difference named."""
 
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -161,9 +162,14 @@ def test_top_k_deviation_is_the_distance_between_the_replayed_and_the_live_soft_
 
 def test_a_top_k_record_measures_its_deviation_on_every_recorded_view(tmp_path, teacher, caplog):
     caplog.set_level(logging.INFO, logger="hf_deit.teacher_record")
+    caplog.set_level(logging.INFO, logger="hf_deit.record_teacher")
     folder = record(tmp_path, teacher, "--distillation_type", "soft", "--distillation_tau", "2.0",
                     "--max_train_samples", "128", record_flags=["--top_k", "3"])  # fmt: skip
     manifest = TeacherRecord.open(folder).manifest
+    # and when the recording has paid for itself: the recording's seconds over the teacher's, rounded up
+    recording = manifest["recording"]
+    runs = math.ceil(recording["seconds"] / recording["teacher_seconds"])
+    assert runs >= 1 and f"so it pays for itself from the {record_teacher._ordinal(runs)} run" in caplog.text
     deviation = manifest["outputs"]["top_k_deviation"]
     assert deviation["views"] == manifest["recording"]["views"] == 128 and deviation["tau"] == 2.0  # the training views
     for name in ("mass outside the top k", "total variation", "soft loss"):
