@@ -44,6 +44,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--record_teachers", nargs="+", metavar="TIMM_NAME",
                         help="Teachers of the teacher_record section (default: regnety_160 and regnety_016).")
     parser.add_argument("--record_batch_size", type=int, help="The teacher_record section's recording batch (64).")
+    parser.add_argument("--data_image_size", type=int, help="The data section's image size (224; the digits: 28).")
     parser.add_argument("--no-compiled-inference", action="store_true",
                         help="Leave out the compiled inference contenders (ours via optimize_for_inference, timm compiled).")
     args = parser.parse_args(argv)
@@ -66,6 +67,8 @@ def main(argv=None) -> dict:
         settings.record_batch_size = args.record_batch_size
     if args.no_compiled_inference:
         settings.compiled_inference = ()
+    if args.data_image_size:
+        settings.data_image_size = args.data_image_size
     if args.device == "cuda":
         import torch
 

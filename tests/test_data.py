@@ -387,6 +387,31 @@ def test_the_copies_of_an_image_on_different_ranks_draw_different_augmentations(
     assert [key.position for key in alone[:3]] == [0, 1, 2]
 
 
+def test_a_view_is_drawn_from_the_cpu_generator_seeded_by_its_key_and_nothing_else_is_reseeded(monkeypatch):
+    """The view of (image, seed) is the same however often it is read, the global CPU generator is left as it was,
+    and no accelerator's generator is touched (a GPU run's dropout draws from those)."""
+    from hf_deit.data.samplers import PositionSeededDataset, ViewKey
+
+    class Noise(torch.utils.data.Dataset):  # a random augmentation of one fixed image
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return {"pixel_values": torch.full((3,), float(index)) + torch.rand(3)}
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    accelerators = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: accelerators.append(seed))
+    dataset = PositionSeededDataset(Noise())
+    first = dataset[ViewKey(index=2, seed=11, epoch=0, position=5)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(dataset[(2, 11)]["pixel_values"], first["pixel_values"])
+    assert not torch.equal(dataset[(2, 12)]["pixel_values"], first["pixel_values"])
+    assert first["view"] == (0, 5, 2) and first["augmentation_seed"] == 11
+    assert accelerators == []
+
+
 # ----------------------------------------------------------------------------------------------- general loader
 
 

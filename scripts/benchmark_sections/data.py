@@ -63,9 +63,11 @@ def make_image_dataset(count: int, size: int, num_labels: int = 10):
 
 
 def data_section(settings: BenchmarkSettings, log: Callable[[str], None]) -> list[dict]:
-    """Images/s of decode + DeiT train transforms + mixup/cutmix collation through a DataLoader, per worker count.
-    Each round is a full pass; time is counted from the first batch (so worker start-up is excluded)."""
+    """Images/s of decode + DeiT train transforms + mixup/cutmix collation through a DataLoader, per worker count,
+    read as training reads them: each view seeded by its place in the epoch (`hf_deit.data.samplers`). Each round is
+    a full pass; time is counted from the first batch (so worker start-up is excluded)."""
     from hf_deit.data import apply_transforms, build_collator, build_train_transform, recipe_defaults
+    from hf_deit.data.samplers import PositionSeededCollator, PositionSeededDataset, PositionSeededSampler
 
     num_labels = 10
     dataset = make_image_dataset(settings.data_images, settings.data_image_size, num_labels)
@@ -76,10 +78,12 @@ def data_section(settings: BenchmarkSettings, log: Callable[[str], None]) -> lis
     collator = build_collator(recipe, num_labels)
     batch_size = min(settings.train_batch_size, max(1, settings.data_images // 4))
     results = []
+    views = torch.utils.data.BatchSampler(PositionSeededSampler(torch.utils.data.RandomSampler(train), seed=0),
+                                          batch_size, drop_last=True)  # fmt: skip
     loaders = {
         workers: torch.utils.data.DataLoader(
-            train, batch_size=batch_size, num_workers=workers, collate_fn=collator, persistent_workers=workers > 0,
-            drop_last=True,
+            PositionSeededDataset(train), batch_sampler=views, num_workers=workers,
+            collate_fn=PositionSeededCollator(collator), persistent_workers=workers > 0,
         )
         for workers in settings.data_workers
     }

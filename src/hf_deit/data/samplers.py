@@ -168,8 +168,8 @@ class PositionSeededSampler(torch.utils.data.Sampler):
 
 
 class PositionSeededDataset(torch.utils.data.Dataset):
-    """Map-style dataset read with `ViewKey`s (or `(index, seed)` pairs): the item's transform runs under
-    `torch.manual_seed(seed)`. The example carries its seed and, from a `ViewKey`, its (epoch, position, index)."""
+    """Map-style dataset read with `ViewKey`s (or `(index, seed)` pairs): the item's transform runs with torch's CPU
+    generator seeded with `seed`. The example carries its seed and, from a `ViewKey`, its (epoch, position, index)."""
 
     SEED_KEY = "augmentation_seed"
     VIEW_KEY = "view"
@@ -183,7 +183,10 @@ class PositionSeededDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         index, seed = key[:2]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator alone, which the transforms draw from: `torch.manual_seed` would also reseed every
+            # accelerator's generator (the model's dropout on a GPU), outside what fork_rng restores, and, where one
+            # is not initialised yet, record a stack trace per call, half the cost of a small image's view.
+            torch.default_generator.manual_seed(seed)
             example = dict(self.dataset[index])
         example[self.SEED_KEY] = seed
         if isinstance(key, ViewKey):
