@@ -228,11 +228,12 @@ def share_teacher_records(title: str, record_root: str | os.PathLike, students: 
         return dict(students)
     record_root = Path(record_root)
     rewritten, served = dict(students), {}
-    for (teacher, views), (members, costs) in _groups_sharing_views(students, measure=when == "auto").items():
+    groups = _groups_sharing_views(students, measure=when == "auto")
+    for (teacher, views), (members, costs, weights) in groups.items():
         folder = record_root / hashlib.sha256(f"{teacher}|{views}".encode()).hexdigest()[:12]
         plan = _plan_for_all(members)
         names = ", ".join(member["name"] for member in members)
-        if not _record_covers(folder, plan):
+        if not _record_covers(folder, plan, weights):
             if len(members) < 2:
                 continue
             if costs is not None:
@@ -246,8 +247,9 @@ def share_teacher_records(title: str, record_root: str | os.PathLike, students: 
             recorder = max(members, key=lambda member: (member["plan"].stage_map, member["plan"].attention_map))
             argv = _with_flag(recorder["argv"], "--output_dir", str(folder))
             argv += ["--record_dir", str(folder), "--num_epochs", str(plan.epochs),
-                     "--top_k", str(plan.top_k or "auto"), "--record_features", str(plan.features), "--record_attention_map", str(plan.attention_map),
-                     "--record_stage_map", str(plan.stage_map), "--overwrite_record", "true"]  # fmt: skip
+                     "--top_k", str(plan.top_k or "auto"), "--record_features", str(plan.features),
+                     "--record_attention_map", str(plan.attention_map), "--record_stage_map", str(plan.stage_map),
+                     "--overwrite_record", "true"]  # fmt: skip
             if plan.attention_map and not recorder["plan"].attention_map:  # the teacher loads its attention maps
                 argv += ["--attention_distillation_weight", "1"]
             import record_teacher
@@ -267,16 +269,16 @@ def share_teacher_records(title: str, record_root: str | os.PathLike, students: 
     return rewritten
 
 
-def _groups_sharing_views(students: dict[str, list[str]], measure: bool) -> dict[tuple, tuple[list[dict], dict]]:
-    """{(teacher, views): ([unfinished student: name, argv, plan, stage], costs)}, `costs` the first student's
-    `view_costs` when `measure`, else None. Feature-map students that imitate different teacher stages cannot share a
-    record: each stage has its group, and the students without the term join the first."""
+def _groups_sharing_views(students: dict[str, list[str]], measure: bool) -> dict[tuple, tuple[list[dict], dict, str]]:
+    """{(teacher, views): ([unfinished student: name, argv, plan, stage], costs, the teacher's weights hash)}, `costs`
+    the first student's `view_costs` when `measure`, else None. Feature-map students that imitate different teacher
+    stages cannot share a record: each stage has its group, and the students without the term join the first."""
     import train
 
     from hf_deit.arguments import train_argument_parser
-    from hf_deit.teacher_record import describe_views, feature_map_stage, plan_for_run, view_costs
+    from hf_deit.teacher_record import describe_views, feature_map_stage, plan_for_run, teacher_identity, view_costs
 
-    by_views, costs = {}, {}
+    by_views, costs, weights = {}, {}, {}
     for name, argv in students.items():
         if TEACHER_FLAG not in argv or is_finished(output_dir_of(argv)):
             continue
@@ -287,8 +289,9 @@ def _groups_sharing_views(students: dict[str, list[str]], measure: bool) -> dict
         key = (argv[argv.index(TEACHER_FLAG) + 1], json.dumps(describe_views(trainer, 1), sort_keys=True))
         member = dict(name=name, argv=argv, plan=plan_for_run(trainer), stage=feature_map_stage(trainer.objective))
         by_views.setdefault(key, []).append(member)
-        if measure and key not in costs:
-            costs[key] = view_costs(trainer)
+        if key not in weights:
+            weights[key] = teacher_identity(trainer.teacher)["weights_sha256"]
+            costs[key] = view_costs(trainer) if measure else None
     groups = {}
     for (teacher, views), members in by_views.items():
         stages = list(dict.fromkeys(member["stage"] for member in members if member["stage"] is not None)) or [None]
@@ -296,7 +299,7 @@ def _groups_sharing_views(students: dict[str, list[str]], measure: bool) -> dict
             groups[(teacher, views if stage is None else f"{views}|stage {stage}")] = ([
                 member for member in members
                 if member["stage"] == stage or (member["stage"] is None and stage == stages[0])
-            ], costs.get((teacher, views)))  # fmt: skip
+            ], costs[(teacher, views)], weights[(teacher, views)])  # fmt: skip
     return groups
 
 
@@ -311,14 +314,16 @@ def _plan_for_all(members: list[dict]):
                       stage_map=any(plan.stage_map for plan in plans))  # fmt: skip
 
 
-def _record_covers(folder: Path, plan) -> bool:
-    """Whether `folder` holds a whole record with at least what `plan` asks for."""
+def _record_covers(folder: Path, plan, weights_sha256: str) -> bool:
+    """Whether `folder` holds a whole record of the teacher with these weights (one retrained in the same folder has
+    other outputs) with at least what `plan` asks for."""
     path = folder / "manifest.json"
     if not path.is_file():
         return False
     manifest = json.loads(path.read_text())
     kinds = set(manifest["outputs"]["kinds"])
-    return (manifest["epochs"] >= plan.epochs and set(plan.kinds()) <= kinds
+    return (manifest["teacher"]["weights_sha256"] == weights_sha256 and manifest["epochs"] >= plan.epochs
+            and set(plan.kinds()) <= kinds
             and (manifest["outputs"].get("top_k") or 0) >= (plan.top_k or 0))  # fmt: skip
 
 

@@ -4,6 +4,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,6 +138,7 @@ def test_a_stage_in_this_process_prints_its_progress_among_its_logs(tmp_path, ca
 def test_students_that_see_the_same_views_share_one_record_and_train_as_with_their_live_teacher(tmp_path, capsys):
     from experiment_common import RECORD_FLAG, RECORDS_NAME, share_teacher_records
     from test_teacher_record import run_flags, save_small_cnn, trained
+    from transformers import ResNetForImageClassification
 
     import train
 
@@ -177,6 +179,13 @@ def test_students_that_see_the_same_views_share_one_record_and_train_as_with_the
     again = share_teacher_records("test", tmp_path / "records", students, when="always")
     assert again["hard"] == shared["hard"] and again["soft, wider"] == shared["soft, wider"]
     assert os.stat(os.path.join(folder, "manifest.json")).st_mtime_ns == stamp
+    # A teacher trained again into the same folder has other outputs: recorded again, never replayed from the old.
+    old_weights = manifest["teacher"]["weights_sha256"]
+    torch.manual_seed(1)
+    config = ResNetForImageClassification.config_class.from_pretrained(teacher)
+    ResNetForImageClassification(config).save_pretrained(teacher)
+    share_teacher_records("test", tmp_path / "records", students, when="always")
+    assert json.loads(Path(folder, "manifest.json").read_text())["teacher"]["weights_sha256"] != old_weights
 
     # "auto" measures what a record would cost and save, says so, and records only where it pays.
     fresh = {f"hard {index}": student(f"auto{index}", "--distillation_type", "hard", "--seed", "5",
@@ -187,7 +196,8 @@ def test_students_that_see_the_same_views_share_one_record_and_train_as_with_the
                      r"about ([\d.]+) ms: (recording it|each keeps its live teacher)", capsys.readouterr().out)  # fmt: skip
     teacher_ms, pipeline_ms = float(said[1]), float(said[2])
     pays = 2 * teacher_ms > pipeline_ms
-    assert said[3] == ("save" if pays else "cost") and float(said[4]) == pytest.approx(abs(2 * teacher_ms - pipeline_ms), abs=2e-3)
+    assert said[3] == ("save" if pays else "cost")
+    assert float(said[4]) == pytest.approx(abs(2 * teacher_ms - pipeline_ms), abs=2e-3)
     assert (said[5] == "recording it") == pays
     assert all((RECORD_FLAG in argv) == pays for argv in decided.values())
     assert (tmp_path / "auto_records" / RECORDS_NAME).is_file() == pays
