@@ -55,6 +55,7 @@ from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
 from hf_deit.preemption import exit_status_of  # noqa: E402
 from hf_deit.run import parse_command_line, start_run, train_and_evaluate  # noqa: E402
+from hf_deit.teacher_record import RecordMismatchError  # noqa: E402
 from hf_deit.trainer import DistillationTrainer  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train")
@@ -183,4 +184,8 @@ def add_unlabeled_examples(train, data_args: DataArguments, training_args: Disti
 
 
 if __name__ == "__main__":
-    sys.exit(exit_status_of(main))  # 0, or 128 + the signal that stopped training (hf_deit.preemption)
+    try:
+        sys.exit(exit_status_of(main))  # 0, or 128 + the signal that stopped training (hf_deit.preemption)
+    except RecordMismatchError as refusal:  # a record of another run, each difference named: an input error
+        sys.stderr.write(f"train.py: error: {refusal}\n")
+        sys.exit(2)

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -14,6 +15,7 @@ import record_teacher
 import torch
 import train
 from safetensors.torch import load_file
+from conftest import SCRIPTS
 from test_resume import LAUNCHER, SAVE_STEPS, assert_same_run, finish, kill_group, start, train_command, wait_for
 from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -104,6 +106,16 @@ def test_a_record_of_another_run_is_refused_before_any_step_naming_each_differen
                        "missing term: the feature term needs the teacher's pooled features"):
         assert difference in message, (difference, message)
     assert trainer.state.global_step == 0 and not list((tmp_path / "other").iterdir())  # nothing trained or written
+
+    # From the command line: the same refusal as an input error, with no traceback, and nothing trained.
+    command = [sys.executable, str(SCRIPTS / "train.py"), *run_flags(tmp_path / "cli", "--distillation_type", "hard",
+                                                                      "--teacher_outputs", str(hard_record)),
+               "--seed", "4"]  # fmt: skip
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert "train.py: error: The teacher record" in refused.stderr and "seed: recorded 3, this run 4" in refused.stderr
+    assert not (tmp_path / "cli" / "model.safetensors").exists()
 
     # The record's own run is accepted.
     same = replay_trainer(*run_flags(tmp_path / "same", "--distillation_type", "hard", "--teacher_outputs",
