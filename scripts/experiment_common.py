@@ -202,8 +202,6 @@ def write_label_split(train_split, validation, fraction: float, seed: int, folde
 
 TEACHER_FLAG, RECORD_FLAG = "--teacher_name_or_path", "--teacher_outputs"
 RECORDS_NAME = "records.json"  # in the records folder: which record served which students
-
-
 RECORD_WHEN = ("auto", "always", "never")
 
 
@@ -257,7 +255,7 @@ def share_teacher_records(title: str, record_root: str | os.PathLike, students: 
             run_stage(f"{title}: the teacher once for {names}", record_teacher.main, argv)
         for member in members:
             argv = students[member["name"]]
-            rewritten[member["name"]] = _with_flag(_without_flag(argv, TEACHER_FLAG), RECORD_FLAG, str(folder))
+            rewritten[member["name"]] = _with_flag(without_flag(argv, TEACHER_FLAG), RECORD_FLAG, str(folder))
         served[folder.name] = {"teacher": teacher, "students": [member["name"] for member in members]}
     if served:
         path = record_root / RECORDS_NAME
@@ -327,7 +325,8 @@ def _record_covers(folder: Path, plan, weights_sha256: str) -> bool:
             and (manifest["outputs"].get("top_k") or 0) >= (plan.top_k or 0))  # fmt: skip
 
 
-def _without_flag(argv: list[str], flag: str) -> list[str]:
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """`argv` without `flag` and its value."""
     if flag not in argv:
         return list(argv)
     at = argv.index(flag)
@@ -335,7 +334,7 @@ def _without_flag(argv: list[str], flag: str) -> list[str]:
 
 
 def _with_flag(argv: list[str], flag: str, value: str) -> list[str]:
-    return [*_without_flag(argv, flag), flag, value]
+    return [*without_flag(argv, flag), flag, value]
 
 
 def distillation_cost(record_roots: list[Path], distilled_runs: list[str | os.PathLike]) -> dict:

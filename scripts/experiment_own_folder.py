@@ -32,7 +32,14 @@ import sys
 from pathlib import Path
 
 import experiment_common  # noqa: F401  (first: it keeps everything offline)
-from experiment_common import RECORD_WHEN, finished_results, is_finished, run_in_parallel, share_teacher_records
+from experiment_common import (
+    RECORD_WHEN,
+    finished_results,
+    is_finished,
+    run_in_parallel,
+    share_teacher_records,
+    without_flag,
+)
 from make_sample_folders import FOLDERS, build_folder
 
 from hf_deit.plots import plot_groups
@@ -114,7 +121,7 @@ def main(argv=None) -> dict:
                     for name, (_, flags) in STUDENTS.items() if name in args.students}  # fmt: skip
         # the three students of the weak teacher see the same views
         students = share_teacher_records(kind, runs / "records", students, when=args.teacher_record)
-        run_two_at_a_time([(f"{kind}: {STUDENTS[name][0]}", "train.py", runs / name, argv[2:])  # after --output_dir
+        run_two_at_a_time([(f"{kind}: {STUDENTS[name][0]}", "train.py", runs / name, without_flag(argv, "--output_dir"))
                            for name, argv in students.items()])  # fmt: skip
         results[kind] = {name: finished_results(runs / name) for name in (*TEACHERS, *STUDENTS)}
     table = results_table(results, args, argv)

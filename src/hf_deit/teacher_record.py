@@ -279,8 +279,8 @@ def view_costs(trainer, batches: int = 4) -> dict[str, float]:
                                          batch_sampler=view_batches(trainer, 0, 1, 0)[: batches + 1],
                                          collate_fn=PositionSeededCollator(trainer.data_collator, keep_views=True))
     seconds, views = {"pipeline": 0.0, "teacher": 0.0}, 0
-    iterator, tic = iter(loader), time.perf_counter()
-    for batch_index, batch in enumerate(iterator):
+    tic = time.perf_counter()
+    for batch_index, batch in enumerate(loader):
         loaded = time.perf_counter()
         trainer.teacher_outputs(batch["pixel_values"].to(trainer.accelerator.device), **request)
         if batch_index > 0 or len(loader) == 1:  # the first batch warms up

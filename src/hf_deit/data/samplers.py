@@ -185,7 +185,7 @@ class PositionSeededDataset(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             # The CPU generator alone, which the transforms draw from: `torch.manual_seed` would also reseed every
             # accelerator's generator (the model's dropout on a GPU), outside what fork_rng restores, and, where one
-            # is not initialised yet, record a stack trace per call, half the cost of a small image's view.
+            # is not initialised yet, record a stack trace per call: more than half of a small image's view.
             torch.default_generator.manual_seed(seed)
             example = dict(self.dataset[index])
         example[self.SEED_KEY] = seed
