@@ -1,6 +1,9 @@
-"""The README's Python snippets run as written (offline, in a fresh process and an empty folder), and its layout map
-names the modules that exist."""
+"""The Python blocks of the README and of every page of docs/ run as written (offline, each document in a fresh
+process and an empty folder) and print what their comments promise; the README stays an entry page; its layout map
+names the modules that exist; its main-job table is the one in results/main_job/results.json."""
 
+import ast
+import json
 import os
 import re
 import subprocess
@@ -11,33 +14,81 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+DOCUMENTS = [README, *sorted((REPO / "docs").glob("*.md"))]
+README_MAX_CHARACTERS = 20_000
 
 
-def test_readme_has_python_snippets():
-    assert len(SNIPPETS) >= 3
+def python_blocks(document: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", document.read_text(), flags=re.S)
+
+
+def _number(pattern: str, output: str) -> float:
+    match = re.search(pattern, output)
+    assert match, f"no output matching {pattern!r}"
+    return float(match.group(1))
+
+
+def _check_readme(output: str):
+    assert "torch.Size([2, 10])" in output
+    # The conversion block: a timm DeiT's logits, reproduced by the converted folder.
+    assert _number(r"tensor\(([-0-9.e]+)", output) <= 1e-5
+    # The pipeline block: the saved labels, as probabilities.
+    predictions = ast.literal_eval(re.search(r"pipeline: (\[.*\])", output).group(1))
+    assert {p["label"] for p in predictions} == {"cat", "dog", "fox"}
+    assert sum(p["score"] for p in predictions) == pytest.approx(1.0, abs=1e-4)
+    # The Python API block: the learning rate sized for a new model on 64 images, as its comment says.
+    assert re.search(r"^0\.0005 ", output, flags=re.M)
+
+
+def _check_speed(output: str):
+    optimized = re.search(r"optimized: (\w+) (compiled|eager) max \|diff\|: ([-0-9.e]+)", output)
+    assert optimized, "the optimize_for_inference block printed nothing"
+    assert optimized.group(1, 2) == ("fp32", "compiled") and float(optimized.group(3)) <= 1e-4
+    assert _number(r"ONNX Runtime vs PyTorch, max \|diff\|: ([-0-9.e]+)", output) <= 1e-4
+
+
+def _check_contracts(output: str):
+    # The peft block: the merged LoRA model gives the adapted model's logits.
+    assert _number(r"LoRA merged, max \|diff\|: ([-0-9.e]+)", output) <= 1e-5
+
+
+# What each document's blocks print, checked on that document's own output: a block moved elsewhere fails here.
+OUTPUT_CHECKS = {
+    "README.md": _check_readme,
+    "docs/speed.md": _check_speed,
+    "docs/transformers-contracts.md": _check_contracts,
+}
+
+
+def _name(document: Path) -> str:
+    return str(document.relative_to(REPO))
+
+
+def test_readme_is_an_entry_page():
+    text = README.read_text()
+    assert len(text) <= README_MAX_CHARACTERS, f"README.md has {len(text):,} characters"
+    assert len(python_blocks(README)) >= 3
+    for link in re.findall(r"\]\((docs/[\w.-]+\.md)", text):
+        assert link == "docs/teacher-records.md" or (REPO / link).exists(), f"README links to a missing {link}"
+
+
+def test_every_checked_document_has_python_blocks():
+    for name in OUTPUT_CHECKS:
+        assert python_blocks(REPO / name), f"{name} has no Python block left to check"
 
 
 @pytest.mark.slow
-def test_readme_python_snippets_run(tmp_path):
-    # One process for all snippets: each import of transformers costs seconds here.
-    program = "\n\n".join(f"# --- snippet {i}\n{code}" for i, code in enumerate(SNIPPETS))
+@pytest.mark.parametrize("document", [d for d in DOCUMENTS if python_blocks(d)], ids=_name)
+def test_python_blocks_run(document, tmp_path):
+    # One process per document: each import of transformers costs seconds here.
+    program = "\n\n".join(f"# --- block {i}\n{code}" for i, code in enumerate(python_blocks(document)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "torch.Size([2, 10])" in result.stdout
-    max_diff = float(re.search(r"tensor\(([-0-9.e]+)", result.stdout).group(1))
-    assert max_diff <= 1e-5
-    # The peft snippet: the merged LoRA model gives the adapted model's logits.
-    lora_diff = float(re.search(r"LoRA merged, max \|diff\|: ([-0-9.e]+)", result.stdout).group(1))
-    assert lora_diff <= 1e-5
-    # The inference snippet: compiled (no fallback to eager), with the plain model's logits.
-    optimized = re.search(r"optimized: (\w+) (compiled|eager) max \|diff\|: ([-0-9.e]+)", result.stdout)
-    assert optimized.group(1, 2) == ("fp32", "compiled") and float(optimized.group(3)) <= 1e-4
-    # The deployment snippet: ONNX Runtime on the export gives PyTorch's logits.
-    onnx_diff = float(re.search(r"ONNX Runtime vs PyTorch, max \|diff\|: ([-0-9.e]+)", result.stdout).group(1))
-    assert onnx_diff <= 1e-4
+    check = OUTPUT_CHECKS.get(_name(document))
+    if check:
+        check(result.stdout)
 
 
 def test_layout_map_names_every_package_module_and_only_files_that_exist():
@@ -49,3 +100,45 @@ def test_layout_map_names_every_package_module_and_only_files_that_exist():
     modules = {str(path.relative_to(package)) for path in package.rglob("*.py")
                if path.name != "__init__.py" and "top_k_accuracy" not in path.parts}  # fmt: skip
     assert sorted(modules - named) == [], "modules missing from the README's layout map"
+
+
+# The main job's table: each row's results.json entry.
+MAIN_JOB_ROWS = {
+    "(a) CNN teacher, all labels": "teacher",
+    "(a) DeiT, no distillation": "deit_none",
+    "(a) DeiT, hard distillation + feature maps": "deit_hard",
+    "(b) CNN teacher, 10% of the labels": "few_teacher",
+    "(b) DeiT, 10% of the labels alone": "few_labels_alone",
+    "(b) DeiT, 10% of the labels + the other 90% unlabelled (teacher)": "few_labels_pool",
+}
+MAIN_JOB_COLUMNS = ["eval_accuracy", "eval_cls_accuracy", "eval_distillation_accuracy", "eval_teacher_agreement"]
+
+
+def _main_job_table(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] in MAIN_JOB_ROWS:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.mark.parametrize("document", [README, REPO / "docs" / "results.md"], ids=_name)
+def test_main_job_table_is_the_results_file(document):
+    results = json.loads((REPO / "results" / "main_job" / "results.json").read_text())
+    table = _main_job_table(document.read_text())
+    assert sorted(table) == sorted(MAIN_JOB_ROWS), f"{_name(document)} lacks rows of the main job's table"
+    for label, key in MAIN_JOB_ROWS.items():
+        run = results[key]
+        expected = [f"{100 * run[column]:.1f}" if column in run else "-" for column in MAIN_JOB_COLUMNS]
+        expected.append(f"{run['wall_seconds']:.1f}")
+        assert table[label] == expected, f"{_name(document)}, row {label!r}"
+
+
+def test_readme_gains_are_the_results_file():
+    results = json.loads((REPO / "results" / "main_job" / "results.json").read_text())
+    gain = 100 * (results["deit_hard"]["eval_accuracy"] - results["deit_none"]["eval_accuracy"])
+    pool_gain = 100 * (results["few_labels_pool"]["eval_accuracy"] - results["few_labels_alone"]["eval_accuracy"])
+    text = " ".join(README.read_text().split())
+    assert f"+{gain:.1f} points from the teacher with all labels" in text
+    assert f"+{pool_gain:.1f} with 10% of the labels" in text
