@@ -68,8 +68,19 @@ def test_readme_is_an_entry_page():
     text = README.read_text()
     assert len(text) <= README_MAX_CHARACTERS, f"README.md has {len(text):,} characters"
     assert len(python_blocks(README)) >= 3
-    for link in re.findall(r"\]\((docs/[\w.-]+\.md)", text):
-        assert link == "docs/teacher-records.md" or (REPO / link).exists(), f"README links to a missing {link}"
+
+
+# Another page's author writes this one; until it lands, links to it are allowed.
+PAGES_WRITTEN_ELSEWHERE = {"docs/teacher-records.md"}
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=_name)
+def test_relative_links_resolve(document):
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", document.read_text()):
+        if re.match(r"\w+://", target):
+            continue
+        path = (document.parent / target).resolve()
+        assert path.exists() or _name(path) in PAGES_WRITTEN_ELSEWHERE, f"{_name(document)} links to {target}"
 
 
 def test_every_checked_document_has_python_blocks():
