@@ -83,6 +83,48 @@ def test_relative_links_resolve(document):
         assert path.exists() or _name(path) in PAGES_WRITTEN_ELSEWHERE, f"{_name(document)} links to {target}"
 
 
+@pytest.mark.parametrize("document", DOCUMENTS, ids=_name)
+def test_named_files_exist(document):
+    """Scripts, tests and configs named anywhere (commands included), and repository paths named alone in backticks."""
+    text = document.read_text()
+    named = set(re.findall(r"(?<![\w/.])((?:scripts|tests|configs)/[\w/-]+\.(?:py|yaml|json))", text))
+    named |= set(re.findall(r"`((?:src|benchmarks|results|model_cards)/[\w./-]*)`", text))
+    missing = sorted(name for name in named if not (REPO / name).exists())
+    assert missing == [], f"{_name(document)} names files that do not exist: {missing}"
+
+
+def _top_level_names(module: Path) -> set[str]:
+    """What a module defines or imports at its top level, read from its source (nothing is imported)."""
+    names = set()
+    for node in ast.parse(module.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {target.id for target in targets if isinstance(target, ast.Name)}
+    return names
+
+
+def _module_file(dotted: str) -> Path | None:
+    path = REPO / "src" / Path(*dotted.split("."))
+    return next((file for file in (path.with_suffix(".py"), path / "__init__.py") if file.exists()), None)
+
+
+def test_named_package_objects_exist():
+    """Every `hf_deit.module.name` the documents name is a module, or a name its module defines or imports."""
+    named = {name for document in DOCUMENTS for name in re.findall(r"`(hf_deit(?:\.\w+)+)", document.read_text())}
+    assert named, "no package object named in the documents"
+    missing = []
+    for name in sorted(named):
+        module, _, attribute = name.rpartition(".")
+        if _module_file(name) is None and not (_module_file(module) and attribute in _top_level_names(
+                _module_file(module))):
+            missing.append(name)
+    assert missing == [], f"the documents name what the package lacks: {missing}"
+
+
 def test_every_checked_document_has_python_blocks():
     for name in OUTPUT_CHECKS:
         assert python_blocks(REPO / name), f"{name} has no Python block left to check"
