@@ -1,6 +1,7 @@
-"""The Python blocks of the README and of every page of docs/ run as written (offline, each document in a fresh
-process and an empty folder) and print what their comments promise; the README stays an entry page; its layout map
-names the modules that exist; its main-job table is the one in results/main_job/results.json."""
+"""The README and the pages of docs/ stay true to the repository: their Python blocks run as written (offline, each
+document in a fresh process and an empty folder) and print what their comments promise; the links, files and package
+names they mention exist; the README stays an entry page whose layout map names every module; its main-job table and
+gains are those of results/main_job/results.json."""
 
 import ast
 import json
@@ -33,7 +34,9 @@ def _check_readme(output: str):
     # The conversion block: a timm DeiT's logits, reproduced by the converted folder.
     assert _number(r"tensor\(([-0-9.e]+)", output) <= 1e-5
     # The pipeline block: the saved labels, as probabilities.
-    predictions = ast.literal_eval(re.search(r"pipeline: (\[.*\])", output).group(1))
+    printed = re.search(r"pipeline: (\[.*\])", output)
+    assert printed, "the pipeline block printed nothing"
+    predictions = ast.literal_eval(printed.group(1))
     assert {p["label"] for p in predictions} == {"cat", "dog", "fox"}
     assert sum(p["score"] for p in predictions) == pytest.approx(1.0, abs=1e-4)
     # The Python API block: the learning rate sized for a new model on 64 images, as its comment says.
