@@ -1,6 +1,7 @@
 """The wheel built from the repository is the whole library: installed in a fresh virtual environment, with the
 source tree out of reach, it imports from its own files and runs the quick main job from a folder outside the
-repository (model card templates, the `evaluate` metric module and the command-line flag catalogue all shipped)."""
+repository (model card templates, the `evaluate` metric module and the command-line flag catalogue all shipped),
+with everything the quick main job promises checked on that run."""
 
 import json
 import os
@@ -92,10 +93,56 @@ def test_wheel_installs_and_trains_the_quick_main_job_outside_the_repository(tmp
                           "--output_dir", str(out)], cwd=elsewhere, env=env, capture_output=True, text=True,
                          timeout=1800)  # fmt: skip
     assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-3000:]
+    check_quick_main_job(out, job.stdout, job.stderr)
+
+
+def check_quick_main_job(out: Path, stdout: str, stderr: str) -> None:
+    """What `scripts/main_job.py --quick` leaves: the side-by-side table, plain progress lines when piped, learning
+    curves in the results, the figure and the cards (rendered from the shipped templates), accuracies through the
+    shipped metric module. Checked on the wheel's run: one quick main job in the suite serves both claims."""
+    for row in ("(a) CNN teacher, all labels", "(a) DeiT, no distillation", "(a) DeiT, hard distillation + feature maps",
+                "(b) CNN teacher, 10% of the labels", "(b) DeiT, 10% of the labels alone",
+                "(b) DeiT, 10% of the labels + the other 90% unlabelled"):
+        assert f"| {row}" in stdout, row
+    assert "points with all labels" in stdout and "points with 10% of the labels" in stdout
     results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"teacher", "deit_none", "deit_hard", "few_teacher", "few_labels_alone", "few_labels_pool"}
     # Accuracies through the shipped metric module (hf_deit.metrics loads it by path), per head for the students.
     assert all(0.0 <= metrics["eval_accuracy"] <= 1.0 for metrics in results.values())
     assert "eval_distillation_accuracy" in results["deit_hard"]
-    # Cards rendered from the shipped templates.
-    assert "is a **distilled DeiT**" in (out / "deit_hard" / "README.md").read_text()
+    # The distilled students used the recipe (feature maps), the plain ones no teacher.
+    logged = lambda run: json.loads((out / run / "trainer_state.json").read_text())["log_history"]  # noqa: E731
+    assert any("loss_feature_map" in entry for entry in logged("deit_hard"))
+    assert any("loss_feature_map" in entry for entry in logged("few_labels/deit_pool"))
+    assert not any("loss_feature_map" in entry for entry in logged("deit_none"))
+
+    # Piped (not a terminal): plain progress lines for every student, and no carriage returns (no third-party bars).
+    output = stdout + stderr
+    assert "\r" not in output and "\x1b[" not in output and "Saving the dataset" not in output
+    for student in ("deit_none", "deit_hard", "few_labels_alone", "few_labels_pool"):
+        assert any(line.startswith(f"  {student}  [####################]  2/2  100%  done in ")
+                   for line in stdout.splitlines()), student
+    assert stdout.count("[progress ") >= 2
+    # Learning curves: each student evaluated during training (--eval_steps 0.1 of 2 steps: steps 1 and 2), drawn
+    # for the job with the teachers' accuracy, and in each student's card.
+    for name in ("deit_none", "deit_hard", "few_labels_alone", "few_labels_pool"):
+        curve = results[name]["learning_curve"]
+        assert [step for step, _ in curve] == [1, 2] and curve[-1][1] == results[name]["eval_accuracy"]
+        assert results[name]["curve_evaluation_seconds"] > 0
+    import main_job
+
+    panels, references = main_job.curve_panels(results)
+    assert list(panels) == ["(a) all labels", "(b) 10% of the labels"]
+    assert panels["(a) all labels"]["DeiT, hard distillation + feature maps"] == results["deit_hard"]["learning_curve"]
+    assert references["(b) 10% of the labels"] == {"CNN teacher": results["few_teacher"]["eval_accuracy"]}
+    from PIL import Image
+
+    with Image.open(out / "learning_curves.png") as image:
+        assert image.format == "PNG" and image.width > 900
+    # Cards rendered from the shipped templates, the students' with their curves and per-head table.
+    card = (out / "deit_hard" / "README.md").read_text()
+    assert "is a **distilled DeiT**" in card
+    assert "](learning_curves.png)" in card and "| distillation head (`distillation_logits`) |" in card
+    with Image.open(out / "deit_hard" / "learning_curves.png") as image:
+        assert image.format == "PNG"
     assert "is an image classifier" in (out / "teacher" / "README.md").read_text()

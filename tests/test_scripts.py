@@ -149,56 +149,6 @@ def test_a_new_users_image_folders_train_a_preset_at_the_size_asked(user_folders
 
 
 @pytest.mark.slow
-def test_main_job_quick_run_prints_the_side_by_side_table(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(SCRIPTS / "main_job.py"), "--quick", "--dataset_name", "digits",
-         "--output_dir", str(tmp_path)],
-        env=child_env(), capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    for row in ("(a) CNN teacher, all labels", "(a) DeiT, no distillation", "(a) DeiT, hard distillation + feature maps",
-                "(b) CNN teacher, 10% of the labels", "(b) DeiT, 10% of the labels alone",
-                "(b) DeiT, 10% of the labels + the other 90% unlabelled"):
-        assert f"| {row}" in result.stdout, row
-    assert "points with all labels" in result.stdout and "points with 10% of the labels" in result.stdout
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results) == {"teacher", "deit_none", "deit_hard", "few_teacher", "few_labels_alone", "few_labels_pool"}
-    # The distilled students used the recipe (feature maps), the plain ones no teacher; (b)'s labels are 10%.
-    logged = lambda run: json.loads((tmp_path / run / "trainer_state.json").read_text())["log_history"]  # noqa: E731
-    assert any("loss_feature_map" in entry for entry in logged("deit_hard"))
-    assert any("loss_feature_map" in entry for entry in logged("few_labels/deit_pool"))
-    assert not any("loss_feature_map" in entry for entry in logged("deit_none"))
-
-    # Piped (not a terminal): plain progress lines for every student, and no carriage returns (no third-party bars).
-    output = result.stdout + result.stderr
-    assert "\r" not in output and "\x1b[" not in output and "Saving the dataset" not in output
-    for student in ("deit_none", "deit_hard", "few_labels_alone", "few_labels_pool"):
-        assert any(line.startswith(f"  {student}  [####################]  2/2  100%  done in ")
-                   for line in result.stdout.splitlines()), student
-    assert result.stdout.count("[progress ") >= 2
-    # Learning curves: each student evaluated during training (--eval_steps 0.1 of 2 steps: steps 1 and 2), drawn
-    # for the job with the teachers' accuracy, and in each student's card.
-    for name in ("deit_none", "deit_hard", "few_labels_alone", "few_labels_pool"):
-        curve = results[name]["learning_curve"]
-        assert [step for step, _ in curve] == [1, 2] and curve[-1][1] == results[name]["eval_accuracy"]
-        assert results[name]["curve_evaluation_seconds"] > 0
-    import main_job
-
-    panels, references = main_job.curve_panels(results)
-    assert list(panels) == ["(a) all labels", "(b) 10% of the labels"]
-    assert panels["(a) all labels"]["DeiT, hard distillation + feature maps"] == results["deit_hard"]["learning_curve"]
-    assert references["(b) 10% of the labels"] == {"CNN teacher": results["few_teacher"]["eval_accuracy"]}
-    from PIL import Image
-
-    with Image.open(tmp_path / "learning_curves.png") as image:
-        assert image.format == "PNG" and image.width > 900
-    card = (tmp_path / "deit_hard" / "README.md").read_text()
-    assert "](learning_curves.png)" in card and "| distillation head (`distillation_logits`) |" in card
-    with Image.open(tmp_path / "deit_hard" / "learning_curves.png") as image:
-        assert image.format == "PNG"
-
-
-@pytest.mark.slow
 def test_experiment_script_quick_run_summarises_seeds(tmp_path):
     import experiment_distillation
 
