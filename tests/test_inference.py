@@ -70,27 +70,19 @@ def test_auto_precision_on_cpu_is_the_flag_rule(model_and_images):
 
 
 @pytest.mark.slow  # compiles (20-60 s on a busy 2-core machine)
-def test_compiled_outputs_match_eager(model_and_images):
-    model, images, expected = model_and_images
-    fast = optimize_for_inference(model, precision="fp32", compile=True)
-    logits = fast(images)
-    assert fast.compiled  # no fallback happened
-    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(fast(images[:1]), expected[:1], atol=1e-4, rtol=1e-4)  # a new batch size recompiles
-
-
-@pytest.mark.slow  # compiles
-def test_compiled_forward_freezes_and_packs_the_weights(model_and_images):
-    """The weights become constants of the generated code and the Linear layers run on packed weights (MKL in
-    fp32). Passed as `torch.compile(options={"freezing": True})` instead, freezing is silently ignored: the weights
-    stay graph inputs and every Linear is a plain `addmm`."""
+def test_compiled_forward_matches_eager_with_its_weights_frozen_and_packed(model_and_images):
+    """The compiled forward gives eager's logits, also for a new batch size (which recompiles); the weights become
+    constants of the generated code and the Linear layers run on packed weights (MKL in fp32). Passed as
+    `torch.compile(options={"freezing": True})` instead, freezing is silently ignored: the weights stay graph inputs
+    and every Linear is a plain `addmm`."""
     from torch._inductor.utils import run_and_get_code
 
     model, images, expected = model_and_images
     fast = optimize_for_inference(model, precision="fp32", compile=True)
     logits, (code, *_) = run_and_get_code(fast, images)
-    assert fast.compiled
+    assert fast.compiled  # no fallback happened
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast(images[:1]), expected[:1], atol=1e-4, rtol=1e-4)  # a new batch size recompiles
     assert "_frozen_param" in code
     if torch._C.has_mkl:
         assert "_mkl_linear" in code and "extern_kernels.addmm" not in code
