@@ -54,7 +54,7 @@ from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
 from hf_deit.preemption import exit_status_of  # noqa: E402
-from hf_deit.run import parse_command_line, start_run, train_and_evaluate  # noqa: E402
+from hf_deit.run import parse_command_line, size_run, start_run, train_and_evaluate  # noqa: E402
 from hf_deit.teacher_record import RecordMismatchError  # noqa: E402
 from hf_deit.trainer import DistillationTrainer  # noqa: E402
 
@@ -130,8 +130,6 @@ def build_run(model_args: ModelArguments, data_args: DataArguments, aug_args: Au
 
     # Student: its input size decides the transforms' unless given
     model = build_student(model_args, data_args, label_names, aug_args.image_size, hub_token)
-    if model_args.model_name_or_path is None and uses_embedded_data(data_args):
-        training_args.prefer_learning_rate(EMBEDDED_STUDENT_LEARNING_RATE)  # measured for this student
     if aug_args.image_size is None:
         image_size = model.config.image_size
         aug_args.image_size = image_size if isinstance(image_size, int) else image_size[0]
@@ -141,7 +139,10 @@ def build_run(model_args: ModelArguments, data_args: DataArguments, aug_args: Au
     )
     image_processor = deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std)
 
-    # Train: the trainer sizes what was left unset (learning rate, epochs) to the model and the data
+    # Train: what the settings left unset (learning rate, epochs, evaluation, precision) sized to the model and data
+    embedded_student = model_args.model_name_or_path is None and uses_embedded_data(data_args)
+    training_args = size_run(training_args, model, dataset["train"], dataset.get("validation"),
+                             learning_rate_at_batch_64=EMBEDDED_STUDENT_LEARNING_RATE if embedded_student else None)
     teacher_given = training_args.teacher_name_or_path is not None or training_args.teacher_outputs is not None
     if not teacher_given and training_args.distillation_type in ("soft", "hard"):
         logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")

@@ -57,7 +57,7 @@ from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
 from hf_deit.preemption import exit_status_of  # noqa: E402
-from hf_deit.run import parse_command_line, start_run, train_and_evaluate  # noqa: E402
+from hf_deit.run import parse_command_line, size_run, start_run, train_and_evaluate  # noqa: E402
 from hf_deit.trainer import ClassifierTrainer  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train_teacher")
@@ -123,6 +123,7 @@ def build_run(teacher_args: TeacherArguments, data_args: DataArguments, aug_args
     dataset = apply_transforms(
         dataset, build_train_transform(aug_args), build_eval_transform(aug_args), skip_bad_images=data_args.skip_bad_images
     )
+    training_args = size_run(training_args, model, dataset["train"], dataset.get("validation"))  # what was left unset
     trainer = ClassifierTrainer(
         model=model,
         args=training_args,

@@ -75,15 +75,15 @@ def test_this_machine_trains_the_digits_student_in_float32(tmp_path):
 
 def test_the_log_says_the_precision_used_even_when_accelerate_launch_said_no(amx_cpu, tmp_path, monkeypatch, caplog):
     """`accelerate launch` without --mixed_precision warns that it set 'no' and exports it; the default choice is still
-    ours, and the trainer's log line says which way it went."""
+    ours, and the log line of the sizing (hf_deit.run.size_run) says which way it went."""
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     config = DistilledDeiTConfig(image_size=32, patch_size=8, hidden_size=192, num_hidden_layers=1, num_attention_heads=3,
                                  num_labels=10)  # fmt: skip
-    with caplog.at_level("INFO", logger="hf_deit.trainer"):
+    with caplog.at_level("INFO", logger="hf_deit.run"):
         trainer = DistillationTrainer(model=DistilledDeiTForImageClassification(config), args=parse(tmp_path))
     assert trainer.accelerator.mixed_precision == "bf16"
     assert "Precision: bf16 autocast (chosen as faster on this hardware" in caplog.text and "--bf16 false" in caplog.text
     caplog.clear()
-    with caplog.at_level("INFO", logger="hf_deit.trainer"):
+    with caplog.at_level("INFO", logger="hf_deit.run"):
         DistillationTrainer(model=DistilledDeiTForImageClassification(config), args=parse(tmp_path, "--bf16", "false"))
     assert "Precision: float32 (no mixed precision)." in caplog.text

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import psutil
@@ -548,7 +549,7 @@ def test_a_collapsed_distillation_head_is_reported_at_evaluation(digits, teacher
         head = trainer.model.distillation_classifier
         head.weight.zero_()
         head.bias.copy_(100.0 * (torch.arange(10) == 3).float())
-    with caplog.at_level("WARNING", logger="hf_deit.trainer"):
+    with caplog.at_level("WARNING", logger="hf_deit.callbacks"):
         metrics = trainer.evaluate()
     assert metrics["eval_distillation_majority_share"] == 1.0 and metrics["eval_cls_majority_share"] < 0.5
     assert metrics["eval_cls_accuracy"] > metrics["eval_accuracy"] + 0.2  # the averaged logits follow the bad head
@@ -588,10 +589,12 @@ def test_a_config_built_in_python_trains_with_its_defaults_resolved_by_the_train
                               eval_strategy="no", save_strategy="no", report_to=[], teacher_name_or_path=None)
     assert args.learning_rate == pytest.approx(5e-4 * 32 / 512)  # the paper's rule until the data is known
     trainer = DistillationTrainer(model=tiny_student(), args=args, train_dataset=digits[0], teacher=teacher)
-    assert args.learning_rate == pytest.approx(5e-4 * (32 / 64) ** 0.5)
+    assert trainer.args.learning_rate == pytest.approx(5e-4 * (32 / 64) ** 0.5)  # a sized copy (hf_deit.run.size_run)
+    assert args.learning_rate == pytest.approx(5e-4 * 32 / 512)  # the caller's arguments are left as given
     assert trainer.objective.terms["feature_map"].weight == 1.0  # 8 px images and a CNN teacher
     trainer.train()
-    assert trainer.state.global_step == 2 and trainer.optimizer.param_groups[0]["initial_lr"] == args.learning_rate
+    assert trainer.state.global_step == 2
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == trainer.args.learning_rate
     with pytest.raises(TypeError, match="DistillationConfig"):
         DistillationTrainer(model=tiny_student(), args=args_for(tmp_path).to_dict())
 
@@ -602,7 +605,7 @@ def test_the_minimal_python_call_trains_without_an_evaluation_set(digits, teache
     train, test = digits
     args = DistillationConfig(output_dir=str(tmp_path / "student"), max_steps=3)
     trainer = DistillationTrainer(model=tiny_student(), args=args, train_dataset=train, teacher=teacher)
-    assert args.eval_strategy == "no"
+    assert trainer.args.eval_strategy == "no"
     trainer.train()
     assert trainer.state.global_step == 3
 
@@ -610,8 +613,9 @@ def test_the_minimal_python_call_trains_without_an_evaluation_set(digits, teache
     ClassifierTrainer(model=tiny_resnet(), args=teacher_args, train_dataset=train).train()
 
     with_eval = DistillationConfig(output_dir=str(tmp_path / "evaluated"))
-    DistillationTrainer(model=tiny_student(), args=with_eval, train_dataset=train, eval_dataset=test, teacher=teacher)
-    assert with_eval.eval_strategy == "epoch"
+    evaluated = DistillationTrainer(model=tiny_student(), args=with_eval, train_dataset=train, eval_dataset=test,
+                                    teacher=teacher)  # fmt: skip
+    assert evaluated.args.eval_strategy == "epoch"
     chosen = DistillationConfig(output_dir=str(tmp_path / "chosen"), eval_strategy="steps", eval_steps=5)
     with pytest.raises(ValueError, match="eval_dataset"):
         DistillationTrainer(model=tiny_student(), args=chosen, train_dataset=train, teacher=teacher)
@@ -643,4 +647,7 @@ def test_training_restores_the_signal_handlers_even_when_it_fails(tmp_path):
     trainer.compute_loss = lambda *args, **kwargs: 1 / 0  # a failure inside the training loop
     with pytest.raises(ZeroDivisionError):
         trainer.train()
+    with pytest.raises(KeyboardInterrupt):  # no on_train_end after a failure: the first Ctrl-C hands the handlers back
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(1)  # (the handler runs between two bytecodes; never reached)
     assert {number: signal.getsignal(number) for number in before} == before

@@ -1,5 +1,10 @@
-"""Checks that run during training: stop on a non-finite loss before it reaches the weights; log often enough;
-warn about heads that collapse.
+"""What keeps a run safe, as `TrainerCallback`s any `transformers.Trainer` takes (`add_run_safety`), and the checks
+that run during training: stop on a non-finite loss before it reaches the weights; log often enough; warn about heads
+that collapse.
+
+    trainer = Trainer(model=model, args=args, train_dataset=train)   # any Trainer: ours, transformers', TRL's
+    add_run_safety(trainer)    # preemption, non-finite stop, lost-rank watch, clean exit, progress file
+    trainer.train()            # SIGTERM/Ctrl-C: the step ends, a checkpoint is saved, TrainingInterrupted is raised
 
 transformers' Trainer, with its default `logging_nan_inf_filter=True`, replaces a NaN/inf step loss by the running
 mean in the logs and keeps stepping the optimizer: a run that diverged (learning rate too high, fp16 overflow, a
@@ -10,16 +15,45 @@ teacher returning inf, a corrupt batch) goes on training on NaN weights for days
 and before `optimizer.step()` (Trainer's `on_pre_optimizer_step`): the bad update is never applied. Trainer already
 synchronises with the device once per micro-batch for its NaN filter, so the extra read costs nothing measurable (see
 the README's reliability section).
-`DeiTTrainerBase` then saves a checkpoint of the last good state and raises `NonFiniteLossError`, which says at which
-step, in which loss term, where the checkpoint is and what usually causes it.
+It then saves a checkpoint of the last good state and raises `NonFiniteLossError`, which says at which step, in which
+loss term, where the checkpoint is and what usually causes it. A trainer that does not report its loss terms (a plain
+`Trainer`) has its gradients read instead, at the same moment: a non-finite loss leaves them non-finite.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import weakref
 from collections.abc import Sequence
 
 import torch
-from transformers import TrainerCallback
+import torch.distributed as dist
+from transformers import Trainer, TrainerCallback
+
+from .distributed import PeerWatch, release_group_at_exit
+from .preemption import StopOnSignal
+from .progress import progress_file_callback
+
+logger = logging.getLogger(__name__)
+
+
+def add_run_safety(trainer: Trainer) -> "NonFiniteLossGuard":
+    """Adds to `trainer` (any `transformers.Trainer`) what keeps a run safe: the non-finite-loss stop, the progress
+    file when `HF_DEIT_PROGRESS_FILE` asks for one (`hf_deit.progress`), with several processes the lost-rank watch
+    and the clean release of the process group at exit (`hf_deit.distributed`), and last the preemption stop
+    (`hf_deit.preemption`), whose `TrainingInterrupted` ends `train()` once the others have seen its end. Returns the
+    guard, for a trainer that reports its loss terms to it (`observe`)."""
+    guard = NonFiniteLossGuard(trainer)
+    trainer.add_callback(guard)
+    progress = progress_file_callback()
+    if progress is not None:
+        trainer.add_callback(progress)
+    if trainer.args.world_size > 1:
+        release_group_at_exit(trainer)  # the scripts leave the group themselves; this is the safety net
+        trainer.add_callback(PeerWatch(trainer.args.output_dir))  # a rank that dies alone ends the run, named
+    trainer.add_callback(StopOnSignal())
+    return guard
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,16 +91,28 @@ class NonFiniteLossError(RuntimeError):
 
 class NonFiniteLossGuard(TrainerCallback):
     """Records non-finite loss terms on the device; `check` raises `NonFiniteLossError` if any were seen. As a
-    Trainer callback it checks before every optimizer step (`on_pre_optimizer_step`), across the processes of
-    `accelerator`."""
+    Trainer callback it checks before every optimizer step (`on_pre_optimizer_step`), across processes, and first
+    saves the last good state of `trainer` (given: `add_run_safety`)."""
 
-    def __init__(self, accelerator=None):
+    def __init__(self, trainer: Trainer | None = None):
         self._not_finite: torch.Tensor | None = None  # bool per term, OR-ed over the micro-batches of one step
         self._names: tuple[str, ...] = ()
-        self.accelerator = accelerator
+        self._trainer = weakref.ref(trainer) if trainer is not None else lambda: None  # no cycle through the trainer
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.check(state.global_step + 1, self.accelerator)  # the step about to be taken
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self._not_finite is None and model is not None:  # no loss terms reported: read the gradients
+            gradients = [parameter.grad for parameter in model.parameters() if parameter.grad is not None]
+            if gradients:
+                self.observe(torch.nn.utils.get_total_norm(gradients, float("inf"))[None], ("loss",))
+        try:
+            self.check(state.global_step + 1)  # the step about to be taken
+        except NonFiniteLossError as error:
+            trainer = self._trainer()
+            if trainer is None:
+                raise
+            # No public hook saves a checkpoint before the optimizer step: Trainer's own save, which every rank runs.
+            saved = trainer._save_checkpoint(trainer.model, trial=None)
+            raise error.with_checkpoint(saved or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")) from None
 
     def observe(self, terms: torch.Tensor, names: Sequence[str]) -> None:
         """`terms`: a 1-D tensor of this micro-batch's loss terms, named by `names`. No host synchronisation."""
@@ -74,14 +120,14 @@ class NonFiniteLossGuard(TrainerCallback):
         self._not_finite = not_finite if self._not_finite is None else self._not_finite | not_finite
         self._names = tuple(names)
 
-    def check(self, step: int, accelerator=None) -> None:
+    def check(self, step: int) -> None:
         """Read the flags (one host sync; one all-reduce when several processes train) and reset them."""
         if self._not_finite is None:
             return
-        not_finite, self._not_finite = self._not_finite, None
-        if accelerator is not None and accelerator.num_processes > 1:
+        not_finite, self._not_finite = self._not_finite.to(torch.int32), None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # Every process must stop at the same step, or the others would wait forever in the next collective.
-            not_finite = accelerator.reduce(not_finite.to(torch.int32), reduction="sum") > 0
+            dist.all_reduce(not_finite, op=dist.ReduceOp.MAX)
         if bool(not_finite.any()):
             raise NonFiniteLossError(step, [name for name, bad in zip(self._names, not_finite.tolist()) if bad])
 
@@ -147,3 +193,27 @@ def head_warnings(metrics: dict, num_labels: int, prefix: str = "eval_", num_exa
         warnings.append("Usual causes: a learning rate too high for this batch (--learning_rate), a teacher that is "
                         "wrong on this data (see eval_teacher_accuracy), or a run too short for the distillation head.")
     return warnings
+
+
+class HeadCheck(TrainerCallback):
+    """After each evaluation, once a quarter of training is done (early on, heads often give every image one class):
+    the `head_warnings`, and at the end of the run which head to use (`hf_deit.teacher_check.which_head`). Metrics
+    without per-head accuracies (a single-head model) give nothing."""
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, eval_dataloader=None, **kwargs):
+        settled = not state.max_steps or state.global_step >= state.max_steps / 4
+        if not (metrics and state.is_world_process_zero and settled):
+            return
+        from .teacher_check import which_head
+
+        prefix = next((key.removesuffix("runtime") for key in metrics if key.endswith("_runtime")), "eval_")
+        try:
+            num_examples = len(eval_dataloader.dataset)
+        except (AttributeError, TypeError):  # a stream: size unknown
+            num_examples = None
+        for warning in head_warnings(metrics, model.config.num_labels, prefix, num_examples):
+            logger.warning(warning)
+        if state.max_steps and state.global_step >= state.max_steps:  # the end of the run
+            advice = which_head(metrics, prefix, num_examples)
+            if advice:
+                logger.info(advice)

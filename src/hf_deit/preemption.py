@@ -2,10 +2,10 @@
 
 Schedulers stop jobs with SIGTERM and a grace period (SLURM's `scancel`, Kubernetes pod deletion, spot-instance
 reclaims; usually 30 s or more before SIGKILL), and `accelerate launch`/`torchrun` pass it on to every rank. Python's
-default is to die at once, losing the steps since the last checkpoint. Instead, `StopOnSignal` notes the signal, lets
-the current optimizer step finish, has Trainer save a checkpoint (atomically, as every checkpoint here) and stop, and
-`DeiTTrainerBase.train` then raises `TrainingInterrupted`, which says what happened and how to resume. A second Ctrl-C
-stops at once.
+default is to die at once, losing the steps since the last checkpoint. Instead, `StopOnSignal` (a `TrainerCallback`:
+any `Trainer` takes it, see `hf_deit.callbacks.add_run_safety`) notes the signal, lets the current optimizer step
+finish, has Trainer save a checkpoint and stop, and ends `train()` with `TrainingInterrupted`, which says what happened
+and how to resume. A second Ctrl-C stops at once.
 
 With several processes the signal may reach the ranks at different moments (or only some of them): at every step's
 end the ranks agree, through one all-reduce of a flag, whether any was asked to stop, so that all stop after the same
@@ -25,7 +25,7 @@ import signal
 import threading
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,10 @@ class TrainingInterrupted(RuntimeError):
 
 
 class StopOnSignal(TrainerCallback):
-    """Turns SIGTERM and a first SIGINT during `train()` into: finish the step, save, stop (see the module docstring).
-    Installed by `DeiTTrainerBase`; the handlers are in place from the start of training to its end only."""
+    """Turns SIGTERM and a first SIGINT during `train()` into: finish the step, save, stop, and `train()` raises
+    `TrainingInterrupted` (see the module docstring). Its handlers act only while a `train()` runs: installed when it
+    begins, put back when it ends, and a signal that arrives after a `train()` that failed (no `on_train_end` then)
+    puts them back and goes to the handler from before, so that Ctrl-C interrupts at once again."""
 
     def __init__(self):
         self.received: int | None = None  # the first stop signal, as noted by the handler
@@ -54,15 +56,22 @@ class StopOnSignal(TrainerCallback):
         self._previous_handlers = {}
         self._pid = os.getpid()
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         self.received = self.stopped_at = None
         self._pid = os.getpid()  # DataLoader workers forked during training inherit the handler; only this one speaks
+        if train_dataloader is not None:
+            shield_workers(train_dataloader)  # before its workers start: they leave the signals to this process
         if threading.current_thread() is not threading.main_thread():
             return  # Python runs signal handlers in the main thread only; elsewhere the defaults stay
         for signal_number in STOP_SIGNALS:
-            self._previous_handlers[signal_number] = signal.signal(signal_number, self._handle)
+            previous = signal.signal(signal_number, self._handle)
+            self._previous_handlers.setdefault(signal_number, previous)  # not our own, left by a train() that failed
 
     def _handle(self, signal_number, frame):
+        if not _in_training_loop(frame):  # the train() that installed the handlers failed: theirs again
+            self.restore_handlers()
+            signal.raise_signal(signal_number)
+            return
         if self.received is not None:
             if signal_number == signal.SIGINT:  # the second Ctrl-C: stop now
                 raise KeyboardInterrupt
@@ -90,19 +99,25 @@ class StopOnSignal(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.restore_handlers()
+        if self.stopped_at is not None:  # stopped on SIGTERM/Ctrl-C, checkpoint saved: the run is not finished
+            checkpoint = os.path.join(args.output_dir, f"checkpoint-{self.stopped_at}")
+            raise TrainingInterrupted(self.received, self.stopped_at, checkpoint)
 
     def restore_handlers(self) -> None:
-        """The handlers from before training (also after a `train()` that raised: `DeiTTrainerBase.train`)."""
+        """The handlers from before training."""
         for signal_number, handler in self._previous_handlers.items():
             signal.signal(signal_number, handler)
         self._previous_handlers.clear()
 
-    def interruption(self, output_dir: str) -> TrainingInterrupted | None:
-        """The exception to raise once `train()` has returned, if it stopped on a signal."""
-        if self.stopped_at is None:
-            return None
-        checkpoint = os.path.join(output_dir, f"checkpoint-{self.stopped_at}")
-        return TrainingInterrupted(self.received, self.stopped_at, checkpoint)
+
+def _in_training_loop(frame) -> bool:
+    """Whether `frame` (where a signal interrupted the main thread) runs inside `Trainer.train`'s loop."""
+    loop = Trainer._inner_training_loop.__code__
+    while frame is not None:
+        if frame.f_code is loop:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class ShieldedWorkerInit:

@@ -3,22 +3,27 @@ its own model, data and trainer between the three steps, and writes its own card
 
     groups = parse_command_line(parser, argv, check)     every input checked before anything heavy, then parsed
     settings = start_run(training_args, groups, logger)  logging, seed; --output_dir checked against the settings
-    ...                                                  the script's data, model and trainer
+    ...                                                  the script's data and model
+    training_args = size_run(training_args, model, ...)  what the settings left unset, sized to the model and data
+    ...                                                  the script's trainer (which sizes a Python caller's too)
     metrics = train_and_evaluate(trainer, settings)      resume resolved and checked, settings recorded, train,
                                                          save, evaluate
 
 so that the resume rule and the same-settings checks of `hf_deit.checkpointing` apply to every run.
 """
 
+import copy
 import logging
 import os
 import sys
 from typing import Callable, Optional, Sequence
 
+import torch
 import transformers
 from transformers import HfArgumentParser, Trainer, TrainerState, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 
+from .arguments import DeiTTrainingArguments
 from .checkpointing import (
     check_checkpoint_settings,
     prepare_output_dir,
@@ -26,6 +31,8 @@ from .checkpointing import (
     resolve_resume_checkpoint,
     run_settings,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def parse_command_line(parser: HfArgumentParser, argv: Optional[Sequence[str]], check: Callable) -> tuple:
@@ -52,6 +59,56 @@ def start_run(training_args: TrainingArguments, argument_groups: Sequence, logge
     prepare_output_dir(training_args.output_dir, settings, training_args.overwrite_output_dir,
                        write=training_args.should_save)  # fmt: skip
     return settings
+
+
+def size_run(args: TrainingArguments, model=None, train_dataset=None, eval_dataset=None, *,
+             learning_rate_at_batch_64: Optional[float] = None) -> TrainingArguments:
+    """What `args` left unset, sized to this run's model and data, in one place, and logged: the precision (bf16
+    where it is faster, `hf_deit.precision`), then for DeiT's arguments the evaluation strategy (every epoch with an
+    evaluation set, else none), the learning rate (the model's own `learning_rate_at_batch_64`, or the rule sized to
+    the batch and the data) and the epochs (at least `min_from_scratch_steps` for a new model); no pinned memory
+    without CUDA. The rules are `DeiTTrainingArguments`' `resolve_*` methods.
+
+    Returns a sized copy; `args` itself is left as given. The trainers call it on their `args`, so a Python caller
+    need not; a copy it returned is not sized again."""
+    if getattr(args, "_sized", False):
+        return args
+    args = copy.copy(args)
+    args._sized = True
+    chosen_here = getattr(args, "bf16", False) is None
+    if chosen_here:  # before the accelerator, which reads it
+        args.resolve_precision(getattr(getattr(model, "config", None), "hidden_size", None))
+    logger.info("Precision: %s.", _precision_in_words(args.mixed_precision, chosen_here))
+    if getattr(args, "dataloader_pin_memory", False) and not torch.cuda.is_available():
+        args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every epoch
+    if not isinstance(args, DeiTTrainingArguments):
+        return args
+    left_unset = {"learning rate": not args._learning_rate_given, "epochs": not args._epochs_given and args.max_steps <= 0,
+                  "evaluation": not args._eval_strategy_given}  # fmt: skip
+    if learning_rate_at_batch_64 is not None:
+        args.prefer_learning_rate(learning_rate_at_batch_64)
+    args.resolve_evaluation(eval_dataset is not None)
+    try:
+        num_examples = len(train_dataset) if train_dataset is not None else None
+    except TypeError:  # a stream: size unknown
+        num_examples = None
+    args.resolve_for_training(num_examples, from_scratch=not getattr(model, "name_or_path", ""))
+    decided = {"learning rate": f"learning rate {args.learning_rate:.3g}", "epochs": f"{args.num_train_epochs:g} epochs",
+               "evaluation": f"evaluation {getattr(args.eval_strategy, 'value', args.eval_strategy)}"}  # fmt: skip
+    if any(left_unset.values()):
+        logger.info("Sized to this run (%s training images): %s.", num_examples if num_examples else "unknown",
+                    ", ".join(decided[name] for name, unset in left_unset.items() if unset))  # fmt: skip
+    return args
+
+
+def _precision_in_words(mixed_precision: str, chosen_here: bool) -> str:
+    """The precision training uses, for the log. `accelerate launch` without `--mixed_precision` warns that it set
+    'no' (and exports it); that default leaves the choice to `hf_deit.precision`, so the log says which way it went."""
+    words = {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(str(mixed_precision), "float32 (no mixed precision)")
+    if chosen_here and str(mixed_precision) == "bf16":
+        words += " (chosen as faster on this hardware; accelerate launch's default mixed_precision 'no' is not a "
+        words += "choice: pass --bf16 false for float32)"
+    return words
 
 
 def train_and_evaluate(trainer: Trainer, settings: dict) -> dict:
@@ -85,7 +142,7 @@ def _take_finished_run(trainer: Trainer, checkpoint: str, state: TrainerState) -
     """A rerun of a finished run trains nothing: its last checkpoint's weights (the best one's where the run keeps the
     best) become the model again. `Trainer.train` resumed at the last step would train one step past the schedule:
     its epoch loop looks for the end only after a step."""
-    logging.getLogger(__name__).warning(
+    logger.warning(
         "%s is this run's last step: nothing is left to train. The run's model is saved again from it and evaluated.",
         checkpoint,
     )

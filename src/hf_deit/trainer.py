@@ -12,19 +12,19 @@ from torch import nn
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from .arguments import DeiTTrainingArguments, DistillationConfig
-from .callbacks import LogAtLeastEvery, NonFiniteLossError, NonFiniteLossGuard, head_warnings
+from .callbacks import HeadCheck, LogAtLeastEvery, add_run_safety
 from .checkpointing import save_checkpoint_atomically
 from .data.mixup import LABELED_KEY
 from .data.samplers import PositionSeededCollator, PositionSeededDataset, PositionSeededSampler
-from .distributed import PeerWatch, release_group_at_exit, saved_as_own_class, shard_on_cpu_when_asked
+from .distributed import saved_as_own_class, shard_on_cpu_when_asked
 from .losses import classification_loss
 from .metrics import make_compute_metrics  # noqa: F401  (also importable from here, where it used to live)
 from .objective import DistillationObjective
-from .preemption import StopOnSignal, shield_workers
-from .progress import progress_file_callback
+from .preemption import shield_workers
+from .run import size_run
 from .teacher import Teacher, TeacherForwardOutput
 from .teacher_record import TeacherRecord, evaluation_views
-from .teacher_check import check_teacher, eval_transform_of, which_head
+from .teacher_check import check_teacher, eval_transform_of
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +61,6 @@ def _describe_keys(keys: set[str]) -> str:
     return ", ".join(sorted(key.removeprefix(OBJECTIVE_NAME + ".") for key in keys)) or "none"
 
 
-def _precision_in_words(mixed_precision: str, chosen_here: bool) -> str:
-    """The precision training uses, for the log. `accelerate launch` without `--mixed_precision` warns that it set
-    'no' (and exports it); that default leaves the choice to `hf_deit.precision`, so the log says which way it went."""
-    words = {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(str(mixed_precision), "float32 (no mixed precision)")
-    if chosen_here and str(mixed_precision) == "bf16":
-        words += " (chosen as faster on this hardware; accelerate launch's default mixed_precision 'no' is not a "
-        words += "choice: pass --bf16 false for float32)"
-    return words
-
-
 class DeiTTrainerBase(Trainer):
     """What DeiT training adds to `Trainer` whatever the loss: evaluation batches collated without mixup, repeated
     augmentation across processes, and no weight decay on the tokens and position embeddings.
@@ -90,34 +80,13 @@ class DeiTTrainerBase(Trainer):
 
     def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *,
                  train_dataset=None, eval_dataset=None, eval_data_collator=None, **kwargs):  # fmt: skip
-        chosen_here = getattr(args, "bf16", False) is None
-        if chosen_here:  # DeiTTrainingArguments left to choose: before the accelerator
-            args.resolve_precision(getattr(getattr(model, "config", None), "hidden_size", None))
-        if isinstance(args, DeiTTrainingArguments):  # what was left unset: sized to the run
-            args.resolve_evaluation(eval_dataset is not None)
-            try:
-                num_examples = len(train_dataset) if train_dataset is not None else None
-            except TypeError:  # a stream: size unknown
-                num_examples = None
-            args.resolve_for_training(num_examples, from_scratch=not getattr(model, "name_or_path", ""))
-        if getattr(args, "dataloader_pin_memory", False) and not torch.cuda.is_available():
-            args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every epoch
+        args = size_run(args, model, train_dataset, eval_dataset)  # a sized copy: what was left unset, for this run
         super().__init__(model, args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
-        logger.info("Precision: %s.", _precision_in_words(self.accelerator.mixed_precision, chosen_here))
         if eval_data_collator is None and hasattr(self.data_collator, "for_evaluation"):
             eval_data_collator = self.data_collator.for_evaluation()
         self.eval_data_collator = eval_data_collator
-        self.loss_guard = NonFiniteLossGuard(self.accelerator)  # compute_loss feeds it (hf_deit.callbacks)
-        self.add_callback(self.loss_guard)
         self.add_callback(LogAtLeastEvery())
-        self.stop_on_signal = StopOnSignal()  # SIGTERM or Ctrl-C: finish the step, save, stop (hf_deit.preemption)
-        self.add_callback(self.stop_on_signal)
-        progress = progress_file_callback()  # for a watching process, when asked (hf_deit.progress)
-        if progress is not None:
-            self.add_callback(progress)
-        if self.args.world_size > 1:  # hf_deit.distributed
-            release_group_at_exit(self)  # the scripts leave the group themselves; this is the safety net
-            self.add_callback(PeerWatch(self.args.output_dir))  # a rank that dies alone ends the run, named
+        self.loss_guard = add_run_safety(self)  # compute_loss reports the loss terms to it (hf_deit.callbacks)
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -151,7 +120,7 @@ class DeiTTrainerBase(Trainer):
             if batch_sampler is not None and hasattr(batch_sampler, "num_processes"):
                 batch_sampler.num_processes = 1
                 batch_sampler.process_index = 0
-        return shield_workers(dataloader)
+        return dataloader
 
     def _seeded_train_dataloader(self):
         # Map-style data: every augmentation draw seeded by its place in the epoch (hf_deit.checkpointing), so that
@@ -189,20 +158,7 @@ class DeiTTrainerBase(Trainer):
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         return [name for name in super().get_decay_parameter_names(model) if not _NO_DECAY_PARAMETER.search(name)]
 
-    # ---- reliability: non-finite losses, atomic checkpoints (hf_deit.callbacks, hf_deit.checkpointing) ----
-
-    def train(self, *args, **kwargs):
-        try:
-            result = super().train(*args, **kwargs)
-        except NonFiniteLossError as error:
-            # The bad step never reached the optimizer: save the last good state, then stop loudly.
-            raise error.with_checkpoint(self._save_checkpoint(self.model, trial=None)) from None
-        finally:
-            self.stop_on_signal.restore_handlers()  # Ctrl-C means "stop now" again once training is over
-        interruption = self.stop_on_signal.interruption(self.args.output_dir)
-        if interruption is not None:  # stopped on SIGTERM/Ctrl-C, checkpoint saved: the run is not finished
-            raise interruption
-        return result
+    # ---- reliability: atomic checkpoints (hf_deit.checkpointing), saved models (hf_deit.distributed) ----
 
     def _save_checkpoint(self, model, trial):
         return save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
@@ -256,6 +212,8 @@ class DistillationTrainer(DeiTTrainerBase):
             raise TypeError("DistillationTrainer takes its settings as args=DistillationConfig(...) "
                             "(hf_deit.arguments), a TrainingArguments with the teacher and distillation fields.")
         super().__init__(model, args, **trainer_kwargs)
+        args = self.args  # sized for this run (hf_deit.run.size_run)
+        self.add_callback(HeadCheck())  # collapsed heads, and which head to use (hf_deit.callbacks)
         teacher = teacher if teacher is not None else args.teacher_name_or_path
         self.teacher = None
         if teacher is not None:
@@ -444,23 +402,6 @@ class DistillationTrainer(DeiTTrainerBase):
         if prediction_loss_only:
             return loss, None, None
         return loss, tuple(p.detach() for p in predictions), labels
-
-    def evaluate(self, *args, **kwargs) -> dict[str, float]:
-        metrics = super().evaluate(*args, **kwargs)
-        # Early in training heads often give every image the same class; judge them once a quarter of it is done.
-        settled = not self.state.max_steps or self.state.global_step >= self.state.max_steps / 4
-        if self.is_world_process_zero() and settled:
-            prefix = kwargs.get("metric_key_prefix", "eval") + "_"
-            dataset = args[0] if args else kwargs.get("eval_dataset")
-            dataset = self.eval_dataset if dataset is None else dataset
-            num_examples = len(dataset) if hasattr(dataset, "__len__") else None
-            for warning in head_warnings(metrics, self.model.config.num_labels, prefix, num_examples):
-                logger.warning(warning)
-            if self.state.max_steps and self.state.global_step >= self.state.max_steps:  # the end of the run
-                advice = which_head(metrics, prefix, num_examples)
-                if advice:
-                    logger.info(advice)
-        return metrics
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs (those with "loss") get the mean loss terms over the same window, averaged over processes.
