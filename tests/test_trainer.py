@@ -651,3 +651,24 @@ def test_training_restores_the_signal_handlers_even_when_it_fails(tmp_path):
         signal.raise_signal(signal.SIGINT)
         time.sleep(1)  # (the handler runs between two bytecodes; never reached)
     assert {number: signal.getsignal(number) for number in before} == before
+
+
+def test_the_private_methods_used_keep_their_signatures():
+    """The private `Trainer` methods the package overrides (where transformers offers no public hook; each override's
+    docstring says why) or calls: an upgrade of transformers that changes one fails here, not in a run."""
+    import inspect
+
+    from transformers import Trainer
+
+    from hf_deit.trainer import DeiTTrainerBase
+
+    used = {"_get_train_sampler": ["self", "train_dataset"], "_save": ["self", "output_dir", "state_dict"],
+            "_save_checkpoint": ["self", "model", "trial"],  # overridden; called by hf_deit.callbacks too
+            "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"]}  # called by hf_deit.run
+    for name, parameters in used.items():
+        assert list(inspect.signature(getattr(Trainer, name)).parameters) == parameters, name
+    for name in ("_get_train_sampler", "_save_checkpoint", "_save"):
+        assert list(inspect.signature(getattr(DeiTTrainerBase, name)).parameters) == used[name]
+    private = {name for trainer in (DeiTTrainerBase, ClassifierTrainer, DistillationTrainer) for name in vars(trainer)
+               if name.startswith("_") and not name.startswith("__") and hasattr(Trainer, name)}  # fmt: skip
+    assert private <= {"_get_train_sampler", "_save_checkpoint", "_save", "_prepare_inputs"}

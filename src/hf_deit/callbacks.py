@@ -111,8 +111,9 @@ class NonFiniteLossGuard(TrainerCallback):
             if trainer is None:
                 raise
             # No public hook saves a checkpoint before the optimizer step: Trainer's own save, which every rank runs.
-            saved = trainer._save_checkpoint(trainer.model, trial=None)
-            raise error.with_checkpoint(saved or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")) from None
+            saved = trainer._save_checkpoint(trainer.model, trial=None)  # our trainers' returns its folder
+            saved = saved or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            raise error.with_checkpoint(saved) from None
 
     def observe(self, terms: torch.Tensor, names: Sequence[str]) -> None:
         """`terms`: a 1-D tensor of this micro-batch's loss terms, named by `names`. No host synchronisation."""

@@ -206,8 +206,8 @@ def shard_on_cpu_when_asked(trainer) -> None:
     Its FSDP2 path itself (`fsdp2_prepare_model`: torch's `fully_shard` over the default gloo mesh) works on CPU, so
     the state gets what that branch would have given it: the plugin (the one the Trainer's arguments describe, or
     accelerate's environment from the launcher) and the type FSDP. Only FSDP2 (FSDP1, deprecated in transformers, is
-    left as accelerate has it). Called after `Trainer`'s own post-creation checks of FSDP settings, which therefore do
-    not run on CPU. Logs "FSDP2 on N CPU processes" when it acts: tests/test_fsdp.py expects that line, and fails
+    left as accelerate has it). Called at the end of the trainer's `__init__`, before anything is prepared; `Trainer`'s
+    own checks of FSDP settings therefore do not run on CPU. Logs "FSDP2 on N CPU processes" when it acts: tests/test_fsdp.py expects that line, and fails
     once accelerate shards on CPU by itself.
     """
     from accelerate.state import PartialState
@@ -226,6 +226,8 @@ def shard_on_cpu_when_asked(trainer) -> None:
     state.fsdp_plugin = plugin
     state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     trainer.is_fsdp_enabled = True
+    if trainer.args.place_model_on_device is None:
+        trainer.place_model_on_device = False  # as Trainer decides for FSDP: `fully_shard` places the model
     logger.info("FSDP2 on %d CPU processes (gloo): accelerate enables FSDP only on accelerators.",
                 state.num_processes)
 

@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from transformers import Trainer, TrainingArguments, default_data_collator
+from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DeiTTrainingArguments, DistillationConfig
 from .callbacks import HeadCheck, LogAtLeastEvery, add_run_safety
@@ -82,15 +83,12 @@ class DeiTTrainerBase(Trainer):
                  train_dataset=None, eval_dataset=None, eval_data_collator=None, **kwargs):  # fmt: skip
         args = size_run(args, model, train_dataset, eval_dataset)  # a sized copy: what was left unset, for this run
         super().__init__(model, args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        shard_on_cpu_when_asked(self)  # before anything is prepared (hf_deit.distributed)
         if eval_data_collator is None and hasattr(self.data_collator, "for_evaluation"):
             eval_data_collator = self.data_collator.for_evaluation()
         self.eval_data_collator = eval_data_collator
         self.add_callback(LogAtLeastEvery())
         self.loss_guard = add_run_safety(self)  # compute_loss reports the loss terms to it (hf_deit.callbacks)
-
-    def create_accelerator_and_postprocess(self) -> None:
-        super().create_accelerator_and_postprocess()
-        shard_on_cpu_when_asked(self)
 
     @property
     def repeated_augmentation(self) -> int:
@@ -100,6 +98,9 @@ class DeiTTrainerBase(Trainer):
         return self.repeated_augmentation > 1 and self.args.world_size > 1
 
     def _get_train_sampler(self, train_dataset=None):
+        """Private, for want of a public hook: `Trainer` builds its training sampler here and nowhere else, and a
+        subclass that builds the loader itself would copy `_get_dataloader`. Signature pinned by
+        tests/test_trainer.py (`test_the_private_methods_used_keep_their_signatures`)."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if isinstance(dataset, PositionSeededDataset):  # augmentation seeded by position: resumes exactly
             return PositionSeededSampler(self._get_train_sampler(dataset.dataset), seed=self.args.seed)
@@ -161,9 +162,13 @@ class DeiTTrainerBase(Trainer):
     # ---- reliability: atomic checkpoints (hf_deit.checkpointing), saved models (hf_deit.distributed) ----
 
     def _save_checkpoint(self, model, trial):
+        """Private, for want of a public hook: callbacks hear of a checkpoint only once it is written (`on_save`), too
+        late to write it atomically. Signature pinned by tests/test_trainer.py."""
         return save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Private, for want of a public hook: the one place that gets FSDP's gathered weights before
+        `save_pretrained` names the model's class. Signature pinned by tests/test_trainer.py."""
         with saved_as_own_class(self.model, state_dict):  # not as FSDP's subclass (hf_deit.distributed)
             return super()._save(output_dir, state_dict)
 
@@ -247,15 +252,20 @@ class DistillationTrainer(DeiTTrainerBase):
     def has_teacher(self) -> bool:
         return self.teacher is not None or self.teacher_record is not None
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if self.teacher_record is not None:
             self.teacher_record.check_run(self)  # before any step: a record of another run is refused
         self.teacher_report = self.check_teacher()
         attach = any(True for _ in self.objective.parameters())
         if attach:
+            checkpoint = resume_from_checkpoint
+            checkpoint = get_last_checkpoint(self.args.output_dir) if checkpoint is True else checkpoint
+            if checkpoint:  # its projections must be this run's
+                expected = {f"{OBJECTIVE_NAME}.{key}" for key in self.objective.state_dict()}
+                _check_objective_in_checkpoint(checkpoint, expected)
             self.model.add_module(OBJECTIVE_NAME, self.objective)
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             if attach:
                 delattr(self.model, OBJECTIVE_NAME)  # the saved model holds none of it
@@ -303,12 +313,6 @@ class DistillationTrainer(DeiTTrainerBase):
         if self.objective.loss.label_fallback and seen and self.is_world_process_zero():
             logger.info("The label replaced the teacher's target on %d of %d labelled training views (%.1f%%).",
                         fallen_back, seen, 100 * fallen_back / seen)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        if hasattr(self.model, OBJECTIVE_NAME):
-            expected = {f"{OBJECTIVE_NAME}.{key}" for key in self.objective.state_dict()}
-            _check_objective_in_checkpoint(resume_from_checkpoint, expected)
-        return super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     # ---- forward passes and loss ----
 
