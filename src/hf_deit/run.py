@@ -83,8 +83,6 @@ def size_run(args: TrainingArguments, model=None, train_dataset=None, eval_datas
         args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every epoch
     if not isinstance(args, DeiTTrainingArguments):
         return args
-    left_unset = {"learning rate": not args._learning_rate_given, "evaluation": not args._eval_strategy_given,
-                  "epochs": not args._epochs_given and args.max_steps <= 0}  # fmt: skip
     if learning_rate_at_batch_64 is not None:
         args.prefer_learning_rate(learning_rate_at_batch_64)
     args.resolve_evaluation(eval_dataset is not None)
@@ -93,12 +91,9 @@ def size_run(args: TrainingArguments, model=None, train_dataset=None, eval_datas
     except TypeError:  # a stream: size unknown
         num_examples = None
     args.resolve_for_training(num_examples, from_scratch=not getattr(model, "name_or_path", ""))
-    decided = {"learning rate": f"learning rate {args.learning_rate:.3g}",
-               "evaluation": f"evaluation {getattr(args.eval_strategy, 'value', args.eval_strategy)}",
-               "epochs": f"{args.num_train_epochs:g} epochs"}  # fmt: skip
-    if any(left_unset.values()):
-        logger.info("Sized to this run (%s training images): %s.", num_examples if num_examples else "unknown",
-                    ", ".join(decided[name] for name, unset in left_unset.items() if unset))  # fmt: skip
+    logger.info("Sized to this run (%s training images): learning rate %.3g, %s, evaluation %s.", num_examples or "?",
+                args.learning_rate, f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs",
+                getattr(args.eval_strategy, "value", args.eval_strategy))  # fmt: skip
     return args
 
 
