@@ -71,7 +71,7 @@ def size_run(args: TrainingArguments, model=None, train_dataset=None, eval_datas
 
     Returns a sized copy; `args` itself is left as given. The trainers call it on their `args`, so a Python caller
     need not; a copy it returned is not sized again."""
-    if getattr(args, "_sized", False):
+    if args is None or getattr(args, "_sized", False):  # None: Trainer's own defaults
         return args
     args = copy.copy(args)
     args._sized = True

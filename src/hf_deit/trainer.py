@@ -63,8 +63,10 @@ def _describe_keys(keys: set[str]) -> str:
 
 
 class DeiTTrainerBase(Trainer):
-    """What DeiT training adds to `Trainer` whatever the loss: evaluation batches collated without mixup, repeated
-    augmentation across processes, and no weight decay on the tokens and position embeddings.
+    """What DeiT training adds to `Trainer` whatever the loss: what `args` left unset sized to the model and data
+    (`hf_deit.run.size_run`, on a copy), the run-safety callbacks (`hf_deit.callbacks.add_run_safety`), evaluation
+    batches collated without mixup, repeated augmentation across processes, and no weight decay on the tokens and
+    position embeddings.
 
     Args (beyond `Trainer`'s; every one after `model` and `args` by keyword):
         eval_data_collator: collates evaluation batches; by default the training collator without mixing (its
