@@ -636,7 +636,9 @@ def test_training_restores_the_signal_handlers_even_when_it_fails(tmp_path):
     failed, Ctrl-C interrupts at once again."""
     import signal
 
-    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    before = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    for number, handler in before.items():  # Python's own: an earlier test's failed train() may have left its handlers
+        signal.signal(number, handler)
     images, labels = load_digits_tensors()
     dataset = DigitsDataset(images[:32], labels[:32])
     trainer = DistillationTrainer(model=tiny_student(), args=args_for(tmp_path, max_steps=1, distillation_type="none"),
