@@ -3,16 +3,17 @@ r"""Record the teacher's outputs once, over exactly the views a training run wil
 
     python scripts/record_teacher.py --record_dir outputs/record --teacher_name_or_path outputs/teacher \
         --distillation_type hard <the run's data, augmentation, seed and schedule flags>
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/record_teacher.py ...  # in parallel
     python scripts/train.py --teacher_outputs outputs/record --distillation_type hard <the same flags>
 
 Takes train.py's flags (the run the record is for) and its own (--help lists them under "Record"). Every student
-trained with the same data, augmentation, seed and schedule then trains from the record without running the teacher:
-a learning-rate sweep, other student sizes, resumed runs. A run that differs is refused, each difference named.
-It prints the record's size before writing, the teacher's speed, after how many runs from the record the recording
-has paid for itself, and, for top-k soft targets with k below the number of classes, how far they lie from the
-teacher's full probabilities over the recorded views (also in the manifest).
+trained with the same data, augmentation, seed and schedule then trains from the record without running the teacher.
+A run that differs is refused, each difference named. Under `accelerate launch --num_processes N` each process records
+its share of every epoch (`--record_world_size` is the training run's process count, not the recording's).
+It prints the record's size before writing (bytes per view x views + 8 bytes per image, docs/teacher-records.md) and
+after (the manifest's `size`), the teacher's speed, and after how many runs from the record the recording has paid for
+itself.
 """
-
 import logging
 import math
 import sys
@@ -44,15 +45,20 @@ def main(argv=None) -> dict:
                         record_args.record_features, record_args.record_attention_map, record_args.record_stage_map,
                         record_args.teacher_batch_size)  # fmt: skip
     manifest = record_teacher_outputs(trainer, record_args.record_dir, plan, overwrite=record_args.overwrite_record)
-    recording = manifest["recording"]
-    logger.info("Recorded %d views (%s) in %.1f s, the teacher at %.1f views/s: %s", recording["views"],
-                ", ".join(manifest["outputs"]["kinds"]), recording["seconds"],
-                recording["views"] / max(recording["teacher_seconds"], 1e-9), record_args.record_dir)
+    if not trainer.is_world_process_zero():
+        return manifest
+    recording, size = manifest["recording"], manifest["size"]
+    logger.info("Recorded %d views (%s) in %.1f s by %d process(es), the teacher at %.1f views/s: %s, %d bytes "
+                "(%d training views x %d B + %d evaluation images + %d B per image).", recording["views"],
+                ", ".join(manifest["outputs"]["kinds"]), recording["seconds"], recording["processes"],
+                recording["views"] / max(recording["teacher_seconds"], 1e-9), record_args.record_dir, size["bytes"],
+                size["training views"], sum(manifest["outputs"]["bytes_per_view"].values()),
+                size["evaluation images"], size["digest bytes per image"])  # fmt: skip
     # Each run from the record is spared the teacher's passes; the recording also rebuilt every view once.
-    runs = math.ceil(recording["seconds"] / max(recording["teacher_seconds"], 1e-9))
+    runs = math.ceil(recording["seconds"] * recording["processes"] / max(recording["teacher_seconds"], 1e-9))
     logger.info("Each run from this record is spared about %.1f s of teacher passes; the recording took %.1f s, so it "
                 "pays for itself from the %s run that trains from it%s.", recording["teacher_seconds"],
-                recording["seconds"], _ordinal(runs),
+                recording["seconds"] * recording["processes"], _ordinal(runs),
                 "" if runs <= 2 else ": with a teacher this cheap, rebuilding the views costs more than its passes")
     return manifest
 

@@ -20,7 +20,7 @@ from test_resume import LAUNCHER, SAVE_STEPS, assert_same_run, finish, kill_grou
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_deit.teacher import TeacherForwardOutput
-from hf_deit.teacher_record import RecordMismatchError, RecordPlan, TeacherRecord, _outputs_to_store, top_k_deviation
+from hf_deit.teacher_record import RecordedTeacher, RecordMismatchError, RecordPlan, RunViews, _outputs_to_store, top_k_deviation
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -79,7 +79,7 @@ def replay_trainer(*flags):
 @pytest.mark.slow
 def test_hard_distillation_from_the_record_is_the_live_run_step_by_step(tmp_path, teacher, hard_record):
     folder = hard_record
-    assert TeacherRecord.open(folder).kinds == ["argmax"]
+    assert RecordedTeacher(folder).kinds == ["argmax"]
     train.main(run_flags(tmp_path / "live", "--distillation_type", "hard", "--teacher_name_or_path", teacher))
     train.main(run_flags(tmp_path / "replay", "--distillation_type", "hard", "--teacher_outputs", str(folder)))
 
@@ -120,7 +120,7 @@ def test_a_record_of_another_run_is_refused_before_any_step_naming_each_differen
     # The record's own run is accepted.
     same = replay_trainer(*run_flags(tmp_path / "same", "--distillation_type", "hard", "--teacher_outputs",
                                      str(hard_record)))  # fmt: skip
-    assert same.teacher_record.differences(same) == []
+    assert same.teacher.differences(RunViews.of(same), same.objective) == []
 
 
 def test_soft_targets_need_probabilities_and_a_missing_or_interrupted_record_says_what_to_do(tmp_path, hard_record):
@@ -128,11 +128,11 @@ def test_soft_targets_need_probabilities_and_a_missing_or_interrupted_record_say
                                         str(hard_record)))  # fmt: skip
     with pytest.raises(RecordMismatchError, match="soft distillation needs the teacher's probabilities: record with "
                                                   "--top_k"):  # fmt: skip
-        trainer.teacher_record.check_run(trainer)
+        trainer.teacher.check_run(trainer)
     (tmp_path / "interrupted").mkdir()
     (tmp_path / "interrupted" / "train-epoch0000-00000.safetensors").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="its recording was interrupted; run scripts/record_teacher.py again"):
-        TeacherRecord.open(tmp_path / "interrupted")
+        RecordedTeacher(tmp_path / "interrupted")
 
 
 @pytest.mark.slow
@@ -140,8 +140,8 @@ def test_soft_distillation_and_every_term_from_all_probabilities_match_within_ha
     terms = ["--distillation_type", "soft", "--distillation_tau", "2.0", "--attention_distillation_weight", "0.5",
              "--feature_distillation_weight", "0.5", "--feature_map_distillation_weight", "1"]  # fmt: skip
     folder = record(tmp_path, teacher, *terms, record_flags=["--top_k", "all"])
-    assert TeacherRecord.open(folder).kinds == ["argmax", "top_k", "features", "attention_map", "stage_map"]
-    assert TeacherRecord.open(folder).manifest["outputs"]["top_k_deviation"] is None  # all kept: nothing to measure
+    assert RecordedTeacher(folder).kinds == ["argmax", "top_k", "features", "attention_map", "stage_map"]
+    assert RecordedTeacher(folder).manifest["outputs"]["top_k_deviation"] is None  # all kept: nothing to measure
     train.main(run_flags(tmp_path / "live", *terms, "--teacher_name_or_path", teacher))
     # The teacher given beside the record: the first batches are checked against it.
     train.main(run_flags(tmp_path / "replay", *terms, "--teacher_outputs", str(folder), "--teacher_name_or_path",
@@ -177,7 +177,7 @@ def test_a_top_k_record_measures_its_deviation_on_every_recorded_view(tmp_path, 
     caplog.set_level(logging.INFO, logger="hf_deit.record_teacher")
     folder = record(tmp_path, teacher, "--distillation_type", "soft", "--distillation_tau", "2.0",
                     "--max_train_samples", "128", record_flags=["--top_k", "3"])  # fmt: skip
-    manifest = TeacherRecord.open(folder).manifest
+    manifest = RecordedTeacher(folder).manifest
     # and when the recording has paid for itself: the recording's seconds over the teacher's, rounded up
     recording = manifest["recording"]
     runs = math.ceil(recording["seconds"] / recording["teacher_seconds"])

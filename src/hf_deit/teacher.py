@@ -6,6 +6,10 @@ classifier (`load_teacher`), checks its classes against the student's and re-ord
 (`TeacherInputAdapter`); calling it runs one frozen forward pass that gives the logits and, when asked, its spatial
 attention map, pooled features and CNN stage outputs (`TeacherForwardOutput`); `compile()` compiles that pass.
 
+A batch's `views` ((batch, 3) rows of epoch, position, image: each row's place in the run, `hf_deit.data.samplers`;
+evaluation images as (`EVALUATION_EPOCH`, i, i)) may come with the pixels: the live teacher reads the pixels and
+ignores them; a recorded one (`recorded_teacher`, `hf_deit.teacher_record`) finds its outputs by them.
+
 DeiT's teacher sees exactly the student's input tensor (augmented, mixed, normalised). A teacher trained with
 another normalisation or resolution gets that same tensor re-normalised and resized on the fly, so that
 augmentation stays shared and nothing is decoded twice.
@@ -39,6 +43,18 @@ logger = logging.getLogger(__name__)
 
 # transformers names unnamed classes "LABEL_0", "LABEL_1", ...: those carry no meaning and are not compared.
 _DEFAULT_LABEL_NAME = re.compile(r"LABEL_\d+")
+
+
+# The epoch of the evaluation images' views: one per image, (EVALUATION_EPOCH, i, i).
+EVALUATION_EPOCH = -1
+
+
+def recorded_teacher(folder: str, live: "Teacher | None" = None) -> nn.Module:
+    """The teacher's outputs recorded in `folder` (scripts/record_teacher.py), answering as a `Teacher` does;
+    `live`, the teacher itself when given beside the record, checks them."""
+    from .teacher_record import RecordedTeacher
+
+    return RecordedTeacher(folder, live)
 
 
 # Weights files a teacher can be given as, with the timm architecture named by the file or by `timm_model_name`.
@@ -404,7 +420,14 @@ class Teacher(nn.Module):
       activation map (`activation_attention_map`) of its last stage;
     - `features`: the input of the layer that produces the logits (`classifier_layer`): pooled pre-logits features;
     - `stage_maps`: a CNN's spatial stage outputs (its 4-D hidden states), for feature-map distillation.
+
+    What a trainer asks of any teacher, live or recorded: the call, `name`, `report` (an accuracy check made
+    earlier, when the teacher cannot be run on images now), `check_run(trainer)` (before training) and
+    `reads_views` (whether batches must carry their views).
     """
+
+    reads_views = False
+    report = None
 
     def __init__(
         self,
@@ -465,6 +488,9 @@ class Teacher(nn.Module):
         adapter = TeacherInputAdapter.from_preprocessing(expected, student_mean, student_std)
         return cls(module, adapter, label_order, name=teacher if isinstance(teacher, str) else None)
 
+    def check_run(self, trainer) -> None:
+        """A live teacher fits any run: nothing to check before training."""
+
     def train(self, mode: bool = True) -> "Teacher":
         return super().train(False)  # frozen: its outputs never change with its parent's mode
 
@@ -486,6 +512,7 @@ class Teacher(nn.Module):
         features: bool = False,
         stage_maps: bool = False,
         layers: Sequence[int] = (-1,),
+        views: torch.Tensor | None = None,
     ) -> TeacherForwardOutput:
         pixel_values = self.input_adapter(pixel_values)
         kwargs = {"output_hidden_states": True} if stage_maps else {}

@@ -1,6 +1,7 @@
 """`DistillationTrainer`: transformers' `Trainer` with DeiT's teacher and loss, and per-head evaluation metrics."""
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -23,8 +24,7 @@ from .metrics import make_compute_metrics  # noqa: F401  (also importable from h
 from .objective import DistillationObjective
 from .preemption import shield_workers
 from .run import size_run
-from .teacher import Teacher, TeacherForwardOutput
-from .teacher_record import TeacherRecord, evaluation_views
+from .teacher import EVALUATION_EPOCH, Teacher, TeacherForwardOutput, recorded_teacher
 from .teacher_check import check_teacher, eval_transform_of
 
 logger = logging.getLogger(__name__)
@@ -191,6 +191,17 @@ class ClassifierTrainer(DeiTTrainerBase):
         return (loss, outputs) if return_outputs else loss
 
 
+class _EvaluationViews(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return {**self.dataset[index], PositionSeededDataset.VIEW_KEY: (EVALUATION_EPOCH, index, index)}
+
+
 class DistillationTrainer(DeiTTrainerBase):
     """Trains a distilled DeiT (any model whose output has `cls_logits` and `distillation_logits`) from labels and a
     teacher, as DeiT's `DistillationLoss` does, with the optional attention, feature and feature-map terms.
@@ -235,12 +246,11 @@ class DistillationTrainer(DeiTTrainerBase):
             self.teacher.to(self.accelerator.device)
             if args.torch_compile:
                 self.teacher.compile(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode)
-        # Recorded outputs (hf_deit.teacher_record) replace the teacher's passes; a teacher given too checks them.
-        self.teacher_record = TeacherRecord.open(args.teacher_outputs) if args.teacher_outputs else None
-        self.keeps_views = self.teacher_record is not None
-        stand_in = self.teacher_record.stand_in() if self.teacher is None and self.teacher_record is not None else None
-        self.teacher_name = self.teacher.name if self.teacher is not None else getattr(stand_in, "name", None)
-        self.objective = DistillationObjective.build(args, self.model, self.teacher or stand_in)
+        if args.teacher_outputs:  # its recorded outputs answer in its place; the teacher, given too, checks them
+            self.teacher = recorded_teacher(args.teacher_outputs, live=self.teacher)
+        self.keeps_views = self.teacher is not None and self.teacher.reads_views
+        self.teacher_name = self.teacher.name if self.teacher is not None else None
+        self.objective = DistillationObjective.build(args, self.model, self.teacher)
         self._loss_terms_sum = None  # running sums of the objective's terms since the last log
         self._loss_terms_count = 0
 
@@ -252,11 +262,11 @@ class DistillationTrainer(DeiTTrainerBase):
 
     @property
     def has_teacher(self) -> bool:
-        return self.teacher is not None or self.teacher_record is not None
+        return self.teacher is not None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        if self.teacher_record is not None:
-            self.teacher_record.check_run(self)  # before any step: a record of another run is refused
+        if self.teacher is not None:
+            self.teacher.check_run(self)  # before any step: a record of another run is refused
         self.teacher_report = self.check_teacher()
         attach = any(True for _ in self.objective.parameters())
         if attach:
@@ -284,10 +294,8 @@ class DistillationTrainer(DeiTTrainerBase):
         if not self.has_teacher or not self.objective.needs_teacher:
             return None
         transform = eval_transform_of(getattr(self, "processing_class", None))
-        if self.teacher is None:  # trained from a record: the check made when it was recorded
-            report = self.teacher_record.teacher_report()
-            if report is not None:
-                report.min_accuracy = self.args.min_teacher_accuracy
+        if self.teacher.report is not None:  # a teacher that cannot run on images now: the check made earlier
+            report = dataclasses.replace(self.teacher.report, min_accuracy=self.args.min_teacher_accuracy)
         elif transform is None:
             logger.info("Teacher not checked before training: no image processor (processing_class) to read the "
                         "training images with.")
@@ -318,10 +326,10 @@ class DistillationTrainer(DeiTTrainerBase):
 
     # ---- forward passes and loss ----
 
-    def teacher_outputs(self, pixel_values: torch.Tensor, **request) -> TeacherForwardOutput:
+    def teacher_outputs(self, pixel_values: torch.Tensor, views=None, **request) -> TeacherForwardOutput:
         """The teacher's outputs for the student's batch (`Teacher.forward`), under the accelerator's autocast."""
         with self.accelerator.autocast():
-            return self.teacher(pixel_values, **request)
+            return self.teacher(pixel_values, views=views, **request)
 
     def teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for the student's batch, in the student's class order."""
@@ -329,20 +337,9 @@ class DistillationTrainer(DeiTTrainerBase):
 
     def batch_teacher_outputs(self, pixel_values: torch.Tensor, views: torch.Tensor | None,
                               extra_terms: bool) -> TeacherForwardOutput:
-        """The teacher's outputs for a batch: recorded (found by the rows' `views`) when the run has a record, else
-        the teacher's forward pass."""
-        request = self.objective.teacher_request(extra_terms)
-        if self.teacher_record is None:
-            return self.teacher_outputs(pixel_values, **request)
-        if views is None:
-            raise ValueError("A batch without its views' places reached a run that trains from recorded teacher "
-                             "outputs: read the data through the trainer's own data loaders.")
-        recorded = self.teacher_record.outputs(views, num_classes=self.model.config.num_labels,
-                                               device=pixel_values.device,
-                                               distillation_type=self.objective.loss.distillation_type, **request)
-        if self.teacher is not None and extra_terms:
-            self.teacher_record.check_against_teacher(recorded, self.teacher_outputs(pixel_values, **request))
-        return recorded
+        """The teacher's outputs for a batch, with what the active terms need; `views`, the rows' places, for a
+        teacher that reads them (a recorded one)."""
+        return self.teacher_outputs(pixel_values, views, **self.objective.teacher_request(extra_terms))
 
     def _forward(self, model, inputs, with_teacher: bool, extra_terms: bool = False):
         views = inputs.pop("views", None)
@@ -358,12 +355,12 @@ class DistillationTrainer(DeiTTrainerBase):
         return inputs
 
     def get_eval_dataloader(self, eval_dataset=None):
-        if self.teacher_record is None or isinstance(eval_dataset, str):
+        if not self.keeps_views or isinstance(eval_dataset, str):
             return super().get_eval_dataloader(eval_dataset)
         collator = self.eval_data_collator
         self.eval_data_collator = PositionSeededCollator(collator, keep_views=True)
-        try:
-            return super().get_eval_dataloader(evaluation_views(eval_dataset if eval_dataset is not None
+        try:  # each image with its view, (EVALUATION_EPOCH, i, i), for a teacher that reads views
+            return super().get_eval_dataloader(_EvaluationViews(eval_dataset if eval_dataset is not None
                                                                 else self.eval_dataset))  # fmt: skip
         finally:
             self.eval_data_collator = collator

@@ -433,3 +433,78 @@ def _limit(split, max_samples: Optional[int], seed: int):
     chosen = np.random.default_rng(seed).permutation(len(split))[:max_samples]
     return split.select(np.sort(chosen), keep_in_memory=True)
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What the images are: a digest of each row's content, for records made from them (`hf_deit.teacher_record`)
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Where file digests are kept between runs, keyed by path, size and modification time: a rerun hashes nothing again.
+DIGEST_CACHE_ENV = "HF_DEIT_DIGEST_CACHE"
+_DIGEST_BATCH = 1024
+
+
+def row_digests(dataset: Dataset) -> np.ndarray:
+    """One uint64 per row of `dataset` (map-style, any format or transform attached): a hash of its image's content (the
+    file's bytes for an image stored as a path, the stored bytes otherwise) and its label. Nothing is decoded. Moving
+    or renaming identical files leaves the digests as they were; changing one image's content changes its row's."""
+    raw = dataset.with_format("arrow")
+    files = _FileDigests()
+    digests = np.empty(len(dataset), dtype=np.uint64)
+    try:
+        for start in range(0, len(dataset), _DIGEST_BATCH):
+            table = raw[start : start + _DIGEST_BATCH]
+            images = table.column("image").to_pylist() if "image" in table.column_names else [None] * len(table)
+            labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(table)
+            for offset, (image, label) in enumerate(zip(images, labels)):
+                content = files.of(image["path"]) if image and image.get("bytes") is None else _blake(
+                    image["bytes"] if image else b"")  # fmt: skip
+                digests[start + offset] = int.from_bytes(_blake(content + str(label).encode()), "little")
+    finally:
+        files.close()
+    return digests
+
+
+def row_names(dataset: Dataset, rows) -> list[str]:
+    """How a person finds rows `rows` of `dataset`: the image's file where it has one, else its row number."""
+    raw = dataset.with_format("arrow")
+    names = []
+    for row in rows:
+        image = raw[int(row) : int(row) + 1].column("image").to_pylist()[0] if "image" in raw.column_names else None
+        names.append(image["path"] if image and image.get("path") else f"row {int(row)}")
+    return names
+
+
+def _blake(content: bytes) -> bytes:
+    return hashlib.blake2b(content, digest_size=8).digest()
+
+
+class _FileDigests:
+    """File digests cached in a small sqlite table (`$HF_DEIT_DIGEST_CACHE`, default ~/.cache/hf_deit) by absolute
+    path, size and modification time."""
+
+    def __init__(self):
+        import sqlite3
+
+        folder = os.environ.get(DIGEST_CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "hf_deit")
+        os.makedirs(folder, exist_ok=True)
+        self.db = sqlite3.connect(os.path.join(folder, "file_digests.sqlite"), timeout=60)
+        self.db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INT, mtime INT, digest BLOB)")
+
+    def of(self, path: str) -> bytes:
+        path = os.path.abspath(path)
+        status = os.stat(path)
+        found = self.db.execute("SELECT size, mtime, digest FROM digests WHERE path = ?", (path,)).fetchone()
+        if found is not None and found[:2] == (status.st_size, status.st_mtime_ns):
+            return found[2]
+        digest = hashlib.blake2b(digest_size=8)
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        self.db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)",
+                        (path, status.st_size, status.st_mtime_ns, digest.digest()))  # fmt: skip
+        return digest.digest()
+
+    def close(self) -> None:
+        self.db.commit()
+        self.db.close()
