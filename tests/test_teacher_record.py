@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import record_teacher
 import torch
@@ -33,9 +34,9 @@ def teacher(tmp_path_factory) -> str:
     return save_small_cnn(tmp_path_factory.mktemp("teacher") / "teacher")
 
 
-def save_small_cnn(folder) -> str:
+def save_small_cnn(folder, seed: int = 0) -> str:
     """A small CNN of the digits' classes (random weights: what it says is arbitrary, but the same every time)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=10,
                           id2label={i: str(i) for i in range(10)})  # fmt: skip
     ResNetForImageClassification(config).save_pretrained(folder)
@@ -248,3 +249,154 @@ def test_a_run_from_a_record_killed_after_a_checkpoint_resumes_to_the_uninterrup
     assert f"Resuming from {checkpoint}" in (tmp_path / "resumed.log").read_text()
     assert_same_run(run_dir, reference_dir)
     assert "eval_teacher_agreement" in json.loads((run_dir / "eval_results.json").read_text())  # the record's teacher
+
+
+# ---- what a record weighs, and what it is tied to ----
+
+
+def test_a_record_weighs_what_the_manifest_the_script_and_the_docs_say(tmp_path, teacher, caplog):
+    """Every probability, the pooled features and the attention map, with mixup, over one epoch of the digits: the
+    bytes on disk (every file, the manifest included) within 5% of the manifest's size, of the size record_teacher.py
+    prints, and of the formula of docs/teacher-records.md, whose ImageNet figures are that formula's."""
+    from hf_deit.teacher_record import DIGEST_BYTES, bytes_per_view, record_bytes
+
+    caplog.set_level(logging.INFO, logger="hf_deit.record_teacher")
+    folder = record(tmp_path, teacher, "--distillation_type", "soft", "--max_steps", "90",
+                    record_flags=["--top_k", "all", "--record_features", "true", "--record_attention_map", "true"])
+    manifest = RecordedTeacher(folder).manifest
+    on_disk = sum(file.stat().st_size for file in folder.iterdir())
+    size, per_view = manifest["size"], manifest["outputs"]["bytes_per_view"]
+    assert manifest["epochs"] == 1 and per_view == {"argmax": 2, "top_k": 20, "features": 32, "attention_map": 32}
+    assert size["training views"] == 1438 and size["evaluation images"] == 48  # dense: every view once
+    formula = 86 * size["training views"] + 22 * size["evaluation images"] + DIGEST_BYTES * (1438 + 48)
+    assert size["bytes"] == formula
+    assert abs(on_disk - formula) / on_disk < 0.05, (on_disk, formula)
+    assert f"{size['bytes']} bytes" in caplog.text  # what record_teacher.py prints
+
+    docs = (SCRIPTS.parent / "docs" / "teacher-records.md").read_text()
+    no_shapes = {"features": None, "attention_map": None, "stage_maps": None}
+    for top_k, views_bytes in ((None, 2), (10, 42)):
+        per_view = bytes_per_view(RecordPlan(epochs=300, top_k=top_k), 1000, no_shapes, None)
+        assert sum(per_view.values()) == views_bytes
+        imagenet = record_bytes(per_view, 1_281_167 * 300, 50_000, 1_281_167 + 50_000)
+        assert f"{imagenet / 1e9:.2f} GB" in docs, (imagenet, top_k)
+
+
+def image_folder(root, images, labels) -> str:
+    """`images` (uint8 arrays) as PNG files in one sub-folder per label under `root`."""
+    from PIL import Image
+
+    for index, (image, label) in enumerate(zip(images, labels)):
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / str(label) / f"{index:03d}.png")
+    return str(root)
+
+
+def test_a_record_is_tied_to_the_images_content_not_to_where_they_lie(tmp_path, teacher, monkeypatch):
+    import shutil
+
+    from sklearn.datasets import load_digits
+    from PIL import Image
+
+    monkeypatch.setenv("HF_DEIT_DIGEST_CACHE", str(tmp_path / "digests"))
+    digits = load_digits()
+    images = (digits.images * 16).clip(0, 255).astype("uint8")
+    image_folder(tmp_path / "data" / "train", images[:60], digits.target[:60])
+    image_folder(tmp_path / "data" / "pool", images[60:80], [0] * 20)
+    flags = lambda root, output: ["--train_dir", str(root / "train"), "--unlabeled_train_dir", str(root / "pool" / "0"),
+                                  *run_flags(output, "--distillation_type", "hard", "--max_steps", "2")[2:]]
+    folder = tmp_path / "record"
+    record_teacher.main(["--record_dir", str(folder), "--teacher_name_or_path", teacher,
+                         *flags(tmp_path / "data", tmp_path / "unused")])  # fmt: skip
+
+    shutil.move(tmp_path / "data", tmp_path / "moved")  # the same files elsewhere: accepted
+    moved = replay_trainer(*flags(tmp_path / "moved", tmp_path / "run"), "--teacher_outputs", str(folder))
+    assert moved.teacher.differences(RunViews.of(moved), moved.objective) == []
+
+    for changed in (tmp_path / "moved" / "train" / "3" / "003.png", tmp_path / "moved" / "pool" / "0" / "007.png"):
+        original, pixels = changed.read_bytes(), np.array(Image.open(changed))
+        pixels[0, 0] = 255 - pixels[0, 0]  # one pixel, same name, same size of image
+        Image.fromarray(pixels).save(changed)
+        trainer = replay_trainer(*flags(tmp_path / "moved", tmp_path / "run"), "--teacher_outputs", str(folder))
+        with pytest.raises(RecordMismatchError, match=f"1 of .* images differ from the recorded ones .*such as "
+                                                      f"{changed}"):  # fmt: skip
+            trainer.teacher.check_run(trainer)
+        changed.write_bytes(original)
+
+
+def test_a_record_is_refused_beside_other_teacher_weights_and_names_its_teacher_without_one(tmp_path, teacher,
+                                                                                          hard_record):  # fmt: skip
+    other = save_small_cnn(tmp_path / "other", seed=1)
+    flags = run_flags(tmp_path / "run", "--distillation_type", "hard", "--teacher_outputs", str(hard_record))
+    trainer = replay_trainer(*flags, "--teacher_name_or_path", other)
+    with pytest.raises(RecordMismatchError, match=r"teacher \(weights_sha256\): recorded .*: the given teacher is not "
+                                                  "the recorded one"):  # fmt: skip
+        trainer.train()
+    assert trainer.state.global_step == 0
+    alone = replay_trainer(*flags)
+    assert alone.teacher_name == teacher and alone.teacher.report is not None  # the card's teacher, its check
+
+
+def test_a_record_that_disagrees_with_the_given_teacher_stops_the_first_step(tmp_path, teacher, hard_record):
+    from safetensors.torch import save_file
+
+    tampered = tmp_path / "tampered"
+    shutil_copytree(hard_record, tampered)
+    first = next(tampered.glob("epoch0000-*.safetensors"))
+    stored = load_file(first)
+    stored["argmax"] = (stored["argmax"] + 1) % 10  # a record corrupted, or made by other weights with the same hash
+    save_file(stored, first)
+    trainer = replay_trainer(*run_flags(tmp_path / "run", "--distillation_type", "hard", "--teacher_outputs",
+                                        str(tampered), "--teacher_name_or_path", teacher))  # fmt: skip
+    with pytest.raises(RecordMismatchError, match="is not the given teacher's on this run's views: the teacher's top "
+                                                  "class differs on 16 of 16 views"):  # fmt: skip
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def shutil_copytree(source, destination):
+    import shutil
+
+    shutil.copytree(source, destination)
+
+
+def test_a_record_of_an_earlier_format_says_to_record_again(tmp_path, hard_record):
+    old = tmp_path / "old"
+    shutil_copytree(hard_record, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+    with pytest.raises(ValueError, match="recorded by an earlier version of hf-deit .* must be recorded again"):
+        RecordedTeacher(old)
+
+
+@pytest.mark.slow
+def test_a_mixup_record_made_by_two_processes_serves_a_two_process_run_as_the_live_teacher_would(tmp_path, teacher,
+                                                                                                monkeypatch):  # fmt: skip
+    """Mixup/cutmix views depend on the whole batch: the record is made for the two-process layout, here by two
+    recording processes in parallel (each its share, one manifest), and equals one made in a single process."""
+    flags = lambda output_dir, *extra: run_flags(output_dir, "--distillation_type", "hard", *extra)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    folder = tmp_path / "record"
+    launch = [*two_processes()[:-1], str(SCRIPTS / "record_teacher.py")]
+    run = start([*launch, "--record_dir", str(folder), "--teacher_name_or_path", teacher, "--record_world_size", "2",
+                 *flags(tmp_path / "unused")], tmp_path / "record.log")  # fmt: skip
+    finish(run, tmp_path / "record.log", timeout=400)
+    single = tmp_path / "single"
+    record_teacher.main(["--record_dir", str(single), "--teacher_name_or_path", teacher, "--record_world_size", "2",
+                         *flags(tmp_path / "unused")])  # fmt: skip
+    parallel, alone = RecordedTeacher(folder).manifest, RecordedTeacher(single).manifest
+    assert parallel["recording"]["processes"] == 2 and parallel["size"] == alone["size"]
+    for split, files in alone["shards"].items():
+        ours = torch.cat([load_file(folder / file["file"])["argmax"] for file in parallel["shards"][split]])
+        theirs = torch.cat([load_file(single / file["file"])["argmax"] for file in files])
+        assert torch.equal(ours, theirs), split
+
+    for name, source in (("live", ["--teacher_name_or_path", teacher]), ("replay", ["--teacher_outputs", str(folder)])):
+        run = start(two_processes(*flags(tmp_path / name, *source)), tmp_path / f"{name}.log")
+        finish(run, tmp_path / f"{name}.log", timeout=400)
+    live_logs, live_weights = trained(tmp_path / "live")
+    replay_logs, replay_weights = trained(tmp_path / "replay")
+    assert len([entry for entry in live_logs if "loss_distillation" in entry]) == STEPS
+    assert replay_logs == live_logs
+    for name, tensor in live_weights.items():
+        assert torch.equal(replay_weights[name], tensor), name
