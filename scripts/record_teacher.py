@@ -22,7 +22,8 @@ import train
 from transformers import set_seed
 
 from hf_deit.arguments import record_argument_parser
-from hf_deit.teacher_record import plan_for_run, record_teacher_outputs
+from hf_deit.recording import record_teacher_outputs
+from hf_deit.teacher_record import plan_for_run
 
 logger = logging.getLogger("hf_deit.record_teacher")
 

@@ -174,7 +174,7 @@ def test_top_k_deviation_is_the_distance_between_the_replayed_and_the_live_soft_
 
 
 def test_a_top_k_record_measures_its_deviation_on_every_recorded_view(tmp_path, teacher, caplog):
-    caplog.set_level(logging.INFO, logger="hf_deit.teacher_record")
+    caplog.set_level(logging.INFO, logger="hf_deit.recording")
     caplog.set_level(logging.INFO, logger="hf_deit.record_teacher")
     folder = record(tmp_path, teacher, "--distillation_type", "soft", "--distillation_tau", "2.0",
                     "--max_train_samples", "128", record_flags=["--top_k", "3"])  # fmt: skip
