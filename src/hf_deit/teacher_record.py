@@ -183,7 +183,7 @@ def top_k_deviation(logits: torch.Tensor, stored: dict[str, torch.Tensor], tau: 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Recording
+# Whether recording pays (the recording itself: hf_deit.recording)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
