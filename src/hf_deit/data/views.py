@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,10 +46,10 @@ class RunViews:
             raise ValueError("Teacher outputs are recorded by each view's place in the epoch: a streamed training set "
                              "has no places to record. Load the data without --streaming.")  # fmt: skip
         transform = getattr(getattr(train, "_format_kwargs", {}).get("transform"), "image_transform", None)
-        steps = None if transform is None else [line.strip().split(" at 0x")[0] for line in repr(transform).split("\n")]
+        steps = None if transform is None else re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform)).splitlines()
         processor = trainer.processing_class
         size = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-        looks = {"augmentation": steps and steps[1:-1],
+        looks = {"augmentation": steps and [step.strip() for step in steps[1:-1]],
                  "image size": [size["height"], size["width"]] if "height" in size else trainer.model.config.image_size,
                  "normalisation": {"mean": list(getattr(processor, "image_mean", [])),
                                    "std": list(getattr(processor, "image_std", []))}}  # fmt: skip
