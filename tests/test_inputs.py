@@ -1,6 +1,7 @@
 """First contact: every input named on a command line is checked before any model or dataset work, in a second,
 with a message that says what is wrong and how to fix it (`hf_deit_inputs`)."""
 
+import ast
 import json
 import os
 import resource
@@ -171,23 +172,80 @@ def test_the_model_presets_mirror_the_model_file():
     assert {PRESETS[PRESET_ALIASES.get(name, name)].get("patch_size", 16) for name in checks.MODEL_PRESETS} == {16}
 
 
+# Strings that are choices of a setting but also ordinary values of other things (report_to="none", precision "auto",
+# top_k "all", a script's --check both): a comparison with one counts as a copy only when the other side names the
+# setting.
+COMMON_WORDS = {"none", "auto", "all", "both"}
+
+
+def choice_copies(tree: ast.AST) -> list[str]:
+    """Where a module spells out choices of a setting again: a tuple, list or set holding two or more choices of one
+    setting (either quote style: the parsed source is read), or a comparison with a choice (`== "soft"`,
+    `in ("soft", ...)`, `!= "none"` of a variable named after the setting)."""
+    owners = {}  # choice -> the settings it belongs to
+    for name, values in choices.CHOICES.items():
+        for value in values:
+            owners.setdefault(value, set()).add(name)
+
+    def strings(node) -> list[str]:
+        return [item.value for item in getattr(node, "elts", ()) if isinstance(item, ast.Constant)
+                and isinstance(item.value, str)]  # fmt: skip
+
+    def names_setting(node, setting: str) -> bool:
+        identifier = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+        return bool(identifier) and (setting == identifier or setting.endswith("_" + identifier))
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            for setting, values in choices.CHOICES.items():
+                if len(set(strings(node)) & set(values)) >= 2:
+                    found.append(f"line {node.lineno}: {ast.unparse(node)[:60]} (choices of {setting})")
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            for side in sides:
+                values = [side.value] if isinstance(side, ast.Constant) else strings(side)
+                for value in (value for value in values if isinstance(value, str) and value in owners):
+                    others = [other for other in sides if other is not side]
+                    if value not in COMMON_WORDS or any(names_setting(other, setting) for other in others
+                                                        for setting in owners[value]):  # fmt: skip
+                        found.append(f"line {node.lineno}: {ast.unparse(node)[:60]} (a choice of "
+                                     f"{', '.join(sorted(owners[value]))})")
+    return list(dict.fromkeys(found))
+
+
 def test_every_choice_is_written_once():
-    """The package and the early checks read choices and ranges from hf_deit_inputs.choices; no module spells a list
-    of choices out again."""
+    """Each setting's choices are spelled in one place, `hf_deit_inputs.choices`; code elsewhere names them through
+    it (a copy is a list that drifts when a choice is added, a comparison that silently misses a renamed one)."""
     import hf_deit.arguments
     import hf_deit.data
 
     assert hf_deit.data.AUGMENTATION_PRESETS is choices.AUGMENTATION_PRESETS
     assert hf_deit.arguments.TEACHER_ARCHITECTURES is choices.TEACHER_ARCHITECTURES
-    sources = Path(checks.__file__).parent.parent
-    spelled = {name: [repr(values), repr(list(values))] for name, values in choices.CHOICES.items() if len(values) > 1}
-    for path in sources.rglob("*.py"):
-        if path.name == "choices.py":
-            continue
-        text = path.read_text()
-        for name, spellings in spelled.items():
-            assert not any(spelling in text for spelling in spellings), f"{path} spells out the choices of {name}"
+    copies = {}
+    for path in sorted([*(REPO / "src").rglob("*.py"), *(REPO / "scripts").rglob("*.py")]):
+        if path != Path(choices.__file__):
+            found = choice_copies(ast.parse(path.read_text(), str(path)))
+            if found:
+                copies[str(path.relative_to(REPO))] = found
+    assert not copies, "choices spelled outside hf_deit_inputs/choices.py:\n" + json.dumps(copies, indent=1)
     assert choices.RANGES["rand_augment"].high == choices.RAND_AUGMENT_MAX_MAGNITUDE
+
+
+def test_the_written_once_check_catches_both_quote_styles_and_comparisons():
+    source = """
+TYPES = ('none', 'soft', "hard")
+LOSSES = ["kl", "mse"]
+if args.distillation_type == "soft": pass
+if loss.distillation_type in ("soft", "hard"): pass
+if self.weak_teacher_fallback != 'all': pass
+if top_k == "all" or report_to == "none": pass
+ONE = ("soft", "other")
+"""
+    found = "\n".join(choice_copies(ast.parse(source)))
+    for line in (2, 3, 4, 5, 6):
+        assert f"line {line}:" in found, found
+    assert "line 7:" not in found and "line 8:" not in found, found
 
 
 def test_a_setting_is_checked_by_the_same_rule_on_the_command_line_and_in_python(tmp_path):
