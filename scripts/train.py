@@ -17,6 +17,7 @@ import logging
 import sys
 
 from hf_deit_inputs import check_train_command_line, exit_on_input_error
+from hf_deit_inputs.choices import NO_DISTILLATION
 from hf_deit_inputs.help import answer_help
 
 if __name__ == "__main__":  # --help and every input on the command line answered first, before torch loads (below)
@@ -144,9 +145,9 @@ def build_run(model_args: ModelArguments, data_args: DataArguments, aug_args: Au
     training_args = size_run(training_args, model, dataset["train"], dataset.get("validation"),
                              learning_rate_at_batch_64=EMBEDDED_STUDENT_LEARNING_RATE if embedded_student else None)
     teacher_given = training_args.teacher_name_or_path is not None or training_args.teacher_outputs is not None
-    if not teacher_given and training_args.distillation_type in ("soft", "hard"):
+    if not teacher_given and training_args.distillation_type != NO_DISTILLATION:
         logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
-        training_args.distillation_type = "none"  # the default, unasked
+        training_args.distillation_type = NO_DISTILLATION  # the default, unasked
     trainer = DistillationTrainer(
         model=model,
         args=training_args,

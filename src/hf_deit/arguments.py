@@ -15,7 +15,7 @@ from typing import Optional
 
 from hf_deit_inputs import choices
 from hf_deit_inputs.checks import parse_config_overrides
-from hf_deit_inputs.choices import AUGMENTATION_PRESETS, EMBEDDED_DATASETS, SMALL_IMAGE_MAX_SIZE, TEACHER_ARCHITECTURES
+from hf_deit_inputs.choices import AUGMENTATION_PRESETS, AUTO_PRESET, EMBEDDED_DATASETS, SMALL_IMAGE_MAX_SIZE, TEACHER_ARCHITECTURES
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
@@ -354,7 +354,7 @@ class AugmentationArguments:
 
         choices.check(self, ("preset",))
         preset = self.preset
-        if preset == "auto":
+        if preset == AUTO_PRESET:
             preset = "small_images" if self.image_size is not None and self.image_size <= SMALL_IMAGE_MAX_SIZE else "imagenet"
         values = {key: value for key, value in asdict(self).items() if value is not None}
         values = {**AUGMENTATION_PRESETS[preset], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **values}
@@ -536,7 +536,7 @@ class TeacherTrainingArguments(DeiTTrainingArguments):
 def teacher_augmentation_preset(preset: str, image_size: int, from_scratch: bool) -> str:
     """The teacher's augmentation preset for `--preset auto`: the small-image preset up to 64 px (as the student's),
     `cnn_from_scratch` for a new CNN on larger images, the paper's recipe for a pretrained one being fine-tuned."""
-    if preset != "auto" or image_size <= SMALL_IMAGE_MAX_SIZE:
+    if preset != AUTO_PRESET or image_size <= SMALL_IMAGE_MAX_SIZE:
         return preset
     return TEACHER_FROM_SCRATCH_PRESET if from_scratch else "imagenet"
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_deit_inputs.choices import problems
+from hf_deit_inputs.choices import EVERY_LABEL, NO_DISTILLATION, SOFT, problems
 
 
 
@@ -80,7 +80,7 @@ class DistillationLoss(nn.Module):
 
     @property
     def needs_teacher(self) -> bool:
-        return self.distillation_type != "none"
+        return self.distillation_type != NO_DISTILLATION
 
     def base_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return classification_loss(logits, labels, self.label_smoothing)
@@ -134,13 +134,13 @@ class DistillationLoss(nn.Module):
                                      "teacher, so pass a teacher (and its logits).")
                 targets, weights = self.pseudo_label_targets(labels, labeled, teacher_logits.float())
                 cls_loss = masked_soft_cross_entropy(cls_logits, targets, weights)
-                if self.distillation_type == "none":  # both heads learn from the same targets
+                if self.distillation_type == NO_DISTILLATION:  # both heads learn from the same targets
                     distillation_loss = masked_soft_cross_entropy(distillation_logits, targets, weights)
                     return DistillationLossOutput((cls_loss + distillation_loss) / 2, cls_loss, distillation_loss)
             else:
                 cls_loss = self.base_loss(cls_logits, labels)
 
-            if self.distillation_type == "none":
+            if self.distillation_type == NO_DISTILLATION:
                 distillation_loss = self.base_loss(distillation_logits, labels)
                 return DistillationLossOutput((cls_loss + distillation_loss) / 2, cls_loss, distillation_loss)
 
@@ -148,7 +148,7 @@ class DistillationLoss(nn.Module):
                 raise ValueError(f"distillation_type={self.distillation_type!r} needs the teacher's logits.")
             teacher_logits = teacher_logits.float()
             wrong = self.teacher_wrong(teacher_logits, labels, labeled) if self.label_fallback else None
-            if self.distillation_type == "soft":
+            if self.distillation_type == SOFT:
                 T = self.tau
                 log_targets = F.log_softmax(teacher_logits / T, dim=1)
                 if wrong is not None:  # the label's distribution (class ids as one-hot rows) where the teacher errs
@@ -160,7 +160,7 @@ class DistillationLoss(nn.Module):
                     reduction="sum",
                     log_target=True,
                 ) * (T * T) / distillation_logits.numel()
-            elif wrong is not None and self.label_fallback == "all":
+            elif wrong is not None and self.label_fallback == EVERY_LABEL:
                 # Every labelled example learns its label as it is (a mixed row stays mixed), unsmoothed as hard
                 # targets are; the teacher's argmax teaches the unlabelled ones.
                 label_rows = labels if labels.ndim == 2 else F.one_hot(labels.clamp(min=0), teacher_logits.shape[-1])
@@ -193,7 +193,7 @@ class DistillationLoss(nn.Module):
         is_labeled = labeled.bool() if labeled is not None else torch.ones_like(wrong)
         if labels.ndim != 2:
             is_labeled = is_labeled & (labels >= 0)
-        wrong = is_labeled if self.label_fallback == "all" else wrong & is_labeled
+        wrong = is_labeled if self.label_fallback == EVERY_LABEL else wrong & is_labeled
         if torch.is_grad_enabled():  # training steps only: evaluation runs under no_grad
             counts = torch.stack([is_labeled.sum(), wrong.sum()]).detach()
             self._fallback_counts = counts if self._fallback_counts is None else self._fallback_counts + counts

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from hf_deit_inputs.choices import EVERY_LABEL
+
 logger = logging.getLogger(__name__)
 
 # The most training images measured (a seeded sample beyond it): a teacher check is a few seconds, not an epoch.
@@ -66,7 +68,7 @@ class TeacherReport:
         text = (f"The teacher is too weak to teach: it is right on {self.summary()} (needed: {self.min_accuracy:.0%} "
                 f"of the training images, or its targets there are worse than the labels they replace)"
                 + (f"; worst classes on training: {worst}" if worst else "") + ". ")
-        if protected and fallback == "all":
+        if protected and fallback == EVERY_LABEL:
             text += ("Protected (protect_from_weak_teacher): the distillation head learns the labels of the labelled "
                      "images, as without a teacher; the teacher teaches only unlabelled images. ")
         elif protected:

@@ -33,6 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from hf_deit_inputs.choices import SOFT
+
 from .data.datasets import row_names
 from .data.samplers import PositionSeededCollator, PositionSeededDataset
 from .data.views import RunViews
@@ -105,7 +107,7 @@ def plan_for_run(trainer, epochs=None, world_size=1, top_k="auto", features=None
     for soft distillation or pseudo-labels and none for hard; an int or "all" says how many."""
     request, num_classes, loss = trainer.objective.teacher_request(True), trainer.model.config.num_labels, trainer.objective.loss
     if top_k in ("auto", None):
-        top_k = min(10, num_classes) if loss.distillation_type == "soft" or loss.pseudo_label_threshold > 0 else None
+        top_k = min(10, num_classes) if loss.distillation_type == SOFT or loss.pseudo_label_threshold > 0 else None
     else:
         top_k = num_classes if top_k == "all" else int(top_k)
         if not 1 <= top_k <= num_classes:
@@ -287,8 +289,8 @@ class RecordedTeacher(nn.Module):
 
     def _missing_terms(self, objective) -> list[str]:
         loss, request, missing = objective.loss, objective.teacher_request(True), []
-        if "top_k" not in self.kinds and (loss.distillation_type == "soft" or loss.pseudo_label_threshold > 0):
-            missing.append(("soft distillation needs the teacher's probabilities" if loss.distillation_type == "soft"
+        if "top_k" not in self.kinds and (loss.distillation_type == SOFT or loss.pseudo_label_threshold > 0):
+            missing.append(("soft distillation needs the teacher's probabilities" if loss.distillation_type == SOFT
                             else "--pseudo_label_threshold needs the teacher's confidence") + ": record with --top_k")
         missing += [f"{term} needs the teacher's {noun}: record with --record_{kind}"
                     for requested, kind, term, noun in TERM_KINDS if request[requested] and kind not in self.kinds]

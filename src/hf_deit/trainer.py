@@ -311,7 +311,7 @@ class DistillationTrainer(DeiTTrainerBase):
             return None
         if report.weak:
             if self.args.protect_from_weak_teacher:
-                self.objective.loss.label_fallback = "all" if self.args.weak_teacher_fallback == "all" else True
+                self.objective.loss.label_fallback = self.args.weak_teacher_fallback
             if self.is_world_process_zero():
                 logger.warning(report.message(self.args.protect_from_weak_teacher, self.args.weak_teacher_fallback))
         elif self.is_world_process_zero():

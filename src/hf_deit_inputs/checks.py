@@ -30,7 +30,7 @@ import sys
 from typing import Iterable, Optional, Sequence
 
 from . import choices
-from .choices import EMBEDDED_DATASETS, RESUME_LATEST, RESUME_NEVER, RUN_SETTINGS_NAME
+from .choices import EMBEDDED_DATASETS, NO_DISTILLATION, RESUME_LATEST, RESUME_NEVER, RUN_SETTINGS_NAME
 from .folders import IMAGE_EXTENSIONS, find_class_folders, has_image, is_image_file
 
 MODEL_PRESETS = tuple(  # hf_deit.configuration_distilled_deit.PRESET_ALIASES, then PRESETS
@@ -403,7 +403,7 @@ def _check_distillation(given: dict) -> list[str]:
         problems += check_dataset_name("--unlabeled_dataset_name", given["unlabeled_dataset_name"])
     if teacher is None:
         needs_teacher = []
-        if given.get("distillation_type") in ("soft", "hard"):
+        if given.get("distillation_type", NO_DISTILLATION) != NO_DISTILLATION:
             needs_teacher.append(f"--distillation_type {given['distillation_type']}")
         for flag in ("attention_distillation_weight", "feature_distillation_weight"):
             if _float_or_none(given.get(flag)) not in (None, 0.0):

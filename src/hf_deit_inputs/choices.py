@@ -19,12 +19,15 @@ from typing import Iterable, Optional
 
 # ---- distillation ----
 
-DISTILLATION_TYPES = ("none", "soft", "hard")
+# Code elsewhere compares with these names, never with a copy of the string.
+NO_DISTILLATION, SOFT, HARD = DISTILLATION_TYPES = ("none", "soft", "hard")
 ATTENTION_TOKENS = ("cls", "dist", "both")
-ATTENTION_MAP_LOSSES = ("kl", "mse")
-FEATURE_LOSSES = ("cosine", "mse")
-FEATURE_TOKENS = ("dist", "cls", "patches")
-WEAK_TEACHER_FALLBACKS = ("all", "where_wrong")
+KL, MSE, COSINE = "kl", "mse", "cosine"
+ATTENTION_MAP_LOSSES = (KL, MSE)
+FEATURE_LOSSES = (COSINE, MSE)
+PATCHES = "patches"
+FEATURE_TOKENS = ("dist", "cls", PATCHES)
+EVERY_LABEL, WHERE_WRONG = WEAK_TEACHER_FALLBACKS = ("all", "where_wrong")
 
 # ---- data and augmentation ----
 
@@ -40,6 +43,7 @@ DEFAULT_CROP_PCT = 0.875  # DeiT evaluates on a center crop of 224 / 256 of the 
 # the defaults come from"), and eval resizes the whole image. "cnn_from_scratch": a new CNN teacher on a small
 # folder of larger images (train_teacher.py's default above 64 px): crops of at least a quarter of the image and
 # flips, nothing else; the paper's RandAugment, erasing and mixup/cutmix are for a ViT on ImageNet.
+AUTO_PRESET = "auto"  # by the image size (hf_deit.arguments.AugmentationArguments.resolved)
 AUGMENTATION_PRESETS = {
     "imagenet": dict(
         image_size=224, crop_pct=DEFAULT_CROP_PCT, scale_min=0.08, hflip=0.5, rand_augment="9",
@@ -84,7 +88,7 @@ CHOICES = {
     "feature_distillation_loss": FEATURE_LOSSES,
     "feature_distillation_token": FEATURE_TOKENS,
     "weak_teacher_fallback": WEAK_TEACHER_FALLBACKS,
-    "preset": ("auto", *AUGMENTATION_PRESETS),
+    "preset": (AUTO_PRESET, *AUGMENTATION_PRESETS),
     "architecture": tuple(TEACHER_ARCHITECTURES),
 }
 

@@ -10,6 +10,7 @@ attention (a ViT) or activation energy (a CNN), `hf_deit.teacher.Teacher(..., at
 
 import torch
 import torch.nn.functional as F
+from hf_deit_inputs.choices import KL, MSE
 
 from ..attention_maps import CLS_TOKEN, DISTILLATION_TOKEN, grid_for, token_attention_map
 from ..configuration_distilled_deit import _pair
@@ -57,9 +58,9 @@ def attention_map_loss(
         grid = (min(student_map.shape[-2], teacher_map.shape[-2]), min(student_map.shape[-1], teacher_map.shape[-1]))
         student = as_distribution(resize_map(student_map.float(), grid), eps)
         teacher = as_distribution(resize_map(teacher_map.float(), grid), eps)
-        if loss_type == "kl":
+        if loss_type == KL:
             per_example = torch.sum(teacher * (torch.log(teacher + eps) - torch.log(student + eps)), dim=-1)
-        elif loss_type == "mse":
+        elif loss_type == MSE:
             positions = student.shape[-1]
             per_example = torch.mean(((student - teacher) * positions) ** 2, dim=-1)
         else:

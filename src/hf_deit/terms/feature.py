@@ -16,6 +16,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
+from hf_deit_inputs.choices import COSINE, MSE, PATCHES
 
 from ..attention_maps import capture_input
 from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss
@@ -42,9 +43,9 @@ def feature_distillation_loss(
                          f"{tuple(teacher_features.shape)} differ in shape.")
     with torch.autocast(device_type=projected.device.type, enabled=False):
         projected, teacher_features = projected.float(), teacher_features.float().detach()
-        if loss_type == "cosine":
+        if loss_type == COSINE:
             return (1.0 - F.cosine_similarity(projected, teacher_features, dim=-1)).mean()
-        if loss_type == "mse":
+        if loss_type == MSE:
             return F.mse_loss(projected, teacher_features)
         raise ValueError(f"feature distillation loss must be 'cosine' or 'mse', got {loss_type!r}.")
 
@@ -52,7 +53,7 @@ def feature_distillation_loss(
 def student_head(model: nn.Module, token: str) -> nn.Module | None:
     """The head whose input is the token's final (normed) state: capture its input for `"dist"`/`"cls"` features
     (`hf_deit.attention_maps.capture_input`). None for `"patches"`, which reads the hidden states instead."""
-    if token == "patches":
+    if token == PATCHES:
         return None
     name = {"dist": "distillation_classifier", "cls": "cls_classifier"}[token]
     head = getattr(model, name, None)

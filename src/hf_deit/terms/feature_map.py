@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from hf_deit_inputs.choices import SMALL_IMAGE_MAX_SIZE
+from hf_deit_inputs.choices import NO_DISTILLATION, SMALL_IMAGE_MAX_SIZE
 
 from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers, student_grid
 from .feature import FeatureProjection
@@ -114,7 +114,7 @@ def _default_weight(args, teacher, probe: torch.Tensor):
     """1 for small images distilled from a CNN, 0 otherwise. Returns (weight, the probe's stage maps or None), so
     that the caller does not run the teacher again."""
     size = max(probe.shape[-2:])
-    if teacher is None or args.distillation_type == "none" or size > SMALL_IMAGE_MAX_SIZE:
+    if teacher is None or args.distillation_type == NO_DISTILLATION or size > SMALL_IMAGE_MAX_SIZE:
         return 0.0, None
     if getattr(teacher.model, "config", None) is None:  # a plain module: no hidden states to ask for
         return 0.0, None

@@ -1,6 +1,8 @@
 """DeiT's own term: the class head learns from the labels, the distillation head from the teacher's logits (none,
 soft or hard; the formula is `hf_deit.losses.DistillationLoss`'s). Always on, in training and in evaluation."""
 
+from hf_deit_inputs.choices import NO_DISTILLATION
+
 from ..losses import DistillationLoss
 from .base import DistillationTerm, TermBatch, TermLoss
 
@@ -21,7 +23,7 @@ class LogitTerm(DistillationTerm):
 
     @classmethod
     def settings_needing_teacher(cls, args) -> list[str]:
-        return [f"distillation_type={args.distillation_type!r}"] if args.distillation_type != "none" else []
+        return [f"distillation_type={args.distillation_type!r}"] if args.distillation_type != NO_DISTILLATION else []
 
     @property
     def needs_teacher(self) -> bool:
