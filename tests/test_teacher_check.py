@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_deit.losses import DistillationLoss
+from hf_deit.losses import DistillationLoss, LabelFallback
+from hf_deit_inputs.choices import EVERY_LABEL, WHERE_WRONG
 from hf_deit.teacher_check import TeacherReport, which_head
 
 TINY_STUDENT = "image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2"
@@ -103,23 +104,23 @@ def test_the_hard_target_falls_back_to_the_label_where_the_teacher_is_wrong():
     student = torch.randn(4, 3)
     plain = loss(student, student, labels, teacher).distillation
     assert torch.allclose(plain, F.cross_entropy(student, torch.tensor([0, 1, 2, 0])))
-    loss.label_fallback = True
+    loss.fallback = LabelFallback(WHERE_WRONG)
     protected = loss(student, student, labels, teacher).distillation
     assert torch.allclose(protected, F.cross_entropy(student, torch.tensor([0, 2, 2, 1])))
-    assert loss.fallback_counts() == (4, 2) and loss.fallback_counts() == (0, 0)
+    assert loss.fallback.counts() == (4, 2) and loss.fallback.counts() == (0, 0)
     with torch.no_grad():  # evaluation: targets protected alike, not counted
         assert torch.allclose(loss(student, student, labels, teacher).distillation, protected)
-    assert loss.fallback_counts() == (0, 0)
+    assert loss.fallback.counts() == (0, 0)
 
 
 def test_on_mixed_and_unlabelled_images_the_teacher_keeps_what_the_labels_allow():
     loss = DistillationLoss("hard", alpha=1.0, label_smoothing=0.0)
-    loss.label_fallback = True
+    loss.fallback = LabelFallback(WHERE_WRONG)
     smoothing = 0.1 / 3
     mixed = torch.tensor([[0.6, 0.4, 0.0], [0.7, 0.3, 0.0], [0.0, 0.0, 1.0]]) * 0.9 + smoothing  # smoothing folded in
     teacher = torch.tensor([[0, 5.0, 0], [0, 0, 5.0], [0, 5.0, 0]])  # 1: a mixed class; 2: none of them; 1: unlabelled
     labeled = torch.tensor([True, True, False])
-    assert loss.teacher_wrong(teacher, mixed, labeled).tolist() == [False, True, False]
+    assert loss.fallback.replaced(teacher, mixed, labeled).tolist() == [False, True, False]
     student = torch.randn(3, 3)
     result = loss(student, student, mixed, teacher, labeled)
     assert torch.allclose(result.distillation, F.cross_entropy(student, torch.tensor([1, 0, 1])))
@@ -127,7 +128,7 @@ def test_on_mixed_and_unlabelled_images_the_teacher_keeps_what_the_labels_allow(
 
 def test_soft_distillation_falls_back_to_the_label_distribution():
     loss = DistillationLoss("soft", alpha=1.0, tau=1.0, label_smoothing=0.0)
-    loss.label_fallback = True
+    loss.fallback = LabelFallback(WHERE_WRONG)
     teacher = torch.tensor([[0.0, 8.0], [8.0, 0.0]])
     labels = torch.tensor([1, 1])  # right on row 0, wrong on row 1
     student = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
@@ -162,7 +163,7 @@ def test_the_report_and_the_head_advice_name_their_numbers():
 
 def test_fallback_all_gives_every_labelled_example_its_label_and_the_unlabelled_the_teacher():
     loss = DistillationLoss("hard", alpha=1.0, label_smoothing=0.0)
-    loss.label_fallback = "all"
+    loss.fallback = LabelFallback(EVERY_LABEL)
     teacher = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])  # right on row 0, wrong on row 1, row 2 unlabelled
     mixed = torch.tensor([[0.6, 0.4, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.0]])
     labeled = torch.tensor([True, True, False])
@@ -170,7 +171,7 @@ def test_fallback_all_gives_every_labelled_example_its_label_and_the_unlabelled_
     log_probabilities = F.log_softmax(student, dim=-1)
     expected = -(mixed[0] * log_probabilities[0]).sum() - log_probabilities[1, 2] - log_probabilities[2, 2]
     assert torch.allclose(loss(student, student, mixed, teacher, labeled).distillation, expected / 3)
-    assert loss.fallback_counts() == (2, 2)
+    assert loss.fallback.counts() == (2, 2)
 
 
 def test_the_fallback_setting_is_checked():

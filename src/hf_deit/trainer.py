@@ -19,7 +19,7 @@ from .checkpointing import save_checkpoint_atomically
 from .data.mixup import LABELED_KEY
 from .data.samplers import PositionSeededCollator, PositionSeededDataset, PositionSeededSampler
 from .distributed import saved_as_own_class, shard_on_cpu_when_asked
-from .losses import classification_loss
+from .losses import LabelFallback, classification_loss
 from .metrics import make_compute_metrics  # noqa: F401  (also importable from here, where it used to live)
 from .objective import DistillationObjective
 from .preemption import shield_workers
@@ -311,7 +311,7 @@ class DistillationTrainer(DeiTTrainerBase):
             return None
         if report.weak:
             if self.args.protect_from_weak_teacher:
-                self.objective.loss.label_fallback = self.args.weak_teacher_fallback
+                self.objective.loss.fallback = LabelFallback(self.args.weak_teacher_fallback)
             if self.is_world_process_zero():
                 logger.warning(report.message(self.args.protect_from_weak_teacher, self.args.weak_teacher_fallback))
         elif self.is_world_process_zero():
@@ -319,8 +319,9 @@ class DistillationTrainer(DeiTTrainerBase):
         return report
 
     def _log_label_fallback(self) -> None:
-        seen, fallen_back = self.objective.loss.fallback_counts()
-        if self.objective.loss.label_fallback and seen and self.is_world_process_zero():
+        fallback = self.objective.loss.fallback
+        seen, fallen_back = fallback.counts() if fallback is not None else (0, 0)
+        if seen and self.is_world_process_zero():
             logger.info("The label replaced the teacher's target on %d of %d labelled training views (%.1f%%).",
                         fallen_back, seen, 100 * fallen_back / seen)
 
