@@ -24,7 +24,7 @@ import train_teacher
 from experiment_common import RECORD_WHEN, RESULTS_NAME, finished_results, run_unless_finished, share_teacher_records
 
 from hf_deit.plots import plot_groups
-from hf_deit_inputs.choices import DISTILLATION_TYPES
+from hf_deit_inputs.terms import DISTILLATION_TYPES
 
 STUDENT_VARIANTS = DISTILLATION_TYPES
 LABELS = {"teacher": "CNN teacher", "none": "DeiT, no distillation", "soft": "DeiT, soft distillation",

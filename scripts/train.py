@@ -17,7 +17,6 @@ import logging
 import sys
 
 from hf_deit_inputs import check_train_command_line, exit_on_input_error
-from hf_deit_inputs.choices import NO_DISTILLATION
 from hf_deit_inputs.help import answer_help
 
 if __name__ == "__main__":  # --help and every input on the command line answered first, before torch loads (below)
@@ -140,14 +139,11 @@ def build_run(model_args: ModelArguments, data_args: DataArguments, aug_args: Au
     )
     image_processor = deit_image_processor(aug_args.image_size, aug_args.crop_pct, aug_args.mean, aug_args.std)
 
-    # Train: what the settings left unset (learning rate, epochs, evaluation, precision) sized to the model and data
+    # Train: what the settings left unset (learning rate, epochs, evaluation, precision) sized to the model and data;
+    # the distillation type left unset is hard with a teacher, none without (the objective's logits term)
     embedded_student = model_args.model_name_or_path is None and uses_embedded_data(data_args)
     training_args = size_run(training_args, model, dataset["train"], dataset.get("validation"),
                              learning_rate_at_batch_64=EMBEDDED_STUDENT_LEARNING_RATE if embedded_student else None)
-    teacher_given = training_args.teacher_name_or_path is not None or training_args.teacher_outputs is not None
-    if not teacher_given and training_args.distillation_type != NO_DISTILLATION:
-        logger.warning("No --teacher_name_or_path: training without distillation (--distillation_type none).")
-        training_args.distillation_type = NO_DISTILLATION  # the default, unasked
     trainer = DistillationTrainer(
         model=model,
         args=training_args,
@@ -162,7 +158,8 @@ def build_run(model_args: ModelArguments, data_args: DataArguments, aug_args: Au
 
 def add_unlabeled_examples(train, data_args: DataArguments, training_args: DistillationConfig, hub_token=None):
     """The training split with unlabelled examples (label -1): the part `--labeled_fraction` leaves unlabelled,
-    and/or the pool `--unlabeled_dataset_name`/`--unlabeled_train_dir`. The teacher labels them during training."""
+    and/or the pool `--unlabeled_dataset_name`/`--unlabeled_train_dir`. The teacher labels them during training (the
+    early checks refuse them without one: `hf_deit_inputs.terms.teacher_needed_by`)."""
     parts = [train]
     if data_args.labeled_fraction is not None and data_args.labeled_fraction < 1.0:
         parts = list(split_labeled(train, data_args.labeled_fraction, seed=training_args.seed))
@@ -179,9 +176,6 @@ def add_unlabeled_examples(train, data_args: DataArguments, training_args: Disti
                 token=hub_token,
             )
         )
-    if len(parts) > 1 and training_args.teacher_name_or_path is None and training_args.teacher_outputs is None:
-        raise ValueError("Unlabelled training images need a teacher to label them: pass --teacher_name_or_path (or "
-                         "its recorded outputs, --teacher_outputs).")
     return concatenate_datasets(parts) if len(parts) > 1 else train
 
 

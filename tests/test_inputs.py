@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from hf_deit_inputs import InputError, check_teacher_command_line, check_train_command_line, find_class_folders
-from hf_deit_inputs import checks, choices
+from hf_deit_inputs import checks, choices, terms
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -178,12 +178,17 @@ def test_the_model_presets_mirror_the_model_file():
 COMMON_WORDS = {"none", "auto", "all", "both"}
 
 
+def declared_choices() -> dict[str, tuple]:
+    """Every setting's choices: `hf_deit_inputs.choices`' and the distillation terms' (`hf_deit_inputs.terms`)."""
+    return {**choices.CHOICES, **{item.name: item.choices for item in terms.term_settings() if item.choices}}
+
+
 def choice_copies(tree: ast.AST) -> list[str]:
     """Where a module spells out choices of a setting again: a tuple, list or set holding two or more choices of one
     setting (either quote style: the parsed source is read), or a comparison with a choice (`== "soft"`,
     `in ("soft", ...)`, `!= "none"` of a variable named after the setting)."""
     owners = {}  # choice -> the settings it belongs to
-    for name, values in choices.CHOICES.items():
+    for name, values in declared_choices().items():
         for value in values:
             owners.setdefault(value, set()).add(name)
 
@@ -198,7 +203,7 @@ def choice_copies(tree: ast.AST) -> list[str]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-            for setting, values in choices.CHOICES.items():
+            for setting, values in declared_choices().items():
                 if len(set(strings(node)) & set(values)) >= 2:
                     found.append(f"line {node.lineno}: {ast.unparse(node)[:60]} (choices of {setting})")
         elif isinstance(node, ast.Compare):
@@ -215,8 +220,9 @@ def choice_copies(tree: ast.AST) -> list[str]:
 
 
 def test_every_choice_is_written_once():
-    """Each setting's choices are spelled in one place, `hf_deit_inputs.choices`; code elsewhere names them through
-    it (a copy is a list that drifts when a choice is added, a comparison that silently misses a renamed one)."""
+    """Each setting's choices are spelled in one place, `hf_deit_inputs.choices` or a term's declaration
+    (`hf_deit_inputs.terms`); code elsewhere names them through it (a copy is a list that drifts when a choice is
+    added, a comparison that silently misses a renamed one)."""
     import hf_deit.arguments
     import hf_deit.data
 
@@ -224,11 +230,11 @@ def test_every_choice_is_written_once():
     assert hf_deit.arguments.TEACHER_ARCHITECTURES is choices.TEACHER_ARCHITECTURES
     copies = {}
     for path in sorted([*(REPO / "src").rglob("*.py"), *(REPO / "scripts").rglob("*.py")]):
-        if path != Path(choices.__file__):
+        if path not in (Path(choices.__file__), Path(terms.__file__)):
             found = choice_copies(ast.parse(path.read_text(), str(path)))
             if found:
                 copies[str(path.relative_to(REPO))] = found
-    assert not copies, "choices spelled outside hf_deit_inputs/choices.py:\n" + json.dumps(copies, indent=1)
+    assert not copies, "choices spelled outside hf_deit_inputs/choices.py and terms.py:\n" + json.dumps(copies, indent=1)
     assert choices.RANGES["rand_augment"].high == choices.RAND_AUGMENT_MAX_MAGNITUDE
 
 
@@ -264,7 +270,7 @@ def test_a_setting_is_checked_by_the_same_rule_on_the_command_line_and_in_python
         AugmentationArguments(rand_augment="11").resolved()
     with pytest.raises(ValueError, match=r"labeled_fraction 0: give a number in \(0, 1\]"):
         DataArguments(labeled_fraction=0)
-    assert "rand_augment 11: give a magnitude from 0 to 10" in str(checks.check_augmentation({"rand_augment": "11"}))
+    assert "rand_augment 11: give a magnitude from 0 to 10" in str(choices.problems({"rand_augment": "11"}))
 
 
 @pytest.mark.parametrize("script, argv, expected", [

@@ -1,13 +1,13 @@
 """The distillation objective: its total loss and named terms on a fixed batch, for every combination of terms, equal
 to the values recorded in `objective_reference.json` within what a change of CPU explains (tests/numerics.py;
 `python tests/test_objective.py --record` rewrites it, only on purpose: a change of the loss is a change of behaviour);
-a term added from outside the package."""
+a term added from outside the package (tests/toy_term.py)."""
 
 import itertools
 import json
 import os
+import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -17,7 +17,8 @@ from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
 from hf_deit.arguments import DistillationConfig
 from hf_deit.objective import DistillationObjective
 from hf_deit.teacher import Teacher
-from hf_deit.terms import TERMS, DistillationTerm, TermLoss, register_term
+from hf_deit_inputs import terms as declared
+from hf_deit_inputs.terms import Setting, TermSettings, declare_term
 from numerics import assert_close_across_machines
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "objective_reference.json")
@@ -149,47 +150,66 @@ def test_each_term_says_what_it_needs_from_the_teacher(tmp_path):
     assert objective.terms["feature_map"].stage == 1  # which of the teacher's stage maps it reads
 
 
-class LogitNormTerm(DistillationTerm):
-    """A toy term from outside the package: the distillation head's logits keep the teacher's norm."""
+# Run in a fresh process: a term is declared before hf_deit.arguments is imported (its settings become fields then).
+TOY_TERM_RUN = """
+import contextlib, io, json, sys, tempfile
+import toy_term  # declares the term and registers its loss
+from hf_deit_inputs import InputError, check_train_command_line
+from hf_deit_inputs.help import answer_help
+import test_objective
 
-    name = "logit_norm"
-    weight_field = "logit_norm_distillation_weight"
-    teacher_outputs = ("logits",)
-
-    @classmethod
-    def build(cls, args, student, teacher, probe):
-        return cls(args.logit_norm_distillation_weight) if args.logit_norm_distillation_weight > 0 else None
-
-    def read(self, student, outputs, captured, pixel_values):
-        return outputs.distillation_logits
-
-    def forward(self, batch):
-        value = (batch.signals[self.name].norm(dim=-1) - batch.teacher.logits.norm(dim=-1)).pow(2).mean()
-        return TermLoss(value, {"loss_logit_norm": value})
-
-
-@dataclass
-class ConfigWithLogitNorm(DistillationConfig):
-    logit_norm_distillation_weight: float = 0.0
-
-
-def test_a_term_added_from_outside_the_package_joins_the_objective(tmp_path):
-    settings = dict(distillation_type="soft", feature_map_distillation_weight=0.0)
-    register_term(LogitNormTerm)
+found, folder = {}, tempfile.mkdtemp()
+with contextlib.redirect_stdout(io.StringIO()) as shown, contextlib.suppress(SystemExit):
+    answer_help(["--help"], "train.py", "")
+found["help"] = shown.getvalue()
+for argv in (["--logit_norm_distillation_weight", "1.5", "--teacher_name_or_path", folder],
+             ["--logit_norm_distillation_weight", "0.5"]):
     try:
-        without = _as_floats(objective_values(tmp_path, settings, ConfigWithLogitNorm))
-        with_term = _as_floats(objective_values(tmp_path, {**settings, "logit_norm_distillation_weight": 0.25},
-                                                ConfigWithLogitNorm))  # fmt: skip
-        with pytest.raises(ValueError, match="logit_norm_distillation_weight=0.25 needs a teacher"):
-            DistillationObjective.build(ConfigWithLogitNorm(output_dir=str(tmp_path), distillation_type="none",
-                                                            logit_norm_distillation_weight=0.25), student())  # fmt: skip
-    finally:
-        TERMS.pop(LogitNormTerm.name)
+        check_train_command_line(argv)
+    except InputError as error:
+        found.setdefault("refused", []).append(str(error))
+from hf_deit.arguments import DistillationConfig, train_argument_parser
+parsed = train_argument_parser().parse_args_into_dataclasses(["--logit_norm_distillation_weight", "0.25"])[-1]
+found["configured"] = parsed.logit_norm_distillation_weight
+settings = dict(distillation_type="soft", feature_map_distillation_weight=0.0)
+found["without"] = test_objective.objective_values(folder, settings)
+found["with"] = test_objective.objective_values(folder, {**settings, "logit_norm_distillation_weight": 0.25})
+try:
+    test_objective.DistillationObjective.build(DistillationConfig(output_dir=folder, distillation_type="none",
+                                                                  logit_norm_distillation_weight=0.25),
+                                               test_objective.student())
+except ValueError as error:
+    found["objective_refused"] = str(error)
+print(json.dumps(found))
+"""
+
+
+def test_a_term_added_from_outside_the_package_joins_help_checks_configuration_and_objective():
+    """tests/toy_term.py declares a term with one setting and registers its loss; nothing in the package names it."""
+    run = subprocess.run([sys.executable, "-c", TOY_TERM_RUN], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(__file__), env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])})  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "--logit_norm_distillation_weight X" in found["help"]
+    assert "keep the teacher's norm (0 = off). (default: 0)" in " ".join(found["help"].split())
+    out_of_range, without_teacher = found["refused"]
+    assert "--logit_norm_distillation_weight 1.5: give a number in [0, 1]." in out_of_range
+    assert "--logit_norm_distillation_weight 0.5 learn(s) from a teacher" in without_teacher
+    assert found["configured"] == 0.25
+    assert "logit_norm_distillation_weight 0.25 needs a teacher" in found["objective_refused"]
+    without, with_term = _as_floats(found["without"]), _as_floats(found["with"])
     assert with_term["term_names"] == [*without["term_names"], "loss_logit_norm"]
     assert with_term["train_loss_logit_norm"] > 0
     assert with_term["train_loss"] == pytest.approx(without["train_loss"] + 0.25 * with_term["train_loss_logit_norm"])
     assert with_term["eval_loss"] == without["eval_loss"]  # a training term: evaluation is DeiT's loss alone
     assert with_term["gradient_sum"] != without["gradient_sum"]
+
+
+def test_a_term_declared_after_the_configuration_was_made_is_refused():
+    with pytest.raises(RuntimeError, match="before importing hf_deit.arguments"):
+        declare_term(TermSettings("late", ("logits",), switch="late_weight", settings=(Setting("late_weight", 0.0, ""),)))
+    assert "late" not in declared.TERMS
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_deit.losses import DistillationLoss, LabelFallback
-from hf_deit_inputs.choices import EVERY_LABEL, WHERE_WRONG
+from hf_deit_inputs.terms import EVERY_LABEL, WHERE_WRONG
 from hf_deit.teacher_check import TeacherReport, which_head
 
 TINY_STUDENT = "image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2"

@@ -13,7 +13,7 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Optional
 
-from hf_deit_inputs import choices
+from hf_deit_inputs import choices, terms
 from hf_deit_inputs.checks import parse_config_overrides
 from hf_deit_inputs.choices import AUGMENTATION_PRESETS, AUTO_PRESET, EMBEDDED_DATASETS, SMALL_IMAGE_MAX_SIZE, TEACHER_ARCHITECTURES
 from transformers import TrainingArguments
@@ -372,21 +372,30 @@ class AugmentationArguments:
         return None if text in choices.NONE_WORDS else float(text)
 
 
+def with_term_settings(cls):
+    """Adds a field for every setting the distillation terms declare (`hf_deit_inputs.terms`), before `@dataclass`
+    reads the class: the declaration is the one place a term's setting is written."""
+    for setting in terms.settings_made_fields():
+        cls.__annotations__[setting.name] = setting.annotation
+        value = setting.default
+        default = dict(default_factory=lambda value=value: list(value)) if isinstance(value, list) else dict(default=value)
+        setattr(cls, setting.name, field(**default, metadata={"help": setting.help}))
+    return cls
+
+
 @dataclass
+@with_term_settings
 class DistillationConfig(DeiTTrainingArguments):
     """`TrainingArguments` for a distilled student: DeiT's recipe (`DeiTTrainingArguments`) plus the teacher and every
     distillation setting, as TRL's trainer configs hold theirs. `DistillationTrainer(model=..., args=DistillationConfig(
     teacher_name_or_path=..., ...), train_dataset=...)` trains from Python with no script; the trainer resolves the
-    defaults that depend on the model and the data (learning rate, epochs, the feature-map term)."""
+    defaults that depend on the model and the data (learning rate, epochs, the feature-map term). The terms' settings
+    (`distillation_type`, `attention_distillation_weight`, ...) are the fields their declarations make
+    (`hf_deit_inputs.terms`)."""
 
     teacher_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "The teacher: a folder or Hub id of any image classifier."}
     )
-    distillation_type: str = field(
-        default="hard", metadata={"help": "none, soft or hard (paper: hard). 'none' needs no teacher."}
-    )
-    distillation_alpha: float = field(default=0.5, metadata={"help": "Weight of the distillation term (paper 0.5)."})
-    distillation_tau: float = field(default=1.0, metadata={"help": "Temperature of soft distillation (paper 1.0)."})
     teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Allow the teacher's remote code."})
     teacher_outputs: Optional[str] = field(
         default=None,
@@ -398,58 +407,6 @@ class DistillationConfig(DeiTTrainingArguments):
         default=None,
         metadata={"help": "What the teacher sees: its own preprocessing size (default; the batch is resized to it), "
                   "'student' (the student's batch as is: the paper's fine-tuning at a new resolution), or N px."},
-    )
-    # Beyond the paper (hf_deit.terms: attention.py, feature.py, feature_map.py)
-    attention_distillation_weight: float = field(
-        default=0.0, metadata={"help": "Weight of the attention-map term: student attention vs teacher map (0 = off)."}
-    )
-    attention_distillation_layers: list[int] = field(
-        default_factory=lambda: [-1], metadata={"help": "Student blocks whose attention is distilled (-1 = last)."}
-    )
-    attention_distillation_token: str = field(
-        default="dist", metadata={"help": "Student token whose attention is distilled: cls, dist or both."}
-    )
-    attention_distillation_loss: str = field(default="kl", metadata={"help": "Attention-map distance: kl or mse."})
-    feature_distillation_weight: float = field(
-        default=0.0, metadata={"help": "Weight of the feature term: projected student vs teacher features (0 = off)."}
-    )
-    feature_distillation_loss: str = field(default="cosine", metadata={"help": "Feature distance: cosine or mse."})
-    feature_distillation_token: str = field(
-        default="dist", metadata={"help": "Student features: dist or cls token, or patches (mean of patch tokens)."}
-    )
-    feature_map_distillation_weight: Optional[float] = field(
-        default=None,
-        metadata={"help": "Weight of the feature-map term (locality guidance): the student's patch tokens imitate the "
-                  "CNN teacher's intermediate feature map, position by position (0 = off). Default: 1 for images of "
-                  "at most 64 px with a CNN teacher, else 0."},
-    )
-    feature_map_distillation_layers: list[int] = field(
-        default_factory=lambda: [0],
-        metadata={"help": "Student blocks whose patch tokens imitate the teacher's map (0 = first, -1 = last)."},
-    )
-    pseudo_label_threshold: float = field(
-        default=0.0,
-        metadata={"help": "Unlabelled images train the class head on the teacher's label when its probability "
-                  "reaches this (0 = always)."},
-    )
-    # A teacher too weak to teach (hf_deit.teacher_check): measured before the first step
-    protect_from_weak_teacher: bool = field(
-        default=True,
-        metadata={"help": "Before training, the teacher is measured on the labelled training images and the "
-                  "validation images; when it is right on fewer than --min_teacher_accuracy of the training images, a "
-                  "warning says so and (this flag) the labels replace its targets on labelled images "
-                  "(--weak_teacher_fallback). false: it teaches its mistakes."},
-    )
-    weak_teacher_fallback: str = field(
-        default="all",
-        metadata={"help": "What protection does on the labelled images: 'all' (the label on every labelled image; a "
-                  "weak teacher teaches the unlabelled ones only) or 'where_wrong' (the label where the teacher is "
-                  "wrong, its target elsewhere)."},
-    )
-    min_teacher_accuracy: float = field(
-        default=0.95,
-        metadata={"help": "The teacher's accuracy on the labelled training images (no augmentation) below which it "
-                  "is too weak to teach: its hard targets there would be worse than the labels they replace."},
     )
 
     def __post_init__(self):
@@ -639,11 +596,12 @@ def record_argument_parser():
 def train_argument_parser():
     """`scripts/train.py`'s parser: model, data, augmentation and `DistillationConfig` flags, with the distillation
     fields in a --help group of their own (HfArgumentParser gives one group per dataclass)."""
+    from hf_deit_inputs.help import DISTILLATION_GROUP
     from transformers import HfArgumentParser
 
 
     parser = HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, DistillationConfig))
-    distillation = parser.add_argument_group("Distillation")
+    distillation = parser.add_argument_group(DISTILLATION_GROUP)
     for group in parser._action_groups[:-1]:
         for action in [action for action in group._group_actions if action.dest in DISTILLATION_FIELDS]:
             group._group_actions.remove(action)
@@ -699,7 +657,7 @@ def label_fields(label_names: list[str]) -> dict:
 def help_catalogue(groups: Optional[list] = None) -> dict:
     """A script's flags by group (name, metavar, default, help), from its argument dataclasses. `groups`: (dataclass,
     the flags shown or None for all, note, title) in order; default: train.py's."""
-    from hf_deit_inputs.help import COMMON_TRAINING_FLAGS, catalogue_entry
+    from hf_deit_inputs.help import COMMON_TRAINING_FLAGS, DISTILLATION_GROUP, catalogue_entry, type_name
 
 
     groups = groups or [
@@ -707,7 +665,9 @@ def help_catalogue(groups: Optional[list] = None) -> dict:
         (DataArguments, None, None, DataArguments._argument_group_name),
         (AugmentationArguments, None, "DeiT's recipe; a flag left out takes the --preset's value.",
          AugmentationArguments._argument_group_name),
-        (DistillationConfig, DISTILLATION_FIELDS, None, "Distillation"),
+        # the terms' settings are listed from their declarations when --help is printed (hf_deit_inputs.help)
+        (DistillationConfig, [name for name in DISTILLATION_FIELDS if terms.setting(name) is None], None,
+         DISTILLATION_GROUP),
         (DistillationConfig, COMMON_TRAINING_FLAGS, "The usual ones (defaults: DeiT's recipe).", "Training"),
     ]
     catalogue = []
@@ -719,7 +679,7 @@ def help_catalogue(groups: Optional[list] = None) -> dict:
         for name in names or [item.name for item in fields(dataclass_type) if item.init]:
             item = by_name[name]
             default = item.default_factory() if item.default_factory is not MISSING else item.default
-            entries.append(catalogue_entry(name, _type_name(hints.get(name, item.type)), default,
+            entries.append(catalogue_entry(name, type_name(hints.get(name, item.type)), default,
                                            item.metadata.get("help", "")))
         catalogue.append({"title": title, "note": note, "flags": entries})
     return {"groups": catalogue}
@@ -747,13 +707,3 @@ def _catalogue_json(catalogue: dict) -> str:
         flags = ",\n".join("  " + json.dumps(flag, default=str) for flag in group["flags"])
         groups.append(f' {heading}, "flags": [\n{flags}\n ]}}')
     return '{"groups": [\n' + ",\n".join(groups) + "\n]}\n"
-
-
-def _type_name(annotation) -> str:
-    arguments = [argument for argument in typing.get_args(annotation) if argument is not type(None)]
-    base = typing.get_origin(annotation)
-    if base is list:
-        return "list"
-    if arguments and base is not None and base is not list:  # Optional[X] / X | str
-        return _type_name(arguments[0])
-    return getattr(annotation, "__name__", "str")

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_deit_inputs.choices import EVERY_LABEL, HARD, NO_DISTILLATION, SOFT, problems
+from hf_deit_inputs.choices import problems
+from hf_deit_inputs.terms import EVERY_LABEL, HARD, NO_DISTILLATION, SOFT
 
 
 @dataclass

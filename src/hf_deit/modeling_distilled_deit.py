@@ -422,11 +422,16 @@ class DistilledDeiTModel(DistilledDeiTPreTrainedModel):
         interpolate_pos_encoding (`bool`): accept a resolution other than `config.image_size` by resampling the
             patch position embeddings (bicubic; the two token rows are kept).
         attention_layers (`Sequence[int]`, *optional*): return the attention weights of these blocks only (negative
-            indices count from the end); the other blocks keep the fast backend. Used by attention distillation.
+            indices count from the end); the other blocks keep the fast backend. It stays a parameter, although
+            attention distillation is its main user, because only the model can choose a block's attention backend:
+            sdpa and flash never form the weights, so a hook has nothing to read, and `output_attentions` runs every
+            block eagerly. A user reading one block's attention (a DeiT teacher's map, a visualisation) wants the
+            same.
         token_states_only (`bool`): compute the last block for the cls and dist tokens only, since the heads read
             nothing else; `last_hidden_state` then has those 2 rows. It skips the patch rows' queries, projection and
             MLP in that block (about 1/depth of the compute). Ignored when hidden states or the last block's
-            attention weights are asked for, which need every token, and while dropout is active.
+            attention weights are asked for, which need every token, and while dropout is active. Not a training
+            option: `DistilledDeiTForImageClassification` passes it on every call, training and inference alike.
         """
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (

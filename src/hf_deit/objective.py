@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from hf_deit_inputs import terms as declared
+from hf_deit_inputs.terms import TEACHER_OUTPUTS, teacher_needed_by
+
 from .configuration_distilled_deit import _pair
 from .data.mixup import LABELED_KEY
 from .losses import DistillationLoss
@@ -56,7 +59,7 @@ class DistillationObjective(nn.Module):
         `hf_deit.teacher.Teacher`, None for `distillation_type="none"` without one). Learnable parts are built on the
         student's device."""
         if teacher is None:
-            given = [setting for term_class in TERMS.values() for setting in term_class.settings_needing_teacher(args)]
+            given = teacher_needed_by({term.switch: getattr(args, term.switch, None) for term in declared.TERMS.values()})
             if given:
                 raise ValueError(f"{', '.join(given)} needs a teacher: pass `teacher=` (a model, a folder or a Hub id) "
                                  "or set teacher_name_or_path, or use distillation_type='none' and weights 0.")
@@ -90,7 +93,7 @@ class DistillationObjective(nn.Module):
     def teacher_request(self, extra_terms: bool) -> dict[str, bool]:
         """The keyword arguments of the teacher's forward pass (`hf_deit.teacher.Teacher`) for the active terms."""
         needed = {output for outputs in self.teacher_outputs(extra_terms).values() for output in outputs}
-        return {output: output in needed for output in ("attention_map", "features", "stage_maps")}
+        return {output: output in needed for output in TEACHER_OUTPUTS[1:]}  # the logits come always
 
     # ---- the student's forward pass ----
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from hf_deit_inputs.choices import EVERY_LABEL
+from hf_deit_inputs.terms import EVERY_LABEL
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from hf_deit_inputs.choices import SOFT
+from hf_deit_inputs.terms import SOFT
 
 from .data.datasets import row_names
 from .data.samplers import PositionSeededCollator, PositionSeededDataset

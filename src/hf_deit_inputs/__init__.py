@@ -8,6 +8,8 @@ only, so that a mistyped path, name or choice is answered in a fraction of a sec
                  its image files; `hf_deit.data` loads image folders from the same scan.
     choices.py   every setting's choices and range as data (the package's dataclasses check by the same rules),
                  the augmentation presets and the teacher architectures.
+    terms.py     the distillation terms' declarations: their settings (fields, flags, --help, checks) and teacher
+                 outputs, and the one "needs a teacher" rule.
     checks.py    `InputError` and the checks of every input named on a command line: paths, presets, Hub ids
                  (offline or not), choices, ranges and flags that contradict each other.
 """

@@ -30,7 +30,8 @@ import sys
 from typing import Iterable, Optional, Sequence
 
 from . import choices
-from .choices import EMBEDDED_DATASETS, NO_DISTILLATION, RESUME_LATEST, RESUME_NEVER, RUN_SETTINGS_NAME
+from .choices import EMBEDDED_DATASETS, RESUME_LATEST, RESUME_NEVER, RUN_SETTINGS_NAME
+from .terms import teacher_needed_by
 from .folders import IMAGE_EXTENSIONS, find_class_folders, has_image, is_image_file
 
 MODEL_PRESETS = tuple(  # hf_deit.configuration_distilled_deit.PRESET_ALIASES, then PRESETS
@@ -58,17 +59,17 @@ class InputError(ValueError):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def flags_given(argv: Sequence[str], names: Iterable[str]) -> dict[str, str]:
-    """The values of the flags `names` present in `argv` (`--flag value` or `--flag=value`; the last one wins, as
-    argparse; `--flag-name` spells `--flag_name` too). Other flags and their values are skipped."""
-    names, given = set(names), {}
+def flags_given(argv: Sequence[str], names: Optional[Iterable[str]] = None) -> dict[str, str]:
+    """The values of the flags `names` (default: every flag) present in `argv` (`--flag value` or `--flag=value`; the
+    last one wins, as argparse; `--flag-name` spells `--flag_name` too). Other flags and their values are skipped."""
+    names, given = None if names is None else set(names), {}
     argv = list(argv)
     for position, token in enumerate(argv):
         if not token.startswith("--"):
             continue
         name, has_value, value = token[2:].partition("=")
         name = name.replace("-", "_")
-        if name not in names:
+        if names is not None and name not in names:
             continue
         if has_value:
             given[name] = value
@@ -89,20 +90,7 @@ def flags_from_json(path: str) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 DATA_FLAGS = ("dataset_name", "train_dir", "validation_dir", "max_train_samples", "max_eval_samples", "train_val_split")
-AUGMENTATION_FLAGS = ("preset", "image_size", "rand_augment", "hflip", "reprob", "mixup_prob", "mixup_switch_prob",
-                      "scale_min", "crop_pct", "mixup", "cutmix")  # fmt: skip
-TRAINING_FLAGS = ("output_dir", "resume_from_checkpoint", "repeated_augmentation", "report_to")
-DISTILLATION_FLAGS = (
-    "teacher_name_or_path", "teacher_image_size", "distillation_type", "distillation_alpha", "distillation_tau",
-    "attention_distillation_weight", "attention_distillation_token", "attention_distillation_loss",
-    "feature_distillation_weight", "feature_distillation_loss", "feature_distillation_token",
-    "unlabeled_dataset_name", "unlabeled_train_dir", "labeled_fraction", "pseudo_label_threshold", "teacher_outputs",
-)  # fmt: skip
-TRAIN_FLAGS = ("model_name_or_path", "config_overrides", *DATA_FLAGS, *AUGMENTATION_FLAGS, *DISTILLATION_FLAGS,
-               *TRAINING_FLAGS)  # fmt: skip
 UNLABELED_POOL_FLAGS = ("unlabeled_dataset_name", "unlabeled_train_dir", "max_unlabeled_samples")  # train.py's only
-TEACHER_FLAGS = ("model_name_or_path", "architecture", "config_overrides", *DATA_FLAGS, *AUGMENTATION_FLAGS,
-                 *TRAINING_FLAGS, *UNLABELED_POOL_FLAGS)  # fmt: skip
 
 
 def exit_on_input_error(check, argv: Sequence[str], prog: str, *args) -> None:
@@ -116,32 +104,25 @@ def exit_on_input_error(check, argv: Sequence[str], prog: str, *args) -> None:
 
 def check_train_command_line(argv: Sequence[str]) -> None:
     """`scripts/train.py`'s inputs; raises `InputError` listing every problem."""
-    check_train_inputs(_read(argv, TRAIN_FLAGS))
+    check_train_inputs(_read(argv))
 
 
 def check_train_inputs(given: dict[str, str]) -> None:
-    problems = []
-    problems += _check_student(given)
-    problems += check_data(given, needs_train=True)
-    problems += check_augmentation(given)
-    problems += _check_distillation(given)
-    problems += check_training(given)
+    problems = _check_student(given) + check_data(given, needs_train=True) + _check_distillation(given)
+    problems += check_training(given) + _settings(given, *given)
     if problems:
         raise InputError(problems)
 
 
 def check_teacher_command_line(argv: Sequence[str]) -> None:
     """`scripts/train_teacher.py`'s inputs (`--model_name_or_path` is a checkpoint to fine-tune there)."""
-    given = _read(argv, TEACHER_FLAGS)
+    given = _read(argv)
     problems = []
     if "model_name_or_path" in given:
         problems += check_saved_model("--model_name_or_path", given["model_name_or_path"])
-    problems += _settings(given, "architecture")
     if "config_overrides" in given:
         problems += _parse_overrides(given["config_overrides"])[1]
-    problems += check_data(given, needs_train=True)
-    problems += check_augmentation(given)
-    problems += check_training(given)
+    problems += check_data(given, needs_train=True) + check_training(given) + _settings(given, *given)
     pool = [f"--{name}" for name in UNLABELED_POOL_FLAGS if name in given]
     if pool:
         problems.append(f"{', '.join(pool)}: the teacher learns from labelled images only; pass the unlabelled pool to "
@@ -172,7 +153,7 @@ def check_evaluate_command_line(argv: Sequence[str]) -> None:
     value = _int(given, "num_workers", problems)
     if value is not None and value < 0:
         problems.append(f"--num_workers {value}: give 0 (decode in the main process) or more worker processes.")
-    problems += _settings(given, "crop_pct")
+    problems += _settings(given, "crop_pct", "train_val_split")
     output_file = given.get("output_file")
     if output_file:
         folder = os.path.dirname(os.path.abspath(os.path.expanduser(output_file)))
@@ -205,7 +186,7 @@ def check_visualize_inputs(values: dict) -> None:
         if given:
             problems.append(f"--images and {', '.join('--' + name for name in given)} both name the images: keep one.")
     elif given:
-        problems += check_data(given, needs_train=False)
+        problems += check_data(given, needs_train=False) + _settings(given, "train_val_split")
     elif not problems and os.path.isdir(os.path.expanduser(values["model"])):
         problems += _check_recorded_data(values["model"])
     if problems:
@@ -290,11 +271,12 @@ def _check_image_files(flag: str, paths: Sequence[str]) -> list[str]:
     return problems
 
 
-def _read(argv: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+def _read(argv: Sequence[str]) -> dict[str, str]:
+    """Every flag of a command line, or of its JSON settings file."""
     argv = list(argv)
     if len(argv) == 1 and argv[0].endswith(".json") and os.path.isfile(argv[0]):
-        return {key: value for key, value in flags_from_json(argv[0]).items() if key in names}
-    return flags_given(argv, names)
+        return flags_from_json(argv[0])
+    return flags_given(argv)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -356,13 +338,7 @@ def check_data(given: dict, needs_train: bool) -> list[str]:
         value = _int(given, flag, problems)
         if value is not None and value < 1:
             problems.append(f"--{flag} {value}: give a positive number of images (or leave it out for all).")
-    problems += _settings(given, "train_val_split")
     return problems
-
-
-def check_augmentation(given: dict) -> list[str]:
-    return _settings(given, "preset", "image_size", "rand_augment", "hflip", "reprob", "mixup_prob",
-                     "mixup_switch_prob", "label_smoothing_factor", "scale_min", "crop_pct", "mixup", "cutmix")  # fmt: skip
 
 
 def _check_teacher_input(given: dict) -> list[str]:
@@ -390,10 +366,6 @@ def _check_distillation(given: dict) -> list[str]:
     if record is not None and not os.path.isfile(os.path.join(record, "manifest.json")):
         problems.append(f"--teacher_outputs {record}: no teacher record there (no manifest.json): write one with "
                         "scripts/record_teacher.py and this run's flags, or pass --teacher_name_or_path instead.")
-    problems += _settings(given, "distillation_type", "attention_distillation_token", "attention_distillation_loss",
-                          "feature_distillation_loss", "feature_distillation_token", "distillation_alpha",
-                          "distillation_tau", "labeled_fraction", "pseudo_label_threshold",
-                          "attention_distillation_weight", "feature_distillation_weight")  # fmt: skip
     if "unlabeled_train_dir" in given:
         folder = given["unlabeled_train_dir"]
         problems += _check_folder("--unlabeled_train_dir", folder) or (
@@ -401,24 +373,13 @@ def _check_distillation(given: dict) -> list[str]:
         )
     if "unlabeled_dataset_name" in given:
         problems += check_dataset_name("--unlabeled_dataset_name", given["unlabeled_dataset_name"])
-    if teacher is None:
-        needs_teacher = []
-        if given.get("distillation_type", NO_DISTILLATION) != NO_DISTILLATION:
-            needs_teacher.append(f"--distillation_type {given['distillation_type']}")
-        for flag in ("attention_distillation_weight", "feature_distillation_weight"):
-            if _float_or_none(given.get(flag)) not in (None, 0.0):
-                needs_teacher.append(f"--{flag} {given[flag]}")
-        if _float_or_none(given.get("labeled_fraction")) not in (None, 1.0):
-            needs_teacher.append(f"--labeled_fraction {given['labeled_fraction']} (the teacher labels the rest)")
-        for flag in ("unlabeled_train_dir", "unlabeled_dataset_name"):
-            if flag in given:
-                needs_teacher.append(f"--{flag} (the teacher labels those images)")
-        if needs_teacher:
-            problems.append(
-                f"{', '.join(needs_teacher)} learn(s) from a teacher, and no --teacher_name_or_path was given: pass "
-                "one (a folder written by scripts/train_teacher.py, or a Hub id), or leave these out (with "
-                "--distillation_type none the student learns from the labels alone)."
-            )
+    needs_teacher = teacher_needed_by(given) if teacher is None else []
+    if needs_teacher:
+        problems.append(
+            f"{', '.join('--' + setting for setting in needs_teacher)} learn(s) from a teacher, and no "
+            "--teacher_name_or_path was given: pass one (a folder written by scripts/train_teacher.py, or a Hub id), "
+            "or leave these out (with --distillation_type none the student learns from the labels alone)."
+        )
     return problems
 
 
@@ -443,7 +404,7 @@ def check_training(given: dict) -> list[str]:
     if tracker in TRACKER_PACKAGES and not any(_installed(name) for name in TRACKER_PACKAGES[tracker]):
         problems.append(f"--report_to {tracker}: {TRACKER_PACKAGES[tracker][0]} is not installed. Install it with "
                         "pip install 'hf-deit[tracking]' (or pip install -e '.[tracking]' in a clone).")
-    return problems + _settings(given, "repeated_augmentation")
+    return problems
 
 
 # The trackers the README shows, and the packages transformers' callbacks for them import (either will do).
@@ -672,13 +633,6 @@ def _int(given: dict, flag: str, problems: list) -> Optional[int]:
         return int(given[flag])
     except ValueError:
         problems.append(f"--{flag} {given[flag]}: give a whole number.")
-        return None
-
-
-def _float_or_none(text) -> Optional[float]:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
         return None
 
 

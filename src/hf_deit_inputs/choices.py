@@ -1,8 +1,9 @@
 """Every setting's choices and range, as data, in one place (standard library only).
 
 The early input checks (`hf_deit_inputs.checks`, before torch is imported) and the package (`hf_deit.arguments`'
-dataclasses, the distillation terms, the transforms) read them from here; nothing keeps a copy. A setting is checked
-by its name, so a command-line flag and the dataclass field it fills are checked by the same rule:
+dataclasses, the transforms) read them from here; nothing keeps a copy. The distillation terms' settings are declared
+with their terms (`hf_deit_inputs.terms`) and checked here alike. A setting is checked by its name, so a command-line
+flag and the dataclass field it fills are checked by the same rule:
 
     problem("distillation_alpha", 1.5)  ->  "distillation_alpha 1.5: give a number in [0, 1]."
     check(settings, names)              raises ValueError listing every problem (the dataclasses' __post_init__)
@@ -16,18 +17,6 @@ import difflib
 import math
 from dataclasses import dataclass
 from typing import Iterable, Optional
-
-# ---- distillation ----
-
-# Code elsewhere compares with these names, never with a copy of the string.
-NO_DISTILLATION, SOFT, HARD = DISTILLATION_TYPES = ("none", "soft", "hard")
-ATTENTION_TOKENS = ("cls", "dist", "both")
-KL, MSE, COSINE = "kl", "mse", "cosine"
-ATTENTION_MAP_LOSSES = (KL, MSE)
-FEATURE_LOSSES = (COSINE, MSE)
-PATCHES = "patches"
-FEATURE_TOKENS = ("dist", "cls", PATCHES)
-EVERY_LABEL, WHERE_WRONG = WEAK_TEACHER_FALLBACKS = ("all", "where_wrong")
 
 # ---- data and augmentation ----
 
@@ -79,15 +68,9 @@ TEACHER_ARCHITECTURES = {
     "convnext": dict(model_type="convnext", hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1], patch_size=2),
 }  # fmt: skip
 
-# ---- every named choice and range, by setting ----
+# ---- every named choice and range, by setting (the distillation terms': declared in hf_deit_inputs.terms) ----
 
 CHOICES = {
-    "distillation_type": DISTILLATION_TYPES,
-    "attention_distillation_token": ATTENTION_TOKENS,
-    "attention_distillation_loss": ATTENTION_MAP_LOSSES,
-    "feature_distillation_loss": FEATURE_LOSSES,
-    "feature_distillation_token": FEATURE_TOKENS,
-    "weak_teacher_fallback": WEAK_TEACHER_FALLBACKS,
     "preset": (AUTO_PRESET, *AUGMENTATION_PRESETS),
     "architecture": tuple(TEACHER_ARCHITECTURES),
 }
@@ -115,14 +98,6 @@ _NON_NEGATIVE = Range(0.0)
 _FRACTION = Range(0.0, 1.0, low_open=True)  # (0, 1]
 
 RANGES = {
-    # distillation
-    "distillation_alpha": _PROBABILITY,
-    "distillation_tau": Range(0.0, low_open=True),
-    "attention_distillation_weight": _NON_NEGATIVE,
-    "feature_distillation_weight": _NON_NEGATIVE,
-    "feature_map_distillation_weight": _NON_NEGATIVE,
-    "pseudo_label_threshold": _PROBABILITY,
-    "min_teacher_accuracy": _PROBABILITY,
     "labeled_fraction": _FRACTION,
     # training
     "label_smoothing_factor": Range(0.0, 1.0, high_open=True),
@@ -146,18 +121,19 @@ NONE_WORDS = ("none", "off", "")  # a setting that may be off (rand_augment) is 
 
 
 def problem(name: str, value, flag: str = "") -> Optional[str]:
-    """What is wrong with `value` for the setting `name` (checked against `CHOICES` and `RANGES`), or None. `flag`
+    """What is wrong with `value` for the setting `name` (checked against its `rule`), or None. `flag`
     ("--" on a command line) prefixes the name in the message. Values may be typed or text as typed."""
     shown = f"{flag}{name} {value}"
-    if name in CHOICES:
-        choices = CHOICES[name]
+    choices, allowed = rule(name)
+    if value is None:  # not set: the default decides
+        return None
+    if choices:
         if value in choices:
             return None
         close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
         suggestion = f" (did you mean {close[0]}?)" if close else ""
         return f"{shown}: not a choice{suggestion}; choose one of {', '.join(choices)}."
-    allowed = RANGES.get(name)
-    if allowed is None or value is None:
+    if allowed is None:
         return None
     if name == "rand_augment" and str(value).strip().lower() in NONE_WORDS:
         return None
@@ -167,6 +143,16 @@ def problem(name: str, value, flag: str = "") -> Optional[str]:
     if number is None and allowed.whole:
         return f"{shown}: give a whole number."
     return f"{shown}: give {allowed.hint or f'a number in {allowed}'}."
+
+
+def rule(name: str) -> tuple[tuple, Optional[Range]]:
+    """(the choices, the range) of the setting `name`: a distillation term's declaration, or `CHOICES`/`RANGES`."""
+    from .terms import setting  # declared there, with this module's Range
+
+    declared = setting(name)
+    if declared is not None:
+        return declared.choices, declared.range
+    return CHOICES.get(name, ()), RANGES.get(name)
 
 
 def problems(settings: dict, names: Optional[Iterable[str]] = None, flag: str = "") -> list[str]:

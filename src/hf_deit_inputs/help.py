@@ -5,7 +5,8 @@ The flags' names, defaults and help texts live in the argument dataclasses (`hf_
 whose import costs seconds of torch. `hf_deit.arguments.write_help_catalogue()` renders them, by group, into
 `train_flags.json` (train_teacher.py's, from `hf_deit.arguments`, into `teacher_flags.json`) beside this
 module (tests/test_inputs.py fails, with the command to run, when one is out of date); `--help` prints it under the
-script's docstring (its description and examples). `--help_all` prints the full, slower listing of every flag,
+script's docstring (its description and examples), with the distillation terms' settings read from their
+declarations (`hf_deit_inputs.terms`, which a term from outside the package joins). `--help_all` prints the full, slower listing of every flag,
 transformers' `TrainingArguments` included.
 """
 
@@ -15,7 +16,10 @@ import json
 import os
 import sys
 import textwrap
+import typing
 from typing import Sequence
+
+from . import terms
 
 CATALOGUE_PATH = os.path.join(os.path.dirname(__file__), "train_flags.json")
 TEACHER_CATALOGUE_PATH = os.path.join(os.path.dirname(__file__), "teacher_flags.json")  # train_teacher.py's
@@ -28,6 +32,7 @@ COMMON_TRAINING_FLAGS = (
     "push_to_hub", "hub_model_id",
 )  # fmt: skip
 WIDTH = 100
+DISTILLATION_GROUP = "Distillation"  # train.py's group that lists the terms' settings
 
 
 def answer_help(argv: Sequence[str], prog: str, description: str, catalogue_path: str = CATALOGUE_PATH) -> list[str]:
@@ -51,13 +56,31 @@ def format_help(prog: str, description: str, catalogue: dict) -> str:
         lines += [f"{group['title']}:"]
         if group.get("note"):
             lines += textwrap.wrap(group["note"], WIDTH, initial_indent="  ", subsequent_indent="  ")
-        for flag in group["flags"]:
+        declared = term_entries() if group["title"] == DISTILLATION_GROUP else []
+        for flag in group["flags"] + declared:
             lines.append(f"  --{flag['name']} {flag['metavar']}".rstrip())
             text = flag["help"] + (f" (default: {flag['default']})" if flag["default"] not in (None, "") else "")
             lines += textwrap.wrap(text, WIDTH, initial_indent="      ", subsequent_indent="      ")
         lines.append("")
     lines.append(f"Every flag of transformers' TrainingArguments works too: {prog} --help_all lists them all (slower).")
     return "\n".join(lines) + "\n"
+
+
+def term_entries() -> list[dict]:
+    """The declared settings of the distillation terms, as catalogue entries."""
+    return [catalogue_entry(item.name, type_name(item.annotation), item.default, item.help)
+            for item in terms.term_settings()]  # fmt: skip
+
+
+def type_name(annotation) -> str:
+    """"bool", "int", "float", "list" or "str" of a field's annotation (`Optional[X]` is X's)."""
+    arguments = [argument for argument in typing.get_args(annotation) if argument is not type(None)]
+    base = typing.get_origin(annotation)
+    if base is list:
+        return "list"
+    if arguments and base is not None:  # Optional[X] / X | str
+        return type_name(arguments[0])
+    return getattr(annotation, "__name__", "str")
 
 
 def catalogue_entry(name: str, type_name: str, default, help_text: str) -> dict:

@@ -6,13 +6,14 @@
     feature_map.py  the student's patch tokens, projected, vs a CNN stage output, position by position
     base.py         what a term is (`DistillationTerm`), the batch it sees, and `register_term`
 
-A new term is a module with a `DistillationTerm` subclass, registered below (from outside the package: with
-`register_term`, before the objective is built), and its settings in `DistillationConfig`.
+A new term is its declaration (`hf_deit_inputs.terms.declare_term`: its settings, which become `DistillationConfig`
+fields, flags and early checks, and its teacher outputs) and a module with a `DistillationTerm` subclass, registered
+below (from outside the package: with `register_term`, before the objective is built).
 `hf_deit.objective.DistillationObjective` builds the terms the settings switch on and sums them.
 """
 
 from .attention import AttentionMapTerm
-from .base import TEACHER_OUTPUTS, TERMS, DistillationTerm, TermBatch, TermLoss, register_term
+from .base import TERMS, DistillationTerm, TermBatch, TermLoss, register_term
 from .feature import FeatureTerm
 from .feature_map import FeatureMapTerm
 from .logits import LogitTerm
@@ -21,7 +22,6 @@ for _term in (LogitTerm, AttentionMapTerm, FeatureTerm, FeatureMapTerm):  # summ
     register_term(_term)
 
 __all__ = [
-    "TEACHER_OUTPUTS",
     "TERMS",
     "AttentionMapTerm",
     "DistillationTerm",

@@ -10,7 +10,8 @@ attention (a ViT) or activation energy (a CNN), `hf_deit.teacher.Teacher(..., at
 
 import torch
 import torch.nn.functional as F
-from hf_deit_inputs.choices import KL, MSE
+from hf_deit_inputs import terms as declared
+from hf_deit_inputs.terms import KL, MSE
 
 from ..attention_maps import CLS_TOKEN, DISTILLATION_TOKEN, grid_for, token_attention_map
 from ..configuration_distilled_deit import _pair
@@ -69,9 +70,7 @@ def attention_map_loss(
 
 
 class AttentionMapTerm(DistillationTerm):
-    name = "attention"
-    weight_field = "attention_distillation_weight"
-    teacher_outputs = ("attention_map",)
+    settings = declared.TERMS["attention"]
 
     def __init__(self, weight: float, layers=(-1,), token: str = "dist", loss_type: str = "kl"):
         super().__init__(weight)

@@ -2,12 +2,11 @@
 
 A term is an `nn.Module` (its learnable parts, such as projections, are its submodules) that says
 
-    name              its key in `TERMS`; its value is logged as `loss_<name>` (`log_names`)
-    weight_field      the `DistillationConfig` field that holds its weight (0 = off), or None
-    teacher_outputs   what it needs from the teacher's pass: fields of `hf_deit.teacher.TeacherForwardOutput`
-                      ("logits", "attention_map", "features", "stage_maps"); whatever gives them (the live teacher,
-                      or outputs recorded earlier) can stand in for the teacher
-    training_only     whether it is computed in training only (evaluation losses then compare across runs)
+    settings          its declaration (`hf_deit_inputs.terms.TermSettings`, torch-free): its name (its key in
+                      `TERMS`; its value is logged as `loss_<name>`), its settings (`DistillationConfig` fields), what
+                      it needs from the teacher's pass (`teacher_outputs`: fields of
+                      `hf_deit.teacher.TeacherForwardOutput`; whatever gives them, the live teacher or outputs recorded
+                      earlier, can stand in for the teacher) and whether it is computed in training only
     build(args, student, teacher, probe)
                       the term `args` describe, sized for the student and the teacher, or None when it is off
     student_kwargs(student), capture(student), read(student, outputs, captured, pixel_values)
@@ -25,10 +24,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..configuration_distilled_deit import _pair
+from hf_deit_inputs import terms as declared
+from hf_deit_inputs.terms import TermSettings
 
-# The fields of the teacher's output a term may need (hf_deit.teacher.TeacherForwardOutput).
-TEACHER_OUTPUTS = ("logits", "attention_map", "features", "stage_maps")
+from ..configuration_distilled_deit import _pair
 # The student's tokens before its patches: cls and dist.
 NUM_PREFIX_TOKENS = 2
 
@@ -54,10 +53,16 @@ class TermLoss:
 class DistillationTerm(nn.Module):
     """The base of every distillation term (see the module docstring)."""
 
-    name: ClassVar[str]
-    weight_field: ClassVar[str | None] = None
-    teacher_outputs: ClassVar[tuple[str, ...]] = ()
-    training_only: ClassVar[bool] = True
+    settings: ClassVar[TermSettings]
+    name: ClassVar[str]  # the rest from `settings`
+    teacher_outputs: ClassVar[tuple[str, ...]]
+    training_only: ClassVar[bool]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "settings" in cls.__dict__:
+            cls.name, cls.teacher_outputs = cls.settings.name, cls.settings.teacher_outputs
+            cls.training_only = cls.settings.training_only
 
     def __init__(self, weight: float = 1.0):
         super().__init__()
@@ -66,17 +71,6 @@ class DistillationTerm(nn.Module):
     @classmethod
     def build(cls, args, student: nn.Module, teacher, probe: torch.Tensor) -> "DistillationTerm | None":
         raise NotImplementedError
-
-    @classmethod
-    def weight_of(cls, args) -> float:
-        """The term's weight in `args`; an unset one (None) counts as 0 here."""
-        return (getattr(args, cls.weight_field, 0) or 0) if cls.weight_field else 0
-
-    @classmethod
-    def settings_needing_teacher(cls, args) -> list[str]:
-        """The settings in `args` that switch this term on, when it learns from a teacher; [] otherwise."""
-        weight = cls.weight_of(args)
-        return [f"{cls.weight_field}={weight}"] if weight > 0 and cls.teacher_outputs else []
 
     @property
     def log_names(self) -> tuple[str, ...]:
@@ -105,14 +99,14 @@ TERMS: dict[str, type[DistillationTerm]] = {}
 
 
 def register_term(term_class: type[DistillationTerm]) -> type[DistillationTerm]:
-    """Adds a term class to `TERMS` (last in the sum); usable as a class decorator."""
+    """Adds a term class to `TERMS` (in the order of the declarations); usable as a class decorator. Its `settings`
+    must be declared (`hf_deit_inputs.terms.declare_term`), so that the configuration has its fields."""
+    if declared.TERMS.get(getattr(term_class, "settings", None) and term_class.name) != term_class.settings:
+        raise ValueError(f"{term_class.__qualname__}.settings must be a term declared with "
+                         "hf_deit_inputs.terms.declare_term, before hf_deit.arguments is imported.")
     if term_class.name in TERMS and TERMS[term_class.name] is not term_class:
         raise ValueError(f"A distillation term named {term_class.name!r} is registered already: "
                          f"{TERMS[term_class.name].__module__}.{TERMS[term_class.name].__qualname__}.")  # fmt: skip
-    unknown = set(term_class.teacher_outputs) - set(TEACHER_OUTPUTS)
-    if unknown:
-        raise ValueError(f"{term_class.__qualname__}.teacher_outputs has {sorted(unknown)}; a teacher gives "
-                         f"{', '.join(TEACHER_OUTPUTS)}.")  # fmt: skip
     TERMS[term_class.name] = term_class
     return term_class
 

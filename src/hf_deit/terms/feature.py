@@ -16,7 +16,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
-from hf_deit_inputs.choices import COSINE, MSE, PATCHES
+from hf_deit_inputs import terms as declared
+from hf_deit_inputs.terms import COSINE, MSE, PATCHES
 
 from ..attention_maps import capture_input
 from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss
@@ -70,9 +71,7 @@ def patch_mean_features(last_hidden_states: torch.Tensor, final_norm: nn.Module,
 
 
 class FeatureTerm(DistillationTerm):
-    name = "feature"
-    weight_field = "feature_distillation_weight"
-    teacher_outputs = ("features",)
+    settings = declared.TERMS["feature"]
 
     def __init__(self, weight: float, projection: nn.Module, token: str = "dist",
                  loss_type: str = "cosine"):  # fmt: skip

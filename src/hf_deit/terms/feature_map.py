@@ -20,7 +20,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from hf_deit_inputs.choices import NO_DISTILLATION, SMALL_IMAGE_MAX_SIZE
+from hf_deit_inputs.choices import SMALL_IMAGE_MAX_SIZE
+from hf_deit_inputs import terms as declared
+from hf_deit_inputs.terms import NO_DISTILLATION
 
 from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers, student_grid
 from .feature import FeatureProjection
@@ -65,9 +67,7 @@ def feature_map_distillation_loss(
 
 
 class FeatureMapTerm(DistillationTerm):
-    name = "feature_map"
-    weight_field = "feature_map_distillation_weight"
-    teacher_outputs = ("stage_maps",)
+    settings = declared.TERMS["feature_map"]
 
     def __init__(self, weight: float, layers, projections, stage: int):
         super().__init__(weight)

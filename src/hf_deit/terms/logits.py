@@ -1,16 +1,19 @@
 """DeiT's own term: the class head learns from the labels, the distillation head from the teacher's logits (none,
 soft or hard; the formula is `hf_deit.losses.DistillationLoss`'s). Always on, in training and in evaluation."""
 
-from hf_deit_inputs.choices import NO_DISTILLATION
+import logging
+
+from hf_deit_inputs import terms as declared
+from hf_deit_inputs.terms import HARD, NO_DISTILLATION
 
 from ..losses import DistillationLoss
 from .base import DistillationTerm, TermBatch, TermLoss
 
+logger = logging.getLogger(__name__)
+
 
 class LogitTerm(DistillationTerm):
-    name = "logits"
-    teacher_outputs = ("logits",)  # also read, whatever the type, for pseudo-labels and the evaluation metrics
-    training_only = False
+    settings = declared.TERMS["logits"]  # the logits are also read, whatever the type, for pseudo-labels and metrics
 
     def __init__(self, loss: DistillationLoss):
         super().__init__(weight=1.0)
@@ -18,12 +21,11 @@ class LogitTerm(DistillationTerm):
 
     @classmethod
     def build(cls, args, student, teacher, probe) -> "LogitTerm":
-        return cls(DistillationLoss(args.distillation_type, args.distillation_alpha, args.distillation_tau,
-                                    args.label_smoothing_factor, args.pseudo_label_threshold))  # fmt: skip
-
-    @classmethod
-    def settings_needing_teacher(cls, args) -> list[str]:
-        return [f"distillation_type={args.distillation_type!r}"] if args.distillation_type != NO_DISTILLATION else []
+        kind = args.distillation_type or (HARD if teacher is not None else NO_DISTILLATION)
+        if args.distillation_type is None and teacher is None:
+            logger.warning("No teacher: the student learns from the labels alone (distillation_type none).")
+        return cls(DistillationLoss(kind, args.distillation_alpha, args.distillation_tau, args.label_smoothing_factor,
+                                    args.pseudo_label_threshold))  # fmt: skip
 
     @property
     def needs_teacher(self) -> bool:
