@@ -17,6 +17,7 @@ from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
 from hf_deit.arguments import DistillationConfig
 from hf_deit.objective import DistillationObjective
 from hf_deit.teacher import Teacher
+from hf_deit.terms import DistillationTerm, register_term
 from hf_deit_inputs import terms as declared
 from hf_deit_inputs.terms import Setting, TermSettings, declare_term
 from numerics import assert_close_across_machines
@@ -206,10 +207,12 @@ def test_a_term_added_from_outside_the_package_joins_help_checks_configuration_a
     assert with_term["gradient_sum"] != without["gradient_sum"]
 
 
-def test_a_term_declared_after_the_configuration_was_made_is_refused():
+def test_a_term_declared_too_late_or_not_at_all_is_refused():
     with pytest.raises(RuntimeError, match="before importing hf_deit.arguments"):
         declare_term(TermSettings("late", ("logits",), switch="late_weight", settings=(Setting("late_weight", 0.0, ""),)))
     assert "late" not in declared.TERMS
+    with pytest.raises(ValueError, match="must be a term declared with hf_deit_inputs.terms.declare_term"):
+        register_term(type("UndeclaredTerm", (DistillationTerm,), {}))
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:

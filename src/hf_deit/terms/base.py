@@ -99,9 +99,10 @@ TERMS: dict[str, type[DistillationTerm]] = {}
 
 
 def register_term(term_class: type[DistillationTerm]) -> type[DistillationTerm]:
-    """Adds a term class to `TERMS` (in the order of the declarations); usable as a class decorator. Its `settings`
+    """Adds a term class to `TERMS` (last in the sum); usable as a class decorator. Its `settings`
     must be declared (`hf_deit_inputs.terms.declare_term`), so that the configuration has its fields."""
-    if declared.TERMS.get(getattr(term_class, "settings", None) and term_class.name) != term_class.settings:
+    settings = getattr(term_class, "settings", None)
+    if settings is None or declared.TERMS.get(settings.name) is not settings:
         raise ValueError(f"{term_class.__qualname__}.settings must be a term declared with "
                          "hf_deit_inputs.terms.declare_term, before hf_deit.arguments is imported.")
     if term_class.name in TERMS and TERMS[term_class.name] is not term_class:
