@@ -116,6 +116,13 @@ def test_choices_are_checked_with_or_without_a_teacher(tmp_path):
 def test_contradicting_flags(tmp_path):
     assert "learn(s) from a teacher" in problems(["--distillation_type", "soft"])
     assert "learn(s) from a teacher" in problems(["--labeled_fraction", "0.1"])
+    # Every term's switch, not a list that forgot some (the feature-map term's weight was checked only after torch).
+    for flag in [term.switch for term in terms.TERMS.values()]:
+        value = "soft" if flag == "distillation_type" else "0.5"
+        assert f"--{flag} {value} learn(s) from a teacher" in problems([f"--{flag}", value])
+    # A value that is no choice or no number is said once, by its own rule.
+    assert "learn(s) from a teacher" not in problems(["--distillation_type", "bogus"])
+    assert problems(["--image_size", "abc"]) == "--image_size abc: give a whole number."
     assert "disagree" in problems(["--image_size", "32", "--config_overrides", "image_size=64"])
     assert "multiple of the patch size 16" in problems(["--model_name_or_path", "tiny", "--image_size", "30"])
     # A saved model is fine-tuned at another size (position embeddings resampled at load), in whole patches only.

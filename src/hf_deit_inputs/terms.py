@@ -61,14 +61,16 @@ class TermSettings:
     training_only: bool = True  # computed in training only, so that evaluation losses compare across runs
 
     def is_on(self, value) -> bool:
-        """Whether the switch's `value` (typed, or text as typed on a command line) turns the term on."""
+        """Whether the switch's `value` (typed, or text as typed on a command line) turns the term on. A value that is
+        no choice or no number turns nothing on: the setting's own check says what is wrong with it."""
         if value is None:
             return False
         if isinstance(self.off, str):
-            return value != self.off
+            switch = next(item for item in self.settings if item.name == self.switch)
+            return value != self.off and value in switch.choices
         try:
             return float(value) != self.off
-        except (TypeError, ValueError):  # not a number: the range check says so
+        except (TypeError, ValueError):
             return False
 
 
