@@ -68,7 +68,7 @@ def format_help(prog: str, description: str, catalogue: dict) -> str:
 
 def term_entries() -> list[dict]:
     """The declared settings of the distillation terms, as catalogue entries."""
-    return [catalogue_entry(item.name, type_name(item.annotation), item.default, item.help)
+    return [catalogue_entry(item.name, type_name(item.annotation), item.default, item.help, item.choices)
             for item in terms.term_settings()]  # fmt: skip
 
 
@@ -83,9 +83,10 @@ def type_name(annotation) -> str:
     return getattr(annotation, "__name__", "str")
 
 
-def catalogue_entry(name: str, type_name: str, default, help_text: str) -> dict:
-    """One flag: `metavar` from its type (`{a,b}` for choices written "a, b or c" is left to the help text)."""
+def catalogue_entry(name: str, type_name: str, default, help_text: str, choices: Sequence[str] = ()) -> dict:
+    """One flag: `metavar` from its choices (`{a,b}`), else its type."""
     metavar = {"bool": "{true,false}", "int": "N", "float": "X", "list": "V [V ...]"}.get(type_name, "VALUE")
+    metavar = "{" + ",".join(choices) + "}" if choices else metavar
     if isinstance(default, float):
         default = f"{default:g}"
     return {"name": name, "metavar": metavar, "default": default, "help": " ".join(str(help_text).split())}
