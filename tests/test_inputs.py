@@ -159,6 +159,10 @@ def test_repeated_augmentation_is_checked_for_both_scripts():
 def test_json_configuration_files_are_checked_too(tmp_path):
     (tmp_path / "run.json").write_text('{"distillation_type": "bogus", "max_steps": 3}')
     assert "not a choice" in problems([str(tmp_path / "run.json")])
+    # Every flag is read, so a null (a setting left to its default, as run_settings.json holds it) is no value to check.
+    (tmp_path / "run.json").write_text('{"distillation_type": null, "feature_map_distillation_weight": null, '
+                                       '"labeled_fraction": null, "image_size": null}')
+    check_train_command_line([str(tmp_path / "run.json")])
 
 
 def test_class_folders_at_any_depth_and_hidden_files(image_root):

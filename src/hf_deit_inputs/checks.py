@@ -79,10 +79,12 @@ def flags_given(argv: Sequence[str], names: Optional[Iterable[str]] = None) -> d
 
 
 def flags_from_json(path: str) -> dict[str, str]:
-    """The flags of a JSON configuration file (`train.py config.json`), as the command line would spell them."""
+    """The flags of a JSON configuration file (`train.py config.json`), as the command line would spell them; a null
+    is a setting left to its default, as the parser reads it."""
     with open(path) as file:
         values = json.load(file)
-    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()
+            if value is not None}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------------
