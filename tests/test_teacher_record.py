@@ -143,6 +143,10 @@ def test_soft_distillation_and_every_term_from_all_probabilities_match_within_ha
     folder = record(tmp_path, teacher, *terms, record_flags=["--top_k", "all"])
     assert RecordedTeacher(folder).kinds == ["argmax", "top_k", "features", "attention_map", "stage_map"]
     assert RecordedTeacher(folder).manifest["outputs"]["top_k_deviation"] is None  # all kept: nothing to measure
+    # Read where the student runs in bf16 autocast (the default on CPUs with native bf16): float16 maps still read.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        read = RecordedTeacher(folder)._read(0, np.arange(4), ["stage_map", "features", "attention_map"])
+    assert all(len(value) == 4 and value.dtype == torch.float16 for value in read.values())
     train.main(run_flags(tmp_path / "live", *terms, "--teacher_name_or_path", teacher))
     # The teacher given beside the record: the first batches are checked against it.
     train.main(run_flags(tmp_path / "replay", *terms, "--teacher_outputs", str(folder), "--teacher_name_or_path",

@@ -358,7 +358,8 @@ class RecordedTeacher(nn.Module):
                 gathered[name].append(self._file[1].get_slice(name)[low:high][torch.from_numpy(local - low)])
             order.append(mine)
         order = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
-        return {name: torch.cat(parts)[order] for name, parts in gathered.items()}
+        with torch.autocast("cpu", enabled=False):  # stored float16 is no autocast type on the CPU: cat refuses it
+            return {name: torch.cat(parts)[order] for name, parts in gathered.items()}
 
     def _recorded(self, epoch, slots, device, attention_map: bool, features: bool, stage_maps: bool):
         num_classes, top_k = self.manifest["num_classes"], self.manifest["outputs"]["top_k"]
