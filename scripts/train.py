@@ -45,6 +45,7 @@ from hf_deit.data import (  # noqa: E402
     build_train_transform,
     load_dataset_from_args,
     load_unlabeled_images,
+    size_input,
     split_labeled,
 )
 from hf_deit.card import augmentation_recipe, data_card_fields  # noqa: E402
@@ -62,14 +63,14 @@ logger = logging.getLogger("hf_deit.train")
 
 
 def build_student(model_args: ModelArguments, data_args: DataArguments, label_names: list[str], image_size=None,
-                  token=None):
+                  token=None, small_images: bool = False):
     """A new model (preset or default) at `image_size` when given, or a saved one: our own model, or a transformers
     DeiT/ViT (folder or Hub id), a timm/facebook checkpoint file or a timm Hub-layout folder, converted on load
     (`hf_deit.convert`). A saved model with other classes than the data's gets new heads (`from_pretrained` with
     `ignore_mismatched_sizes=True`, logged); `image_size` (--image_size) other than its own resamples its position
     embeddings once, at load (the paper fine-tunes 224 -> 384)."""
     fields = label_fields(label_names)
-    config = student_config(model_args, data_args, image_size, **fields)
+    config = student_config(model_args, data_args, image_size, small_images, **fields)
     if config is not None:
         config._attn_implementation = model_args.attn_implementation
         return DistilledDeiTForImageClassification(config)
@@ -128,8 +129,15 @@ def build_run(model_args: ModelArguments, data_args: DataArguments, aug_args: Au
     label_names = dataset["train"].features["label"].names
     dataset["train"] = add_unlabeled_examples(dataset["train"], data_args, training_args, hub_token)
 
-    # Student: its input size decides the transforms' unless given
-    model = build_student(model_args, data_args, label_names, aug_args.image_size, hub_token)
+    # Student: its input size decides the transforms' unless given; a new one on a folder is sized to its images
+    small_images = False
+    if data_args.train_dir is not None:
+        given = aug_args.image_size or parse_config_overrides(model_args.config_overrides).get("image_size")
+        if given is not None or model_args.model_name_or_path is None:
+            sized = size_input(dataset["train"], given, seed=training_args.seed)  # None when given: warned if far
+            if sized is not None:
+                aug_args.image_size, small_images = sized.image_size, sized.small_model
+    model = build_student(model_args, data_args, label_names, aug_args.image_size, hub_token, small_images)
     if aug_args.image_size is None:
         image_size = model.config.image_size
         aug_args.image_size = image_size if isinstance(image_size, int) else image_size[0]
@@ -141,7 +149,7 @@ def build_run(model_args: ModelArguments, data_args: DataArguments, aug_args: Au
 
     # Train: what the settings left unset (learning rate, epochs, evaluation, precision) sized to the model and data;
     # the distillation type left unset is hard with a teacher, none without (the objective's logits term)
-    embedded_student = model_args.model_name_or_path is None and uses_embedded_data(data_args)
+    embedded_student = model_args.model_name_or_path is None and (small_images or uses_embedded_data(data_args))
     training_args = size_run(training_args, model, dataset["train"], dataset.get("validation"),
                              learning_rate_at_batch_64=EMBEDDED_STUDENT_LEARNING_RATE if embedded_student else None)
     trainer = DistillationTrainer(

@@ -42,6 +42,7 @@ from hf_deit.data import (  # noqa: E402
     build_eval_transform,
     build_train_transform,
     load_dataset_from_args,
+    size_input,
     split_labeled,
 )
 from hf_deit.card import (  # noqa: E402
@@ -115,6 +116,11 @@ def build_run(teacher_args: TeacherArguments, data_args: DataArguments, aug_args
     dataset["train"] = labeled_training_images(dataset["train"], data_args, training_args.seed)
     label_names = dataset["train"].features["label"].names
     model = build_teacher(teacher_args, label_names)
+    # A new teacher on a folder: its input sized to the images (a given size far from them is warned of)
+    if data_args.train_dir is not None and (aug_args.image_size is not None or not teacher_args.model_name_or_path):
+        sized = size_input(dataset["train"], aug_args.image_size, seed=training_args.seed)
+        if sized is not None:
+            aug_args.image_size = sized.image_size
     if aug_args.image_size is None:
         aug_args.image_size = EMBEDDED_STUDENT["image_size"] if uses_embedded_data(data_args) else 224
     aug_args.preset = teacher_augmentation_preset(aug_args.preset, aug_args.image_size,

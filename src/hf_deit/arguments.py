@@ -622,10 +622,12 @@ def uses_embedded_data(data_args: DataArguments) -> bool:
 
 
 def student_config(
-    model_args: ModelArguments, data_args: DataArguments, image_size: Optional[int] = None, **label_fields
+    model_args: ModelArguments, data_args: DataArguments, image_size: Optional[int] = None, small_images: bool = False,
+    **label_fields,
 ) -> Optional[DistilledDeiTConfig]:
     """A new student's config (from a preset or the embedded default), or None when a saved model is to be loaded.
-    `image_size` (`--image_size`), when given, is the new model's input size."""
+    `image_size` (`--image_size`), when given, is the new model's input size; `small_images` (a folder of tiny images,
+    `hf_deit.data.size_input`) makes the default the embedded data's small-image student."""
     name = model_args.model_name_or_path
     overrides = {"drop_path_rate": model_args.drop_path_rate, **parse_config_overrides(model_args.config_overrides)}
     if image_size is not None:
@@ -633,7 +635,8 @@ def student_config(
             raise ValueError(f"--image_size {image_size} and --config_overrides image_size={overrides['image_size']} "
                              "disagree: drop image_size from --config_overrides.")  # fmt: skip
     if name is None:
-        base = dict(EMBEDDED_STUDENT) if uses_embedded_data(data_args) else dict(PRESETS["deit_tiny_distilled_patch16_224"])
+        small = small_images or uses_embedded_data(data_args)
+        base = dict(EMBEDDED_STUDENT) if small else dict(PRESETS["deit_tiny_distilled_patch16_224"])
         return DistilledDeiTConfig(**{**base, **overrides, **label_fields})
     if name in PRESETS or name in PRESET_ALIASES:
         return DistilledDeiTConfig.from_preset(name, **overrides, **label_fields)

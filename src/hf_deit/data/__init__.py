@@ -6,6 +6,7 @@
     transforms.py  the per-image transforms, built from the augmentation recipe (`AugmentationArguments`)
     mixup.py       the collator: stack a batch, mix it (mixup/cutmix) with label smoothing folded into the targets
     samplers.py    the order examples are read in: repeated augmentation, and seeds by position (exact resume)
+    sizing.py      the model input sized to the images (a new model on a folder left without --image_size)
 
 Public API (every name is importable from `hf_deit.data`):
 
@@ -31,6 +32,11 @@ Decoding and transforms (torchvision.transforms.v2)
     build_train_transform(args) / build_eval_transform(args)   PIL image (any mode) -> normalised float tensor.
     apply_transforms(dataset_dict, train_transform, eval_transform, skip_bad_images=True)
                                      adds `pixel_values` + `labels` lazily; images decoded there (undecodable skipped).
+
+Input size
+    size_input(split, image_size=None, seed=0) -> InputSize | None
+        A seeded sample's sizes read from the file headers: tiny images get the small-image model (28 px), others
+        the smallest of 64/96/128/160/224 px at or above their median short side; a given size far off is warned of.
 
 Batching
     MixupCutmixCollator(num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, ...)   DataLoader `collate_fn`.
@@ -78,6 +84,7 @@ from .samplers import (
     RepeatedAugmentationSampler,
     mix_seed,
 )
+from .sizing import InputSize, size_input
 from .transforms import (
     CenterCrop,
     NoisyRandAugment,
@@ -104,6 +111,7 @@ __all__ = [
     "AugmentationArguments",
     "BadImageError",
     "CenterCrop",
+    "InputSize",
     "MixupCutmixCollator",
     "NoisyRandAugment",
     "PositionSeededCollator",
@@ -126,6 +134,7 @@ __all__ = [
     "make_batch_transform",
     "mix_seed",
     "recipe_defaults",
+    "size_input",
     "split_labeled",
     "stratified_split_indices",
     "to_rgb",
