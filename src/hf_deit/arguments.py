@@ -157,10 +157,14 @@ class DeiTTrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device."})
     eval_strategy: Optional[str] = field(
         default=None,
-        metadata={"help": "When to evaluate: no, steps or epoch. Default: every epoch when there is an evaluation set, "
-                  "else never."},
+        metadata={"help": "When to evaluate: no, steps or epoch. Default: every epoch when there is an evaluation set "
+                  "(about 20 times a run of more than 30 epochs: hf_deit.run.size_cadence), else never."},
     )
-    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
+    save_strategy: Optional[str] = field(
+        default=None,
+        metadata={"help": "When to save a checkpoint: no, steps or epoch. Default: every epoch, or (evaluation too, "
+                  "when left unset) about 20 times a run of more than 30 epochs (hf_deit.run.size_cadence)."},
+    )
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept."})
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
     repeated_augmentation: int = field(
@@ -182,6 +186,9 @@ class DeiTTrainingArguments(TrainingArguments):
         self._eval_strategy_given = self.eval_strategy is not None
         if self.eval_strategy is None:
             self.eval_strategy = "epoch"  # provisional: "no" without an evaluation set (resolve_evaluation)
+        self._save_strategy_given = self.save_strategy is not None
+        if self.save_strategy is None:
+            self.save_strategy = "epoch"  # provisional: steps in a run of many short epochs (hf_deit.run.size_cadence)
         self._epochs_given = self.num_train_epochs is not None
         if self.num_train_epochs is None:
             self.num_train_epochs = float(self.default_epochs)  # may grow in resolve_schedule
@@ -482,7 +489,7 @@ class TeacherTrainingArguments(DeiTTrainingArguments):
             # An unset eval_strategy is every epoch when there is an evaluation set (`resolve_evaluation`, which turns
             # this default off again without one).
             evaluate, save = (getattr(value, "value", value) for value in (self.eval_strategy or "epoch",
-                                                                           self.save_strategy))  # fmt: skip
+                                                                           self.save_strategy or "epoch"))  # fmt: skip
             self.load_best_model_at_end = evaluate == save != "no" and (
                 evaluate != "steps" or self.eval_steps in (None, self.save_steps))
             if self.load_best_model_at_end and self.metric_for_best_model is None:

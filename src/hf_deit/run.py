@@ -14,6 +14,7 @@ so that the resume rule and the same-settings checks of `hf_deit.checkpointing` 
 
 import copy
 import logging
+import math
 import os
 import sys
 from typing import Callable, Optional, Sequence
@@ -22,6 +23,7 @@ import torch
 import transformers
 from transformers import HfArgumentParser, Trainer, TrainerState, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from .arguments import DeiTTrainingArguments
 from .checkpointing import (
@@ -66,8 +68,9 @@ def size_run(args: TrainingArguments, model=None, train_dataset=None, eval_datas
     """What `args` left unset, sized to this run's model and data, in one place, and logged: the precision (bf16
     where it is faster, `hf_deit.precision`), then for DeiT's arguments the evaluation strategy (every epoch with an
     evaluation set, else none), the learning rate (the model's own `learning_rate_at_batch_64`, or the rule sized to
-    the batch and the data) and the epochs (at least `min_from_scratch_steps` for a new model); no pinned memory
-    without CUDA. The rules are `DeiTTrainingArguments`' `resolve_*` methods.
+    the batch and the data), the epochs (at least `min_from_scratch_steps` for a new model) and the evaluation and
+    checkpoint cadence (every N steps in a run of many short epochs, `size_cadence`); no pinned memory without CUDA.
+    The rules are `DeiTTrainingArguments`' `resolve_*` methods and `size_cadence`.
 
     Returns a sized copy; `args` itself is left as given. The trainers call it on their `args`, so a Python caller
     need not; a copy it returned is not sized again."""
@@ -91,10 +94,51 @@ def size_run(args: TrainingArguments, model=None, train_dataset=None, eval_datas
     except TypeError:  # a stream: size unknown
         num_examples = None
     args.resolve_for_training(num_examples, from_scratch=not getattr(model, "name_or_path", ""))
-    logger.info("Sized to this run (%s training images): learning rate %.3g, %s, evaluation %s.", num_examples or "?",
-                args.learning_rate, f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs",
-                getattr(args.eval_strategy, "value", args.eval_strategy))  # fmt: skip
+    interval = size_cadence(args, num_examples)
+    logger.info("Sized to this run (%s training images): learning rate %.3g, %s, evaluation %s, checkpoints %s.",
+                num_examples or "?", args.learning_rate,
+                f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs",
+                _cadence_in_words(args.eval_strategy, interval),
+                _cadence_in_words(args.save_strategy, interval))  # fmt: skip
     return args
+
+
+# A run that would evaluate and save at more epochs than this, with the cadence left unset, does so every N steps
+# instead, about CADENCE_TARGET times: a folder of 90 images is 2 steps an epoch, so its 300 steps were 150
+# evaluations and 150 checkpoints (64 MB each for a DeiT-Tiny), more time than the training on 2 CPU cores.
+MAX_EPOCH_CADENCE = 30
+CADENCE_TARGET = 20
+
+
+def size_cadence(args: DeiTTrainingArguments, num_train_examples: Optional[int]) -> Optional[int]:
+    """Evaluation and checkpoints follow the run's length, not the epoch: where `eval_strategy` and `save_strategy`
+    were left unset ("epoch") and the run is more than MAX_EPOCH_CADENCE epochs, the unset ones become every
+    ceil(steps / CADENCE_TARGET) steps (the last step is evaluated and saved too: the Trainer's end-of-run rule). With
+    `load_best_model_at_end` both must be unset, and move together, so that each evaluation has its checkpoint and the
+    best one is still kept; else nothing changes. Returns the interval in steps, or None when the cadence stays."""
+    if not num_train_examples:
+        return None
+    evaluate = not getattr(args, "_eval_strategy_given", True) and args.eval_strategy == IntervalStrategy.EPOCH
+    save = not getattr(args, "_save_strategy_given", True) and args.save_strategy == SaveStrategy.EPOCH
+    if not (evaluate or save) or (args.load_best_model_at_end and not (evaluate and save)):
+        return None
+    steps_per_epoch = args._steps_per_epoch(num_train_examples)
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    if math.ceil(steps / steps_per_epoch) <= MAX_EPOCH_CADENCE:
+        return None
+    interval = math.ceil(steps / CADENCE_TARGET)
+    if evaluate:
+        args.eval_strategy, args.eval_steps = IntervalStrategy.STEPS, interval
+    if save:
+        args.save_strategy, args.save_steps = SaveStrategy.STEPS, interval
+    return interval
+
+
+def _cadence_in_words(strategy, interval: Optional[int]) -> str:
+    value = getattr(strategy, "value", strategy)
+    if value == "steps" and interval is not None:
+        return f"every {interval} steps (sized: the run is over {MAX_EPOCH_CADENCE} epochs)"
+    return {"epoch": "every epoch", "no": "none"}.get(value, value)
 
 
 def _precision_in_words(mixed_precision: str, chosen_here: bool) -> str:
