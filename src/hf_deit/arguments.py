@@ -157,13 +157,13 @@ class DeiTTrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device."})
     eval_strategy: Optional[str] = field(
         default=None,
-        metadata={"help": "When to evaluate: no, steps or epoch. Default: every epoch when there is an evaluation set "
-                  "(about 20 times a run of more than 30 epochs: hf_deit.run.size_cadence), else never."},
+        metadata={"help": "When to evaluate: no, steps or epoch. Default: with an evaluation set, every epoch, or "
+                  "about 20 times a run of more than 30 epochs (hf_deit.run.size_cadence); else never."},
     )
     save_strategy: Optional[str] = field(
         default=None,
-        metadata={"help": "When to save a checkpoint: no, steps or epoch. Default: every epoch, or (evaluation too, "
-                  "when left unset) about 20 times a run of more than 30 epochs (hf_deit.run.size_cadence)."},
+        metadata={"help": "When to save a checkpoint: no, steps or epoch. Default: every epoch, or about 20 times a run "
+                  "of more than 30 epochs (hf_deit.run.size_cadence)."},
     )
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept."})
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
@@ -322,7 +322,13 @@ class AugmentationArguments:
             "cnn_from_scratch for a new CNN above that size)."
         },
     )
-    image_size: Optional[int] = field(default=None, metadata={"help": "Side of the square model input (px)."})
+    image_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Side of the square model input (px). Default: a saved model's own; a new model on a folder "
+                  "(--train_dir) sized to its images (hf_deit.data.sizing: 28 px and the small-image model for tiny "
+                  "ones, else 64-224 px), else 224 (28 on the embedded digits). A size far from the images' is "
+                  "warned of."},
+    )
     crop_pct: Optional[float] = field(
         default=None, metadata={"help": "Eval: resize the shorter side to image_size/crop_pct, center-crop image_size."}
     )
