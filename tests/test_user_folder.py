@@ -62,6 +62,9 @@ def test_defaults_distil_a_student_that_learns_on_a_small_photo_folder(tmp_path,
     assert max(entry["learning_rate"] for entry in training) == pytest.approx(5e-4, rel=0.05)
     assert len(training) >= 20 and all("loss_feature_map" in entry for entry in training)
     assert training[-1]["loss_cls"] < 0.7 * training[0]["loss_cls"]
+    # Evaluated about 20 times in the run, not at each of its 150 epochs (hf_deit.run.size_cadence): every 15 steps.
+    evaluations = [entry["step"] for entry in history if "eval_accuracy" in entry]
+    assert evaluations == list(range(15, 301, 15)), evaluations
     # It learns, on both heads, and the averaged output is not worse than the better head.
     assert metrics["eval_cls_accuracy"] >= 0.7 and metrics["eval_distillation_accuracy"] >= 0.7, metrics
     assert metrics["eval_accuracy"] >= max(metrics["eval_cls_accuracy"], metrics["eval_distillation_accuracy"]) - 0.05
