@@ -149,9 +149,10 @@ def build_run(model_args: ModelArguments, data_args: DataArguments, aug_args: Au
 
     # Train: what the settings left unset (learning rate, epochs, evaluation, precision) sized to the model and data;
     # the distillation type left unset is hard with a teacher, none without (the objective's logits term)
-    embedded_student = model_args.model_name_or_path is None and (small_images or uses_embedded_data(data_args))
+    embedded_student = model_args.model_name_or_path is None and uses_embedded_data(data_args)
     training_args = size_run(training_args, model, dataset["train"], dataset.get("validation"),
-                             learning_rate_at_batch_64=EMBEDDED_STUDENT_LEARNING_RATE if embedded_student else None)
+                             learning_rate_at_batch_64=EMBEDDED_STUDENT_LEARNING_RATE
+                             if embedded_student or small_images else None)  # the small-image student's own rate
     trainer = DistillationTrainer(
         model=model,
         args=training_args,
