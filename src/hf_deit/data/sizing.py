@@ -47,8 +47,8 @@ class InputSize:
     def reason(self) -> str:
         if self.small_model:
             return (f"the median short side of {self.sampled} sampled images is {self.median_side:g} px (<= "
-                    f"{SMALL_MODEL_MAX_SIDE}): the small-image model, {self.image_size} px in 7 px patches, with the "
-                    "small-image preset, not 224 px")  # fmt: skip
+                    f"{SMALL_MODEL_MAX_SIDE}): the small-image input and augmentation preset, not the paper's 224 px "
+                    "(a new student: the embedded digits' model, 7 px patches)")  # fmt: skip
         return (f"the median short side of {self.sampled} sampled images is {self.median_side:g} px: the smallest of "
                 f"{', '.join(map(str, STANDARD_SIZES))} px at or above it (capped at the paper's 224)")  # fmt: skip
 
