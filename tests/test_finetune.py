@@ -31,7 +31,9 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 from hub_server import loopback_hub, use_in_this_process  # noqa: E402
 
-pytestmark = pytest.mark.slow  # end-to-end: a few training steps per source
+# End-to-end: a few training steps per source. One group for pytest-xdist (`--dist loadgroup`, as `make test` runs):
+# the module fixture trains every source, and split across two workers it was built twice (about 50 s each).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("finetune")]
 
 DIGITS = {index: str(index) for index in range(10)}
 # Every source: 16 px images in 4 px patches, width 32, 2 blocks of 2 heads.
