@@ -223,3 +223,24 @@ if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
     with open(REFERENCE, "w") as file:
         json.dump(reference, file, indent=1)
         file.write("\n")
+
+if __name__ == "__main__" and sys.argv[1:] == ["--drift"]:
+    # How far this machine is from the recorded values, in float32 epsilons of each value's magnitude: the figures
+    # behind tests/numerics.py's ROUNDINGS.
+    import tempfile
+
+    from numerics import FLOAT32_EPSILON
+
+    with open(REFERENCE) as file:
+        reference = json.load(file)
+    worst = {"loss": 0.0, "gradient_sum": 0.0}
+    with tempfile.TemporaryDirectory() as folder:
+        for case, settings in CASES.items():
+            magnitudes = {}
+            actual = _as_floats(objective_values(folder, settings, magnitudes=magnitudes))
+            for key, value in _as_floats(reference[case]).items():
+                if key != "term_names":
+                    drift = abs(actual[key] - value) / (FLOAT32_EPSILON * magnitudes.get(key, abs(value)))
+                    kind = "gradient_sum" if key == "gradient_sum" else "loss"
+                    worst[kind] = max(worst[kind], drift)
+    print({kind: round(value, 3) for kind, value in worst.items()}, "float32 epsilons of the magnitude")
