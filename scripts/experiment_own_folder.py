@@ -2,7 +2,8 @@
 r"""A new user's own small folder: does the README's path, teacher first and then distil, help the student?
 
 On each sample folder (`scripts/make_sample_folders.py`: 4 classes of photos, 30 training images each; 5 classes of
-textures, 40 each; validation crops from regions never seen in training), with default flags except the input size:
+textures, 40 each; validation crops from regions never seen in training; 10 classes of 8x8 digit scans, about 1,440
+training images), with default flags (the input sized to the images, `hf_deit.data.sizing`, unless `--image_size`):
 
     teacher          scripts/train_teacher.py (its default schedule: at least 300 steps, best checkpoint kept)
     weak teacher     scripts/train_teacher.py --num_train_epochs 10 (the old default's schedule: 20-40 steps)
@@ -12,8 +13,9 @@ textures, 40 each; validation crops from regions never seen in training), with d
     hard, weak, ...  ... the same with --weak_teacher_fallback where_wrong (labels where the teacher is wrong)
     hard, weak, off  ... the same with --protect_from_weak_teacher false
 
-    python scripts/experiment_own_folder.py                        # both folders at 96 px (about 35 min, 2 cores)
-    python scripts/experiment_own_folder.py --image_size 224       # the scripts' own default size (hours here)
+    python scripts/experiment_own_folder.py --kinds photos textures            # input sized to the images
+    python scripts/experiment_own_folder.py --kinds scans --teachers teacher --students none hard
+    python scripts/experiment_own_folder.py --image_size 96                    # one size for every folder
     python scripts/experiment_own_folder.py --table_only           # the table of the runs finished so far
 
 The three students of the weak teacher see the same views: `--teacher_record`
@@ -40,7 +42,7 @@ from experiment_common import (
     share_teacher_records,
     without_flag,
 )
-from make_sample_folders import FOLDERS, build_folder
+from make_sample_folders import KINDS, build_folder
 
 from hf_deit.plots import plot_groups
 
@@ -84,6 +86,15 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, flags: {', '.join(flags) or 'no avx512_bf16/amx'}"
 
 
+def finished_run(output_dir: Path) -> dict | None:
+    """A finished run's metrics, with the wall-clock seconds its process took (`wall_seconds`) where recorded."""
+    metrics = finished_results(output_dir)
+    wall = output_dir / "wall_seconds.txt"
+    if metrics is not None and wall.is_file():
+        metrics["wall_seconds"] = float(wall.read_text())
+    return metrics
+
+
 def pct(metrics: dict | None, key: str) -> str:
     value = (metrics or {}).get(key)
     return "-" if value is None else f"{100 * value:.1f}"
@@ -92,9 +103,11 @@ def pct(metrics: dict | None, key: str) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/own_folder")
-    parser.add_argument("--kinds", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
-    parser.add_argument("--image_size", type=int, default=96)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="One input size for every run (default: the scripts' own, sized to each folder's images).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS))
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS),
                         help="The student runs to make (the table shows every finished one).")
     parser.add_argument("--teacher_record", choices=RECORD_WHEN, default="auto",
@@ -108,14 +121,15 @@ def main(argv=None) -> dict:
         folder = out / "data" / kind
         train_dir, val_dir = (folder / "train", folder / "val") if (folder / "val").is_dir() else \
             build_folder(kind, folder, seed=args.seed)  # fmt: skip
-        data = ["--train_dir", str(train_dir), "--validation_dir", str(val_dir), "--image_size", str(args.image_size),
-                "--seed", str(args.seed), *COMMON]  # fmt: skip
+        size = [] if args.image_size is None else ["--image_size", str(args.image_size)]
+        data = ["--train_dir", str(train_dir), "--validation_dir", str(val_dir), *size, "--seed", str(args.seed),
+                *COMMON]  # fmt: skip
         runs = out / kind
         if args.table_only:
-            results[kind] = {name: finished_results(runs / name) for name in (*TEACHERS, *STUDENTS)}
+            results[kind] = {name: finished_run(runs / name) for name in (*TEACHERS, *STUDENTS)}
             continue
         run_two_at_a_time([(f"{kind}: {title}", "train_teacher.py", runs / name, [*flags, *data])
-                         for name, (title, flags) in TEACHERS.items()])  # fmt: skip
+                         for name, (title, flags) in TEACHERS.items() if name in args.teachers])  # fmt: skip
         folders = {"teacher": str(runs / "teacher"), "weak": str(runs / "weak_teacher")}
         students = {name: ["--output_dir", str(runs / name), *(flag.format(**folders) for flag in flags), *data]
                     for name, (_, flags) in STUDENTS.items() if name in args.students}  # fmt: skip
@@ -123,7 +137,7 @@ def main(argv=None) -> dict:
         students = share_teacher_records(kind, runs / "records", students, when=args.teacher_record)
         run_two_at_a_time([(f"{kind}: {STUDENTS[name][0]}", "train.py", runs / name, without_flag(argv, "--output_dir"))
                            for name, argv in students.items()])  # fmt: skip
-        results[kind] = {name: finished_results(runs / name) for name in (*TEACHERS, *STUDENTS)}
+        results[kind] = {name: finished_run(runs / name) for name in (*TEACHERS, *STUDENTS)}
     table = results_table(results, args, argv)
     print(table)
     (out / "results.md").write_text(table + "\n")
@@ -135,19 +149,20 @@ def main(argv=None) -> dict:
 
 
 def results_table(results: dict, args, argv) -> str:
-    rows = ["| folder | model | top-1 (averaged heads) | class head | distillation head | teacher (val) |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = ["| folder | model | top-1 (averaged heads) | class head | distillation head | teacher (val) | wall min |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
     for kind, runs in results.items():
         for name, (title, _) in {**TEACHERS, **STUDENTS}.items():
             metrics = runs[name]
             if metrics is None:
                 continue  # not run
+            wall = f"{metrics['wall_seconds'] / 60:.1f}" if "wall_seconds" in metrics else "-"
             if name in TEACHERS:
-                rows.append(f"| {kind} | {title} | {pct(metrics, 'eval_accuracy')} | | | |")
+                rows.append(f"| {kind} | {title} | {pct(metrics, 'eval_accuracy')} | | | | {wall} |")
             else:
                 rows.append(f"| {kind} | {title} | {pct(metrics, 'eval_accuracy')} | "
                             f"{pct(metrics, 'eval_cls_accuracy')} | {pct(metrics, 'eval_distillation_accuracy')} | "
-                            f"{pct(metrics, 'eval_teacher_accuracy')} |")
+                            f"{pct(metrics, 'eval_teacher_accuracy')} | {wall} |")
     command = "python scripts/experiment_own_folder.py " + " ".join(argv if argv is not None else sys.argv[1:])
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     return "\n".join(rows) + f"\n\n`{command.strip()}`, {when}, {machine()}; one thread per run, two runs at a time."

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""Small image folders of the kind a new user brings, from real images that ship inside pip packages (no network).
 
-    python scripts/make_sample_folders.py --output_dir data/samples            # both folders
+    python scripts/make_sample_folders.py --output_dir data/samples            # every folder
     python scripts/make_sample_folders.py --output_dir data/samples --kinds photos
 
 Writes `<output_dir>/<kind>/train/<class>/<n>.jpg|png` and `.../val/<class>/...`:
@@ -9,9 +9,11 @@ Writes `<output_dir>/<kind>/train/<class>/<n>.jpg|png` and `.../val/<class>/...`
 - `photos`: 4 classes of colour photos (scikit-image's rocket, scikit-learn's china and flower, scikit-image's
   immunohistochemistry slide), 30 training and 10 validation crops each;
 - `textures`: 5 classes of grey surfaces (scikit-image's brick, grass, gravel, moon and a printed page), 40 training
-  and 10 validation crops each.
+  and 10 validation crops each;
+- `scans`: scikit-learn's 1,797 handwritten digits, 8x8 grey scans, 10 classes, split 80/20 per class (1,437 training
+  and 360 validation images), saved as 8x8 PNG files: the tiny images a new user may bring.
 
-Crops are squares of 12-60% of the image's shorter side, resized to 48-200 px, saved as JPEG and PNG alternately.
+Photo and texture crops are squares of 12-60% of the image's shorter side, resized to 48-200 px, saved as JPEG and PNG alternately.
 Training crops come from the left 70% of each image, validation crops from the right 30%: no validation pixel was
 seen in training. (The tests' own folders use other images: astronaut, cat, coffee, MNIST digits.)
 """
@@ -47,7 +49,9 @@ FOLDERS = {
     "textures": ({"brick": _skimage("brick"), "grass": _skimage("grass"), "gravel": _skimage("gravel"),
                   "moon": _skimage("moon"), "page": _skimage("page")}, 40),
 }  # fmt: skip
+KINDS = (*FOLDERS, "scans")
 VALIDATION_PER_CLASS = 10
+SCANS_VALIDATION_FRACTION = 0.2
 
 
 def _crops(image: Image.Image, count: int, rng: np.random.Generator, left: int, right: int):
@@ -60,8 +64,29 @@ def _crops(image: Image.Image, count: int, rng: np.random.Generator, left: int, 
         yield image.crop((x, y, x + side, y + side)).resize((int(rng.integers(48, 201)),) * 2, Image.BICUBIC)
 
 
+def build_scans(root: Path, seed: int = 0) -> tuple[Path, Path]:
+    """scikit-learn's 8x8 digits as PNG files, their 0..16 grey levels scaled to 0..255, a seeded 80/20 split per
+    class."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    for label in range(10):
+        indices = rng.permutation(np.flatnonzero(digits.target == label))
+        validation = int(round(len(indices) * SCANS_VALIDATION_FRACTION))
+        for split, chosen in (("val", indices[:validation]), ("train", indices[validation:])):
+            folder = Path(root) / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in chosen:
+                Image.fromarray(images[index]).save(folder / f"{index}.png")
+    return Path(root) / "train", Path(root) / "val"
+
+
 def build_folder(kind: str, root: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Writes `root/train` and `root/val` for `kind` (a key of FOLDERS); returns the two folders."""
+    """Writes `root/train` and `root/val` for `kind` (a key of KINDS); returns the two folders."""
+    if kind == "scans":
+        return build_scans(root, seed)
     classes, train_per_class = FOLDERS[kind]
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -80,7 +105,7 @@ def build_folder(kind: str, root: Path, seed: int = 0) -> tuple[Path, Path]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="data/samples")
-    parser.add_argument("--kinds", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for kind in args.kinds:

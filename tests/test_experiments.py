@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -92,6 +93,26 @@ def test_sample_folders_have_the_described_classes_counts_and_formats(tmp_path):
     # Rebuilt with the same seed, the same images.
     again, _ = build_folder("photos", tmp_path / "again")
     assert (again / "rocket" / "3.png").read_bytes() == (tmp_path / "photos" / "train" / "rocket" / "3.png").read_bytes()
+
+
+def test_the_scans_folder_holds_every_8x8_digit_once_split_per_class(tmp_path):
+    from make_sample_folders import build_folder
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    train, val = build_folder("scans", tmp_path / "scans")
+    digits = load_digits()
+    for split, low, high in ((train, 139, 147), (val, 35, 37)):  # 174 to 183 per class
+        assert sorted(path.name for path in split.iterdir()) == [str(label) for label in range(10)]
+        assert all(low <= len(list(folder.iterdir())) <= high for folder in split.iterdir())
+    files = sorted(tmp_path.glob("scans/*/*/*.png"))
+    assert len(files) == len(digits.target) and len({path.name for path in files}) == len(files)
+    sample = files[0]
+    with Image.open(sample) as image:
+        assert image.size == (8, 8) and image.mode == "L"
+        index = int(sample.stem)
+        assert int(sample.parent.name) == digits.target[index]
+        assert abs(np.asarray(image).astype(int) - digits.images[index] * 255 / 16).max() <= 0.5
 
 
 def test_runs_in_parallel_show_progress_and_a_failed_run_is_named_with_its_log(tmp_path, capsys):
