@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="outputs/past_teacher")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["mixed"])
-    parser.add_argument("--steps", type=int, default=8000, help="Optimizer steps of each student (batch 64).")
+    parser.add_argument("--steps", type=int, default=6000, help="Optimizer steps of each student (batch 64).")
     parser.add_argument("--teacher_epochs", type=float, default=10)
     parser.add_argument("--summary_only", action="store_true", help="Train nothing; rebuild the table from disk.")
     parser.add_argument("--quick", action="store_true", help="Tiny subsets and a few steps: a smoke run.")
