@@ -122,7 +122,8 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        choices.check(self, ("train_val_split", "labeled_fraction"))
+        choices.check(self, ("train_val_split", "labeled_fraction", "max_train_samples", "max_eval_samples",
+                             "max_unlabeled_samples"))
 
 
 @dataclass
