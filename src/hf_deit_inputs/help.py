@@ -3,8 +3,7 @@ for, from a catalogue.
 
 The flags' names, defaults and help texts live in the argument dataclasses (`hf_deit.arguments`, `hf_deit.data`),
 whose import costs seconds of torch. `hf_deit.arguments.write_help_catalogue()` renders them, by group, into
-`train_flags.json` (train_teacher.py's, from `hf_deit.arguments`, into `teacher_flags.json`) beside this
-module (tests/test_inputs.py fails, with the command to run, when one is out of date); `--help` prints it under the
+`train_flags.json` (train_teacher.py's into `teacher_flags.json`) beside this module (tests/test_inputs.py fails, with the command to run, when one is out of date); `--help` prints it under the
 script's docstring (its description and examples), with the distillation terms' settings read from their
 declarations (`hf_deit_inputs.terms`, which a term from outside the package joins). `--help_all` prints the full, slower listing of every flag,
 transformers' `TrainingArguments` included.
