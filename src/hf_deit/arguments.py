@@ -210,12 +210,6 @@ class DeiTTrainingArguments(TrainingArguments):
     def _global_batch_size(self) -> int:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
 
-    def resolve_for_training(self, num_train_examples: Optional[int], from_scratch: bool) -> None:
-        """The defaults that depend on the model and the data, for what was left unset: the learning rate
-        (`resolve_learning_rate`) and the epochs (`resolve_schedule`). The trainers call it before training."""
-        self.resolve_learning_rate(num_train_examples, from_scratch)
-        self.resolve_schedule(num_train_examples, from_scratch)
-
     def resolve_evaluation(self, has_eval_dataset: bool) -> str:
         """The evaluation strategy when none was given: every epoch with an evaluation set, else none (as
         `TrainingArguments`' own default), so that a trainer given only a training set trains. The trainers call it
