@@ -27,7 +27,7 @@ import json
 import os
 import re
 import sys
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 from . import choices
 from .choices import EMBEDDED_DATASETS, RESUME_LATEST, RESUME_NEVER, RUN_SETTINGS_NAME
@@ -59,18 +59,15 @@ class InputError(ValueError):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def flags_given(argv: Sequence[str], names: Optional[Iterable[str]] = None) -> dict[str, str]:
-    """The values of the flags `names` (default: every flag) present in `argv` (`--flag value` or `--flag=value`; the
-    last one wins, as argparse; `--flag-name` spells `--flag_name` too). Other flags and their values are skipped."""
-    names, given = None if names is None else set(names), {}
-    argv = list(argv)
+def flags_given(argv: Sequence[str]) -> dict[str, str]:
+    """The value of every flag present in `argv` (`--flag value` or `--flag=value`; the last one wins, as argparse;
+    `--flag-name` spells `--flag_name` too). A flag without a value is left out."""
+    given, argv = {}, list(argv)
     for position, token in enumerate(argv):
         if not token.startswith("--"):
             continue
         name, has_value, value = token[2:].partition("=")
         name = name.replace("-", "_")
-        if names is not None and name not in names:
-            continue
         if has_value:
             given[name] = value
         elif position + 1 < len(argv) and not argv[position + 1].startswith("--"):
@@ -91,7 +88,6 @@ def flags_from_json(path: str) -> dict[str, str]:
 # The scripts' checks
 # ---------------------------------------------------------------------------------------------------------------------
 
-DATA_FLAGS = ("dataset_name", "train_dir", "validation_dir", "max_train_samples", "max_eval_samples", "train_val_split")
 UNLABELED_POOL_FLAGS = ("unlabeled_dataset_name", "unlabeled_train_dir", "max_unlabeled_samples")  # train.py's only
 
 
@@ -130,13 +126,9 @@ def check_teacher_command_line(argv: Sequence[str]) -> None:
         raise InputError(problems)
 
 
-EVALUATE_FLAGS = ("model_name_or_path", "teacher_name_or_path", "teacher_image_size", "output_file", "batch_size",
-                  "num_workers", "image_size", "crop_pct", "top_k", *DATA_FLAGS)  # fmt: skip
-
-
 def check_evaluate_command_line(argv: Sequence[str]) -> None:
     """`scripts/evaluate_model.py`'s inputs: the model (required), the teacher and its input size, the data, the numbers."""
-    given = flags_given(argv, EVALUATE_FLAGS)
+    given = flags_given(argv)
     problems = []
     if "model_name_or_path" not in given:
         problems.append("--model_name_or_path is required: the folder (or Hub id) of the classifier to evaluate, "
