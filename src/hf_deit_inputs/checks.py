@@ -91,10 +91,10 @@ def flags_from_json(path: str) -> dict[str, str]:
 UNLABELED_POOL_FLAGS = ("unlabeled_dataset_name", "unlabeled_train_dir", "max_unlabeled_samples")  # train.py's only
 
 
-def exit_on_input_error(check, argv: Sequence[str], prog: str, *args) -> None:
-    """Run `check(argv, *args)`; on an `InputError` print it as argparse prints usage errors and exit with status 2."""
+def exit_on_input_error(check, argv: Sequence[str], prog: str) -> None:
+    """Run `check(argv)`; on an `InputError` print it as argparse prints usage errors and exit with status 2."""
     try:
-        check(argv, *args)
+        check(argv)
     except InputError as error:
         sys.stderr.write(f"{prog}: error: {error}\n")
         sys.exit(2)
@@ -104,7 +104,7 @@ def check_train_command_line(argv: Sequence[str]) -> None:
     """`scripts/train.py`'s inputs; raises `InputError` listing every problem."""
     given = _read(argv)
     problems = _check_student(given) + check_data(given, needs_train=True) + _check_distillation(given)
-    problems += check_training(given) + _settings(given, *given)
+    problems += check_training(given) + choices.problems(given, flag="--")
     if problems:
         raise InputError(problems)
 
@@ -117,7 +117,7 @@ def check_teacher_command_line(argv: Sequence[str]) -> None:
         problems += check_saved_model("--model_name_or_path", given["model_name_or_path"])
     if "config_overrides" in given:
         problems += _parse_overrides(given["config_overrides"])[1]
-    problems += check_data(given, needs_train=True) + check_training(given) + _settings(given, *given)
+    problems += check_data(given, needs_train=True) + check_training(given) + choices.problems(given, flag="--")
     pool = [f"--{name}" for name in UNLABELED_POOL_FLAGS if name in given]
     if pool:
         problems.append(f"{', '.join(pool)}: the teacher learns from labelled images only; pass the unlabelled pool to "
@@ -140,7 +140,7 @@ def check_evaluate_command_line(argv: Sequence[str]) -> None:
     top_k = _int(given, "top_k", problems)  # not a rule by name: record_teacher.py's --top_k is a word or a number
     if top_k is not None and top_k < 1:
         problems.append(f"--top_k {top_k}: give a positive whole number.")
-    problems += _settings(given, *given)
+    problems += choices.problems(given, flag="--")
     output_file = given.get("output_file")
     if output_file:
         folder = os.path.dirname(os.path.abspath(os.path.expanduser(output_file)))
@@ -173,7 +173,7 @@ def check_visualize_inputs(values: dict) -> None:
         if given:
             problems.append(f"--images and {', '.join('--' + name for name in given)} both name the images: keep one.")
     elif given:
-        problems += check_data(given, needs_train=False) + _settings(given, "train_val_split")
+        problems += check_data(given, needs_train=False) + choices.problems(given, flag="--")
     elif not problems and os.path.isdir(os.path.expanduser(values["model"])):
         problems += _check_recorded_data(values["model"])
     if problems:
@@ -602,11 +602,6 @@ def _saved_config_size(name: str, key: str) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Values
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _settings(given: dict, *names: str) -> list[str]:
-    """The choices and ranges of the flags `names` (`hf_deit_inputs.choices`)."""
-    return choices.problems(given, names, flag="--")
 
 
 def _int(given: dict, flag: str, problems: list) -> Optional[int]:
