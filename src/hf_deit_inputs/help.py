@@ -38,15 +38,10 @@ def answer_help(argv: Sequence[str], prog: str, description: str, catalogue_path
     """Print the grouped help (of the script whose catalogue is `catalogue_path`) and exit when `argv` asks for it
     (-h/--help); `--help_all` becomes the full parser's `--help`. Returns the command line to parse."""
     if any(token in ("-h", "--help") for token in argv):
-        print_help(prog, description, catalogue_path)
+        with open(catalogue_path) as handle:
+            sys.stdout.write(format_help(prog, description, json.load(handle)))
         sys.exit(0)
     return ["--help" if token == "--help_all" else token for token in argv]
-
-
-def print_help(prog: str, description: str, catalogue_path: str = CATALOGUE_PATH, file=None) -> None:
-    with open(catalogue_path) as handle:
-        catalogue = json.load(handle)
-    (file or sys.stdout).write(format_help(prog, description, catalogue))
 
 
 def format_help(prog: str, description: str, catalogue: dict) -> str:
