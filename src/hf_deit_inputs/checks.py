@@ -281,7 +281,7 @@ def _check_student(given: dict) -> list[str]:
     if name is not None and name not in MODEL_PRESETS:
         problems += check_saved_model("--model_name_or_path", name, presets=MODEL_PRESETS)
         saved_patch = _saved_config_size(name, "patch_size")
-    image_size = _int(given, "image_size", [])  # a value that is no number: its rule says so (check_train_inputs)
+    image_size = _int(given, "image_size", [])  # a value that is no number: its rule says so (check_train_command_line)
     if image_size is None:
         return problems
     if "image_size" in overrides and str(overrides["image_size"]) != str(image_size):
