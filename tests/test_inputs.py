@@ -332,13 +332,14 @@ def test_help_is_grouped_with_examples_on_top_and_answers_at_once():
     assert len(text.splitlines()) < 300 and "--help_all" in text
 
 
-def test_the_help_catalogue_matches_the_argument_dataclasses():
+@pytest.mark.parametrize("teacher", [False, True])
+def test_the_help_catalogues_match_the_argument_dataclasses(teacher):
     from hf_deit.arguments import help_catalogue
-    from hf_deit_inputs.help import CATALOGUE_PATH, REGENERATE
+    from hf_deit_inputs.help import CATALOGUE_PATH, REGENERATE, TEACHER_CATALOGUE_PATH
 
-    with open(CATALOGUE_PATH) as file:
+    with open(TEACHER_CATALOGUE_PATH if teacher else CATALOGUE_PATH) as file:
         saved = json.load(file)
-    assert saved == json.loads(json.dumps(help_catalogue(), default=str)), f"Out of date: run {REGENERATE}"
+    assert saved == json.loads(json.dumps(help_catalogue(teacher), default=str)), f"Out of date: run {REGENERATE}"
 
 
 @pytest.mark.slow
@@ -459,15 +460,6 @@ def test_teacher_help_is_grouped_and_answers_at_once():
     for flag in ("--architecture", "--config_overrides", "--train_dir", "--rand_augment", "--max_steps"):
         assert f"  {flag} " in text, flag
     assert "(default: 0.002)" in text and "--help_all" in text  # the teacher's own learning rate, not DeiT's
-
-
-def test_the_teacher_help_catalogue_matches_its_dataclasses():
-    from hf_deit.arguments import teacher_help_catalogue
-    from hf_deit_inputs.help import REGENERATE, TEACHER_CATALOGUE_PATH
-
-    with open(TEACHER_CATALOGUE_PATH) as file:
-        saved = json.load(file)
-    assert saved == json.loads(json.dumps(teacher_help_catalogue(), default=str)), f"Out of date: run {REGENERATE}"
 
 
 def test_the_run_settings_file_name_matches_the_package():

@@ -93,7 +93,9 @@ def size_run(args: TrainingArguments, model=None, train_dataset=None, eval_datas
         num_examples = len(train_dataset) if train_dataset is not None else None
     except TypeError:  # a stream: size unknown
         num_examples = None
-    args.resolve_for_training(num_examples, from_scratch=not getattr(model, "name_or_path", ""))
+    from_scratch = not getattr(model, "name_or_path", "")
+    args.resolve_learning_rate(num_examples, from_scratch)
+    args.resolve_schedule(num_examples, from_scratch)
     interval = size_cadence(args, num_examples)
     logger.info("Sized to this run (%s training images): learning rate %.3g, %s, evaluation %s, checkpoints %s.",
                 num_examples or "?", args.learning_rate,

@@ -27,7 +27,7 @@ import json
 import os
 import re
 import sys
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 from . import choices
 from .choices import EMBEDDED_DATASETS, RESUME_LATEST, RESUME_NEVER, RUN_SETTINGS_NAME
@@ -59,18 +59,15 @@ class InputError(ValueError):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def flags_given(argv: Sequence[str], names: Optional[Iterable[str]] = None) -> dict[str, str]:
-    """The values of the flags `names` (default: every flag) present in `argv` (`--flag value` or `--flag=value`; the
-    last one wins, as argparse; `--flag-name` spells `--flag_name` too). Other flags and their values are skipped."""
-    names, given = None if names is None else set(names), {}
-    argv = list(argv)
+def flags_given(argv: Sequence[str]) -> dict[str, str]:
+    """The value of every flag present in `argv` (`--flag value` or `--flag=value`; the last one wins, as argparse;
+    `--flag-name` spells `--flag_name` too). A flag without a value is left out."""
+    given, argv = {}, list(argv)
     for position, token in enumerate(argv):
         if not token.startswith("--"):
             continue
         name, has_value, value = token[2:].partition("=")
         name = name.replace("-", "_")
-        if names is not None and name not in names:
-            continue
         if has_value:
             given[name] = value
         elif position + 1 < len(argv) and not argv[position + 1].startswith("--"):
@@ -91,14 +88,13 @@ def flags_from_json(path: str) -> dict[str, str]:
 # The scripts' checks
 # ---------------------------------------------------------------------------------------------------------------------
 
-DATA_FLAGS = ("dataset_name", "train_dir", "validation_dir", "max_train_samples", "max_eval_samples", "train_val_split")
 UNLABELED_POOL_FLAGS = ("unlabeled_dataset_name", "unlabeled_train_dir", "max_unlabeled_samples")  # train.py's only
 
 
-def exit_on_input_error(check, argv: Sequence[str], prog: str, *args) -> None:
-    """Run `check(argv, *args)`; on an `InputError` print it as argparse prints usage errors and exit with status 2."""
+def exit_on_input_error(check, argv: Sequence[str], prog: str) -> None:
+    """Run `check(argv)`; on an `InputError` print it as argparse prints usage errors and exit with status 2."""
     try:
-        check(argv, *args)
+        check(argv)
     except InputError as error:
         sys.stderr.write(f"{prog}: error: {error}\n")
         sys.exit(2)
@@ -106,12 +102,9 @@ def exit_on_input_error(check, argv: Sequence[str], prog: str, *args) -> None:
 
 def check_train_command_line(argv: Sequence[str]) -> None:
     """`scripts/train.py`'s inputs; raises `InputError` listing every problem."""
-    check_train_inputs(_read(argv))
-
-
-def check_train_inputs(given: dict[str, str]) -> None:
+    given = _read(argv)
     problems = _check_student(given) + check_data(given, needs_train=True) + _check_distillation(given)
-    problems += check_training(given) + _settings(given, *given)
+    problems += check_training(given) + choices.problems(given, flag="--")
     if problems:
         raise InputError(problems)
 
@@ -124,7 +117,7 @@ def check_teacher_command_line(argv: Sequence[str]) -> None:
         problems += check_saved_model("--model_name_or_path", given["model_name_or_path"])
     if "config_overrides" in given:
         problems += _parse_overrides(given["config_overrides"])[1]
-    problems += check_data(given, needs_train=True) + check_training(given) + _settings(given, *given)
+    problems += check_data(given, needs_train=True) + check_training(given) + choices.problems(given, flag="--")
     pool = [f"--{name}" for name in UNLABELED_POOL_FLAGS if name in given]
     if pool:
         problems.append(f"{', '.join(pool)}: the teacher learns from labelled images only; pass the unlabelled pool to "
@@ -133,13 +126,9 @@ def check_teacher_command_line(argv: Sequence[str]) -> None:
         raise InputError(problems)
 
 
-EVALUATE_FLAGS = ("model_name_or_path", "teacher_name_or_path", "teacher_image_size", "output_file", "batch_size",
-                  "num_workers", "image_size", "crop_pct", "top_k", *DATA_FLAGS)  # fmt: skip
-
-
 def check_evaluate_command_line(argv: Sequence[str]) -> None:
     """`scripts/evaluate_model.py`'s inputs: the model (required), the teacher and its input size, the data, the numbers."""
-    given = flags_given(argv, EVALUATE_FLAGS)
+    given = flags_given(argv)
     problems = []
     if "model_name_or_path" not in given:
         problems.append("--model_name_or_path is required: the folder (or Hub id) of the classifier to evaluate, "
@@ -148,14 +137,10 @@ def check_evaluate_command_line(argv: Sequence[str]) -> None:
         problems += check_saved_model("--model_name_or_path", given["model_name_or_path"])
     problems += _check_teacher_input(given)
     problems += check_data(given, needs_train=False)
-    for flag in ("batch_size", "top_k", "image_size"):
-        value = _int(given, flag, problems)
-        if value is not None and value < 1:
-            problems.append(f"--{flag} {value}: give a positive whole number.")
-    value = _int(given, "num_workers", problems)
-    if value is not None and value < 0:
-        problems.append(f"--num_workers {value}: give 0 (decode in the main process) or more worker processes.")
-    problems += _settings(given, "crop_pct", "train_val_split")
+    top_k = _int(given, "top_k", problems)  # not a rule by name: record_teacher.py's --top_k is a word or a number
+    if top_k is not None and top_k < 1:
+        problems.append(f"--top_k {top_k}: give a positive whole number.")
+    problems += choices.problems(given, flag="--")
     output_file = given.get("output_file")
     if output_file:
         folder = os.path.dirname(os.path.abspath(os.path.expanduser(output_file)))
@@ -188,7 +173,7 @@ def check_visualize_inputs(values: dict) -> None:
         if given:
             problems.append(f"--images and {', '.join('--' + name for name in given)} both name the images: keep one.")
     elif given:
-        problems += check_data(given, needs_train=False) + _settings(given, "train_val_split")
+        problems += check_data(given, needs_train=False) + choices.problems(given, flag="--")
     elif not problems and os.path.isdir(os.path.expanduser(values["model"])):
         problems += _check_recorded_data(values["model"])
     if problems:
@@ -296,7 +281,7 @@ def _check_student(given: dict) -> list[str]:
     if name is not None and name not in MODEL_PRESETS:
         problems += check_saved_model("--model_name_or_path", name, presets=MODEL_PRESETS)
         saved_patch = _saved_config_size(name, "patch_size")
-    image_size = _int(given, "image_size", [])  # a value that is no number: its rule says so (check_train_inputs)
+    image_size = _int(given, "image_size", [])  # a value that is no number: its rule says so (check_train_command_line)
     if image_size is None:
         return problems
     if "image_size" in overrides and str(overrides["image_size"]) != str(image_size):
@@ -336,10 +321,6 @@ def check_data(given: dict, needs_train: bool) -> list[str]:
         problems += folder_problems
         if train_classes and validation_classes:
             problems += check_split_classes(train_classes, validation_classes, train_dir, validation_dir)
-    for flag in ("max_train_samples", "max_eval_samples"):
-        value = _int(given, flag, problems)
-        if value is not None and value < 1:
-            problems.append(f"--{flag} {value}: give a positive number of images (or leave it out for all).")
     return problems
 
 
@@ -621,11 +602,6 @@ def _saved_config_size(name: str, key: str) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Values
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _settings(given: dict, *names: str) -> list[str]:
-    """The choices and ranges of the flags `names` (`hf_deit_inputs.choices`)."""
-    return choices.problems(given, names, flag="--")
 
 
 def _int(given: dict, flag: str, problems: list) -> Optional[int]:

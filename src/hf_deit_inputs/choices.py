@@ -96,9 +96,16 @@ class Range:
 _PROBABILITY = Range(0.0, 1.0)
 _NON_NEGATIVE = Range(0.0)
 _FRACTION = Range(0.0, 1.0, low_open=True)  # (0, 1]
+_IMAGE_COUNT = Range(1, whole=True, hint="a positive number of images (or leave it out for all)")
 
 RANGES = {
     "labeled_fraction": _FRACTION,
+    "max_train_samples": _IMAGE_COUNT,
+    "max_eval_samples": _IMAGE_COUNT,
+    "max_unlabeled_samples": _IMAGE_COUNT,
+    # evaluate_model.py
+    "batch_size": Range(1, whole=True, hint="a positive whole number"),
+    "num_workers": Range(0, whole=True, hint="0 (decode in the main process) or more worker processes"),
     # training
     "label_smoothing_factor": Range(0.0, 1.0, high_open=True),
     "repeated_augmentation": Range(1, whole=True, hint="1 (off) or more copies of each image per epoch"),

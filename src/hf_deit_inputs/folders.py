@@ -24,22 +24,21 @@ def is_image_file(name: str) -> bool:
     return not os.path.basename(name).startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def image_files(root: str) -> list[str]:
-    """Every image file below `root` (any depth), sorted."""
-    found = []
+def _walk_images(root: str):
+    """The image files below `root` (any depth), hidden folders left out."""
     for folder, subfolders, names in os.walk(root, followlinks=True):
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        found.extend(os.path.join(folder, name) for name in names if is_image_file(name))
-    return sorted(found)
+        yield from (os.path.join(folder, name) for name in names if is_image_file(name))
+
+
+def image_files(root: str) -> list[str]:
+    """Every image file below `root` (any depth), sorted."""
+    return sorted(_walk_images(root))
 
 
 def has_image(root: str) -> bool:
     """Whether `root` holds at least one image file at any depth (stops at the first)."""
-    for folder, subfolders, names in os.walk(root, followlinks=True):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        if any(is_image_file(name) for name in names):
-            return True
-    return False
+    return next(_walk_images(root), None) is not None
 
 
 @dataclass(frozen=True)

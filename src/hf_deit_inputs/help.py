@@ -3,8 +3,7 @@ for, from a catalogue.
 
 The flags' names, defaults and help texts live in the argument dataclasses (`hf_deit.arguments`, `hf_deit.data`),
 whose import costs seconds of torch. `hf_deit.arguments.write_help_catalogue()` renders them, by group, into
-`train_flags.json` (train_teacher.py's, from `hf_deit.arguments`, into `teacher_flags.json`) beside this
-module (tests/test_inputs.py fails, with the command to run, when one is out of date); `--help` prints it under the
+`train_flags.json` (train_teacher.py's into `teacher_flags.json`) beside this module (tests/test_inputs.py fails, with the command to run, when one is out of date); `--help` prints it under the
 script's docstring (its description and examples), with the distillation terms' settings read from their
 declarations (`hf_deit_inputs.terms`, which a term from outside the package joins). `--help_all` prints the full, slower listing of every flag,
 transformers' `TrainingArguments` included.
@@ -39,15 +38,10 @@ def answer_help(argv: Sequence[str], prog: str, description: str, catalogue_path
     """Print the grouped help (of the script whose catalogue is `catalogue_path`) and exit when `argv` asks for it
     (-h/--help); `--help_all` becomes the full parser's `--help`. Returns the command line to parse."""
     if any(token in ("-h", "--help") for token in argv):
-        print_help(prog, description, catalogue_path)
+        with open(catalogue_path) as handle:
+            sys.stdout.write(format_help(prog, description, json.load(handle)))
         sys.exit(0)
     return ["--help" if token == "--help_all" else token for token in argv]
-
-
-def print_help(prog: str, description: str, catalogue_path: str = CATALOGUE_PATH, file=None) -> None:
-    with open(catalogue_path) as handle:
-        catalogue = json.load(handle)
-    (file or sys.stdout).write(format_help(prog, description, catalogue))
 
 
 def format_help(prog: str, description: str, catalogue: dict) -> str:
