@@ -242,11 +242,11 @@ def share_teacher_records(title: str, record_root: str | os.PathLike, students: 
                       f"{'recording it' if saved > 0 else 'each keeps its live teacher'}", flush=True)  # fmt: skip
                 if saved <= 0:
                     continue
-            recorder = max(members, key=lambda member: (member["plan"].stage_map, member["plan"].attention_map))
+            recorder = max(members, key=lambda member: (member["plan"].stage_maps, member["plan"].attention_map))
             argv = _with_flag(recorder["argv"], "--output_dir", str(folder))
             argv += ["--record_dir", str(folder), "--num_epochs", str(plan.epochs),
                      "--top_k", str(plan.top_k or "auto"), "--record_features", str(plan.features),
-                     "--record_attention_map", str(plan.attention_map), "--record_stage_map", str(plan.stage_map),
+                     "--record_attention_map", str(plan.attention_map), "--record_stage_maps", str(plan.stage_maps),
                      "--overwrite_record", "true"]  # fmt: skip
             if plan.attention_map and not recorder["plan"].attention_map:  # the teacher loads its attention maps
                 argv += ["--attention_distillation_weight", "1"]
@@ -309,7 +309,7 @@ def _plan_for_all(members: list[dict]):
     return RecordPlan(epochs=max(plan.epochs for plan in plans), top_k=max(plan.top_k or 0 for plan in plans) or None,
                       features=any(plan.features for plan in plans),
                       attention_map=any(plan.attention_map for plan in plans),
-                      stage_map=any(plan.stage_map for plan in plans))  # fmt: skip
+                      stage_maps=any(plan.stage_maps for plan in plans))  # fmt: skip
 
 
 def _record_covers(folder: Path, plan, weights_sha256: str) -> bool:

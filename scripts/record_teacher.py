@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
     if record_args.compile_teacher:
         trainer.teacher.compile(backend=training_args.torch_compile_backend or "inductor")
     plan = plan_for_run(trainer, record_args.num_epochs, record_args.record_world_size, record_args.top_k,
-                        record_args.record_features, record_args.record_attention_map, record_args.record_stage_map,
+                        record_args.record_features, record_args.record_attention_map, record_args.record_stage_maps,
                         record_args.teacher_batch_size)  # fmt: skip
     manifest = record_teacher_outputs(trainer, record_args.record_dir, plan, overwrite=record_args.overwrite_record)
     if not trainer.is_world_process_zero():

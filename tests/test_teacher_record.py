@@ -141,11 +141,11 @@ def test_soft_distillation_and_every_term_from_all_probabilities_match_within_ha
     terms = ["--distillation_type", "soft", "--distillation_tau", "2.0", "--attention_distillation_weight", "0.5",
              "--feature_distillation_weight", "0.5", "--feature_map_distillation_weight", "1"]  # fmt: skip
     folder = record(tmp_path, teacher, *terms, record_flags=["--top_k", "all"])
-    assert RecordedTeacher(folder).kinds == ["argmax", "top_k", "features", "attention_map", "stage_map"]
+    assert RecordedTeacher(folder).kinds == ["argmax", "top_k", "features", "attention_map", "stage_maps"]
     assert RecordedTeacher(folder).manifest["outputs"]["top_k_deviation"] is None  # all kept: nothing to measure
     # Read where the student runs in bf16 autocast (the default on CPUs with native bf16): float16 maps still read.
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        read = RecordedTeacher(folder)._read(0, np.arange(4), ["stage_map", "features", "attention_map"])
+        read = RecordedTeacher(folder)._read(0, np.arange(4), ["stage_maps", "features", "attention_map"])
     assert all(len(value) == 4 and value.dtype == torch.float16 for value in read.values())
     train.main(run_flags(tmp_path / "live", *terms, "--teacher_name_or_path", teacher))
     # The teacher given beside the record: the first batches are checked against it.
@@ -368,7 +368,7 @@ def test_a_record_of_an_earlier_format_says_to_record_again(tmp_path, hard_recor
     old = tmp_path / "old"
     shutil_copytree(hard_record, old)
     manifest = json.loads((old / "manifest.json").read_text())
-    (old / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format": 2}))
     with pytest.raises(ValueError, match="recorded by an earlier version of hf-deit .* must be recorded again"):
         RecordedTeacher(old)
 

@@ -566,7 +566,7 @@ class RecordArguments:
     record_attention_map: Optional[bool] = field(
         default=None, metadata={"help": "Record the attention maps (default: when the attention term is on)."}
     )
-    record_stage_map: Optional[bool] = field(
+    record_stage_maps: Optional[bool] = field(
         default=None, metadata={"help": "Record the CNN stage map (default: when the feature-map term is on)."}
     )
     teacher_batch_size: Optional[int] = field(

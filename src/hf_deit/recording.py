@@ -26,8 +26,8 @@ from .configuration_distilled_deit import _pair
 from .data.samplers import PositionSeededCollator, PositionSeededDataset, ViewKey
 from .data.views import RunViews
 from .teacher import EVALUATION_EPOCH
-from .teacher_record import (DIGEST_BYTES, DIGESTS_NAME, FORMAT_VERSION, MANIFEST_NAME, VIEWS_PER_SHARD, RecordPlan,
-                             _outputs_to_store, bytes_per_view, feature_map_stage, record_bytes, teacher_identity,
+from .teacher_record import (DIGEST_BYTES, DIGESTS_NAME, FORMAT_VERSION, MANIFEST_NAME, TERM_KINDS, VIEWS_PER_SHARD,
+                             RecordPlan, _outputs_to_store, bytes_per_view, feature_map_stage, record_bytes, teacher_identity,
                              top_k_deviation)
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _recorder(trainer, folder: str, plan: RecordPlan, run: RunViews) -> dict:
     """What recording needs, read once from the trainer; the record's size estimated and checked against the disk."""
     config, teacher_outputs = trainer.model.config, trainer.teacher_outputs
     probe, shapes = torch.zeros(1, config.num_channels, *_pair(config.image_size), device=trainer.accelerator.device), {}
-    for name in ("features", "stage_maps", "attention_map"):  # what the teacher can give, at the student's size
+    for name, _, _ in TERM_KINDS:  # what the teacher can give, at the student's size
         try:
             value = getattr(teacher_outputs(probe, **{name: True}), name)
         except (ValueError, AttributeError, RuntimeError):
@@ -117,15 +117,14 @@ def _recorder(trainer, folder: str, plan: RecordPlan, run: RunViews) -> dict:
         shapes[name] = [list(item.shape[1:]) for item in value] if isinstance(value, tuple) else (
             None if value is None else list(value.shape[1:]))  # fmt: skip
     shapes["has_config"] = getattr(trainer.teacher.model, "config", None) is not None
-    stage = feature_map_stage(trainer.objective) if plan.stage_map else None
-    if plan.stage_map and stage is None and shapes["stage_maps"]:
+    stage = feature_map_stage(trainer.objective) if plan.stage_maps else None
+    if plan.stage_maps and stage is None and shapes["stage_maps"]:
         from .terms.feature_map import nearest_stage
 
         grid = tuple(side // patch for side, patch in zip(_pair(config.image_size), _pair(config.patch_size)))
         stage = nearest_stage([torch.zeros(1, *shape) for shape in shapes["stage_maps"]], grid)
-    for kind, shape in (("features", shapes["features"]), ("attention_map", shapes["attention_map"]),
-                        ("stage_map", shapes["stage_maps"])):  # fmt: skip
-        if getattr(plan, kind) and shape is None:
+    for kind, _, _ in TERM_KINDS:
+        if getattr(plan, kind) and shapes[kind] is None:
             raise ValueError(f"{kind} was asked for, but the teacher gives none at the student's input size.")
     sizes, evaluated = bytes_per_view(plan, config.num_labels, shapes, stage), len(run.evaluation or ())
     views = run.layout(run.rounds(0))[0][-1][1] * plan.epochs
@@ -134,7 +133,7 @@ def _recorder(trainer, folder: str, plan: RecordPlan, run: RunViews) -> dict:
                 "image).", ", ".join(sizes), plan.epochs, views, evaluated, estimate, sizes, DIGEST_BYTES)
     return {"run": run, "plan": plan, "folder": folder, "shapes": shapes, "stage": stage, "sizes": sizes,
             "estimate": estimate, "teacher": teacher_outputs, "device": trainer.accelerator.device,
-            "request": dict(features=plan.features, attention_map=plan.attention_map, stage_maps=plan.stage_map),
+            "request": {kind: getattr(plan, kind) for kind, _, _ in TERM_KINDS},
             "tau": trainer.objective.loss.tau, "teacher_batch": plan.teacher_batch_size or run.batch_size,
             "counted": {"views": 0, "teacher_seconds": 0.0}, "workers": run.workers,
             "deviation": {} if plan.top_k and plan.top_k < config.num_labels else None}  # fmt: skip

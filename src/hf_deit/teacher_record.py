@@ -42,14 +42,15 @@ from .teacher import EVALUATION_EPOCH, TeacherForwardOutput
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME, DIGESTS_NAME, FORMAT_VERSION = "manifest.json", "images.safetensors", 2
+MANIFEST_NAME, DIGESTS_NAME, FORMAT_VERSION = "manifest.json", "images.safetensors", 3  # 3: kind `stage_maps`
 VIEWS_PER_SHARD = 65536  # views per file at least: a file of ImageNet features is ~400 MB
 DIGEST_BYTES = 8  # per training and evaluation image
 CHECKED_BATCHES = 2  # training batches checked against the teacher when it is given beside the record
-# What each output kind needs recorded, as an objective asks for it: (request key, kind, term, noun).
-TERM_KINDS = (("features", "features", "the feature term", "pooled features"),
-              ("attention_map", "attention_map", "the attention term", "attention maps"),
-              ("stage_maps", "stage_map", "the feature-map term", "stage map"))  # fmt: skip
+# The teacher outputs a term can need recorded, as the teacher names them (`TeacherForwardOutput`), with the term
+# and a noun for messages. Of `stage_maps`, the record holds the one stage the feature-map term imitates.
+TERM_KINDS = (("features", "the feature term", "pooled features"),
+              ("attention_map", "the attention term", "attention maps"),
+              ("stage_maps", "the feature-map term", "stage map"))  # fmt: skip
 
 
 class RecordMismatchError(ValueError):
@@ -93,15 +94,15 @@ class RecordPlan:
     top_k: int | None = None
     features: bool = False
     attention_map: bool = False
-    stage_map: bool = False
+    stage_maps: bool = False
     teacher_batch_size: int | None = None
 
     def kinds(self) -> list[str]:
-        return ["argmax"] + (["top_k"] if self.top_k else []) + [kind for _, kind, _, _ in TERM_KINDS
+        return ["argmax"] + (["top_k"] if self.top_k else []) + [kind for kind, _, _ in TERM_KINDS
                                                                  if getattr(self, kind)]  # fmt: skip
 
 
-def plan_for_run(trainer, epochs=None, world_size=1, top_k="auto", features=None, attention_map=None, stage_map=None,
+def plan_for_run(trainer, epochs=None, world_size=1, top_k="auto", features=None, attention_map=None, stage_maps=None,
                  teacher_batch_size=None) -> RecordPlan:  # fmt: skip
     """The record `trainer`'s objective needs (None/"auto": what its settings use). `top_k` "auto" keeps 10 classes
     for soft distillation or pseudo-labels and none for hard; an int or "all" says how many."""
@@ -115,7 +116,7 @@ def plan_for_run(trainer, epochs=None, world_size=1, top_k="auto", features=None
     return RecordPlan(epochs if epochs is not None else RunViews.of(trainer, world_size).epochs(), world_size, top_k,
                       request["features"] if features is None else features,
                       request["attention_map"] if attention_map is None else attention_map,
-                      request["stage_maps"] if stage_map is None else stage_map, teacher_batch_size)  # fmt: skip
+                      request["stage_maps"] if stage_maps is None else stage_maps, teacher_batch_size)  # fmt: skip
 
 
 def bytes_per_view(plan: RecordPlan, num_classes: int, shapes: dict, stage: int | None) -> dict[str, int]:
@@ -124,7 +125,7 @@ def bytes_per_view(plan: RecordPlan, num_classes: int, shapes: dict, stage: int 
     if plan.top_k:
         sizes["top_k"] = 2 * num_classes if plan.top_k == num_classes else 4 * plan.top_k
     for kind, shape in (("features", shapes["features"]), ("attention_map", shapes["attention_map"]),
-                        ("stage_map", (shapes["stage_maps"] or [None])[stage or 0])):  # fmt: skip
+                        ("stage_maps", (shapes["stage_maps"] or [None])[stage or 0])):  # fmt: skip
         if getattr(plan, kind):
             sizes[kind] = 2 * math.prod(shape)
     return sizes
@@ -149,7 +150,7 @@ def _outputs_to_store(output: TeacherForwardOutput, plan: RecordPlan, stage: int
             values, indices = probabilities.topk(plan.top_k, dim=1)
             stored["top_probabilities"], stored["top_indices"] = values.half(), indices.to(index_type)
     for kind, value in (("features", output.features), ("attention_map", output.attention_map),
-                        ("stage_map", output.stage_maps[stage] if plan.stage_map else None)):  # fmt: skip
+                        ("stage_maps", output.stage_maps[stage] if plan.stage_maps else None)):  # fmt: skip
         if getattr(plan, kind):
             stored[kind] = value.float().half()
     return {name: tensor.cpu() for name, tensor in stored.items()}
@@ -293,9 +294,9 @@ class RecordedTeacher(nn.Module):
             missing.append(("soft distillation needs the teacher's probabilities" if loss.distillation_type == SOFT
                             else "--pseudo_label_threshold needs the teacher's confidence") + ": record with --top_k")
         missing += [f"{term} needs the teacher's {noun}: record with --record_{kind}"
-                    for requested, kind, term, noun in TERM_KINDS if request[requested] and kind not in self.kinds]
+                    for kind, term, noun in TERM_KINDS if request[kind] and kind not in self.kinds]
         stage = feature_map_stage(objective)
-        if request["stage_maps"] and "stage_map" in self.kinds and self.manifest["outputs"]["stage"] != stage:
+        if request["stage_maps"] and "stage_maps" in self.kinds and self.manifest["outputs"]["stage"] != stage:
             missing.append(f"the feature-map term imitates stage {stage}, the record holds stage "
                            f"{self.manifest['outputs']['stage']}")  # fmt: skip
         return missing
@@ -361,17 +362,16 @@ class RecordedTeacher(nn.Module):
         with torch.autocast("cpu", enabled=False):  # stored float16 is no autocast type on the CPU: cat refuses it
             return {name: torch.cat(parts)[order] for name, parts in gathered.items()}
 
-    def _recorded(self, epoch, slots, device, attention_map: bool, features: bool, stage_maps: bool):
+    def _recorded(self, epoch, slots, device, **request: bool):
         num_classes, top_k = self.manifest["num_classes"], self.manifest["outputs"]["top_k"]
         names = ["argmax"] + ([] if not top_k else ["probabilities"] if top_k == num_classes else
                               ["top_probabilities", "top_indices"])  # fmt: skip
         if epoch != EVALUATION_EPOCH:
-            names += [name for name, wanted in (("features", features), ("attention_map", attention_map),
-                                                ("stage_map", stage_maps)) if wanted]  # fmt: skip
+            names += [kind for kind, wanted in request.items() if wanted]
         stored = {name: value.to(device) for name, value in self._read(epoch, slots, names).items()}
         floats = {name: stored[name].float() if name in stored else None for name in ("features", "attention_map")}
-        maps = None if "stage_map" not in stored else (None,) * self.manifest["outputs"]["stage"] + (
-            stored["stage_map"].float(),)  # fmt: skip
+        maps = None if "stage_maps" not in stored else (None,) * self.manifest["outputs"]["stage"] + (
+            stored["stage_maps"].float(),)  # fmt: skip
         return TeacherForwardOutput(_logits(stored, num_classes), floats["attention_map"], floats["features"], maps)
 
     def check_against_teacher(self, recorded: TeacherForwardOutput, live: TeacherForwardOutput) -> None:
