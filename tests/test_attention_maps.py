@@ -18,6 +18,7 @@ from hf_deit.teacher import Teacher, prepare_teacher_for_maps
 from hf_deit.attention_maps import (
     activation_attention_map,
     attention_rollout,
+    capture_attention,
     classifier_layer,
     rollout_map,
     token_attention_map,
@@ -126,16 +127,58 @@ def test_our_model_as_teacher_computes_weights_for_the_requested_layer_only(tiny
                           atol=1e-6)  # fmt: skip
 
 
-def test_student_attention_layers_give_the_same_map_as_all_weights(tiny_config):
+def test_captured_attention_is_the_chosen_blocks_weights_and_the_other_blocks_keep_their_backend(tiny_config):
     torch.manual_seed(0)
     student = DistilledDeiTForImageClassification(tiny_config).eval()
+    student.set_attn_implementation("sdpa")
     pixel_values = torch.randn(2, 3, 32, 32)
+    gave_weights = []
+    for block in student.deit.layers:
+        block.attention.register_forward_hook(lambda _module, _args, output: gave_weights.append(output[1] is not None))
     with torch.no_grad():
-        only_last = student(pixel_values, attention_layers=[-1]).attentions
         every = student(pixel_values, output_attentions=True).attentions
-    assert len(only_last) == 1
+        gave_weights.clear()
+        with capture_attention(student, [-1]) as only_last:
+            logits = student(pixel_values).logits
+        assert gave_weights == [False, True]
+        with capture_attention(student, [-1, 0, 1]) as both:
+            student(pixel_values)
+    assert len(only_last) == 1 and len(both) == 2  # in block order, each block once
+    torch.testing.assert_close(only_last[0], every[-1])
+    torch.testing.assert_close(both[0], every[0])
+    torch.testing.assert_close(logits, student(pixel_values).logits)
     assert torch.allclose(token_attention_map(only_last, (4, 4), 1), token_attention_map(every[-1:], (4, 4), 1),
                           atol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="No block 2 to read attention from: the model has 2 blocks"):
+        with capture_attention(student, [2]):
+            pass
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_captured_attention_carries_gradients_also_under_gradient_checkpointing(tiny_config, checkpointing):
+    """Attention distillation backpropagates through the captured weights; under gradient checkpointing the block
+    recomputed in the backward pass is the one the hook asked for (transformers checkpoints inside the hooks)."""
+    torch.manual_seed(0)
+    student = DistilledDeiTForImageClassification(tiny_config).train()
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def gradients():
+        student.zero_grad()
+        with capture_attention(student, [-1]) as attentions:
+            logits = student(pixel_values).logits
+        (attentions[0][:, :, 1].sum() + logits.sum()).backward()
+        return {name: parameter.grad.clone() for name, parameter in student.named_parameters()}
+
+    expected = gradients()
+    assert expected["deit.layers.1.attention.qkv.weight"].abs().sum() > 0
+    if checkpointing:
+        student.gradient_checkpointing_enable()
+        runs = []
+        student.deit.layers[-1].attention.register_forward_pre_hook(lambda *_: runs.append(1))
+        checkpointed = gradients()
+        assert len(runs) == 2  # recomputed in the backward pass
+        for name in expected:
+            torch.testing.assert_close(checkpointed[name], expected[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_a_teacher_without_maps_is_refused_with_a_clear_message():

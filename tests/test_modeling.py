@@ -325,27 +325,6 @@ def test_output_attentions_returns_every_blocks_weights(tiny_model, pixel_values
     torch.testing.assert_close(output.logits, plain.logits, atol=1e-5, rtol=0)
 
 
-def test_attention_layers_selects_blocks(tiny_model, pixel_values):
-    with torch.no_grad():
-        every = tiny_model(pixel_values, output_attentions=True).attentions
-        last = tiny_model(pixel_values, attention_layers=[-1]).attentions
-        both = tiny_model(pixel_values, attention_layers=[0, -1]).attentions
-    assert len(last) == 1
-    torch.testing.assert_close(last[0], every[-1])
-    assert len(both) == 2
-    torch.testing.assert_close(both[0], every[0])
-    with pytest.raises(ValueError, match="attention_layers has 2, but the model has 2 blocks"):
-        tiny_model(pixel_values, attention_layers=[2])
-
-
-def test_attention_weights_carry_gradients(tiny_model, pixel_values):
-    """Attention distillation backpropagates through the returned weights."""
-    tiny_model.train()
-    weights = tiny_model(pixel_values, attention_layers=[-1]).attentions[0]
-    weights[:, :, 0].sum().backward()
-    assert tiny_model.deit.layers[-1].attention.qkv.weight.grad.abs().sum() > 0
-
-
 # ---------------------------------------------------------------- another resolution
 
 

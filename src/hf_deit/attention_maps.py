@@ -14,7 +14,10 @@ CNNs (ResNet, RegNet, ConvNeXt, ... from transformers)
     activation_attention_map(features)
         Attention transfer (Zagoruyko & Komodakis, 2017): the channel-wise mean of squared activations of a stage.
 
-Our distilled DeiT, for figures and the demo page
+Our distilled DeiT
+    capture_attention(model, layers)
+        A context in which the chosen blocks alone give their attention weights (for distillation: the others keep
+        the fast attention backend).
     distilled_deit_maps(model, pixel_values)
         One forward pass: its outputs, and the cls and dist tokens' maps in the last layer and by rollout.
     relative_heat(attention, size)
@@ -168,17 +171,33 @@ def classifier_layer(model: nn.Module, num_labels: int | None = None) -> nn.Line
 
 
 @contextmanager
-def capture_outputs(modules: Sequence[nn.Module]):
-    """Within the block, the list holds each module's output of its latest call, in the order of `modules`."""
-    outputs: list = [None] * len(modules)
-    handles = []
-    for position, module in enumerate(modules):
-        def hook(_module, _args, output, position=position):
-            outputs[position] = output
+def capture_attention(model: nn.Module, layers: Sequence[int]):
+    """Within the block, the list holds the attention weights `(batch, heads, seq, seq)` of our distilled DeiT
+    `model`'s blocks `layers` (negative indices count from the end) in its latest call, in block order.
 
-        handles.append(module.register_forward_hook(hook))
+    Hooks on those blocks ask them alone for their weights (eager attention, every query); the other blocks keep the
+    configured backend (sdpa and flash never form the weights), and the last block its two-token saving when it is
+    not one of them. transformers checkpoints a block's `forward` inside its hooks, so under gradient checkpointing
+    the recomputed block gets the arguments the hook gave it."""
+    blocks = _distilled_deit_blocks(model)
+    for index in layers:
+        if not -len(blocks) <= index < len(blocks):
+            raise ValueError(f"No block {index} to read attention from: the model has {len(blocks)} blocks.")
+    chosen = [blocks[index] for index in sorted({index % len(blocks) for index in layers})]
+    attentions: list = []
+
+    def eager_with_every_query(block, args):
+        if block is chosen[0]:  # a new forward pass
+            attentions.clear()
+        return (args[0], True, None)  # the block's (hidden_states, need_weights, num_queries)
+
+    def keep(_block, _args, output):
+        attentions.append(output[1])
+
+    handles = [hook for block in chosen for hook in (block.register_forward_pre_hook(eager_with_every_query),
+                                                     block.register_forward_hook(keep))]  # fmt: skip
     try:
-        yield outputs
+        yield attentions
     finally:
         for handle in handles:
             handle.remove()
@@ -197,6 +216,15 @@ def capture_input(module: nn.Module):
         yield captured
     finally:
         handle.remove()
+
+
+def _distilled_deit_blocks(model: nn.Module) -> nn.ModuleList:
+    """The blocks of the distilled DeiT in `model` (itself, or wrapped by a head or peft)."""
+    for module in model.modules():
+        blocks = getattr(module, "layers", None) if is_distilled_deit(module) else None
+        if isinstance(blocks, nn.ModuleList):
+            return blocks
+    raise ValueError(f"{type(model).__name__} holds no distilled DeiT, whose attention weights can be read by block.")
 
 
 def is_vit_like(config) -> bool:

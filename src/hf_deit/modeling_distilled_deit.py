@@ -8,7 +8,7 @@ This file travels to the Hub as remote code: it imports only torch, transformers
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +36,7 @@ class DistilledDeiTModelOutput(ModelOutput):
         distillation_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): the dist token's final state.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): the embeddings and every block's output.
         attentions (`tuple(torch.FloatTensor)`, *optional*): attention weights `(batch, heads, seq, seq)` of every
-            block when `output_attentions=True`, or of the blocks listed in `attention_layers`, in that order.
+            block when `output_attentions=True`.
 
     As a tuple (`return_dict=False`) in this order, the attentions last, as every transformers model output.
     """
@@ -410,7 +410,6 @@ class DistilledDeiTModel(DistilledDeiTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool = False,
-        attention_layers: Sequence[int] | None = None,
         return_dict: bool | None = None,
         token_states_only: bool = False,
         **kwargs,
@@ -418,56 +417,32 @@ class DistilledDeiTModel(DistilledDeiTPreTrainedModel):
         r"""
         pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`): normalised images.
         output_attentions (`bool`, *optional*): return every block's attention weights (runs every block eagerly).
+            To read a few blocks' weights only, hook those blocks (`hf_deit.attention_maps.capture_attention`).
         output_hidden_states (`bool`, *optional*): return the embeddings and every block's output.
         interpolate_pos_encoding (`bool`): accept a resolution other than `config.image_size` by resampling the
             patch position embeddings (bicubic; the two token rows are kept).
-        attention_layers (`Sequence[int]`, *optional*): return the attention weights of these blocks only (negative
-            indices count from the end); the other blocks keep the fast backend. It stays a parameter, although
-            attention distillation is its main user, because only the model can choose a block's attention backend:
-            sdpa and flash never form the weights, so a hook has nothing to read, and `output_attentions` runs every
-            block eagerly. A user reading one block's attention (a DeiT teacher's map, a visualisation) wants the
-            same.
-        token_states_only (`bool`): compute the last block for the cls and dist tokens only, since the heads read
-            nothing else; `last_hidden_state` then has those 2 rows. It skips the patch rows' queries, projection and
-            MLP in that block (about 1/depth of the compute). Ignored when hidden states or the last block's
-            attention weights are asked for, which need every token, and while dropout is active. Not a training
-            option: `DistilledDeiTForImageClassification` passes it on every call, training and inference alike.
+        token_states_only (`bool`): compute the last block for the cls and dist tokens only, for a caller that reads
+            `pooler_output` and `distillation_output` alone; `last_hidden_state` then has those 2 rows. It skips the
+            patch rows' queries, projection and MLP in that block (about 1/depth of the compute). Ignored when hidden
+            states or attention weights are asked for, which need every token, and while dropout is active. An
+            inference saving, not a training option: `DistilledDeiTForImageClassification`, whose heads read those
+            two tokens only, passes it on every call.
         """
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        depth = len(self.layers)
-        if output_attentions:
-            weighted_layers = set(range(depth))
-        else:
-            weighted_layers = set()
-            for index in attention_layers or ():
-                if not -depth <= index < depth:
-                    raise ValueError(f"attention_layers has {index}, but the model has {depth} blocks.")
-                weighted_layers.add(index % depth)
-
-        # The last block's output is needed for every token only if someone reads it beyond the two heads.
-        # With dropout active, skipping rows would change which random numbers the remaining rows draw (and so break
-        # draw-for-draw parity with timm); DeiT trains without dropout, so training keeps the saving.
-        last_block = self.layers[-1]
-        dropout_active = self.training and (
-            last_block.attention.attention_dropout > 0
-            or any(module.p > 0 for module in last_block.modules() if isinstance(module, nn.Dropout))
-        )
-        last_block_queries = None
-        if token_states_only and not output_hidden_states and depth - 1 not in weighted_layers and not dropout_active:
-            last_block_queries = 2
+        every_token = output_hidden_states or output_attentions or not token_states_only or self._last_block_drops()
         # The model's dtype, read from a parameter every variant keeps (the patch embeddings may be replaced).
-        expected_dtype = self.embeddings.position_embeddings.dtype
-        hidden_states = self.embeddings(pixel_values.to(expected_dtype), interpolate_pos_encoding)
+        hidden_states = self.embeddings(pixel_values.to(self.embeddings.position_embeddings.dtype),
+                                        interpolate_pos_encoding)  # fmt: skip
         all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if weighted_layers else None
+        all_attentions = () if output_attentions else None
         for index, layer in enumerate(self.layers):
-            num_queries = last_block_queries if index == depth - 1 else None
-            hidden_states, weights = layer(hidden_states, index in weighted_layers, num_queries)
-            if weights is not None:
+            num_queries = 2 if index == len(self.layers) - 1 and not every_token else None
+            hidden_states, weights = layer(hidden_states, output_attentions, num_queries)
+            if output_attentions:
                 all_attentions += (weights,)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
@@ -481,6 +456,16 @@ class DistilledDeiTModel(DistilledDeiTPreTrainedModel):
             attentions=all_attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def _last_block_drops(self) -> bool:
+        """Whether the last block applies dropout now: skipping rows would then change which random numbers the
+        other rows draw (and so break draw-for-draw parity with timm). DeiT trains without dropout, so training
+        keeps the two-token saving."""
+        last_block = self.layers[-1]
+        return self.training and (
+            last_block.attention.attention_dropout > 0
+            or any(module.p > 0 for module in last_block.modules() if isinstance(module, nn.Dropout))
+        )
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -512,7 +497,6 @@ class DistilledDeiTForImageClassification(DistilledDeiTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool = False,
-        attention_layers: Sequence[int] | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> DistilledDeiTImageClassifierOutput | tuple:
@@ -529,7 +513,6 @@ class DistilledDeiTForImageClassification(DistilledDeiTPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
-            attention_layers=attention_layers,
             return_dict=True,
             token_states_only=True,  # the classification output carries no last_hidden_state
         )

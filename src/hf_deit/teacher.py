@@ -31,6 +31,7 @@ from .configuration_distilled_deit import _pair
 from .attention_maps import (
     CLS_TOKEN,
     activation_attention_map,
+    capture_attention,
     capture_input,
     classifier_layer,
     grid_for,
@@ -497,8 +498,8 @@ class Teacher(nn.Module):
     def compile(self, **options) -> "Teacher":
         """Compile the teacher's forward pass with `torch.compile(**options)` (backend, mode, ...); with inductor its
         weights are frozen into the graph as constants (it never trains), pre-packed for the CPU's convolution and
-        matrix libraries (`hf_deit.inference.compile_for_inference`). Passes that read the classifier's input
-        (`features=True`) hook into the model and run eagerly."""
+        matrix libraries (`hf_deit.inference.compile_for_inference`). Passes that hook into the model (`features=True`,
+        the classifier's input; `attention_map=True` of our distilled DeiT, its chosen blocks) run eagerly."""
         from .inference import compile_for_inference
 
         self.compiled = compile_for_inference(self.model, **{"dynamic": None, **options})
@@ -518,21 +519,19 @@ class Teacher(nn.Module):
         kwargs = {"output_hidden_states": True} if stage_maps else {}
         config = getattr(self.model, "config", None)
         transformer = is_vit_like(config)
-        if attention_map:
-            if is_distilled_deit(self.model):
-                kwargs["attention_layers"] = list(layers)
-            elif transformer:
-                kwargs["output_attentions"] = True
-            else:
-                kwargs["output_hidden_states"] = True
+        our_blocks = attention_map and is_distilled_deit(self.model)  # its chosen blocks only, by hooks
+        if attention_map and not our_blocks:
+            kwargs["output_attentions" if transformer else "output_hidden_states"] = True
         head = classifier_layer(self.model, getattr(config, "num_labels", None)) if features else None
-        call = self.compiled if self.compiled is not None and head is None else self.model
-        with capture_input(head) if head is not None else contextlib.nullcontext({}) as captured:
+        call = self.compiled if self.compiled is not None and head is None and not our_blocks else self.model
+        with contextlib.ExitStack() as hooks:
+            captured = hooks.enter_context(capture_input(head)) if head is not None else {}
+            attentions = hooks.enter_context(capture_attention(self.model, layers)) if our_blocks else None
             output = call(pixel_values, **kwargs)
         logits = logits_of(output)
         if self.label_order is not None:
             logits = logits.index_select(1, self.label_order)
-        spatial = self._map(output, pixel_values, transformer, layers) if attention_map else None
+        spatial = self._map(output, attentions, pixel_values, transformer, layers) if attention_map else None
         maps = self._stage_maps(output) if stage_maps else None
         return TeacherForwardOutput(logits, spatial, captured["input"] if head is not None else None, maps)
 
@@ -548,15 +547,16 @@ class Teacher(nn.Module):
                              "RegNet or ConvNeXt (scripts/train_teacher.py trains one).")
         return maps
 
-    def _map(self, output, pixel_values, transformer: bool, layers: Sequence[int]) -> torch.Tensor:
+    def _map(self, output, attentions, pixel_values, transformer: bool, layers: Sequence[int]) -> torch.Tensor:
+        """The teacher's spatial map: `attentions` (our distilled DeiT's chosen blocks), or from `output`."""
         name = type(self.model).__name__
         if transformer:
-            attentions = getattr(output, "attentions", None)
-            if not attentions:
-                raise ValueError(f"The teacher {name} returned no attention weights; load it with "
-                                 "Teacher.load(..., attention_maps=True) (transformers computes them with eager "
-                                 "attention only).")
-            if not is_distilled_deit(self.model):  # every layer came back: pick the requested ones
+            if attentions is None:  # every layer came back: pick the requested ones
+                attentions = getattr(output, "attentions", None)
+                if not attentions:
+                    raise ValueError(f"The teacher {name} returned no attention weights; load it with "
+                                     "Teacher.load(..., attention_maps=True) (transformers computes them with eager "
+                                     "attention only).")
                 attentions = [attentions[index] for index in layers]
             patch_size = _pair(self.model.config.patch_size)
             num_patches = (pixel_values.shape[-2] // patch_size[0]) * (pixel_values.shape[-1] // patch_size[1])

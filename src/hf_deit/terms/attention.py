@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hf_deit_inputs import terms as declared
 from hf_deit_inputs.terms import KL, MSE
 
-from ..attention_maps import CLS_TOKEN, DISTILLATION_TOKEN, grid_for, token_attention_map
+from ..attention_maps import CLS_TOKEN, DISTILLATION_TOKEN, capture_attention, grid_for, token_attention_map
 from ..configuration_distilled_deit import _pair
 from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers
 
@@ -85,14 +85,14 @@ class AttentionMapTerm(DistillationTerm):
         return cls(args.attention_distillation_weight, args.attention_distillation_layers,
                    args.attention_distillation_token, args.attention_distillation_loss)  # fmt: skip
 
-    def student_kwargs(self, student):
-        return {"attention_layers": self.layers}
+    def capture(self, student):
+        return capture_attention(student, self.layers)
 
     def read(self, student, outputs, captured, pixel_values):
         """The distilled token's (tokens') `(batch, rows, columns)` attention over the patches."""
-        grid = grid_for(outputs.attentions[0].shape[-1] - NUM_PREFIX_TOKENS, pixel_values.shape[-2:],
+        grid = grid_for(captured[0].shape[-1] - NUM_PREFIX_TOKENS, pixel_values.shape[-2:],
                         _pair(student.config.patch_size))  # fmt: skip
-        return [token_attention_map(outputs.attentions, grid, token, num_prefix_tokens=NUM_PREFIX_TOKENS)
+        return [token_attention_map(captured, grid, token, num_prefix_tokens=NUM_PREFIX_TOKENS)
                 for token in TOKENS[self.token]]  # fmt: skip
 
     def forward(self, batch: TermBatch) -> TermLoss:
