@@ -87,23 +87,10 @@ def build_model_card(
     """
     extra = public_fields(extra)
     metrics = {key.removeprefix("eval_"): value for key, value in (eval_results or {}).items()}
-    if hub_dataset is None:
-        hub_dataset = bool(dataset_name) and _looks_like_hub_id(dataset_name)
-    dataset_id = dataset_name if hub_dataset else None
-    card_data = ModelCardData(
-        license=extra.pop("license", LICENSE),
-        library_name="transformers",
-        tags=list(TAGS),
-        datasets=[dataset_id] if dataset_id else None,
-        pipeline_tag="image-classification",
-        base_model=extra.pop("base_model", None),
-        language=extra.pop("language", None),
-        model_name=model_name,
-        eval_results=_model_index(metrics, dataset_name) or None,
-    )
+    metadata = {key: extra.pop(key) for key in ("license", "base_model", "language") if key in extra}
     architecture, labels = _describe_config(config)
     return ModelCard.from_template(
-        card_data,
+        _card_metadata(model_name, metrics, dataset_name, hub_dataset, **metadata),
         template_path=str(TEMPLATE_PATH),
         model_name=model_name,
         repo_id=repo_id or f"your-username/{model_name}",
@@ -120,6 +107,24 @@ def build_model_card(
         evaluation_rows=_evaluation_rows(metrics),
         evaluation_notes=_evaluation_notes(metrics),
         **extra,
+    )
+
+
+def _card_metadata(model_name: str, metrics: dict, dataset_name: str | None, hub_dataset: bool | None,
+                   license: str = LICENSE, base_model: str | None = None, language=None) -> ModelCardData:
+    """The card's YAML header: what the Hub indexes (license, tags, dataset, base model, the model-index results)."""
+    if hub_dataset is None:
+        hub_dataset = bool(dataset_name) and _looks_like_hub_id(dataset_name)
+    return ModelCardData(
+        license=license,
+        library_name="transformers",
+        tags=list(TAGS),
+        datasets=[dataset_name] if hub_dataset and dataset_name else None,
+        pipeline_tag="image-classification",
+        base_model=base_model,
+        language=language,
+        model_name=model_name,
+        eval_results=_model_index(metrics, dataset_name) or None,
     )
 
 

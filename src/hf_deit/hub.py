@@ -84,28 +84,27 @@ def push_folder_to_hub(
     for attempt in range(retries + 1):
         try:
             with _request_timeout(timeout):
-                api.create_repo(repo_id, private=private, exist_ok=True)
-                if revision is not None:
-                    api.create_branch(repo_id, branch=revision, exist_ok=True)
-                commit = api.upload_folder(
-                    repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision,
-                    ignore_patterns=ignore_patterns,
-                )
-            return commit.commit_url
+                return _upload(api, folder, repo_id, private, revision, commit_message, ignore_patterns)
         except Exception as error:
             transient = _is_transient(error)
-            if transient and attempt < retries:
-                wait = retry_wait * 2**attempt
-                logger.warning(
-                    "Push of %s to %s failed (%s); retrying in %.0f s [%d/%d].",
-                    folder, repo_id, _redact(_describe(error), token), wait, attempt + 1, retries,
-                )  # fmt: skip
-                time.sleep(wait)
-                continue
-            raise _push_error(
-                error, folder, repo_id, token, retry_command, transient, attempts=attempt + 1, ignore=ignore_patterns
-            ) from None
+            if not transient or attempt == retries:
+                raise _push_error(error, folder, repo_id, token, retry_command, transient, attempts=attempt + 1,
+                                  ignore=ignore_patterns) from None  # fmt: skip
+            wait = retry_wait * 2**attempt
+            logger.warning("Push of %s to %s failed (%s); retrying in %.0f s [%d/%d].", folder, repo_id,
+                           _redact(_describe(error), token), wait, attempt + 1, retries)  # fmt: skip
+            time.sleep(wait)
     raise AssertionError("unreachable")
+
+
+def _upload(api: HfApi, folder: Path, repo_id: str, private: bool, revision, commit_message: str, ignore) -> str:
+    """One attempt: the repo (and branch) created if missing, the folder uploaded in one commit; its URL."""
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision,
+                               ignore_patterns=ignore)  # fmt: skip
+    return commit.commit_url
 
 
 def _push_error(error, folder, repo_id, token, retry_command, transient, attempts, ignore=None) -> HubPushError:
