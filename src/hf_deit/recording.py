@@ -27,8 +27,8 @@ from .data.samplers import PositionSeededCollator, PositionSeededDataset, ViewKe
 from .data.views import RunViews
 from .teacher import EVALUATION_EPOCH
 from .teacher_record import (DIGEST_BYTES, DIGESTS_NAME, FORMAT_VERSION, MANIFEST_NAME, TERM_KINDS, VIEWS_PER_SHARD,
-                             RecordPlan, _outputs_to_store, bytes_per_view, feature_map_stage, record_bytes, teacher_identity,
-                             top_k_deviation)
+                             RecordPlan, _outputs_to_store, bytes_per_view, feature_map_stage, record_bytes,
+                             teacher_identity, top_k_deviation)
 
 logger = logging.getLogger(__name__)
 
