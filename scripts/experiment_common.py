@@ -274,7 +274,8 @@ def _groups_sharing_views(students: dict[str, list[str]], measure: bool) -> dict
     import train
 
     from hf_deit.arguments import train_argument_parser
-    from hf_deit.teacher_record import describe_views, feature_map_stage, plan_for_run, teacher_identity, view_costs
+    from hf_deit.data.views import RunViews
+    from hf_deit.teacher_record import feature_map_stage, plan_for_run, teacher_identity, view_costs
 
     by_views, costs, weights = {}, {}, {}
     for name, argv in students.items():
@@ -284,7 +285,7 @@ def _groups_sharing_views(students: dict[str, list[str]], measure: bool) -> dict
         trainer, _, _ = train.build_run(model_args, data_args, aug_args, training_args)
         if not trainer.objective.needs_teacher:
             continue  # trains without it (the teacher is only scored beside it): nothing to record
-        key = (argv[argv.index(TEACHER_FLAG) + 1], json.dumps(describe_views(trainer, 1), sort_keys=True))
+        key = (argv[argv.index(TEACHER_FLAG) + 1], json.dumps(RunViews.of(trainer, 1).describe(), sort_keys=True))
         member = dict(name=name, argv=argv, plan=plan_for_run(trainer), stage=feature_map_stage(trainer.objective))
         by_views.setdefault(key, []).append(member)
         if key not in weights:

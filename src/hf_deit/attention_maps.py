@@ -179,7 +179,7 @@ def capture_attention(model: nn.Module, layers: Sequence[int]):
     configured backend (sdpa and flash never form the weights), and the last block its two-token saving when it is
     not one of them. transformers checkpoints a block's `forward` inside its hooks, so under gradient checkpointing
     the recomputed block gets the arguments the hook gave it."""
-    blocks = _distilled_deit_blocks(model)
+    blocks = getattr(model, "deit", model).layers  # the backbone's, under a head (and peft) or alone
     for index in layers:
         if not -len(blocks) <= index < len(blocks):
             raise ValueError(f"No block {index} to read attention from: the model has {len(blocks)} blocks.")
@@ -216,15 +216,6 @@ def capture_input(module: nn.Module):
         yield captured
     finally:
         handle.remove()
-
-
-def _distilled_deit_blocks(model: nn.Module) -> nn.ModuleList:
-    """The blocks of the distilled DeiT in `model` (itself, or wrapped by a head or peft)."""
-    for module in model.modules():
-        blocks = getattr(module, "layers", None) if is_distilled_deit(module) else None
-        if isinstance(blocks, nn.ModuleList):
-            return blocks
-    raise ValueError(f"{type(model).__name__} holds no distilled DeiT, whose attention weights can be read by block.")
 
 
 def is_vit_like(config) -> bool:

@@ -111,24 +111,27 @@ def build_model_card(
 
 
 def _card_metadata(model_name: str, metrics: dict, dataset_name: str | None, hub_dataset: bool | None,
-                   license: str = LICENSE, base_model: str | None = None, language=None) -> ModelCardData:
-    """The card's YAML header: what the Hub indexes (license, tags, dataset, base model, the model-index results)."""
+                   tags: list[str] = TAGS, heads=HEADS, license: str = LICENSE, base_model: str | None = None,
+                   language=None) -> ModelCardData:
+    """The card's YAML header: what the Hub indexes (license, tags, dataset, base model, the model-index results of
+    the outputs `heads`)."""
     if hub_dataset is None:
         hub_dataset = bool(dataset_name) and _looks_like_hub_id(dataset_name)
     return ModelCardData(
         license=license,
         library_name="transformers",
-        tags=list(TAGS),
+        tags=list(tags),
         datasets=[dataset_name] if hub_dataset and dataset_name else None,
         pipeline_tag="image-classification",
         base_model=base_model,
         language=language,
         model_name=model_name,
-        eval_results=_model_index(metrics, dataset_name) or None,
+        eval_results=_model_index(metrics, dataset_name, heads) or None,
     )
 
 
 TEACHER_TEMPLATE_PATH = TEMPLATE_PATH.with_name("teacher.md")
+TEACHER_TAGS = ["image-classification", "hf-deit", "deit-teacher"]
 
 
 def write_teacher_card(output_dir, *, model_name: str, config, eval_results: dict | None = None,
@@ -138,20 +141,9 @@ def write_teacher_card(output_dir, *, model_name: str, config, eval_results: dic
     final training loss, the checkpoint kept and accuracy (`fields`: `training_data`, `evaluation_data`,
     `num_train_images`, `num_eval_images`, `augmentation`, `final_train_loss`, `checkpoint_kept`)."""
     metrics = {key.removeprefix("eval_"): value for key, value in (eval_results or {}).items()}
-    card_data = ModelCardData(
-        license=LICENSE, library_name="transformers", tags=["image-classification", "hf-deit", "deit-teacher"],
-        datasets=[dataset_name] if hub_dataset and dataset_name else None, pipeline_tag="image-classification",
-        model_name=model_name, eval_results=[
-            EvalResult(task_type="image-classification", task_name="Image Classification",
-                       dataset_type=dataset_name or "evaluation set", dataset_name=dataset_name or "evaluation set",
-                       metric_type=metric_type, metric_name=f"{label} accuracy", metric_value=float(metrics[key]))
-            for key, metric_type, label in (("accuracy", "accuracy", "top-1"), ("top5_accuracy", "top_5_accuracy", "top-5"))
-            if key in metrics
-        ] or None,
-    )  # fmt: skip
     labels = [str(config.id2label[i]) for i in sorted(config.id2label, key=int)]
     card = ModelCard.from_template(
-        card_data,
+        _card_metadata(model_name, metrics, dataset_name, hub_dataset, TEACHER_TAGS, heads=((None, ""),)),
         template_path=str(TEACHER_TEMPLATE_PATH),
         model_name=model_name,
         model_type=config.model_type,
@@ -306,14 +298,15 @@ def _looks_like_hub_id(name: str) -> bool:
     return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None and not Path(name).is_absolute()
 
 
-def _model_index(metrics: dict[str, float], dataset_name: str | None) -> list[EvalResult]:
-    """One EvalResult per head and metric, plus the agreement with the teacher (the Hub needs a dataset name)."""
+def _model_index(metrics: dict[str, float], dataset_name: str | None, heads=HEADS) -> list[EvalResult]:
+    """One EvalResult per head and metric (a head named None: a model's one output), plus the agreement with the
+    teacher (the Hub needs a dataset name)."""
     dataset = dataset_name or "evaluation set"
     entries = []
-    for head, prefix in HEADS:
+    for head, prefix in heads:
         for key, metric_type, label in ((f"{prefix}accuracy", "accuracy", "top-1"), (f"{prefix}top5_accuracy", "top_5_accuracy", "top-5")):
             if key in metrics:
-                entries.append((metric_type, f"{label} accuracy, {head}", metrics[key]))
+                entries.append((metric_type, f"{label} accuracy" + (f", {head}" if head else ""), metrics[key]))
     if "teacher_agreement" in metrics:
         entries.append(("agreement", "top-1 agreement with the teacher", metrics["teacher_agreement"]))
     return [

@@ -57,10 +57,6 @@ class RecordMismatchError(ValueError):
     """A record that does not fit the run it is given to, with every difference named."""
 
 
-def describe_views(trainer, world_size: int) -> dict:
-    return RunViews.of(trainer, world_size).describe()
-
-
 def teacher_identity(teacher) -> dict:
     """The teacher's name, a SHA-256 of its weights (names, dtypes, shapes, bytes), its input adaptation and class
     order."""
