@@ -69,7 +69,8 @@ def token_attention_map(
     Returns `(batch, rows, columns)`; each map sums to the share of attention the token gives to patches (< 1).
     """
     if not attentions:
-        raise ValueError("No attention weights given: request them with attention_layers=[...] or output_attentions.")
+        raise ValueError("No attention weights given: read them with capture_attention(model, layers), or pass "
+                         "output_attentions=True.")
     num_patches = grid[0] * grid[1]
     maps = []
     for weights in attentions:
