@@ -691,23 +691,6 @@ def _checkpoint_to_convert(name: str, hub_options: dict, overrides: dict) -> tup
     return (path, source_config) if _needs_conversion(source_config, name, overrides) else (None, None)
 
 
-def _loading_options(name: str, kwargs: dict) -> tuple:
-    """`(ignore_mismatched_sizes, attn_implementation, dtype)`, taken out of `from_pretrained`'s `kwargs` with the
-    options conversion ignores, so that config overrides remain; the options it cannot honour are refused."""
-    unsupported = sorted(key for key in kwargs if key in UNSUPPORTED_ON_LOAD and kwargs[key] is not None)
-    if unsupported:
-        raise CheckpointConversionError(
-            f"{name} is converted on load, which does not support {', '.join(unsupported)}: convert it first "
-            "(hf_deit.convert.convert_checkpoint or scripts/convert_checkpoint.py), then load the converted folder."
-        )
-    for key in IGNORED_ON_LOAD + UNSUPPORTED_ON_LOAD:
-        kwargs.pop(key, None)
-    if kwargs.get("id2label") is not None:
-        kwargs.pop("label2id", None)  # rebuilt from id2label, so that the two always agree
-    dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-    return bool(kwargs.pop("ignore_mismatched_sizes", False)), kwargs.pop("attn_implementation", None), dtype
-
-
 def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
     """`model_class.from_pretrained` for checkpoints of other implementations: convert on load.
 
@@ -724,7 +707,19 @@ def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
     path, source_config = _checkpoint_to_convert(name, hub_options, kwargs)
     if path is None:
         return None
-    ignore_mismatched_sizes, attn_implementation, dtype = _loading_options(name, kwargs)
+    unsupported = sorted(key for key in kwargs if key in UNSUPPORTED_ON_LOAD and kwargs[key] is not None)
+    if unsupported:
+        raise CheckpointConversionError(
+            f"{name} is converted on load, which does not support {', '.join(unsupported)}: convert it first "
+            "(hf_deit.convert.convert_checkpoint or scripts/convert_checkpoint.py), then load the converted folder."
+        )
+    for key in IGNORED_ON_LOAD + UNSUPPORTED_ON_LOAD:
+        kwargs.pop(key, None)
+    ignore_mismatched_sizes = bool(kwargs.pop("ignore_mismatched_sizes", False))
+    attn_implementation = kwargs.pop("attn_implementation", None)
+    dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+    if kwargs.get("id2label") is not None:
+        kwargs.pop("label2id", None)  # rebuilt from id2label, so that the two always agree
 
     state_dict, checkpoint_config = load_checkpoint(path)
     # What conversion has to say (new heads, resampled position embeddings, an added dist token, eps) goes to the

@@ -141,11 +141,17 @@ def evaluate_classifier(
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device).eval()
+    if isinstance(dataset, IterableDataset):  # streams leave undecodable images out before batching
+        ready = apply_transforms(IterableDatasetDict(validation=dataset), transform, transform, skip_bad_images)
+        ready = ready["validation"]
+    else:  # bad images come out as None and `_collate` drops them: each image counts once, none in another's place
+        ready = undecoded_images(dataset).with_transform(make_batch_transform(transform, skip_bad_images))
+    loader = torch.utils.data.DataLoader(ready, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     compute_metrics = make_compute_metrics(top_k)
     sums: dict[str, float] = {}
     class_counts: dict[str, np.ndarray] = {}  # per head: how often each class was predicted (majority shares)
     num_images = 0
-    for batch in _evaluation_loader(dataset, transform, batch_size, num_workers, skip_bad_images):
+    for batch in loader:
         if batch is None:  # every image of the batch was undecodable
             continue
         pixel_values, labels = batch
@@ -172,20 +178,9 @@ def evaluate_classifier(
     return {"num_images": num_images, "num_skipped": num_skipped, **metrics}
 
 
-def _evaluation_loader(dataset, transform: Callable, batch_size: int, num_workers: int, skip_bad_images: bool):
-    """Batches of `(pixel_values, labels)`, undecodable images left out (None for a batch of only those)."""
-    if isinstance(dataset, IterableDataset):  # streams leave undecodable images out before batching
-        ready = apply_transforms(IterableDatasetDict(validation=dataset), transform, transform, skip_bad_images)
-        ready = ready["validation"]
-    else:  # bad images come out as None and `_collate` drops them: each image counts once, none in another's place
-        ready = undecoded_images(dataset).with_transform(make_batch_transform(transform, skip_bad_images))
-    return torch.utils.data.DataLoader(ready, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-
-
 def _predictions(model, pixel_values, label_order, teacher) -> tuple[tuple[np.ndarray, ...], bool]:
     """One batch's logits as `make_compute_metrics` reads them, `(output, cls, distillation[, teacher])` in the
-    dataset's class order, and whether the model has a single head (its output then alone, or thrice before the
-    teacher's)."""
+    dataset's class order (a one-head model's output alone, or thrice before the teacher's), and whether it has one."""
     outputs = model(pixel_values=pixel_values)
     heads = [getattr(outputs, name, None) for name in HEAD_FIELDS]
     single_head = heads[1] is None or heads[2] is None

@@ -585,7 +585,8 @@ class Teacher(nn.Module):
 def prepare_teacher_for_maps(teacher: nn.Module) -> None:
     """Make a transformers ViT-like teacher able to return attention weights (only the eager path computes them).
 
-    Our distilled DeiT needs nothing (it computes weights for the requested layers only); a CNN needs nothing.
+    Our distilled DeiT needs nothing (hooks ask the chosen blocks alone for weights: `capture_attention`); a CNN
+    needs nothing.
     """
     if is_distilled_deit(teacher):
         return
