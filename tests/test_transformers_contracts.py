@@ -88,6 +88,11 @@ def test_initialization(model_class):
 def test_forward_signature(model_class):
     assert list(inspect.signature(model_class.forward).parameters)[1:2] == ["pixel_values"]
     assert model_class.main_input_name == "pixel_values"
+    # What a user of the model passes, and nothing training needs: distillation hooks the blocks it reads instead.
+    expected = {"DistilledDeiTModel": ["token_states_only"], "DistilledDeiTForImageClassification": ["labels"]}
+    assert set(inspect.signature(model_class.forward).parameters) == {
+        "self", "pixel_values", "output_attentions", "output_hidden_states", "interpolate_pos_encoding", "return_dict",
+        "kwargs", *expected[model_class.__name__]}  # fmt: skip
 
 
 @pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
