@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configuration_distilled_deit import _pair
+
 CLS_TOKEN, DISTILLATION_TOKEN = 0, 1
 
 
@@ -122,8 +124,7 @@ def distilled_deit_maps(model: nn.Module, pixel_values: torch.Tensor) -> tuple:
     attentions = outputs.attentions
     if not attentions or attentions[-1] is None:
         raise ValueError("The model returned no attention weights: load it with attn_implementation=\"eager\".")
-    patch_size = model.config.patch_size
-    patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    patch_size = _pair(model.config.patch_size)
     prefix = DISTILLATION_TOKEN + 1  # the cls and dist tokens come before the patches
     grid = grid_for(attentions[-1].shape[-1] - prefix, pixel_values.shape[-2:], patch_size)
     maps = {

@@ -34,7 +34,6 @@ from .attention_maps import (
     capture_attention,
     capture_input,
     classifier_layer,
-    grid_for,
     is_distilled_deit,
     is_vit_like,
     token_attention_map,
@@ -559,8 +558,7 @@ class Teacher(nn.Module):
                                      "attention only).")
                 attentions = [attentions[index] for index in layers]
             patch_size = _pair(self.model.config.patch_size)
-            num_patches = (pixel_values.shape[-2] // patch_size[0]) * (pixel_values.shape[-1] // patch_size[1])
-            grid = grid_for(num_patches, pixel_values.shape[-2:], patch_size)
+            grid = (pixel_values.shape[-2] // patch_size[0], pixel_values.shape[-1] // patch_size[1])
             return token_attention_map(attentions, grid, CLS_TOKEN)
         hidden_states = getattr(output, "hidden_states", None)
         if not hidden_states or hidden_states[-1].ndim != 4:

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from hf_deit_inputs import terms as declared
 from hf_deit_inputs.terms import KL, MSE
 
-from ..attention_maps import CLS_TOKEN, DISTILLATION_TOKEN, capture_attention, grid_for, token_attention_map
-from ..configuration_distilled_deit import _pair
-from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers
+from ..attention_maps import CLS_TOKEN, DISTILLATION_TOKEN, capture_attention, token_attention_map
+from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers, student_grid
 
 TOKENS = {"cls": (CLS_TOKEN,), "dist": (DISTILLATION_TOKEN,), "both": (CLS_TOKEN, DISTILLATION_TOKEN)}
 
@@ -90,8 +89,7 @@ class AttentionMapTerm(DistillationTerm):
 
     def read(self, student, outputs, captured, pixel_values):
         """The distilled token's (tokens') `(batch, rows, columns)` attention over the patches."""
-        grid = grid_for(captured[0].shape[-1] - NUM_PREFIX_TOKENS, pixel_values.shape[-2:],
-                        _pair(student.config.patch_size))  # fmt: skip
+        grid = student_grid(student.config, pixel_values)
         return [token_attention_map(captured, grid, token, num_prefix_tokens=NUM_PREFIX_TOKENS)
                 for token in TOKENS[self.token]]  # fmt: skip
 
