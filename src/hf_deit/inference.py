@@ -25,7 +25,7 @@ import warnings
 import torch
 from torch import nn
 
-from .precision import NARROWEST_BF16_WIDTH, cpu_flags
+from .precision import bf16_is_faster
 
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -34,16 +34,9 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def fastest_inference_precision(
     device: str | torch.device, hidden_size: int | None = None, flags: set[str] | None = None
 ) -> str:
-    """"bf16" or "fp32": the faster inference precision on `device` (see the module docstring). `flags`: the CPU's
-    feature flags (read from /proc/cpuinfo when None)."""
-    device_type = torch.device(device).type
-    if device_type == "cuda":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if device_type == "cpu":
-        flags = cpu_flags() if flags is None else flags
-        wide_enough = hidden_size is None or hidden_size >= NARROWEST_BF16_WIDTH
-        return "bf16" if "amx_bf16" in flags and wide_enough else "fp32"
-    return "fp32"
+    """"bf16" or "fp32": the faster inference precision on `device` (see the module docstring; on a CPU bf16 needs
+    AMX). `flags`: the CPU's feature flags (read from /proc/cpuinfo when None)."""
+    return "bf16" if bf16_is_faster(device, hidden_size, cpu_kernels=("amx_bf16",), flags=flags) else "fp32"
 
 
 # Inductor settings for inference, per compile mode ("auto" picks one per precision and device, see

@@ -31,12 +31,16 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in cpu_flags() for flag in _NATIVE_BF16_CPU_FLAGS)
 
 
-def bf16_is_faster(device: str | torch.device, hidden_size: int | None = None) -> bool:
-    """Whether bf16 autocast beats float32 for training on `device`. `hidden_size`: a transformer's width (narrow ones
-    lose on CPU); None for a CNN."""
+def bf16_is_faster(device: str | torch.device, hidden_size: int | None = None,
+                   cpu_kernels: tuple[str, ...] = _NATIVE_BF16_CPU_FLAGS, flags: set[str] | None = None) -> bool:  # fmt: skip
+    """Whether bf16 beats float32 on `device` (training's autocast by default). `hidden_size`: a transformer's width
+    (narrow ones lose on CPU); None for a CNN. On a CPU, bf16 needs one of `cpu_kernels` among the CPU's feature
+    `flags` (read from /proc/cpuinfo when None)."""
     device_type = torch.device(device).type
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type == "cpu":
-        return cpu_has_native_bf16() and (hidden_size is None or hidden_size >= NARROWEST_BF16_WIDTH)
+        flags = cpu_flags() if flags is None else flags
+        native = any(flag in flags for flag in cpu_kernels)
+        return native and (hidden_size is None or hidden_size >= NARROWEST_BF16_WIDTH)
     return False
