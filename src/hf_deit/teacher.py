@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hf_deit_inputs.checks import CHECKPOINT_FILE_SUFFIXES
+
 from .configuration_distilled_deit import _pair
 from .attention_maps import (
     CLS_TOKEN,
@@ -57,8 +59,6 @@ def recorded_teacher(folder: str, live: "Teacher | None" = None) -> nn.Module:
     return RecordedTeacher(folder, live)
 
 
-# Weights files a teacher can be given as, with the timm architecture named by the file or by `timm_model_name`.
-TEACHER_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 _HUB_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "force_download")
 
 
@@ -89,7 +89,7 @@ def load_teacher(
     teacher = str(teacher)
     if Path(teacher).is_file():
         return _timm_teacher_from_file(Path(teacher), timm_model_name)
-    if teacher.endswith(TEACHER_WEIGHT_SUFFIXES) and not Path(teacher).exists():
+    if teacher.endswith(CHECKPOINT_FILE_SUFFIXES) and not Path(teacher).exists():
         raise FileNotFoundError(f"The teacher's weights file {teacher} does not exist.")
     from transformers import AutoConfig, AutoModelForImageClassification
 
@@ -355,18 +355,6 @@ class TeacherInputAdapter(nn.Module):
             )
         return pixel_values
 
-    @classmethod
-    def from_preprocessing(cls, expected: TeacherPreprocessing, student_mean=None, student_std=None):
-        return cls(
-            student_mean=student_mean,
-            student_std=student_std,
-            teacher_mean=expected.image_mean,
-            teacher_std=expected.image_std,
-            teacher_size=expected.image_size,
-            teacher_channels=expected.num_channels,
-            interpolation=expected.interpolation,
-        )
-
     def extra_repr(self) -> str:
         return f"renormalize={self.renormalize}, teacher_size={self.teacher_size}, interpolation={self.interpolation!r}"
 
@@ -485,7 +473,8 @@ class Teacher(nn.Module):
             )
         if attention_maps:
             prepare_teacher_for_maps(module)
-        adapter = TeacherInputAdapter.from_preprocessing(expected, student_mean, student_std)
+        adapter = TeacherInputAdapter(student_mean, student_std, expected.image_mean, expected.image_std,
+                                      expected.image_size, expected.num_channels, expected.interpolation)  # fmt: skip
         return cls(module, adapter, label_order, name=teacher if isinstance(teacher, str) else None)
 
     def check_run(self, trainer) -> None:
