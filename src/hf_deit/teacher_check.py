@@ -83,19 +83,12 @@ class TeacherReport:
 def eval_transform_of(processor):
     """The evaluation transform a `deit_image_processor` describes (shortest-edge resize, center crop, normalise), as
     `hf_deit.data.build_eval_transform` builds it; None without a processor of that kind."""
-    from torchvision.transforms import v2
-
-    from .data.transforms import CenterCrop, ToNormalizedTensor, to_rgb
+    from .data.transforms import eval_transform
 
     size, crop = getattr(processor, "size", None) or {}, getattr(processor, "crop_size", None) or {}
     if "shortest_edge" not in size or "height" not in crop:
         return None
-    return v2.Compose([
-        to_rgb,
-        v2.Resize(size["shortest_edge"], interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        CenterCrop(crop["height"]),
-        ToNormalizedTensor(processor.image_mean, processor.image_std),
-    ])  # fmt: skip
+    return eval_transform(size["shortest_edge"], crop["height"], processor.image_mean, processor.image_std)
 
 
 def labelled_view(dataset, transform, max_images: int = MAX_CHECKED_IMAGES, seed: int = 0):

@@ -147,23 +147,19 @@ def build_train_transform(args: Optional[AugmentationArguments] = None) -> v2.Co
 
 
 def build_eval_transform(args: Optional[AugmentationArguments] = None) -> v2.Compose:
-    """DeiT's evaluation transform, equal to `deit_image_processor(image_size, crop_pct, mean, std)`.
-
-    to_rgb -> Resize shorter side to image_size/crop_pct (bicubic) -> CenterCrop(image_size) -> Normalize.
-    """
+    """DeiT's evaluation transform, equal to `deit_image_processor(image_size, crop_pct, mean, std)`."""
     args = (args or AugmentationArguments()).resolved()
-    return v2.Compose(
-        [
-            to_rgb,  # a plain callable: v2.Lambda would add dispatch cost for nothing
-            v2.Resize(
-                eval_resize_size(args.image_size, args.crop_pct),
-                interpolation=v2.InterpolationMode.BICUBIC,
-                antialias=True,
-            ),
-            CenterCrop(args.image_size),
-            ToNormalizedTensor(args.mean, args.std),
-        ]
-    )
+    return eval_transform(eval_resize_size(args.image_size, args.crop_pct), args.image_size, args.mean, args.std)
+
+
+def eval_transform(resize: int, crop: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """to_rgb -> Resize shorter side to `resize` (bicubic) -> CenterCrop(`crop`) -> Normalize."""
+    return v2.Compose([
+        to_rgb,  # a plain callable: v2.Lambda would add dispatch cost for nothing
+        v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        CenterCrop(crop),
+        ToNormalizedTensor(mean, std),
+    ])  # fmt: skip
 
 
 def make_batch_transform(
