@@ -250,26 +250,20 @@ def _load_source(dataset_name, dataset_config_name, train_dir, validation_dir, s
             raise ValueError("Pass either dataset_name or train_dir/validation_dir, not both.")
         if train_dir is None:
             raise ValueError("validation_dir needs a train_dir as well.")
-        folders = load_image_folders(train_dir, validation_dir)
-        if streaming:
-            return IterableDatasetDict({name: split.to_iterable_dataset() for name, split in folders.items()})
-        return folders
-    dataset_name = dataset_name or DEFAULT_DATASET
-    if dataset_name in EMBEDDED_DATASETS:
-        embedded = load_embedded_dataset(dataset_name)
-        if streaming:
-            return IterableDatasetDict({name: split.to_iterable_dataset() for name, split in embedded.items()})
-        return embedded
-    if os.path.isdir(dataset_name) and any(
+        local = load_image_folders(train_dir, validation_dir)
+    elif (dataset_name or DEFAULT_DATASET) in EMBEDDED_DATASETS:
+        local = load_embedded_dataset(dataset_name or DEFAULT_DATASET)
+    elif os.path.isdir(dataset_name) and any(
         os.path.isfile(os.path.join(dataset_name, marker)) for marker in ("dataset_dict.json", "state.json")
     ):
-        saved = load_from_disk(dataset_name)
-        if streaming:
-            if isinstance(saved, Dataset):
-                return saved.to_iterable_dataset()
-            return IterableDatasetDict({name: split.to_iterable_dataset() for name, split in saved.items()})
-        return saved
-    return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, token=token, streaming=streaming)
+        local = load_from_disk(dataset_name)
+    else:
+        return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, token=token, streaming=streaming)
+    if not streaming:
+        return local
+    if isinstance(local, Dataset):
+        return local.to_iterable_dataset()
+    return IterableDatasetDict({name: split.to_iterable_dataset() for name, split in local.items()})
 
 
 def load_image_folders(train_dir: str, validation_dir: Optional[str] = None) -> DatasetDict:
