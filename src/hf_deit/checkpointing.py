@@ -95,10 +95,6 @@ def remove_partial_checkpoints(run_dir: str) -> list[str]:
     return removed
 
 
-def is_checkpoint(folder: str | os.PathLike) -> bool:
-    return os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME))
-
-
 def resolve_resume_checkpoint(output_dir: str, requested: str | bool | None) -> str | None:
     """The checkpoint folder a run in `output_dir` resumes from, or None to start fresh (rule in the module doc)."""
     latest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
@@ -124,7 +120,7 @@ def resolve_resume_checkpoint(output_dir: str, requested: str | bool | None) -> 
             )
         return None
     path = Path(requested)
-    if not is_checkpoint(path):
+    if not (path / TRAINER_STATE_NAME).is_file():
         raise ValueError(
             f"--resume_from_checkpoint {requested}: not a checkpoint folder (no {TRAINER_STATE_NAME}). Pass a "
             f"{PREFIX_CHECKPOINT_DIR}-<step> folder, 'auto' for the newest in --output_dir, or 'false'."
@@ -178,11 +174,7 @@ def prepare_output_dir(output_dir: str, settings: dict, overwrite: bool = False,
     """Refuse a run into `output_dir` whose recorded settings differ from `settings` (see the module docstring);
     with `overwrite`, delete the old run's checkpoints instead (when `write`: the main process). Nothing is written
     here: `record_run_settings` does it once training starts, so a run that fails earlier leaves no trace."""
-    path = os.path.join(output_dir, RUN_SETTINGS_NAME)
-    saved = None
-    if os.path.isfile(path):
-        with open(path) as file:
-            saved = json.load(file)
+    saved = _recorded_settings(output_dir)
     differences = settings_differences(saved, settings) if saved is not None else {}
     if differences and not overwrite:
         listed = "\n".join(f"  --{name}: {old!r} there, {new!r} now" for name, (old, new) in differences.items())
@@ -206,6 +198,14 @@ def prepare_output_dir(output_dir: str, settings: dict, overwrite: bool = False,
         )  # fmt: skip
 
 
+def _recorded_settings(output_dir: str) -> dict | None:
+    path = os.path.join(output_dir, RUN_SETTINGS_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as file:
+        return json.load(file)
+
+
 def record_run_settings(output_dir: str, settings: dict) -> None:
     """Write `settings` to `output_dir/run_settings.json` (atomically); call it from the main process."""
     path = os.path.join(output_dir, RUN_SETTINGS_NAME)
@@ -224,11 +224,8 @@ def settings_differences(saved: dict, settings: dict) -> dict[str, tuple]:
 
 def check_checkpoint_settings(checkpoint: str, settings: dict) -> None:
     """A checkpoint given by path (`--resume_from_checkpoint PATH`) resumes only a run of the same settings."""
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), RUN_SETTINGS_NAME)
-    if not os.path.isfile(path):
-        return
-    with open(path) as file:
-        differences = settings_differences(json.load(file), settings)
+    saved = _recorded_settings(os.path.dirname(os.path.abspath(checkpoint)))
+    differences = settings_differences(saved, settings) if saved is not None else {}
     if differences:
         listed = ", ".join(f"--{name} ({old!r} there, {new!r} now)" for name, (old, new) in differences.items())
         raise ValueError(f"--resume_from_checkpoint {checkpoint} was saved by a run with other settings: {listed}. "
