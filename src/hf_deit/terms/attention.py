@@ -9,23 +9,13 @@ attention (a ViT) or activation energy (a CNN), `hf_deit.teacher.Teacher(..., at
 """
 
 import torch
-import torch.nn.functional as F
 from hf_deit_inputs import terms as declared
 from hf_deit_inputs.terms import KL, MSE
 
 from ..attention_maps import CLS_TOKEN, DISTILLATION_TOKEN, capture_attention, token_attention_map
-from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers, student_grid
+from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers, resize_to_grid, student_grid
 
 TOKENS = {"cls": (CLS_TOKEN,), "dist": (DISTILLATION_TOKEN,), "both": (CLS_TOKEN, DISTILLATION_TOKEN)}
-
-
-def resize_map(attention_map: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Resample `(batch, h, w)` maps to `grid` (area average when shrinking, bilinear when growing)."""
-    if tuple(attention_map.shape[-2:]) == tuple(grid):
-        return attention_map
-    shrinking = grid[0] <= attention_map.shape[-2] and grid[1] <= attention_map.shape[-1]
-    mode = dict(mode="area") if shrinking else dict(mode="bilinear", align_corners=False)
-    return F.interpolate(attention_map[:, None].float(), size=tuple(grid), **mode)[:, 0]
 
 
 def as_distribution(attention_map: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -56,8 +46,8 @@ def attention_map_loss(
     """
     with torch.autocast(device_type=student_map.device.type, enabled=False):
         grid = (min(student_map.shape[-2], teacher_map.shape[-2]), min(student_map.shape[-1], teacher_map.shape[-1]))
-        student = as_distribution(resize_map(student_map.float(), grid), eps)
-        teacher = as_distribution(resize_map(teacher_map.float(), grid), eps)
+        student = as_distribution(resize_to_grid(student_map.float()[:, None], grid), eps)
+        teacher = as_distribution(resize_to_grid(teacher_map.float()[:, None], grid), eps)
         if loss_type == KL:
             per_example = torch.sum(teacher * (torch.log(teacher + eps) - torch.log(student + eps)), dim=-1)
         elif loss_type == MSE:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hf_deit_inputs import terms as declared
@@ -116,6 +117,15 @@ def student_grid(config, pixel_values: torch.Tensor) -> tuple[int, int]:
     """The student's patch grid for a batch of this size."""
     patch_size = _pair(config.patch_size)
     return pixel_values.shape[-2] // patch_size[0], pixel_values.shape[-1] // patch_size[1]
+
+
+def resize_to_grid(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """`(batch, channels, h, w)` maps resampled to `grid`: area average when shrinking, bilinear when growing."""
+    if tuple(maps.shape[-2:]) == tuple(grid):
+        return maps
+    if maps.shape[-2] >= grid[0] and maps.shape[-1] >= grid[1]:
+        return F.adaptive_avg_pool2d(maps, grid)
+    return F.interpolate(maps, size=tuple(grid), mode="bilinear", align_corners=False)
 
 
 def check_layers(name: str, layers, depth: int) -> None:

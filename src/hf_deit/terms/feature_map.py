@@ -24,7 +24,7 @@ from hf_deit_inputs.choices import SMALL_IMAGE_MAX_SIZE
 from hf_deit_inputs import terms as declared
 from hf_deit_inputs.terms import NO_DISTILLATION
 
-from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers, student_grid
+from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers, resize_to_grid, student_grid
 from .feature import FeatureProjection
 
 logger = logging.getLogger(__name__)
@@ -41,15 +41,6 @@ def nearest_stage(stage_maps, grid: tuple[int, int]) -> int:
     return min(reversed(range(len(stage_maps))), key=distance)
 
 
-def resize_feature_map(feature_map: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """`(batch, channels, h, w)` to the student's grid: area average when shrinking, bilinear when growing."""
-    if tuple(feature_map.shape[-2:]) == tuple(grid):
-        return feature_map
-    if feature_map.shape[-2] >= grid[0] and feature_map.shape[-1] >= grid[1]:
-        return F.adaptive_avg_pool2d(feature_map, grid)
-    return F.interpolate(feature_map, size=tuple(grid), mode="bilinear", align_corners=False)
-
-
 def feature_map_distillation_loss(
     projected_tokens: torch.Tensor, teacher_map: torch.Tensor, grid: tuple[int, int]
 ) -> torch.Tensor:
@@ -57,7 +48,7 @@ def feature_map_distillation_loss(
     w)` stage output, resampled to the `(rows, columns)` grid: the mean over examples and positions of the squared
     distance between L2-normalised vectors. In float32."""
     with torch.autocast(device_type=projected_tokens.device.type, enabled=False):
-        teacher = resize_feature_map(teacher_map.float().detach(), grid).flatten(2).transpose(1, 2)
+        teacher = resize_to_grid(teacher_map.float().detach(), grid).flatten(2).transpose(1, 2)
         if teacher.shape != projected_tokens.shape:
             raise ValueError(f"Projected student tokens {tuple(projected_tokens.shape)} and the teacher's map on the "
                              f"{grid[0]}x{grid[1]} grid {tuple(teacher.shape)} differ in shape.")

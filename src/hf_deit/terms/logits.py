@@ -28,10 +28,6 @@ class LogitTerm(DistillationTerm):
                                     args.pseudo_label_threshold))  # fmt: skip
 
     @property
-    def needs_teacher(self) -> bool:
-        return self.loss.needs_teacher
-
-    @property
     def log_names(self) -> tuple[str, ...]:
         return ("loss_cls", "loss_distillation")
 
