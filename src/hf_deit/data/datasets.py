@@ -151,15 +151,7 @@ def load_unlabeled_images(
         source = Dataset.from_dict({image_column_name: files}, features=Features({image_column_name: Image()}))
     else:
         source = _load_source(dataset_name, None, None, None, False, cache_dir, token)
-    pool = source["train"] if isinstance(source, DatasetDict) else source
-    if image_column_name not in pool.column_names:
-        raise ValueError(f"The unlabelled images have no column {image_column_name!r} (columns: {pool.column_names}); "
-                         "pass --image_column_name.")
-    pool = pool.select_columns([image_column_name])
-    if image_column_name != "image":
-        pool = pool.rename_column(image_column_name, "image")
-    if not isinstance(pool.features["image"], Image):
-        pool = pool.cast_column("image", Image())
+    pool = _standardize_columns(source["train"] if isinstance(source, DatasetDict) else source, image_column_name)
     pool = _limit(pool, max_samples, seed)
     return pool.add_column("label", np.full(len(pool), -1, dtype=np.int64), feature=label_feature)
 
@@ -309,20 +301,22 @@ def _class_folders(flag: str, root: str):
     return found
 
 
-def _standardize_columns(split, image_column_name: str, label_column_name: str):
-    """Rename the image/label columns to `image`/`label` and drop every other column (nothing else is decoded)."""
+def _standardize_columns(split, image_column_name: str, label_column_name: Optional[str] = None):
+    """Rename the image (and label) columns to `image` (and `label`) and drop every other column (nothing else is
+    decoded)."""
     columns = split.column_names
     if columns is None:  # a streamed Hub dataset that does not declare its features
         split = split._resolve_features()
         columns = split.column_names
-    for role, name in (("image", image_column_name), ("label", label_column_name)):
+    roles = {"image": image_column_name, "label": label_column_name} if label_column_name else {"image": image_column_name}
+    for role, name in roles.items():
         if name not in columns:
             raise ValueError(
                 f"The {role} column {name!r} is not in the dataset; its columns are {columns}. "
                 f"Pass --{role}_column_name with one of them."
             )
-    split = split.select_columns([image_column_name, label_column_name])
-    renames = {old: new for old, new in ((image_column_name, "image"), (label_column_name, "label")) if old != new}
+    split = split.select_columns(list(roles.values()))
+    renames = {old: new for new, old in roles.items() if old != new}
     if renames:
         split = split.rename_columns(renames)
     if not isinstance(split.features["image"], Image):
