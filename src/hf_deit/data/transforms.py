@@ -1,11 +1,6 @@
 """Transforms: the per-image transforms (torchvision.transforms.v2) built from DeiT's augmentation recipe (the
 flags `hf_deit.arguments.AugmentationArguments`, their presets `hf_deit_inputs.choices.AUGMENTATION_PRESETS`), attached
-to the splits lazily.
-
-    build_train_transform(args) / build_eval_transform(args)   PIL image (any mode) -> normalised float tensor.
-    apply_transforms(dataset_dict, train_transform, eval_transform, skip_bad_images=True)
-                                     adds `pixel_values` + `labels` lazily; images decoded there
-                                     (`hf_deit.data.decoding`: undecodable ones skipped).
+to the splits lazily (`apply_transforms`; images are decoded there, `hf_deit.data.decoding`).
 
 Deliberate differences from timm's `rand-m9-mstd0.5-inc1` (what DeiT uses) are listed in `NoisyRandAugment`.
 """
