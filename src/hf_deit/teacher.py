@@ -463,8 +463,6 @@ class Teacher(nn.Module):
         expected = teacher_preprocessing(teacher if isinstance(teacher, str) else module, processor, module)
         if image_size is not None:
             expected.image_size = _input_size(image_size)
-        if expected.num_channels is None and config is not None:
-            expected.num_channels = getattr(config, "num_channels", None)
         student_channels = getattr(student_config, "num_channels", None)
         if None not in (expected.num_channels, student_channels) and expected.num_channels != student_channels:
             raise ValueError(
