@@ -7,16 +7,8 @@ The page shows the top-5 classes of the averaged heads (`logits`, what `pipeline
 the distillation head, the teacher's top-5 when a teacher is given, and the class and distillation tokens' attention
 over the image (last layer and rollout, `hf_deit.attention_maps`) drawn over what the model saw.
 
-    DemoModel.load(model, teacher)   the model (folder or Hub id) with its image processor, and the teacher; checked
-                                     first (`hf_deit_inputs.check_demo_inputs`), so a folder that is not a model says
-                                     what it lacks
-    DemoModel.predict(image)         a `DemoPrediction`: top-5 per head, attention overlays; no Gradio needed
-    read_image(path)                 a dropped file as an RGB image, or `UnreadableImageError` saying why not
-    build_app(demo_model)            the page, a `gradio.Blocks`
-    serve(model, teacher, ...)       load, build, launch
-    write_space(folder, model, ...)  a Hugging Face Space folder whose app.py calls `serve` from a copy of this package
-
-Gradio is an optional extra (`pip install 'hf-deit[demo]'`); only `build_app`, `serve` and `write_space` need it.
+`DemoModel` loads and predicts without Gradio, an optional extra (`pip install 'hf-deit[demo]'`) that only
+`build_app`, `serve` and `write_space` (a Hugging Face Space folder serving the same page) need.
 """
 
 from __future__ import annotations
@@ -120,6 +112,7 @@ class DemoModel:
         return [str(id2label.get(index, index)) for index in range(self.model.config.num_labels)]
 
     def predict(self, image: Image.Image) -> DemoPrediction:
+        """Top-5 per head and the attention overlays for one image."""
         from .data import to_rgb
 
         pixel_values = self.processor(to_rgb(image), return_tensors="pt")["pixel_values"]
