@@ -126,12 +126,7 @@ def pseudo_label_targets(labels: torch.Tensor, labeled: torch.Tensor, teacher_lo
     confidence, pseudo_labels = teacher_logits.softmax(dim=-1).max(dim=-1)
     targets = torch.zeros_like(teacher_logits).scatter_(1, pseudo_labels[:, None], 1.0)
     labeled = labeled.bool()
-    if labels.is_floating_point() and labels.ndim == 2:
-        targets = torch.where(labeled[:, None], labels, targets)
-    else:
-        ground_truth = labels.clamp(min=0)  # -1 rows are replaced below; clamp keeps scatter in range
-        one_hot = torch.zeros_like(teacher_logits).scatter_(1, ground_truth[:, None], 1.0)
-        targets = torch.where(labeled[:, None], one_hot, targets)
+    targets = torch.where(labeled[:, None], label_rows(labels, num_classes).to(targets.dtype), targets)
     targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
     weights = (labeled | (confidence >= threshold)).float()
     return targets, weights
