@@ -31,8 +31,12 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in cpu_flags() for flag in _NATIVE_BF16_CPU_FLAGS)
 
 
-def bf16_is_faster(device: str | torch.device, hidden_size: int | None = None,
-                   cpu_kernels: tuple[str, ...] = _NATIVE_BF16_CPU_FLAGS, flags: set[str] | None = None) -> bool:  # fmt: skip
+def bf16_is_faster(
+    device: str | torch.device,
+    hidden_size: int | None = None,
+    cpu_kernels: tuple[str, ...] = _NATIVE_BF16_CPU_FLAGS,
+    flags: set[str] | None = None,
+) -> bool:
     """Whether bf16 beats float32 on `device` (training's autocast by default). `hidden_size`: a transformer's width
     (narrow ones lose on CPU); None for a CNN. On a CPU, bf16 needs one of `cpu_kernels` among the CPU's feature
     `flags` (read from /proc/cpuinfo when None)."""

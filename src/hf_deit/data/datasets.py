@@ -308,7 +308,7 @@ def _standardize_columns(split, image_column_name: str, label_column_name: Optio
     if columns is None:  # a streamed Hub dataset that does not declare its features
         split = split._resolve_features()
         columns = split.column_names
-    roles = {"image": image_column_name, "label": label_column_name} if label_column_name else {"image": image_column_name}
+    roles = {"image": image_column_name, **({"label": label_column_name} if label_column_name else {})}
     for role, name in roles.items():
         if name not in columns:
             raise ValueError(
