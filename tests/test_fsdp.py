@@ -174,8 +174,9 @@ def test_train_script_fully_shards_on_two_cpu_processes_with_one_process_loss_an
     # Fully sharded: every parameter (the objective's projections too) a DTensor; each process holds about half.
     assert (single["model_class"], double["model_class"]) == (
         "DistilledDeiTForImageClassification", "FSDPDistilledDeiTForImageClassification")  # fmt: skip
-    # Both workarounds of hf_deit.distributed still needed: accelerate 1.15 left FSDP off on CPU (the line says that
-    # shard_on_cpu_when_asked turned it on), and fully_shard swapped the class (which saved_as_own_class undoes).
+    # Both workarounds still needed: accelerate 1.15 left FSDP off on CPU (the line says that hf_deit.distributed's
+    # shard_on_cpu_when_asked turned it on), and fully_shard swapped the class (which the model's save_pretrained
+    # undoes).
     # When either assertion fails, the library no longer needs the workaround: remove it.
     assert "FSDP2 on 2 CPU processes (gloo): accelerate enables FSDP only on accelerators." in double["output"]
     assert (single["world_size"], double["world_size"]) == (1, 2)

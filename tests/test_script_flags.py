@@ -242,7 +242,7 @@ def what_the_run_uses(script: str, argv: list[str]) -> dict:
         "model": describe(trainer.model.config), "weights": describe(trainer.model, depth=1)["parameters"],
         "train data": data_sample(trainer.train_dataset), "eval data": data_sample(trainer.eval_dataset),
         "train transform": describe(getattr(trainer.train_dataset, "_format_kwargs", {}).get("transform")),
-        "collator": describe(trainer.data_collator), "eval collator": describe(trainer.eval_data_collator),
+        "collator": describe(trainer.train_data_collator), "eval collator": describe(trainer.data_collator),
         "processor": describe(trainer.processing_class.to_dict()),
         "teacher": describe(getattr(trainer, "teacher", None), depth=3),
         "teacher record": describe(getattr(trainer, "teacher_record", None), depth=2),

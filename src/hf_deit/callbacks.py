@@ -155,6 +155,33 @@ class LogAtLeastEvery(TrainerCallback):
         return control
 
 
+class LossTermMeans(TrainerCallback):
+    """Adds to each training log (the one with `loss`) every loss term's mean over the same steps, averaged over the
+    processes: what `compute_loss` reports with `observe`, summed on the device and read once per log. It must be
+    the first callback to hear `on_log`: the trackers and the progress bar send and print the logs it completes."""
+
+    def __init__(self):
+        self._sum, self._count, self._names = None, 0, ()
+
+    def observe(self, terms: torch.Tensor, names: Sequence[str]) -> None:
+        """`terms`: a 1-D tensor of this micro-batch's loss terms, named by `names`. No host synchronisation."""
+        self._sum = terms if self._sum is None else self._sum + terms
+        self._count += 1
+        self._names = tuple(names)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs or not self._count:
+            return
+        means = self._sum / self._count
+        if args.world_size > 1 and dist.is_initialized():
+            dist.all_reduce(means)
+            means /= args.world_size
+        terms = {name: round(value, 4) for name, value in zip(self._names, means.tolist())}
+        logs.update(terms)
+        state.log_history[-1].update(terms)  # Trainer keeps its own copy of the logs, made before it calls back
+        self._sum, self._count = None, 0
+
+
 # ---- heads that collapse ----
 
 COLLAPSED_SHARE = 0.9  # a head giving one class to this share of the images predicts nothing

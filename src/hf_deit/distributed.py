@@ -1,4 +1,4 @@
-"""Running on several processes: FSDP on CPUs, saving a sharded model, how a run ends (every rank leaves the process
+"""Running on several processes: FSDP on CPUs, how a run ends (every rank leaves the process
 group so that a finished run exits 0), and a lost rank. Each workaround names the versions it works around
 (torch 2.14, accelerate 1.15) and has a test that fails once it is no longer needed (tests/test_fsdp.py).
 
@@ -21,7 +21,6 @@ rank, drop the wrappers that hold the group, destroy it, and collect, all while 
 """
 
 import atexit
-import contextlib
 import gc
 import logging
 import os
@@ -194,7 +193,7 @@ def _read_state(pid: int) -> str:
         return ""
 
 
-# ---- FSDP on CPU processes, and saving a sharded model with its own class ----
+# ---- FSDP on CPU processes ----
 
 
 def shard_on_cpu_when_asked(trainer) -> None:
@@ -230,26 +229,3 @@ def shard_on_cpu_when_asked(trainer) -> None:
         trainer.place_model_on_device = False  # as Trainer decides for FSDP: `fully_shard` places the model
     logger.info("FSDP2 on %d CPU processes (gloo): accelerate enables FSDP only on accelerators.",
                 state.num_processes)
-
-
-@contextlib.contextmanager
-def saved_as_own_class(model, state_dict):
-    """While saving: the model with its own class, not the subclass FSDP2 gave it.
-
-    torch 2.14's `fully_shard` swaps the model's class for a subclass it defines (`FSDP<Name>`, module
-    torch.distributed.fsdp._fully_shard._fsdp_init). `save_pretrained` names the saved class in `auto_map` and copies
-    its defining module's files: the folder would hold torch's FSDP sources and an `auto_map` that `trust_remote_code`
-    cannot load. The weights come gathered in `state_dict` (Trainer.save_model), so the save can run with the model's
-    own class; the sharded class is back afterwards. tests/test_fsdp.py checks that the class is swapped (and fails
-    once torch stops doing so) and that the saved folder holds only our files."""
-    from torch.distributed.fsdp import FSDPModule
-
-    sharded_class = type(model)
-    if not issubclass(sharded_class, FSDPModule) or state_dict is None:
-        yield
-        return
-    model.__class__ = next(cls for cls in sharded_class.__mro__ if not issubclass(cls, FSDPModule))
-    try:
-        yield
-    finally:
-        model.__class__ = sharded_class

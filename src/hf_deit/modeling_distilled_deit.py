@@ -349,7 +349,15 @@ class DistilledDeiTPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers', but a folder saved from either model lists both in `auto_map`, so that `AutoModel` and
         `AutoModelForImageClassification` load it with `trust_remote_code=True` (transformers records only the
-        class being saved)."""
+        class being saved). A model sharded by FSDP2 saves as its own class: `fully_shard` swaps in a subclass of
+        torch's (`FSDP<Name>`), whose module transformers would copy into the folder and name in `auto_map`."""
+        sharded_class = type(self)
+        if sharded_class.__name__.startswith("FSDP"):
+            self.__class__ = next(cls for cls in sharded_class.__mro__ if not cls.__name__.startswith("FSDP"))
+            try:
+                return self.save_pretrained(save_directory, *args, **kwargs)
+            finally:
+                self.__class__ = sharded_class
         if self._auto_class is not None:
             module = type(self).__module__.split(".")[-1]
             auto_map = dict(getattr(self.config, "auto_map", None) or {})

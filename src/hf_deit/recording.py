@@ -75,7 +75,7 @@ def _record_rounds(recorder: dict, split: str, rounds: list, layout: tuple, slot
         group, done = [], []
         for k in range(index[j], index[j + 1]):
             batch = next(loader)
-            group.append((batch["pixel_values"], slot_of(batch["views"], firsts and firsts[k])))
+            group.append((batch["pixel_values"], slot_of(torch.from_numpy(batch["views"]), firsts and firsts[k])))
             if k + 1 == index[j + 1] or sum(len(slots) for _, slots in group) >= recorder["teacher_batch"]:
                 done.append(_run_teacher(recorder, group))
                 group = []

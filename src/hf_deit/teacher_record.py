@@ -313,7 +313,7 @@ class RecordedTeacher(nn.Module):
         if views is None:
             raise ValueError("A batch without its views' places reached a teacher record: read the data through the "
                              "trainer's own data loaders, or give the teacher itself.")  # fmt: skip
-        epoch, slots = self._slots(views.cpu())
+        epoch, slots = self._slots(torch.as_tensor(views).cpu())
         recorded = self._recorded(epoch, slots, pixel_values.device, **request)
         if self.live is not None and epoch != EVALUATION_EPOCH and self._checked < CHECKED_BATCHES:
             self.check_against_teacher(recorded, self.live(pixel_values, layers=layers, **request))

@@ -1,26 +1,40 @@
-"""`DistillationTrainer`: transformers' `Trainer` with DeiT's teacher and loss, and per-head evaluation metrics."""
+"""`DistillationTrainer`: transformers' `Trainer` with DeiT's teacher and loss, and per-head evaluation metrics.
 
-import contextlib
+The trainers extend `Trainer` through its public hooks: `compute_loss` (the objective; its outputs, a dict, are what
+Trainer's own `prediction_step` gathers), `train` (the objective's projections join the student for the run),
+`get_train_dataloader` (the samplers), `get_eval_dataloader` (views, signals), `get_decay_parameter_names`,
+`create_model_card`, and callbacks (`hf_deit.callbacks`: run safety, the loss terms' means in the logs). One private
+method is overridden, `_save_checkpoint`, for want of a public hook (its docstring says why; tests/test_trainer.py
+pins its signature and counts the overrides).
+"""
+
 import dataclasses
 import json
 import logging
 import os
 import re
+from functools import partial
 
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import Trainer, TrainingArguments, default_data_collator
-from transformers.trainer_utils import get_last_checkpoint
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint, seed_worker
 
-from .arguments import DeiTTrainingArguments, DistillationConfig
-from .callbacks import HeadCheck, LogAtLeastEvery, add_run_safety
+from .arguments import DistillationConfig
+from .callbacks import HeadCheck, LogAtLeastEvery, LossTermMeans, add_run_safety
 from .checkpointing import save_checkpoint_atomically
 from .data.mixup import LABELED_KEY
-from .data.samplers import PositionSeededCollator, PositionSeededDataset, PositionSeededSampler
-from .distributed import saved_as_own_class, shard_on_cpu_when_asked
+from .data.samplers import (
+    PositionSeededCollator,
+    PositionSeededDataset,
+    PositionSeededSampler,
+    RepeatedAugmentationSampler,
+)
+from .distributed import shard_on_cpu_when_asked
 from .losses import LabelFallback, classification_loss
-from .metrics import make_compute_metrics  # noqa: F401  (also importable from here, where it used to live)
+from .metrics import HEAD_FIELDS, make_compute_metrics  # noqa: F401  (also importable from here, where it used to live)
 from .objective import DistillationObjective
 from .preemption import shield_workers
 from .run import size_run
@@ -62,15 +76,28 @@ def _describe_keys(keys: set[str]) -> str:
     return ", ".join(sorted(key.removeprefix(OBJECTIVE_NAME + ".") for key in keys)) or "none"
 
 
+class _EvaluationViews(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return {**self.dataset[index], PositionSeededDataset.VIEW_KEY: (EVALUATION_EPOCH, index, index)}
+
+
 class DeiTTrainerBase(Trainer):
     """What DeiT training adds to `Trainer` whatever the loss: what `args` left unset sized to the model and data
     (`hf_deit.run.size_run`, on a copy), the run-safety callbacks (`hf_deit.callbacks.add_run_safety`), evaluation
-    batches collated without mixup, repeated augmentation across processes, and no weight decay on the tokens and
-    position embeddings.
+    batches collated without mixup, augmentation seeded by position and repeated augmentation across processes, and
+    no weight decay on the tokens and position embeddings.
 
     Args (beyond `Trainer`'s; every one after `model` and `args` by keyword):
-        eval_data_collator: collates evaluation batches; by default the training collator without mixing (its
-            `for_evaluation()`), so that metrics see real images and class ids.
+        data_collator: collates the training batches (`train_data_collator`).
+        eval_data_collator: collates evaluation and prediction batches; by default the training collator without
+            mixing (its `for_evaluation()`), so that metrics see real images and class ids. It becomes Trainer's
+            `data_collator`, which its own evaluation and test loaders use; the training loader is built here.
 
     Repeated augmentation (DeiT's RASampler) follows `args.repeated_augmentation` (`DeiTTrainingArguments`; other
     `TrainingArguments` train without it): multi-process runs only, as in the official code.
@@ -86,9 +113,10 @@ class DeiTTrainerBase(Trainer):
         args = size_run(args, model, train_dataset, eval_dataset)  # a sized copy: what was left unset, for this run
         super().__init__(model, args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         shard_on_cpu_when_asked(self)  # before anything is prepared (hf_deit.distributed)
+        self.train_data_collator = self.data_collator
         if eval_data_collator is None and hasattr(self.data_collator, "for_evaluation"):
             eval_data_collator = self.data_collator.for_evaluation()
-        self.eval_data_collator = eval_data_collator
+        self.data_collator = eval_data_collator or self.data_collator
         self.add_callback(LogAtLeastEvery())
         self.loss_guard = add_run_safety(self)  # compute_loss reports the loss terms to it (hf_deit.callbacks)
 
@@ -96,83 +124,55 @@ class DeiTTrainerBase(Trainer):
     def repeated_augmentation(self) -> int:
         return getattr(self.args, "repeated_augmentation", 1)
 
-    def _uses_repeated_augmentation(self) -> bool:
-        return self.repeated_augmentation > 1 and self.args.world_size > 1
-
-    def _get_train_sampler(self, train_dataset=None):
-        """Private, for want of a public hook: `Trainer` builds its training sampler here and nowhere else, and a
-        subclass that builds the loader itself would copy `_get_dataloader`. Signature pinned by
-        tests/test_trainer.py (`test_the_private_methods_used_keep_their_signatures`)."""
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if isinstance(dataset, PositionSeededDataset):  # augmentation seeded by position: resumes exactly
-            return PositionSeededSampler(self._get_train_sampler(dataset.dataset), seed=self.args.seed)
-        if not self._uses_repeated_augmentation():
-            return super()._get_train_sampler(dataset)
-        from .data import RepeatedAugmentationSampler
-
-        return RepeatedAugmentationSampler.for_run(dataset, self.args.world_size, self.args.process_index,
-                                                   self.args.seed, self.repeated_augmentation)  # fmt: skip
-
-    def get_train_dataloader(self):
-        dataloader = self._seeded_train_dataloader()
-        if self._uses_repeated_augmentation():
+    def get_train_dataloader(self) -> DataLoader:
+        """Trainer's training loader, built here for the order it has no setting for: a map-style training set is
+        read through `PositionSeededSampler` (every augmentation draw seeded by its place in the epoch, so that a
+        resumed run sees the batches an uninterrupted one would: hf_deit.data.samplers), in DeiT's repeated
+        augmentation order in multi-process runs, else in a random one. Streams are read in their own order."""
+        args, dataset = self.args, self.train_dataset
+        if dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        loading = dict(batch_size=self._train_batch_size, num_workers=args.dataloader_num_workers,
+                       pin_memory=args.dataloader_pin_memory, persistent_workers=args.dataloader_persistent_workers,
+                       prefetch_factor=args.dataloader_prefetch_factor, in_order=args.dataloader_in_order,
+                       multiprocessing_context=args.dataloader_multiprocessing_context)  # fmt: skip
+        if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+            return self.accelerator.prepare(DataLoader(dataset, collate_fn=self.train_data_collator, **loading))
+        if self.repeated_augmentation > 1 and args.world_size > 1:
+            order = RepeatedAugmentationSampler.for_run(dataset, args.world_size, args.process_index, args.seed,
+                                                        self.repeated_augmentation)  # fmt: skip
+        else:
+            order = (SequentialSampler if args.train_sampling_strategy == "sequential" else RandomSampler)(dataset)
+        loader = self.accelerator.prepare(DataLoader(
+            PositionSeededDataset(dataset), sampler=PositionSeededSampler(order, seed=args.seed),
+            collate_fn=PositionSeededCollator(self.train_data_collator, keep_views=self.keeps_views),
+            drop_last=args.dataloader_drop_last,
+            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
+            **loading,
+        ))  # fmt: skip
+        batches = getattr(loader, "batch_sampler", None)
+        if isinstance(order, RepeatedAugmentationSampler) and hasattr(batches, "num_processes"):
             # The sampler already gives each process its own share; the shard wrapper that `accelerator.prepare`
-            # adds would split that share again and drop samples. Make it a pass-through, as Trainer does for its
-            # own rank-aware samplers.
-            batch_sampler = getattr(dataloader, "batch_sampler", None)
-            if batch_sampler is not None and hasattr(batch_sampler, "num_processes"):
-                batch_sampler.num_processes = 1
-                batch_sampler.process_index = 0
-        return dataloader
+            # adds would split that share again and drop samples. A pass-through, as Trainer makes it for its own
+            # rank-aware samplers.
+            batches.num_processes, batches.process_index = 1, 0
+        return loader
 
-    def _seeded_train_dataloader(self):
-        # Map-style data: every augmentation draw seeded by its place in the epoch (hf_deit.checkpointing), so that
-        # a resumed run sees the batches an uninterrupted one would. Streams keep Trainer's own loader.
-        train_dataset = self.train_dataset
-        streamed = isinstance(train_dataset, torch.utils.data.IterableDataset) or not hasattr(train_dataset, "__len__")
-        if train_dataset is None or streamed:
-            return super().get_train_dataloader()
-        self.train_dataset = PositionSeededDataset(train_dataset)
-        try:
-            collator = PositionSeededCollator(self.data_collator or default_data_collator, keep_views=self.keeps_views)
-            with self._collating_with(collator):
-                return super().get_train_dataloader()
-        finally:
-            self.train_dataset = train_dataset
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        with self._collating_with(self.eval_data_collator):
-            return shield_workers(super().get_eval_dataloader(eval_dataset))
-
-    def get_test_dataloader(self, test_dataset):
-        with self._collating_with(self.eval_data_collator):
-            return super().get_test_dataloader(test_dataset)
-
-    @contextlib.contextmanager
-    def _collating_with(self, collator):
-        # Trainer builds every DataLoader from `self.data_collator`; swap it only while one is built.
-        training_collator = self.data_collator
-        self.data_collator = collator if collator is not None else training_collator
-        try:
-            yield
-        finally:
-            self.data_collator = training_collator
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        """Trainer's, its workers leaving the stop signals to the training process (hf_deit.preemption); for a
+        teacher that reads views (a recorded one), each image with its view, (EVALUATION_EPOCH, i, i)."""
+        if self.keeps_views and not isinstance(eval_dataset, str):
+            eval_dataset = _EvaluationViews(eval_dataset if eval_dataset is not None else self.eval_dataset)
+        return shield_workers(super().get_eval_dataloader(eval_dataset))
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         return [name for name in super().get_decay_parameter_names(model) if not _NO_DECAY_PARAMETER.search(name)]
 
-    # ---- reliability: atomic checkpoints (hf_deit.checkpointing), saved models (hf_deit.distributed) ----
-
     def _save_checkpoint(self, model, trial):
-        """Private, for want of a public hook: callbacks hear of a checkpoint only once it is written (`on_save`), too
-        late to write it atomically. Signature pinned by tests/test_trainer.py."""
+        """Writes the checkpoint atomically (hf_deit.checkpointing). Private, for want of a public hook: callbacks
+        hear of a checkpoint only once it is written (`on_save`), too late to stage it, and `save_model` writes the
+        weights only. Signature pinned by tests/test_trainer.py."""
         return save_checkpoint_atomically(self, super()._save_checkpoint, model, trial)
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Private, for want of a public hook: the one place that gets FSDP's gathered weights before
-        `save_pretrained` names the model's class. Signature pinned by tests/test_trainer.py."""
-        with saved_as_own_class(self.model, state_dict):  # not as FSDP's subclass (hf_deit.distributed)
-            return super()._save(output_dir, state_dict)
 
 
 class ClassifierTrainer(DeiTTrainerBase):
@@ -189,17 +189,6 @@ class ClassifierTrainer(DeiTTrainerBase):
         if model.training:
             self.loss_guard.observe(loss.detach()[None], ("loss",))
         return (loss, outputs) if return_outputs else loss
-
-
-class _EvaluationViews(torch.utils.data.Dataset):
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        return {**self.dataset[index], PositionSeededDataset.VIEW_KEY: (EVALUATION_EPOCH, index, index)}
 
 
 class DistillationTrainer(DeiTTrainerBase):
@@ -249,10 +238,14 @@ class DistillationTrainer(DeiTTrainerBase):
         if args.teacher_outputs:  # its recorded outputs answer in its place; the teacher, given too, checks them
             self.teacher = recorded_teacher(args.teacher_outputs, live=self.teacher)
         self.keeps_views = self.teacher is not None and self.teacher.reads_views
+        if self.keeps_views:  # evaluation batches with their images' views (get_eval_dataloader)
+            self.data_collator = PositionSeededCollator(self.data_collator, keep_views=True)
         self.teacher_name = self.teacher.name if self.teacher is not None else None
         self.objective = DistillationObjective.build(args, self.model, self.teacher)
-        self._loss_terms_sum = None  # running sums of the objective's terms since the last log
-        self._loss_terms_count = 0
+        self.loss_terms = LossTermMeans()  # compute_loss reports the terms; each training log gets their means
+        # First: the trackers and the progress bar, which transformers registers before any callback of ours, send
+        # and print the logs that it completes.
+        self.callback_handler.callbacks.insert(0, self.loss_terms)
 
     @property
     def distillation_loss(self):
@@ -336,86 +329,30 @@ class DistillationTrainer(DeiTTrainerBase):
         """The teacher's logits for the student's batch, in the student's class order."""
         return self.teacher_outputs(pixel_values).logits
 
-    def batch_teacher_outputs(self, pixel_values: torch.Tensor, views: torch.Tensor | None,
-                              extra_terms: bool) -> TeacherForwardOutput:
-        """The teacher's outputs for a batch, with what the active terms need; `views`, the rows' places, for a
-        teacher that reads them (a recorded one)."""
-        return self.teacher_outputs(pixel_values, views, **self.objective.teacher_request(extra_terms))
-
-    def _forward(self, model, inputs, with_teacher: bool, extra_terms: bool = False):
-        views = inputs.pop("views", None)
-        outputs, signals = self.objective.student_forward(model, self.accelerator.unwrap_model(model), inputs, extra_terms)
-        teacher = self.batch_teacher_outputs(inputs["pixel_values"], views, extra_terms) if with_teacher else None
-        return outputs, signals, teacher
-
-    def _prepare_inputs(self, inputs):
-        views = inputs.pop("views", None) if isinstance(inputs, dict) else None
-        inputs = super()._prepare_inputs(inputs)
-        if views is not None:
-            inputs["views"] = views.cpu()  # looked up on the host: no copy to the accelerator and back
-        return inputs
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        if not self.keeps_views or isinstance(eval_dataset, str):
-            return super().get_eval_dataloader(eval_dataset)
-        collator = self.eval_data_collator
-        self.eval_data_collator = PositionSeededCollator(collator, keep_views=True)
-        try:  # each image with its view, (EVALUATION_EPOCH, i, i), for a teacher that reads views
-            return super().get_eval_dataloader(_EvaluationViews(eval_dataset if eval_dataset is not None
-                                                                else self.eval_dataset))  # fmt: skip
-        finally:
-            self.eval_data_collator = collator
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The teacher runs only when the loss uses it, or in evaluation (for agreement metrics) when there is one.
         # Unlabelled examples (a `labeled` mask from the collator) take their class targets from the teacher.
-        with_teacher = self.has_teacher and (
-            self.objective.needs_teacher or not model.training or LABELED_KEY in inputs
-        )
-        outputs, signals, teacher = self._forward(model, inputs, with_teacher, extra_terms=model.training)
+        views = inputs.pop("views", None)  # the rows' places, for a teacher that reads them (a recorded one)
+        outputs, signals = self.objective.student_forward(model, self.accelerator.unwrap_model(model), inputs,
+                                                          model.training)  # fmt: skip
+        teacher = None
+        if self.has_teacher and (self.objective.needs_teacher or not model.training or LABELED_KEY in inputs):
+            request = self.objective.teacher_request(model.training)
+            teacher = self.teacher_outputs(inputs["pixel_values"], views, **request)
         result = self.objective(outputs, signals if model.training else None, inputs["labels"], teacher,
                                 inputs.get(LABELED_KEY))  # fmt: skip
-        if model.training:
-            # Summed on the device and read once per logging window: no host sync per step.
+        if model.training:  # summed on the device, read once per log: no host sync per step
             step_terms = torch.stack([term.detach() for term in result.terms.values()])
-            self._loss_terms_sum = step_terms if self._loss_terms_sum is None else self._loss_terms_sum + step_terms
-            self._loss_terms_count += 1
+            self.loss_terms.observe(step_terms, tuple(result.terms))
             self.loss_guard.observe(step_terms, tuple(result.terms))
-        if return_outputs:
-            return result.loss, self._prediction_outputs(outputs, teacher.logits if teacher is not None else None)
-        return result.loss
-
-    @staticmethod
-    def _prediction_outputs(outputs, teacher_logits) -> tuple[torch.Tensor, ...]:
-        predictions = (outputs.logits, outputs.cls_logits, outputs.distillation_logits)
-        return predictions if teacher_logits is None else (*predictions, teacher_logits)
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Returns `(loss, (logits, cls_logits, distillation_logits[, teacher_logits]), labels)`: the tuple that
-        `make_compute_metrics` reads."""
-        inputs = self._prepare_inputs(inputs)
-        labels = inputs.get("labels")
-        with torch.no_grad(), self.compute_loss_context_manager():
-            if labels is not None:
-                loss, predictions = self.compute_loss(model, inputs, return_outputs=True)
-                loss = loss.detach()
-            else:
-                loss = None
-                outputs, _, teacher = self._forward(model, inputs, self.has_teacher)
-                predictions = self._prediction_outputs(outputs, teacher.logits if teacher is not None else None)
-        if prediction_loss_only:
-            return loss, None, None
-        return loss, tuple(p.detach() for p in predictions), labels
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Training logs (those with "loss") get the mean loss terms over the same window, averaged over processes.
-        if "loss" in logs and self._loss_terms_count:
-            mean_terms = self._loss_terms_sum / self._loss_terms_count
-            if self.accelerator.num_processes > 1:
-                mean_terms = self.accelerator.reduce(mean_terms, reduction="mean")
-            logs.update({name: round(value, 4) for name, value in zip(self.objective.term_names, mean_terms.tolist())})
-            self._loss_terms_sum, self._loss_terms_count = None, 0
-        super().log(logs, start_time)
+        if not return_outputs:
+            return result.loss
+        # What evaluation gathers, in the order `make_compute_metrics` reads: Trainer's `prediction_step` keeps a
+        # dict's values.
+        predictions = {field: getattr(outputs, field) for field in HEAD_FIELDS}
+        if teacher is not None:
+            predictions["teacher_logits"] = teacher.logits
+        return result.loss, predictions
 
     # ---- model card ----
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from typing import Iterator, NamedTuple, Optional
 
+import numpy as np
 import torch
 
 
@@ -196,8 +197,10 @@ class PositionSeededDataset(torch.utils.data.Dataset):
 
 class PositionSeededCollator:
     """Wraps a collator: drops the seeds from the examples and, when the collator draws from a `generator` (mixup),
-    gives it one seeded from the batch's first example. With `keep_views`, the batch also holds `"views"`: a
-    (batch, 3) int64 tensor of each kept row's (epoch, position, index), by which recorded teacher outputs are found."""
+    gives it one seeded from the batch's first example. With `keep_views`, a batch of examples that carry their views
+    also holds `"views"`: a (batch, 3) int64 numpy array of each kept row's (epoch, position, index), by which
+    recorded teacher outputs are found (numpy: Trainer moves tensors to the accelerator, and views are read on the
+    host)."""
 
     def __init__(self, collator, keep_views: bool = False):
         self.collator = collator
@@ -210,11 +213,8 @@ class PositionSeededCollator:
         if hasattr(self.collator, "generator") and seeds and seeds[0] is not None:
             self.collator.generator = torch.Generator().manual_seed(mix_seed(seeds[0], 1))
         batch = self.collator(examples)
-        if self.keep_views:
+        if self.keep_views and views[0] is not None:
             # The rows the collator keeps: it drops the examples whose image could not be decoded.
             kept = [view for view, example in zip(views, examples) if example.get("pixel_values") is not None]
-            if None in kept:
-                raise ValueError("Recorded teacher outputs are found by each view's place in the epoch, and this "
-                                 "batch's examples carry none: read the training data through PositionSeededSampler.")
-            batch["views"] = torch.tensor(kept, dtype=torch.long).view(-1, 3)
+            batch["views"] = np.array(kept, dtype=np.int64).reshape(-1, 3)
         return batch

@@ -53,7 +53,7 @@ class RunViews:
                  "image size": [size["height"], size["width"]] if "height" in size else trainer.model.config.image_size,
                  "normalisation": {"mean": list(getattr(processor, "image_mean", [])),
                                    "std": list(getattr(processor, "image_std", []))}}  # fmt: skip
-        return cls(train, trainer.eval_dataset, trainer.data_collator, trainer.eval_data_collator, args.seed,
+        return cls(train, trainer.eval_dataset, trainer.train_data_collator, trainer.data_collator, args.seed,
                    args.per_device_train_batch_size, args.per_device_eval_batch_size, bool(args.dataloader_drop_last),
                    getattr(args, "repeated_augmentation", 1), trainer.accelerator.even_batches,
                    world_size or args.world_size, args.dataloader_num_workers,
