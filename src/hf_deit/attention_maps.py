@@ -179,8 +179,9 @@ def capture_attention(model: nn.Module, layers: Sequence[int]):
 
     Hooks on those blocks ask them alone for their weights (eager attention, every query); the other blocks keep the
     configured backend (sdpa and flash never form the weights), and the last block its two-token saving when it is
-    not one of them. transformers checkpoints a block's `forward` inside its hooks, so under gradient checkpointing
-    the recomputed block gets the arguments the hook gave it."""
+    not one of them. The chosen blocks are kept out of gradient checkpointing while they are read: transformers before
+    5.23 recomputes a checkpointed block inside its hooks, in the backward pass, when these hooks are gone; and the
+    weights read are in the loss's graph anyway, so checkpointing those blocks saved little."""
     blocks = getattr(model, "deit", model).layers  # the backbone's, under a head (and peft) or alone
     for index in layers:
         if not -len(blocks) <= index < len(blocks):
@@ -198,9 +199,14 @@ def capture_attention(model: nn.Module, layers: Sequence[int]):
 
     handles = [hook for block in chosen for hook in (block.register_forward_pre_hook(eager_with_every_query),
                                                      block.register_forward_hook(keep))]  # fmt: skip
+    checkpointed = [getattr(block, "gradient_checkpointing", False) for block in chosen]
     try:
+        for block in chosen:
+            block.gradient_checkpointing = False
         yield attentions
     finally:
+        for block, was_checkpointed in zip(chosen, checkpointed):
+            block.gradient_checkpointing = was_checkpointed
         for handle in handles:
             handle.remove()
 
