@@ -77,6 +77,30 @@ def test_quick_recipe_study_runs_both_arms_and_reports_the_difference_per_seed(t
         module.main(["--output_dir", str(tmp_path), "--quick", "--rows", "nope"])
 
 
+@pytest.mark.slow
+def test_quick_past_teacher_study_compares_each_student_with_its_seeds_teacher_and_draws_every_head(tmp_path):
+    import experiment_past_teacher as module
+
+    results = module.main(["--output_dir", str(tmp_path), "--quick", "--seeds", "0", "--recipes", "light", "mixed"])
+    assert set(results) == {"0"} and set(results["0"]) == {"teacher", "light", "mixed"}
+    mixed = results["0"]["mixed"]
+    assert set(mixed["curves"]) == set(module.HEADS)
+    assert [step for step, _ in mixed["curves"]["averaged heads"]] == [1, 2, 3, 4]  # every step of the quick run
+    assert "--mixup 0.8" in " ".join(module.student_argv(tmp_path, 0, "mixed", module.parse_args([])))
+    table = (tmp_path / "results.md").read_text()
+    teacher = 100 * results["0"]["teacher"]["eval_accuracy"]
+    row = next(line for line in table.splitlines() if line.startswith("| 0 | mixed |"))
+    assert f"| {teacher:.1f} | {100 * mixed['eval_accuracy']:.1f} |" in row
+    assert f"| {100 * mixed['eval_accuracy'] - teacher:+.1f} |" in row
+    assert "Table written on" in table and ", commit " in table  # the machine and code behind the figures
+    with Image.open(tmp_path / "learning_curves.png") as plot:
+        assert plot.format == "PNG"
+    # a rerun trains nothing: both students and the teacher are kept
+    before = (tmp_path / "seed0" / "mixed" / "all_results.json").stat().st_mtime_ns
+    module.main(["--output_dir", str(tmp_path), "--quick", "--seeds", "0", "--recipes", "mixed"])
+    assert (tmp_path / "seed0" / "mixed" / "all_results.json").stat().st_mtime_ns == before
+
+
 def test_sample_folders_have_the_described_classes_counts_and_formats(tmp_path):
     from make_sample_folders import FOLDERS, VALIDATION_PER_CLASS, build_folder
     from PIL import Image
