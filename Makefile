@@ -31,7 +31,7 @@ ifeq ($(CAN_INSTALL_BROWSER),1)
 endif
 
 test: $(STAMP) browser
-	HF_HUB_OFFLINE=1 HF_DEIT_REQUIRE_BROWSER=$(CAN_INSTALL_BROWSER) $(PY) -m pytest -n 2 --dist loadgroup --durations=15
+	HF_HUB_OFFLINE=1 HF_DEIT_REQUIRE_BROWSER=$(CAN_INSTALL_BROWSER) $(PY) -m pytest -n 2 --durations=15
 
 # The ends of the ranges setup.cfg declares: the fast suite in an environment of the oldest releases they allow
 # (requirements-oldest.txt) and in one of the newest (pip's choice within the ranges, upgraded on every run). The rest
