@@ -97,6 +97,22 @@ def test_a_good_teacher_is_checked_and_left_alone(bad_teacher, tmp_path, caplog)
     assert not any("too weak" in message or message.startswith("The label replaced") for message in messages)
 
 
+@pytest.mark.slow
+def test_with_an_unlabelled_pool_the_teachers_labels_there_are_judged_on_the_validation_images(
+    bad_teacher, tmp_path, caplog
+):
+    # Half the digits unlabelled: the teacher, about 80% right on new images, would label them; the check counts
+    # them, names its validation accuracy against the bar, and keeps their labels out of the loss.
+    metrics, messages = run_student(tmp_path, bad_teacher, caplog, "--labeled_fraction", "0.5")
+    pool = next(message for message in messages if message.startswith("The teacher's labels for the "))
+    unlabelled = int(pool.split("for the ")[1].split(" ")[0])
+    assert 700 <= unlabelled <= 740, pool  # half of 1,438
+    assert "validation images (needed: 95%)" in pool and "those images add nothing to the heads' losses" in pool
+    # Weak on its training images too (79.7%): the labelled images learn their labels, as the default protects.
+    assert any(message.startswith("The teacher is too weak to teach") for message in messages)
+    assert "eval_accuracy" in metrics
+
+
 def test_the_hard_target_falls_back_to_the_label_where_the_teacher_is_wrong():
     loss = DistillationLoss("hard", alpha=1.0, label_smoothing=0.0)
     teacher = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [5.0, 0, 0]])  # predicts 0, 1, 2, 0
@@ -144,8 +160,8 @@ def test_the_report_and_the_head_advice_name_their_numbers():
     message = report.message(protected=True)
     assert "56.7% of 90 labelled training images, 60.0% of 30 validation images" in message
     assert "worst classes on training: a 20%, b 50%." in message
-    # Judged on the training images, whose labels its targets replace (the photo folder's 20-step teacher: 94.2%);
-    # the validation accuracy is reported only (the texture folder's 86% teacher still lifted the student).
+    # Weak: judged on the training images, whose labels its targets replace (the photo folder's 20-step teacher:
+    # 94.2%). The texture folder's teacher (99% of its training images, 86% of new ones) is not weak but named.
     assert TeacherReport(0.942, 120, 0.675, 40).weak and not TeacherReport(0.99, 200, 0.86, 50).weak
     assert not TeacherReport(0.96, 120).weak
     advice = which_head({"eval_accuracy": 0.7, "eval_cls_accuracy": 1.0, "eval_distillation_accuracy": 0.667,
@@ -179,3 +195,50 @@ def test_the_fallback_setting_is_checked():
 
     with pytest.raises(ValueError, match="weak_teacher_fallback some: not a choice; choose one of all, where_wrong"):
         DistillationConfig(output_dir="unused", weak_teacher_fallback="some", report_to="none")
+
+
+def test_the_validation_accuracy_names_a_teacher_that_generalises_poorly_and_decides_the_pool():
+    import logging
+
+    # Fits its training images, far under the bar on new ones: named with the gap; its targets are kept on the
+    # labelled images (no pool here, so no other finding).
+    overfit = TeacherReport(0.99, 200, 0.86, 50)
+    assert overfit.generalises_poorly and not overfit.trusted_for_pool
+    [(level, text)] = overfit.findings(protected=True)
+    assert level == logging.WARNING and "generalises poorly: right on 99.0% of 200 labelled training images, 86.0%" in text
+    assert "(13.0 points lower on new images; the bar is 95%)" in text and "targets are kept" in text
+    # With an unlabelled pool, the validation accuracy decides whether its labels are trusted there.
+    pooled = TeacherReport(0.99, 200, 0.86, 50, num_unlabeled_images=600)
+    (_, named), (level, pool) = pooled.findings(protected=True)
+    assert level == logging.WARNING and "generalises poorly" in named
+    assert pool.startswith("The teacher's labels for the 600 unlabelled training images are not to be trusted")
+    assert "86.0% of 50 validation images (needed: 95%)" in pool and "those images add nothing" in pool
+    assert "the student learns its mistakes on them" in pooled.findings(protected=False)[1][1]
+    # A teacher at the bar on new images is trusted there and reported at INFO only.
+    good = TeacherReport(0.995, 400, 0.972, 1000, num_unlabeled_images=3600)
+    assert good.trusted_for_pool and not good.generalises_poorly
+    assert [level for level, _ in good.findings(protected=True)] == [logging.INFO]
+    # Without validation images the pool is judged on the training images, and the log says how to do better.
+    unseen = TeacherReport(0.97, 400, num_unlabeled_images=3600)
+    assert unseen.trusted_for_pool and "--validation_dir" in unseen.findings(protected=True)[1][1]
+    assert not TeacherReport(0.9, 400, num_unlabeled_images=3600).trusted_for_pool
+
+
+def test_an_untrusted_pool_teaches_nothing_and_the_labelled_examples_teach_as_alone():
+    loss = DistillationLoss("hard", alpha=0.5, label_smoothing=0.1)
+    student, distilled = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    teacher = torch.randn(4, 3)
+    labels = torch.tensor([2, -1, 0, -1])
+    labeled = labels >= 0
+    trusted = loss(student, distilled, labels, teacher, labeled)
+    loss.trust_pool = False
+    untrusted = loss(student, distilled, labels, teacher, labeled)
+    # Exactly the loss of the labelled examples alone, and different from the trusted pool's.
+    alone = loss(student[labeled], distilled[labeled], labels[labeled], teacher[labeled])
+    for name in ("loss", "cls", "distillation"):
+        assert torch.equal(getattr(untrusted, name), getattr(alone, name))
+    assert not torch.allclose(untrusted.loss, trusted.loss)
+    # A batch of unlabelled examples only: zero, with gradients (of zero) for every parameter it touches.
+    only_pool = loss(student[1::2], distilled[1::2], labels[1::2], teacher[1::2], labeled[1::2])
+    only_pool.loss.backward()
+    assert only_pool.loss.item() == 0.0 and torch.count_nonzero(student.grad) == 0

@@ -1,19 +1,23 @@
 """Is the teacher worth learning from? Measured before the student's first step, and what to do when it is not.
 
 DeiT's premise is a teacher better than the labels it stands in for. On a user's own small folder it may not be: a
-briefly trained CNN can be wrong on many of the images, and hard distillation then teaches the student its mistakes
-(an example: README, "Where the defaults come from").
-`check_teacher` measures the teacher on the labelled training images (evaluation transform, no
-augmentation) and on the validation images, per class; `TeacherReport.weak` says whether it falls short of
-`min_accuracy` on the training images, and `TeacherReport.message` says so with the numbers and the fix.
+briefly trained CNN can be wrong on many of the images, and hard distillation then teaches the student its mistakes.
+`check_teacher` measures the teacher on the labelled training images and on the validation images (evaluation
+transform, no augmentation), and `TeacherReport` judges it with one bar, `min_teacher_accuracy`, on the images it
+labels for the student:
 
-The protection (`DistillationConfig.protect_from_weak_teacher`, on by default) is `hf_deit.losses.DistillationLoss`'s
-label fallback. By default (`weak_teacher_fallback="all"`) the distillation head learns the label of every labelled
-image, as it would without a teacher, and the weak teacher teaches only the unlabelled images, which it alone can
-label. With `"where_wrong"` the label replaces the teacher's target only where its top class is not the label (for a
-mixed image, none of the mixed classes): DeiT's "the teacher corrects the label" turned around. "all" is the default
-because it kept the student closest to, or above, training without a teacher (scripts/experiment_own_folder.py; the
-figures are in the README).
+- the labelled training images, where its targets replace the labels: below the bar it is `weak`, and the protection
+  (`protect_from_weak_teacher`, on by default) is `hf_deit.losses.LabelFallback`: the distillation head learns the
+  label of every labelled image (`weak_teacher_fallback="all"`) or of those where the teacher is wrong
+  (`"where_wrong"`);
+- the images it has never seen: an unlabelled pool in the training set takes its labels from the teacher, and what
+  they are worth is its accuracy on new images, the validation accuracy. Below the bar the pool is not
+  `trusted_for_pool`, and the protection keeps its labels out of the loss (`DistillationLoss.trust_pool`).
+
+A teacher that fits its training images but falls under the bar on validation (`generalises_poorly`) is named with
+the gap. On the labelled images its targets are kept, because there they are right: such a teacher (99% of its
+training images, 86% of new ones) lifted a student from 74% to 84%, and protecting the student from it cost that
+gain (docs/results.md, "Your own small folder").
 """
 
 import logging
@@ -34,7 +38,8 @@ CHECK_BATCH_SIZE = 64
 
 @dataclass
 class TeacherReport:
-    """The teacher's accuracy on the labelled training images and the validation images, per class on training."""
+    """The teacher's accuracy on the labelled training images and the validation images, per class on training, and
+    how many unlabelled training images (the pool) it labels."""
 
     train_accuracy: float
     num_train_images: int
@@ -42,14 +47,26 @@ class TeacherReport:
     num_validation_images: int = 0
     train_class_accuracy: dict[str, float] = field(default_factory=dict)
     min_accuracy: float = 0.95
+    num_unlabeled_images: int = 0
 
     @property
     def weak(self) -> bool:
         """Below `min_accuracy` on the labelled training images: the hard targets it would give the distillation head
-        there are worse than the labels they replace. The validation accuracy is reported, not judged: a teacher that
-        fits its training images but errs more on new ones can still lift the student, and protecting the student
-        from it cost accuracy (scripts/experiment_own_folder.py; the figures are in the README)."""
+        there are worse than the labels they replace."""
         return self.train_accuracy < self.min_accuracy
+
+    @property
+    def generalises_poorly(self) -> bool:
+        """At the bar on its training images, under it on the validation images."""
+        return not self.weak and self.validation_accuracy is not None and self.validation_accuracy < self.min_accuracy
+
+    @property
+    def trusted_for_pool(self) -> bool:
+        """Whether its labels for unlabelled training images are trusted: judged on new images (the validation
+        accuracy), which is what those images are to it; on the training images where there are no validation ones."""
+        if self.validation_accuracy is None:
+            return not self.weak
+        return self.validation_accuracy >= self.min_accuracy
 
     def summary(self) -> str:
         text = f"{self.train_accuracy:.1%} of {self.num_train_images} labelled training images"
@@ -61,7 +78,44 @@ class TeacherReport:
         worst = sorted(self.train_class_accuracy.items(), key=lambda item: item[1])[:count]
         return ", ".join(f"{name} {accuracy:.0%}" for name, accuracy in worst if accuracy < 1.0)
 
-    def message(self, protected: bool, fallback: str = "all") -> str:
+    def findings(self, protected: bool, fallback: str = EVERY_LABEL) -> list[tuple[int, str]]:
+        """What the check found, as (logging level, message): the numbers, what the run does about each finding
+        (`protected`: `protect_from_weak_teacher`; `fallback`: `weak_teacher_fallback`), and the fix."""
+        found = []
+        if self.weak:
+            found.append((logging.WARNING, self.message(protected, fallback)))
+        elif self.generalises_poorly:
+            gap = 100 * (self.train_accuracy - self.validation_accuracy)
+            found.append((logging.WARNING, (
+                f"The teacher fits its training images but generalises poorly: right on {self.summary()} ({gap:.1f} "
+                f"points lower on new images; the bar is {self.min_accuracy:.0%}). On the labelled images its targets "
+                "are kept: there they are right, and such a teacher still lifted the student (docs/results.md).")))
+        else:
+            found.append((logging.INFO, f"Teacher checked before training: right on {self.summary()}."))
+        if self.num_unlabeled_images and not self.trusted_for_pool:
+            found.append((logging.WARNING, self.pool_message(protected)))
+        elif self.num_unlabeled_images and self.validation_accuracy is None:
+            found.append((logging.INFO, f"The teacher's labels for the {self.num_unlabeled_images} unlabelled training "
+                          "images are trusted on its training accuracy alone: with validation images (--validation_dir "
+                          "or --train_val_split) the check would judge them on new images."))
+        return found
+
+    def pool_message(self, protected: bool) -> str:
+        """The warning for labels not to be trusted on the unlabelled pool: why, what the run does, and the fix."""
+        judged = (f"{self.validation_accuracy:.1%} of {self.num_validation_images} validation images"
+                  if self.validation_accuracy is not None else f"{self.train_accuracy:.1%} of its training images")
+        text = (f"The teacher's labels for the {self.num_unlabeled_images} unlabelled training images are not to be "
+                f"trusted: they are new images to it, and it is right on {judged} (needed: {self.min_accuracy:.0%}). ")
+        if protected:
+            text += ("Protected (protect_from_weak_teacher): those images add nothing to the heads' losses; only the "
+                     "labelled images teach (the images still pass through the model: leave the pool out for a faster "
+                     "run). ")
+        else:
+            text += "protect_from_weak_teacher is off: the student learns its mistakes on them. "
+        return text + ("Fix: a teacher that generalises better (more labelled images, or scripts/train_teacher.py with "
+                       "its default schedule), or train without the unlabelled images.")
+
+    def message(self, protected: bool, fallback: str = EVERY_LABEL) -> str:
         """The warning for a weak teacher: its numbers, what the run does about it (`fallback`: see
         `DistillationConfig.weak_teacher_fallback`), and the fix."""
         worst = self.worst_classes()
@@ -70,7 +124,7 @@ class TeacherReport:
                 + (f"; worst classes on training: {worst}" if worst else "") + ". ")
         if protected and fallback == EVERY_LABEL:
             text += ("Protected (protect_from_weak_teacher): the distillation head learns the labels of the labelled "
-                     "images, as without a teacher; the teacher teaches only unlabelled images. ")
+                     "images, as without a teacher. ")
         elif protected:
             text += ("Protected (protect_from_weak_teacher, weak_teacher_fallback where_wrong): where it is wrong on a "
                      "labelled image, the distillation head learns the label instead. ")
@@ -132,13 +186,15 @@ def teacher_accuracy(predict, dataset, num_classes: int, batch_size: int = CHECK
 def check_teacher(predict, train_dataset, eval_dataset, transform, label_names, min_accuracy: float,
                   device="cpu", seed: int = 0) -> TeacherReport | None:  # fmt: skip
     """Measures `predict` (see `teacher_accuracy`) on the labelled training images and the evaluation images, both
-    through `transform` (the evaluation transform). None when the training set cannot be read that way (a stream)."""
+    through `transform` (the evaluation transform), and counts the unlabelled training images (label -1). None when
+    the training set cannot be read that way (a stream)."""
     train = labelled_view(train_dataset, transform, seed=seed)
     if train is None or len(train) == 0:
         return None
     accuracy, count, per_class = teacher_accuracy(predict, train, len(label_names), device=device)
     report = TeacherReport(accuracy, count, min_accuracy=min_accuracy, train_class_accuracy={
-        str(name): float(value) for name, value in zip(label_names, per_class) if not np.isnan(value)})  # fmt: skip
+        str(name): float(value) for name, value in zip(label_names, per_class) if not np.isnan(value)},
+        num_unlabeled_images=int((np.asarray(train_dataset.with_format(None)["label"]) < 0).sum()))  # fmt: skip
     validation = labelled_view(eval_dataset, transform, seed=seed) if eval_dataset is not None else None
     if validation is not None and len(validation):
         report.validation_accuracy, report.num_validation_images, _ = teacher_accuracy(

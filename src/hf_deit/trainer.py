@@ -280,10 +280,10 @@ class DistillationTrainer(DeiTTrainerBase):
 
     def check_teacher(self):
         """Before the first step: the teacher's accuracy on the labelled training images and the evaluation images
-        (evaluation transform), logged; a teacher below `args.min_teacher_accuracy` on the training images is named
-        with its numbers and the fix, and with `args.protect_from_weak_teacher` the loss's distillation
-        targets fall back to the labels where it is wrong. Returns the `TeacherReport`, or None (no teacher in the
-        loss, or no readable training set)."""
+        (evaluation transform), logged and judged (`TeacherReport.findings`): with `args.protect_from_weak_teacher`,
+        a teacher below `args.min_teacher_accuracy` on the training images has its distillation targets replaced by
+        the labels, and one below it on the validation images teaches nothing on the unlabelled training images.
+        Returns the `TeacherReport`, or None (no teacher in the loss, or no readable training set)."""
         if not self.has_teacher or not self.objective.needs_teacher:
             return None
         transform = eval_transform_of(getattr(self, "processing_class", None))
@@ -302,13 +302,14 @@ class DistillationTrainer(DeiTTrainerBase):
             logger.info("Teacher not checked before training: the training set is streamed or has no image and label "
                         "columns to read without augmentation.")
             return None
-        if report.weak:
-            if self.args.protect_from_weak_teacher:
-                self.objective.loss.fallback = LabelFallback(self.args.weak_teacher_fallback)
-            if self.is_world_process_zero():
-                logger.warning(report.message(self.args.protect_from_weak_teacher, self.args.weak_teacher_fallback))
-        elif self.is_world_process_zero():
-            logger.info("Teacher checked before training: right on %s.", report.summary())
+        protect = self.args.protect_from_weak_teacher
+        if protect and report.weak:
+            self.objective.loss.fallback = LabelFallback(self.args.weak_teacher_fallback)
+        if protect and report.num_unlabeled_images and not report.trusted_for_pool:
+            self.objective.loss.trust_pool = False
+        if self.is_world_process_zero():
+            for level, text in report.findings(protect, self.args.weak_teacher_fallback):
+                logger.log(level, text)
         return report
 
     def _log_label_fallback(self) -> None:
