@@ -102,12 +102,20 @@ def test_with_an_unlabelled_pool_the_teachers_labels_there_are_judged_on_the_val
     bad_teacher, tmp_path, caplog
 ):
     # Half the digits unlabelled: the teacher, about 80% right on new images, would label them; the check counts
-    # them, names its validation accuracy against the bar, and keeps their labels out of the loss.
+    # them, names its validation accuracy against the bar, and leaves them out of training.
     metrics, messages = run_student(tmp_path, bad_teacher, caplog, "--labeled_fraction", "0.5")
     pool = next(message for message in messages if message.startswith("The teacher's labels for the "))
     unlabelled = int(pool.split("for the ")[1].split(" ")[0])
     assert 700 <= unlabelled <= 740, pool  # half of 1,438
-    assert "validation images (needed: 95%)" in pool and "those images add nothing to the heads' losses" in pool
+    assert "validation images (needed: 95%)" in pool and "they are left out" in pool
+    assert any(message.startswith(f"Training on the {1438 - unlabelled} labelled images only, for the 6 steps sized")
+               for message in messages)  # fmt: skip
+    caplog.clear()
+    # The same run with the protection off keeps them, and says the student learns the teacher's mistakes there.
+    _, kept = run_student(tmp_path / "kept", bad_teacher, caplog, "--labeled_fraction", "0.5",
+                          "--protect_from_weak_teacher", "false")  # fmt: skip
+    assert any("the student learns its mistakes on them" in message for message in kept)
+    assert not any(message.startswith("Training on the") for message in kept)
     # Weak on its training images too (79.7%): the labelled images learn their labels, as the default protects.
     assert any(message.startswith("The teacher is too weak to teach") for message in messages)
     assert "eval_accuracy" in metrics
@@ -212,7 +220,7 @@ def test_the_validation_accuracy_names_a_teacher_that_generalises_poorly_and_dec
     (_, named), (level, pool) = pooled.findings(protected=True)
     assert level == logging.WARNING and "generalises poorly" in named
     assert pool.startswith("The teacher's labels for the 600 unlabelled training images are not to be trusted")
-    assert "86.0% of 50 validation images (needed: 95%)" in pool and "those images add nothing" in pool
+    assert "86.0% of 50 validation images (needed: 95%)" in pool and "they are left out" in pool
     assert "the student learns its mistakes on them" in pooled.findings(protected=False)[1][1]
     # A teacher at the bar on new images is trusted there and reported at INFO only.
     good = TeacherReport(0.995, 400, 0.972, 1000, num_unlabeled_images=3600)
@@ -222,23 +230,3 @@ def test_the_validation_accuracy_names_a_teacher_that_generalises_poorly_and_dec
     unseen = TeacherReport(0.97, 400, num_unlabeled_images=3600)
     assert unseen.trusted_for_pool and "--validation_dir" in unseen.findings(protected=True)[1][1]
     assert not TeacherReport(0.9, 400, num_unlabeled_images=3600).trusted_for_pool
-
-
-def test_an_untrusted_pool_teaches_nothing_and_the_labelled_examples_teach_as_alone():
-    loss = DistillationLoss("hard", alpha=0.5, label_smoothing=0.1)
-    student, distilled = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
-    teacher = torch.randn(4, 3)
-    labels = torch.tensor([2, -1, 0, -1])
-    labeled = labels >= 0
-    trusted = loss(student, distilled, labels, teacher, labeled)
-    loss.trust_pool = False
-    untrusted = loss(student, distilled, labels, teacher, labeled)
-    # Exactly the loss of the labelled examples alone, and different from the trusted pool's.
-    alone = loss(student[labeled], distilled[labeled], labels[labeled], teacher[labeled])
-    for name in ("loss", "cls", "distillation"):
-        assert torch.equal(getattr(untrusted, name), getattr(alone, name))
-    assert not torch.allclose(untrusted.loss, trusted.loss)
-    # A batch of unlabelled examples only: zero, with gradients (of zero) for every parameter it touches.
-    only_pool = loss(student[1::2], distilled[1::2], labels[1::2], teacher[1::2], labeled[1::2])
-    only_pool.loss.backward()
-    assert only_pool.loss.item() == 0.0 and torch.count_nonzero(student.grad) == 0

@@ -14,8 +14,7 @@ probabilities (mixup/cutmix targets), where smoothing the mixed targets equals m
 
 Unlabelled examples (`labeled` mask False) take their class-head target from the teacher (`pseudo_label_targets`).
 A teacher too weak to teach gets a `LabelFallback` (not in the reference): the label replaces its distillation
-target on labelled examples; one whose labels for new images are not to be trusted (`trust_pool` False) teaches
-nothing on the unlabelled examples. The terms beyond the paper (attention map, features, feature maps) are in
+target on labelled examples. The terms beyond the paper (attention map, features, feature maps) are in
 `hf_deit.terms`.
 """
 
@@ -50,9 +49,6 @@ class DistillationLoss(nn.Module):
         self.distillation_type, self.alpha, self.tau = distillation_type, alpha, tau
         self.label_smoothing, self.pseudo_label_threshold = label_smoothing, pseudo_label_threshold
         self.fallback: LabelFallback | None = None  # set by the trainer for a weak teacher (hf_deit.teacher_check)
-        # False (set by the trainer) when the teacher's labels for unlabelled images are not to be trusted: those
-        # examples then add nothing to either head's loss (hf_deit.teacher_check)
-        self.trust_pool = True
 
     @property
     def needs_teacher(self) -> bool:
@@ -68,14 +64,6 @@ class DistillationLoss(nn.Module):
             cls_logits, distillation_logits = cls_logits.float(), distillation_logits.float()
             labels = labels.float() if labels.is_floating_point() else labels.long()  # int32 from some collators
             teacher_logits = teacher_logits.float() if teacher_logits is not None else None
-            if labeled is not None and not self.trust_pool:  # the batch's labelled examples only
-                keep = labeled.bool()
-                if not bool(keep.any()):
-                    zero = 0.0 * (cls_logits.sum() + distillation_logits.sum())  # no target, still differentiable
-                    return DistillationLossOutput(zero, zero, zero)
-                cls_logits, distillation_logits, labels = cls_logits[keep], distillation_logits[keep], labels[keep]
-                teacher_logits = teacher_logits[keep] if teacher_logits is not None else None
-                labeled = None
             if labeled is not None and not bool(labeled.all()):
                 if teacher_logits is None:
                     raise ValueError("The batch has unlabelled examples (label -1): their targets come from the "

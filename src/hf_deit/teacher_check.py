@@ -12,7 +12,8 @@ labels for the student:
   (`"where_wrong"`);
 - the images it has never seen: an unlabelled pool in the training set takes its labels from the teacher, and what
   they are worth is its accuracy on new images, the validation accuracy. Below the bar the pool is not
-  `trusted_for_pool`, and the protection keeps its labels out of the loss (`DistillationLoss.trust_pool`).
+  `trusted_for_pool`, and the protection trains on the labelled images only
+  (`DistillationTrainer.leave_out_unlabeled_images`).
 
 A teacher that fits its training images but falls under the bar on validation (`generalises_poorly`) is named with
 the gap. On the labelled images its targets are kept, because there they are right: such a teacher (99% of its
@@ -107,9 +108,8 @@ class TeacherReport:
         text = (f"The teacher's labels for the {self.num_unlabeled_images} unlabelled training images are not to be "
                 f"trusted: they are new images to it, and it is right on {judged} (needed: {self.min_accuracy:.0%}). ")
         if protected:
-            text += ("Protected (protect_from_weak_teacher): those images add nothing to the heads' losses; only the "
-                     "labelled images teach (the images still pass through the model: leave the pool out for a faster "
-                     "run). ")
+            text += ("Protected (protect_from_weak_teacher): they are left out; the student trains on the labelled "
+                     "images only, for the steps the run was sized to. ")
         else:
             text += "protect_from_weak_teacher is off: the student learns its mistakes on them. "
         return text + ("Fix: a teacher that generalises better (more labelled images, or scripts/train_teacher.py with "

@@ -11,10 +11,12 @@ pins its signature and counts the overrides).
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 from functools import partial
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from torch import nn
@@ -260,7 +262,10 @@ class DistillationTrainer(DeiTTrainerBase):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if self.teacher is not None:
             self.teacher.check_run(self)  # before any step: a record of another run is refused
-        self.teacher_report = self.check_teacher()
+        report = self.teacher_report = self.check_teacher()
+        if report and report.num_unlabeled_images and not report.trusted_for_pool:
+            if self.args.protect_from_weak_teacher:
+                self.leave_out_unlabeled_images()
         attach = any(True for _ in self.objective.parameters())
         if attach:
             checkpoint = resume_from_checkpoint
@@ -282,7 +287,8 @@ class DistillationTrainer(DeiTTrainerBase):
         """Before the first step: the teacher's accuracy on the labelled training images and the evaluation images
         (evaluation transform), logged and judged (`TeacherReport.findings`): with `args.protect_from_weak_teacher`,
         a teacher below `args.min_teacher_accuracy` on the training images has its distillation targets replaced by
-        the labels, and one below it on the validation images teaches nothing on the unlabelled training images.
+        the labels; one below it on the validation images does not label the unlabelled training images (`train`
+        leaves them out).
         Returns the `TeacherReport`, or None (no teacher in the loss, or no readable training set)."""
         if not self.has_teacher or not self.objective.needs_teacher:
             return None
@@ -305,12 +311,26 @@ class DistillationTrainer(DeiTTrainerBase):
         protect = self.args.protect_from_weak_teacher
         if protect and report.weak:
             self.objective.loss.fallback = LabelFallback(self.args.weak_teacher_fallback)
-        if protect and report.num_unlabeled_images and not report.trusted_for_pool:
-            self.objective.loss.trust_pool = False
         if self.is_world_process_zero():
             for level, text in report.findings(protect, self.args.weak_teacher_fallback):
                 logger.log(level, text)
         return report
+
+    def leave_out_unlabeled_images(self) -> None:
+        """Trains on the labelled images only, for as many steps as the run was sized to with the unlabelled ones (its
+        schedule, evaluations and checkpoints stay as logged): the teacher's labels for them are not to be trusted
+        (`TeacherReport.trusted_for_pool`)."""
+        if self.keeps_views:  # its views were recorded for every image, in the order they made
+            raise ValueError("The teacher's record holds its labels for unlabelled training images it is not to be "
+                             "trusted on (see the warning above); training on the labelled images alone needs other "
+                             "views than the record's. Record it again without the unlabelled images, or keep them "
+                             "with --protect_from_weak_teacher false.")
+        args, dataset = self.args, self.train_dataset
+        if args.max_steps <= 0:
+            args.max_steps = math.ceil(args.num_train_epochs * args._steps_per_epoch(len(dataset)))
+        self.train_dataset = dataset.select(np.flatnonzero(np.asarray(dataset.with_format(None)["label"]) >= 0))
+        logger.info("Training on the %d labelled images only, for the %d steps sized with the unlabelled ones.",
+                    len(self.train_dataset), args.max_steps)
 
     def _log_label_fallback(self) -> None:
         fallback = self.objective.loss.fallback
