@@ -18,6 +18,17 @@ training images), with default flags (the input sized to the images, `hf_deit.da
     python scripts/experiment_own_folder.py --image_size 96                    # one size for every folder
     python scripts/experiment_own_folder.py --table_only           # the table of the runs finished so far
 
+With `--labeled_fraction F` the study is the teacher check's on an unlabelled pool: each training folder is split
+per class (seeded) into F labelled images and a pool of the rest, their labels dropped (`pool_split`), as a user
+with a few labelled images and many unlabelled ones has them. The teacher trains on the labelled images; then
+
+    none             scripts/train.py --train_dir labelled --distillation_type none (the student alone)
+    pool_off         ... --teacher_name_or_path teacher --unlabeled_train_dir pool --protect_from_weak_teacher false
+    pool             ... the same with the check's defaults (a teacher under --min_teacher_accuracy on the
+                     validation images does not label the pool: the student trains on the labelled images)
+
+    python scripts/experiment_own_folder.py --labeled_fraction 0.25 --image_size 96 --seed 0
+
 The three students of the weak teacher see the same views: `--teacher_record`
 (`experiment_common.share_teacher_records`) lets them train from one record of it. Two runs at a time, one process and
 one thread each; each run's log is `train.log` in its folder, and a finished run is kept when the script is rerun.
@@ -32,6 +43,8 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 import experiment_common  # noqa: F401  (first: it keeps everything offline)
 from experiment_common import (
@@ -57,6 +70,14 @@ STUDENTS = {  # name -> (title, flags beyond the data; "{teacher}"/"{weak}" are 
     "hard_weak_all": ("student, hard distillation from the weak teacher, protected (the default: fallback all)",
                       ["--teacher_name_or_path", "{weak}", "--weak_teacher_fallback", "all"]),
 }  # fmt: skip
+POOL_STUDENTS = {  # --labeled_fraction: the teacher check on an unlabelled pool
+    "none": ("student alone, on the labelled images", ["--distillation_type", "none"]),
+    "pool_off": ("student, hard distillation, the teacher labels the pool, --protect_from_weak_teacher false",
+                 ["--teacher_name_or_path", "{teacher}", "--unlabeled_train_dir", "{pool}",
+                  "--protect_from_weak_teacher", "false"]),
+    "pool": ("student, hard distillation, the teacher labels the pool, with the teacher check (the default)",
+             ["--teacher_name_or_path", "{teacher}", "--unlabeled_train_dir", "{pool}"]),
+}  # fmt: skip
 TEACHERS = {
     "teacher": ("teacher (default schedule)", []),
     "weak_teacher": ("weak teacher (--num_train_epochs 10, the old default's schedule)", ["--num_train_epochs", "10"]),
@@ -76,6 +97,26 @@ def run_two_at_a_time(runs: list[tuple[str, str, Path, list[str]]]) -> None:
         (output_dir / "wall_seconds.txt").write_text(f"{seconds[name]:.0f}\n")
 
 
+def pool_split(train_dir: Path, fraction: float, seed: int, folder: Path) -> tuple[Path, Path]:
+    """(labelled, pool): `folder/labelled/<class>/` with a seeded `fraction` of each class of `train_dir` (at least
+    one image), `folder/pool/` with the rest, flat and renamed so that no file name tells its class. Links, not
+    copies; kept when it exists."""
+    labelled, pool = folder / "labelled", folder / "pool"
+    if pool.is_dir():
+        return labelled, pool
+    rng = np.random.default_rng(seed)
+    for class_dir in sorted(path for path in train_dir.iterdir() if path.is_dir()):
+        files = sorted(path for path in class_dir.iterdir() if path.is_file())
+        keep = set(rng.choice(len(files), max(1, round(fraction * len(files))), replace=False).tolist())
+        (labelled / class_dir.name).mkdir(parents=True, exist_ok=True)
+        pool.mkdir(parents=True, exist_ok=True)
+        for index, path in enumerate(files):
+            target = labelled / class_dir.name / path.name if index in keep else \
+                pool / f"{rng.integers(1 << 62):x}{path.suffix}"  # fmt: skip
+            os.link(path, target)
+    return labelled, pool
+
+
 def machine() -> str:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -92,6 +133,12 @@ def finished_run(output_dir: Path) -> dict | None:
     wall = output_dir / "wall_seconds.txt"
     if metrics is not None and wall.is_file():
         metrics["wall_seconds"] = float(wall.read_text())
+    log = output_dir / "train.log"
+    if metrics is not None and log.is_file():  # what the teacher check did (hf_deit.teacher_check)
+        text = log.read_text()
+        metrics["check"] = ", ".join(action for action, line in (
+            ("pool left out", "Training on the "), ("labels replace a weak teacher", "The label replaced the teacher"),
+            ("named: generalises poorly", "generalises poorly")) if line in text)  # fmt: skip
     return metrics
 
 
@@ -109,36 +156,41 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS))
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS),
-                        help="The student runs to make (the table shows every finished one).")
+                        help="The student runs to make.")
     parser.add_argument("--teacher_record", choices=RECORD_WHEN, default="auto",
                         help="The students of one teacher see the same views and can train from one record of it: "
                         "'auto' where it pays (measured), 'always', or 'never'.")
+    parser.add_argument("--labeled_fraction", type=float, default=None,
+                        help="The pool study: this fraction of each class labelled, the rest an unlabelled pool.")
     parser.add_argument("--table_only", action="store_true", help="Print the table of the finished runs; run none.")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
+    pooled = args.labeled_fraction is not None
+    teachers = {"teacher": TEACHERS["teacher"]} if pooled else {name: TEACHERS[name] for name in args.teachers}
+    students = POOL_STUDENTS if pooled else {name: STUDENTS[name] for name in args.students}
     results = {}
     for kind in args.kinds:
         folder = out / "data" / kind
         train_dir, val_dir = (folder / "train", folder / "val") if (folder / "val").is_dir() else \
             build_folder(kind, folder, seed=args.seed)  # fmt: skip
+        folders = {"teacher": str(out / kind / "teacher"), "weak": str(out / kind / "weak_teacher")}
+        if pooled:
+            train_dir, folders["pool"] = pool_split(train_dir, args.labeled_fraction, args.seed, folder / "split")
         size = [] if args.image_size is None else ["--image_size", str(args.image_size)]
         data = ["--train_dir", str(train_dir), "--validation_dir", str(val_dir), *size, "--seed", str(args.seed),
                 *COMMON]  # fmt: skip
         runs = out / kind
-        if args.table_only:
-            results[kind] = {name: finished_run(runs / name) for name in (*TEACHERS, *STUDENTS)}
-            continue
-        run_two_at_a_time([(f"{kind}: {title}", "train_teacher.py", runs / name, [*flags, *data])
-                         for name, (title, flags) in TEACHERS.items() if name in args.teachers])  # fmt: skip
-        folders = {"teacher": str(runs / "teacher"), "weak": str(runs / "weak_teacher")}
-        students = {name: ["--output_dir", str(runs / name), *(flag.format(**folders) for flag in flags), *data]
-                    for name, (_, flags) in STUDENTS.items() if name in args.students}  # fmt: skip
-        # the three students of the weak teacher see the same views
-        students = share_teacher_records(kind, runs / "records", students, when=args.teacher_record)
-        run_two_at_a_time([(f"{kind}: {STUDENTS[name][0]}", "train.py", runs / name, without_flag(argv, "--output_dir"))
-                           for name, argv in students.items()])  # fmt: skip
-        results[kind] = {name: finished_run(runs / name) for name in (*TEACHERS, *STUDENTS)}
-    table = results_table(results, args, argv)
+        if not args.table_only:
+            run_two_at_a_time([(f"{kind}: {title}", "train_teacher.py", runs / name, [*flags, *data])
+                               for name, (title, flags) in teachers.items()])  # fmt: skip
+            commands = {name: ["--output_dir", str(runs / name), *(flag.format(**folders) for flag in flags), *data]
+                        for name, (_, flags) in students.items()}  # fmt: skip
+            if not pooled:  # the three students of the weak teacher see the same views
+                commands = share_teacher_records(kind, runs / "records", commands, when=args.teacher_record)
+            run_two_at_a_time([(f"{kind}: {students[name][0]}", "train.py", runs / name,
+                                without_flag(argv, "--output_dir")) for name, argv in commands.items()])  # fmt: skip
+        results[kind] = {name: finished_run(runs / name) for name in (*teachers, *students)}
+    table = results_table(results, {**teachers, **students}, argv)
     print(table)
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -148,21 +200,21 @@ def main(argv=None) -> dict:
     return results
 
 
-def results_table(results: dict, args, argv) -> str:
-    rows = ["| folder | model | top-1 (averaged heads) | class head | distillation head | teacher (val) | wall min |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
+def results_table(results: dict, titles: dict, argv) -> str:
+    rows = ["| folder | model | top-1 (averaged heads) | class head | distillation head | teacher (val) | teacher check "
+            "| wall min |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for kind, runs in results.items():
-        for name, (title, _) in {**TEACHERS, **STUDENTS}.items():
+        for name, (title, _) in titles.items():
             metrics = runs[name]
             if metrics is None:
                 continue  # not run
             wall = f"{metrics['wall_seconds'] / 60:.1f}" if "wall_seconds" in metrics else "-"
             if name in TEACHERS:
-                rows.append(f"| {kind} | {title} | {pct(metrics, 'eval_accuracy')} | | | | {wall} |")
+                rows.append(f"| {kind} | {title} | {pct(metrics, 'eval_accuracy')} | | | | | {wall} |")
             else:
                 rows.append(f"| {kind} | {title} | {pct(metrics, 'eval_accuracy')} | "
                             f"{pct(metrics, 'eval_cls_accuracy')} | {pct(metrics, 'eval_distillation_accuracy')} | "
-                            f"{pct(metrics, 'eval_teacher_accuracy')} | {wall} |")
+                            f"{pct(metrics, 'eval_teacher_accuracy')} | {metrics.get('check') or '-'} | {wall} |")
     command = "python scripts/experiment_own_folder.py " + " ".join(argv if argv is not None else sys.argv[1:])
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     return "\n".join(rows) + f"\n\n`{command.strip()}`, {when}, {machine()}; one thread per run, two runs at a time."
