@@ -4,6 +4,7 @@ wrong on a labelled image). The teacher is real: a small CNN trained on the scik
 two classes by swapping their names, as a teacher trained on mislabelled folders would be."""
 
 import logging
+import re
 
 import pytest
 import torch
@@ -98,26 +99,21 @@ def test_a_good_teacher_is_checked_and_left_alone(bad_teacher, tmp_path, caplog)
 
 
 @pytest.mark.slow
-def test_with_an_unlabelled_pool_the_teachers_labels_there_are_judged_on_the_validation_images(
-    bad_teacher, tmp_path, caplog
-):
+def test_with_an_unlabelled_pool_a_weak_teacher_labels_none_of_it(bad_teacher, tmp_path, caplog):
     # Half the digits unlabelled: the teacher, about 80% right on new images, would label them; the check counts
-    # them, names its validation accuracy against the bar, and leaves them out of training.
+    # them and, protecting, leaves them out of training, which keeps its length.
     metrics, messages = run_student(tmp_path, bad_teacher, caplog, "--labeled_fraction", "0.5")
-    pool = next(message for message in messages if message.startswith("The teacher's labels for the "))
-    unlabelled = int(pool.split("for the ")[1].split(" ")[0])
-    assert 700 <= unlabelled <= 740, pool  # half of 1,438
-    assert "validation images (needed: 95%)" in pool and "they are left out" in pool
+    warning = next(message for message in messages if message.startswith("The teacher is too weak to teach"))
+    unlabelled = int(re.search(r"the (\d+) unlabelled training images are left out", warning).group(1))
+    assert 700 <= unlabelled <= 740, warning  # half of 1,438
     assert any(message.startswith(f"Training on the {1438 - unlabelled} labelled images only, for the 6 steps sized")
                for message in messages)  # fmt: skip
     caplog.clear()
     # The same run with the protection off keeps them, and says the student learns the teacher's mistakes there.
     _, kept = run_student(tmp_path / "kept", bad_teacher, caplog, "--labeled_fraction", "0.5",
                           "--protect_from_weak_teacher", "false")  # fmt: skip
-    assert any("the student learns its mistakes on them" in message for message in kept)
+    assert any(f"on the {unlabelled} unlabelled training images too" in message for message in kept)
     assert not any(message.startswith("Training on the") for message in kept)
-    # Weak on its training images too (79.7%): the labelled images learn their labels, as the default protects.
-    assert any(message.startswith("The teacher is too weak to teach") for message in messages)
     assert "eval_accuracy" in metrics
 
 
@@ -168,10 +164,10 @@ def test_the_report_and_the_head_advice_name_their_numbers():
     message = report.message(protected=True)
     assert "56.7% of 90 labelled training images, 60.0% of 30 validation images" in message
     assert "worst classes on training: a 20%, b 50%." in message
-    # Weak: judged on the training images, whose labels its targets replace (the photo folder's 20-step teacher:
-    # 94.2%). The texture folder's teacher (99% of its training images, 86% of new ones) is not weak but named.
-    assert TeacherReport(0.942, 120, 0.675, 40).weak and not TeacherReport(0.99, 200, 0.86, 50).weak
-    assert not TeacherReport(0.96, 120).weak
+    # Weak below the bar on its training images (the photo folder's 20-step teacher: 94.2%) or on new ones (the
+    # texture folder's: 99.0% and 86.0%); without validation images, judged on the training images alone.
+    assert TeacherReport(0.942, 120, 0.675, 40).weak and TeacherReport(0.99, 200, 0.86, 50).weak
+    assert not TeacherReport(0.96, 120).weak and not TeacherReport(0.96, 120, 0.95, 40).weak
     advice = which_head({"eval_accuracy": 0.7, "eval_cls_accuracy": 1.0, "eval_distillation_accuracy": 0.667,
                          "eval_teacher_accuracy": 0.567})  # the filer's run (issue 20)
     assert advice.startswith("Which head to use, on the evaluation images: `cls_logits` (class head)")
@@ -205,28 +201,25 @@ def test_the_fallback_setting_is_checked():
         DistillationConfig(output_dir="unused", weak_teacher_fallback="some", report_to="none")
 
 
-def test_the_validation_accuracy_names_a_teacher_that_generalises_poorly_and_decides_the_pool():
+def test_the_validation_accuracy_judges_the_teacher_too_and_names_the_gap():
     import logging
 
-    # Fits its training images, far under the bar on new ones: named with the gap; its targets are kept on the
-    # labelled images (no pool here, so no other finding).
-    overfit = TeacherReport(0.99, 200, 0.86, 50)
-    assert overfit.generalises_poorly and not overfit.trusted_for_pool
+    # Fits its training images, under the bar on new ones (the photo folder's teacher of 32 labelled images, seed 1,
+    # in docs/results.md): weak, named with the gap; protected, the labels replace its targets.
+    overfit = TeacherReport(1.0, 32, 0.9, 40)
+    assert overfit.weak and overfit.generalises_poorly
     [(level, text)] = overfit.findings(protected=True)
-    assert level == logging.WARNING and "generalises poorly: right on 99.0% of 200 labelled training images, 86.0%" in text
-    assert "(13.0 points lower on new images; the bar is 95%)" in text and "targets are kept" in text
-    # With an unlabelled pool, the validation accuracy decides whether its labels are trusted there.
-    pooled = TeacherReport(0.99, 200, 0.86, 50, num_unlabeled_images=600)
-    (_, named), (level, pool) = pooled.findings(protected=True)
-    assert level == logging.WARNING and "generalises poorly" in named
-    assert pool.startswith("The teacher's labels for the 600 unlabelled training images are not to be trusted")
-    assert "86.0% of 50 validation images (needed: 95%)" in pool and "they are left out" in pool
-    assert "the student learns its mistakes on them" in pooled.findings(protected=False)[1][1]
-    # A teacher at the bar on new images is trusted there and reported at INFO only.
-    good = TeacherReport(0.995, 400, 0.972, 1000, num_unlabeled_images=3600)
-    assert good.trusted_for_pool and not good.generalises_poorly
-    assert [level for level, _ in good.findings(protected=True)] == [logging.INFO]
-    # Without validation images the pool is judged on the training images, and the log says how to do better.
+    assert level == logging.WARNING and text.startswith("The teacher fits its training images but generalises poorly")
+    assert "right on 100.0% of 32 labelled training images, 90.0% of 40 validation images (10.0 points lower" in text
+    assert "Protected (protect_from_weak_teacher): the distillation head learns the labels" in text
+    assert "left out" not in text
+    # With an unlabelled pool, protected: the pool is left out; unprotected: it learns the mistakes there too.
+    pooled = TeacherReport(1.0, 32, 0.9, 40, num_unlabeled_images=88)
+    assert "; the 88 unlabelled training images are left out" in pooled.message(protected=True)
+    assert "learns its mistakes, on the 88 unlabelled training images too" in pooled.message(protected=False)
+    # At the bar on both (the main job's few-label teacher: 97.2% of new digits): checked, at INFO only.
+    good = TeacherReport(1.0, 400, 0.972, 1000, num_unlabeled_images=3600)
+    assert not good.weak and [level for level, _ in good.findings(protected=True)] == [logging.INFO]
+    # Without validation images it is judged on its training images, and the log says how to judge the pool better.
     unseen = TeacherReport(0.97, 400, num_unlabeled_images=3600)
-    assert unseen.trusted_for_pool and "--validation_dir" in unseen.findings(protected=True)[1][1]
-    assert not TeacherReport(0.9, 400, num_unlabeled_images=3600).trusted_for_pool
+    assert not unseen.weak and "--validation_dir" in unseen.findings(protected=True)[1][1]

@@ -263,9 +263,8 @@ class DistillationTrainer(DeiTTrainerBase):
         if self.teacher is not None:
             self.teacher.check_run(self)  # before any step: a record of another run is refused
         report = self.teacher_report = self.check_teacher()
-        if report and report.num_unlabeled_images and not report.trusted_for_pool:
-            if self.args.protect_from_weak_teacher:
-                self.leave_out_unlabeled_images()
+        if report and report.weak and report.num_unlabeled_images and self.args.protect_from_weak_teacher:
+            self.leave_out_unlabeled_images()
         attach = any(True for _ in self.objective.parameters())
         if attach:
             checkpoint = resume_from_checkpoint
@@ -285,11 +284,10 @@ class DistillationTrainer(DeiTTrainerBase):
 
     def check_teacher(self):
         """Before the first step: the teacher's accuracy on the labelled training images and the evaluation images
-        (evaluation transform), logged and judged (`TeacherReport.findings`): with `args.protect_from_weak_teacher`,
-        a teacher below `args.min_teacher_accuracy` on the training images has its distillation targets replaced by
-        the labels; one below it on the validation images does not label the unlabelled training images (`train`
-        leaves them out).
-        Returns the `TeacherReport`, or None (no teacher in the loss, or no readable training set)."""
+        (evaluation transform), logged and judged (`TeacherReport`): a teacher below `args.min_teacher_accuracy` on
+        either is named with its numbers and the fix, and with `args.protect_from_weak_teacher` the labels replace its
+        distillation targets (and `train` leaves out the unlabelled training images it would label). Returns the
+        `TeacherReport`, or None (no teacher in the loss, or no readable training set)."""
         if not self.has_teacher or not self.objective.needs_teacher:
             return None
         transform = eval_transform_of(getattr(self, "processing_class", None))
@@ -318,11 +316,11 @@ class DistillationTrainer(DeiTTrainerBase):
 
     def leave_out_unlabeled_images(self) -> None:
         """Trains on the labelled images only, for as many steps as the run was sized to with the unlabelled ones (its
-        schedule, evaluations and checkpoints stay as logged): the teacher's labels for them are not to be trusted
-        (`TeacherReport.trusted_for_pool`)."""
+        schedule, evaluations and checkpoints stay as logged): a weak teacher's labels for them are not to be trusted
+        (`TeacherReport.weak`)."""
         if self.keeps_views:  # its views were recorded for every image, in the order they made
-            raise ValueError("The teacher's record holds its labels for unlabelled training images it is not to be "
-                             "trusted on (see the warning above); training on the labelled images alone needs other "
+            raise ValueError("The teacher's record holds its labels for unlabelled training images, and it is too "
+                             "weak to be trusted on them (see the warning above); training on the labelled images alone needs other "
                              "views than the record's. Record it again without the unlabelled images, or keep them "
                              "with --protect_from_weak_teacher false.")
         args, dataset = self.args, self.train_dataset

@@ -140,16 +140,17 @@ declare_term(TermSettings(
                 "its probability reaches this (0 = always).", range=_PROBABILITY),
         # A teacher too weak to teach (hf_deit.teacher_check): measured before the first step
         Setting("protect_from_weak_teacher", True, "Before training, the teacher is measured on the labelled "
-                "training images and the validation images. Right on fewer than --min_teacher_accuracy of the "
-                "training images, the labels replace its targets on labelled images (--weak_teacher_fallback); of "
-                "the validation images, its labels for unlabelled training images are not trusted (they teach "
-                "nothing). A warning says so either way. false: it teaches its mistakes."),
+                "training images and the validation images; when it is right on fewer than --min_teacher_accuracy "
+                "of either, a warning says so and (this flag) the labels replace its targets on labelled images "
+                "(--weak_teacher_fallback) and unlabelled training images are left out. false: it teaches its "
+                "mistakes."),
         Setting("weak_teacher_fallback", EVERY_LABEL, "What protection does on the labelled images: 'all' (the label "
                 "on every labelled image) or 'where_wrong' (the label where the teacher is wrong, its target "
                 "elsewhere).", choices=WEAK_TEACHER_FALLBACKS),
-        Setting("min_teacher_accuracy", 0.95, "The teacher's accuracy (no augmentation) below which its labels are "
-                "worse than a labelled set's: on the labelled training images, where its targets replace the labels, "
-                "and on the validation images, which stand for the unlabelled images it labels.", range=_PROBABILITY),
+        Setting("min_teacher_accuracy", 0.95, "The teacher's accuracy (no augmentation) on the labelled training "
+                "images, where its targets replace the labels, and on the validation images, which stand for the "
+                "new images it labels (augmented views, unlabelled images), below which it is too weak to teach.",
+                range=_PROBABILITY),
     )))  # fmt: skip
 declare_term(TermSettings("attention", ("attention_map",), switch="attention_distillation_weight", settings=(
     Setting("attention_distillation_weight", 0.0, "Weight of the attention-map term: student attention vs teacher map "
