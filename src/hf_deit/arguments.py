@@ -122,8 +122,7 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        choices.check(self, ("train_val_split", "labeled_fraction", "max_train_samples", "max_eval_samples",
-                             "max_unlabeled_samples"))
+        choices.check(self)
 
 
 @dataclass
@@ -183,7 +182,7 @@ class DeiTTrainingArguments(TrainingArguments):
     )  # fmt: skip
 
     def __post_init__(self):
-        choices.check(self, ("repeated_augmentation", "label_smoothing_factor"))
+        choices.check(self)  # a DistillationConfig's distillation settings too
         self._eval_strategy_given = self.eval_strategy is not None
         if self.eval_strategy is None:
             self.eval_strategy = "epoch"  # provisional: "no" without an evaluation set (resolve_evaluation)
@@ -356,11 +355,13 @@ class AugmentationArguments:
         default=None, metadata={"help": "Probability of CutMix instead of mixup when both are on (paper 0.5)."}
     )
 
+    def __post_init__(self):
+        choices.check(self)
+
     def resolved(self) -> "AugmentationArguments":
         """A copy with the preset's values filled in and every value checked."""
         from .image_processing import IMAGENET_MEAN, IMAGENET_STD
 
-        choices.check(self, ("preset",))
         preset = self.preset
         if preset == AUTO_PRESET:
             preset = "small_images" if self.image_size is not None and self.image_size <= SMALL_IMAGE_MAX_SIZE else "imagenet"
@@ -368,7 +369,6 @@ class AugmentationArguments:
         values = {**AUGMENTATION_PRESETS[preset], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **values}
         values["preset"] = preset
         resolved = AugmentationArguments(**values)
-        choices.check(resolved, [name for name in values if name in choices.RANGES])
         if len(resolved.mean) != 3 or len(resolved.std) != 3:
             raise ValueError(f"mean and std need 3 values (RGB), got {resolved.mean} and {resolved.std}.")
         return resolved
@@ -417,10 +417,6 @@ class DistillationConfig(DeiTTrainingArguments):
                   "'student' (the student's batch as is: the paper's fine-tuning at a new resolution), or N px."},
     )
 
-    def __post_init__(self):
-        super().__post_init__()
-        choices.check(self, DISTILLATION_FIELDS)
-
 
 # The fields DistillationConfig adds to DeiTTrainingArguments: the --help group "Distillation", and run settings.
 DISTILLATION_FIELDS = tuple(
@@ -449,7 +445,7 @@ class TeacherArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for models loaded by name."})
 
     def __post_init__(self):
-        choices.check(self, ("architecture",))
+        choices.check(self)
 
 
 # A CNN teacher learning from scratch: at least this many optimizer steps (the epochs grow on a small folder, as the

@@ -6,17 +6,17 @@ with their terms (`hf_deit_inputs.terms`) and checked here alike. A setting is c
 flag and the dataclass field it fills are checked by the same rule:
 
     problem("distillation_alpha", 1.5)  ->  "distillation_alpha 1.5: give a number in [0, 1]."
-    check(settings, names)              raises ValueError listing every problem (the dataclasses' __post_init__)
+    check(settings)                     raises ValueError listing every problem of a dataclass (its __post_init__)
 
 The recipe's augmentation presets and the teacher architectures are here too, as the data they are.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
-from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 # ---- data and augmentation ----
 
@@ -76,7 +76,7 @@ CHOICES = {
 }
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Range:
     low: float
     high: float = math.inf
@@ -162,15 +162,14 @@ def rule(name: str) -> tuple[tuple, Optional[Range]]:
     return CHOICES.get(name, ()), RANGES.get(name)
 
 
-def problems(settings: dict, names: Optional[Iterable[str]] = None, flag: str = "") -> list[str]:
-    """The problems of the settings `names` (default: all) in `settings` (name -> value)."""
-    names = settings if names is None else names
-    return [message for name in names if name in settings and (message := problem(name, settings[name], flag))]
+def problems(settings: dict, flag: str = "") -> list[str]:
+    """The problems of the settings in `settings` (name -> value)."""
+    return [message for name, value in settings.items() if (message := problem(name, value, flag))]
 
 
-def check(settings, names: Iterable[str]) -> None:
-    """Raise a ValueError listing what is wrong with the attributes `names` of `settings` (a dataclass)."""
-    found = problems({name: getattr(settings, name) for name in names})
+def check(settings) -> None:
+    """Raise a ValueError listing what is wrong with the fields of `settings` (a dataclass) that have a rule."""
+    found = problems({item.name: getattr(settings, item.name) for item in dataclasses.fields(settings)})
     if found:
         raise ValueError(" ".join(found))
 
