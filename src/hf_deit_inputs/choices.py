@@ -26,30 +26,21 @@ SMALL_IMAGE_MAX_SIZE = 64
 RAND_AUGMENT_MAX_MAGNITUDE = 10.0  # timm's magnitude scale: m9 applies 90% of each op's largest strength
 DEFAULT_CROP_PCT = 0.875  # DeiT evaluates on a center crop of 224 / 256 of the shorter side
 
-# The augmentation recipe's presets. "imagenet": the paper (its training defaults). "small_images": 28-32 px digits,
-# where the paper's crops would cut most of a digit away and mirror images are other symbols: crops keep >= 80% of
-# the area, no flips, no RandAugment, erasing, mixup or cutmix (the budgets these images get are short: README, "Where
-# the defaults come from"), and eval resizes the whole image. "cnn_from_scratch": a new CNN teacher on a small
-# folder of larger images (train_teacher.py's default above 64 px): crops of at least a quarter of the image and
-# flips, nothing else; the paper's RandAugment, erasing and mixup/cutmix are for a ViT on ImageNet.
+# The augmentation recipe's presets: the paper's, less what does not fit. "small_images": 28-32 px digits, where the
+# paper's crops would cut most of a digit away and mirror images are other symbols, in the short budgets these images
+# get (README, "Where the defaults come from"). "cnn_from_scratch": a new CNN teacher on a small folder of larger
+# images (train_teacher.py's default above 64 px): RandAugment, erasing and mixup/cutmix are for a ViT on ImageNet.
 AUTO_PRESET = "auto"  # by the image size (hf_deit.arguments.AugmentationArguments.resolved)
+_PAPER = dict(
+    image_size=224, crop_pct=DEFAULT_CROP_PCT, scale_min=0.08, hflip=0.5, rand_augment="9", rand_augment_num_ops=2,
+    rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.25, mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5,
+)  # fmt: skip
+_CROPS_AND_FLIPS = dict(rand_augment="none", reprob=0.0, mixup=0.0, cutmix=0.0)  # no RandAugment, erasing, mixing
 AUGMENTATION_PRESETS = {
-    "imagenet": dict(
-        image_size=224, crop_pct=DEFAULT_CROP_PCT, scale_min=0.08, hflip=0.5, rand_augment="9",
-        rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.25,
-        mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5,
-    ),
-    "small_images": dict(
-        image_size=32, crop_pct=1.0, scale_min=0.8, hflip=0.0, rand_augment="none",
-        rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.0,
-        mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
-    ),
-    "cnn_from_scratch": dict(
-        image_size=224, crop_pct=DEFAULT_CROP_PCT, scale_min=0.25, hflip=0.5, rand_augment="none",
-        rand_augment_num_ops=2, rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.0,
-        mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
-    ),
-}  # fmt: skip
+    "imagenet": _PAPER,
+    "small_images": {**_PAPER, **_CROPS_AND_FLIPS, "image_size": 32, "crop_pct": 1.0, "scale_min": 0.8, "hflip": 0.0},
+    "cnn_from_scratch": {**_PAPER, **_CROPS_AND_FLIPS, "scale_min": 0.25},
+}
 
 # ---- resuming: --resume_from_checkpoint takes a folder or one of these words ----
 
