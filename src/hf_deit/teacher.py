@@ -8,7 +8,7 @@ attention map, pooled features and CNN stage outputs (`TeacherForwardOutput`); `
 
 A batch's `views` ((batch, 3) rows of epoch, position, image: each row's place in the run, `hf_deit.data.samplers`;
 evaluation images as (`EVALUATION_EPOCH`, i, i)) may come with the pixels: the live teacher reads the pixels and
-ignores them; a recorded one (`recorded_teacher`, `hf_deit.teacher_record`) finds its outputs by them.
+ignores them; a recorded one (`hf_deit.teacher_record.RecordedTeacher`) finds its outputs by them.
 
 DeiT's teacher sees exactly the student's input tensor (augmented, mixed, normalised). A teacher trained with
 another normalisation or resolution gets that same tensor re-normalised and resized on the fly, so that
@@ -49,14 +49,6 @@ _DEFAULT_LABEL_NAME = re.compile(r"LABEL_\d+")
 
 # The epoch of the evaluation images' views: one per image, (EVALUATION_EPOCH, i, i).
 EVALUATION_EPOCH = -1
-
-
-def recorded_teacher(folder: str, live: "Teacher | None" = None) -> nn.Module:
-    """The teacher's outputs recorded in `folder` (scripts/record_teacher.py), answering as a `Teacher` does;
-    `live`, the teacher itself when given beside the record, checks them."""
-    from .teacher_record import RecordedTeacher
-
-    return RecordedTeacher(folder, live)
 
 
 _HUB_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "force_download")

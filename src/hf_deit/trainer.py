@@ -40,8 +40,9 @@ from .metrics import HEAD_FIELDS, make_compute_metrics  # noqa: F401  (also impo
 from .objective import DistillationObjective
 from .preemption import shield_workers
 from .run import size_run
-from .teacher import EVALUATION_EPOCH, Teacher, TeacherForwardOutput, recorded_teacher
+from .teacher import EVALUATION_EPOCH, Teacher, TeacherForwardOutput
 from .teacher_check import check_teacher, eval_transform_of
+from .teacher_record import RecordedTeacher
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ class DistillationTrainer(DeiTTrainerBase):
             if args.torch_compile:
                 self.teacher.compile(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode)
         if args.teacher_outputs:  # its recorded outputs answer in its place; the teacher, given too, checks them
-            self.teacher = recorded_teacher(args.teacher_outputs, live=self.teacher)
+            self.teacher = RecordedTeacher(args.teacher_outputs, self.teacher)
         self.keeps_views = self.teacher is not None and self.teacher.reads_views
         if self.keeps_views:  # evaluation batches with their images' views (get_eval_dataloader)
             self.data_collator = PositionSeededCollator(self.data_collator, keep_views=True)
