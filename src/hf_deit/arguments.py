@@ -620,10 +620,8 @@ def student_config(
     `hf_deit.data.size_input`) makes the default the embedded data's small-image student."""
     name = model_args.model_name_or_path
     overrides = {"drop_path_rate": model_args.drop_path_rate, **parse_config_overrides(model_args.config_overrides)}
-    if image_size is not None:
-        if overrides.setdefault("image_size", image_size) != image_size:
-            raise ValueError(f"--image_size {image_size} and --config_overrides image_size={overrides['image_size']} "
-                             "disagree: drop image_size from --config_overrides.")  # fmt: skip
+    if image_size is not None:  # (one in --config_overrides too is refused by the early checks: _check_student)
+        overrides["image_size"] = image_size
     if name is None:
         small = small_images or uses_embedded_data(data_args)
         base = dict(EMBEDDED_STUDENT) if small else dict(PRESETS["deit_tiny_distilled_patch16_224"])

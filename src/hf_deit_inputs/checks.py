@@ -137,9 +137,6 @@ def check_evaluate_command_line(argv: Sequence[str]) -> None:
         problems += check_saved_model("--model_name_or_path", given["model_name_or_path"])
     problems += _check_teacher_input(given)
     problems += check_data(given, needs_train=False)
-    top_k = _int(given, "top_k", problems)  # not a rule by name: record_teacher.py's --top_k is a word or a number
-    if top_k is not None and top_k < 1:
-        problems.append(f"--top_k {top_k}: give a positive whole number.")
     problems += choices.problems(given, flag="--")
     output_file = given.get("output_file")
     if output_file:
@@ -281,9 +278,10 @@ def _check_student(given: dict) -> list[str]:
     if name is not None and name not in MODEL_PRESETS:
         problems += check_saved_model("--model_name_or_path", name, presets=MODEL_PRESETS)
         saved_patch = _saved_config_size(name, "patch_size")
-    image_size = _int(given, "image_size", [])  # a value that is no number: its rule says so (check_train_command_line)
+    image_size = choices.as_number(given.get("image_size"), whole=True)  # no number: its rule says so (choices.problems)
     if image_size is None:
         return problems
+    image_size = int(image_size)
     if "image_size" in overrides and str(overrides["image_size"]) != str(image_size):
         problems.append(
             f"--image_size {image_size} and --config_overrides image_size={overrides['image_size']} disagree: the "
@@ -602,16 +600,6 @@ def _saved_config_size(name: str, key: str) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Values
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _int(given: dict, flag: str, problems: list) -> Optional[int]:
-    if flag not in given:
-        return None
-    try:
-        return int(given[flag])
-    except ValueError:
-        problems.append(f"--{flag} {given[flag]}: give a whole number.")
-        return None
 
 
 def parse_config_overrides(text: Optional[str]) -> dict:

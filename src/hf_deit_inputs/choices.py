@@ -97,6 +97,7 @@ RANGES = {
     # evaluate_model.py
     "batch_size": Range(1, whole=True, hint="a positive whole number"),
     "num_workers": Range(0, whole=True, hint="0 (decode in the main process) or more worker processes"),
+    "top_k": Range(1, whole=True, hint="a positive whole number"),  # (record_teacher.py's is unchecked: a word too)
     # training
     "label_smoothing_factor": Range(0.0, 1.0, high_open=True),
     "repeated_augmentation": Range(1, whole=True, hint="1 (off) or more copies of each image per epoch"),
@@ -135,7 +136,7 @@ def problem(name: str, value, flag: str = "") -> Optional[str]:
         return None
     if name == "rand_augment" and str(value).strip().lower() in NONE_WORDS:
         return None
-    number = _number(value, allowed.whole)
+    number = as_number(value, allowed.whole)
     if number is not None and number in allowed:
         return None
     if number is None and allowed.whole:
@@ -165,7 +166,7 @@ def check(settings) -> None:
         raise ValueError(" ".join(found))
 
 
-def _number(value, whole: bool) -> Optional[float]:
+def as_number(value, whole: bool) -> Optional[float]:
     if isinstance(value, bool):
         return None
     try:

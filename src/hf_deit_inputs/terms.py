@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from .choices import Range, _number
+from .choices import Range, as_number
 
 # What a teacher's pass can give (hf_deit.teacher.TeacherForwardOutput): the logits always, the others on request.
 TEACHER_OUTPUTS = ("logits", "attention_map", "features", "stage_maps")
@@ -120,7 +120,7 @@ def teacher_needed_by(values: Mapping) -> list[str]:
     needed = [f"{term.switch} {values[term.switch]}" for term in TERMS.values()
               if term.teacher_outputs and term.is_on(values.get(term.switch))]  # fmt: skip
     fraction = values.get("labeled_fraction")
-    if fraction is not None and _number(fraction, whole=False) != 1.0:
+    if fraction is not None and as_number(fraction, whole=False) != 1.0:
         needed.append(f"labeled_fraction {fraction} (the teacher labels the rest)")
     needed += [f"{name} (the teacher labels those images)" for name in ("unlabeled_train_dir", "unlabeled_dataset_name")
                if values.get(name) is not None]  # fmt: skip
