@@ -32,7 +32,6 @@ from hf_deit.arguments import (  # noqa: E402
     label_fields,
     parse_config_overrides,
     teacher_argument_parser,
-    teacher_augmentation_preset,
     uses_embedded_data,
 )
 from hf_deit.data import (  # noqa: E402
@@ -123,9 +122,8 @@ def build_run(teacher_args: TeacherArguments, data_args: DataArguments, aug_args
             aug_args.image_size = sized.image_size
     if aug_args.image_size is None:
         aug_args.image_size = EMBEDDED_STUDENT["image_size"] if uses_embedded_data(data_args) else 224
-    aug_args.preset = teacher_augmentation_preset(aug_args.preset, aug_args.image_size,
-                                                  from_scratch=not teacher_args.model_name_or_path)  # fmt: skip
-    aug_args = aug_args.resolved()
+    # --preset auto above 64 px: the paper's recipe to fine-tune a trained model; crops and flips for a new CNN
+    aug_args = aug_args.resolved("imagenet" if teacher_args.model_name_or_path else "cnn_from_scratch")
     dataset = apply_transforms(
         dataset, build_train_transform(aug_args), build_eval_transform(aug_args), skip_bad_images=data_args.skip_bad_images
     )

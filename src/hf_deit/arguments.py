@@ -358,13 +358,15 @@ class AugmentationArguments:
     def __post_init__(self):
         choices.check(self)
 
-    def resolved(self) -> "AugmentationArguments":
-        """A copy with the preset's values filled in and every value checked."""
+    def resolved(self, large_images_preset: str = "imagenet") -> "AugmentationArguments":
+        """A copy with the preset's values filled in and every value checked. `--preset auto` is `small_images` up to
+        64 px, else `large_images_preset` (train_teacher.py: `cnn_from_scratch` for a new CNN)."""
         from .image_processing import IMAGENET_MEAN, IMAGENET_STD
 
         preset = self.preset
         if preset == AUTO_PRESET:
-            preset = "small_images" if self.image_size is not None and self.image_size <= SMALL_IMAGE_MAX_SIZE else "imagenet"
+            small = self.image_size is not None and self.image_size <= SMALL_IMAGE_MAX_SIZE
+            preset = "small_images" if small else large_images_preset
         values = {key: value for key, value in asdict(self).items() if value is not None}
         values = {**AUGMENTATION_PRESETS[preset], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **values}
         values["preset"] = preset
@@ -452,9 +454,6 @@ class TeacherArguments:
 # student's do; a fixed 10 epochs is a few dozen steps on a folder of a hundred images).
 # scripts/experiment_own_folder.py measures what the default gives (README).
 MIN_TEACHER_STEPS = 300
-# The augmentation preset of a new CNN teacher on images above SMALL_IMAGE_MAX_SIZE (see TEACHER_PRESET in
-# hf_deit.data.transforms): the paper's recipe (RandAugment m9, mixup, cutmix, erasing) is for a ViT on ImageNet.
-TEACHER_FROM_SCRATCH_PRESET = "cnn_from_scratch"
 
 
 @dataclass
@@ -492,14 +491,6 @@ class TeacherTrainingArguments(DeiTTrainingArguments):
             if self.load_best_model_at_end and self.metric_for_best_model is None:
                 self.metric_for_best_model = "accuracy"
         super().__post_init__()
-
-
-def teacher_augmentation_preset(preset: str, image_size: int, from_scratch: bool) -> str:
-    """The teacher's augmentation preset for `--preset auto`: the small-image preset up to 64 px (as the student's),
-    `cnn_from_scratch` for a new CNN on larger images, the paper's recipe for a pretrained one being fine-tuned."""
-    if preset != AUTO_PRESET or image_size <= SMALL_IMAGE_MAX_SIZE:
-        return preset
-    return TEACHER_FROM_SCRATCH_PRESET if from_scratch else "imagenet"
 
 
 # ---- evaluate_model.py: the model to evaluate, its teacher and the batch settings (data flags are train.py's) ----
