@@ -203,8 +203,7 @@ class DeiTTrainingArguments(TrainingArguments):
             folder = os.path.basename(os.path.normpath(self.output_dir or "run"))
             self.run_name = f"{folder}-{time.strftime('%Y%m%d-%H%M%S')}"
         super().__post_init__()
-        if not self._learning_rate_given:  # the paper's rule; resolve_learning_rate sizes it to the data
-            self.learning_rate = BASE_LEARNING_RATE * self._global_batch_size() / BASE_BATCH_SIZE
+        self.resolve_learning_rate()  # the paper's rule, until size_run sizes it to the data
 
     def _global_batch_size(self) -> int:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
