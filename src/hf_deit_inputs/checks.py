@@ -1,22 +1,11 @@
 """Every input named on a command line, checked before any model or dataset work (standard library only).
 
-A check sees only the flags that were given (`given`: flag name -> value as typed, from `flags_given(argv)`);
-defaults are valid by construction. All problems are collected and raised together as one `InputError`, each saying
-what is wrong and how to fix it:
-
-- paths that do not exist (with the close names that do), are files, or hold no images; image folders without
-  class sub-folders, with a single class, or that look like the parent of the splits; a validation class that
-  train does not have;
-- names: an unknown preset (the presets listed, the closest suggested), a teacher or model that is neither a folder
-  with a saved model nor a plausible Hub id, and, when the Hub is off (`HF_HUB_OFFLINE`), a Hub id that is not in
-  the local cache (said so, instead of a connection error);
-- choices and ranges, whether or not a teacher is given;
-- flags that contradict each other: an input size the model cannot take, a distillation term without a teacher, a
-  dataset name beside image folders.
-
-Choices and ranges are `hf_deit_inputs.choices`' (the package checks its settings by the same rules). The model
-presets mirror `hf_deit.configuration_distilled_deit`'s (tests keep them equal): that file travels to the Hub as
-remote code and imports nothing of this package.
+A check sees only the flags that were given (`flags_given`: flag name -> value as typed); defaults are valid by
+construction. All problems are collected and raised together as one `InputError`, each saying what is wrong and how
+to fix it: paths (missing, files, no images, no class folders), names (presets, saved models, Hub ids; offline, the
+Hub cache), the settings' choices and ranges (`hf_deit_inputs.choices`, the package's rules too), and flags that
+contradict each other. `MODEL_PRESETS` mirrors `hf_deit.configuration_distilled_deit`'s (tests keep them equal):
+that file travels to the Hub as remote code and imports nothing of this package.
 """
 
 from __future__ import annotations

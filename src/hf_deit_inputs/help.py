@@ -1,12 +1,10 @@
-"""`train.py --help` (and `train_teacher.py --help`) in a fraction of a second: the flags grouped by what they are
-for, from a catalogue.
+"""`train.py --help` (and `train_teacher.py --help`) in a fraction of a second, grouped by what the flags are for.
 
-The flags' names, defaults and help texts live in the argument dataclasses (`hf_deit.arguments`, `hf_deit.data`),
-whose import costs seconds of torch. `hf_deit.arguments.write_help_catalogue()` renders them, by group, into
-`train_flags.json` (train_teacher.py's into `teacher_flags.json`) beside this module (tests/test_inputs.py fails, with the command to run, when one is out of date); `--help` prints it under the
-script's docstring (its description and examples), with the distillation terms' settings read from their
-declarations (`hf_deit_inputs.terms`, which a term from outside the package joins). `--help_all` prints the full, slower listing of every flag,
-transformers' `TrainingArguments` included.
+The flags live in the argument dataclasses (`hf_deit.arguments`), whose import costs seconds of torch;
+`write_help_catalogue()` there renders them into `train_flags.json` and `teacher_flags.json` beside this module
+(tests/test_inputs.py fails while one is out of date). The distillation terms' settings are read from their
+declarations (`hf_deit_inputs.terms`), so a term from outside the package is listed too. `--help_all` prints the full,
+slower listing of every flag, transformers' `TrainingArguments` included.
 """
 
 from __future__ import annotations
