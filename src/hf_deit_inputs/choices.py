@@ -84,8 +84,8 @@ class Range:
         return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
 
-_PROBABILITY = Range(0.0, 1.0)
-_NON_NEGATIVE = Range(0.0)
+PROBABILITY = Range(0.0, 1.0)
+NON_NEGATIVE = Range(0.0)
 _FRACTION = Range(0.0, 1.0, low_open=True)  # (0, 1]
 _IMAGE_COUNT = Range(1, whole=True, hint="a positive number of images (or leave it out for all)")
 
@@ -106,14 +106,14 @@ RANGES = {
     "image_size": Range(1, whole=True, hint="the side of the model's input in pixels (e.g. 224)"),
     "crop_pct": _FRACTION,
     "scale_min": _FRACTION,
-    "hflip": _PROBABILITY,
-    "reprob": _PROBABILITY,
-    "mixup_prob": _PROBABILITY,
-    "mixup_switch_prob": _PROBABILITY,
-    "mixup": _NON_NEGATIVE,
-    "cutmix": _NON_NEGATIVE,
-    "color_jitter": _NON_NEGATIVE,
-    "rand_augment_mstd": _NON_NEGATIVE,
+    "hflip": PROBABILITY,
+    "reprob": PROBABILITY,
+    "mixup_prob": PROBABILITY,
+    "mixup_switch_prob": PROBABILITY,
+    "mixup": NON_NEGATIVE,
+    "cutmix": NON_NEGATIVE,
+    "color_jitter": NON_NEGATIVE,
+    "rand_augment_mstd": NON_NEGATIVE,
     "rand_augment": Range(0.0, RAND_AUGMENT_MAX_MAGNITUDE, hint="a magnitude from 0 to 10 (the paper uses 9), or none"),
 }
 NONE_WORDS = ("none", "off", "")  # a setting that may be off (rand_augment) is off when given one of these

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from .choices import Range, as_number
+from .choices import NON_NEGATIVE as _NON_NEGATIVE, PROBABILITY as _PROBABILITY, Range, as_number
 
 # What a teacher's pass can give (hf_deit.teacher.TeacherForwardOutput): the logits always, the others on request.
 TEACHER_OUTPUTS = ("logits", "attention_map", "features", "stage_maps")
@@ -28,8 +28,6 @@ NO_DISTILLATION, SOFT, HARD = DISTILLATION_TYPES = ("none", "soft", "hard")
 EVERY_LABEL, WHERE_WRONG = WEAK_TEACHER_FALLBACKS = ("all", "where_wrong")
 KL, MSE, COSINE = "kl", "mse", "cosine"
 PATCHES = "patches"
-
-_PROBABILITY, _NON_NEGATIVE = Range(0.0, 1.0), Range(0.0)
 
 
 @dataclass(frozen=True)
