@@ -15,11 +15,11 @@ a CNN's last-stage activation attention). Images are the model's evaluation view
 """
 
 import argparse
-import json
 import os
 import sys
 
 from hf_deit_inputs import InputError, check_visualize_inputs, exit_on_input_error
+from hf_deit_inputs.checks import recorded_data_flags
 
 DATA_FLAGS = {  # train.py's data flags (hf_deit.arguments.DataArguments) that choose the evaluation images
     "dataset_name": str, "dataset_config_name": str, "train_dir": str, "validation_dir": str, "eval_split": str,
@@ -56,7 +56,6 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification  # 
 
 import hf_deit  # noqa: E402, F401  (registers the distilled DeiT with the Auto classes)
 from hf_deit.attention_maps import distilled_deit_maps, relative_heat  # noqa: E402
-from hf_deit.checkpointing import RUN_SETTINGS_NAME  # noqa: E402
 from hf_deit.data import decode_image, load_image_classification_dataset, to_rgb  # noqa: E402
 from hf_deit.teacher import Teacher  # noqa: E402
 
@@ -86,19 +85,9 @@ def load_images(args) -> list[tuple[str, "PIL.Image.Image", "str | None"]]:  # n
 
 
 def evaluation_data_flags(args) -> dict:
-    """The data flags given here, else those recorded by the model's training run; an error when there are none."""
+    """The data flags given here, else those recorded by the model's training run (the checks found them)."""
     given = {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
-    if given:
-        return given
-    recorded = os.path.join(args.model, RUN_SETTINGS_NAME)
-    if not os.path.isfile(recorded):
-        raise SystemExit(
-            f"visualize_attention.py: error: {args.model} has no {RUN_SETTINGS_NAME} saying what it was trained on: "
-            "pass --images, or the data flags of its training run (--dataset_name, or --train_dir/--validation_dir)."
-        )
-    with open(recorded) as file:
-        settings = json.load(file)
-    return {name: settings[name] for name in DATA_FLAGS if settings.get(name) is not None}
+    return given or recorded_data_flags(args.model, DATA_FLAGS)
 
 
 def panel_title(true_label: "str | None", predicted: str, probability: float) -> str:

@@ -160,7 +160,7 @@ def check_visualize_inputs(values: dict) -> None:
             problems.append(f"--images and {', '.join('--' + name for name in given)} both name the images: keep one.")
     elif given:
         problems += check_data(given, needs_train=False) + choices.problems(given, flag="--")
-    elif not problems and os.path.isdir(os.path.expanduser(values["model"])):
+    elif not problems:
         problems += _check_recorded_data(values["model"])
     if problems:
         raise InputError(problems)
@@ -213,20 +213,31 @@ def _check_demo_model_folder(model: str) -> list[str]:
     return problems
 
 
-def _check_recorded_data(model: str) -> list[str]:
-    """The data a model's training run recorded beside it, when neither images nor data flags are given."""
+def recorded_data_flags(model: str, names: Sequence[str]) -> dict:
+    """The flags `names` that the training run of `model` (a folder) recorded beside it, as JSON values; raises
+    `InputError` when there is no record to read."""
     recorded = os.path.join(os.path.expanduser(model), RUN_SETTINGS_NAME)
     if not os.path.isfile(recorded):
-        return [f"{model} has no {RUN_SETTINGS_NAME} saying what it was trained on: pass --images, or the data flags "
-                "of its training run (--dataset_name, or --train_dir/--validation_dir)."]  # fmt: skip
+        raise InputError([f"{model} has no {RUN_SETTINGS_NAME} saying what it was trained on: pass --images, or the "
+                          "data flags of its training run (--dataset_name, or --train_dir/--validation_dir)."])
     try:
         with open(recorded) as file:
             settings = json.load(file)
     except (OSError, ValueError) as error:
-        return [f"{recorded} cannot be read ({error}): pass --images, or the data flags of its training run."]
-    given = {name: str(settings[name]) for name in VISUALIZE_DATA_FLAGS if settings.get(name) is not None}
+        raise InputError([f"{recorded} cannot be read ({error}): pass --images, or the data flags of its training "
+                          "run."]) from None  # fmt: skip
+    return {name: settings[name] for name in names if settings.get(name) is not None}
+
+
+def _check_recorded_data(model: str) -> list[str]:
+    """The data a model's training run recorded beside it, when neither images nor data flags are given."""
+    try:
+        given = {name: str(value) for name, value in recorded_data_flags(model, VISUALIZE_DATA_FLAGS).items()}
+    except InputError as error:
+        return error.problems
     if "train_dir" in given or "validation_dir" in given:  # the folders were the data; --dataset_name's default stays
         given.pop("dataset_name", None)
+    recorded = os.path.join(model, RUN_SETTINGS_NAME)
     return [f"{problem} (recorded by the training run in {recorded}; pass the data flags to use other images.)"
             for problem in check_data(given, needs_train=False)]
 
