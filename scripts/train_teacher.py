@@ -142,12 +142,8 @@ def build_run(teacher_args: TeacherArguments, data_args: DataArguments, aug_args
 
 def labeled_training_images(train, data_args: DataArguments, seed: int):
     """The images the teacher may learn from: with `--labeled_fraction`, the labelled part only, the same images as
-    train.py keeps labelled with the same seed (the teacher then labels the rest for the student)."""
-    pool = (data_args.unlabeled_dataset_name, data_args.unlabeled_train_dir, data_args.max_unlabeled_samples)
-    if any(value is not None for value in pool):
-        raise ValueError("The teacher learns from labelled images only: leave --unlabeled_dataset_name, "
-                         "--unlabeled_train_dir and --max_unlabeled_samples to scripts/train.py, where the teacher "
-                         "labels them.")  # fmt: skip
+    train.py keeps labelled with the same seed (the teacher then labels the rest for the student). An unlabelled pool
+    is refused by the early checks (`hf_deit_inputs.checks.check_teacher_command_line`)."""
     if data_args.labeled_fraction is None or data_args.labeled_fraction >= 1.0:
         return train
     labeled, _ = split_labeled(train, data_args.labeled_fraction, seed=seed)
