@@ -173,6 +173,9 @@ def test_presets_and_resolution():
     # Explicit values win over the preset; the default preset with no size is the paper's.
     assert AugmentationArguments(image_size=32, hflip=0.5).resolved().hflip == 0.5
     assert AugmentationArguments().resolved().image_size == 224
+    # --preset auto above 64 px takes the caller's large-image preset (train_teacher.py: crops and flips for a new CNN).
+    assert AugmentationArguments(image_size=128).resolved("cnn_from_scratch").preset == "cnn_from_scratch"
+    assert AugmentationArguments(image_size=32).resolved("cnn_from_scratch").preset == "small_images"
     with pytest.raises(ValueError, match="rand_augment"):
         AugmentationArguments(rand_augment="strong").resolved()
     with pytest.raises(ValueError, match="preset"):
