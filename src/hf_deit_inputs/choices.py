@@ -161,7 +161,7 @@ def problems(settings: dict, flag: str = "") -> list[str]:
 
 def check(settings) -> None:
     """Raise a ValueError listing what is wrong with the fields of `settings` (a dataclass) that have a rule."""
-    found = problems({item.name: getattr(settings, item.name) for item in dataclasses.fields(settings)})
+    found = problems({item.name: getattr(settings, item.name, None) for item in dataclasses.fields(settings)})
     if found:
         raise ValueError(" ".join(found))
 
