@@ -278,7 +278,7 @@ def _check_student(given: dict) -> list[str]:
     if name is not None and name not in MODEL_PRESETS:
         problems += check_saved_model("--model_name_or_path", name, presets=MODEL_PRESETS)
         saved_patch = _saved_config_size(name, "patch_size")
-    image_size = choices.as_number(given.get("image_size"), whole=True)  # no number: its rule says so (choices.problems)
+    image_size = choices.as_number(given.get("image_size"), whole=True)  # not a number: its rule says so
     if image_size is None:
         return problems
     image_size = int(image_size)
