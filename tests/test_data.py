@@ -590,3 +590,4 @@ def test_embedded_dataset_names_are_defined_once():
     # The same object everywhere: the command-line checks (standard library only) own the definition.
     assert hf_deit.data.EMBEDDED_DATASETS is checks.EMBEDDED_DATASETS
     assert hf_deit.arguments.EMBEDDED_DATASETS is checks.EMBEDDED_DATASETS
+    assert hf_deit.arguments.DataArguments().dataset_name == hf_deit.data.DEFAULT_DATASET  # the loader's default too

@@ -15,7 +15,8 @@ from typing import Optional
 
 from hf_deit_inputs import choices, terms
 from hf_deit_inputs.checks import parse_config_overrides
-from hf_deit_inputs.choices import AUGMENTATION_PRESETS, AUTO_PRESET, EMBEDDED_DATASETS, SMALL_IMAGE_MAX_SIZE, TEACHER_ARCHITECTURES
+from hf_deit_inputs.choices import (AUGMENTATION_PRESETS, AUTO_PRESET, DEFAULT_DATASET, EMBEDDED_DATASETS,
+                                    SMALL_IMAGE_MAX_SIZE, TEACHER_ARCHITECTURES)  # fmt: skip
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
@@ -79,7 +80,7 @@ class DataArguments:
     _argument_group_name = "Data"  # its heading in --help
 
     dataset_name: Optional[str] = field(
-        default="mnist",
+        default=DEFAULT_DATASET,
         metadata={
             "help": "'mnist' (5,000 embedded MNIST digits), 'digits' (scikit-learn 8x8), a Hub id, or a folder "
             "written by save_to_disk. Ignored when --train_dir is given."

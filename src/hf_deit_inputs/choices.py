@@ -21,6 +21,7 @@ from typing import Optional
 # ---- data and augmentation ----
 
 EMBEDDED_DATASETS = ("mnist", "digits")  # hf_deit.data loads these sets
+DEFAULT_DATASET = EMBEDDED_DATASETS[0]  # the scripts' --dataset_name
 # Images up to this size get the small-image augmentation preset and, with a CNN teacher, feature-map distillation.
 SMALL_IMAGE_MAX_SIZE = 64
 RAND_AUGMENT_MAX_MAGNITUDE = 10.0  # timm's magnitude scale: m9 applies 90% of each op's largest strength

@@ -26,13 +26,13 @@ from datasets import (
     load_dataset,
     load_from_disk,
 )
-from hf_deit_inputs.checks import EMBEDDED_DATASETS, InputError, check_class_folder, check_split_classes
+from hf_deit_inputs.checks import InputError, check_class_folder, check_split_classes
+from hf_deit_inputs.choices import DEFAULT_DATASET, EMBEDDED_DATASETS
 from hf_deit_inputs.folders import find_class_folders, image_files
 from PIL import Image as PILImage
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATASET = "mnist"
 # Fixed split of the embedded sets: 20% of every class held out, chosen with seed 0. MNIST: 4,000 / 1,000
 # (400 / 100 per class). Digits: 1,438 / 359. Changing these changes every result reported on them.
 EMBEDDED_VALIDATION_FRACTION = 0.2
