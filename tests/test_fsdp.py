@@ -17,7 +17,7 @@ import textwrap
 import pytest
 import torch
 
-from test_trainer import TORCHRUN, _mkdir, run_worker, tiny_resnet, tiny_student
+from test_trainer import TORCHRUN, _mkdir, run_here, run_worker, tiny_resnet, tiny_student
 
 
 FSDP_WORKER = textwrap.dedent(
@@ -215,7 +215,7 @@ def test_two_fully_sharded_processes_give_one_process_loss_and_update_and_a_load
 
     script = tmp_path / "fsdp_worker.py"
     script.write_text(FSDP_WORKER.format(tests_dir=os.path.dirname(__file__)))
-    single = run_worker([sys.executable, str(script)], _mkdir(tmp_path / "single"))
+    single = run_here(script, _mkdir(tmp_path / "single"))
     double = run_worker(TORCHRUN + [str(script)], _mkdir(tmp_path / "double"))
 
     assert (single["world_size"], double["world_size"]) == (1, 2)

@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 import textwrap
@@ -255,6 +256,18 @@ def gloo_threads() -> int:
     return sum(name in ("pt_gloo_runloop", "gloo_tcp_loop") for name in names)
 
 
+def run_here(script, out_dir):
+    """The one-process reference: `python script out_dir` run in this process (no process group, nothing launched;
+    a new interpreter would spend most of its time importing torch and transformers). Returns its report."""
+    argv = sys.argv
+    sys.argv = [str(script), str(out_dir)]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    return json.loads((out_dir / "report.json").read_text())
+
+
 def run_worker(command, out_dir, timeout=240, extra_args=()):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     process = subprocess.Popen(command + [str(out_dir), *extra_args], env=env, stdout=subprocess.PIPE,
@@ -282,7 +295,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 def test_two_ddp_processes_log_the_same_loss_as_one(tmp_path):
     script = tmp_path / "ddp_worker.py"
     script.write_text(DDP_WORKER.format(tests_dir=os.path.dirname(__file__)))
-    single = run_worker([sys.executable, str(script)], _mkdir(tmp_path / "single"))
+    single = run_here(script, _mkdir(tmp_path / "single"))
     double = run_worker(TORCHRUN + [str(script)], _mkdir(tmp_path / "double"))
 
     assert (single["world_size"], double["world_size"]) == (1, 2)
