@@ -84,7 +84,9 @@ def assert_same_run(resumed_dir, reference_dir):
 
 
 @pytest.mark.slow
-def test_sigkill_after_a_checkpoint_then_auto_resume_gives_the_uninterrupted_result(tmp_path):
+def test_sigkill_after_a_checkpoint_or_sigterm_then_the_same_command_resumes_to_the_uninterrupted_result(tmp_path):
+    """Two ways a one-process run is stopped, each checked against one uninterrupted run of the same command: SIGKILL
+    after a checkpoint, then auto-resume; and SIGTERM, which finishes the step and saves (stop_and_resume)."""
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
     # Both runs at once: the CPU has two cores and each run is mostly single-threaded start-up.
     reference = start(train_command(reference_dir), tmp_path / "reference.log")
@@ -104,6 +106,12 @@ def test_sigkill_after_a_checkpoint_then_auto_resume_gives_the_uninterrupted_res
     finish(reference, tmp_path / "reference.log")
     assert f"Resuming from {checkpoint}" in (tmp_path / "resumed.log").read_text()
     assert_same_run(run_dir, reference_dir)
+
+    # SIGTERM to the whole process group, as SLURM and a terminal send it, against the same reference.
+    sigterm = tmp_path / "sigterm"
+    sigterm.mkdir()
+    status = stop_and_resume(sigterm, train_command, lambda run: os.killpg(run.pid, signal.SIGTERM), reference_dir)
+    assert status == 128 + signal.SIGTERM  # a scheduler reads "ended by SIGTERM" and may requeue
 
 
 @pytest.mark.slow
@@ -215,15 +223,6 @@ def stop_and_resume(tmp_path, launch, signal_to, reference_dir):
     assert f"Resuming from {checkpoint}" in (tmp_path / "resumed.log").read_text()
     assert_same_run(run_dir, reference_dir)
     return victim.returncode
-
-
-@pytest.mark.slow
-def test_sigterm_finishes_the_step_saves_and_the_same_command_resumes_to_the_uninterrupted_result(tmp_path):
-    reference_dir = tmp_path / "reference"
-    reference = start(train_command(reference_dir), tmp_path / "reference.log")
-    status = stop_and_resume(tmp_path, train_command, lambda run: os.killpg(run.pid, signal.SIGTERM), reference_dir)
-    finish(reference, tmp_path / "reference.log")
-    assert status == 128 + signal.SIGTERM  # a scheduler reads "ended by SIGTERM" and may requeue
 
 
 @pytest.mark.slow
