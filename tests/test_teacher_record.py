@@ -219,7 +219,12 @@ def test_a_record_made_in_one_process_serves_a_two_process_run_as_the_live_teach
 
     live_logs, live_weights = trained(tmp_path / "live")
     replay_logs, replay_weights = trained(tmp_path / "replay")
-    assert "| num_processes | 2 |" in (tmp_path / "replay" / "README.md").read_text()
+    # `accelerate launch` with two CPU processes trains one model with DDP, not two copies: each card (written by the
+    # main process from the trainer's own state) counts both processes' batches of 16.
+    for name in ("live", "replay"):
+        card = (tmp_path / name / "README.md").read_text()
+        assert "| num_processes | 2 |" in card and "| total_train_batch_size | 32 |" in card, name
+        assert json.loads((tmp_path / name / "trainer_state.json").read_text())["global_step"] == STEPS
     assert len([entry for entry in live_logs if "loss_distillation" in entry]) == STEPS
     assert replay_logs == live_logs  # every step's losses, and the evaluation
     for name, tensor in live_weights.items():
