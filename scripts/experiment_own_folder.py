@@ -28,6 +28,8 @@ with a few labelled images and many unlabelled ones has them. The teacher trains
                      validation images does not label the pool: the student trains on the labelled images)
 
     python scripts/experiment_own_folder.py --labeled_fraction 0.25 --image_size 96 --seed 0
+    python scripts/experiment_own_folder.py --seed_dirs outputs/pool/seed0 outputs/pool/seed1 outputs/pool/seed2
+                                                            # the pool study's table over seeds (pool.md, pool.png)
 
 The three students of the weak teacher see the same views: `--teacher_record`
 (`experiment_common.share_teacher_records`) lets them train from one record of it. Two runs at a time, one process and
@@ -40,6 +42,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,7 +166,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--labeled_fraction", type=float, default=None,
                         help="The pool study: this fraction of each class labelled, the rest an unlabelled pool.")
     parser.add_argument("--table_only", action="store_true", help="Print the table of the finished runs; run none.")
+    parser.add_argument("--seed_dirs", nargs="+", type=Path, default=None,
+                        help="The pool study's table over seeds: one --output_dir per seed; runs none.")
     args = parser.parse_args(argv)
+    if args.seed_dirs:
+        return pool_table(args.seed_dirs, args.kinds, argv)
     out = Path(args.output_dir)
     pooled = args.labeled_fraction is not None
     teachers = {"teacher": TEACHERS["teacher"]} if pooled else {name: TEACHERS[name] for name in args.teachers}
@@ -218,6 +225,39 @@ def results_table(results: dict, titles: dict, argv) -> str:
     command = "python scripts/experiment_own_folder.py " + " ".join(argv if argv is not None else sys.argv[1:])
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     return "\n".join(rows) + f"\n\n`{command.strip()}`, {when}, {machine()}; one thread per run, two runs at a time."
+
+
+def pool_table(seed_dirs: list[Path], kinds, argv) -> dict:
+    """The pool study over seeds: per folder and seed the teacher's accuracy as the check measured it, the three
+    students' top-1 and what the check did; a figure of the students, one dot per seed. Writes `pool.md`, `pool.json`
+    and `pool.png` beside the first seed's folder."""
+    rows = ["| folder | seed | teacher: train / val (check) | student alone | distilled, unprotected | "
+            "distilled, with the check | check - alone | the check did |", "|---|---|---|---|---|---|---|---|"]
+    results, groups = {}, {}
+    for kind in kinds:
+        for seed_dir in seed_dirs:
+            runs = {name: finished_run(seed_dir / kind / name) for name in POOL_STUDENTS}
+            if not all(runs.values()):
+                continue  # not finished
+            log = (seed_dir / kind / "pool_off" / "train.log").read_text()
+            measured = re.search(r"right on ([\d.]+)% of \d+ labelled training images, ([\d.]+)% of", log)
+            top1 = {name: 100 * metrics["eval_accuracy"] for name, metrics in runs.items()}
+            results.setdefault(kind, {})[seed_dir.name] = {**top1, "teacher": measured.groups() if measured else None,
+                                                           "check": runs["pool"]["check"]}  # fmt: skip
+            for name, value in top1.items():
+                groups.setdefault(kind, {}).setdefault(POOL_STUDENTS[name][0].split(",")[0] + f" ({name})", [])
+                groups[kind][POOL_STUDENTS[name][0].split(",")[0] + f" ({name})"].append(value)
+            teacher = " / ".join(measured.groups()) if measured else "-"
+            rows.append(f"| {kind} | {seed_dir.name} | {teacher} | {top1['none']:.1f} | {top1['pool_off']:.1f} | "
+                        f"{top1['pool']:.1f} | {top1['pool'] - top1['none']:+.1f} | {runs['pool']['check'] or '-'} |")
+    command = "python scripts/experiment_own_folder.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = "\n".join(rows) + f"\n\n`{command.strip()}`, {machine()}."
+    print(table)
+    out = seed_dirs[0].parent
+    (out / "pool.md").write_text(table + "\n")
+    (out / "pool.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot_groups(groups, out / "pool.png", title="Unlabelled pool: student alone, unprotected, with the check")
+    return results
 
 
 if __name__ == "__main__":
