@@ -139,6 +139,28 @@ def test_the_scans_folder_holds_every_8x8_digit_once_split_per_class(tmp_path):
         assert abs(np.asarray(image).astype(int) - digits.images[index] * 255 / 16).max() <= 0.5
 
 
+def test_the_pool_split_keeps_a_seeded_share_of_each_class_and_hides_the_rest_s_labels(tmp_path):
+    from experiment_own_folder import pool_split
+    from make_sample_folders import build_folder
+
+    train, _ = build_folder("photos", tmp_path / "photos")  # 4 classes of 30
+    labelled, pool = pool_split(train, 0.25, seed=1, folder=tmp_path / "split")
+    assert sorted(path.name for path in labelled.iterdir()) == sorted(path.name for path in train.iterdir())
+    assert all(len(list(folder.iterdir())) == 8 for folder in labelled.iterdir())  # round(7.5)
+    pooled = list(pool.iterdir())
+    assert len(pooled) == 4 * 22 and all(path.is_file() for path in pooled)
+    # Every image once, in one of the two; a pool file's name says nothing of its class.
+    contents = sorted(path.read_bytes() for path in [*labelled.glob("*/*"), *pooled])
+    assert contents == sorted(path.read_bytes() for path in train.glob("*/*"))
+    classes = {path.name for path in train.iterdir()}
+    assert not any(name in path.name for path in pooled for name in classes)
+    # Seeded: another seed draws other images; the same seed, the same (an existing split is kept as it is).
+    other, _ = pool_split(train, 0.25, seed=2, folder=tmp_path / "other")
+    assert sorted(path.name for path in other.glob("*/*")) != sorted(path.name for path in labelled.glob("*/*"))
+    again, _ = pool_split(train, 0.25, seed=1, folder=tmp_path / "again")
+    assert sorted(path.name for path in again.glob("*/*")) == sorted(path.name for path in labelled.glob("*/*"))
+
+
 def test_runs_in_parallel_show_progress_and_a_failed_run_is_named_with_its_log(tmp_path, capsys):
     from experiment_common import run_in_parallel
 
