@@ -16,7 +16,9 @@ five students, every one with the same number of steps, batch size and recipe:
     none             labelled subset, no teacher
     hard             labelled subset, hard distillation
     hard+attn        ... plus the attention-map term (student dist token vs the teacher's last-stage activation map)
-    hard+pool        labelled subset + the remaining training images unlabelled (the teacher labels them)
+    hard+pool        labelled subset + the remaining training images unlabelled (the teacher labels them, whatever
+                     the teacher check would decide: --protect_from_weak_teacher false; the check's own study is
+                     experiment_own_folder.py --labeled_fraction)
     hard+attn+pool   both
 
 At 100% there is no unlabelled pool: the pool variants are not run there (the table says n/a). hard and hard+attn see
@@ -128,8 +130,8 @@ def student_flags(variant: dict, labeled_dir, pool_dir, teacher_dir, output_dir,
         argv += ["--teacher_name_or_path", teacher_dir]
     if variant["attention"]:
         argv += ["--attention_distillation_weight", str(attention_weight)]
-    if variant["pool"]:
-        argv += ["--unlabeled_dataset_name", pool_dir]
+    if variant["pool"]:  # the arm measures the pool: a teacher under the check's bar would leave it out
+        argv += ["--unlabeled_dataset_name", pool_dir, "--protect_from_weak_teacher", "false"]
     return argv
 
 

@@ -117,6 +117,22 @@ def test_with_an_unlabelled_pool_a_weak_teacher_labels_none_of_it(bad_teacher, t
     assert "eval_accuracy" in metrics
 
 
+@pytest.mark.slow
+def test_a_record_of_a_weak_teacher_with_a_pool_is_refused_with_the_fix(bad_teacher, tmp_path):
+    import record_teacher
+    import train
+
+    # Recorded with the pool's views, the run cannot leave the pool out: refused before the first step, saying how.
+    flags = ["--config_overrides", TINY_STUDENT, "--max_steps", "6", "--max_eval_samples", "64", "--labeled_fraction",
+             "0.5", "--distillation_type", "hard", *DIGITS]  # fmt: skip
+    record_teacher.main(["--record_dir", str(tmp_path / "record"), "--teacher_name_or_path", str(bad_teacher),
+                         "--output_dir", str(tmp_path / "unused"), *flags])  # fmt: skip
+    with pytest.raises(ValueError, match="Record it again without the unlabelled images, or keep them with "
+                       "--protect_from_weak_teacher false"):  # fmt: skip
+        train.main(["--output_dir", str(tmp_path / "student"), "--teacher_outputs", str(tmp_path / "record"), *flags])
+    assert not list((tmp_path / "student").glob("checkpoint-*"))
+
+
 def test_the_hard_target_falls_back_to_the_label_where_the_teacher_is_wrong():
     loss = DistillationLoss("hard", alpha=1.0, label_smoothing=0.0)
     teacher = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [5.0, 0, 0]])  # predicts 0, 1, 2, 0

@@ -320,10 +320,10 @@ class DistillationTrainer(DeiTTrainerBase):
         schedule, evaluations and checkpoints stay as logged): a weak teacher's labels for them are not to be trusted
         (`TeacherReport.weak`)."""
         if self.keeps_views:  # its views were recorded for every image, in the order they made
-            raise ValueError("The teacher's record holds its labels for unlabelled training images, and it is too "
-                             "weak to be trusted on them (see the warning above); training on the labelled images alone needs other "
-                             "views than the record's. Record it again without the unlabelled images, or keep them "
-                             "with --protect_from_weak_teacher false.")
+            raise ValueError("The teacher is too weak to label the unlabelled training images (see the warning "
+                             "above), and its record holds their views: training on the labelled images alone needs "
+                             "other views than the record's. Record it again without the unlabelled images, or keep "
+                             "them with --protect_from_weak_teacher false.")
         args, dataset = self.args, self.train_dataset
         if args.max_steps <= 0:
             args.max_steps = math.ceil(args.num_train_epochs * args._steps_per_epoch(len(dataset)))
