@@ -24,8 +24,8 @@ with a few labelled images and many unlabelled ones has them. The teacher trains
 
     none             scripts/train.py --train_dir labelled --distillation_type none (the student alone)
     pool_off         ... --teacher_name_or_path teacher --unlabeled_train_dir pool --protect_from_weak_teacher false
-    pool             ... the same with the check's defaults (a teacher under --min_teacher_accuracy on the
-                     validation images does not label the pool: the student trains on the labelled images)
+    pool             ... the same with the check's defaults (a teacher under --min_teacher_accuracy on its training
+                     or the validation images does not label the pool: the student trains on the labelled images)
 
     python scripts/experiment_own_folder.py --labeled_fraction 0.25 --image_size 96 --seed 0
     python scripts/experiment_own_folder.py --seed_dirs outputs/pool/seed0 outputs/pool/seed1 outputs/pool/seed2
@@ -245,8 +245,8 @@ def pool_table(seed_dirs: list[Path], kinds, argv) -> dict:
             results.setdefault(kind, {})[seed_dir.name] = {**top1, "teacher": measured.groups() if measured else None,
                                                            "check": runs["pool"]["check"]}  # fmt: skip
             for name, value in top1.items():
-                groups.setdefault(kind, {}).setdefault(POOL_STUDENTS[name][0].split(",")[0] + f" ({name})", [])
-                groups[kind][POOL_STUDENTS[name][0].split(",")[0] + f" ({name})"].append(value)
+                arm = POOL_STUDENTS[name][0].split(",")[0] + f" ({name})"
+                groups.setdefault(kind, {}).setdefault(arm, []).append(value)
             teacher = " / ".join(measured.groups()) if measured else "-"
             rows.append(f"| {kind} | {seed_dir.name} | {teacher} | {top1['none']:.1f} | {top1['pool_off']:.1f} | "
                         f"{top1['pool']:.1f} | {top1['pool'] - top1['none']:+.1f} | {runs['pool']['check'] or '-'} |")
