@@ -47,7 +47,6 @@ from .modeling_distilled_deit import DistilledDeiTEmbeddings, DistilledDeiTForIm
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("timm", "transformers-legacy", "transformers", "hf-deit")
 # transformers model types whose checkpoints convert (the Hub's non-distilled DeiTs are ViT checkpoints).
 CONVERTIBLE_MODEL_TYPES = ("deit", "vit")
 
@@ -150,38 +149,35 @@ _TIMM_RULES = [
     (r"head\.(weight|bias)", r"cls_classifier.\1"),
     (r"head_dist\.(weight|bias)", r"distillation_classifier.\1"),
 ]
-# `P` is the backbone prefix: "deit" (DeiT) or "vit" (ViT, the Hub's non-distilled DeiTs).
+# The backbone prefix is "deit" (DeiT) or "vit" (ViT, the Hub's non-distilled DeiTs).
 _TRANSFORMERS_SHARED_RULES = [
-    (r"P\.embeddings\.(cls_token|distillation_token|position_embeddings)", r"deit.embeddings.\1"),
-    (r"P\.embeddings\.patch_embeddings\.projection\.(weight|bias)", r"deit.embeddings.patch_embeddings.projection.\1"),
-    (r"P\.layernorm\.(weight|bias)", r"deit.layernorm.\1"),
+    (r"(?:deit|vit)\.embeddings\.(cls_token|distillation_token|position_embeddings)", r"deit.embeddings.\1"),
+    (r"(?:deit|vit)\.embeddings\.patch_embeddings\.projection\.(weight|bias)", r"deit.embeddings.patch_embeddings.projection.\1"),
+    (r"(?:deit|vit)\.layernorm\.(weight|bias)", r"deit.layernorm.\1"),
     (r"(cls_classifier|distillation_classifier)\.(weight|bias)", r"\1.\2"),
     # DeiTForImageClassification / ViTForImageClassification: one head, on the cls token.
     (r"classifier\.(weight|bias)", r"cls_classifier.\1"),
 ]
 _TRANSFORMERS_LEGACY_RULES = _TRANSFORMERS_SHARED_RULES + [
-    (r"P\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)", r"deit.layers.\1.\2.\3"),
-    (r"P\.encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"deit.layers.\1.attention.o_proj.\2"),
-    (r"P\.encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"deit.layers.\1.mlp.fc1.\2"),
-    (r"P\.encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"deit.layers.\1.mlp.fc2.\2"),
-    (r"P\.encoder\.layer\.(\d+)\.(layernorm_before|layernorm_after)\.(weight|bias)", r"deit.layers.\1.\2.\3"),
+    (r"(?:deit|vit)\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)", r"deit.layers.\1.\2.\3"),
+    (r"(?:deit|vit)\.encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"deit.layers.\1.attention.o_proj.\2"),
+    (r"(?:deit|vit)\.encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"deit.layers.\1.mlp.fc1.\2"),
+    (r"(?:deit|vit)\.encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"deit.layers.\1.mlp.fc2.\2"),
+    (r"(?:deit|vit)\.encoder\.layer\.(\d+)\.(layernorm_before|layernorm_after)\.(weight|bias)", r"deit.layers.\1.\2.\3"),
 ]
 _TRANSFORMERS_RULES = _TRANSFORMERS_SHARED_RULES + [
-    (r"P\.layers\.(\d+)\.attention\.(q|k|v)_proj\.(weight|bias)", r"deit.layers.\1.\2.\3"),
-    (r"P\.layers\.(\d+)\.attention\.o_proj\.(weight|bias)", r"deit.layers.\1.attention.o_proj.\2"),
-    (r"P\.layers\.(\d+)\.(mlp\.fc1|mlp\.fc2|layernorm_before|layernorm_after)\.(weight|bias)", r"deit.layers.\1.\2.\3"),
+    (r"(?:deit|vit)\.layers\.(\d+)\.attention\.(q|k|v)_proj\.(weight|bias)", r"deit.layers.\1.\2.\3"),
+    (r"(?:deit|vit)\.layers\.(\d+)\.attention\.o_proj\.(weight|bias)", r"deit.layers.\1.attention.o_proj.\2"),
+    (r"(?:deit|vit)\.layers\.(\d+)\.(mlp\.fc1|mlp\.fc2|layernorm_before|layernorm_after)\.(weight|bias)", r"deit.layers.\1.\2.\3"),
 ]
 # Marks the separate query/key/value parts produced by the rules above: "deit.layers.N.<part>.<weight|bias>".
 _QKV_PART = re.compile(r"deit\.layers\.(\d+)\.(query|key|value|q|k|v)\.(weight|bias)")
 _QKV_ORDER = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
-
-
-def _transformers_prefix(state_dict: dict) -> str:
-    return "vit" if any(key.startswith("vit.") for key in state_dict) else "deit"
+_RULES = {"timm": _TIMM_RULES, "transformers-legacy": _TRANSFORMERS_LEGACY_RULES, "transformers": _TRANSFORMERS_RULES}
 
 
 def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
-    """Which of `LAYOUTS` the keys follow; raises `CheckpointConversionError` with examples when none."""
+    """Which layout the keys follow ("timm", "transformers-legacy", "transformers" or "hf-deit"); raises `CheckpointConversionError` with examples when none."""
     keys = set(state_dict)
     if "patch_embed.proj.weight" in keys and any(key.startswith("blocks.") for key in keys):
         return "timm"
@@ -234,18 +230,6 @@ def _fuse_qkv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             raise CheckpointConversionError(f"Layer {layer} lacks one of its query/key/value {kind} tensors.")
         fused[f"deit.layers.{layer}.attention.qkv.{kind}"] = torch.cat((query, key, value), dim=0)
     return fused
-
-
-def to_hf_deit_keys(state_dict: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
-    """Rename (and fuse) a state dict of the given layout into our keys, without changing any value."""
-    if layout == "hf-deit":
-        return dict(state_dict)
-    if layout == "timm":
-        return _rename(state_dict, _TIMM_RULES)
-    rules = _TRANSFORMERS_LEGACY_RULES if layout == "transformers-legacy" else _TRANSFORMERS_RULES
-    prefix = _transformers_prefix(state_dict)
-    rules = [(pattern.replace("P", prefix, 1) if pattern.startswith("P") else pattern, rep) for pattern, rep in rules]
-    return _fuse_qkv(_rename(state_dict, rules))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -496,7 +480,7 @@ def convert_state_dict(
     """Map a foreign DeiT state dict onto our keys and infer the config that fits it.
 
     Args:
-        state_dict: weights in any of `LAYOUTS` (see `detect_layout`).
+        state_dict: weights in any layout `detect_layout` recognises.
         source_config: the source's config.json as a dict, if it has one (heads, layer-norm eps, labels).
         ignore_mismatched_sizes: allow another class count than the checkpoint's (new heads); False raises
             `MismatchedClassesError` instead, as `from_pretrained` does without it.
@@ -511,7 +495,8 @@ def convert_state_dict(
         freshly initialised.
     """
     layout = detect_layout(state_dict)
-    ours = to_hf_deit_keys(state_dict, layout)
+    # Renamed (query/key/value fused) into our keys, no value changed.
+    ours = dict(state_dict) if layout == "hf-deit" else _fuse_qkv(_rename(state_dict, _RULES[layout]))
     source_config = source_config or {}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     _add_distillation_token(ours)
@@ -550,14 +535,6 @@ def convert_state_dict(
 # End to end
 
 
-def _image_processor_for(config: DistilledDeiTConfig):
-    image_h, image_w = _pair(config.image_size)
-    processor = deit_image_processor(max(image_h, image_w))
-    if image_h != image_w:  # crop to the model's (non-square) input; resize so that the crop fits
-        processor.crop_size = {"height": image_h, "width": image_w}
-    return processor
-
-
 def _load_converted_weights(model, ours: dict[str, torch.Tensor]) -> None:
     """Load converted weights (our classifier's keys) into a classifier or a backbone (`DistilledDeiTModel`, whose
     keys lack the `deit.` prefix and which has no heads); only freshly initialised heads may be missing."""
@@ -590,7 +567,11 @@ def convert_checkpoint(
     model.eval()
     if output_dir is not None:
         model.save_pretrained(output_dir)
-        _image_processor_for(config).save_pretrained(output_dir)
+        image_h, image_w = _pair(config.image_size)
+        processor = deit_image_processor(max(image_h, image_w))
+        if image_h != image_w:  # crop to the model's (non-square) input; resize so that the crop fits
+            processor.crop_size = {"height": image_h, "width": image_w}
+        processor.save_pretrained(output_dir)
     return model
 
 
@@ -746,18 +727,3 @@ def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
     )
     return model.eval()
 
-
-__all__ = [
-    "LAYOUTS",
-    "CheckpointConversionError",
-    "MismatchedClassesError",
-    "checkpoint_class_count",
-    "convert_checkpoint",
-    "convert_state_dict",
-    "detect_layout",
-    "imagenet_id2label",
-    "load_checkpoint",
-    "load_converted",
-    "timm_config_fields",
-    "to_hf_deit_keys",
-]
