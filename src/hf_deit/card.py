@@ -40,14 +40,11 @@ _SECRET_NAME = re.compile(r"token|secret|password|passwd|api_?key|credential|aut
 _SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 
 
-def is_secret(name: str, value: Any = None) -> bool:
-    """Whether a field must stay out of the card: its name says it holds a credential, or its value looks like one."""
-    return bool(_SECRET_NAME.search(str(name))) or bool(_SECRET_VALUE.search(str(value)))
-
-
 def public_fields(fields: dict | None) -> dict:
-    """`fields` without anything `is_secret` flags."""
-    return {name: value for name, value in (fields or {}).items() if not is_secret(name, value)}
+    """`fields` without those that must stay out of the card: a name that says it holds a credential, or a value
+    that looks like one."""
+    return {name: value for name, value in (fields or {}).items()
+            if not _SECRET_NAME.search(str(name)) and not _SECRET_VALUE.search(str(value))}  # fmt: skip
 
 
 def build_model_card(
@@ -78,7 +75,7 @@ def build_model_card(
         distillation_type, distillation_alpha, distillation_tau: the distillation recipe.
         hyperparameters: training hyper-parameters for the table (secrets are dropped).
         repo_id: the Hub repo the card will live in; the usage snippet loads from it.
-        config: a `DistilledDeiTConfig` or its dict, for the architecture table and the label names.
+        config: a `DistilledDeiTConfig`, for the architecture table and the label names.
         hub_dataset: whether `dataset_name` is a Hub dataset id (listed in the metadata's `datasets`); None guesses
             from its spelling.
         **extra: `base_model`, `license`, `language`, or further template variables (secrets are dropped): the
@@ -152,8 +149,7 @@ def write_teacher_card(output_dir, *, model_name: str, config, eval_results: dic
         num_labels=len(labels),
         hyperparameters={name: _format_value(value) for name, value in public_fields(hyperparameters).items()
                          if value is not None},  # fmt: skip
-        evaluation_rows=[{"output": "`logits`", "top1": _percent(metrics.get("accuracy")),
-                          "top5": _percent(metrics.get("top5_accuracy"))}] if "accuracy" in metrics else [],  # fmt: skip
+        evaluation_rows=_evaluation_rows(metrics, heads=(("`logits`", ""),)),
         **public_fields(fields),
     )
     path = Path(output_dir) / "README.md"
@@ -237,8 +233,7 @@ def write_learning_curves(output_dir, log_history: list[dict], model_name: str) 
 def write_model_card(output_dir, **card_fields) -> Path:
     """Build the card (same arguments as `build_model_card`) and write it to `output_dir/README.md`."""
     path = Path(output_dir) / "README.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    build_model_card(**card_fields).save(path)
+    build_model_card(**card_fields).save(path)  # creates output_dir if needed
     return path
 
 
@@ -323,9 +318,9 @@ def _model_index(metrics: dict[str, float], dataset_name: str | None, heads=HEAD
     ]
 
 
-def _evaluation_rows(metrics: dict[str, float]) -> list[dict[str, str]]:
+def _evaluation_rows(metrics: dict[str, float], heads=HEADS) -> list[dict[str, str]]:
     rows = []
-    for head, prefix in HEADS:
+    for head, prefix in heads:
         top1, top5 = metrics.get(f"{prefix}accuracy"), metrics.get(f"{prefix}top5_accuracy")
         if top1 is not None or top5 is not None:
             rows.append({"output": head, "top1": _percent(top1), "top5": _percent(top5)})
@@ -353,13 +348,9 @@ def _format_value(value: Any) -> str:
 
 
 def _describe_config(config) -> tuple[dict[str, Any], list[str]]:
-    """Architecture table and label names from a DistilledDeiTConfig (or its dict); empty when there is none."""
+    """Architecture table and label names from a DistilledDeiTConfig; empty when there is none."""
     if config is None:
         return {}, []
-    if isinstance(config, dict):
-        from .configuration_distilled_deit import DistilledDeiTConfig
-
-        config = DistilledDeiTConfig.from_dict(config)
     architecture = {
         "image size": config.image_size,
         "patch size": config.patch_size,
