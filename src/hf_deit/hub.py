@@ -34,11 +34,12 @@ TRANSIENT_ERRORS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteP
 
 
 class HubPushError(RuntimeError):
-    """A push to the Hub failed; the message says the local output is intact and how to retry."""
+    """A push to the Hub failed; the message says the local output is intact and how to retry. `transient`: whether
+    it failed on a transient error (5xx, timeout, lost connection) after every retry."""
 
-    def __init__(self, message: str, *, folder: Path, repo_id: str, retry_command: str, transient: bool):
+    def __init__(self, message: str, transient: bool):
         super().__init__(message)
-        self.folder, self.repo_id, self.retry_command, self.transient = folder, repo_id, retry_command, transient
+        self.transient = transient
 
 
 def push_folder_to_hub(
@@ -47,7 +48,6 @@ def push_folder_to_hub(
     *,
     token: str | None = None,
     private: bool = False,
-    commit_message: str = "Upload distilled DeiT with hf-deit",
     revision: str | None = None,
     endpoint: str | None = None,
     retries: int = 2,
@@ -62,7 +62,6 @@ def push_folder_to_hub(
         repo_id: "user/name" or "org/name".
         token: a write token; defaults to `HF_TOKEN` or the token saved by `hf auth login`. Never printed.
         private: create the repo private (ignored if it exists).
-        commit_message: the commit's summary.
         revision: a branch to push to (created from main if missing); the default branch when None.
         endpoint: the Hub's URL; defaults to `HF_ENDPOINT` or https://huggingface.co.
         retries: further attempts after a transient failure (5xx, timeout, lost connection), waiting
@@ -84,10 +83,16 @@ def push_folder_to_hub(
     for attempt in range(retries + 1):
         try:
             with _request_timeout(timeout):
-                return _upload(api, folder, repo_id, private, revision, commit_message, ignore_patterns)
+                api.create_repo(repo_id, private=private, exist_ok=True)
+                if revision is not None:
+                    api.create_branch(repo_id, branch=revision, exist_ok=True)
+                return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+                                         commit_message="Upload distilled DeiT with hf-deit",
+                                         ignore_patterns=ignore_patterns).commit_url  # fmt: skip
         except Exception as error:
             transient = _is_transient(error)
             if not transient or attempt == retries:
+                # from None: the original stays out of the traceback, which could print a URL or header.
                 raise _push_error(error, folder, repo_id, token, retry_command, transient, attempts=attempt + 1,
                                   ignore=ignore_patterns) from None  # fmt: skip
             wait = retry_wait * 2**attempt
@@ -95,16 +100,6 @@ def push_folder_to_hub(
                            _redact(_describe(error), token), wait, attempt + 1, retries)  # fmt: skip
             time.sleep(wait)
     raise AssertionError("unreachable")
-
-
-def _upload(api: HfApi, folder: Path, repo_id: str, private: bool, revision, commit_message: str, ignore) -> str:
-    """One attempt: the repo (and branch) created if missing, the folder uploaded in one commit; its URL."""
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    if revision is not None:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision,
-                               ignore_patterns=ignore)  # fmt: skip
-    return commit.commit_url
 
 
 def _push_error(error, folder, repo_id, token, retry_command, transient, attempts, ignore=None) -> HubPushError:
@@ -125,10 +120,7 @@ def _push_error(error, folder, repo_id, token, retry_command, transient, attempt
         f"or in Python: from hf_deit.hub import push_folder_to_hub; "
         f"push_folder_to_hub({str(folder)!r}, {repo_id!r}{f', ignore_patterns={ignore!r}' if ignore else ''})"
     )
-    error_out = HubPushError(_redact(message, token), folder=folder, repo_id=repo_id, retry_command=retry_command, transient=transient)
-    # Keep the original for callers that inspect it, but out of the traceback, which could print a URL or header.
-    error_out.original_error = error
-    return error_out
+    return HubPushError(_redact(message, token), transient)
 
 
 def _retry_command(folder: Path, repo_id: str, *, private: bool, revision: str | None, exclude=None) -> str:
@@ -144,12 +136,7 @@ def _retry_command(folder: Path, repo_id: str, *, private: bool, revision: str |
 
 
 def _is_transient(error: BaseException) -> bool:
-    for cause in _causes(error):
-        if isinstance(cause, TRANSIENT_ERRORS):
-            return True
-        if isinstance(cause, HfHubHTTPError) and _status_code(cause) in TRANSIENT_STATUS:
-            return True
-    return False
+    return any(isinstance(cause, TRANSIENT_ERRORS) for cause in _causes(error)) or _status_code(error) in TRANSIENT_STATUS
 
 
 def _status_code(error: BaseException) -> int | None:
