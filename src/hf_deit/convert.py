@@ -256,30 +256,27 @@ def _add_distillation_token(state_dict: dict[str, torch.Tensor]) -> None:
     """A checkpoint without a dist token or head gets them as copies of the cls ones, and a warning that says what
     this means for its predictions."""
     embeddings = "deit.embeddings."
-    added_token = embeddings + "distillation_token" not in state_dict
-    added_head = "cls_classifier.weight" in state_dict and "distillation_classifier.weight" not in state_dict
-    if added_token:
+    if "cls_classifier.weight" in state_dict and "distillation_classifier.weight" not in state_dict:
+        for kind in ("weight", "bias"):
+            state_dict[f"distillation_classifier.{kind}"] = state_dict[f"cls_classifier.{kind}"].clone()
+        if embeddings + "distillation_token" in state_dict:
+            warnings.warn(
+                "The checkpoint has a distillation token but one classification head: the distillation head starts as "
+                "a copy of it. `cls_logits` are the source's logits; `logits` (the average of both heads) differ from "
+                "them until the model is fine-tuned.",
+                stacklevel=3,
+            )
+    if embeddings + "distillation_token" not in state_dict:
         position_embeddings = state_dict[embeddings + "position_embeddings"]
         state_dict[embeddings + "distillation_token"] = state_dict[embeddings + "cls_token"].clone()
         state_dict[embeddings + "position_embeddings"] = torch.cat(
             (position_embeddings[:, :1], position_embeddings[:, :1], position_embeddings[:, 1:]), dim=1
         )
-    if added_head:
-        for kind in ("weight", "bias"):
-            state_dict[f"distillation_classifier.{kind}"] = state_dict[f"cls_classifier.{kind}"].clone()
-    if added_token:
         # The copy evolves exactly like the cls token, but doubles the cls token's share of every attention.
         warnings.warn(
             "The checkpoint is not distilled: added a distillation token, its position embedding and a distillation "
             "head, copied from the cls ones. The extra token takes part in attention, so predictions are close to, "
             "not identical with, the source model's until the converted model is fine-tuned (e.g. with distillation).",
-            stacklevel=3,
-        )
-    elif added_head:
-        warnings.warn(
-            "The checkpoint has a distillation token but one classification head: the distillation head starts as a "
-            "copy of it. `cls_logits` are the source's logits; `logits` (the average of both heads) differ from them "
-            "until the model is fine-tuned.",
             stacklevel=3,
         )
 
@@ -377,20 +374,18 @@ def _resolve_geometry(ours: dict[str, torch.Tensor], fields: dict, image_size) -
     patch_size = _pair(fields["patch_size"])
     key = "deit.embeddings.position_embeddings"
     num_positions = ours[key].shape[1] - 2
-    trained_size = fields.get("image_size")
-    if trained_size is None and math.isqrt(num_positions) ** 2 != num_positions:
-        trained_size = image_size  # a non-square grid: the user's size says its shape
+    square = math.isqrt(num_positions) ** 2 == num_positions
+    # Without a config that says it, a non-square grid takes its shape from the user's size.
+    trained_size = fields.get("image_size") or (None if square else image_size)
     if trained_size is None:
-        side = math.isqrt(num_positions)
-        trained_grid = (side, side)
+        trained_grid = (math.isqrt(num_positions),) * 2
     else:
-        trained_h, trained_w = _pair(trained_size)
-        trained_grid = (trained_h // patch_size[0], trained_w // patch_size[1])
+        trained_grid = tuple(side // patch for side, patch in zip(_pair(trained_size), patch_size))
     if trained_grid[0] * trained_grid[1] != num_positions:
         raise CheckpointConversionError(
             f"The checkpoint has {num_positions} patch positions, which is not the {trained_grid[0]}x{trained_grid[1]} "
             f"grid of image size {trained_size!r} in patches of {patch_size}"
-            + (" (not a square grid either)" if math.isqrt(num_positions) ** 2 != num_positions else "")
+            + ("" if square else " (not a square grid either)")
             + "; pass the image size the checkpoint was trained at (--image_size H W)."
         )
     grid = trained_grid
@@ -457,19 +452,15 @@ def _resolve_labels(ours: dict[str, torch.Tensor], fields: dict, num_labels: int
                 "freshly initialised; fine-tune before use.",
                 stacklevel=3,
             )
-        fields.pop("id2label", None)
-        fields.pop("label2id", None)
-    if id2label is not None:
-        fields["id2label"] = id2label
-    elif fields.get("id2label") is not None:
-        fields["id2label"] = _labels(fields["id2label"])
-    imagenet = checkpoint_labels == IMAGENET_CLASSES and num_labels in (None, IMAGENET_CLASSES)
-    if fields.get("id2label") is None and imagenet:
-        fields["id2label"] = imagenet_id2label()  # None without timm
-    if fields.get("id2label") is None:
+        fields.pop("id2label", None)  # the checkpoint's names are those of its old classes
+    labels = id2label if id2label is not None else fields.pop("id2label", None)
+    if labels is None and checkpoint_labels == IMAGENET_CLASSES and num_labels in (None, IMAGENET_CLASSES):
+        labels = imagenet_id2label()  # None without timm
+    if labels is None:
         fields["num_labels"] = num_labels if num_labels is not None else checkpoint_labels
     else:
         # PretrainedConfig derives num_labels from id2label; label2id is rebuilt so both always agree.
+        fields["id2label"] = _labels(labels)
         fields["label2id"] = {name: index for index, name in fields["id2label"].items()}
 
 
@@ -589,47 +580,48 @@ UNSUPPORTED_ON_LOAD = (
 IGNORED_ON_LOAD = ("trust_remote_code", "use_safetensors", "weights_only", "low_cpu_mem_usage")
 
 
-def _fetch_from_hub(repo_id: str, hub_options: dict, overrides: dict) -> tuple[Path | None, dict | None]:
-    """The local snapshot folder of a Hub checkpoint (config.json and the first weights file of `WEIGHT_FILES`,
-    shards included) and its config; (None, config) when the repo is not a checkpoint this module converts."""
+def _hub_file(repo_id: str, filename: str, hub_options: dict) -> str | None:
+    """The local path of `filename` of a Hub repo (downloaded once, then cached); None when the repo has no such file."""
     from transformers.utils import cached_file
 
-    def fetch(filename: str) -> str | None:
-        return cached_file(repo_id, filename, _raise_exceptions_for_missing_entries=False, **hub_options)
+    return cached_file(repo_id, filename, _raise_exceptions_for_missing_entries=False, **hub_options)
 
-    config_file = fetch("config.json")
-    source_config = json.loads(Path(config_file).read_text()) if config_file else None
-    if not _needs_conversion(source_config, repo_id, overrides):
-        return None, source_config
+
+def _read_config(name: str, hub_options: dict) -> dict | None:
+    """The config.json of a local folder or a Hub repo as a dict; None where there is none (a file, a bare folder)."""
+    path = Path(name)
+    if path.exists():
+        config_file = path / "config.json"  # not a file under a weights file
+    else:
+        config_file = _hub_file(name, "config.json", hub_options)
+    return json.loads(Path(config_file).read_text()) if config_file and Path(config_file).is_file() else None
+
+
+def _fetch_from_hub(repo_id: str, hub_options: dict, overrides: dict) -> Path | None:
+    """The local snapshot folder of a Hub checkpoint (config.json and the first weights file of `WEIGHT_FILES`,
+    shards included); None when the repo is not a checkpoint this module converts."""
+    if not _needs_conversion(_read_config(repo_id, hub_options), repo_id, overrides):
+        return None
     for name in WEIGHT_FILES:
-        weights = fetch(name)
+        weights = _hub_file(repo_id, name, hub_options)
         if weights is None:
             continue
         if name.endswith(".index.json"):
             for shard in sorted(set(json.loads(Path(weights).read_text())["weight_map"].values())):
-                fetch(shard)
-        return Path(weights).parent, source_config
+                _hub_file(repo_id, shard, hub_options)
+        return Path(weights).parent
     raise CheckpointConversionError(f"The Hub repo {repo_id!r} has no weights file ({', '.join(WEIGHT_FILES)}).")
 
 
 def checkpoint_class_count(pretrained_model_name_or_path, **hub_options) -> int | None:
     """The class count of a saved model's heads as its config.json says (a folder or a Hub repo, transformers' or
     timm's Hub layout), or None where no config says (a bare weights file; a repo that cannot be reached)."""
-    from transformers.utils import cached_file
-
-    path = Path(str(pretrained_model_name_or_path))
-    if path.is_file():
-        return None
     try:
-        config_file = path / "config.json" if path.is_dir() else cached_file(
-            str(pretrained_model_name_or_path), "config.json", _raise_exceptions_for_missing_entries=False,
-            **hub_options,
-        )  # fmt: skip
+        config = _read_config(str(pretrained_model_name_or_path), hub_options)
     except OSError:
         return None
-    if config_file is None or not Path(config_file).is_file():
+    if config is None:
         return None
-    config = json.loads(Path(config_file).read_text())
     if "architecture" in config:  # timm's Hub layout
         return config.get("num_classes")
     return len(config["id2label"]) if config.get("id2label") else config.get("num_labels")
@@ -658,18 +650,16 @@ def _needs_conversion(source_config: dict | None, name: str, overrides: dict) ->
     )
 
 
-def _checkpoint_to_convert(name: str, hub_options: dict, overrides: dict) -> tuple:
-    """`(path, its config.json or None)` of the checkpoint `name` (a local path, or fetched from the Hub), or
-    a None path where transformers loads it itself: this package's own layout, or no checkpoint at all."""
+def _checkpoint_to_convert(name: str, hub_options: dict, overrides: dict) -> Path | None:
+    """The path of the checkpoint `name` (a local path, or fetched from the Hub), or None where transformers loads it
+    itself: this package's own layout, or no checkpoint at all."""
     path = Path(name)
     if not path.exists():
         return _fetch_from_hub(name, hub_options, overrides)
-    source_config = None
-    if path.is_dir() and (path / "config.json").is_file():
-        source_config = json.loads((path / "config.json").read_text())
+    source_config = _read_config(name, hub_options)
     if path.is_dir() and source_config is None and not any((path / weights).is_file() for weights in WEIGHT_FILES):
-        return None, None  # not a checkpoint at all: let transformers say what is missing
-    return (path, source_config) if _needs_conversion(source_config, name, overrides) else (None, None)
+        return None  # not a checkpoint at all: let transformers say what is missing
+    return path if _needs_conversion(source_config, name, overrides) else None
 
 
 def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
@@ -685,7 +675,7 @@ def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
     name = str(pretrained_model_name_or_path)
     kwargs = dict(kwargs)
     hub_options = {key: kwargs.pop(key) for key in HUB_OPTIONS if key in kwargs}
-    path, source_config = _checkpoint_to_convert(name, hub_options, kwargs)
+    path = _checkpoint_to_convert(name, hub_options, kwargs)
     if path is None:
         return None
     unsupported = sorted(key for key in kwargs if key in UNSUPPORTED_ON_LOAD and kwargs[key] is not None)
@@ -702,12 +692,12 @@ def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
     if kwargs.get("id2label") is not None:
         kwargs.pop("label2id", None)  # rebuilt from id2label, so that the two always agree
 
-    state_dict, checkpoint_config = load_checkpoint(path)
+    state_dict, source_config = load_checkpoint(path)  # a Hub repo's config.json is in the snapshot folder
     # What conversion has to say (new heads, resampled position embeddings, an added dist token, eps) goes to the
     # log, where a training run's reader looks, rather than to warnings.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ours, config, layout = convert_state_dict(state_dict, checkpoint_config or source_config,
+        ours, config, layout = convert_state_dict(state_dict, source_config,
                                                   ignore_mismatched_sizes=ignore_mismatched_sizes, **kwargs)
     for warning in caught:
         logger.warning("%s: %s", name, warning.message)
