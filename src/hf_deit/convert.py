@@ -38,6 +38,7 @@ import pickle
 import re
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -63,9 +64,7 @@ NESTED_STATE_DICT_KEYS = ("model", "state_dict")
 WEIGHT_DETERMINED = ("hidden_size", "num_hidden_layers", "intermediate_size", "patch_size", "num_channels", "qkv_bias")
 # Fields taken from a transformers (or hf-deit) config.json when the source has one.
 SOURCE_CONFIG_FIELDS = ("num_attention_heads", "layer_norm_eps", "hidden_act", "image_size", "id2label")
-HF_DEIT_EXTRA_FIELDS = (
-    "drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
-)
+HF_DEIT_EXTRA_FIELDS = ("drop_path_rate", "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range")
 
 
 class CheckpointConversionError(ValueError):
@@ -238,18 +237,13 @@ def _fuse_qkv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def _resample_position_embeddings(
-    position_embeddings: torch.Tensor, patch_size: tuple[int, int], old_grid: tuple[int, int], new_grid: tuple[int, int]
+    position_embeddings: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
 ) -> torch.Tensor:
     """The patch rows resampled to another grid, the two token rows kept, by the model's own
-    `interpolate_pos_encoding`: a converted model at the new size then equals the source model run there with
-    `interpolate_pos_encoding=True`."""
-    geometry = DistilledDeiTConfig(
-        hidden_size=position_embeddings.shape[-1], num_hidden_layers=1, num_attention_heads=1,
-        patch_size=list(patch_size), image_size=[old_grid[0] * patch_size[0], old_grid[1] * patch_size[1]],
-    )
-    embeddings = DistilledDeiTEmbeddings(geometry)
-    embeddings.position_embeddings.copy_(position_embeddings)
-    return embeddings.interpolate_pos_encoding(*new_grid).detach().clone()
+    `interpolate_pos_encoding` (which reads only the embeddings and their grid): a converted model at the new size
+    then equals the source model run there with `interpolate_pos_encoding=True`."""
+    embeddings = SimpleNamespace(position_embeddings=position_embeddings, grid_size=old_grid)
+    return DistilledDeiTEmbeddings.interpolate_pos_encoding(embeddings, *new_grid).clone()
 
 
 def _add_distillation_token(state_dict: dict[str, torch.Tensor]) -> None:
@@ -397,7 +391,7 @@ def _resolve_geometry(ours: dict[str, torch.Tensor], fields: dict, image_size) -
             )
         grid = (image_h // patch_size[0], image_w // patch_size[1])
         if grid != trained_grid:
-            ours[key] = _resample_position_embeddings(ours[key], patch_size, trained_grid, grid)
+            ours[key] = _resample_position_embeddings(ours[key], trained_grid, grid)
             warnings.warn(
                 f"Resampled the position embeddings from a {trained_grid} to a {grid} patch grid (as the model's "
                 "interpolate_pos_encoding, the token rows kept); fine-tune at the new resolution for best accuracy.",
