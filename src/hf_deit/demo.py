@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +77,8 @@ class DemoPrediction:
     """What the page shows for one image: `heads` maps each head's title (`HEADS`, then `TEACHER_TITLE`) to its top-5
     {class name: probability}, best first; `attention` maps each map's title to the overlay image."""
 
-    heads: dict[str, dict[str, float]] = field(default_factory=dict)
-    attention: dict[str, Image.Image] = field(default_factory=dict)
+    heads: dict[str, dict[str, float]]
+    attention: dict[str, Image.Image]
 
 
 class DemoModel:
@@ -106,11 +106,6 @@ class DemoModel:
                                    student_std=processor.image_std, trust_remote_code=trust_remote_code)  # fmt: skip
         return cls(loaded, processor, teacher, name=os.path.basename(os.path.normpath(model)))
 
-    @property
-    def class_names(self) -> list[str]:
-        id2label = self.model.config.id2label
-        return [str(id2label.get(index, index)) for index in range(self.model.config.num_labels)]
-
     def predict(self, image: Image.Image) -> DemoPrediction:
         """Top-5 per head and the attention overlays for one image."""
         from .data import to_rgb
@@ -118,19 +113,17 @@ class DemoModel:
         pixel_values = self.processor(to_rgb(image), return_tensors="pt")["pixel_values"]
         pixel_values = pixel_values.to(self.model.device, self.model.dtype)
         outputs, maps = distilled_deit_maps(self.model, pixel_values)
-        prediction = DemoPrediction()
-        for key, title in HEADS.items():
-            prediction.heads[title] = self._top_k(getattr(outputs, key)[0])
+        heads = {title: self._top_k(getattr(outputs, key)[0]) for key, title in HEADS.items()}
         if self.teacher is not None:
-            prediction.heads[TEACHER_TITLE] = self._top_k(self.teacher(pixel_values).logits[0])
+            heads[TEACHER_TITLE] = self._top_k(self.teacher(pixel_values).logits[0])
         view = self._model_view(pixel_values[0])
-        prediction.attention = {title: attention_overlay(view, attention[0]) for title, attention in maps.items()}
-        return prediction
+        return DemoPrediction(heads, {title: attention_overlay(view, attention[0]) for title, attention in maps.items()})
 
     def _top_k(self, logits: torch.Tensor) -> dict[str, float]:
         probabilities, indices = logits.float().softmax(-1).topk(min(TOP_K, logits.shape[-1]))
-        names = self.class_names
-        return {names[index]: round(value, 4) for value, index in zip(probabilities.tolist(), indices.tolist())}
+        id2label = self.model.config.id2label
+        return {str(id2label.get(index, index)): round(value, 4)
+                for value, index in zip(probabilities.tolist(), indices.tolist())}  # fmt: skip
 
     def _model_view(self, pixel_values: torch.Tensor) -> np.ndarray:
         """What the model saw (its crop, normalisation undone), enlarged to `DISPLAY_SIZE`: (height, width, 3) in
@@ -186,7 +179,8 @@ def build_app(demo: DemoModel):
             with gr.Column():
                 for pair in range(0, len(titles), 2):  # the heads two by two
                     with gr.Row():
-                        labels += [gr.Label(num_top_classes=TOP_K, label=title, elem_id=_element_id(title))
+                        # elem_id: head-averaged, head-class, head-distillation, head-teacher
+                        labels += [gr.Label(num_top_classes=TOP_K, label=title, elem_id="head-" + title.split()[0].lower())
                                    for title in titles[pair:pair + 2]]  # fmt: skip
         gallery = gr.Gallery(label="Attention over the image the model saw", columns=4, height="auto",
                              elem_id="attention")  # fmt: skip
@@ -205,11 +199,6 @@ def build_app(demo: DemoModel):
         image.upload(answer, inputs=image, outputs=[gallery, *labels], preprocess=False)
         image.clear(lambda: [None] * (1 + len(labels)), outputs=[gallery, *labels])
     return app
-
-
-def _element_id(title: str) -> str:
-    """The page element of a head: `head-averaged`, `head-class`, `head-distillation`, `head-teacher`."""
-    return "head-" + title.split()[0].lower()
 
 
 def serve(model: str, teacher: str | None = None, host: str | None = None, port: int | None = None,
