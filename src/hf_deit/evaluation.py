@@ -15,7 +15,6 @@ accuracies is exactly the accuracy over all images.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Optional
@@ -34,17 +33,6 @@ from .data import (
 )
 from .metrics import HEAD_FIELDS, HEAD_PREFIXES, make_compute_metrics
 from .teacher import Teacher, check_label_space
-
-logger = logging.getLogger(__name__)
-
-__all__ = [
-    "dataset_label_order",
-    "eval_transform_for",
-    "evaluate_classifier",
-    "format_results",
-    "teacher_for_evaluation",
-]
-
 
 
 def eval_transform_for(model_name_or_path: str, config, image_size: Optional[int] = None, crop_pct: Optional[float] = None):

@@ -23,6 +23,7 @@ INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("logits", "cls_logits", "distillation_logits")
 # The exporters refuse a dynamic dimension whose example size is 0 or 1 (they specialise it): trace with 2 images.
 _EXAMPLE_BATCH = 2
+_DYNAMIC_BATCH = {INPUT_NAME: {0: torch.export.Dim("batch_size")}}
 
 
 class LogitsOnly(nn.Module):
@@ -48,15 +49,10 @@ def example_input(model: nn.Module, batch_size: int = _EXAMPLE_BATCH) -> torch.T
     return torch.randn(batch_size, config.num_channels, height, width, dtype=parameter.dtype, device=parameter.device)
 
 
-def _batch_dimension():
-    return {INPUT_NAME: {0: torch.export.Dim("batch_size")}}
-
-
 def export_program(model: nn.Module) -> torch.export.ExportedProgram:
     """`torch.export` of the model in eval mode; `program.module()(pixel_values)` returns the three logits."""
-    wrapper = LogitsOnly(model).eval()
-    return torch.export.export(wrapper, (), kwargs={INPUT_NAME: example_input(model)},
-                               dynamic_shapes=_batch_dimension())
+    return torch.export.export(LogitsOnly(model).eval(), (), kwargs={INPUT_NAME: example_input(model)},
+                               dynamic_shapes=_DYNAMIC_BATCH)
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset_version: int | None = None) -> Path:
@@ -66,10 +62,9 @@ def export_onnx(model: nn.Module, path: str | Path, opset_version: int | None = 
     _require("onnxscript", "the ONNX exporter")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = LogitsOnly(model).eval()
     with torch.no_grad():
         program = torch.onnx.export(
-            wrapper, (), kwargs={INPUT_NAME: example_input(model)}, dynamic_shapes=_batch_dimension(),
+            LogitsOnly(model).eval(), (), kwargs={INPUT_NAME: example_input(model)}, dynamic_shapes=_DYNAMIC_BATCH,
             input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), opset_version=opset_version, dynamo=True,
             verbose=False,
         )
