@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import HfApi, get_token, set_client_factory
+from huggingface_hub import HfApi, get_session, get_token
 from huggingface_hub.errors import HfHubHTTPError
-from huggingface_hub.utils import _http as hub_http
 
 logger = logging.getLogger(__name__)
 
@@ -171,26 +170,16 @@ def _redact(text: str, token: str | None) -> str:
 
 @contextlib.contextmanager
 def _request_timeout(seconds: float | None):
-    """Give every request of huggingface_hub's shared HTTP client a finite timeout for the duration of the push.
-
-    Done through huggingface_hub's public `set_client_factory`, wrapping whatever factory is installed (a user's
-    proxy settings stay); the previous factory is restored afterwards.
-    """
-    if seconds is None:
-        yield
-        return
-    previous = getattr(hub_http, "_GLOBAL_CLIENT_FACTORY", hub_http.default_client_factory)
-
-    def client_with_timeout() -> httpx2.Client:
-        client = previous()
+    """Give huggingface_hub's shared HTTP client (public `get_session`, the one every request of the push uses) a
+    finite timeout for the duration of the push; the previous timeout is restored afterwards."""
+    client = get_session()
+    previous = client.timeout
+    if seconds is not None:
         client.timeout = httpx2.Timeout(seconds)
-        return client
-
-    set_client_factory(client_with_timeout)
     try:
         yield
     finally:
-        set_client_factory(previous)
+        client.timeout = previous
 
 
 # ---- the training scripts' push ----
