@@ -113,7 +113,8 @@ def _card_metadata(model_name: str, metrics: dict, dataset_name: str | None, hub
     """The card's YAML header: what the Hub indexes (license, tags, dataset, base model, the model-index results of
     the outputs `heads`)."""
     if hub_dataset is None:
-        hub_dataset = bool(dataset_name) and _looks_like_hub_id(dataset_name)
+        # guessed from the spelling of a Hub id: "name" or "owner/name"
+        hub_dataset = bool(dataset_name) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", dataset_name) is not None
     return ModelCardData(
         license=license,
         library_name="transformers",
@@ -287,10 +288,6 @@ def augmentation_recipe(resolved_args) -> str:
     changed = [f"--{name} {_format_value(getattr(resolved_args, name))}" for name, value in preset.items()
                if name != "image_size" and getattr(resolved_args, name) != value]  # fmt: skip
     return f"preset `{resolved_args.preset}`" + (f", changed: {', '.join(changed)}" if changed else " as it is")
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None and not Path(name).is_absolute()
 
 
 def _model_index(metrics: dict[str, float], dataset_name: str | None, heads=HEADS) -> list[EvalResult]:

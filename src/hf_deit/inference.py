@@ -160,16 +160,8 @@ def optimize_for_inference(
     if getattr(model, "_supports_sdpa", False) and config is not None:
         config._attn_implementation = "sdpa"
     model = model.to(device, _DTYPES[precision]).eval().requires_grad_(False)
-    if compile and not _compile_is_available():
+    if compile and not torch._dynamo.is_dynamo_supported():
         warnings.warn("torch.compile is not available with this Python/PyTorch; the model runs eagerly.", stacklevel=2)
         compile = False
     return InferenceModel(model, precision, compile, compile_mode)
 
-
-def _compile_is_available() -> bool:
-    try:
-        import torch._dynamo
-
-        return torch._dynamo.is_dynamo_supported()
-    except Exception:  # noqa: BLE001 - an import failure means no compile
-        return False
