@@ -176,7 +176,8 @@ _RULES = {"timm": _TIMM_RULES, "transformers-legacy": _TRANSFORMERS_LEGACY_RULES
 
 
 def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
-    """Which layout the keys follow ("timm", "transformers-legacy", "transformers" or "hf-deit"); raises `CheckpointConversionError` with examples when none."""
+    """Which layout the keys follow ("timm", "transformers-legacy", "transformers" or "hf-deit"); raises
+    `CheckpointConversionError` with examples when none."""
     keys = set(state_dict)
     if "patch_embed.proj.weight" in keys and any(key.startswith("blocks.") for key in keys):
         return "timm"
@@ -591,22 +592,6 @@ def _read_config(name: str, hub_options: dict) -> dict | None:
     return json.loads(Path(config_file).read_text()) if config_file and Path(config_file).is_file() else None
 
 
-def _fetch_from_hub(repo_id: str, hub_options: dict, overrides: dict) -> Path | None:
-    """The local snapshot folder of a Hub checkpoint (config.json and the first weights file of `WEIGHT_FILES`,
-    shards included); None when the repo is not a checkpoint this module converts."""
-    if not _needs_conversion(_read_config(repo_id, hub_options), repo_id, overrides):
-        return None
-    for name in WEIGHT_FILES:
-        weights = _hub_file(repo_id, name, hub_options)
-        if weights is None:
-            continue
-        if name.endswith(".index.json"):
-            for shard in sorted(set(json.loads(Path(weights).read_text())["weight_map"].values())):
-                _hub_file(repo_id, shard, hub_options)
-        return Path(weights).parent
-    raise CheckpointConversionError(f"The Hub repo {repo_id!r} has no weights file ({', '.join(WEIGHT_FILES)}).")
-
-
 def checkpoint_class_count(pretrained_model_name_or_path, **hub_options) -> int | None:
     """The class count of a saved model's heads as its config.json says (a folder or a Hub repo, transformers' or
     timm's Hub layout), or None where no config says (a bare weights file; a repo that cannot be reached)."""
@@ -645,15 +630,26 @@ def _needs_conversion(source_config: dict | None, name: str, overrides: dict) ->
 
 
 def _checkpoint_to_convert(name: str, hub_options: dict, overrides: dict) -> Path | None:
-    """The path of the checkpoint `name` (a local path, or fetched from the Hub), or None where transformers loads it
-    itself: this package's own layout, or no checkpoint at all."""
+    """The path of the checkpoint `name`: a local path, or the Hub snapshot folder holding its config.json and the
+    first weights file of `WEIGHT_FILES` (shards included). None where transformers loads it itself: this package's
+    own layout, or no checkpoint at all."""
     path = Path(name)
-    if not path.exists():
-        return _fetch_from_hub(name, hub_options, overrides)
     source_config = _read_config(name, hub_options)
     if path.is_dir() and source_config is None and not any((path / weights).is_file() for weights in WEIGHT_FILES):
         return None  # not a checkpoint at all: let transformers say what is missing
-    return path if _needs_conversion(source_config, name, overrides) else None
+    if not _needs_conversion(source_config, name, overrides):
+        return None
+    if path.exists():
+        return path
+    for filename in WEIGHT_FILES:
+        weights = _hub_file(name, filename, hub_options)
+        if weights is None:
+            continue
+        if filename.endswith(".index.json"):
+            for shard in sorted(set(json.loads(Path(weights).read_text())["weight_map"].values())):
+                _hub_file(name, shard, hub_options)
+        return Path(weights).parent
+    raise CheckpointConversionError(f"The Hub repo {name!r} has no weights file ({', '.join(WEIGHT_FILES)}).")
 
 
 def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
@@ -701,12 +697,9 @@ def load_converted(model_class, pretrained_model_name_or_path, **kwargs):
     _load_converted_weights(model, ours)
     if dtype not in (None, "auto"):
         model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    if layout == "hf-deit":
-        what = f"loaded {name} into a {model_class.__name__}"
-    else:
-        what = f"converted {name} ({layout} layout) into a {model_class.__name__} on load"
     logger.info(
-        "%s%s: %d classes, image size %s, %d blocks of width %d.", what[0].upper(), what[1:], config.num_labels,
+        "%s %s (%s layout) into a %s on load: %d classes, image size %s, %d blocks of width %d.",
+        "Loaded" if layout == "hf-deit" else "Converted", name, layout, model_class.__name__, config.num_labels,
         config.image_size, config.num_hidden_layers, config.hidden_size,
     )
     return model.eval()
