@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 Points = list[tuple[int, float]]
+TOP1_LABEL = "validation top-1 (%)"
 
 
 def matplotlib_available() -> bool:
@@ -41,8 +42,7 @@ def _pyplot():
 
 
 def plot_learning_curves(panels: Mapping[str, Mapping[str, Points]], path: str | os.PathLike,
-                         references: Mapping[str, Mapping[str, float]] | None = None,
-                         ylabel: str = "validation top-1 (%)", title: str | None = None) -> Path:  # fmt: skip
+                         references: Mapping[str, Mapping[str, float]] | None = None, title: str | None = None) -> Path:
     """One panel per `panels` entry (title -> {curve label -> (step, accuracy in [0, 1])}), side by side, with the
     `references` of that panel (label -> accuracy, a teacher's for instance) as dashed horizontal lines. Writes a PNG
     to `path` and returns it."""
@@ -61,12 +61,12 @@ def plot_learning_curves(panels: Mapping[str, Mapping[str, Points]], path: str |
         axis.set_xlabel("training step")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, loc="lower right")
-    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].set_ylabel(TOP1_LABEL)
     return _save(figure, plt, path, title)
 
 
 def plot_groups(groups: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike,
-                ylabel: str = "validation top-1 (%)", title: str | None = None) -> Path:  # fmt: skip
+                title: str | None = None) -> Path:
     """A results table as a picture: for each group (a table row: a recipe, a labelled fraction) its arms side by
     side, each as one dot per seed (values in %) and a bar at their mean, in a colour per arm shared by every group.
     Writes a PNG to `path` and returns it."""
@@ -92,7 +92,7 @@ def plot_groups(groups: Mapping[str, Mapping[str, Sequence[float]]], path: str |
     if every:  # the bars start where the dots do, so that differences of a point show
         low, high = min(every), max(every)
         axis.set_ylim(max(0.0, low - max(2.0, 0.15 * (high - low))), min(100.0, high + max(1.0, 0.1 * (high - low))))
-    axis.set_ylabel(ylabel)
+    axis.set_ylabel(TOP1_LABEL)
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=8, ncol=min(len(arms), 3))
     return _save(figure, plt, path, title)
