@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import hf_deit_inputs
@@ -54,15 +54,14 @@ class UnreadableImageError(ValueError):
 
 
 def read_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
-    """The image at `path`, fully decoded, turned as its EXIF orientation says, in RGB (`hf_deit.data.to_rgb`).
-    `name`: how the message calls the file (default: its file name)."""
-    from .data import to_rgb
+    """The image at `path`, decoded as the training data is (`hf_deit.data.decode_image`: fully, turned as its EXIF
+    orientation says), in RGB (`hf_deit.data.to_rgb`). `name`: how the message calls the file (default: its file
+    name)."""
+    from .data import decode_image, to_rgb
 
     name = name or os.path.basename(str(path))
     try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.load()  # a truncated file fails here, not in the model
+        image = decode_image({"path": str(path), "bytes": None})
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on bad bytes
         reason = str(error).replace(str(path), name)  # the name the user knows, not where a server keeps the upload
         raise UnreadableImageError(
