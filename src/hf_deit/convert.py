@@ -108,15 +108,30 @@ def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
 
 
+def _hub_file(repo_id: str, filename: str, hub_options: dict) -> str | None:
+    """The local path of `filename` of a Hub repo (downloaded once, then cached); None when the repo has no such file."""
+    from transformers.utils import cached_file
+
+    return cached_file(repo_id, filename, _raise_exceptions_for_missing_entries=False, **hub_options)
+
+
+def _read_config(name: str, hub_options: dict) -> dict | None:
+    """The config.json of a local folder or a Hub repo as a dict; None where there is none (a file, a bare folder)."""
+    path = Path(name)
+    if path.exists():
+        config_file = path / "config.json"  # not a file under a weights file
+    else:
+        config_file = _hub_file(name, "config.json", hub_options)
+    return json.loads(Path(config_file).read_text()) if config_file and Path(config_file).is_file() else None
+
+
 def load_checkpoint(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """The weights of a checkpoint file or folder, and its config.json as a dict (None when there is none)."""
     path = Path(checkpoint)
     if not path.exists():
         raise CheckpointConversionError(f"Checkpoint {path} does not exist.")
-    source_config = None
+    source_config = _read_config(str(path), {})
     if path.is_dir():
-        if (path / "config.json").is_file():
-            source_config = json.loads((path / "config.json").read_text())
         weights = next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
         if weights is None:
             raise CheckpointConversionError(
@@ -573,23 +588,6 @@ UNSUPPORTED_ON_LOAD = (
 )  # fmt: skip
 # Options that mean nothing for a converted checkpoint: the model's code is this package's.
 IGNORED_ON_LOAD = ("trust_remote_code", "use_safetensors", "weights_only", "low_cpu_mem_usage")
-
-
-def _hub_file(repo_id: str, filename: str, hub_options: dict) -> str | None:
-    """The local path of `filename` of a Hub repo (downloaded once, then cached); None when the repo has no such file."""
-    from transformers.utils import cached_file
-
-    return cached_file(repo_id, filename, _raise_exceptions_for_missing_entries=False, **hub_options)
-
-
-def _read_config(name: str, hub_options: dict) -> dict | None:
-    """The config.json of a local folder or a Hub repo as a dict; None where there is none (a file, a bare folder)."""
-    path = Path(name)
-    if path.exists():
-        config_file = path / "config.json"  # not a file under a weights file
-    else:
-        config_file = _hub_file(name, "config.json", hub_options)
-    return json.loads(Path(config_file).read_text()) if config_file and Path(config_file).is_file() else None
 
 
 def checkpoint_class_count(pretrained_model_name_or_path, **hub_options) -> int | None:
