@@ -139,11 +139,8 @@ def _is_transient(error: BaseException) -> bool:
 
 
 def _status_code(error: BaseException) -> int | None:
-    for cause in _causes(error):
-        response = getattr(cause, "response", None)
-        if isinstance(cause, HfHubHTTPError) and response is not None:
-            return response.status_code
-    return None
+    responses = (getattr(cause, "response", None) for cause in _causes(error) if isinstance(cause, HfHubHTTPError))
+    return next((response.status_code for response in responses if response is not None), None)
 
 
 def _causes(error: BaseException):
@@ -156,12 +153,10 @@ def _causes(error: BaseException):
 
 
 def _describe(error: BaseException) -> str:
+    """'Type: first line' of the error, then of the error at the root of what it wraps."""
     root = list(_causes(error))[-1]
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    if root is not error:
-        root_line = (str(root).strip().splitlines() or [""])[0]
-        return f"{type(error).__name__}: {first_line} <- {type(root).__name__}: {root_line}"
-    return f"{type(error).__name__}: {first_line}"
+    return " <- ".join(f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
+                       for cause in ((error,) if root is error else (error, root)))  # fmt: skip
 
 
 def _redact(text: str, token: str | None) -> str:
