@@ -332,8 +332,7 @@ def timm_config_fields(config: dict) -> dict:
         fields["num_attention_heads"] = model_args["num_heads"]
     image_size = model_args.get("img_size") or (pretrained_cfg.get("input_size") or [None])[1:]
     if image_size:
-        image_size = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size, image_size]
-        fields["image_size"] = image_size[0] if image_size[0] == image_size[1] else image_size
+        fields["image_size"] = image_size  # int or (height, width): `_resolve_geometry` writes it as the config keeps it
     names = config.get("label_names") or pretrained_cfg.get("label_names")
     if names and len(names) == config.get("num_classes", len(names)):
         fields["id2label"] = list(names)
