@@ -88,7 +88,7 @@ def write_record(folder: str, views: int, num_classes: int):
     manifest = {"format": FORMAT_VERSION, "views": {"mixup/cutmix": "off"}, "num_classes": num_classes,
                 "outputs": {"kinds": ["argmax"], "top_k": None, "stage": None}, "shards": {"0": writer.flush()},
                 "teacher": {"name": "benchmark"}, "teacher_report": None,
-                "shapes": {"has_config": False, "features": None, "attention_map": None, "stage_maps": None}}
+                "shapes": {"features": None, "attention_map": None, "stage_maps": None}}
     with open(os.path.join(folder, MANIFEST_NAME), "w") as file:
         json.dump(manifest, file)
     return RecordedTeacher(folder)

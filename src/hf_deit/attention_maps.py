@@ -1,32 +1,13 @@
 """Where a model looks: spatial attention maps of students and teachers, for distillation and for figures.
 
-Every map here is a `(batch, grid_height, grid_width)` tensor of non-negative weights over image positions.
-
-Transformers (our distilled DeiT, transformers' ViT/DeiT)
-    token_attention_map(attentions, grid, token_index, num_prefix_tokens)
-        The attention a token (cls: 0, dist: 1) pays to the patches, averaged over heads and over the given
-        layers' weights. The weights it drops (to the prefix tokens) are why maps are renormalised before comparing.
-    attention_rollout(attentions, ...)
-        Abnar & Zuidema (2020): the product over layers of `(A + I) / 2`, each row renormalised, so that attention
-        flowing through the residual stream is counted. For figures: it needs every layer's weights.
-
-CNNs (ResNet, RegNet, ConvNeXt, ... from transformers)
-    activation_attention_map(features)
-        Attention transfer (Zagoruyko & Komodakis, 2017): the channel-wise mean of squared activations of a stage.
-
-Our distilled DeiT
-    capture_attention(model, layers)
-        A context in which the chosen blocks alone give their attention weights (for distillation: the others keep
-        the fast attention backend).
-    distilled_deit_maps(model, pixel_values)
-        One forward pass: its outputs, and the cls and dist tokens' maps in the last layer and by rollout.
-    relative_heat(attention, size)
-        A map upsampled to the image and scaled to [0, 1] for drawing over it (None when it is constant).
-
-A teacher's map, features and stage outputs, from the forward pass that gives its logits: `hf_deit.teacher.Teacher`.
+Every map here is a `(batch, grid_height, grid_width)` tensor of non-negative weights over image positions. A
+transformer's is the attention a token pays to the patches (`token_attention_map`; the weights it drops, to the prefix
+tokens, are why maps are renormalised before comparing) or its attention rollout over every layer (Abnar & Zuidema,
+2020; for figures); a CNN's is the activation energy of a stage (attention transfer, Zagoruyko & Komodakis, 2017).
+Our distilled DeiT gives the chosen blocks' weights alone (`capture_attention`), the others keeping the fast attention
+backend. A teacher's map, features and stage outputs come from the pass that gives its logits: `hf_deit.teacher`.
 """
 
-import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -39,18 +20,10 @@ from .configuration_distilled_deit import _pair
 CLS_TOKEN, DISTILLATION_TOKEN = 0, 1
 
 
-def grid_for(num_patches: int, image_size: Sequence[int] | None = None, patch_size: Sequence[int] | None = None):
-    """The (rows, columns) of a patch sequence: from the input and patch sizes when known, else a square grid."""
-    if image_size is not None and patch_size is not None:
-        grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
-        if grid[0] * grid[1] == num_patches:
-            return grid
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise ValueError(
-            f"Cannot lay {num_patches} patches on a grid: pass the input and patch sizes for a non-square image."
-        )
-    return side, side
+def patch_grid(config, pixel_values: torch.Tensor) -> tuple[int, int]:
+    """The (rows, columns) of patches a ViT-like model of `config` lays over a batch of this size."""
+    patch_size = _pair(config.patch_size)
+    return pixel_values.shape[-2] // patch_size[0], pixel_values.shape[-1] // patch_size[1]
 
 
 def token_attention_map(
@@ -124,9 +97,8 @@ def distilled_deit_maps(model: nn.Module, pixel_values: torch.Tensor) -> tuple:
     attentions = outputs.attentions
     if not attentions or attentions[-1] is None:
         raise ValueError("The model returned no attention weights: load it with attn_implementation=\"eager\".")
-    patch_size = _pair(model.config.patch_size)
     prefix = DISTILLATION_TOKEN + 1  # the cls and dist tokens come before the patches
-    grid = grid_for(attentions[-1].shape[-1] - prefix, pixel_values.shape[-2:], patch_size)
+    grid = patch_grid(model.config, pixel_values)
     maps = {
         "cls, last layer": token_attention_map(attentions[-1:], grid, CLS_TOKEN, num_prefix_tokens=prefix),
         "dist, last layer": token_attention_map(attentions[-1:], grid, DISTILLATION_TOKEN, num_prefix_tokens=prefix),

@@ -25,11 +25,11 @@ from torch import nn
 from hf_deit_inputs import terms as declared
 from hf_deit_inputs.terms import TEACHER_OUTPUTS, teacher_needed_by
 
+from .attention_maps import patch_grid
 from .configuration_distilled_deit import _pair
 from .data.mixup import LABELED_KEY
 from .losses import DistillationLoss
 from .terms import TERMS, DistillationTerm, TermBatch
-from .terms.base import student_grid
 
 
 @dataclass
@@ -106,7 +106,7 @@ class DistillationObjective(nn.Module):
         for term in readers:
             student_inputs.update(term.student_kwargs(student))
         pixel_values = inputs["pixel_values"]
-        signals = StudentSignals(grid=student_grid(student.config, pixel_values))
+        signals = StudentSignals(grid=patch_grid(student.config, pixel_values))
 
         def read_signals(_module, _args, outputs):
             for term in readers:

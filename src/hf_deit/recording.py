@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .attention_maps import patch_grid
 from .configuration_distilled_deit import _pair
 from .data.samplers import PositionSeededCollator, PositionSeededDataset, ViewKey
 from .data.views import RunViews
@@ -116,13 +117,11 @@ def _recorder(trainer, folder: str, plan: RecordPlan, run: RunViews) -> dict:
             value = None
         shapes[name] = [list(item.shape[1:]) for item in value] if isinstance(value, tuple) else (
             None if value is None else list(value.shape[1:]))  # fmt: skip
-    shapes["has_config"] = getattr(trainer.teacher.model, "config", None) is not None
     stage = feature_map_stage(trainer.objective) if plan.stage_maps else None
     if plan.stage_maps and stage is None and shapes["stage_maps"]:
         from .terms.feature_map import nearest_stage
 
-        grid = tuple(side // patch for side, patch in zip(_pair(config.image_size), _pair(config.patch_size)))
-        stage = nearest_stage([torch.zeros(1, *shape) for shape in shapes["stage_maps"]], grid)
+        stage = nearest_stage([torch.zeros(1, *shape) for shape in shapes["stage_maps"]], patch_grid(config, probe))
     for kind, _, _ in TERM_KINDS:
         if getattr(plan, kind) and shapes[kind] is None:
             raise ValueError(f"{kind} was asked for, but the teacher gives none at the student's input size.")

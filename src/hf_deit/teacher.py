@@ -1,15 +1,5 @@
 """The teacher: load any image classifier, check that it predicts the student's classes, feed it the student's batch.
 
-`Teacher` is the one object training, evaluation and the attention figures use: `Teacher.load(...)` loads the
-classifier (`load_teacher`), checks its classes against the student's and re-orders them by name
-(`check_label_space`), reads what input it expects (`teacher_preprocessing`) and adapts the student's batch to it
-(`TeacherInputAdapter`); calling it runs one frozen forward pass that gives the logits and, when asked, its spatial
-attention map, pooled features and CNN stage outputs (`TeacherForwardOutput`); `compile()` compiles that pass.
-
-A batch's `views` ((batch, 3) rows of epoch, position, image: each row's place in the run, `hf_deit.data.samplers`;
-evaluation images as (`EVALUATION_EPOCH`, i, i)) may come with the pixels: the live teacher reads the pixels and
-ignores them; a recorded one (`hf_deit.teacher_record.RecordedTeacher`) finds its outputs by them.
-
 DeiT's teacher sees exactly the student's input tensor (augmented, mixed, normalised). A teacher trained with
 another normalisation or resolution gets that same tensor re-normalised and resized on the fly, so that
 augmentation stays shared and nothing is decoded twice.
@@ -29,7 +19,6 @@ from torch import nn
 
 from hf_deit_inputs.checks import CHECKPOINT_FILE_SUFFIXES
 
-from .configuration_distilled_deit import _pair
 from .attention_maps import (
     CLS_TOKEN,
     activation_attention_map,
@@ -38,6 +27,7 @@ from .attention_maps import (
     classifier_layer,
     is_distilled_deit,
     is_vit_like,
+    patch_grid,
     token_attention_map,
 )
 
@@ -51,15 +41,8 @@ _DEFAULT_LABEL_NAME = re.compile(r"LABEL_\d+")
 EVALUATION_EPOCH = -1
 
 
-_HUB_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "force_download")
-
-
 def load_teacher(
-    teacher: "str | nn.Module",
-    *,
-    trust_remote_code: bool = False,
-    timm_model_name: str | None = None,
-    **from_pretrained_kwargs,
+    teacher: "str | nn.Module", *, trust_remote_code: bool = False, timm_model_name: str | None = None
 ) -> nn.Module:
     """An image-classification teacher from a module, a local folder, a Hub id or a timm weights file.
 
@@ -85,13 +68,12 @@ def load_teacher(
         raise FileNotFoundError(f"The teacher's weights file {teacher} does not exist.")
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    hub_options = {key: from_pretrained_kwargs[key] for key in _HUB_OPTIONS if key in from_pretrained_kwargs}
-    config = AutoConfig.from_pretrained(teacher, trust_remote_code=trust_remote_code, **hub_options)
+    config = AutoConfig.from_pretrained(teacher, trust_remote_code=trust_remote_code)
     if config.model_type == "timm_wrapper":
         _drop_arguments_the_timm_wrapper_passes(config)
     try:
         return AutoModelForImageClassification.from_pretrained(
-            teacher, config=config, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
+            teacher, config=config, trust_remote_code=trust_remote_code
         )
     except ValueError as error:
         if "Unrecognized configuration class" not in str(error):
@@ -403,7 +385,9 @@ class Teacher(nn.Module):
 
     What a trainer asks of any teacher, live or recorded: the call, `name`, `report` (an accuracy check made
     earlier, when the teacher cannot be run on images now), `check_run(trainer)` (before training) and
-    `reads_views` (whether batches must carry their views).
+    `reads_views` (whether batches must carry their views: (batch, 3) rows of epoch, position, image, each row's place
+    in the run, `hf_deit.data.samplers`). The live teacher ignores the views; a recorded one
+    (`hf_deit.teacher_record.RecordedTeacher`) finds its outputs by them.
     """
 
     reads_views = False
@@ -494,11 +478,11 @@ class Teacher(nn.Module):
         views: torch.Tensor | None = None,
     ) -> TeacherForwardOutput:
         pixel_values = self.input_adapter(pixel_values)
-        kwargs = {"output_hidden_states": True} if stage_maps else {}
         config = getattr(self.model, "config", None)
+        kwargs = {"output_hidden_states": True} if stage_maps and config is not None else {}  # a plain module: pixels
         transformer = is_vit_like(config)
         our_blocks = attention_map and is_distilled_deit(self.model)  # its chosen blocks only, by hooks
-        if attention_map and not our_blocks:
+        if attention_map and not our_blocks and config is not None:
             kwargs["output_attentions" if transformer else "output_hidden_states"] = True
         head = classifier_layer(self.model, getattr(config, "num_labels", None)) if features else None
         call = self.compiled if self.compiled is not None and head is None and not our_blocks else self.model
@@ -536,9 +520,7 @@ class Teacher(nn.Module):
                                      "Teacher.load(..., attention_maps=True) (transformers computes them with eager "
                                      "attention only).")
                 attentions = [attentions[index] for index in layers]
-            patch_size = _pair(self.model.config.patch_size)
-            grid = (pixel_values.shape[-2] // patch_size[0], pixel_values.shape[-1] // patch_size[1])
-            return token_attention_map(attentions, grid, CLS_TOKEN)
+            return token_attention_map(attentions, patch_grid(self.model.config, pixel_values), CLS_TOKEN)
         hidden_states = getattr(output, "hidden_states", None)
         if not hidden_states or hidden_states[-1].ndim != 4:
             raise ValueError(

@@ -222,7 +222,6 @@ class RecordedTeacher(nn.Module):
         super().__init__()
         self.folder, self.manifest, self.live = str(folder), _read_manifest(str(folder)), live
         self.name, self.kinds = self.manifest["teacher"]["name"], self.manifest["outputs"]["kinds"]
-        self.model = live.model if live is not None else _NoWeights(self.manifest["shapes"]["has_config"])
         if live is None and self.manifest["teacher_report"] is not None:  # the check made when it was recorded
             from .teacher_check import TeacherReport
 
@@ -383,14 +382,6 @@ class RecordedTeacher(nn.Module):
             raise RecordMismatchError(f"The teacher record {self.folder} is not the given teacher's on this run's "
                                       f"views: {'; '.join(problems)}.")  # fmt: skip
         logger.info("Training batch %d checked against the teacher: the record agrees.", self._checked)
-
-
-class _NoWeights:
-    """The recorded teacher's model, without weights: it says whether the teacher had a config."""
-
-    def __init__(self, has_config: bool):
-        if has_config:
-            self.config = object()
 
 
 def _read_manifest(folder: str) -> dict:

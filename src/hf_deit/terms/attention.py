@@ -12,8 +12,8 @@ import torch
 from hf_deit_inputs import terms as declared
 from hf_deit_inputs.terms import KL, MSE
 
-from ..attention_maps import CLS_TOKEN, DISTILLATION_TOKEN, capture_attention, token_attention_map
-from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers, resize_to_grid, student_grid
+from ..attention_maps import CLS_TOKEN, DISTILLATION_TOKEN, capture_attention, patch_grid, token_attention_map
+from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers, resize_to_grid
 
 TOKENS = {"cls": (CLS_TOKEN,), "dist": (DISTILLATION_TOKEN,), "both": (CLS_TOKEN, DISTILLATION_TOKEN)}
 
@@ -79,7 +79,7 @@ class AttentionMapTerm(DistillationTerm):
 
     def read(self, student, outputs, captured, pixel_values):
         """The distilled token's (tokens') `(batch, rows, columns)` attention over the patches."""
-        grid = student_grid(student.config, pixel_values)
+        grid = patch_grid(student.config, pixel_values)
         return [token_attention_map(captured, grid, token, num_prefix_tokens=NUM_PREFIX_TOKENS)
                 for token in TOKENS[self.token]]  # fmt: skip
 

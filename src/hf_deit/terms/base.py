@@ -28,7 +28,6 @@ from torch import nn
 from hf_deit_inputs import terms as declared
 from hf_deit_inputs.terms import TermSettings
 
-from ..configuration_distilled_deit import _pair
 # The student's tokens before its patches: cls and dist.
 NUM_PREFIX_TOKENS = 2
 
@@ -111,12 +110,6 @@ def register_term(term_class: type[DistillationTerm]) -> type[DistillationTerm]:
                          f"{TERMS[term_class.name].__module__}.{TERMS[term_class.name].__qualname__}.")  # fmt: skip
     TERMS[term_class.name] = term_class
     return term_class
-
-
-def student_grid(config, pixel_values: torch.Tensor) -> tuple[int, int]:
-    """The student's patch grid for a batch of this size."""
-    patch_size = _pair(config.patch_size)
-    return pixel_values.shape[-2] // patch_size[0], pixel_values.shape[-1] // patch_size[1]
 
 
 def resize_to_grid(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

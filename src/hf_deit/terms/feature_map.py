@@ -24,7 +24,8 @@ from hf_deit_inputs.choices import SMALL_IMAGE_MAX_SIZE
 from hf_deit_inputs import terms as declared
 from hf_deit_inputs.terms import NO_DISTILLATION
 
-from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers, resize_to_grid, student_grid
+from ..attention_maps import patch_grid
+from .base import NUM_PREFIX_TOKENS, DistillationTerm, TermBatch, TermLoss, check_layers, resize_to_grid
 from .feature import FeatureProjection
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class FeatureMapTerm(DistillationTerm):
             return None
         # One teacher pass at the student's input size tells which stage matches the patch grid, and its width.
         stage_maps = stage_maps or teacher(probe, stage_maps=True).stage_maps
-        stage = nearest_stage(stage_maps, student_grid(config, probe))
+        stage = nearest_stage(stage_maps, patch_grid(config, probe))
         channels = stage_maps[stage].shape[1]
         layers = sorted({index % config.num_hidden_layers for index in args.feature_map_distillation_layers})
         projections = [FeatureProjection(config.hidden_size, channels).to(probe.device) for _ in layers]
@@ -107,11 +108,9 @@ def _default_weight(args, teacher, probe: torch.Tensor):
     size = max(probe.shape[-2:])
     if teacher is None or args.distillation_type == NO_DISTILLATION or size > SMALL_IMAGE_MAX_SIZE:
         return 0.0, None
-    if getattr(teacher.model, "config", None) is None:  # a plain module: no hidden states to ask for
-        return 0.0, None
     try:
         stage_maps = teacher(probe, stage_maps=True).stage_maps
-    except ValueError:  # not a CNN: no spatial stage outputs to imitate
+    except ValueError:  # not a CNN (or a plain module): no spatial stage outputs to imitate
         return 0.0, None
     logger.info("Feature-map distillation on (weight 1): a CNN teacher and %d px images. "
                 "--feature_map_distillation_weight 0 turns it off.", size)
