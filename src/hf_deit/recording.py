@@ -1,8 +1,6 @@
 """Recording a teacher: its outputs over every view a training run will produce, written as a record that
 `hf_deit.teacher_record.RecordedTeacher` replays (the format, and why it is exact, are described there).
 
-    record_teacher_outputs(trainer, folder, plan)   runs `trainer.teacher` over the run's views and writes the record
-
 The recorder iterates the run's own batches (`hf_deit.data.views.RunViews`) a round (one batch per process of the run)
 at a time, so that the teacher sees the run's own batches; each epoch's slots are written in order. Under several
 processes (`accelerate launch`) each records a contiguous share of every epoch's rounds into its own files, and the
@@ -171,19 +169,20 @@ def record_teacher_outputs(trainer, folder: str, plan: RecordPlan, overwrite: bo
                                             lambda views, first: views[:, 1] if first is None else
                                             first + torch.arange(len(views)), share(len(rounds)))  # fmt: skip
         logger.info("Recorded epoch %d of %d (%d views).", epoch + 1, plan.epochs, recorder["counted"]["views"])
-    training = {key: recorder[key] for key in ("counted", "plan", "deviation")}
     if run.evaluation is not None:  # its logits, for the teacher's accuracy and agreement; not training views
         rows = [ViewKey(index, 0, EVALUATION_EPOCH, index) for index in range(len(run.evaluation))]
         rounds = [[rows[start : start + run.eval_batch_size]] for start in range(0, len(rows), run.eval_batch_size)]
         layout = ([(batches[0][0].index, batches[0][-1].index + 1) for batches in rounds], None)
-        recorder.update(plan=RecordPlan(0, top_k=plan.top_k), request={}, deviation=None, counted=dict(
-            training["counted"]), dataset=PositionSeededDataset(run.evaluation), collator=PositionSeededCollator(
-            run.eval_collator, True), teacher_batch=run.eval_batch_size)  # fmt: skip
-        shards[str(EVALUATION_EPOCH)] = _record_rounds(recorder, "evaluation", rounds, layout,
+        evaluation = {**recorder, "plan": RecordPlan(0, top_k=plan.top_k), "request": {}, "deviation": None,
+                      "counted": {"views": 0, "teacher_seconds": 0.0}, "teacher_batch": run.eval_batch_size,
+                      "dataset": PositionSeededDataset(run.evaluation),
+                      "collator": PositionSeededCollator(run.eval_collator, True)}  # fmt: skip
+        shards[str(EVALUATION_EPOCH)] = _record_rounds(evaluation, "evaluation", rounds, layout,
                                                        lambda views, _: views[:, 2], share(len(rounds)))  # fmt: skip
-    recorder.update(training)
     parts = _gathered((shards, recorder["counted"], recorder["deviation"], time.perf_counter() - started))
     return _gathered(_manifest(trainer, recorder, parts) if rank == 0 else None)[0]
+
+
 def _manifest(trainer, recorder: dict, parts: list) -> dict:
     """Every process's files and counts merged; the images' digests written, then `manifest.json`, last."""
     run, plan, folder, num_classes = recorder["run"], recorder["plan"], recorder["folder"], trainer.model.config.num_labels

@@ -1,8 +1,5 @@
-"""A recorded teacher: the teacher's outputs computed once over every view a training run will produce, then replayed.
-
-    record_teacher_outputs(trainer, folder, plan)   runs the teacher over the run's views, writes the record
-                                                    (`hf_deit.recording`)
-    RecordedTeacher(folder, live=None)              a `Teacher` (same call, same `TeacherForwardOutput`) that reads it
+"""A recorded teacher: the teacher's outputs computed once over every view a training run will produce
+(`hf_deit.recording`), then replayed by `RecordedTeacher`, called as `Teacher` is.
 
 Exact: every draw of the data pipeline is seeded by the view's place in the epoch, and the recorder iterates the run's
 own sampler, batches and collator (`hf_deit.data.views.RunViews`), so it makes the run's views bit for bit and the
