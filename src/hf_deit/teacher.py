@@ -232,20 +232,18 @@ def _size_from_processor(processor) -> tuple[int, int] | None:
     return None
 
 
-def teacher_preprocessing(
-    teacher: "str | nn.Module", processor=None, module: nn.Module | None = None
-) -> TeacherPreprocessing:
-    """Read what the teacher expects from its image processor (given, or loaded from the teacher's folder or Hub id
-    when one is saved there) and its config (of `module`, the loaded teacher, when given). A timm model without a
-    saved processor gets timm's data config for its architecture. Anything not found stays None: the batch then
-    passes unchanged."""
-    if processor is None and isinstance(teacher, str) and not Path(teacher).is_file():
+def teacher_preprocessing(teacher: "str | nn.Module", module: nn.Module | None = None) -> TeacherPreprocessing:
+    """Read what the teacher expects from its image processor (saved in the teacher's folder or Hub id) and its config
+    (of `module`, the loaded teacher, when given). A timm model without a saved processor gets timm's data config for
+    its architecture. Anything not found stays None: the batch then passes unchanged."""
+    processor = None
+    if isinstance(teacher, str) and not Path(teacher).is_file():
         from transformers import AutoImageProcessor
 
         try:
             processor = AutoImageProcessor.from_pretrained(teacher)
         except (OSError, ValueError):  # no preprocessing config saved with this teacher
-            processor = None
+            pass
     config = getattr(module if module is not None else teacher, "config", None)
     if processor is None and getattr(config, "model_type", None) == "timm_wrapper":
         from transformers import TimmWrapperImageProcessor  # timm's resolved data config for this architecture
@@ -416,7 +414,6 @@ class Teacher(nn.Module):
         *,
         student_mean: Sequence[float] | None = None,
         student_std: Sequence[float] | None = None,
-        processor=None,
         image_size: "int | Sequence[int] | str | None" = None,
         trust_remote_code: bool = False,
         attention_maps: bool = False,
@@ -426,8 +423,8 @@ class Teacher(nn.Module):
         - its classes are checked against `student_config`'s (`num_labels`, `id2label`; any object with those), and
           re-ordered by name when they are the same classes in another order (`check_label_space`);
         - the student's batch, normalised with `student_mean`/`student_std`, is re-normalised to the teacher's and
-          resized to `image_size`: None (default) for the teacher's own preprocessing size (read from `processor`, or
-          the one saved with the teacher), "student" for the student's batch as it is (the paper's fine-tuning at a
+          resized to `image_size`: None (default) for the teacher's own preprocessing size (from the image processor
+          saved with the teacher), "student" for the student's batch as it is (the paper's fine-tuning at a
           new resolution; a CNN takes any size), or N px / (height, width);
         - `attention_maps=True` prepares a transformers ViT-like teacher to return attention weights (eager).
         """
@@ -436,7 +433,7 @@ class Teacher(nn.Module):
         label_order = None
         if student_config is not None and config is not None and hasattr(config, "id2label"):
             label_order = check_label_space(student_config, config)
-        expected = teacher_preprocessing(teacher if isinstance(teacher, str) else module, processor, module)
+        expected = teacher_preprocessing(teacher if isinstance(teacher, str) else module, module)
         if image_size is not None:
             expected.image_size = _input_size(image_size)
         student_channels = getattr(student_config, "num_channels", None)

@@ -208,7 +208,6 @@ class DistillationTrainer(DeiTTrainerBase):
         teacher: a `Teacher`, an image classifier as a module, a local folder or a Hub id (`Teacher.load`); default
             `args.teacher_name_or_path`. Optional for `distillation_type="none"`; given there, it is used for
             evaluation metrics (teacher accuracy and agreement) only.
-        teacher_processor: the teacher's image processor, when not saved beside the teacher.
 
     The student's normalisation (for re-normalising its batch for the teacher) is read from `processing_class`. With
     `--torch_compile` the teacher's forward pass is compiled too, with the student's backend and mode. The teacher
@@ -217,7 +216,7 @@ class DistillationTrainer(DeiTTrainerBase):
     """
 
     def __init__(self, model: nn.Module | None = None, args: DistillationConfig | None = None, *, teacher=None,
-                 teacher_processor=None, **trainer_kwargs):  # fmt: skip
+                 **trainer_kwargs):  # fmt: skip
         if args is None or not isinstance(args, DistillationConfig):
             raise TypeError("DistillationTrainer takes its settings as args=DistillationConfig(...) "
                             "(hf_deit.arguments), a TrainingArguments with the teacher and distillation fields.")
@@ -231,8 +230,7 @@ class DistillationTrainer(DeiTTrainerBase):
             self.teacher = teacher if isinstance(teacher, Teacher) else Teacher.load(
                 teacher, self.model.config,
                 student_mean=getattr(processor, "image_mean", None), student_std=getattr(processor, "image_std", None),
-                processor=teacher_processor, image_size=args.teacher_image_size,
-                trust_remote_code=args.teacher_trust_remote_code,
+                image_size=args.teacher_image_size, trust_remote_code=args.teacher_trust_remote_code,
                 attention_maps=args.attention_distillation_weight > 0,
             )  # fmt: skip
             self.teacher.to(self.accelerator.device)
