@@ -285,7 +285,7 @@ def _groups_sharing_views(students: dict[str, list[str]], measure: bool) -> dict
         trainer, _, _ = train.build_run(model_args, data_args, aug_args, training_args)
         if not trainer.objective.needs_teacher:
             continue  # trains without it (the teacher is only scored beside it): nothing to record
-        key = (argv[argv.index(TEACHER_FLAG) + 1], json.dumps(RunViews.of(trainer, 1).describe(), sort_keys=True))
+        key = (argv[argv.index(TEACHER_FLAG) + 1], json.dumps(RunViews(trainer, 1).describe(), sort_keys=True))
         member = dict(name=name, argv=argv, plan=plan_for_run(trainer), stage=feature_map_stage(trainer.objective))
         by_views.setdefault(key, []).append(member)
         if key not in weights:

@@ -121,7 +121,7 @@ def test_a_record_of_another_run_is_refused_before_any_step_naming_each_differen
     # The record's own run is accepted.
     same = replay_trainer(*run_flags(tmp_path / "same", "--distillation_type", "hard", "--teacher_outputs",
                                      str(hard_record)))  # fmt: skip
-    assert same.teacher.differences(RunViews.of(same), same.objective) == []
+    assert same.teacher.differences(RunViews(same), same.objective) == []
 
 
 def test_soft_targets_need_probabilities_and_a_missing_or_interrupted_record_says_what_to_do(tmp_path, hard_record):
@@ -320,7 +320,7 @@ def test_a_record_is_tied_to_the_images_content_not_to_where_they_lie(tmp_path, 
 
     shutil.move(tmp_path / "data", tmp_path / "moved")  # the same files elsewhere: accepted
     moved = replay_trainer(*flags(tmp_path / "moved", tmp_path / "run"), "--teacher_outputs", str(folder))
-    assert moved.teacher.differences(RunViews.of(moved), moved.objective) == []
+    assert moved.teacher.differences(RunViews(moved), moved.objective) == []
 
     for changed in (tmp_path / "moved" / "train" / "3" / "003.png", tmp_path / "moved" / "pool" / "0" / "007.png"):
         original, pixels = changed.read_bytes(), np.array(Image.open(changed))

@@ -156,7 +156,7 @@ def record_teacher_outputs(trainer, folder: str, plan: RecordPlan, overwrite: bo
     if trainer.teacher is None or trainer.teacher.reads_views:
         raise ValueError("Recording teacher outputs needs the teacher itself: pass --teacher_name_or_path.")
     rank, processes = trainer.args.process_index, trainer.args.world_size
-    run, started = RunViews.of(trainer, plan.world_size), time.perf_counter()
+    run, started = RunViews(trainer, plan.world_size), time.perf_counter()
     recorder = _recorder(trainer, folder, plan, run)
     if rank == 0:
         _clear(folder, overwrite, recorder["estimate"])

@@ -106,7 +106,7 @@ def plan_for_run(trainer, epochs=None, world_size=1, top_k="auto", features=None
         top_k = num_classes if top_k == "all" else int(top_k)
         if not 1 <= top_k <= num_classes:
             raise ValueError(f"top_k must be between 1 and the {num_classes} classes, or 'all'; got {top_k}.")
-    return RecordPlan(epochs if epochs is not None else RunViews.of(trainer, world_size).epochs(), world_size, top_k,
+    return RecordPlan(epochs if epochs is not None else RunViews(trainer, world_size).epochs(), world_size, top_k,
                       request["features"] if features is None else features,
                       request["attention_map"] if attention_map is None else attention_map,
                       request["stage_maps"] if stage_maps is None else stage_maps, teacher_batch_size)  # fmt: skip
@@ -187,7 +187,7 @@ def view_costs(trainer, batches: int = 4) -> dict[str, float]:
     """Seconds per training view of `trainer`'s run over `batches` batches after a warm-up one: `pipeline` (reading,
     decoding, augmenting, collating) and `teacher` (its pass). A record that n runs share saves about
     (n - 1) x teacher - pipeline per view: recording pays both once, each live run the teacher's pass."""
-    run, request = RunViews.of(trainer, 1), trainer.objective.teacher_request(True)
+    run, request = RunViews(trainer, 1), trainer.objective.teacher_request(True)
     loader = torch.utils.data.DataLoader(PositionSeededDataset(run.train), batch_sampler=run.batches(0, 0)[:batches + 1],
                                          collate_fn=PositionSeededCollator(run.collator))  # fmt: skip
     seconds, views, tic = {"pipeline": 0.0, "teacher": 0.0}, 0, time.perf_counter()
@@ -228,7 +228,7 @@ class RecordedTeacher(nn.Module):
     def check_run(self, trainer) -> None:
         """Before training: refuse (`RecordMismatchError`, every difference named) a record that does not fit
         `trainer`'s run, and find where its mixed batches lie."""
-        run = RunViews.of(trainer)
+        run = RunViews(trainer)
         problems = self.differences(run, trainer.objective)
         if problems:
             raise RecordMismatchError(

@@ -1,6 +1,6 @@
 """The views a training run produces, epoch by epoch and process by process, and what they depend on.
 
-`RunViews.of(trainer)` reads a run's public parts (its data, collators, seed, batch layout); `batches(epoch, rank)`
+`RunViews(trainer)` reads a run's public parts (its data, collators, seed, batch layout); `batches(epoch, rank)`
 are the view keys (`hf_deit.data.samplers.ViewKey`) a process reads, as the trainer's loader gives them, so that a
 teacher record (`hf_deit.teacher_record`) can produce the run's views bit for bit and find each one again.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,45 +18,32 @@ from .datasets import row_digests
 from .samplers import PositionSeededSampler, RepeatedAugmentationSampler
 
 
-@dataclass
 class RunViews:
     """What a run's views depend on: the data, the collators, the seed and the batch layout of a `world_size`-process
-    run, its schedule, and how its images look (the per-image transform, image size and normalisation)."""
+    run (default the trainer's), its schedule, and how its images look (the per-image transform, image size and
+    normalisation)."""
 
-    train: object
-    evaluation: object
-    collator: object
-    eval_collator: object
-    seed: int
-    batch_size: int
-    eval_batch_size: int
-    drop_last: bool
-    repeats: int
-    even_batches: bool
-    world_size: int
-    workers: int
-    schedule: tuple  # (max_steps, gradient accumulation steps, epochs)
-    looks: dict
-
-    @classmethod
-    def of(cls, trainer, world_size: int | None = None) -> RunViews:
+    def __init__(self, trainer, world_size: int | None = None):
         args, train = trainer.args, trainer.train_dataset
         if train is None or not hasattr(train, "__len__") or isinstance(train, torch.utils.data.IterableDataset):
             raise ValueError("Teacher outputs are recorded by each view's place in the epoch: a streamed training set "
                              "has no places to record. Load the data without --streaming.")  # fmt: skip
+        self.train, self.evaluation = train, trainer.eval_dataset
+        self.collator, self.eval_collator = trainer.train_data_collator, trainer.data_collator
+        self.batch_size, self.eval_batch_size = args.per_device_train_batch_size, args.per_device_eval_batch_size
+        self.drop_last, self.even_batches = bool(args.dataloader_drop_last), trainer.accelerator.even_batches
+        self.seed, self.workers = args.seed, args.dataloader_num_workers
+        self.repeats = getattr(args, "repeated_augmentation", 1)
+        self.world_size = world_size or args.world_size
+        self.schedule = (args.max_steps, args.gradient_accumulation_steps, args.num_train_epochs)
         transform = getattr(getattr(train, "_format_kwargs", {}).get("transform"), "image_transform", None)
         steps = None if transform is None else re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform)).splitlines()
         processor = trainer.processing_class
         size = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-        looks = {"augmentation": steps and [step.strip() for step in steps[1:-1]],
-                 "image size": [size["height"], size["width"]] if "height" in size else trainer.model.config.image_size,
-                 "normalisation": {"mean": list(getattr(processor, "image_mean", [])),
-                                   "std": list(getattr(processor, "image_std", []))}}  # fmt: skip
-        return cls(train, trainer.eval_dataset, trainer.train_data_collator, trainer.data_collator, args.seed,
-                   args.per_device_train_batch_size, args.per_device_eval_batch_size, bool(args.dataloader_drop_last),
-                   getattr(args, "repeated_augmentation", 1), trainer.accelerator.even_batches,
-                   world_size or args.world_size, args.dataloader_num_workers,
-                   (args.max_steps, args.gradient_accumulation_steps, args.num_train_epochs), looks)  # fmt: skip
+        image_size = [size["height"], size["width"]] if "height" in size else trainer.model.config.image_size
+        self.looks = {"augmentation": steps and [step.strip() for step in steps[1:-1]], "image size": image_size,
+                      "normalisation": {"mean": list(getattr(processor, "image_mean", [])),
+                                        "std": list(getattr(processor, "image_std", []))}}  # fmt: skip
 
     @property
     def mixes(self) -> bool:
