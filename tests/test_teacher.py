@@ -12,8 +12,9 @@ from transformers import BitImageProcessor, GPT2Config, ResNetConfig, ResNetForI
 
 from hf_deit import DistilledDeiTConfig
 from hf_deit.teacher import (
-    TeacherInputAdapter,
     Teacher,
+    TeacherInputAdapter,
+    TeacherPreprocessing,
     check_label_space,
     load_teacher,
     teacher_preprocessing,
@@ -67,7 +68,7 @@ def test_different_names_are_an_error_naming_them():
 
 def test_adapter_is_exact_identity_when_nothing_differs():
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    adapter = TeacherInputAdapter(mean, std, mean, std, teacher_size=(16, 16), teacher_channels=3)
+    adapter = TeacherInputAdapter(mean, std, TeacherPreprocessing(mean, std, image_size=(16, 16), num_channels=3))
     x = torch.randn(2, 3, 16, 16)
     assert adapter(x) is x
     assert TeacherInputAdapter().is_identity and TeacherInputAdapter()(x) is x
@@ -78,24 +79,26 @@ def test_adapter_renormalises_to_the_teacher_statistics():
     s_mean, s_std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     t_mean, t_std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.5, 0.5, 0.5])
     student_batch = (raw - s_mean[:, None, None]) / s_std[:, None, None]
-    adapter = TeacherInputAdapter(s_mean.tolist(), s_std.tolist(), t_mean.tolist(), t_std.tolist())
+    teacher = TeacherPreprocessing(t_mean.tolist(), t_std.tolist())
+    adapter = TeacherInputAdapter(s_mean.tolist(), s_std.tolist(), teacher)
     expected = (raw - 0.5) / 0.5
     torch.testing.assert_close(adapter(student_batch), expected, rtol=0, atol=1e-5)
 
 
 def test_adapter_resizes_antialiased_to_the_teacher_size():
     x = torch.randn(2, 3, 32, 32)
-    out = TeacherInputAdapter(teacher_size=(16, 16), interpolation="bilinear")(x)
+    out = TeacherInputAdapter(teacher=TeacherPreprocessing(image_size=(16, 16), interpolation="bilinear"))(x)
     assert out.shape == (2, 3, 16, 16)
     # The adapter is exactly torch's antialiased resize; downsampling a linear ramp keeps its mean.
     torch.testing.assert_close(out, F.interpolate(x, size=(16, 16), mode="bilinear", antialias=True))
     ramp = torch.linspace(0, 1, 32).expand(1, 3, 32, 32)
-    assert TeacherInputAdapter(teacher_size=(16, 16))(ramp).mean().item() == pytest.approx(0.5, abs=1e-3)
+    resized = TeacherInputAdapter(teacher=TeacherPreprocessing(image_size=(16, 16)))(ramp)
+    assert resized.mean().item() == pytest.approx(0.5, abs=1e-3)
 
 
 def test_adapter_rejects_a_channel_mismatch():
     with pytest.raises(ValueError, match="expects 1-channel images, the student's batch has 3"):
-        TeacherInputAdapter(teacher_channels=1)(torch.zeros(1, 3, 8, 8))
+        TeacherInputAdapter(teacher=TeacherPreprocessing(num_channels=1))(torch.zeros(1, 3, 8, 8))
 
 
 # ---- loading ----

@@ -270,7 +270,7 @@ def teacher_preprocessing(teacher: "str | nn.Module", module: nn.Module | None =
 
 
 class TeacherInputAdapter(nn.Module):
-    """Turns the student's normalised batch into the teacher's: re-normalise, resize, re-order nothing else.
+    """Turns the student's normalised batch into the one the `teacher` expects: re-normalise, resize, nothing else.
 
     Re-normalising `(x * student_std + student_mean - teacher_mean) / teacher_std` is one per-channel affine map,
     folded here into `x * scale + shift`. Resizing (antialiased) happens only when the batch's size differs from the
@@ -281,18 +281,14 @@ class TeacherInputAdapter(nn.Module):
         self,
         student_mean: Sequence[float] | None = None,
         student_std: Sequence[float] | None = None,
-        teacher_mean: Sequence[float] | None = None,
-        teacher_std: Sequence[float] | None = None,
-        teacher_size: tuple[int, int] | None = None,
-        teacher_channels: int | None = None,
-        interpolation: str = "bicubic",
+        teacher: TeacherPreprocessing | None = None,
     ):
         super().__init__()
-        self.teacher_size = tuple(teacher_size) if teacher_size is not None else None
-        self.teacher_channels = teacher_channels
-        self.interpolation = interpolation
+        teacher = teacher or TeacherPreprocessing()
+        self.teacher_size = tuple(teacher.image_size) if teacher.image_size is not None else None
+        self.teacher_channels, self.interpolation = teacher.num_channels, teacher.interpolation
         self.renormalize = False
-        if teacher_mean is not None and teacher_std is not None:
+        if teacher.image_mean is not None and teacher.image_std is not None:
             if student_mean is None or student_std is None:
                 logger.warning(
                     "The teacher's normalisation is known but the student's is not: the teacher gets the student's "
@@ -301,7 +297,7 @@ class TeacherInputAdapter(nn.Module):
             else:
                 s_mean, s_std, t_mean, t_std = (
                     torch.as_tensor(v, dtype=torch.float32).view(-1, 1, 1)
-                    for v in (student_mean, student_std, teacher_mean, teacher_std)
+                    for v in (student_mean, student_std, teacher.image_mean, teacher.image_std)
                 )
                 self.renormalize = not (torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std))
                 if self.renormalize:
@@ -444,8 +440,7 @@ class Teacher(nn.Module):
             )
         if attention_maps:
             prepare_teacher_for_maps(module)
-        adapter = TeacherInputAdapter(student_mean, student_std, expected.image_mean, expected.image_std,
-                                      expected.image_size, expected.num_channels, expected.interpolation)  # fmt: skip
+        adapter = TeacherInputAdapter(student_mean, student_std, expected)
         return cls(module, adapter, label_order, name=teacher if isinstance(teacher, str) else None)
 
     def check_run(self, trainer) -> None:
