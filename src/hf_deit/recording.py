@@ -18,6 +18,7 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from safetensors.torch import save_file
 
 from .attention_maps import patch_grid
@@ -95,15 +96,6 @@ def _run_teacher(recorder: dict, group: list) -> tuple[torch.Tensor, dict]:
     return torch.cat([slots for _, slots in group]), stored
 
 
-def _gathered(value) -> list:
-    """`value` from every process (in order), when several record together."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [value]
-    values = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(values, value)
-    return values
-
-
 def _recorder(trainer, folder: str, plan: RecordPlan, run: RunViews) -> dict:
     """What recording needs, read once from the trainer; the record's size estimated and checked against the disk."""
     config, teacher_outputs = trainer.model.config, trainer.teacher_outputs
@@ -160,7 +152,7 @@ def record_teacher_outputs(trainer, folder: str, plan: RecordPlan, overwrite: bo
     recorder = _recorder(trainer, folder, plan, run)
     if rank == 0:
         _clear(folder, overwrite, recorder["estimate"])
-    _gathered(None)  # the others wait for the folder
+    trainer.accelerator.wait_for_everyone()  # the others wait for the folder
     recorder.update(dataset=PositionSeededDataset(run.train), collator=PositionSeededCollator(run.collator, True))
     shards, share = {}, lambda count: range(count * rank // processes, count * (rank + 1) // processes)
     for epoch in range(plan.epochs):
@@ -179,8 +171,8 @@ def record_teacher_outputs(trainer, folder: str, plan: RecordPlan, overwrite: bo
                       "collator": PositionSeededCollator(run.eval_collator, True)}  # fmt: skip
         shards[str(EVALUATION_EPOCH)] = _record_rounds(evaluation, "evaluation", rounds, layout,
                                                        lambda views, _: views[:, 2], share(len(rounds)))  # fmt: skip
-    parts = _gathered((shards, recorder["counted"], recorder["deviation"], time.perf_counter() - started))
-    return _gathered(_manifest(trainer, recorder, parts) if rank == 0 else None)[0]
+    parts = gather_object([(shards, recorder["counted"], recorder["deviation"], time.perf_counter() - started)])
+    return gather_object([_manifest(trainer, recorder, parts) if rank == 0 else None])[0]
 
 
 def _manifest(trainer, recorder: dict, parts: list) -> dict:
