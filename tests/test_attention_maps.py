@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from hf_deit import DistilledDeiTForImageClassification
-from hf_deit.teacher import Teacher, prepare_teacher_for_maps
+from hf_deit.teacher import Teacher
 from hf_deit.attention_maps import (
     activation_attention_map,
     attention_rollout,
@@ -102,9 +102,10 @@ def test_vit_teacher_map_is_its_cls_attention_over_patches():
     config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                        intermediate_size=64, num_labels=5)  # fmt: skip
     teacher = ViTForImageClassification(config).eval()
-    prepare_teacher_for_maps(teacher)  # transformers returns weights from eager attention only
+    teacher.set_attn_implementation("sdpa")
+    wrapped = Teacher.load(teacher, attention_maps=True)  # transformers returns weights from eager attention only
     pixel_values = torch.randn(2, 3, 32, 32)
-    out = Teacher(teacher)(pixel_values, attention_map=True, features=True)
+    out = wrapped(pixel_values, attention_map=True, features=True)
     assert out.attention_map.shape == (2, 4, 4) and out.features.shape == (2, 32)
     with torch.no_grad():
         last = teacher(pixel_values, output_attentions=True).attentions[-1]

@@ -438,8 +438,10 @@ class Teacher(nn.Module):
                 f"The teacher expects {expected.num_channels}-channel images, the student {student_channels}. "
                 "Use a teacher trained on the same kind of images."
             )
-        if attention_maps:
-            prepare_teacher_for_maps(module)
+        # transformers computes attention weights on the eager path only; our distilled DeiT's hooks ask the chosen
+        # blocks alone for them (`capture_attention`), and a CNN has none
+        if attention_maps and is_vit_like(config) and not is_distilled_deit(module):
+            module.set_attn_implementation("eager")
         adapter = TeacherInputAdapter(student_mean, student_std, expected)
         return cls(module, adapter, label_order, name=teacher if isinstance(teacher, str) else None)
 
@@ -532,15 +534,3 @@ class Teacher(nn.Module):
     def extra_repr(self) -> str:
         return f"name={self.name!r}, compiled={self.compiled is not None}, reordered={self.label_order is not None}"
 
-
-def prepare_teacher_for_maps(teacher: nn.Module) -> None:
-    """Make a transformers ViT-like teacher able to return attention weights (only the eager path computes them).
-
-    Our distilled DeiT needs nothing (hooks ask the chosen blocks alone for weights: `capture_attention`); a CNN
-    needs nothing.
-    """
-    if is_distilled_deit(teacher):
-        return
-    config = getattr(teacher, "config", None)
-    if is_vit_like(config) and getattr(config, "_attn_implementation", "eager") != "eager":
-        teacher.set_attn_implementation("eager")
