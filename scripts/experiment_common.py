@@ -283,7 +283,7 @@ def _groups_sharing_views(students: dict[str, list[str]], measure: bool) -> dict
             continue
         model_args, data_args, aug_args, training_args = train_argument_parser().parse_args_into_dataclasses(args=argv)
         trainer, _, _ = train.build_run(model_args, data_args, aug_args, training_args)
-        if not trainer.objective.needs_teacher:
+        if not trainer.objective.loss.needs_teacher:
             continue  # trains without it (the teacher is only scored beside it): nothing to record
         key = (argv[argv.index(TEACHER_FLAG) + 1], json.dumps(RunViews(trainer, 1).describe(), sort_keys=True))
         member = dict(name=name, argv=argv, plan=plan_for_run(trainer), stage=feature_map_stage(trainer.objective))

@@ -73,10 +73,6 @@ class DistillationObjective(nn.Module):
         """DeiT's two-head loss (the logits term's)."""
         return self.terms["logits"].loss
 
-    @property
-    def needs_teacher(self) -> bool:
-        return self.loss.needs_teacher
-
     def active_terms(self, training: bool) -> list[DistillationTerm]:
         return [term for term in self.terms.values() if training or not term.training_only]
 

@@ -287,7 +287,7 @@ class DistillationTrainer(DeiTTrainerBase):
         either is named with its numbers and the fix, and with `args.protect_from_weak_teacher` the labels replace its
         distillation targets (and `train` leaves out the unlabelled training images it would label). Returns the
         `TeacherReport`, or None (no teacher in the loss, or no readable training set)."""
-        if not self.has_teacher or not self.objective.needs_teacher:
+        if not self.has_teacher or not self.objective.loss.needs_teacher:
             return None
         transform = eval_transform_of(getattr(self, "processing_class", None))
         if self.teacher.report is not None:  # a teacher that cannot run on images now: the check made earlier
@@ -354,7 +354,7 @@ class DistillationTrainer(DeiTTrainerBase):
         outputs, signals = self.objective.student_forward(model, self.accelerator.unwrap_model(model), inputs,
                                                           model.training)  # fmt: skip
         teacher = None
-        if self.has_teacher and (self.objective.needs_teacher or not model.training or LABELED_KEY in inputs):
+        if self.has_teacher and (self.objective.loss.needs_teacher or not model.training or LABELED_KEY in inputs):
             request = self.objective.teacher_request(model.training)
             teacher = self.teacher_outputs(inputs["pixel_values"], views, **request)
         result = self.objective(outputs, signals if model.training else None, inputs["labels"], teacher,
