@@ -26,7 +26,7 @@ from .configuration_distilled_deit import _pair
 from .data.samplers import PositionSeededCollator, PositionSeededDataset, ViewKey
 from .data.views import RunViews
 from .teacher import EVALUATION_EPOCH
-from .teacher_record import (DIGEST_BYTES, DIGESTS_NAME, FORMAT_VERSION, MANIFEST_NAME, TERM_KINDS, VIEWS_PER_SHARD,
+from .teacher_record import (DIGEST_BYTES, DIGESTS_NAME, FORMAT_VERSION, MANIFEST_NAME, OUTPUT_NOUNS, VIEWS_PER_SHARD,
                              RecordPlan, _outputs_to_store, bytes_per_view, feature_map_stage, record_bytes,
                              teacher_identity, top_k_deviation)
 
@@ -100,7 +100,7 @@ def _recorder(trainer, folder: str, plan: RecordPlan, run: RunViews) -> dict:
     """What recording needs, read once from the trainer; the record's size estimated and checked against the disk."""
     config, teacher_outputs = trainer.model.config, trainer.teacher_outputs
     probe, shapes = torch.zeros(1, config.num_channels, *_pair(config.image_size), device=trainer.accelerator.device), {}
-    for name, _, _ in TERM_KINDS:  # what the teacher can give, at the student's size
+    for name in OUTPUT_NOUNS:  # what the teacher can give, at the student's size
         try:
             value = getattr(teacher_outputs(probe, **{name: True}), name)
         except (ValueError, AttributeError, RuntimeError):
@@ -112,7 +112,7 @@ def _recorder(trainer, folder: str, plan: RecordPlan, run: RunViews) -> dict:
         from .terms.feature_map import nearest_stage
 
         stage = nearest_stage([torch.zeros(1, *shape) for shape in shapes["stage_maps"]], patch_grid(config, probe))
-    for kind, _, _ in TERM_KINDS:
+    for kind in OUTPUT_NOUNS:
         if getattr(plan, kind) and shapes[kind] is None:
             raise ValueError(f"{kind} was asked for, but the teacher gives none at the student's input size.")
     sizes, evaluated = bytes_per_view(plan, config.num_labels, shapes, stage), len(run.evaluation or ())
@@ -122,7 +122,7 @@ def _recorder(trainer, folder: str, plan: RecordPlan, run: RunViews) -> dict:
                 "image).", ", ".join(sizes), plan.epochs, views, evaluated, estimate, sizes, DIGEST_BYTES)
     return {"run": run, "plan": plan, "folder": folder, "shapes": shapes, "stage": stage, "sizes": sizes,
             "estimate": estimate, "teacher": teacher_outputs, "device": trainer.accelerator.device,
-            "request": {kind: getattr(plan, kind) for kind, _, _ in TERM_KINDS},
+            "request": {kind: getattr(plan, kind) for kind in OUTPUT_NOUNS},
             "tau": trainer.objective.loss.tau, "teacher_batch": plan.teacher_batch_size or run.batch_size,
             "counted": {"views": 0, "teacher_seconds": 0.0}, "workers": run.workers,
             "deviation": {} if plan.top_k and plan.top_k < config.num_labels else None}  # fmt: skip

@@ -43,11 +43,9 @@ MANIFEST_NAME, DIGESTS_NAME, FORMAT_VERSION = "manifest.json", "images.safetenso
 VIEWS_PER_SHARD = 65536  # views per file at least: a file of ImageNet features is ~400 MB
 DIGEST_BYTES = 8  # per training and evaluation image
 CHECKED_BATCHES = 2  # training batches checked against the teacher when it is given beside the record
-# The teacher outputs a term can need recorded, as the teacher names them (`TeacherForwardOutput`), with the term
-# and a noun for messages. Of `stage_maps`, the record holds the one stage the feature-map term imitates.
-TERM_KINDS = (("features", "the feature term", "pooled features"),
-              ("attention_map", "the attention term", "attention maps"),
-              ("stage_maps", "the feature-map term", "stage map"))  # fmt: skip
+# The teacher outputs a record can hold beside the logits, as the teacher names them (`TeacherForwardOutput`), in the
+# record's order, with a noun for messages. Of `stage_maps`, it holds the one stage the feature-map term imitates.
+OUTPUT_NOUNS = {"features": "pooled features", "attention_map": "attention maps", "stage_maps": "stage map"}
 
 
 class RecordMismatchError(ValueError):
@@ -91,8 +89,7 @@ class RecordPlan:
     teacher_batch_size: int | None = None
 
     def kinds(self) -> list[str]:
-        return ["argmax"] + (["top_k"] if self.top_k else []) + [kind for kind, _, _ in TERM_KINDS
-                                                                 if getattr(self, kind)]  # fmt: skip
+        return ["argmax"] + (["top_k"] if self.top_k else []) + [kind for kind in OUTPUT_NOUNS if getattr(self, kind)]
 
 
 def plan_for_run(trainer, epochs=None, world_size=1, top_k="auto", features=None, attention_map=None, stage_maps=None,
@@ -285,8 +282,9 @@ class RecordedTeacher(nn.Module):
         if "top_k" not in self.kinds and (loss.distillation_type == SOFT or loss.pseudo_label_threshold > 0):
             missing.append(("soft distillation needs the teacher's probabilities" if loss.distillation_type == SOFT
                             else "--pseudo_label_threshold needs the teacher's confidence") + ": record with --top_k")
-        missing += [f"{term} needs the teacher's {noun}: record with --record_{kind}"
-                    for kind, term, noun in TERM_KINDS if request[kind] and kind not in self.kinds]
+        missing += [f"the {term.name.replace('_', '-')} term needs the teacher's {OUTPUT_NOUNS[kind]}: record with "
+                    f"--record_{kind}" for term in objective.active_terms(training=True) for kind in term.teacher_outputs
+                    if kind in OUTPUT_NOUNS and kind not in self.kinds]  # fmt: skip
         stage = feature_map_stage(objective)
         if request["stage_maps"] and "stage_maps" in self.kinds and self.manifest["outputs"]["stage"] != stage:
             missing.append(f"the feature-map term imitates stage {stage}, the record holds stage "
