@@ -341,12 +341,14 @@ def _input_size(value) -> tuple[int, int] | None:
 
 @dataclass
 class TeacherForwardOutput:
-    """What one teacher forward pass gives: logits, and when asked, a spatial map, pooled features, stage outputs."""
+    """What one teacher forward pass gives: the logits in the student's class order and, when asked, the
+    `attention_map` (a transformer's cls token attention over the patches in the asked layers, averaged over heads and
+    layers; a CNN's `activation_attention_map` of its last stage), pooled `features` and a CNN's `stage_maps`."""
 
     logits: torch.Tensor
     attention_map: torch.Tensor | None = None  # (batch, rows, columns)
-    features: torch.Tensor | None = None  # (batch, features): the input of the classifier layer
-    stage_maps: tuple[torch.Tensor, ...] | None = None  # a CNN's stage outputs (batch, channels, h, w), first to last
+    features: torch.Tensor | None = None  # (batch, features): the input of the classifier layer (`classifier_layer`)
+    stage_maps: tuple[torch.Tensor, ...] | None = None  # a CNN's 4-D hidden states (batch, channels, h, w), in order
 
 
 def logits_of(output) -> torch.Tensor:
@@ -369,13 +371,8 @@ class Teacher(nn.Module):
     one from a module, folder, Hub id or weights file and fits it to the student. The module stays in eval mode
     without gradients, whatever its parent does (`train()` keeps it frozen).
 
-    Calling it gives a `TeacherForwardOutput` from one forward pass, with the logits in the student's class order and,
-    when asked:
-    - `attention_map`: a transformer teacher (ours, transformers' ViT/DeiT) gives its cls token's attention over the
-      patches in `layers`, averaged over heads and layers; a CNN (transformers' ResNet, RegNet, ConvNeXt, ...) the
-      activation map (`activation_attention_map`) of its last stage;
-    - `features`: the input of the layer that produces the logits (`classifier_layer`): pooled pre-logits features;
-    - `stage_maps`: a CNN's spatial stage outputs (its 4-D hidden states), for feature-map distillation.
+    Calling it gives a `TeacherForwardOutput` from one forward pass. Maps come from our distilled DeiT, transformers'
+    ViT/DeiT and transformers' CNNs (ResNet, RegNet, ConvNeXt, ...).
 
     What a trainer asks of any teacher, live or recorded: the call, `name`, `report` (an accuracy check made
     earlier, when the teacher cannot be run on images now), `check_run(trainer)` (before training) and
