@@ -112,6 +112,11 @@ def test_modules_returning_tensors_or_logits_are_accepted():
     torch.testing.assert_close(Teacher(resnet).logits(x), resnet(x).logits)
     with pytest.raises(ValueError, match="must return logits"):
         Teacher(nn.Flatten(0)).logits(x)
+    # A plain module is given the pixels alone: asked for maps, it says what it lacks (not a TypeError).
+    with pytest.raises(ValueError, match="returns no spatial stage outputs"):
+        Teacher(linear)(x, stage_maps=True)
+    with pytest.raises(ValueError, match="gives neither attention weights nor CNN stage outputs"):
+        Teacher(linear)(x, attention_map=True)
 
 
 def test_local_transformers_teacher_and_its_preprocessing(tmp_path):
