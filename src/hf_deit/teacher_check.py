@@ -120,10 +120,10 @@ def eval_transform_of(processor):
     return eval_transform(size["shortest_edge"], crop["height"], processor.image_mean, processor.image_std)
 
 
-def labelled_view(dataset, transform, max_images: int = MAX_CHECKED_IMAGES, seed: int = 0):
+def labelled_view(dataset, transform, seed: int):
     """The labelled rows of a map-style `datasets.Dataset` (label >= 0) with `transform` (a per-image transform such
-    as the evaluation transform) in place of the one it carries; at most `max_images`, a seeded sample. None for a
-    stream or a dataset without `image`/`label` columns."""
+    as the evaluation transform) in place of the one it carries; at most `MAX_CHECKED_IMAGES`, a seeded sample. None
+    for a stream or a dataset without `image`/`label` columns."""
     from .data import make_batch_transform
 
     if not hasattr(dataset, "with_format") or not hasattr(dataset, "__len__"):
@@ -132,19 +132,19 @@ def labelled_view(dataset, transform, max_images: int = MAX_CHECKED_IMAGES, seed
     if "image" not in raw.column_names or "label" not in raw.column_names:
         return None
     indices = np.flatnonzero(np.asarray(raw["label"]) >= 0)
-    if len(indices) > max_images:
-        indices = np.sort(np.random.default_rng(seed).choice(indices, max_images, replace=False))
+    if len(indices) > MAX_CHECKED_IMAGES:
+        indices = np.sort(np.random.default_rng(seed).choice(indices, MAX_CHECKED_IMAGES, replace=False))
     return raw.select(indices).with_transform(make_batch_transform(transform, skip_bad_images=True))
 
 
 @torch.no_grad()
-def teacher_accuracy(predict, dataset, num_classes: int, batch_size: int = CHECK_BATCH_SIZE, device="cpu"):
+def teacher_accuracy(predict, dataset, num_classes: int, device):
     """(accuracy, images, per-class accuracy array) of `predict` (student-normalised pixel values -> logits in the
     student's class order) on `dataset` (items with `pixel_values` and `labels`). Undecodable images are left out."""
     correct = np.zeros(num_classes)
     total = np.zeros(num_classes)
-    for start in range(0, len(dataset), batch_size):
-        batch = dataset[start:start + batch_size]
+    for start in range(0, len(dataset), CHECK_BATCH_SIZE):
+        batch = dataset[start:start + CHECK_BATCH_SIZE]
         kept = [i for i, pixels in enumerate(batch["pixel_values"]) if pixels is not None]
         if not kept:
             continue
@@ -158,19 +158,19 @@ def teacher_accuracy(predict, dataset, num_classes: int, batch_size: int = CHECK
     return (float(correct.sum() / count) if count else float("nan")), count, per_class
 
 
-def check_teacher(predict, train_dataset, eval_dataset, transform, label_names, min_accuracy: float,
-                  device="cpu", seed: int = 0) -> TeacherReport | None:  # fmt: skip
+def check_teacher(predict, train_dataset, eval_dataset, transform, label_names, min_accuracy: float, device,
+                  seed: int) -> TeacherReport | None:  # fmt: skip
     """Measures `predict` (see `teacher_accuracy`) on the labelled training images and the evaluation images, both
     through `transform` (the evaluation transform), and counts the unlabelled training images (label -1). None when
     the training set cannot be read that way (a stream)."""
-    train = labelled_view(train_dataset, transform, seed=seed)
+    train = labelled_view(train_dataset, transform, seed)
     if train is None or len(train) == 0:
         return None
-    accuracy, count, per_class = teacher_accuracy(predict, train, len(label_names), device=device)
+    accuracy, count, per_class = teacher_accuracy(predict, train, len(label_names), device)
     report = TeacherReport(accuracy, count, min_accuracy=min_accuracy, train_class_accuracy={
         str(name): float(value) for name, value in zip(label_names, per_class) if not np.isnan(value)},
         num_unlabeled_images=int((np.asarray(train_dataset.with_format(None)["label"]) < 0).sum()))  # fmt: skip
-    validation = labelled_view(eval_dataset, transform, seed=seed) if eval_dataset is not None else None
+    validation = labelled_view(eval_dataset, transform, seed)  # None without evaluation images
     if validation is not None and len(validation):
         report.validation_accuracy, report.num_validation_images, _ = teacher_accuracy(
             predict, validation, len(label_names), device=device)
