@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
             augmentation=augmentation_recipe(aug_args),
             final_train_loss=final_train_loss(trainer.state.log_history),
             checkpoint_kept=kept_checkpoint(trainer.state),
-            hyperparameters=training_hyperparameters(training_args, trainer.accelerator.num_processes),
+            hyperparameters=training_hyperparameters(trainer.args, trainer.accelerator.num_processes),  # as sized
             **data_card_fields(data_args, training_args.seed),
         )
         if push_to_hub:

@@ -5,8 +5,6 @@ recipe's defaults live here, in one place, and `DeiTTrainingArguments` only chan
 """
 
 import json
-import logging
-import math
 import os
 import time
 import typing
@@ -18,31 +16,17 @@ from hf_deit_inputs.checks import parse_config_overrides
 from hf_deit_inputs.choices import (AUGMENTATION_PRESETS, AUTO_PRESET, DEFAULT_DATASET, EMBEDDED_DATASETS,
                                     SMALL_IMAGE_MAX_SIZE, TEACHER_ARCHITECTURES)  # fmt: skip
 from transformers import TrainingArguments
-from transformers.trainer_utils import IntervalStrategy
 
 from .configuration_distilled_deit import PRESET_ALIASES, PRESETS, DistilledDeiTConfig
-from .precision import bf16_is_faster
-
-logger = logging.getLogger(__name__)
 
 # The model trained on the embedded digits: their native 28 px in a 4x4 grid of 7 px patches, DeiT-Tiny's width and
 # half its depth. Few tokens make its steps cheap, and it learns more per CPU-minute than a narrower model on more
 # tokens (the recipe study: README, "Where the defaults come from").
 EMBEDDED_STUDENT = dict(image_size=28, patch_size=7, hidden_size=192, num_hidden_layers=6, num_attention_heads=3)
-# Its learning rate at batch 64 (scaled with the square root of the batch, as SMALL_DATA_LEARNING_RATE): the best of
-# 5e-4/1e-3/2e-3 at the main job's length, with and without a teacher (README).
+# Its learning rate at batch 64 (scaled with the square root of the batch, as hf_deit.run.SMALL_DATA_LEARNING_RATE):
+# the best of 5e-4/1e-3/2e-3 at the main job's length, with and without a teacher (README).
 EMBEDDED_STUDENT_LEARNING_RATE = 1e-3
-# The paper's learning rate is 5e-4 for a global batch of 512, scaled linearly with the batch.
-BASE_LEARNING_RATE = 5e-4
-BASE_BATCH_SIZE = 512
-MIN_LEARNING_RATE = 1e-5
-# A new model on a small dataset (fewer than SMALL_DATASET_SIZE images) gets at least 5e-4 at batch 64, scaled with
-# the square root of the batch (AdamW's rule of thumb): the linear rule's 6e-5 at batch 64 (1.6e-5 at 16) barely moves
-# a from-scratch ViT in the few hundred steps such a dataset gives (the recipe study: scripts/experiment_recipe.py,
-# README).
-SMALL_DATASET_SIZE = 100_000
-SMALL_DATA_LEARNING_RATE = 5e-4
-SMALL_DATA_BATCH_SIZE = 64
+MIN_LEARNING_RATE = 1e-5  # the floor of the cosine schedule (the paper's)
 DEFAULT_EPOCHS = 30
 # A ViT trained from scratch barely starts to learn in fewer steps (README, "Where the defaults come from"), and a
 # small folder at batch 64 gives only a few steps an epoch.
@@ -128,7 +112,8 @@ class DataArguments:
 
 @dataclass
 class DeiTTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with DeiT's recipe as defaults. `learning_rate` left unset is 5e-4 x global batch / 512."""
+    """`TrainingArguments` with DeiT's recipe as defaults. The fields whose default depends on the model and the data
+    (learning rate, epochs, evaluation and checkpoint cadence, precision) are None until `hf_deit.run.size_run`."""
 
     output_dir: Optional[str] = field(default="outputs/deit", metadata={"help": "Where checkpoints and the model go."})
     overwrite_output_dir: bool = field(
@@ -182,20 +167,13 @@ class DeiTTrainingArguments(TrainingArguments):
                   "AMX/AVX512-BF16 for models at least 192 wide; see hf_deit.precision), else off."},
     )  # fmt: skip
 
+    # The epochs when none are given, and the fewest optimizer steps a new model gets (the CNN teacher has its own):
+    # hf_deit.run.size_run reads them.
+    default_epochs = DEFAULT_EPOCHS
+    min_from_scratch_steps = MIN_FROM_SCRATCH_STEPS
+
     def __post_init__(self):
         choices.check(self)  # a DistillationConfig's distillation settings too
-        self._eval_strategy_given = self.eval_strategy is not None
-        if self.eval_strategy is None:
-            self.eval_strategy = "epoch"  # provisional: "no" without an evaluation set (resolve_evaluation)
-        self._save_strategy_given = self.save_strategy is not None
-        if self.save_strategy is None:
-            self.save_strategy = "epoch"  # provisional: steps in a run of many short epochs (hf_deit.run.size_cadence)
-        self._epochs_given = self.num_train_epochs is not None
-        if self.num_train_epochs is None:
-            self.num_train_epochs = float(self.default_epochs)  # may grow in resolve_schedule
-        self._learning_rate_given = self.learning_rate is not None
-        if self.learning_rate is None:
-            self.learning_rate = 0.0  # provisional: set below, once TrainingArguments knows the world size
         if self.lr_scheduler_type == "cosine_with_min_lr" and not self.lr_scheduler_kwargs:
             self.lr_scheduler_kwargs = {"min_lr": MIN_LEARNING_RATE}  # the paper's floor
         if self.run_name is None:
@@ -203,99 +181,14 @@ class DeiTTrainingArguments(TrainingArguments):
             # unnamed, that evaluation landed in a second run under a random name.
             folder = os.path.basename(os.path.normpath(self.output_dir or "run"))
             self.run_name = f"{folder}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # A field left unset (None) stays so until hf_deit.run.size_run sizes it to the model and the data. The two
+        # strategies pass TrainingArguments' checks as "epoch", what they become with an evaluation set.
+        unset = [name for name in ("eval_strategy", "save_strategy") if getattr(self, name) is None]
+        for name in unset:
+            setattr(self, name, "epoch")
         super().__post_init__()
-        self.resolve_learning_rate()  # the paper's rule, until size_run sizes it to the data
-
-    def _global_batch_size(self) -> int:
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
-
-    def resolve_evaluation(self, has_eval_dataset: bool) -> str:
-        """The evaluation strategy when none was given: every epoch with an evaluation set, else none (as
-        `TrainingArguments`' own default), so that a trainer given only a training set trains. The trainers call it
-        before `Trainer.__init__`, which checks the two agree. Returns `eval_strategy`."""
-        if not self._eval_strategy_given and not has_eval_dataset:
-            self.eval_strategy, self.do_eval = IntervalStrategy.NO, False
-            if getattr(self, "_best_model_defaulted", False):  # the teacher's default: no best model to keep
-                self.load_best_model_at_end = False
-        return self.eval_strategy
-
-    def resolve_precision(self, hidden_size: Optional[int] = None) -> bool:
-        """Settles `bf16` when it was left unset: off when a precision was chosen otherwise (`--fp16`, or
-        `accelerate launch --mixed_precision`), else on where it is faster for this model (`hf_deit.precision`;
-        `hidden_size` of a transformer, None for a CNN). Called by the trainers before their accelerator exists."""
-        if self.bf16 is None:
-            if self.fp16 or self.mixed_precision != "no":
-                self.bf16 = self.mixed_precision == "bf16"
-            else:
-                self.bf16 = bf16_is_faster(self.device, hidden_size)
-                if self.bf16:
-                    self.mixed_precision = "bf16"
-        return self.bf16
-
-    # The epochs when none are given, and the fewest optimizer steps a new model gets (the CNN teacher has its own).
-    default_epochs = DEFAULT_EPOCHS
-    min_from_scratch_steps = MIN_FROM_SCRATCH_STEPS
-
-    def resolve_schedule(self, num_train_examples: Optional[int] = None, from_scratch: bool = True) -> float:
-        """The epochs when neither they nor `max_steps` were given: `default_epochs` (30), or as many as give a new
-        model at least `min_from_scratch_steps` (300) optimizer steps on a small dataset. Given epochs or steps that
-        leave a new model below that minimum are kept, with a warning naming the count and the setting that reaches
-        it (`short_run_warning`). Returns `num_train_epochs`."""
-        if not from_scratch or not num_train_examples:
-            return self.num_train_epochs
-        steps_per_epoch = self._steps_per_epoch(num_train_examples)
-        if self._epochs_given or self.max_steps > 0:
-            warning = self.short_run_warning(num_train_examples)
-            if warning:
-                logger.warning(warning)
-            return self.num_train_epochs
-        needed = math.ceil(self.min_from_scratch_steps / steps_per_epoch)
-        self.num_train_epochs = float(max(self.default_epochs, needed))
-        return self.num_train_epochs
-
-    def _steps_per_epoch(self, num_train_examples: int) -> int:
-        batches = math.ceil(num_train_examples / (self.per_device_train_batch_size * self.world_size))
-        return max(1, math.ceil(batches / self.gradient_accumulation_steps))
-
-    def short_run_warning(self, num_train_examples: int) -> Optional[str]:
-        """A warning when the epochs or steps asked for give a new model fewer optimizer steps than
-        `min_from_scratch_steps`, or None. Says the count and the setting that reaches the minimum."""
-        steps_per_epoch = self._steps_per_epoch(num_train_examples)
-        if self.max_steps > 0:
-            steps, asked = self.max_steps, f"--max_steps {self.max_steps}"
-        else:
-            steps = math.ceil(self.num_train_epochs * steps_per_epoch)
-            asked = f"--num_train_epochs {self.num_train_epochs:g} ({steps_per_epoch} step(s) an epoch)"
-        if steps >= self.min_from_scratch_steps:
-            return None
-        epochs = math.ceil(self.min_from_scratch_steps / steps_per_epoch)
-        return (f"{asked} gives a new model {steps} optimizer steps on {num_train_examples} images (global batch "
-                f"{self._global_batch_size()}): far too few to learn; a model trained from scratch needs at least "
-                f"{self.min_from_scratch_steps}. Pass --num_train_epochs {epochs} (or --max_steps "
-                f"{self.min_from_scratch_steps}), or leave both out: the default sizes the schedule to the data.")
-
-    def prefer_learning_rate(self, rate_at_batch_64: float) -> float:
-        """A model's own learning rate, for when none was given: `rate_at_batch_64` x sqrt(global batch / 64)."""
-        if not self._learning_rate_given:
-            self.learning_rate = rate_at_batch_64 * math.sqrt(self._global_batch_size() / SMALL_DATA_BATCH_SIZE)
-            self._learning_rate_given = True
-        return self.learning_rate
-
-    def resolve_learning_rate(self, num_train_examples: Optional[int] = None, from_scratch: bool = True) -> float:
-        """The learning rate when none was given, sized to the batch and the dataset.
-
-        The paper's linear rule, 5e-4 x global batch / 512, is for ImageNet (2,500 steps an epoch, 300 epochs) and for
-        fine-tuning a trained model. A new model on fewer than 100,000 images gets at least
-        5e-4 x sqrt(global batch / 64): 5e-4 at batch 64, 2.5e-4 at 16, where the linear rule gives 6e-5 and 1.6e-5.
-        """
-        if not self._learning_rate_given:
-            global_batch = self._global_batch_size()
-            rate = BASE_LEARNING_RATE * global_batch / BASE_BATCH_SIZE
-            small = num_train_examples is not None and num_train_examples < SMALL_DATASET_SIZE
-            if from_scratch and small:
-                rate = max(rate, SMALL_DATA_LEARNING_RATE * math.sqrt(global_batch / SMALL_DATA_BATCH_SIZE))
-            self.learning_rate = rate
-        return self.learning_rate
+        for name in unset:
+            setattr(self, name, None)
 
 
 @dataclass
@@ -398,10 +291,10 @@ def with_term_settings(cls):
 class DistillationConfig(DeiTTrainingArguments):
     """`TrainingArguments` for a distilled student: DeiT's recipe (`DeiTTrainingArguments`) plus the teacher and every
     distillation setting, as TRL's trainer configs hold theirs. `DistillationTrainer(model=..., args=DistillationConfig(
-    teacher_name_or_path=..., ...), train_dataset=...)` trains from Python with no script; the trainer resolves the
-    defaults that depend on the model and the data (learning rate, epochs, the feature-map term). The terms' settings
-    (`distillation_type`, `attention_distillation_weight`, ...) are the fields their declarations make
-    (`hf_deit_inputs.terms`)."""
+    teacher_name_or_path=..., ...), train_dataset=...)` trains from Python with no script; the trainer sizes what
+    was left unset to the model and the data (`hf_deit.run.size_run`; the feature-map weight: `FeatureMapTerm.build`).
+    The terms' settings (`distillation_type`, `attention_distillation_weight`, ...) are the fields their declarations
+    make (`hf_deit_inputs.terms`)."""
 
     teacher_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "The teacher: a folder or Hub id of any image classifier."}
@@ -478,19 +371,6 @@ class TeacherTrainingArguments(DeiTTrainingArguments):
 
     default_epochs = 10
     min_from_scratch_steps = MIN_TEACHER_STEPS
-
-    def __post_init__(self):
-        self._best_model_defaulted = self.load_best_model_at_end is None
-        if self._best_model_defaulted:
-            # An unset eval_strategy is every epoch when there is an evaluation set (`resolve_evaluation`, which turns
-            # this default off again without one).
-            evaluate, save = (getattr(value, "value", value) for value in (self.eval_strategy or "epoch",
-                                                                           self.save_strategy or "epoch"))  # fmt: skip
-            self.load_best_model_at_end = evaluate == save != "no" and (
-                evaluate != "steps" or self.eval_steps in (None, self.save_steps))
-            if self.load_best_model_at_end and self.metric_for_best_model is None:
-                self.metric_for_best_model = "accuracy"
-        super().__post_init__()
 
 
 # ---- evaluate_model.py: the model to evaluate, its teacher and the batch settings (data flags are train.py's) ----
