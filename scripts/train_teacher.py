@@ -15,10 +15,10 @@ import os
 import sys
 
 from hf_deit_inputs import check_teacher_command_line, exit_on_input_error
-from hf_deit_inputs.help import TEACHER_CATALOGUE_PATH, answer_help
+from hf_deit_inputs.help import answer_help
 
 if __name__ == "__main__":  # --help and every input on the command line answered first, before torch loads (below)
-    sys.argv[1:] = answer_help(sys.argv[1:], "train_teacher.py", __doc__, TEACHER_CATALOGUE_PATH)
+    sys.argv[1:] = answer_help(sys.argv[1:], "train_teacher.py", __doc__, teacher=True)
     exit_on_input_error(check_teacher_command_line, sys.argv[1:], "train_teacher.py")
 
 from transformers import AutoConfig, AutoModelForImageClassification  # noqa: E402
