@@ -15,10 +15,10 @@ import os
 import sys
 
 from hf_deit_inputs import check_teacher_command_line, exit_on_input_error
-from hf_deit_inputs.help import TEACHER_CATALOGUE_PATH, answer_help
+from hf_deit_inputs.help import answer_help
 
 if __name__ == "__main__":  # --help and every input on the command line answered first, before torch loads (below)
-    sys.argv[1:] = answer_help(sys.argv[1:], "train_teacher.py", __doc__, TEACHER_CATALOGUE_PATH)
+    sys.argv[1:] = answer_help(sys.argv[1:], "train_teacher.py", __doc__, teacher=True)
     exit_on_input_error(check_teacher_command_line, sys.argv[1:], "train_teacher.py")
 
 from transformers import AutoConfig, AutoModelForImageClassification  # noqa: E402
@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
             augmentation=augmentation_recipe(aug_args),
             final_train_loss=final_train_loss(trainer.state.log_history),
             checkpoint_kept=kept_checkpoint(trainer.state),
-            hyperparameters=training_hyperparameters(training_args, trainer.accelerator.num_processes),
+            hyperparameters=training_hyperparameters(trainer.args, trainer.accelerator.num_processes),  # as sized
             **data_card_fields(data_args, training_args.seed),
         )
         if push_to_hub:

@@ -193,12 +193,13 @@ def test_the_card_carries_its_learning_curves_beside_the_per_head_table(tmp_path
 def test_both_scripts_cards_take_their_hyperparameters_from_the_same_table(tmp_path):
     from hf_deit.arguments import DistillationConfig, TeacherTrainingArguments
     from hf_deit.card import training_hyperparameters
+    from hf_deit.run import size_run
 
     common = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, gradient_accumulation_steps=2, report_to=[],
                   use_cpu=True, bf16=False)  # fmt: skip
-    student = training_hyperparameters(DistillationConfig(**common, max_steps=5), num_processes=2)
+    student = training_hyperparameters(size_run(DistillationConfig(**common, max_steps=5)), num_processes=2)
     assert student["total_train_batch_size"] == 32 and student["max_steps"] == 5 and "num_epochs" not in student
     assert student["mixed_precision"] == "no" and student["optimizer"] == "adamw_torch_fused"
-    teacher = training_hyperparameters(TeacherTrainingArguments(**common), num_processes=1)
+    teacher = training_hyperparameters(size_run(TeacherTrainingArguments(**common)), num_processes=1)
     assert teacher.keys() == {*student.keys(), "num_epochs"} - {"max_steps"}
     assert teacher["num_epochs"] == 10 and teacher["learning_rate"] == 2e-3 and teacher["total_train_batch_size"] == 16

@@ -1,6 +1,6 @@
 """The wheel built from the repository is the whole library: installed in a fresh virtual environment, with the
 source tree out of reach, it imports from its own files and runs the quick main job from a folder outside the
-repository (model card templates, the `evaluate` metric module and the command-line flag catalogue all shipped),
+repository (model card templates and the `evaluate` metric module shipped, --help answered from the installed flags),
 with everything the quick main job promises checked on that run."""
 
 import json
@@ -20,7 +20,6 @@ SHIPPED_DATA = (
     "hf_deit/model_cards/distilled_deit.md",
     "hf_deit/model_cards/teacher.md",
     "hf_deit/metrics/top_k_accuracy/top_k_accuracy.py",
-    "hf_deit_inputs/train_flags.json",
 )
 SUBPACKAGES = ("hf_deit/data/__init__.py", "hf_deit/data/transforms.py", "hf_deit/metrics/__init__.py")
 # Where the fresh environment finds the two packages: found, not imported (that would take torch along).
@@ -83,7 +82,7 @@ def test_wheel_installs_and_trains_the_quick_main_job_outside_the_repository(tmp
     site_packages = Path(installed["hf_deit"]).parents[1]
     assert [name for name in (*SHIPPED_DATA, *SUBPACKAGES) if not (site_packages / name).is_file()] == []
 
-    # --help answers from the shipped flag catalogue (hf_deit_inputs/train_flags.json), before torch is imported.
+    # --help answers from the installed flag dataclasses (hf_deit_inputs.flags), before torch is imported.
     helped = subprocess.run([str(python), str(REPO / "scripts" / "train.py"), "--help"], cwd=elsewhere, env=env,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert helped.returncode == 0 and "--teacher_name_or_path" in helped.stdout, helped.stderr[-3000:]

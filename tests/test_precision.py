@@ -7,6 +7,7 @@ from transformers import HfArgumentParser
 import hf_deit.precision as precision
 from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
 from hf_deit.arguments import DistillationConfig
+from hf_deit.run import size_precision
 from hf_deit.trainer import DistillationTrainer
 
 
@@ -57,20 +58,20 @@ def test_unset_bf16_is_settled_by_the_trainer_before_its_accelerator(amx_cpu, tm
 
 
 def test_an_explicit_choice_wins(amx_cpu, tmp_path, monkeypatch):
-    assert parse(tmp_path, "--bf16", "false").resolve_precision(hidden_size=384) is False
-    assert parse(tmp_path, "--bf16", "true").resolve_precision(hidden_size=64) is True
+    assert size_precision(parse(tmp_path, "--bf16", "false"), hidden_size=384) is False
+    assert size_precision(parse(tmp_path, "--bf16", "true"), hidden_size=64) is True
     monkeypatch.setattr(precision, "cpu_flags", lambda: set())
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch --mixed_precision bf16
     args = parse(tmp_path)
-    assert args.resolve_precision(hidden_size=64) is True and args.mixed_precision == "bf16"
+    assert size_precision(args, hidden_size=64) is True and args.mixed_precision == "bf16"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
-    assert parse(tmp_path).resolve_precision(hidden_size=768) is False
+    assert size_precision(parse(tmp_path), hidden_size=768) is False
 
 
 def test_this_machine_trains_the_digits_student_in_float32(tmp_path):
     # Whatever the CPU, a 128-wide student (narrower than DeiT-Tiny) is never switched to bf16 on CPU.
     args = parse(tmp_path)
-    assert args.resolve_precision(hidden_size=128) is False and args.mixed_precision == "no"
+    assert size_precision(args, hidden_size=128) is False and args.mixed_precision == "no"
 
 
 def test_the_log_says_the_precision_used_even_when_accelerate_launch_said_no(amx_cpu, tmp_path, monkeypatch, caplog):

@@ -1,201 +1,44 @@
-"""Command-line arguments of `scripts/train.py` and `scripts/train_teacher.py`, as `HfArgumentParser` dataclasses.
-
-Flag names follow transformers' image-classification example (`--dataset_name`, `--train_dir`, ...); the DeiT
-recipe's defaults live here, in one place, and `DeiTTrainingArguments` only changes `TrainingArguments`' defaults.
+"""The scripts' arguments as transformers reads them: their flags (`hf_deit_inputs.flags`, torch-free) with DeiT's
+training flags over `TrainingArguments`, the parsers, and a new student's config.
 """
 
-import json
-import logging
-import math
 import os
 import time
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from hf_deit_inputs import choices, terms
+from hf_deit_inputs import choices
 from hf_deit_inputs.checks import parse_config_overrides
-from hf_deit_inputs.choices import (AUGMENTATION_PRESETS, AUTO_PRESET, DEFAULT_DATASET, EMBEDDED_DATASETS,
-                                    SMALL_IMAGE_MAX_SIZE, TEACHER_ARCHITECTURES)  # fmt: skip
+from hf_deit_inputs.choices import EMBEDDED_DATASETS, TEACHER_ARCHITECTURES  # noqa: F401  (train_teacher.py's)
+from hf_deit_inputs.flags import (  # the scripts' flags, declared without torch (also importable from here)
+    AugmentationArguments,
+    DataArguments,
+    DeiTTrainingFlags,
+    DistillationFlags,
+    ModelArguments,
+    TeacherArguments,
+    TeacherTrainingFlags,
+)
 from transformers import TrainingArguments
-from transformers.trainer_utils import IntervalStrategy
 
 from .configuration_distilled_deit import PRESET_ALIASES, PRESETS, DistilledDeiTConfig
-from .precision import bf16_is_faster
-
-logger = logging.getLogger(__name__)
 
 # The model trained on the embedded digits: their native 28 px in a 4x4 grid of 7 px patches, DeiT-Tiny's width and
 # half its depth. Few tokens make its steps cheap, and it learns more per CPU-minute than a narrower model on more
 # tokens (the recipe study: README, "Where the defaults come from").
 EMBEDDED_STUDENT = dict(image_size=28, patch_size=7, hidden_size=192, num_hidden_layers=6, num_attention_heads=3)
-# Its learning rate at batch 64 (scaled with the square root of the batch, as SMALL_DATA_LEARNING_RATE): the best of
-# 5e-4/1e-3/2e-3 at the main job's length, with and without a teacher (README).
+# Its learning rate at batch 64 (scaled with the square root of the batch, as hf_deit.run.SMALL_DATA_LEARNING_RATE):
+# the best of 5e-4/1e-3/2e-3 at the main job's length, with and without a teacher (README).
 EMBEDDED_STUDENT_LEARNING_RATE = 1e-3
-# The paper's learning rate is 5e-4 for a global batch of 512, scaled linearly with the batch.
-BASE_LEARNING_RATE = 5e-4
-BASE_BATCH_SIZE = 512
-MIN_LEARNING_RATE = 1e-5
-# A new model on a small dataset (fewer than SMALL_DATASET_SIZE images) gets at least 5e-4 at batch 64, scaled with
-# the square root of the batch (AdamW's rule of thumb): the linear rule's 6e-5 at batch 64 (1.6e-5 at 16) barely moves
-# a from-scratch ViT in the few hundred steps such a dataset gives (the recipe study: scripts/experiment_recipe.py,
-# README).
-SMALL_DATASET_SIZE = 100_000
-SMALL_DATA_LEARNING_RATE = 5e-4
-SMALL_DATA_BATCH_SIZE = 64
-DEFAULT_EPOCHS = 30
-# A ViT trained from scratch barely starts to learn in fewer steps (README, "Where the defaults come from"), and a
-# small folder at batch 64 gives only a few steps an epoch.
-MIN_FROM_SCRATCH_STEPS = 300
+MIN_LEARNING_RATE = 1e-5  # the floor of the cosine schedule (the paper's)
 
 
 @dataclass
-class ModelArguments:
-    _argument_group_name = "Model (the student)"  # its heading in --help
-
-    model_name_or_path: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "A preset (" + ", ".join(sorted(PRESET_ALIASES)) + ", or the timm names), a folder or a Hub id "
-            "of a saved model. Default: a small DeiT for the embedded digits, else DeiT-Tiny."
-        },
-    )
-    config_overrides: Optional[str] = field(
-        default=None,
-        metadata={"help": "Comma-separated config fields, e.g. 'hidden_size=128,num_hidden_layers=6,patch_size=4'; "
-                  "for a loaded checkpoint, fields its weights leave open (e.g. 'num_attention_heads=4')."},
-    )
-    drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth of the last block (paper 0.1)."})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa, flex_attention, ..."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for models loaded by name."})
-    ignore_mismatched_sizes: bool = field(
-        default=False,
-        metadata={"help": "Load a checkpoint whose weights do not all fit the model, the misfits untrained. Not "
-                  "needed for other classes than the checkpoint's: new heads are made for the data's classes."},
-    )
-
-
-@dataclass
-class DataArguments:
-    _argument_group_name = "Data"  # its heading in --help
-
-    dataset_name: Optional[str] = field(
-        default=DEFAULT_DATASET,
-        metadata={
-            "help": "'mnist' (5,000 embedded MNIST digits), 'digits' (scikit-learn 8x8), a Hub id, or a folder "
-            "written by save_to_disk. Ignored when --train_dir is given."
-        },
-    )
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "The dataset's configuration."})
-    train_dir: Optional[str] = field(
-        default=None, metadata={"help": "A folder of training images: one sub-folder per class (train/cat/1.jpg)."}
-    )
-    validation_dir: Optional[str] = field(
-        default=None,
-        metadata={"help": "A folder of validation images, one sub-folder per class (a subset of train's classes)."},
-    )
-    image_column_name: str = field(default="image", metadata={"help": "The column holding the images."})
-    label_column_name: str = field(default="label", metadata={"help": "The column holding the labels."})
-    eval_split: Optional[str] = field(default=None, metadata={"help": "Split used for evaluation (auto-detected)."})
-    train_val_split: float = field(
-        default=0.15, metadata={"help": "Fraction of train carved out for validation when there is no such split."}
-    )
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set."})
-    streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it."})
-    skip_bad_images: bool = field(
-        default=True,
-        metadata={"help": "Skip undecodable images (truncated, empty, not images), logging a count and the first "
-                  "paths; false stops at the first one, naming it."},
-    )
-    # Unlabelled images: the teacher labels them during training
-    unlabeled_dataset_name: Optional[str] = field(
-        default=None, metadata={"help": "A pool of unlabelled training images: dataset name (its train split)."}
-    )
-    unlabeled_train_dir: Optional[str] = field(
-        default=None, metadata={"help": "A pool of unlabelled training images: an image folder."}
-    )
-    max_unlabeled_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the unlabelled pool."})
-    labeled_fraction: Optional[float] = field(
-        default=None,
-        metadata={"help": "Keep the labels of this stratified, seeded fraction of train; the rest becomes unlabelled "
-                  "(train_teacher.py trains on that fraction only, the same images with the same --seed)."},
-    )
-
-    def __post_init__(self):
-        choices.check(self)
-
-
-@dataclass
-class DeiTTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with DeiT's recipe as defaults. `learning_rate` left unset is 5e-4 x global batch / 512."""
-
-    output_dir: Optional[str] = field(default="outputs/deit", metadata={"help": "Where checkpoints and the model go."})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Start fresh in an --output_dir that holds a run with other settings, deleting its "
-                  "checkpoints (by default such a run is refused; one with the same settings resumes)."},
-    )
-    learning_rate: Optional[float] = field(
-        default=None,
-        metadata={"help": "Peak learning rate; default 5e-4 x global batch size / 512 (the paper), and at least "
-                  "5e-4 x sqrt(global batch / 64) for a new model on fewer than 100,000 images."},
-    )
-    label_smoothing_factor: float = field(
-        default=0.1, metadata={"help": "Label smoothing of the class targets (paper 0.1)."}
-    )
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (none on norms/biases/tokens)."})
-    lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Learning-rate schedule."})
-    warmup_steps: float = field(
-        default=5 / 300, metadata={"help": "Warm-up steps, or a fraction of training (paper: 5 of 300 epochs)."}
-    )
-    num_train_epochs: Optional[float] = field(
-        default=None,
-        metadata={"help": "Epochs (paper: 300 on ImageNet). Default 30, more for a new model on a dataset so small "
-                  f"that 30 epochs are fewer than {MIN_FROM_SCRATCH_STEPS} steps."},
-    )
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
-    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device."})
-    eval_strategy: Optional[str] = field(
-        default=None,
-        metadata={"help": "When to evaluate: no, steps or epoch. Default: with an evaluation set, every epoch, or "
-                  "about 20 times a run of more than 30 epochs (hf_deit.run.size_cadence); else never."},
-    )
-    save_strategy: Optional[str] = field(
-        default=None,
-        metadata={"help": "When to save a checkpoint: no, steps or epoch. Default: every epoch, or about 20 times a run "
-                  "of more than 30 epochs (hf_deit.run.size_cadence)."},
-    )
-    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept."})
-    logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
-    repeated_augmentation: int = field(
-        default=3,
-        metadata={"help": "Repeated augmentation (DeiT's RASampler): copies of each image per epoch, spread over the "
-                  "processes (multi-process runs only, as the paper's 3; 1 turns it off)."},
-    )
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep False: the transforms need the image column."}
-    )
-    bf16: Optional[bool] = field(
-        default=None,
-        metadata={"help": "bf16 autocast. Default: on where it is faster than float32 (CUDA with bf16; CPUs with "
-                  "AMX/AVX512-BF16 for models at least 192 wide; see hf_deit.precision), else off."},
-    )  # fmt: skip
+class DeiTTrainingArguments(DeiTTrainingFlags, TrainingArguments):
+    """`TrainingArguments` with DeiT's recipe as defaults: `hf_deit_inputs.flags.DeiTTrainingFlags`."""
 
     def __post_init__(self):
         choices.check(self)  # a DistillationConfig's distillation settings too
-        self._eval_strategy_given = self.eval_strategy is not None
-        if self.eval_strategy is None:
-            self.eval_strategy = "epoch"  # provisional: "no" without an evaluation set (resolve_evaluation)
-        self._save_strategy_given = self.save_strategy is not None
-        if self.save_strategy is None:
-            self.save_strategy = "epoch"  # provisional: steps in a run of many short epochs (hf_deit.run.size_cadence)
-        self._epochs_given = self.num_train_epochs is not None
-        if self.num_train_epochs is None:
-            self.num_train_epochs = float(self.default_epochs)  # may grow in resolve_schedule
-        self._learning_rate_given = self.learning_rate is not None
-        if self.learning_rate is None:
-            self.learning_rate = 0.0  # provisional: set below, once TrainingArguments knows the world size
         if self.lr_scheduler_type == "cosine_with_min_lr" and not self.lr_scheduler_kwargs:
             self.lr_scheduler_kwargs = {"min_lr": MIN_LEARNING_RATE}  # the paper's floor
         if self.run_name is None:
@@ -203,294 +46,32 @@ class DeiTTrainingArguments(TrainingArguments):
             # unnamed, that evaluation landed in a second run under a random name.
             folder = os.path.basename(os.path.normpath(self.output_dir or "run"))
             self.run_name = f"{folder}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # A field left unset (None) stays so until hf_deit.run.size_run sizes it to the model and the data. The two
+        # strategies pass TrainingArguments' checks as "epoch", what they become with an evaluation set.
+        unset = [name for name in ("eval_strategy", "save_strategy") if getattr(self, name) is None]
+        for name in unset:
+            setattr(self, name, "epoch")
         super().__post_init__()
-        self.resolve_learning_rate()  # the paper's rule, until size_run sizes it to the data
-
-    def _global_batch_size(self) -> int:
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
-
-    def resolve_evaluation(self, has_eval_dataset: bool) -> str:
-        """The evaluation strategy when none was given: every epoch with an evaluation set, else none (as
-        `TrainingArguments`' own default), so that a trainer given only a training set trains. The trainers call it
-        before `Trainer.__init__`, which checks the two agree. Returns `eval_strategy`."""
-        if not self._eval_strategy_given and not has_eval_dataset:
-            self.eval_strategy, self.do_eval = IntervalStrategy.NO, False
-            if getattr(self, "_best_model_defaulted", False):  # the teacher's default: no best model to keep
-                self.load_best_model_at_end = False
-        return self.eval_strategy
-
-    def resolve_precision(self, hidden_size: Optional[int] = None) -> bool:
-        """Settles `bf16` when it was left unset: off when a precision was chosen otherwise (`--fp16`, or
-        `accelerate launch --mixed_precision`), else on where it is faster for this model (`hf_deit.precision`;
-        `hidden_size` of a transformer, None for a CNN). Called by the trainers before their accelerator exists."""
-        if self.bf16 is None:
-            if self.fp16 or self.mixed_precision != "no":
-                self.bf16 = self.mixed_precision == "bf16"
-            else:
-                self.bf16 = bf16_is_faster(self.device, hidden_size)
-                if self.bf16:
-                    self.mixed_precision = "bf16"
-        return self.bf16
-
-    # The epochs when none are given, and the fewest optimizer steps a new model gets (the CNN teacher has its own).
-    default_epochs = DEFAULT_EPOCHS
-    min_from_scratch_steps = MIN_FROM_SCRATCH_STEPS
-
-    def resolve_schedule(self, num_train_examples: Optional[int] = None, from_scratch: bool = True) -> float:
-        """The epochs when neither they nor `max_steps` were given: `default_epochs` (30), or as many as give a new
-        model at least `min_from_scratch_steps` (300) optimizer steps on a small dataset. Given epochs or steps that
-        leave a new model below that minimum are kept, with a warning naming the count and the setting that reaches
-        it (`short_run_warning`). Returns `num_train_epochs`."""
-        if not from_scratch or not num_train_examples:
-            return self.num_train_epochs
-        steps_per_epoch = self._steps_per_epoch(num_train_examples)
-        if self._epochs_given or self.max_steps > 0:
-            warning = self.short_run_warning(num_train_examples)
-            if warning:
-                logger.warning(warning)
-            return self.num_train_epochs
-        needed = math.ceil(self.min_from_scratch_steps / steps_per_epoch)
-        self.num_train_epochs = float(max(self.default_epochs, needed))
-        return self.num_train_epochs
-
-    def _steps_per_epoch(self, num_train_examples: int) -> int:
-        batches = math.ceil(num_train_examples / (self.per_device_train_batch_size * self.world_size))
-        return max(1, math.ceil(batches / self.gradient_accumulation_steps))
-
-    def short_run_warning(self, num_train_examples: int) -> Optional[str]:
-        """A warning when the epochs or steps asked for give a new model fewer optimizer steps than
-        `min_from_scratch_steps`, or None. Says the count and the setting that reaches the minimum."""
-        steps_per_epoch = self._steps_per_epoch(num_train_examples)
-        if self.max_steps > 0:
-            steps, asked = self.max_steps, f"--max_steps {self.max_steps}"
-        else:
-            steps = math.ceil(self.num_train_epochs * steps_per_epoch)
-            asked = f"--num_train_epochs {self.num_train_epochs:g} ({steps_per_epoch} step(s) an epoch)"
-        if steps >= self.min_from_scratch_steps:
-            return None
-        epochs = math.ceil(self.min_from_scratch_steps / steps_per_epoch)
-        return (f"{asked} gives a new model {steps} optimizer steps on {num_train_examples} images (global batch "
-                f"{self._global_batch_size()}): far too few to learn; a model trained from scratch needs at least "
-                f"{self.min_from_scratch_steps}. Pass --num_train_epochs {epochs} (or --max_steps "
-                f"{self.min_from_scratch_steps}), or leave both out: the default sizes the schedule to the data.")
-
-    def prefer_learning_rate(self, rate_at_batch_64: float) -> float:
-        """A model's own learning rate, for when none was given: `rate_at_batch_64` x sqrt(global batch / 64)."""
-        if not self._learning_rate_given:
-            self.learning_rate = rate_at_batch_64 * math.sqrt(self._global_batch_size() / SMALL_DATA_BATCH_SIZE)
-            self._learning_rate_given = True
-        return self.learning_rate
-
-    def resolve_learning_rate(self, num_train_examples: Optional[int] = None, from_scratch: bool = True) -> float:
-        """The learning rate when none was given, sized to the batch and the dataset.
-
-        The paper's linear rule, 5e-4 x global batch / 512, is for ImageNet (2,500 steps an epoch, 300 epochs) and for
-        fine-tuning a trained model. A new model on fewer than 100,000 images gets at least
-        5e-4 x sqrt(global batch / 64): 5e-4 at batch 64, 2.5e-4 at 16, where the linear rule gives 6e-5 and 1.6e-5.
-        """
-        if not self._learning_rate_given:
-            global_batch = self._global_batch_size()
-            rate = BASE_LEARNING_RATE * global_batch / BASE_BATCH_SIZE
-            small = num_train_examples is not None and num_train_examples < SMALL_DATASET_SIZE
-            if from_scratch and small:
-                rate = max(rate, SMALL_DATA_LEARNING_RATE * math.sqrt(global_batch / SMALL_DATA_BATCH_SIZE))
-            self.learning_rate = rate
-        return self.learning_rate
+        for name in unset:
+            setattr(self, name, None)
 
 
 @dataclass
-class AugmentationArguments:
-    """DeiT's augmentation recipe, each piece tunable or off. Unset (None) fields take the `preset`'s value.
-
-    Field names do not clash with `TrainingArguments`, so both can go into one `HfArgumentParser`.
-    """
-
-    _argument_group_name = "Augmentation"  # its heading in --help
-
-    preset: str = field(
-        default="auto",
-        metadata={
-            "help": "Recipe defaults: 'imagenet' (the paper's values), 'small_images' (28-32 px digits), "
-            "'cnn_from_scratch' (crops and flips only: a new CNN teacher on a small folder), or 'auto' "
-            f"(small_images when --image_size <= {SMALL_IMAGE_MAX_SIZE}, else imagenet; train_teacher.py: "
-            "cnn_from_scratch for a new CNN above that size)."
-        },
-    )
-    image_size: Optional[int] = field(
-        default=None,
-        metadata={"help": "Side of the square model input (px). Default: a saved model's own; a new model on a folder "
-                  "(--train_dir) sized to its images (hf_deit.data.sizing: 28 px and the small-image model for tiny "
-                  "ones, else 64-224 px), else 224 (28 on the embedded digits). A size far from the images' is "
-                  "warned of."},
-    )
-    crop_pct: Optional[float] = field(
-        default=None, metadata={"help": "Eval: resize the shorter side to image_size/crop_pct, center-crop image_size."}
-    )
-    scale_min: Optional[float] = field(
-        default=None, metadata={"help": "Smallest RandomResizedCrop area fraction (paper 0.08); 1 keeps whole images."}
-    )
-    hflip: Optional[float] = field(default=None, metadata={"help": "Horizontal flip probability; 0 turns it off."})
-    rand_augment: Optional[str] = field(
-        default=None,
-        metadata={"help": "RandAugment magnitude on timm's 0-10 scale (paper 9), or 'none' to turn it off."},
-    )
-    rand_augment_num_ops: Optional[int] = field(default=None, metadata={"help": "RandAugment ops per image (2)."})
-    rand_augment_mstd: Optional[float] = field(
-        default=None, metadata={"help": "Std of the per-op magnitude noise (paper 0.5; 0 = fixed magnitude)."}
-    )
-    color_jitter: Optional[float] = field(
-        default=None, metadata={"help": "ColorJitter strength for brightness/contrast/saturation; 0 turns it off."}
-    )
-    reprob: Optional[float] = field(
-        default=None, metadata={"help": "Random erasing probability (per-pixel noise, paper 0.25); 0 turns it off."}
-    )
-    mean: Optional[list[float]] = field(default=None, metadata={"help": "Normalisation mean (default ImageNet)."})
-    std: Optional[list[float]] = field(default=None, metadata={"help": "Normalisation std (default ImageNet)."})
-    mixup: Optional[float] = field(default=None, metadata={"help": "Mixup Beta alpha (paper 0.8); 0 turns it off."})
-    cutmix: Optional[float] = field(default=None, metadata={"help": "CutMix Beta alpha (paper 1.0); 0 turns it off."})
-    mixup_prob: Optional[float] = field(
-        default=None, metadata={"help": "Probability that a batch is mixed at all (paper 1.0)."}
-    )
-    mixup_switch_prob: Optional[float] = field(
-        default=None, metadata={"help": "Probability of CutMix instead of mixup when both are on (paper 0.5)."}
-    )
-
-    def __post_init__(self):
-        choices.check(self)
-
-    def resolved(self, large_images_preset: str = "imagenet") -> "AugmentationArguments":
-        """A copy with the preset's values filled in and every value checked. `--preset auto` is `small_images` up to
-        64 px, else `large_images_preset` (train_teacher.py: `cnn_from_scratch` for a new CNN)."""
-        from .image_processing import IMAGENET_MEAN, IMAGENET_STD
-
-        preset = self.preset
-        if preset == AUTO_PRESET:
-            small = self.image_size is not None and self.image_size <= SMALL_IMAGE_MAX_SIZE
-            preset = "small_images" if small else large_images_preset
-        values = {key: value for key, value in asdict(self).items() if value is not None}
-        values = {**AUGMENTATION_PRESETS[preset], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **values}
-        values["preset"] = preset
-        resolved = AugmentationArguments(**values)
-        if len(resolved.mean) != 3 or len(resolved.std) != 3:
-            raise ValueError(f"mean and std need 3 values (RGB), got {resolved.mean} and {resolved.std}.")
-        return resolved
-
-    @property
-    def rand_augment_magnitude(self) -> Optional[float]:
-        """The RandAugment magnitude as a number, or None when it is off."""
-        text = str(self.rand_augment).strip().lower()
-        return None if text in choices.NONE_WORDS else float(text)
-
-
-def with_term_settings(cls):
-    """Adds a field for every setting the distillation terms declare (`hf_deit_inputs.terms`), before `@dataclass`
-    reads the class: the declaration is the one place a term's setting is written."""
-    for setting in terms.settings_made_fields():
-        cls.__annotations__[setting.name] = setting.annotation
-        value = setting.default
-        default = dict(default_factory=lambda value=value: list(value)) if isinstance(value, list) else dict(default=value)
-        setattr(cls, setting.name, field(**default, metadata={"help": setting.help}))
-    return cls
+class TeacherTrainingArguments(TeacherTrainingFlags, DeiTTrainingArguments):
+    """`TrainingArguments` with a CNN teacher's defaults: `hf_deit_inputs.flags.TeacherTrainingFlags`."""
 
 
 @dataclass
-@with_term_settings
-class DistillationConfig(DeiTTrainingArguments):
+class DistillationConfig(DistillationFlags, DeiTTrainingArguments):
     """`TrainingArguments` for a distilled student: DeiT's recipe (`DeiTTrainingArguments`) plus the teacher and every
     distillation setting, as TRL's trainer configs hold theirs. `DistillationTrainer(model=..., args=DistillationConfig(
-    teacher_name_or_path=..., ...), train_dataset=...)` trains from Python with no script; the trainer resolves the
-    defaults that depend on the model and the data (learning rate, epochs, the feature-map term). The terms' settings
-    (`distillation_type`, `attention_distillation_weight`, ...) are the fields their declarations make
-    (`hf_deit_inputs.terms`)."""
-
-    teacher_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "The teacher: a folder or Hub id of any image classifier."}
-    )
-    teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Allow the teacher's remote code."})
-    teacher_outputs: Optional[str] = field(
-        default=None,
-        metadata={"help": "Train from the teacher's outputs recorded by scripts/record_teacher.py (this folder) instead "
-                  "of running the teacher: a record of other data, augmentation, seed, size or epochs is refused. "
-                  "With --teacher_name_or_path too, the first batches are checked against the teacher."},
-    )
-    teacher_image_size: Optional[str] = field(
-        default=None,
-        metadata={"help": "What the teacher sees: its own preprocessing size (default; the batch is resized to it), "
-                  "'student' (the student's batch as is: the paper's fine-tuning at a new resolution), or N px."},
-    )
+    teacher_name_or_path=..., ...), train_dataset=...)` trains from Python with no script; the trainer sizes what
+    was left unset to the model and the data (`hf_deit.run.size_run`; the feature-map weight: `FeatureMapTerm.build`).
+    Its fields beyond DeiT's are `hf_deit_inputs.flags.DistillationFlags`."""
 
 
 # The fields DistillationConfig adds to DeiTTrainingArguments: the --help group "Distillation", and run settings.
-DISTILLATION_FIELDS = tuple(
-    item.name for item in fields(DistillationConfig) if item.name not in {f.name for f in fields(DeiTTrainingArguments)}
-)
-
-
-# ---- train_teacher.py: the teacher's own flags (data and augmentation flags are train.py's) ----
-
-@dataclass
-class TeacherArguments:
-    _argument_group_name = "Model (the teacher)"  # its heading in --help
-
-    model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Fine-tune this checkpoint (folder or Hub id) instead of a new CNN."}
-    )
-    architecture: str = field(
-        default="resnet", metadata={"help": "New CNN: " + ", ".join(TEACHER_ARCHITECTURES) + " (transformers configs)."}
-    )
-    config_overrides: Optional[str] = field(
-        default=None,
-        metadata={"help": "Comma-separated config fields as for train.py, values in JSON where they are lists, e.g. "
-                  "'depths=[2,2,2,2],hidden_sizes=[32,64,128,256]'."},
-    )
-    ignore_mismatched_sizes: bool = field(default=False, metadata={"help": "New head for another class count."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow remote code for models loaded by name."})
-
-    def __post_init__(self):
-        choices.check(self)
-
-
-# A CNN teacher learning from scratch: at least this many optimizer steps (the epochs grow on a small folder, as the
-# student's do; a fixed 10 epochs is a few dozen steps on a folder of a hundred images).
-# scripts/experiment_own_folder.py measures what the default gives (README).
-MIN_TEACHER_STEPS = 300
-
-
-@dataclass
-class TeacherTrainingArguments(DeiTTrainingArguments):
-    """A CNN's defaults: a higher learning rate, a short warm-up, 10 epochs or at least 300 optimizer steps for a new
-    model, and, when a validation set is evaluated and saved at the same cadence, the best checkpoint by validation
-    accuracy kept at the end (`load_best_model_at_end`)."""
-
-    output_dir: Optional[str] = field(default="outputs/teacher", metadata={"help": "Where the teacher goes."})
-    learning_rate: Optional[float] = field(default=2e-3, metadata={"help": "Peak learning rate (AdamW)."})
-    num_train_epochs: Optional[float] = field(
-        default=None,
-        metadata={"help": f"Epochs. Default 10, more for a new model on a dataset so small that 10 epochs are fewer "
-                  f"than {MIN_TEACHER_STEPS} steps."},
-    )
-    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps or fraction of training."})
-    load_best_model_at_end: Optional[bool] = field(
-        default=None,
-        metadata={"help": "Keep the checkpoint with the best validation accuracy. Default: on when evaluation and "
-                  "saving happen at the same cadence (eval_strategy = save_strategy, not 'no')."},
-    )
-
-    default_epochs = 10
-    min_from_scratch_steps = MIN_TEACHER_STEPS
-
-    def __post_init__(self):
-        self._best_model_defaulted = self.load_best_model_at_end is None
-        if self._best_model_defaulted:
-            # An unset eval_strategy is every epoch when there is an evaluation set (`resolve_evaluation`, which turns
-            # this default off again without one).
-            evaluate, save = (getattr(value, "value", value) for value in (self.eval_strategy or "epoch",
-                                                                           self.save_strategy or "epoch"))  # fmt: skip
-            self.load_best_model_at_end = evaluate == save != "no" and (
-                evaluate != "steps" or self.eval_steps in (None, self.save_steps))
-            if self.load_best_model_at_end and self.metric_for_best_model is None:
-                self.metric_for_best_model = "accuracy"
-        super().__post_init__()
+DISTILLATION_FIELDS = tuple(item.name for item in fields(DistillationFlags))
 
 
 # ---- evaluate_model.py: the model to evaluate, its teacher and the batch settings (data flags are train.py's) ----
@@ -629,52 +210,3 @@ def label_fields(label_names: list[str]) -> dict:
         id2label=dict(enumerate(label_names)),
         label2id={name: index for index, name in enumerate(label_names)},
     )
-
-
-# ---- --help before torch loads: each script's flags by group, in hf_deit_inputs/*_flags.json (hf_deit_inputs.help) ----
-
-
-def help_catalogue(teacher: bool = False) -> dict:
-    """train.py's (`teacher`: train_teacher.py's) flags by group (name, metavar, default, help), from its argument
-    dataclasses. The distillation terms' settings are not in it: --help lists them from their declarations."""
-    from hf_deit_inputs.help import COMMON_TRAINING_FLAGS, DISTILLATION_GROUP, catalogue_entry, type_name
-
-    model, training = (TeacherArguments, TeacherTrainingArguments) if teacher else (ModelArguments, DistillationConfig)
-    distillation = [name for name in DISTILLATION_FIELDS if terms.setting(name) is None]  # the terms': at --help
-    groups = [  # (title, dataclass, the flags shown or None for all, note)
-        (model._argument_group_name, model, None, None),
-        (DataArguments._argument_group_name, DataArguments, None, None),
-        (AugmentationArguments._argument_group_name, AugmentationArguments, None,
-         f"{'The student' if teacher else 'DeiT'}'s recipe; a flag left out takes the --preset's value."),
-        *([] if teacher else [(DISTILLATION_GROUP, DistillationConfig, distillation, None)]),
-        ("Training", training, COMMON_TRAINING_FLAGS,
-         f"The usual ones (defaults: {'a CNN' if teacher else 'DeiT'}'s recipe, see --help_all)."),
-    ]  # fmt: skip
-    catalogue = []
-    for title, dataclass_type, names, note in groups:
-        by_name = {item.name: item for item in fields(dataclass_type)}
-        # Resolved annotations: `field.type` may still be a string, until an HfArgumentParser resolves it in place.
-        hints = typing.get_type_hints(dataclass_type)
-        entries = []
-        for name in names or [item.name for item in fields(dataclass_type) if item.init]:
-            item = by_name[name]
-            default = item.default_factory() if item.default_factory is not MISSING else item.default
-            entries.append(catalogue_entry(name, type_name(hints.get(name, item.type)), default,
-                                           item.metadata.get("help", "")))
-        catalogue.append({"title": title, "note": note, "flags": entries})
-    return {"groups": catalogue}
-
-
-def write_help_catalogue() -> None:
-    """Rewrite hf_deit_inputs/train_flags.json and teacher_flags.json (run after changing a flag, its default or its
-    help; tests/test_inputs.py fails while one is out of date)."""
-    from hf_deit_inputs.help import CATALOGUE_PATH, TEACHER_CATALOGUE_PATH
-
-    for teacher, path in ((False, CATALOGUE_PATH), (True, TEACHER_CATALOGUE_PATH)):
-        groups = []  # one line per flag, so that a changed flag is a one-line diff
-        for group in help_catalogue(teacher)["groups"]:
-            heading = json.dumps({key: value for key, value in group.items() if key != "flags"})[:-1]
-            flags = ",\n".join("  " + json.dumps(flag, default=str) for flag in group["flags"])
-            groups.append(f' {heading}, "flags": [\n{flags}\n ]}}')
-        with open(path, "w") as file:
-            file.write('{"groups": [\n' + ",\n".join(groups) + "\n]}\n")

@@ -3,10 +3,7 @@
 from transformers import BitImageProcessor
 from transformers.image_utils import PILImageResampling
 
-from hf_deit_inputs.choices import DEFAULT_CROP_PCT, problem
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from hf_deit_inputs.choices import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, problem
 
 
 def eval_resize_size(image_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:

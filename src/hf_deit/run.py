@@ -33,6 +33,7 @@ from .checkpointing import (
     resolve_resume_checkpoint,
     run_settings,
 )
+from .precision import bf16_is_faster
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +66,11 @@ def start_run(training_args: TrainingArguments, argument_groups: Sequence, logge
 
 def size_run(args: TrainingArguments, model=None, train_dataset=None, eval_dataset=None, *,
              learning_rate_at_batch_64: Optional[float] = None) -> TrainingArguments:
-    """What `args` left unset, sized to this run's model and data, in one place, and logged: the precision (bf16
-    where it is faster, `hf_deit.precision`), then for DeiT's arguments the evaluation strategy (every epoch with an
-    evaluation set, else none), the learning rate (the model's own `learning_rate_at_batch_64`, or the rule sized to
-    the batch and the data), the epochs (at least `min_from_scratch_steps` for a new model) and the evaluation and
-    checkpoint cadence (every N steps in a run of many short epochs, `size_cadence`); no pinned memory without CUDA.
-    The rules are `DeiTTrainingArguments`' `resolve_*` methods and `size_cadence`.
+    """What `args` left unset (None), sized to this run's model and data, in one place, and logged: the precision
+    (bf16 where it is faster, `hf_deit.precision`), then for DeiT's arguments the learning rate (the model's own
+    `learning_rate_at_batch_64`, or `learning_rate_for` the batch and the data), the epochs (`epochs_for`: at least
+    `min_from_scratch_steps` for a new model) and the evaluation and checkpoint cadence (`size_cadence`); no pinned
+    memory without CUDA.
 
     Returns a sized copy; `args` itself is left as given. The trainers call it on their `args`, so a Python caller
     need not; a copy it returned is not sized again."""
@@ -80,29 +80,120 @@ def size_run(args: TrainingArguments, model=None, train_dataset=None, eval_datas
     args._sized = True
     chosen_here = getattr(args, "bf16", False) is None
     if chosen_here:  # before the accelerator, which reads it
-        args.resolve_precision(getattr(getattr(model, "config", None), "hidden_size", None))
+        size_precision(args, getattr(getattr(model, "config", None), "hidden_size", None))
     logger.info("Precision: %s.", _precision_in_words(args.mixed_precision, chosen_here))
     if getattr(args, "dataloader_pin_memory", False) and not torch.cuda.is_available():
         args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every epoch
     if not isinstance(args, DeiTTrainingArguments):
         return args
-    if learning_rate_at_batch_64 is not None:
-        args.prefer_learning_rate(learning_rate_at_batch_64)
-    args.resolve_evaluation(eval_dataset is not None)
     try:
         num_examples = len(train_dataset) if train_dataset is not None else None
     except TypeError:  # a stream: size unknown
         num_examples = None
     from_scratch = not getattr(model, "name_or_path", "")
-    args.resolve_learning_rate(num_examples, from_scratch)
-    args.resolve_schedule(num_examples, from_scratch)
-    interval = size_cadence(args, num_examples)
+    args.learning_rate = learning_rate_for(args, num_examples, from_scratch, learning_rate_at_batch_64)
+    args.num_train_epochs = epochs_for(args, num_examples, from_scratch)
+    interval = size_cadence(args, num_examples, has_eval_dataset=eval_dataset is not None)
     logger.info("Sized to this run (%s training images): learning rate %.3g, %s, evaluation %s, checkpoints %s.",
                 num_examples or "?", args.learning_rate,
                 f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs",
                 _cadence_in_words(args.eval_strategy, interval),
                 _cadence_in_words(args.save_strategy, interval))  # fmt: skip
     return args
+
+
+def size_precision(args: TrainingArguments, hidden_size: Optional[int] = None) -> bool:
+    """Settles `bf16` when it was left unset: off when a precision was chosen otherwise (`--fp16`, or
+    `accelerate launch --mixed_precision`), else on where it is faster for this model (`hf_deit.precision`;
+    `hidden_size` of a transformer, None for a CNN). Returns `bf16`."""
+    if args.bf16 is None:
+        if args.fp16 or args.mixed_precision != "no":
+            args.bf16 = args.mixed_precision == "bf16"
+        else:
+            args.bf16 = bf16_is_faster(args.device, hidden_size)
+            if args.bf16:
+                args.mixed_precision = "bf16"
+    return args.bf16
+
+
+# The paper's learning rate is 5e-4 for a global batch of 512, scaled linearly with the batch.
+BASE_LEARNING_RATE = 5e-4
+BASE_BATCH_SIZE = 512
+# A new model on a small dataset (fewer than SMALL_DATASET_SIZE images) gets at least 5e-4 at batch 64, scaled with
+# the square root of the batch (AdamW's rule of thumb): the linear rule's 6e-5 at batch 64 (1.6e-5 at 16) barely moves
+# a from-scratch ViT in the few hundred steps such a dataset gives (the recipe study: scripts/experiment_recipe.py,
+# README).
+SMALL_DATASET_SIZE = 100_000
+SMALL_DATA_LEARNING_RATE = 5e-4
+SMALL_DATA_BATCH_SIZE = 64
+
+
+def learning_rate_for(args: DeiTTrainingArguments, num_train_examples: Optional[int] = None, from_scratch: bool = True,
+                      rate_at_batch_64: Optional[float] = None) -> float:
+    """The learning rate: the one given, else a model's own `rate_at_batch_64` x sqrt(global batch / 64), else sized
+    to the batch and the dataset.
+
+    The paper's linear rule, 5e-4 x global batch / 512, is for ImageNet (2,500 steps an epoch, 300 epochs) and for
+    fine-tuning a trained model. A new model on fewer than 100,000 images gets at least
+    5e-4 x sqrt(global batch / 64): 5e-4 at batch 64, 2.5e-4 at 16, where the linear rule gives 6e-5 and 1.6e-5.
+    """
+    if args.learning_rate is not None:
+        return args.learning_rate
+    global_batch = _global_batch_size(args)
+    if rate_at_batch_64 is not None:
+        return rate_at_batch_64 * math.sqrt(global_batch / SMALL_DATA_BATCH_SIZE)
+    rate = BASE_LEARNING_RATE * global_batch / BASE_BATCH_SIZE
+    small = num_train_examples is not None and num_train_examples < SMALL_DATASET_SIZE
+    if from_scratch and small:
+        rate = max(rate, SMALL_DATA_LEARNING_RATE * math.sqrt(global_batch / SMALL_DATA_BATCH_SIZE))
+    return rate
+
+
+def epochs_for(args: DeiTTrainingArguments, num_train_examples: Optional[int] = None,
+               from_scratch: bool = True) -> float:
+    """The epochs: those given, else `default_epochs` (30), or as many as give a new model at least
+    `min_from_scratch_steps` (300) optimizer steps on a small dataset when `max_steps` is not given either. Given
+    epochs or steps that leave a new model below that minimum are kept, with a warning naming the count and the
+    setting that reaches it (`short_run_warning`)."""
+    epochs = float(args.default_epochs) if args.num_train_epochs is None else args.num_train_epochs
+    if not from_scratch or not num_train_examples:
+        return epochs
+    if args.num_train_epochs is not None or args.max_steps > 0:
+        warning = short_run_warning(args, num_train_examples, epochs)
+        if warning:
+            logger.warning(warning)
+        return epochs
+    needed = math.ceil(args.min_from_scratch_steps / steps_per_epoch(args, num_train_examples))
+    return float(max(args.default_epochs, needed))
+
+
+def short_run_warning(args: DeiTTrainingArguments, num_train_examples: int,
+                      epochs: Optional[float] = None) -> Optional[str]:
+    """A warning when the epochs (`epochs`, default the given ones) or steps asked for give a new model fewer
+    optimizer steps than `min_from_scratch_steps`, or None. Says the count and the setting that reaches the minimum."""
+    per_epoch = steps_per_epoch(args, num_train_examples)
+    epochs = args.num_train_epochs if epochs is None else epochs
+    if args.max_steps > 0:
+        steps, asked = args.max_steps, f"--max_steps {args.max_steps}"
+    else:
+        steps = math.ceil(epochs * per_epoch)
+        asked = f"--num_train_epochs {epochs:g} ({per_epoch} step(s) an epoch)"
+    if steps >= args.min_from_scratch_steps:
+        return None
+    needed = math.ceil(args.min_from_scratch_steps / per_epoch)
+    return (f"{asked} gives a new model {steps} optimizer steps on {num_train_examples} images (global batch "
+            f"{_global_batch_size(args)}): far too few to learn; a model trained from scratch needs at least "
+            f"{args.min_from_scratch_steps}. Pass --num_train_epochs {needed} (or --max_steps "
+            f"{args.min_from_scratch_steps}), or leave both out: the default sizes the schedule to the data.")
+
+
+def steps_per_epoch(args: TrainingArguments, num_train_examples: int) -> int:
+    batches = math.ceil(num_train_examples / (args.per_device_train_batch_size * args.world_size))
+    return max(1, math.ceil(batches / args.gradient_accumulation_steps))
+
+
+def _global_batch_size(args: TrainingArguments) -> int:
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
 
 
 # A run that would evaluate and save at more epochs than this, with the cadence left unset, does so every N steps
@@ -112,21 +203,34 @@ MAX_EPOCH_CADENCE = 30
 CADENCE_TARGET = 20
 
 
-def size_cadence(args: DeiTTrainingArguments, num_train_examples: Optional[int]) -> Optional[int]:
-    """Evaluation and checkpoints follow the run's length, not the epoch: where `eval_strategy` and `save_strategy`
-    were left unset ("epoch") and the run is more than MAX_EPOCH_CADENCE epochs, the unset ones become every
-    ceil(steps / CADENCE_TARGET) steps (the last step is evaluated and saved too: the Trainer's end-of-run rule). With
-    `load_best_model_at_end` both must be unset, and move together, so that each evaluation has its checkpoint and the
-    best one is still kept; else nothing changes. Returns the interval in steps, or None when the cadence stays."""
-    if not num_train_examples:
+def size_cadence(args: DeiTTrainingArguments, num_train_examples: Optional[int],
+                 has_eval_dataset: bool = True) -> Optional[int]:
+    """Evaluation and checkpoints left unset (None), sized to the run. Evaluation is every epoch with an evaluation
+    set, else none (as `TrainingArguments`' own default), so that a trainer given only a training set trains;
+    checkpoints are every epoch. `load_best_model_at_end` left unset (the teacher's) is on when evaluation and saving
+    happen at the same cadence, keeping the best checkpoint by accuracy.
+
+    Then the cadence follows the run's length, not the epoch: in a run of more than MAX_EPOCH_CADENCE epochs, the
+    unset ones become every ceil(steps / CADENCE_TARGET) steps (the last step is evaluated and saved too: the
+    Trainer's end-of-run rule). With `load_best_model_at_end` both must be unset, and move together, so that each
+    evaluation has its checkpoint and the best one is still kept; else nothing changes. Returns the interval in steps,
+    or None when the cadence stays."""
+    evaluate, save = args.eval_strategy is None and has_eval_dataset, args.save_strategy is None
+    if args.eval_strategy is None:
+        args.eval_strategy, args.do_eval = IntervalStrategy.EPOCH if evaluate else IntervalStrategy.NO, evaluate
+    if save:
+        args.save_strategy = SaveStrategy.EPOCH
+    if args.load_best_model_at_end is None:
+        evaluating, saving = (getattr(value, "value", value) for value in (args.eval_strategy, args.save_strategy))
+        args.load_best_model_at_end = evaluating == saving != "no" and (
+            evaluating != "steps" or args.eval_steps == args.save_steps)
+        if args.load_best_model_at_end and args.metric_for_best_model is None:
+            args.metric_for_best_model, args.greater_is_better = "accuracy", True
+    if not num_train_examples or not (evaluate or save) or (args.load_best_model_at_end and not (evaluate and save)):
         return None
-    evaluate = not getattr(args, "_eval_strategy_given", True) and args.eval_strategy == IntervalStrategy.EPOCH
-    save = not getattr(args, "_save_strategy_given", True) and args.save_strategy == SaveStrategy.EPOCH
-    if not (evaluate or save) or (args.load_best_model_at_end and not (evaluate and save)):
-        return None
-    steps_per_epoch = args._steps_per_epoch(num_train_examples)
-    steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
-    if math.ceil(steps / steps_per_epoch) <= MAX_EPOCH_CADENCE:
+    per_epoch = steps_per_epoch(args, num_train_examples)
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch)
+    if math.ceil(steps / per_epoch) <= MAX_EPOCH_CADENCE:
         return None
     interval = math.ceil(steps / CADENCE_TARGET)
     if evaluate:

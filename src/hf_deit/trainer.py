@@ -39,7 +39,7 @@ from .losses import LabelFallback, classification_loss
 from .metrics import HEAD_FIELDS, make_compute_metrics  # noqa: F401  (also importable from here, where it used to live)
 from .objective import DistillationObjective
 from .preemption import shield_workers
-from .run import size_run
+from .run import size_run, steps_per_epoch
 from .teacher import EVALUATION_EPOCH, Teacher, TeacherForwardOutput
 from .teacher_check import check_teacher, eval_transform_of
 from .teacher_record import RecordedTeacher
@@ -324,7 +324,7 @@ class DistillationTrainer(DeiTTrainerBase):
                              "them with --protect_from_weak_teacher false.")
         args, dataset = self.args, self.train_dataset
         if args.max_steps <= 0:
-            args.max_steps = math.ceil(args.num_train_epochs * args._steps_per_epoch(len(dataset)))
+            args.max_steps = math.ceil(args.num_train_epochs * steps_per_epoch(args, len(dataset)))
         self.train_dataset = dataset.select(np.flatnonzero(np.asarray(dataset.with_format(None)["label"]) >= 0))
         logger.info("Training on the %d labelled images only, for the %d steps sized with the unlabelled ones.",
                     len(self.train_dataset), args.max_steps)

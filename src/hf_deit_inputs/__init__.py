@@ -10,6 +10,8 @@ only, so that a mistyped path, name or choice is answered in a fraction of a sec
                  the augmentation presets and the teacher architectures.
     terms.py     the distillation terms' declarations: their settings (fields, flags, --help, checks) and teacher
                  outputs, and the one "needs a teacher" rule.
+    flags.py     the scripts' flags as `HfArgumentParser` dataclasses, read by --help (help.py) before torch loads;
+                 `hf_deit.arguments` puts DeiT's training flags over transformers' `TrainingArguments`.
     checks.py    `InputError` and the checks of every input named on a command line: paths, presets, Hub ids
                  (offline or not), choices, ranges and flags that contradict each other.
 """

@@ -23,9 +23,9 @@ from .choices import EMBEDDED_DATASETS, RESUME_LATEST, RESUME_NEVER, RUN_SETTING
 from .terms import teacher_needed_by
 from .folders import IMAGE_EXTENSIONS, find_class_folders, has_image, is_image_file
 
-MODEL_PRESETS = tuple(  # hf_deit.configuration_distilled_deit.PRESET_ALIASES, then PRESETS
-    [f"{size}{suffix}" for suffix in ("", "-384") for size in ("tiny", "small", "base")]
-    + [f"deit_{size}_distilled_patch16_{res}" for res in (224, 384) for size in ("tiny", "small", "base")]
+PRESET_ALIASES = tuple(f"{size}{suffix}" for suffix in ("", "-384") for size in ("tiny", "small", "base"))
+MODEL_PRESETS = PRESET_ALIASES + tuple(  # hf_deit.configuration_distilled_deit.PRESET_ALIASES, then PRESETS
+    f"deit_{size}_distilled_patch16_{res}" for res in (224, 384) for size in ("tiny", "small", "base")
 )
 PRESET_PATCH_SIZE = 16
 SPLIT_FOLDER_NAMES = ("train", "training", "val", "valid", "validation", "test", "eval")

@@ -26,12 +26,14 @@ DEFAULT_DATASET = EMBEDDED_DATASETS[0]  # the scripts' --dataset_name
 SMALL_IMAGE_MAX_SIZE = 64
 RAND_AUGMENT_MAX_MAGNITUDE = 10.0  # timm's magnitude scale: m9 applies 90% of each op's largest strength
 DEFAULT_CROP_PCT = 0.875  # DeiT evaluates on a center crop of 224 / 256 of the shorter side
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation's default
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The augmentation recipe's presets: the paper's, less what does not fit. "small_images": 28-32 px digits, where the
 # paper's crops would cut most of a digit away and mirror images are other symbols, in the short budgets these images
 # get (README, "Where the defaults come from"). "cnn_from_scratch": a new CNN teacher on a small folder of larger
 # images (train_teacher.py's default above 64 px): RandAugment, erasing and mixup/cutmix are for a ViT on ImageNet.
-AUTO_PRESET = "auto"  # by the image size (hf_deit.arguments.AugmentationArguments.resolved)
+AUTO_PRESET = "auto"  # by the image size (hf_deit_inputs.flags.AugmentationArguments.resolved)
 _PAPER = dict(
     image_size=224, crop_pct=DEFAULT_CROP_PCT, scale_min=0.08, hflip=0.5, rand_augment="9", rand_augment_num_ops=2,
     rand_augment_mstd=0.5, color_jitter=0.0, reprob=0.25, mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5,

@@ -1,26 +1,21 @@
 """`train.py --help` (and `train_teacher.py --help`) in a fraction of a second, grouped by what the flags are for.
 
-The flags live in the argument dataclasses (`hf_deit.arguments`), whose import costs seconds of torch;
-`write_help_catalogue()` there renders them into `train_flags.json` and `teacher_flags.json` beside this module
-(tests/test_inputs.py fails while one is out of date). The distillation terms' settings are read from their
-declarations (`hf_deit_inputs.terms`), so a term from outside the package is listed too. `--help_all` prints the full,
-slower listing of every flag, transformers' `TrainingArguments` included.
+The flags are read from their dataclasses (`hf_deit_inputs.flags`), which need no torch; the distillation terms'
+settings are fields there too, made from their declarations (`hf_deit_inputs.terms`), so a term from outside the
+package is listed as well. `--help_all` prints the full, slower listing of every flag, transformers' `TrainingArguments`
+included.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import dataclasses
 import sys
 import textwrap
 import typing
 from typing import Sequence
 
-from . import terms
+from . import choices, flags
 
-CATALOGUE_PATH = os.path.join(os.path.dirname(__file__), "train_flags.json")
-TEACHER_CATALOGUE_PATH = os.path.join(os.path.dirname(__file__), "teacher_flags.json")  # train_teacher.py's
-REGENERATE = "python -c 'import hf_deit.arguments as a; a.write_help_catalogue()'"
 # The TrainingArguments flags a first run needs, shown under "Training"; the other ~150 are in --help_all.
 COMMON_TRAINING_FLAGS = (
     "output_dir", "overwrite_output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -28,40 +23,75 @@ COMMON_TRAINING_FLAGS = (
     "eval_strategy", "save_strategy", "logging_steps", "resume_from_checkpoint", "dataloader_num_workers", "report_to",
     "push_to_hub", "hub_model_id",
 )  # fmt: skip
+# Those of them that `flags.DeiTTrainingFlags` leaves to transformers: (type, transformers' default, help). The
+# defaults are transformers' own (tests/test_inputs.py checks them against the installed `TrainingArguments`).
+TRANSFORMERS_FLAGS = {
+    "max_steps": ("int", -1, "Optimizer steps; a positive number overrides --num_train_epochs (a stream needs it)."),
+    "seed": ("int", 42, "Random seed: initialisation, augmentation, and a carved-out validation split."),
+    "resume_from_checkpoint": ("str", None, "A checkpoint folder, 'auto' (the newest one) or 'false' (start fresh); "
+                               "default: the newest in --output_dir, saved with the same settings."),
+    "dataloader_num_workers": ("int", 0, "Worker processes decoding the images (0: the main process)."),
+    "report_to": ("str", "none", "Where the logs go besides the console: none, all, trackio, tensorboard, wandb, ..."),
+    "push_to_hub": ("bool", False, "Push the model and its card to the Hub at the end of training."),
+    "hub_model_id": ("str", None, "The Hub repository to push to (user/name): --push_to_hub needs it."),
+}  # fmt: skip
 WIDTH = 100
-DISTILLATION_GROUP = "Distillation"  # train.py's group that lists the terms' settings
+DISTILLATION_GROUP = "Distillation"  # train.py's group of the teacher's and the terms' settings
 
 
-def answer_help(argv: Sequence[str], prog: str, description: str, catalogue_path: str = CATALOGUE_PATH) -> list[str]:
-    """Print the grouped help (of the script whose catalogue is `catalogue_path`) and exit when `argv` asks for it
+def answer_help(argv: Sequence[str], prog: str, description: str, teacher: bool = False) -> list[str]:
+    """Print the grouped help (of train.py, or with `teacher` of train_teacher.py) and exit when `argv` asks for it
     (-h/--help); `--help_all` becomes the full parser's `--help`. Returns the command line to parse."""
     if any(token in ("-h", "--help") for token in argv):
-        with open(catalogue_path) as handle:
-            sys.stdout.write(format_help(prog, description, json.load(handle)))
+        sys.stdout.write(format_help(prog, description, help_groups(teacher)))
         sys.exit(0)
     return ["--help" if token == "--help_all" else token for token in argv]
 
 
-def format_help(prog: str, description: str, catalogue: dict) -> str:
+def help_groups(teacher: bool = False) -> list[tuple]:
+    """train.py's (`teacher`: train_teacher.py's) flags by group: (title, note, [(name, type, default, help)])."""
+    model, training = (flags.TeacherArguments, flags.TeacherTrainingFlags) if teacher else (
+        flags.ModelArguments, flags.DeiTTrainingFlags)
+    groups = [  # (title, dataclass, the flags shown or None for all, note)
+        (model._argument_group_name, model, None, None),
+        (flags.DataArguments._argument_group_name, flags.DataArguments, None, None),
+        (flags.AugmentationArguments._argument_group_name, flags.AugmentationArguments, None,
+         f"{'The student' if teacher else 'DeiT'}'s recipe; a flag left out takes the --preset's value."),
+        *([] if teacher else [(DISTILLATION_GROUP, flags.DistillationFlags, None, None)]),
+        ("Training", training, COMMON_TRAINING_FLAGS,
+         f"The usual ones (defaults: {'a CNN' if teacher else 'DeiT'}'s recipe, see --help_all)."),
+    ]  # fmt: skip
+    listed = []
+    for title, declared, names, note in groups:
+        by_name = {item.name: item for item in dataclasses.fields(declared)}
+        entries = []
+        for name in names or by_name:
+            item = by_name.get(name)
+            if item is None:
+                entries.append((name, *TRANSFORMERS_FLAGS[name]))
+                continue
+            default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+            entries.append((name, type_name(item.type), default, item.metadata.get("help", "")))
+        listed.append((title, note, entries))
+    return listed
+
+
+def format_help(prog: str, description: str, groups: list[tuple]) -> str:
     lines = [f"usage: {prog} [--flag value ...]   or   {prog} settings.json", "", textwrap.dedent(description).strip(), ""]
-    for group in catalogue["groups"]:
-        lines += [f"{group['title']}:"]
-        if group.get("note"):
-            lines += textwrap.wrap(group["note"], WIDTH, initial_indent="  ", subsequent_indent="  ")
-        declared = term_entries() if group["title"] == DISTILLATION_GROUP else []
-        for flag in group["flags"] + declared:
-            lines.append(f"  --{flag['name']} {flag['metavar']}".rstrip())
-            text = flag["help"] + (f" (default: {flag['default']})" if flag["default"] not in (None, "") else "")
+    for title, note, entries in groups:
+        lines += [f"{title}:"]
+        if note:
+            lines += textwrap.wrap(note, WIDTH, initial_indent="  ", subsequent_indent="  ")
+        for name, kind, default, help_text in entries:
+            options = choices.rule(name)[0]
+            metavar = {"bool": "{true,false}", "int": "N", "float": "X", "list": "V [V ...]"}.get(kind, "VALUE")
+            lines.append(f"  --{name} {'{' + ','.join(options) + '}' if options else metavar}")
+            shown = f"{default:g}" if isinstance(default, float) else default
+            text = " ".join(help_text.split()) + (f" (default: {shown})" if shown not in (None, "") else "")
             lines += textwrap.wrap(text, WIDTH, initial_indent="      ", subsequent_indent="      ")
         lines.append("")
     lines.append(f"Every flag of transformers' TrainingArguments works too: {prog} --help_all lists them all (slower).")
     return "\n".join(lines) + "\n"
-
-
-def term_entries() -> list[dict]:
-    """The declared settings of the distillation terms, as catalogue entries."""
-    return [catalogue_entry(item.name, type_name(item.annotation), item.default, item.help, item.choices)
-            for item in terms.term_settings()]  # fmt: skip
 
 
 def type_name(annotation) -> str:
@@ -73,12 +103,3 @@ def type_name(annotation) -> str:
     if arguments and base is not None:  # Optional[X] / X | str
         return type_name(arguments[0])
     return getattr(annotation, "__name__", "str")
-
-
-def catalogue_entry(name: str, type_name: str, default, help_text: str, choices: Sequence[str] = ()) -> dict:
-    """One flag: `metavar` from its choices (`{a,b}`), else its type."""
-    metavar = {"bool": "{true,false}", "int": "N", "float": "X", "list": "V [V ...]"}.get(type_name, "VALUE")
-    metavar = "{" + ",".join(choices) + "}" if choices else metavar
-    if isinstance(default, float):
-        default = f"{default:g}"
-    return {"name": name, "metavar": metavar, "default": default, "help": " ".join(str(help_text).split())}

@@ -73,15 +73,15 @@ class TermSettings:
 
 
 TERMS: dict[str, TermSettings] = {}  # in the order the objective sums them
-_fields_made = False  # DistillationConfig's fields are made from the declarations (`settings_made_fields`)
+_fields_made = False  # DistillationFlags' fields are made from the declarations (`settings_made_fields`)
 
 
 def declare_term(term: TermSettings) -> TermSettings:
-    """Adds a term's declaration (last in the sum). Its settings become `DistillationConfig` fields when
-    `hf_deit.arguments` is imported, so a term declared after that is refused."""
+    """Adds a term's declaration (last in the sum). Its settings become `DistillationFlags` fields when
+    `hf_deit_inputs.flags` is imported, so a term declared after that is refused."""
     if _fields_made:
-        raise RuntimeError(f"Declare the term {term.name!r} before importing hf_deit.arguments: DistillationConfig's "
-                           "fields are made from the declarations when it is imported.")  # fmt: skip
+        raise RuntimeError(f"Declare the term {term.name!r} before importing hf_deit.arguments (or "
+                           "hf_deit_inputs.flags): the settings' fields are made from the declarations then.")
     if term.name in TERMS and TERMS[term.name] != term:
         raise ValueError(f"A distillation term named {term.name!r} is declared already.")
     unknown = set(term.teacher_outputs) - set(TEACHER_OUTPUTS)
@@ -105,7 +105,7 @@ def term_settings() -> list[Setting]:
 
 
 def settings_made_fields() -> list[Setting]:
-    """`term_settings()`, for `DistillationConfig` to make its fields from: later declarations are refused."""
+    """`term_settings()`, for `DistillationFlags` to make its fields from: later declarations are refused."""
     global _fields_made
     _fields_made = True
     return term_settings()
