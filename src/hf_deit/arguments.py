@@ -161,7 +161,6 @@ def train_argument_parser():
     from hf_deit_inputs.help import DISTILLATION_GROUP
     from transformers import HfArgumentParser
 
-
     parser = HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, DistillationConfig))
     distillation = parser.add_argument_group(DISTILLATION_GROUP)
     for group in parser._action_groups[:-1]:
