@@ -22,7 +22,6 @@ from hf_deit.data import (
     build_train_transform,
     load_embedded_dataset,
     load_image_classification_dataset,
-    recipe_defaults,
     split_labeled,
     to_rgb,
 )
@@ -159,12 +158,12 @@ def test_train_transform_shapes_and_statistics(digit_images):
 
 
 def test_presets_and_resolution():
-    paper = recipe_defaults(224)
+    paper = AugmentationArguments(image_size=224).resolved()
     assert (paper.preset, paper.scale_min, paper.hflip, paper.rand_augment_magnitude, paper.reprob) == (
         "imagenet", 0.08, 0.5, 9.0, 0.25,
     )  # fmt: skip
     assert (paper.mixup, paper.cutmix, paper.mixup_switch_prob, paper.crop_pct) == (0.8, 1.0, 0.5, 0.875)
-    small = recipe_defaults(32)
+    small = AugmentationArguments(image_size=32).resolved()
     assert small.preset == "small_images" and small.hflip == 0.0 and small.image_size == 32
     # Light: heavier augmentation held a from-scratch student far lower on the short budgets small images get.
     assert (small.scale_min, small.rand_augment_magnitude, small.reprob, small.mixup, small.crop_pct) == (
@@ -570,7 +569,7 @@ PUBLIC_NAMES = (
     "MixupCutmixCollator", "NoisyRandAugment", "RepeatedAugmentationSampler", "ToNormalizedTensor",
     "apply_transforms", "build_collator", "build_eval_transform", "build_train_transform", "decode_image",
     "drop_skipped_examples", "image_source", "load_embedded_dataset", "load_image_classification_dataset",
-    "load_image_folders", "load_unlabeled_images", "make_batch_transform", "recipe_defaults", "split_labeled",
+    "load_image_folders", "load_unlabeled_images", "make_batch_transform", "split_labeled",
     "stratified_split_indices", "to_rgb", "undecoded_images",
 )  # fmt: skip
 

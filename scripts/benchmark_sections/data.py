@@ -66,12 +66,12 @@ def data_section(settings: BenchmarkSettings, log: Callable[[str], None]) -> lis
     """Images/s of decode + DeiT train transforms + mixup/cutmix collation through a DataLoader, per worker count,
     read as training reads them: each view seeded by its place in the epoch (`hf_deit.data.samplers`). Each round is
     a full pass; time is counted from the first batch (so worker start-up is excluded)."""
-    from hf_deit.data import apply_transforms, build_collator, build_train_transform, recipe_defaults
+    from hf_deit.data import AugmentationArguments, apply_transforms, build_collator, build_train_transform
     from hf_deit.data.samplers import PositionSeededCollator, PositionSeededDataset, PositionSeededSampler
 
     num_labels = 10
     dataset = make_image_dataset(settings.data_images, settings.data_image_size, num_labels)
-    recipe = recipe_defaults(settings.data_image_size)
+    recipe = AugmentationArguments(image_size=settings.data_image_size).resolved()
     from datasets import DatasetDict
 
     train = apply_transforms(DatasetDict(train=dataset), build_train_transform(recipe), build_train_transform(recipe))["train"]

@@ -98,10 +98,10 @@ def _pipeline(settings: BenchmarkSettings, size: int, batch_size: int, num_class
     """A function giving the next batch of training views of encoded images: decode, DeiT's train transforms, mixup."""
     from datasets import DatasetDict
 
-    from hf_deit.data import apply_transforms, build_collator, build_train_transform, recipe_defaults
+    from hf_deit.data import AugmentationArguments, apply_transforms, build_collator, build_train_transform
     from hf_deit.data.samplers import PositionSeededCollator, PositionSeededDataset, PositionSeededSampler
 
-    recipe = recipe_defaults(size)
+    recipe = AugmentationArguments(image_size=size).resolved()
     images = make_image_dataset(max(2 * batch_size, 8), size, num_classes)
     train = apply_transforms(DatasetDict(train=images), build_train_transform(recipe), build_train_transform(recipe))
     views = torch.utils.data.BatchSampler(PositionSeededSampler(torch.utils.data.RandomSampler(train["train"]), 0),

@@ -60,7 +60,6 @@ from .transforms import (
     build_eval_transform,
     build_train_transform,
     make_batch_transform,
-    recipe_defaults,
 )
 
 __all__ = [
@@ -100,7 +99,6 @@ __all__ = [
     "load_unlabeled_images",
     "make_batch_transform",
     "mix_seed",
-    "recipe_defaults",
     "size_input",
     "split_labeled",
     "stratified_split_indices",

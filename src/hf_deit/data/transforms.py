@@ -21,11 +21,6 @@ from ..arguments import AugmentationArguments
 from ..image_processing import eval_resize_size
 from .decoding import decode_or_skip, substitute_image, to_rgb, transform_image, undecoded_images
 
-def recipe_defaults(image_size: int) -> AugmentationArguments:
-    """The resolved recipe for a given input size: the paper's above 64 px, the small-image preset below."""
-    return AugmentationArguments(image_size=image_size).resolved()
-
-
 
 _MAGNITUDE_STEPS = 10  # bins per magnitude unit: noise resolution 0.1
 
