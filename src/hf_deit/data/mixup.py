@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from hf_deit_inputs.choices import problems
 
 from .decoding import BadImageError
 from ..arguments import AugmentationArguments
@@ -57,8 +58,10 @@ class MixupCutmixCollator:
     ):
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}.")
-        if mixup_alpha < 0 or cutmix_alpha < 0 or not 0 <= switch_prob <= 1 or not 0 <= prob <= 1:
-            raise ValueError("Alphas must be >= 0, switch_prob and prob in [0, 1].")
+        # The ranges of the flags these come from (--mixup, --cutmix, --mixup_switch_prob, --mixup_prob).
+        found = problems({"mixup": mixup_alpha, "cutmix": cutmix_alpha, "mixup_switch_prob": switch_prob, "mixup_prob": prob})
+        if found:
+            raise ValueError(" ".join(found))
         self.num_classes = num_classes
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
