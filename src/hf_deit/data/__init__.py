@@ -11,6 +11,8 @@
 Every public name of these modules is importable from `hf_deit.data`; each is documented where it is defined.
 """
 
+import types as _types
+
 from hf_deit_inputs.choices import (
     AUGMENTATION_PRESETS,
     EMBEDDED_DATASETS,
@@ -62,46 +64,5 @@ from .transforms import (
     make_batch_transform,
 )
 
-__all__ = [
-    "AUGMENTATION_PRESETS",
-    "BAD_IMAGE_PATHS_LOGGED",
-    "DEFAULT_DATASET",
-    "DIGIT_NAMES",
-    "EMBEDDED_DATASETS",
-    "EMBEDDED_SPLIT_SEED",
-    "EMBEDDED_VALIDATION_FRACTION",
-    "EVAL_SPLIT_CANDIDATES",
-    "RAND_AUGMENT_MAX_MAGNITUDE",
-    "SMALL_IMAGE_MAX_SIZE",
-    "SUBSTITUTE_TRIES",
-    "AugmentationArguments",
-    "BadImageError",
-    "CenterCrop",
-    "InputSize",
-    "MixupCutmixCollator",
-    "NoisyRandAugment",
-    "PositionSeededCollator",
-    "PositionSeededDataset",
-    "PositionSeededSampler",
-    "RepeatedAugmentationSampler",
-    "ToNormalizedTensor",
-    "apply_transforms",
-    "build_collator",
-    "build_eval_transform",
-    "build_train_transform",
-    "decode_image",
-    "drop_skipped_examples",
-    "image_source",
-    "load_embedded_dataset",
-    "load_dataset_from_args",
-    "load_image_classification_dataset",
-    "load_image_folders",
-    "load_unlabeled_images",
-    "make_batch_transform",
-    "mix_seed",
-    "size_input",
-    "split_labeled",
-    "stratified_split_indices",
-    "to_rgb",
-    "undecoded_images",
-]
+# Every name imported above, nothing else (the submodules are reached by their own path).
+__all__ = [name for name, value in globals().items() if not name.startswith("_") and not isinstance(value, _types.ModuleType)]
