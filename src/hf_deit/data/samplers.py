@@ -24,7 +24,7 @@ on prefetching or on the number of DataLoader workers.
 from __future__ import annotations
 
 import math
-from typing import Iterator, NamedTuple, Optional
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -48,18 +48,13 @@ class RepeatedAugmentationSampler(torch.utils.data.Sampler[int]):
     def __init__(
         self,
         dataset,
-        num_replicas: Optional[int] = None,
-        rank: Optional[int] = None,
-        shuffle: bool = True,
+        num_replicas: int,
+        rank: int,
         seed: int = 0,
         num_repeats: int = 3,
         round_to: int = 256,
         visit_all_repeats: bool = False,
     ):
-        if num_replicas is None or rank is None:
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            num_replicas = num_replicas if num_replicas is not None else (torch.distributed.get_world_size() if distributed else 1)
-            rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}.")
         if num_repeats < 1 or round_to < 1:
@@ -67,7 +62,6 @@ class RepeatedAugmentationSampler(torch.utils.data.Sampler[int]):
         self.dataset_size = len(dataset)
         self.num_replicas = num_replicas
         self.rank = rank
-        self.shuffle = shuffle
         self.seed = seed
         self.num_repeats = num_repeats
         self.epoch = 0
@@ -92,10 +86,7 @@ class RepeatedAugmentationSampler(torch.utils.data.Sampler[int]):
         return cls(dataset, num_replicas=world_size, rank=rank, seed=seed, num_repeats=num_repeats, round_to=round_to)
 
     def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            order = torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = torch.arange(self.dataset_size)
+        order = torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         repeated = order.repeat_interleave(self.num_repeats)
         total = self.num_samples * self.num_replicas
         repeated = torch.cat([repeated, repeated[: total - len(repeated)]])
