@@ -63,13 +63,6 @@ class NonFiniteLossError(RuntimeError):
 
     def __init__(self, step: int, terms: Sequence[str], checkpoint: str | None = None):
         self.step, self.terms, self.checkpoint = step, list(terms), checkpoint
-        super().__init__(self._message())
-
-    def with_checkpoint(self, checkpoint: str | None) -> "NonFiniteLossError":
-        return NonFiniteLossError(self.step, self.terms, checkpoint)
-
-    def _message(self) -> str:
-        terms = ", ".join(self.terms)
         saved = (
             f"The weights were not updated by that step; the state before it is saved in {self.checkpoint} "
             f"(resume with --resume_from_checkpoint {self.checkpoint} once the cause is fixed)."
@@ -83,8 +76,8 @@ class NonFiniteLossError(RuntimeError):
         ]
         if any("distillation" in term for term in self.terms):
             hints.insert(0, "a teacher returning NaN/inf logits (check it on a batch alone)")
-        return (
-            f"Training stopped: the loss term(s) {terms} became NaN or infinite at step {self.step}. {saved} "
+        super().__init__(
+            f"Training stopped: the loss term(s) {', '.join(self.terms)} became NaN or infinite at step {self.step}. {saved} "
             f"Usual causes: {'; '.join(hints)}."
         )
 
@@ -113,7 +106,7 @@ class NonFiniteLossGuard(TrainerCallback):
             # No public hook saves a checkpoint before the optimizer step: Trainer's own save, which every rank runs.
             saved = trainer._save_checkpoint(trainer.model, trial=None)  # our trainers' returns its folder
             saved = saved or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            raise error.with_checkpoint(saved) from None
+            raise NonFiniteLossError(error.step, error.terms, saved) from None
 
     def observe(self, terms: torch.Tensor, names: Sequence[str]) -> None:
         """`terms`: a 1-D tensor of this micro-batch's loss terms, named by `names`. No host synchronisation."""
@@ -139,17 +132,14 @@ MIN_LOGS_PER_RUN = 20
 
 
 class LogAtLeastEvery(TrainerCallback):
-    """Logs the training loss at least every 1/`times` of training when `logging_steps` is coarser than that: a short
-    run (a few hundred steps, or a small image folder) would otherwise log it once or never with a fixed number of
-    steps, and a long run keeps its own, finer `logging_steps`."""
-
-    def __init__(self, times: int = MIN_LOGS_PER_RUN):
-        self.times = times
+    """Logs the training loss at least every 1/`MIN_LOGS_PER_RUN` of training when `logging_steps` is coarser than
+    that: a short run (a few hundred steps, or a small image folder) would otherwise log it once or never with a
+    fixed number of steps, and a long run keeps its own, finer `logging_steps`."""
 
     def on_step_end(self, args, state, control, **kwargs):
         if args.logging_strategy == "no" or not state.max_steps:
             return control
-        interval = max(1, state.max_steps // self.times)
+        interval = max(1, state.max_steps // MIN_LOGS_PER_RUN)
         if (state.logging_steps or 0) > interval and state.global_step % interval == 0:
             control.should_log = True
         return control
