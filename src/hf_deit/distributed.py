@@ -110,12 +110,6 @@ class PeerWatch(TrainerCallback):
         self._thread = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.stop()
-
-    def start(self) -> None:
         if self._thread is not None or not (dist.is_available() and dist.is_initialized()):
             return
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
@@ -128,7 +122,7 @@ class PeerWatch(TrainerCallback):
         self._thread = threading.Thread(target=self._watch, name="hf_deit_peer_watch", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def on_train_end(self, args, state, control, **kwargs):
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -182,15 +176,11 @@ def _process_exists(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return _read_state(pid) != "Z"  # a zombie has ended: only its exit status is left for its parent
-
-
-def _read_state(pid: int) -> str:
-    try:
+    try:  # a zombie has ended: only its exit status is left for its parent
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0]
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
-        return ""
+        return True
 
 
 # ---- FSDP on CPU processes ----
