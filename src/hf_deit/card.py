@@ -18,7 +18,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .metrics.head_metrics import HEADS as METRIC_HEADS
+from .metrics import HEADS as METRIC_HEADS
 
 # Shipped inside the package (src/hf_deit/model_cards is a symlink to the repository's model_cards/, and setup.cfg's
 # package_data copies it into wheels), so an installed hf_deit finds it as well as a checkout does.
