@@ -81,8 +81,8 @@ def save_checkpoint_atomically(trainer, save_checkpoint, model, trial) -> str:
     return final
 
 
-def remove_partial_checkpoints(run_dir: str) -> list[str]:
-    """Delete staging folders that a killed run left behind; returns their paths."""
+def remove_partial_checkpoints(run_dir: str) -> None:
+    """Delete staging folders that a killed run left behind."""
     removed = []
     if os.path.isdir(run_dir):
         for entry in os.listdir(run_dir):
@@ -92,7 +92,6 @@ def remove_partial_checkpoints(run_dir: str) -> list[str]:
                 removed.append(path)
     if removed:
         logger.info("Removed %d incomplete checkpoint(s) left by an interrupted save: %s", len(removed), removed)
-    return removed
 
 
 def resolve_resume_checkpoint(output_dir: str, requested: str | bool | None) -> str | None:
@@ -174,8 +173,7 @@ def prepare_output_dir(output_dir: str, settings: dict, overwrite: bool = False,
     """Refuse a run into `output_dir` whose recorded settings differ from `settings` (see the module docstring);
     with `overwrite`, delete the old run's checkpoints instead (when `write`: the main process). Nothing is written
     here: `record_run_settings` does it once training starts, so a run that fails earlier leaves no trace."""
-    saved = _recorded_settings(output_dir)
-    differences = settings_differences(saved, settings) if saved is not None else {}
+    saved, differences = _recorded_differences(output_dir, settings)
     if differences and not overwrite:
         listed = "\n".join(f"  --{name}: {old!r} there, {new!r} now" for name, (old, new) in differences.items())
         raise ValueError(
@@ -198,12 +196,16 @@ def prepare_output_dir(output_dir: str, settings: dict, overwrite: bool = False,
         )  # fmt: skip
 
 
-def _recorded_settings(output_dir: str) -> dict | None:
+def _recorded_differences(output_dir: str, settings: dict) -> tuple[dict | None, dict[str, tuple]]:
+    """The settings recorded in `output_dir` (None when there are none), and {name: (recorded value, current value)}
+    for every setting both record that differs (a setting that one version of hf-deit has and another lacks is not
+    compared)."""
     path = os.path.join(output_dir, RUN_SETTINGS_NAME)
     if not os.path.isfile(path):
-        return None
+        return None, {}
     with open(path) as file:
-        return json.load(file)
+        saved = json.load(file)
+    return saved, {name: (saved[name], settings[name]) for name in sorted(set(saved) & set(settings)) if saved[name] != settings[name]}
 
 
 def record_run_settings(output_dir: str, settings: dict) -> None:
@@ -216,16 +218,9 @@ def record_run_settings(output_dir: str, settings: dict) -> None:
     os.replace(staging, path)
 
 
-def settings_differences(saved: dict, settings: dict) -> dict[str, tuple]:
-    """{name: (saved value, current value)} for every setting both record that differs (a setting that one version
-    of hf-deit has and another lacks is not compared)."""
-    return {name: (saved[name], settings[name]) for name in sorted(set(saved) & set(settings)) if saved[name] != settings[name]}
-
-
 def check_checkpoint_settings(checkpoint: str, settings: dict) -> None:
     """A checkpoint given by path (`--resume_from_checkpoint PATH`) resumes only a run of the same settings."""
-    saved = _recorded_settings(os.path.dirname(os.path.abspath(checkpoint)))
-    differences = settings_differences(saved, settings) if saved is not None else {}
+    differences = _recorded_differences(os.path.dirname(os.path.abspath(checkpoint)), settings)[1]
     if differences:
         listed = ", ".join(f"--{name} ({old!r} there, {new!r} now)" for name, (old, new) in differences.items())
         raise ValueError(f"--resume_from_checkpoint {checkpoint} was saved by a run with other settings: {listed}. "
