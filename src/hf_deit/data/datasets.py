@@ -10,6 +10,7 @@ transformed here (`hf_deit.data.transforms` does that).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 from typing import Optional, Sequence
@@ -132,7 +133,6 @@ def load_unlabeled_images(
     image_column_name: str = "image",
     max_samples: Optional[int] = None,
     seed: int = 0,
-    cache_dir: Optional[str] = None,
     token: Optional[str] = None,
 ) -> Dataset:
     """A pool of unlabelled training images: the `train` split of `dataset_name` (any source
@@ -150,7 +150,7 @@ def load_unlabeled_images(
             raise InputError([f"--unlabeled_train_dir {train_dir}: no images in it (or no such folder)."])
         source = Dataset.from_dict({image_column_name: files}, features=Features({image_column_name: Image()}))
     else:
-        source = _load_source(dataset_name, None, None, None, False, cache_dir, token)
+        source = _load_source(dataset_name, None, None, None, False, None, token)
     pool = _standardize_columns(source["train"] if isinstance(source, DatasetDict) else source, image_column_name)
     pool = _limit(pool, max_samples, seed)
     return pool.add_column("label", np.full(len(pool), -1, dtype=np.int64), feature=label_feature)
@@ -217,22 +217,11 @@ def load_image_classification_dataset(
 
 
 def load_dataset_from_args(data_args, seed: int, token: Optional[str] = None):
-    """The `DatasetDict` (train + validation) the data flags (`hf_deit.arguments.DataArguments`) describe."""
-    return load_image_classification_dataset(
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_dir=data_args.train_dir,
-        validation_dir=data_args.validation_dir,
-        image_column_name=data_args.image_column_name,
-        label_column_name=data_args.label_column_name,
-        eval_split=data_args.eval_split,
-        train_val_split=data_args.train_val_split,
-        seed=seed,
-        streaming=data_args.streaming,
-        max_train_samples=data_args.max_train_samples,
-        max_eval_samples=data_args.max_eval_samples,
-        token=token,
-    )
+    """The `DatasetDict` (train + validation) the data flags (`hf_deit.arguments.DataArguments`) describe: every flag
+    named as a parameter of `load_image_classification_dataset` goes to it."""
+    parameters = inspect.signature(load_image_classification_dataset).parameters
+    flags = {name: getattr(data_args, name) for name in parameters if hasattr(data_args, name)}
+    return load_image_classification_dataset(**flags, seed=seed, token=token)
 
 
 def _load_source(dataset_name, dataset_config_name, train_dir, validation_dir, streaming, cache_dir, token):
