@@ -176,11 +176,6 @@ def make_batch_transform(
     return batch_transform
 
 
-def _drop_skipped(batch: dict) -> dict:
-    kept = [i for i, pixels in enumerate(batch["pixel_values"]) if pixels is not None]
-    return {name: [column[i] for i in kept] for name, column in batch.items()}
-
-
 def apply_transforms(
     dataset: DatasetDict | IterableDatasetDict,
     train_transform: Callable,
@@ -202,8 +197,8 @@ def apply_transforms(
         split = undecoded_images(split)
         transform = train_transform if name == "train" else eval_transform
         if isinstance(split, IterableDataset):
-            stream_transform = lambda batch, fn=make_batch_transform(transform, skip_bad_images): _drop_skipped(fn(batch))  # noqa: E731
-            transformed[name] = split.map(stream_transform, batched=True, remove_columns=["image", "label"])
+            split = split.map(make_batch_transform(transform, skip_bad_images), batched=True, remove_columns=["image", "label"])
+            transformed[name] = split.filter(lambda pixels: pixels is not None, input_columns="pixel_values")
         else:
             transformed[name] = split.with_transform(make_batch_transform(transform, skip_bad_images, substitutes=split))
     return type(dataset)(transformed)
