@@ -28,7 +28,7 @@ def test_this_machine_reads_its_cpu_flags():
     flags = precision.cpu_flags()
     with open("/proc/cpuinfo") as cpuinfo:
         assert ("amx_bf16" in cpuinfo.read()) == ("amx_bf16" in flags)
-    assert precision.cpu_has_native_bf16() == bool(flags & {"amx_bf16", "avx512_bf16"})
+    assert precision.bf16_is_faster("cpu") == bool(flags & {"amx_bf16", "avx512_bf16"})  # native bf16 kernels
 
 
 def test_bf16_only_for_wide_enough_models_on_native_bf16_cpus(amx_cpu):

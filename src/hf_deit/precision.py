@@ -27,10 +27,6 @@ def cpu_flags() -> set[str]:
     return set(line.partition(":")[2].split())
 
 
-def cpu_has_native_bf16() -> bool:
-    return any(flag in cpu_flags() for flag in _NATIVE_BF16_CPU_FLAGS)
-
-
 def bf16_is_faster(
     device: str | torch.device,
     hidden_size: int | None = None,
