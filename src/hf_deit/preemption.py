@@ -82,12 +82,6 @@ class StopOnSignal(TrainerCallback):
                            "again stops at once, without saving).", signal.Signals(signal_number).name)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._stop_requested(args):
-            control.should_save = True
-            control.should_training_stop = True
-            self.stopped_at = state.global_step
-
-    def _stop_requested(self, args) -> bool:
         requested = self.received is not None
         if args.world_size > 1 and torch.distributed.is_initialized():
             flag = torch.tensor([float(requested)], device=args.device)
@@ -95,7 +89,10 @@ class StopOnSignal(TrainerCallback):
             requested = bool(flag.item())
             if requested and self.received is None:
                 self.received = signal.SIGTERM  # another rank was asked: stop with it
-        return requested
+        if requested:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
 
     def on_train_end(self, args, state, control, **kwargs):
         self.restore_handlers()
