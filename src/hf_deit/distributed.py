@@ -72,11 +72,6 @@ def _release_group(trainer) -> None:
         trainer.accelerator.free_memory()  # and the accelerator keeps the prepared model, optimizer and loaders
     gc.collect()  # the wrappers sit in reference cycles: free them before the group is destroyed
     dist.destroy_process_group()
-    _forget_groups_in_device_meshes()
-    gc.collect()  # the group's last reference: its destructor drains the queue and joins the worker threads
-
-
-def _forget_groups_in_device_meshes() -> None:
     # FSDP2 and DTensor (torch 2.14) keep each DeviceMesh in module-level caches (DTensorSpec, redistribute plans)
     # for the life of the process, and a mesh holds its process groups in `_pg_registry`: the destroyed group would
     # outlive the script and its threads would meet interpreter shutdown. A mesh is unusable once its group is gone.
@@ -84,6 +79,7 @@ def _forget_groups_in_device_meshes() -> None:
 
     for mesh in (obj for obj in gc.get_objects() if isinstance(obj, DeviceMesh)):
         getattr(mesh, "_pg_registry", {}).clear()
+    gc.collect()  # the group's last reference: its destructor drains the queue and joins the worker threads
 
 
 # ---- a lost process: the survivors say which rank is gone and where to resume, instead of waiting on it ----
