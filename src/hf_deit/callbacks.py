@@ -32,6 +32,7 @@ import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
 from .distributed import PeerWatch, release_group_at_exit
+from .metrics import HEAD_PREFIXES
 from .preemption import StopOnSignal
 from .progress import progress_file_callback
 
@@ -181,24 +182,20 @@ def head_warnings(metrics: dict, num_labels: int, prefix: str = "eval_", num_exa
     """Warnings about the heads from evaluation metrics (`hf_deit.metrics.make_compute_metrics`): a head that
     collapsed onto one class or is at chance level, and averaged logits worse than the better head by more than a
     point and more than two of the `num_examples` evaluated (so that one image of a small split is not an alarm)."""
-    warnings = []
-    from .metrics import HEAD_PREFIXES
-
-    heads = dict(zip(("class head", "distillation head"), HEAD_PREFIXES[1:]))
+    warnings, accuracies = [], {}
     chance = 1.0 / max(num_labels, 1)
-    for name, head in heads.items():
+    for name, head in zip(("class head", "distillation head"), HEAD_PREFIXES[1:]):
         accuracy = metrics.get(f"{prefix}{head}accuracy")
         share = metrics.get(f"{prefix}{head}majority_share")
         if accuracy is None:
             continue
+        accuracies[name] = accuracy
         if share is not None and share >= COLLAPSED_SHARE and accuracy < share - 0.2:
             warnings.append(f"The {name} has collapsed: it predicts one class for {share:.0%} of the evaluation images "
                             f"(accuracy {accuracy:.1%}).")
         elif num_labels > 2 and accuracy <= 1.5 * chance:
             warnings.append(f"The {name} is at chance level: accuracy {accuracy:.1%} with {num_labels} classes.")
     averaged = metrics.get(f"{prefix}accuracy")
-    accuracies = {name: metrics.get(f"{prefix}{head}accuracy") for name, head in heads.items()}
-    accuracies = {name: value for name, value in accuracies.items() if value is not None}
     if averaged is not None and accuracies:
         best = max(accuracies, key=accuracies.get)
         margin = max(0.01, 2 / num_examples if num_examples else 0.0)
