@@ -106,7 +106,7 @@ class CenterCrop(torch.nn.Module):
         return f"size={self.size}"
 
 
-def build_train_transform(args: Optional[AugmentationArguments] = None) -> v2.Compose:
+def build_train_transform(args: AugmentationArguments) -> v2.Compose:
     """DeiT's training transform: PIL image of any mode -> normalised float32 (3, image_size, image_size) tensor.
 
     to_rgb -> RandomResizedCrop(bicubic) -> flip -> RandAugment -> ColorJitter -> normalised tensor ->
@@ -114,7 +114,7 @@ def build_train_transform(args: Optional[AugmentationArguments] = None) -> v2.Co
     erasing runs on the normalised tensor with standard-normal noise per pixel (`value="random"`), which is timm's
     `mode="pixel"` that DeiT uses.
     """
-    args = (args or AugmentationArguments()).resolved()
+    args = args.resolved()
     steps = [
         to_rgb,  # a plain callable: v2.Lambda would add dispatch cost for nothing
         v2.RandomResizedCrop(
@@ -136,9 +136,9 @@ def build_train_transform(args: Optional[AugmentationArguments] = None) -> v2.Co
     return v2.Compose(steps)
 
 
-def build_eval_transform(args: Optional[AugmentationArguments] = None) -> v2.Compose:
+def build_eval_transform(args: AugmentationArguments) -> v2.Compose:
     """DeiT's evaluation transform, equal to `deit_image_processor(image_size, crop_pct, mean, std)`."""
-    args = (args or AugmentationArguments()).resolved()
+    args = args.resolved()
     return eval_transform(eval_resize_size(args.image_size, args.crop_pct), args.image_size, args.mean, args.std)
 
 
