@@ -1,12 +1,4 @@
-"""Samplers: which example comes next, and the seed its augmentation draws from.
-
-    RepeatedAugmentationSampler(dataset, num_replicas, rank, ...)   DeiT's RASampler (distributed runs).
-    PositionSeededSampler / PositionSeededDataset / PositionSeededCollator
-                                     augmentation seeded by its place in the epoch, so that a resumed run augments
-                                     exactly as an uninterrupted one (`DeiTTrainerBase` wraps the training data).
-    ViewKey                          what the sampler yields: the image, its seed, and the place it was drawn for
-                                     (epoch, position), by which recorded teacher outputs are found again
-                                     (`hf_deit.teacher_record`).
+"""Samplers: which example comes next (DeiT's repeated augmentation), and the seed its augmentation draws from.
 
 Augmentation randomness that resumes exactly. Trainer saves torch's global RNG with each checkpoint and restores it on
 resume, but the data pipeline draws from that same RNG (random crops, RandAugment, erasing, mixup) and accelerate's

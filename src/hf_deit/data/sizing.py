@@ -1,8 +1,6 @@
 """The model input sized to the images: a new model on a folder of images that left `--image_size` unset gets an
-input size that fits them, and a given `--image_size` far from them is named. One rule, used by `scripts/train.py`
-and `scripts/train_teacher.py`:
-
-    size_input(split, image_size=None, seed=0) -> InputSize | None
+input size that fits them, and a given `--image_size` far from them is named (`size_input`, used by
+`scripts/train.py` and `scripts/train_teacher.py`).
 
 The rule reads the sizes of a seeded sample of the images from their file headers (PIL opens a file without decoding
 its pixels) and takes the median short side m:
