@@ -131,9 +131,9 @@ def test_without_substitutes_bad_images_are_marked_for_dropping(image_folder):
 
 
 def test_skipped_images_are_counted_and_named_in_the_log(image_folder, caplog, monkeypatch):
-    import hf_deit.data.decoding
+    import hf_deit.data.transforms
 
-    monkeypatch.setattr(hf_deit.data.decoding, "_bad_image_count", 0)  # counted per process: earlier tests skipped some too
+    monkeypatch.setattr(hf_deit.data.transforms, "_bad_image_count", 0)  # counted per process: earlier tests skipped some too
     root, _, bad = image_folder
     _, loaders = _loader(root, skip=True, num_workers=0)
     caplog.set_level(logging.WARNING, logger="hf_deit.data")

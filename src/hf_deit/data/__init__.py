@@ -2,8 +2,8 @@
 
     datasets.py    where images and labels come from: any `datasets` source, image folders, the embedded digits,
                    the evaluation split, a stratified labelled subset, a pool of unlabelled images
-    decoding.py    image value -> 8-bit RGB PIL image; undecodable files skipped (or named in an error)
-    transforms.py  the per-image transforms, built from the augmentation recipe (`AugmentationArguments`)
+    transforms.py  image value -> 8-bit RGB PIL image (undecodable files skipped, or named in an error), then the
+                   per-image transforms, built from the augmentation recipe (`AugmentationArguments`)
     mixup.py       the collator: stack a batch and mix it (mixup/cutmix; label smoothing is the loss's)
     samplers.py    the order examples are read in: repeated augmentation, and seeds by position (exact resume)
     sizing.py      the model input sized to the images (a new model on a folder left without --image_size)
@@ -36,15 +36,6 @@ from .datasets import (
     split_labeled,
     stratified_split_indices,
 )
-from .decoding import (
-    BAD_IMAGE_PATHS_LOGGED,
-    SUBSTITUTE_TRIES,
-    BadImageError,
-    decode_image,
-    image_source,
-    to_rgb,
-    undecoded_images,
-)
 from .mixup import MixupCutmixCollator, build_collator, drop_skipped_examples
 from .samplers import (
     PositionSeededCollator,
@@ -55,13 +46,20 @@ from .samplers import (
 )
 from .sizing import InputSize, size_input
 from .transforms import (
+    BAD_IMAGE_PATHS_LOGGED,
+    SUBSTITUTE_TRIES,
+    BadImageError,
     CenterCrop,
     NoisyRandAugment,
     ToNormalizedTensor,
     apply_transforms,
     build_eval_transform,
     build_train_transform,
+    decode_image,
+    image_source,
     make_batch_transform,
+    to_rgb,
+    undecoded_images,
 )
 
 # Every name imported above, nothing else (the submodules are reached by their own path).

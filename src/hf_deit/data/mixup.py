@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from hf_deit_inputs.choices import problems
 
-from .decoding import BadImageError
+from .transforms import BadImageError
 from ..arguments import AugmentationArguments
 
 

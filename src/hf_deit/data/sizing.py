@@ -68,7 +68,7 @@ def sample_image_sizes(split, sample: int = SAMPLED_IMAGES, seed: int = 0) -> li
         try:
             with PILImage.open(source) as image:
                 sizes.append(image.size)
-        except Exception:  # noqa: BLE001 - a bad or missing file: hf_deit.data.decoding's policy applies later
+        except Exception:  # noqa: BLE001 - a bad or missing file: hf_deit.data.transforms' decoding policy applies later
             continue
     return sizes
 
