@@ -126,7 +126,6 @@ class PositionSeededSampler(torch.utils.data.Sampler):
         self.sampler = sampler
         self.seed = seed
         self.epoch = 0
-        self.shuffle_here = isinstance(sampler, torch.utils.data.RandomSampler)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -137,7 +136,7 @@ class PositionSeededSampler(torch.utils.data.Sampler):
         return len(self.sampler)
 
     def __iter__(self):
-        if self.shuffle_here:
+        if isinstance(self.sampler, torch.utils.data.RandomSampler):  # its own order comes from torch's global RNG
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             indices = torch.randperm(len(self.sampler.data_source), generator=generator).tolist()
         else:
