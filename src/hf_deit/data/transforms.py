@@ -149,17 +149,6 @@ def substitute_image(value, split: Dataset) -> tuple[Optional[PILImage.Image], i
     )
 
 
-def transform_image(transform: Callable, image: PILImage.Image, value) -> torch.Tensor:
-    """`transform(image)`, with a failure reported as a `BadImageError` that names the file."""
-    try:
-        return transform(image)
-    except Exception as error:
-        raise BadImageError(
-            f"Transforming the image {image_source(value)} (mode {image.mode}, size {image.size}) failed: "
-            f"{type(error).__name__}: {error}"
-        ) from error
-
-
 _MAGNITUDE_STEPS = 10  # bins per magnitude unit: noise resolution 0.1
 
 
@@ -307,7 +296,13 @@ def make_batch_transform(
             image = decode_or_skip(value, skip_bad_images)
             if image is None and substitutes is not None:
                 image, labels[row] = substitute_image(value, substitutes)
-            pixel_values.append(None if image is None else transform_image(transform, image, value))
+            try:
+                pixel_values.append(None if image is None else transform(image))
+            except Exception as error:  # reported as a BadImageError that names the file
+                raise BadImageError(
+                    f"Transforming the image {image_source(value)} (mode {image.mode}, size {image.size}) failed: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
         return {"pixel_values": pixel_values, "labels": labels}
 
     batch_transform.image_transform = transform  # what each image goes through, for records of the views it makes
