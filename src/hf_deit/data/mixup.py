@@ -69,6 +69,10 @@ class MixupCutmixCollator:
         self.prob = prob
         self.generator = generator
 
+    @property
+    def enabled(self) -> bool:
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
     def for_evaluation(self) -> "MixupCutmixCollator":
         """The same collation without mixing: evaluation batches keep their images and class ids."""
         return MixupCutmixCollator(self.num_classes, mixup_alpha=0.0, cutmix_alpha=0.0, prob=0.0)
@@ -86,7 +90,7 @@ class MixupCutmixCollator:
                 f"{labels.min().item()}..{labels.max().item()}."
             )
         batch = {"pixel_values": pixel_values, "labels": labels}
-        if self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+        if self.enabled:
             lam, use_cutmix = self.sample_params()
             batch["pixel_values"], batch["labels"] = self.mix(pixel_values, labels.clamp(min=0), lam, use_cutmix)
             if not labeled.all():
