@@ -470,9 +470,11 @@ class Teacher(nn.Module):
     ) -> TeacherForwardOutput:
         pixel_values = self.input_adapter(pixel_values)
         config = getattr(self.model, "config", None)
-        if config is None and (stage_maps or attention_map):
-            # A plain module gives logits alone: what it lacks is said before a pass that would be thrown away.
-            self._stage_maps(None) if stage_maps else self._map(None, None, pixel_values, False, layers)
+        # A plain module gives logits alone: what it lacks is said (these raise) before a pass that would be wasted.
+        if config is None and stage_maps:
+            self._stage_maps(None)
+        if config is None and attention_map:
+            self._map(None, None, pixel_values, False, layers)
         kwargs = {"output_hidden_states": True} if stage_maps and config is not None else {}  # a plain module: pixels
         transformer = is_vit_like(config)
         our_blocks = attention_map and is_distilled_deit(self.model)  # its chosen blocks only, by hooks
