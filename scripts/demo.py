@@ -11,9 +11,11 @@ Needs the demo extra: pip install 'hf-deit[demo]'. The page is hf_deit.demo; a S
 """
 
 import argparse
+import importlib.util
 import sys
 
-from hf_deit_inputs import check_demo_inputs, exit_on_input_error
+from hf_deit_inputs import InputError, exit_on_input_error
+from hf_deit_inputs.checks import check_saved_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,8 +31,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check(argv) -> None:
+    """The names given and gradio, before torch loads (the model folder's files: `hf_deit.demo.check_demo_inputs`)."""
     args = parse_args(argv)
-    check_demo_inputs(args.model, args.teacher, args.write_space)
+    problems = check_saved_model("model", args.model)
+    problems += check_saved_model("--teacher", args.teacher, role="teacher") if args.teacher else []
+    if importlib.util.find_spec("gradio") is None:
+        problems.append("The demo page needs gradio: pip install 'hf-deit[demo]' (or pip install -e '.[demo]' in a "
+                        "clone).")  # fmt: skip
+    if problems:
+        raise InputError(problems)
 
 
 if __name__ == "__main__":  # the command line answered first (--help, every input checked), before torch loads
@@ -50,4 +59,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_input_error(main, sys.argv[1:], "demo.py")

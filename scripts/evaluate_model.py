@@ -13,6 +13,7 @@ and `--seed` give the split training evaluated on. With only `--validation_dir`,
 
 import json
 import logging
+import os
 import sys
 
 from hf_deit_inputs import check_evaluate_command_line, exit_on_input_error
@@ -90,6 +91,7 @@ def main(argv=None) -> dict:
     print(format_results(results))
     if eval_args.output_file:
         record = {"model": eval_args.model_name_or_path, "teacher": eval_args.teacher_name_or_path, **results}
+        os.makedirs(os.path.dirname(os.path.abspath(eval_args.output_file)), exist_ok=True)
         with open(eval_args.output_file, "w") as file:
             json.dump(record, file, indent=2)
         logger.info("Results written to %s", eval_args.output_file)
@@ -97,4 +99,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    exit_on_input_error(main, sys.argv[1:], "evaluate_model.py")

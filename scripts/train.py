@@ -56,7 +56,6 @@ from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
 from hf_deit.preemption import exit_status_of  # noqa: E402
 from hf_deit.run import parse_command_line, size_run, start_run, train_and_evaluate  # noqa: E402
-from hf_deit.teacher_record import RecordMismatchError  # noqa: E402
 from hf_deit.trainer import DistillationTrainer  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train")
@@ -188,9 +187,5 @@ def add_unlabeled_examples(train, data_args: DataArguments, training_args: Disti
     return concatenate_datasets(parts) if len(parts) > 1 else train
 
 
-if __name__ == "__main__":
-    try:
-        sys.exit(exit_status_of(main))  # 0, or 128 + the signal that stopped training (hf_deit.preemption)
-    except RecordMismatchError as refusal:  # a record of another run, each difference named: an input error
-        sys.stderr.write(f"train.py: error: {refusal}\n")
-        sys.exit(2)
+if __name__ == "__main__":  # 0, or 128 + the signal that stopped training (hf_deit.preemption); 2: an input refused
+    sys.exit(exit_on_input_error(lambda argv: exit_status_of(main), sys.argv[1:], "train.py"))

@@ -151,5 +151,5 @@ def labeled_training_images(train, data_args: DataArguments, seed: int):
     return labeled
 
 
-if __name__ == "__main__":
-    sys.exit(exit_status_of(main))  # 0, or 128 + the signal that stopped training (hf_deit.preemption)
+if __name__ == "__main__":  # 0, or 128 + the signal that stopped training (hf_deit.preemption); 2: an input refused
+    sys.exit(exit_on_input_error(lambda argv: exit_status_of(main), sys.argv[1:], "train_teacher.py"))

@@ -15,11 +15,14 @@ a CNN's last-stage activation attention). Images are the model's evaluation view
 """
 
 import argparse
+import json
 import os
 import sys
 
-from hf_deit_inputs import InputError, check_visualize_inputs, exit_on_input_error
-from hf_deit_inputs.checks import recorded_data_flags
+from hf_deit_inputs import InputError, exit_on_input_error
+from hf_deit_inputs.checks import check_inputs, check_saved_model
+from hf_deit_inputs.choices import RUN_SETTINGS_NAME
+from hf_deit_inputs.folders import is_image_file
 
 DATA_FLAGS = {  # train.py's data flags (hf_deit.arguments.DataArguments) that choose the evaluation images
     "dataset_name": str, "dataset_config_name": str, "train_dir": str, "validation_dir": str, "eval_split": str,
@@ -41,9 +44,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check(args: argparse.Namespace) -> None:
+    """The model, its teacher and the data flags by the training scripts' rules, and the image files."""
+    given = {name: str(getattr(args, name)) for name in (*DATA_FLAGS, "teacher_name_or_path")
+             if getattr(args, name) is not None}  # fmt: skip
+    problems = check_saved_model("model", args.model) + check_inputs(given, "evaluate")
+    if args.num_images < 1:
+        problems.append(f"--num_images {args.num_images}: give how many evaluation images to draw (1 or more).")
+    if args.images and set(given) & set(DATA_FLAGS):
+        problems.append("--images and the data flags both name the images: keep one.")
+    for path in args.images or []:
+        if not os.path.isfile(path) or not is_image_file(path):
+            problems.append(f"--images {path}: {'no such file' if not os.path.exists(path) else 'not an image file'}"
+                            "; pass image files, or an image folder as --validation_dir (one sub-folder per class).")
+    if problems:
+        raise InputError(problems)
+
+
+def recorded_data_flags(model: str) -> dict:
+    """The data flags that the training run of `model` (a folder) recorded beside it."""
+    recorded = os.path.join(os.path.expanduser(model), RUN_SETTINGS_NAME)
+    try:
+        with open(recorded) as file:
+            settings = json.load(file)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{model} has no readable {RUN_SETTINGS_NAME} saying what it was trained on ({error}): "
+                         "pass --images, or the data flags of its training run (--dataset_name, or "
+                         "--train_dir/--validation_dir).") from None  # fmt: skip
+    flags = {name: settings[name] for name in DATA_FLAGS if settings.get(name) is not None}
+    if "train_dir" in flags or "validation_dir" in flags:  # the folders were the data; --dataset_name's default stays
+        flags.pop("dataset_name", None)
+    return flags
+
+
 if __name__ == "__main__":  # the command line answered first (--help, every input checked), before torch loads
-    exit_on_input_error(lambda argv: check_visualize_inputs(vars(parse_args(argv))), sys.argv[1:],
-                        "visualize_attention.py")  # fmt: skip
+    exit_on_input_error(lambda argv: check(parse_args(argv)), sys.argv[1:], "visualize_attention.py")
 
 import matplotlib  # noqa: E402
 
@@ -87,7 +122,7 @@ def load_images(args) -> list[tuple[str, "PIL.Image.Image", "str | None"]]:  # n
 def evaluation_data_flags(args) -> dict:
     """The data flags given here, else those recorded by the model's training run (the checks found them)."""
     given = {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
-    return given or recorded_data_flags(args.model, DATA_FLAGS)
+    return given or recorded_data_flags(args.model)
 
 
 def panel_title(true_label: "str | None", predicted: str, probability: float) -> str:
@@ -121,10 +156,7 @@ def overlay(figure, axis, image: np.ndarray, attention: torch.Tensor, title: str
 
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
-    try:  # every input checked before any model or data is loaded
-        check_visualize_inputs(vars(args))
-    except InputError as error:
-        raise SystemExit(f"visualize_attention.py: error: {error}") from None
+    check(args)  # every input, before any model or data is loaded
     model = AutoModelForImageClassification.from_pretrained(
         args.model, trust_remote_code=args.trust_remote_code, attn_implementation="eager"
     ).eval()
@@ -161,4 +193,4 @@ def main(argv=None) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(0 if exit_on_input_error(main, sys.argv[1:], "visualize_attention.py") else 1)

@@ -125,13 +125,7 @@ def test_contradicting_flags(tmp_path):
     assert "learn(s) from a teacher" not in problems(["--distillation_type", "bogus"])
     assert problems(["--image_size", "abc"]) == "--image_size abc: give a whole number."
     assert "disagree" in problems(["--image_size", "32", "--config_overrides", "image_size=64"])
-    assert "multiple of the patch size 16" in problems(["--model_name_or_path", "tiny", "--image_size", "30"])
-    # A saved model is fine-tuned at another size (position embeddings resampled at load), in whole patches only.
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text('{"image_size": 224, "patch_size": 16}')
-    check_train_command_line(["--model_name_or_path", str(tmp_path / "model"), "--image_size", "384"])  # no error
-    assert "multiple of the patch size 16" in problems(["--model_name_or_path", str(tmp_path / "model"),
-                                                        "--image_size", "390"])
+    # A size in whole patches is the model's rule, checked where the config is made (tests/test_configuration.py).
     assert "keep one" in problems(["--dataset_name", "digits", "--train_dir", str(tmp_path)])
 
 
@@ -382,8 +376,7 @@ def test_evaluate_inputs(image_root, saved_model):
     val = str(image_root / "elsewhere/deeper/val")
     checks.check_evaluate_command_line(["--model_name_or_path", str(saved_model), "--validation_dir", val,
                                         "--teacher_name_or_path", str(saved_model), "--teacher_image_size", "student",
-                                        "--output_file", str(image_root / "results.json")])  # fmt: skip
-    assert "--model_name_or_path is required" in evaluate_problems(["--validation_dir", val])
+                                        "--output_file", str(image_root / "new" / "results.json")])  # fmt: skip
     message = evaluate_problems(["--model_name_or_path", str(image_root / "modle"), "--validation_dir", val + "x"])
     assert message.startswith("2 problems") and "did you mean" in message and str(saved_model) in message
     assert "holds no images" in evaluate_problems(["--model_name_or_path", str(saved_model), "--validation_dir",
@@ -393,39 +386,42 @@ def test_evaluate_inputs(image_root, saved_model):
     message = evaluate_problems(["--model_name_or_path", str(saved_model), "--teacher_image_size", "224"])
     assert "no --teacher_name_or_path was given" in message
     message = evaluate_problems(["--model_name_or_path", str(saved_model), "--batch_size", "0", "--output_file",
-                                 str(image_root / "no" / "results.json")])  # fmt: skip
-    assert "--batch_size 0" in message and "does not exist" in message
+                                 str(image_root)])  # fmt: skip
+    assert "--batch_size 0" in message and "is a folder: name a file to write" in message
     assert "no such folder" in problems(["--teacher_image_size", "student", "--teacher_name_or_path", "./teachr"])
 
 
 def visualize_problems(**values) -> str:
+    from visualize_attention import check, parse_args
+
+    given = [values.pop("model"), *(["--images", *values.pop("images")] if "images" in values else [])]
     with pytest.raises(InputError) as caught:
-        checks.check_visualize_inputs(values)
+        check(parse_args([*given, *(f"--{name}={value}" for name, value in values.items())]))
     return str(caught.value)
 
 
 def test_visualize_inputs(image_root, saved_model):
+    from visualize_attention import check, parse_args, recorded_data_flags
+
     train, val = str(image_root / "data/train"), str(image_root / "elsewhere/deeper/val")
     photo = image_root / "data" / "train" / "cat" / "0.jpg"
-    checks.check_visualize_inputs(dict(model=str(saved_model), images=[str(photo)], num_images=4))
-    checks.check_visualize_inputs(dict(model=str(saved_model), validation_dir=val))  # an evaluation folder alone
+    check(parse_args([str(saved_model), "--images", str(photo), "--num_images", "4"]))
+    check(parse_args([str(saved_model), "--validation_dir", val]))  # an evaluation folder alone
     assert "no such folder" in visualize_problems(model=str(image_root / "missing"), images=[str(photo)])
-    message = visualize_problems(model=str(saved_model), images=[str(image_root / "cat.jpg"), train,
-                                                                 str(image_root / "data" / "train")])
-    assert "no such file" in message and "is a folder" in message
+    message = visualize_problems(model=str(saved_model), images=[str(image_root / "cat.jpg"), train])
+    assert "cat.jpg: no such file" in message and "train: not an image file" in message
     (image_root / "notes.txt").write_text("x")
     assert "not an image file" in visualize_problems(model=str(saved_model), images=[str(image_root / "notes.txt")])
     assert "keep one" in visualize_problems(model=str(saved_model), images=[str(photo)], train_dir=train)
     assert "--num_images 0" in visualize_problems(model=str(saved_model), images=[str(photo)], num_images=0)
-    # Neither images nor data flags: the data the run recorded, which must say what it was and still be there.
-    assert "pass --images, or the data flags" in visualize_problems(model=str(saved_model))
-    (saved_model / "run_settings.json").write_text(json.dumps({"train_dir": train, "validation_dir": val + "2"}))
-    message = visualize_problems(model=str(saved_model))
-    assert "no such folder" in message and "recorded by the training run" in message
-    # As train.py records it: --dataset_name's default beside the folders.
+    assert "no such folder" in visualize_problems(model=str(saved_model), validation_dir=val + "2")
+    # Neither images nor data flags: the data the run recorded, which must say what it was.
+    with pytest.raises(InputError, match="pass --images, or the data flags"):
+        recorded_data_flags(str(saved_model))
+    # As train.py records it: --dataset_name's default beside the folders, which are the data.
     (saved_model / "run_settings.json").write_text(json.dumps({"dataset_name": "mnist", "train_dir": train,
                                                                "validation_dir": val, "train_val_split": 0.1}))
-    checks.check_visualize_inputs(dict(model=str(saved_model)))
+    assert recorded_data_flags(str(saved_model)) == {"train_dir": train, "validation_dir": val, "train_val_split": 0.1}
 
 
 def test_both_scripts_take_config_overrides_as_key_value_pairs():
@@ -462,9 +458,3 @@ def test_teacher_help_is_grouped_and_answers_at_once():
     for flag in ("--architecture", "--config_overrides", "--train_dir", "--rand_augment", "--max_steps"):
         assert f"  {flag} " in text, flag
     assert "(default: 0.002)" in text and "--help_all" in text  # the teacher's own learning rate, not DeiT's
-
-
-def test_the_run_settings_file_name_matches_the_package():
-    from hf_deit.checkpointing import RUN_SETTINGS_NAME
-
-    assert checks.RUN_SETTINGS_NAME == RUN_SETTINGS_NAME

@@ -27,7 +27,8 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import hf_deit_inputs
-from hf_deit_inputs.checks import DEMO_INSTALL_HINT, check_demo_inputs
+from hf_deit_inputs import InputError
+from hf_deit_inputs.checks import check_saved_model
 
 from .attention_maps import distilled_deit_maps, relative_heat
 
@@ -47,6 +48,35 @@ SPACE_REQUIREMENTS = ("torch", "torchvision", "transformers", "datasets", "accel
 # The files of a saved model that serving needs: config and weights, image processor, model code, card.
 MODEL_FILE_PATTERNS = ("config.json", "preprocessor_config.json", "*.safetensors", "*.safetensors.index.json",
                        "pytorch_model*.bin", "pytorch_model.bin.index.json", "*.py", "README.md")  # fmt: skip
+
+
+DEMO_INSTALL_HINT = "pip install 'hf-deit[demo]' (or pip install -e '.[demo]' in a clone)"
+# What a folder that save_pretrained wrote holds as weights (one file, or an index of shards).
+MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")  # fmt: skip
+
+
+def check_demo_inputs(model: str, teacher: str | None = None, space_dir: str | None = None) -> None:
+    """Raises `InputError` naming each fix: `model` a saved model with its image processor (a folder, or a Hub id),
+    `teacher` a saved classifier (folder, weights file or Hub id), `space_dir` (the Space folder to write) new or
+    empty, so that nothing is overwritten. (That `model` is a distilled DeiT is checked once it is loaded.)"""
+    folder = os.path.expanduser(model)
+    problems = check_saved_model("model", model) if not os.path.isfile(folder) else [
+        f"model {model} is a file: the demo loads the folder that save_pretrained wrote (config.json, "
+        "model.safetensors, preprocessor_config.json); scripts/convert_checkpoint.py turns a checkpoint file into one."]
+    missing = [what for what, names in (("weights (model.safetensors)", MODEL_WEIGHT_FILES),
+                                        ("image processor (preprocessor_config.json)", ("preprocessor_config.json",)))
+               if not any(os.path.isfile(os.path.join(folder, name)) for name in names)]  # fmt: skip
+    if not problems and os.path.isdir(folder) and missing:
+        problems.append(f"model {model} has no {' and no '.join(missing)}: pass the folder that scripts/train.py "
+                        "wrote, which holds config.json, model.safetensors and preprocessor_config.json.")  # fmt: skip
+    if teacher:
+        problems += check_saved_model("--teacher", teacher, role="teacher")
+    if space_dir and os.path.exists(space_dir) and (not os.path.isdir(space_dir) or os.listdir(space_dir)):
+        problems.append(f"--write_space {space_dir} exists and is not an empty folder: pass a new or empty folder "
+                        "(nothing there is overwritten).")  # fmt: skip
+    if problems:
+        raise InputError(problems)
 
 
 class UnreadableImageError(ValueError):
@@ -90,13 +120,14 @@ class DemoModel:
     def load(cls, model: str, teacher: str | None = None, trust_remote_code: bool = False) -> "DemoModel":
         """`model`: a folder that save_pretrained wrote (with preprocessor_config.json) or a Hub id; `teacher`: any
         classifier `hf_deit.teacher.Teacher.load` takes. Bad inputs raise `hf_deit_inputs.InputError` naming the fix."""
-        check_demo_inputs(model, teacher, page=False)
+        check_demo_inputs(model, teacher)
         loaded = AutoModelForImageClassification.from_pretrained(
             model, trust_remote_code=trust_remote_code, attn_implementation="eager"  # eager: attention weights
         )
         if getattr(loaded.config, "model_type", None) != "distilled_deit":
-            raise ValueError(f"{model} is a {loaded.config.model_type} model, not a distilled DeiT: the demo shows a "
-                             "distilled DeiT's class and distillation heads.")  # fmt: skip
+            raise InputError(f"model {model} is a {loaded.config.model_type} model, not a distilled DeiT: the demo "
+                             "shows a distilled DeiT's class and distillation heads. (Another classifier can be its "
+                             "--teacher.)")  # fmt: skip
         processor = AutoImageProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
         if teacher is not None:
             from .teacher import Teacher

@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from hf_deit_inputs import InputError
 from hf_deit_inputs.terms import SOFT
 
 from .data.datasets import row_names
@@ -48,7 +49,7 @@ CHECKED_BATCHES = 2  # training batches checked against the teacher when it is g
 OUTPUT_NOUNS = {"features": "pooled features", "attention_map": "attention maps", "stage_maps": "stage map"}
 
 
-class RecordMismatchError(ValueError):
+class RecordMismatchError(InputError):
     """A record that does not fit the run it is given to, with every difference named."""
 
 

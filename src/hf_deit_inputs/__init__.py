@@ -12,17 +12,16 @@ only, so that a mistyped path, name or choice is answered in a fraction of a sec
                  outputs, and the one "needs a teacher" rule.
     flags.py     the scripts' flags as `HfArgumentParser` dataclasses, read by --help (help.py) before torch loads;
                  `hf_deit.arguments` puts DeiT's training flags over transformers' `TrainingArguments`.
-    checks.py    `InputError` and the checks of every input named on a command line: paths, presets, Hub ids
-                 (offline or not), choices, ranges and flags that contradict each other.
+    checks.py    `InputError` and the checks of every input named on a command line, each flag by its name in every
+                 script: paths, presets, Hub ids (offline or not), choices, ranges and flags that contradict each
+                 other. A rule the package keeps where it acts (a resume, a config's sizes) is checked there.
 """
 
 from .checks import (
     InputError,
-    check_demo_inputs,
     check_evaluate_command_line,
     check_teacher_command_line,
     check_train_command_line,
-    check_visualize_inputs,
     exit_on_input_error,
 )
 from .folders import IMAGE_EXTENSIONS, ClassFolders, find_class_folders
@@ -31,11 +30,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ClassFolders",
     "InputError",
-    "check_demo_inputs",
     "check_evaluate_command_line",
     "check_teacher_command_line",
     "check_train_command_line",
-    "check_visualize_inputs",
     "exit_on_input_error",
     "find_class_folders",
 ]

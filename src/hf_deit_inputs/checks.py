@@ -4,7 +4,9 @@ A check sees only the flags that were given (`flags_given`: flag name -> value a
 construction. All problems are collected and raised together as one `InputError`, each saying what is wrong and how
 to fix it: paths (missing, files, no images, no class folders), names (presets, saved models, Hub ids; offline, the
 Hub cache), the settings' choices and ranges (`hf_deit_inputs.choices`, the package's rules too), and flags that
-contradict each other. `MODEL_PRESETS` mirrors `hf_deit.configuration_distilled_deit`'s (tests keep them equal):
+contradict each other. A flag means the same in every script, so each is checked by its name (`check_inputs`). A
+rule the package keeps where it acts (a resume folder, a config's patch size) is not repeated here: it raises an
+`InputError` there, which the scripts print the same way (`exit_on_input_error`). `MODEL_PRESETS` mirrors `hf_deit.configuration_distilled_deit`'s (tests keep them equal):
 that file travels to the Hub as remote code and imports nothing of this package.
 """
 
@@ -19,15 +21,14 @@ import sys
 from typing import Optional, Sequence
 
 from . import choices
-from .choices import EMBEDDED_DATASETS, RESUME_LATEST, RESUME_NEVER, RUN_SETTINGS_NAME
+from .choices import EMBEDDED_DATASETS
 from .terms import teacher_needed_by
-from .folders import IMAGE_EXTENSIONS, find_class_folders, has_image, is_image_file
+from .folders import IMAGE_EXTENSIONS, find_class_folders, has_image
 
 PRESET_ALIASES = tuple(f"{size}{suffix}" for suffix in ("", "-384") for size in ("tiny", "small", "base"))
 MODEL_PRESETS = PRESET_ALIASES + tuple(  # hf_deit.configuration_distilled_deit.PRESET_ALIASES, then PRESETS
     f"deit_{size}_distilled_patch16_{res}" for res in (224, 384) for size in ("tiny", "small", "base")
 )
-PRESET_PATCH_SIZE = 16
 SPLIT_FOLDER_NAMES = ("train", "training", "val", "valid", "validation", "test", "eval")
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
@@ -37,10 +38,11 @@ _TRUE = ("1", "on", "yes", "true")
 class InputError(ValueError):
     """One or more command-line inputs that cannot work; the message says what is wrong and how to fix each."""
 
-    def __init__(self, problems: Sequence[str]):
-        self.problems = list(problems)
+    def __init__(self, problems: "str | Sequence[str]"):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
         listed = "\n".join(f"- {problem}" for problem in self.problems)
-        super().__init__(f"{len(problems)} problems with the inputs:\n{listed}" if len(problems) > 1 else problems[0])
+        super().__init__(f"{len(self.problems)} problems with the inputs:\n{listed}" if len(self.problems) > 1
+                         else self.problems[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -74,16 +76,17 @@ def flags_from_json(path: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The scripts' checks
+# The scripts' checks: a flag means the same in every script, so each is checked by its name
 # ---------------------------------------------------------------------------------------------------------------------
 
 UNLABELED_POOL_FLAGS = ("unlabeled_dataset_name", "unlabeled_train_dir", "max_unlabeled_samples")  # train.py's only
 
 
-def exit_on_input_error(check, argv: Sequence[str], prog: str) -> None:
-    """Run `check(argv)`; on an `InputError` print it as argparse prints usage errors and exit with status 2."""
+def exit_on_input_error(run, argv: Sequence[str], prog: str):
+    """`run(argv)` (a check, or a script's `main`); on an `InputError` print it as argparse prints usage errors and
+    exit with status 2."""
     try:
-        check(argv)
+        return run(argv)
     except InputError as error:
         sys.stderr.write(f"{prog}: error: {error}\n")
         sys.exit(2)
@@ -91,168 +94,65 @@ def exit_on_input_error(check, argv: Sequence[str], prog: str) -> None:
 
 def check_train_command_line(argv: Sequence[str]) -> None:
     """`scripts/train.py`'s inputs; raises `InputError` listing every problem."""
-    given = _read(argv)
-    problems = _check_student(given) + check_data(given, needs_train=True) + _check_distillation(given)
-    problems += check_training(given) + choices.problems(given, flag="--")
-    if problems:
-        raise InputError(problems)
+    _raise(check_inputs(_read(argv), "train"))
 
 
 def check_teacher_command_line(argv: Sequence[str]) -> None:
     """`scripts/train_teacher.py`'s inputs (`--model_name_or_path` is a checkpoint to fine-tune there)."""
-    given = _read(argv)
-    problems = []
-    if "model_name_or_path" in given:
-        problems += check_saved_model("--model_name_or_path", given["model_name_or_path"])
-    if "config_overrides" in given:
-        problems += _parse_overrides(given["config_overrides"])[1]
-    problems += check_data(given, needs_train=True) + check_training(given) + choices.problems(given, flag="--")
-    pool = [f"--{name}" for name in UNLABELED_POOL_FLAGS if name in given]
-    if pool:
-        problems.append(f"{', '.join(pool)}: the teacher learns from labelled images only; pass the unlabelled pool to "
-                        "scripts/train.py, where the teacher labels it.")  # fmt: skip
-    if problems:
-        raise InputError(problems)
+    _raise(check_inputs(_read(argv), "teacher"))
 
 
 def check_evaluate_command_line(argv: Sequence[str]) -> None:
-    """`scripts/evaluate_model.py`'s inputs: the model (required), the teacher and its input size, the data, the numbers."""
-    given = flags_given(argv)
-    problems = []
-    if "model_name_or_path" not in given:
-        problems.append("--model_name_or_path is required: the folder (or Hub id) of the classifier to evaluate, "
-                        "e.g. --model_name_or_path outputs/deit.")  # fmt: skip
-    else:
-        problems += check_saved_model("--model_name_or_path", given["model_name_or_path"])
-    problems += _check_teacher_input(given)
-    problems += check_data(given, needs_train=False)
-    problems += choices.problems(given, flag="--")
-    output_file = given.get("output_file")
-    if output_file:
-        folder = os.path.dirname(os.path.abspath(os.path.expanduser(output_file)))
-        if os.path.isdir(output_file):
-            problems.append(f"--output_file {output_file} is a folder: name a file to write, e.g. "
-                            f"{os.path.join(output_file, 'results.json')}.")  # fmt: skip
-        elif not os.path.isdir(folder):
-            problems.append(f"--output_file {output_file}: its folder {folder} does not exist{_close_names(folder)}; "
-                            "create it first, or name a file in an existing folder.")  # fmt: skip
-    if problems:
-        raise InputError(problems)
+    """`scripts/evaluate_model.py`'s inputs: the model and its teacher, the evaluation data, the numbers."""
+    _raise(check_inputs(flags_given(argv), "evaluate"))
 
 
-VISUALIZE_DATA_FLAGS = ("dataset_name", "train_dir", "validation_dir", "train_val_split")
-
-
-def check_visualize_inputs(values: dict) -> None:
-    """`scripts/visualize_attention.py`'s inputs, as its (standard library) argument parser read them: `model`,
-    `images`, `num_images`, `teacher_name_or_path` and the data flags (None when not given). Without `--images` or
-    data flags, the model folder must say what it was trained on (`run_settings.json`), and that data must still be
-    there."""
-    problems = check_saved_model("model", values["model"])
-    if values.get("teacher_name_or_path"):
-        problems += check_saved_model("--teacher_name_or_path", values["teacher_name_or_path"], role="teacher")
-    if values.get("num_images") is not None and values["num_images"] < 1:
-        problems.append(f"--num_images {values['num_images']}: give how many evaluation images to draw (1 or more).")
-    given = {name: str(values[name]) for name in VISUALIZE_DATA_FLAGS if values.get(name) is not None}
-    if values.get("images"):
-        problems += _check_image_files("--images", values["images"])
-        if given:
-            problems.append(f"--images and {', '.join('--' + name for name in given)} both name the images: keep one.")
-    elif given:
-        problems += check_data(given, needs_train=False) + choices.problems(given, flag="--")
-    elif not problems:
-        problems += _check_recorded_data(values["model"])
-    if problems:
-        raise InputError(problems)
-
-
-DEMO_INSTALL_HINT = "pip install 'hf-deit[demo]' (or pip install -e '.[demo]' in a clone)"
-# What a folder that save_pretrained wrote holds as weights (one file, or an index of shards).
-MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                      "pytorch_model.bin.index.json")  # fmt: skip
-
-
-def check_demo_inputs(model: str, teacher: Optional[str] = None, space_dir: Optional[str] = None,
-                      page: bool = True) -> None:
-    """`scripts/demo.py`'s inputs, also checked by `hf_deit.demo.DemoModel.load` (`page=False`: predictions alone need
-    no gradio): gradio installed; `model` a distilled DeiT saved with its image processor (a folder, or a Hub id);
-    `teacher` a saved classifier (folder, weights file or Hub id); `space_dir` (the Space folder to write) new or
-    empty, so that nothing is overwritten."""
-    problems = [] if not page or _installed("gradio") else [f"The demo page needs gradio: {DEMO_INSTALL_HINT}."]
-    if os.path.isfile(os.path.expanduser(model)):
-        problems.append(f"model {model} is a file: the demo loads the folder that save_pretrained wrote (config.json, "
-                        "model.safetensors, preprocessor_config.json); scripts/convert_checkpoint.py turns a "
-                        "checkpoint file into one.")  # fmt: skip
-    else:
-        found = check_saved_model("model", model)
-        problems += found or (_check_demo_model_folder(model) if os.path.isdir(os.path.expanduser(model)) else [])
-    if teacher:
-        problems += check_saved_model("--teacher", teacher, role="teacher")
-    if space_dir and os.path.exists(space_dir) and (not os.path.isdir(space_dir) or os.listdir(space_dir)):
-        problems.append(f"--write_space {space_dir} exists and is not an empty folder: pass a new or empty folder "
-                        "(nothing there is overwritten).")  # fmt: skip
-    if problems:
-        raise InputError(problems)
-
-
-def _check_demo_model_folder(model: str) -> list[str]:
-    folder = os.path.expanduser(model)
-    missing = []
-    if not any(os.path.isfile(os.path.join(folder, name)) for name in MODEL_WEIGHT_FILES):
-        missing.append("weights (model.safetensors)")
-    if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
-        missing.append("image processor (preprocessor_config.json)")
-    problems = []
-    if missing:
-        problems.append(f"model {model} has no {' and no '.join(missing)}: pass the folder that scripts/train.py "
-                        "wrote, which holds config.json, model.safetensors and preprocessor_config.json.")  # fmt: skip
-    model_type = _saved_config(model).get("model_type")
-    if model_type not in (None, "distilled_deit"):
-        problems.append(f"model {model} is a {model_type} model, not a distilled DeiT: the demo shows a distilled "
-                        "DeiT's class and distillation heads. (Another classifier can be its --teacher.)")  # fmt: skip
+def check_inputs(given: dict, script: str) -> list[str]:
+    """The problems of the flags in `given` (name -> value as typed) for `script`: "train" (a student), "teacher"
+    (train_teacher.py) or "evaluate" (a saved model and its data: evaluate_model.py, the figures, the demo)."""
+    problems = choices.problems(given, flag="--")
+    overrides, override_problems = _parse_overrides(given.get("config_overrides"))
+    problems += override_problems
+    size = given.get("image_size")
+    if "image_size" in overrides and size is not None and str(overrides["image_size"]) != size:
+        problems.append(f"--image_size {size} and --config_overrides image_size={overrides['image_size']} disagree: "
+                        "the model's input size is --image_size; drop image_size from --config_overrides.")  # fmt: skip
+    model = given.get("model_name_or_path")
+    if model is not None and not (script == "train" and model in MODEL_PRESETS):
+        problems += check_saved_model("--model_name_or_path", model, presets=MODEL_PRESETS if script == "train" else ())
+    teacher = given.get("teacher_name_or_path")
+    if teacher is not None:
+        problems += check_saved_model("--teacher_name_or_path", teacher, role="teacher")
+    teacher_size = given.get("teacher_image_size")
+    if teacher_size is not None and teacher_size != "student" and not (teacher_size.isdigit() and int(teacher_size)):
+        problems.append(f"--teacher_image_size {teacher_size}: give 'student' (the student's batch as is) or a size in "
+                        "pixels (e.g. 224); leave it out for the teacher's own preprocessing size.")  # fmt: skip
+    elif teacher_size is not None and teacher is None:
+        problems.append(f"--teacher_image_size {teacher_size} sets what a teacher sees, and no --teacher_name_or_path "
+                        "was given: pass the teacher, or leave the flag out.")  # fmt: skip
+    problems += check_data(given, needs_train=script != "evaluate")
+    pool = [f"--{name}" for name in UNLABELED_POOL_FLAGS if name in given]
+    if pool and script == "teacher":
+        problems.append(f"{', '.join(pool)}: the teacher learns from labelled images only; pass the unlabelled pool to "
+                        "scripts/train.py, where the teacher labels it.")  # fmt: skip
+    if script == "train":
+        problems += _check_distillation(given)
+    output_dir, output_file = given.get("output_dir"), given.get("output_file")
+    if output_dir and os.path.isfile(output_dir):
+        problems.append(f"--output_dir {output_dir} is a file: pass a folder (it is created if missing).")
+    if output_file and os.path.isdir(output_file):
+        problems.append(f"--output_file {output_file} is a folder: name a file to write, e.g. "
+                        f"{os.path.join(output_file, 'results.json')}.")  # fmt: skip
+    tracker = given.get("report_to")
+    if tracker in TRACKER_PACKAGES and not any(_installed(name) for name in TRACKER_PACKAGES[tracker]):
+        problems.append(f"--report_to {tracker}: {TRACKER_PACKAGES[tracker][0]} is not installed. Install it with "
+                        "pip install 'hf-deit[tracking]' (or pip install -e '.[tracking]' in a clone).")
     return problems
 
 
-def recorded_data_flags(model: str, names: Sequence[str]) -> dict:
-    """The flags `names` that the training run of `model` (a folder) recorded beside it, as JSON values; raises
-    `InputError` when there is no record to read."""
-    recorded = os.path.join(os.path.expanduser(model), RUN_SETTINGS_NAME)
-    if not os.path.isfile(recorded):
-        raise InputError([f"{model} has no {RUN_SETTINGS_NAME} saying what it was trained on: pass --images, or the "
-                          "data flags of its training run (--dataset_name, or --train_dir/--validation_dir)."])
-    try:
-        with open(recorded) as file:
-            settings = json.load(file)
-    except (OSError, ValueError) as error:
-        raise InputError([f"{recorded} cannot be read ({error}): pass --images, or the data flags of its training "
-                          "run."]) from None  # fmt: skip
-    return {name: settings[name] for name in names if settings.get(name) is not None}
-
-
-def _check_recorded_data(model: str) -> list[str]:
-    """The data a model's training run recorded beside it, when neither images nor data flags are given."""
-    try:
-        given = {name: str(value) for name, value in recorded_data_flags(model, VISUALIZE_DATA_FLAGS).items()}
-    except InputError as error:
-        return error.problems
-    if "train_dir" in given or "validation_dir" in given:  # the folders were the data; --dataset_name's default stays
-        given.pop("dataset_name", None)
-    recorded = os.path.join(model, RUN_SETTINGS_NAME)
-    return [f"{problem} (recorded by the training run in {recorded}; pass the data flags to use other images.)"
-            for problem in check_data(given, needs_train=False)]
-
-
-def _check_image_files(flag: str, paths: Sequence[str]) -> list[str]:
-    problems = []
-    for path in paths:
-        if os.path.isdir(path):
-            problems.append(f"{flag} {path} is a folder: pass image files (e.g. {os.path.join(path, '*.jpg')}), or "
-                            "the folder as --validation_dir with one sub-folder per class.")  # fmt: skip
-        elif not os.path.isfile(path):
-            problems.append(f"{flag} {path}: no such file{_close_names(path)}.")
-        elif not is_image_file(path):
-            problems.append(f"{flag} {path} is not an image file ({_extensions()}).")
-    return problems
+def _raise(problems: list[str]) -> None:
+    if problems:
+        raise InputError(problems)
 
 
 def _read(argv: Sequence[str]) -> dict[str, str]:
@@ -261,42 +161,6 @@ def _read(argv: Sequence[str]) -> dict[str, str]:
     if len(argv) == 1 and argv[0].endswith(".json") and os.path.isfile(argv[0]):
         return flags_from_json(argv[0])
     return flags_given(argv)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Groups of flags
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _check_student(given: dict) -> list[str]:
-    problems, overrides = [], {}
-    if "config_overrides" in given:
-        overrides, override_problems = _parse_overrides(given["config_overrides"])
-        problems += override_problems
-    name = given.get("model_name_or_path")
-    saved_patch = None
-    if name is not None and name not in MODEL_PRESETS:
-        problems += check_saved_model("--model_name_or_path", name, presets=MODEL_PRESETS)
-        saved_patch = _saved_config_size(name, "patch_size")
-    image_size = choices.as_number(given.get("image_size"), whole=True)  # not a number: its rule says so
-    if image_size is None:
-        return problems
-    image_size = int(image_size)
-    if "image_size" in overrides and str(overrides["image_size"]) != str(image_size):
-        problems.append(
-            f"--image_size {image_size} and --config_overrides image_size={overrides['image_size']} disagree: the "
-            "model's input size is --image_size; drop image_size from --config_overrides."
-        )
-    # A saved model at another size is fine-tuned at this one: its position embeddings are resampled at load.
-    patch = overrides.get("patch_size", saved_patch)
-    if patch is None and name in MODEL_PRESETS:
-        patch = PRESET_PATCH_SIZE
-    if isinstance(patch, int) and patch > 0 and image_size % patch:
-        problems.append(
-            f"--image_size {image_size} is not a multiple of the patch size {patch}: pass an --image_size divisible "
-            f"by {patch} (e.g. {max(patch, round(image_size / patch) * patch)}), or another patch_size in --config_overrides."
-        )
-    return problems
 
 
 def check_data(given: dict, needs_train: bool) -> list[str]:
@@ -322,27 +186,8 @@ def check_data(given: dict, needs_train: bool) -> list[str]:
     return problems
 
 
-def _check_teacher_input(given: dict) -> list[str]:
-    """The teacher (a saved model) and `--teacher_image_size`: 'student' or N px, and only beside a teacher."""
-    problems = []
-    teacher = given.get("teacher_name_or_path")
-    if teacher is not None:
-        problems += check_saved_model("--teacher_name_or_path", teacher, role="teacher")
-    size = given.get("teacher_image_size")
-    if size is None:
-        return problems
-    if size != "student" and not (size.isdigit() and int(size) > 0):
-        problems.append(f"--teacher_image_size {size}: give 'student' (the student's batch as is) or a size in "
-                        "pixels (e.g. 224); leave it out for the teacher's own preprocessing size.")  # fmt: skip
-    elif teacher is None:
-        problems.append(f"--teacher_image_size {size} sets what a teacher sees, and no --teacher_name_or_path was "
-                        "given: pass the teacher, or leave the flag out.")  # fmt: skip
-    return problems
-
-
 def _check_distillation(given: dict) -> list[str]:
-    problems = _check_teacher_input(given)
-    teacher = given.get("teacher_name_or_path") or given.get("teacher_outputs")
+    problems = []
     record = given.get("teacher_outputs")
     if record is not None and not os.path.isfile(os.path.join(record, "manifest.json")):
         problems.append(f"--teacher_outputs {record}: no teacher record there (no manifest.json): write one with "
@@ -354,37 +199,13 @@ def _check_distillation(given: dict) -> list[str]:
         )
     if "unlabeled_dataset_name" in given:
         problems += check_dataset_name("--unlabeled_dataset_name", given["unlabeled_dataset_name"])
-    needs_teacher = teacher_needed_by(given) if teacher is None else []
+    needs_teacher = [] if given.get("teacher_name_or_path") or record else teacher_needed_by(given)
     if needs_teacher:
         problems.append(
             f"{', '.join('--' + setting for setting in needs_teacher)} learn(s) from a teacher, and no "
             "--teacher_name_or_path was given: pass one (a folder written by scripts/train_teacher.py, or a Hub id), "
             "or leave these out (with --distillation_type none the student learns from the labels alone)."
         )
-    return problems
-
-
-def check_training(given: dict) -> list[str]:
-    problems = []
-    output_dir = given.get("output_dir")
-    if output_dir and os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        problems.append(f"--output_dir {output_dir} is a file: pass a folder (it is created if missing).")
-    resume = given.get("resume_from_checkpoint")
-    if resume and resume.strip().lower() not in RESUME_LATEST + RESUME_NEVER:
-        if not os.path.isdir(resume):
-            problems.append(
-                f"--resume_from_checkpoint {resume}: no such folder{_close_names(resume)}. Pass a checkpoint-<step> "
-                "folder, 'auto' for the newest in --output_dir, or 'false' to start fresh."
-            )
-        elif not os.path.isfile(os.path.join(resume, "trainer_state.json")):
-            problems.append(
-                f"--resume_from_checkpoint {resume} is not a checkpoint (no trainer_state.json): pass one of its "
-                f"checkpoint-<step> folders{_listing(resume, 'checkpoint-')}."
-            )
-    tracker = given.get("report_to")
-    if tracker in TRACKER_PACKAGES and not any(_installed(name) for name in TRACKER_PACKAGES[tracker]):
-        problems.append(f"--report_to {tracker}: {TRACKER_PACKAGES[tracker][0]} is not installed. Install it with "
-                        "pip install 'hf-deit[tracking]' (or pip install -e '.[tracking]' in a clone).")
     return problems
 
 
@@ -478,11 +299,6 @@ def _close_names(path: str) -> str:
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         return f" ({missing} is not in {where}, which holds: {shown})"
     return f" ({where} is empty)"
-
-
-def _listing(folder: str, prefix: str) -> str:
-    names = sorted(name for name in os.listdir(folder) if name.startswith(prefix))
-    return f" ({', '.join(names[-3:])})" if names else ""
 
 
 def _extensions() -> str:
@@ -579,22 +395,6 @@ def _in_datasets_cache(name: str) -> bool:
 
 def _presets_hint(presets: Sequence[str]) -> str:
     return f", or a preset ({', '.join(presets)})" if presets else ""
-
-
-def _saved_config(name: str) -> dict:
-    """The config.json of a saved model folder, or {} when there is none to read."""
-    try:
-        with open(os.path.join(os.path.expanduser(name), "config.json")) as file:
-            config = json.load(file)
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def _saved_config_size(name: str, key: str) -> Optional[int]:
-    size = _saved_config(name).get(key)
-    size = size[0] if isinstance(size, (list, tuple)) and size else size
-    return size if isinstance(size, int) else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
