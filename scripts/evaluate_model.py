@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
+from typing import Optional
 
 from hf_deit_inputs import check_evaluate_command_line, exit_on_input_error
 
@@ -25,7 +27,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForImageClassification, HfArgumentParser  # noqa: E402
 
 import hf_deit  # noqa: E402, F401  (registers our model with the Auto classes)
-from hf_deit.arguments import DataArguments, EvaluationArguments  # noqa: E402
+from hf_deit.arguments import DataArguments  # noqa: E402
 from hf_deit.data import load_image_classification_dataset  # noqa: E402
 from hf_deit.evaluation import (  # noqa: E402
     dataset_label_order,
@@ -36,6 +38,37 @@ from hf_deit.evaluation import (  # noqa: E402
 )
 
 logger = logging.getLogger("hf_deit.evaluate")
+
+
+@dataclass
+class EvaluationArguments:
+    """This script's flags beyond the data flags (`hf_deit.arguments.DataArguments`, train.py's)."""
+
+    model_name_or_path: str = field(metadata={"help": "A folder or Hub id of an image classifier (ours or any)."})
+    teacher_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "A teacher to measure agreement with (top-1 of the model vs the teacher's)."}
+    )
+    teacher_image_size: Optional[str] = field(
+        default=None,
+        metadata={"help": "What the teacher sees, as in training: its own preprocessing size (default; the batch is "
+                  "resized to it), 'student' (the evaluated model's batch as is), or N px."},
+    )
+    output_file: Optional[str] = field(default=None, metadata={"help": "Write the results there as JSON."})
+    batch_size: int = field(default=128, metadata={"help": "Images per batch."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes decoding the images."})
+    image_size: Optional[int] = field(
+        default=None, metadata={"help": "Input size; default: the model's saved preprocessing config, else its config."}
+    )
+    crop_pct: Optional[float] = field(
+        default=None, metadata={"help": "Center-crop fraction; default: from the saved preprocessing config."}
+    )
+    seed: int = field(
+        default=42, metadata={"help": "Seed of a carved-out validation split: training's --seed gives the same one."}
+    )
+    top_k: int = field(default=5, metadata={"help": "The k of top-k accuracy (reported with more than k classes)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's remote code."})
+    teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Allow the teacher's remote code."})
+    device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, ...; default: cuda when available."})
 
 
 def main(argv=None) -> dict:

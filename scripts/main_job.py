@@ -26,7 +26,7 @@ import train_teacher
 from experiment_common import (QUIET_RUN_FLAGS, embedded_splits, output_dir_of, run_in_parallel, run_stage,
                                write_label_split)
 
-from hf_deit.arguments import EMBEDDED_STUDENT
+from hf_deit.run import EMBEDDED_STUDENT
 from hf_deit.plots import learning_curve, plot_learning_curves
 
 # The recipe's distillation: hard labels from the teacher, and (the default for small images and a CNN teacher) its

@@ -17,19 +17,62 @@ itself.
 import logging
 import math
 import sys
+from dataclasses import dataclass, field
+from typing import Optional
 
 import train
-from transformers import set_seed
+from transformers import HfArgumentParser, set_seed
 
-from hf_deit.arguments import record_argument_parser
+from hf_deit.arguments import AugmentationArguments, DataArguments, DistillationConfig, ModelArguments
 from hf_deit.recording import record_teacher_outputs
 from hf_deit.teacher_record import plan_for_run
 
 logger = logging.getLogger("hf_deit.record_teacher")
 
 
+@dataclass
+class RecordArguments:
+    """This script's flags beyond train.py's (`hf_deit.teacher_record`)."""
+
+    _argument_group_name = "Record"  # its heading in --help
+
+    record_dir: str = field(metadata={"help": "Where the record goes (safetensors shards and manifest.json)."})
+    num_epochs: Optional[int] = field(
+        default=None, metadata={"help": "Epochs recorded; default: as many as the run's schedule reads."}
+    )
+    record_world_size: int = field(
+        default=1,
+        metadata={"help": "Processes of the run the record is for. Matters only with repeated augmentation or "
+                  "mixup/cutmix, whose views depend on it."},
+    )
+    top_k: str = field(
+        default="auto",
+        metadata={"help": "Teacher probabilities kept per view: N, 'all', or 'auto' (10 for soft distillation, none "
+                  "for hard, which needs only the argmax)."},
+    )
+    record_features: Optional[bool] = field(
+        default=None, metadata={"help": "Record the pooled features (default: when the feature term is on)."}
+    )
+    record_attention_map: Optional[bool] = field(
+        default=None, metadata={"help": "Record the attention maps (default: when the attention term is on)."}
+    )
+    record_stage_maps: Optional[bool] = field(
+        default=None, metadata={"help": "Record the CNN stage map (default: when the feature-map term is on)."}
+    )
+    teacher_batch_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Views per teacher pass (default: the run's batch, whose arithmetic is the run's; larger "
+                  "is faster on an accelerator)."},
+    )
+    compile_teacher: bool = field(
+        default=False, metadata={"help": "Compile the teacher's pass (weights frozen in, as for inference)."}
+    )
+    overwrite_record: bool = field(default=False, metadata={"help": "Replace a record already in --record_dir."})
+
+
 def main(argv=None) -> dict:
-    parser = record_argument_parser()
+    # train.py's flags (the run the record is for) and this script's own
+    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, DistillationConfig, RecordArguments))
     model_args, data_args, aug_args, training_args, record_args = parser.parse_args_into_dataclasses(
         args=sys.argv[1:] if argv is None else list(argv)
     )

@@ -27,15 +27,11 @@ from datasets import concatenate_datasets  # noqa: E402
 
 from hf_deit import DistilledDeiTForImageClassification  # noqa: E402
 from hf_deit.arguments import (  # noqa: E402
-    EMBEDDED_STUDENT_LEARNING_RATE,
     DataArguments,
     DistillationConfig,
     ModelArguments,
-    label_fields,
     parse_config_overrides,
-    student_config,
     train_argument_parser,
-    uses_embedded_data,
 )
 from hf_deit.data import (  # noqa: E402
     AugmentationArguments,
@@ -55,7 +51,16 @@ from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
 from hf_deit.preemption import exit_status_of  # noqa: E402
-from hf_deit.run import parse_command_line, size_run, start_run, train_and_evaluate  # noqa: E402
+from hf_deit.run import (  # noqa: E402
+    EMBEDDED_STUDENT_LEARNING_RATE,
+    label_fields,
+    parse_command_line,
+    size_run,
+    start_run,
+    student_config,
+    train_and_evaluate,
+    uses_embedded_data,
+)
 from hf_deit.trainer import DistillationTrainer  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train")

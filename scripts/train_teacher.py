@@ -24,15 +24,12 @@ if __name__ == "__main__":  # --help and every input on the command line answere
 from transformers import AutoConfig, AutoModelForImageClassification  # noqa: E402
 
 from hf_deit.arguments import (  # noqa: E402
-    EMBEDDED_STUDENT,
     TEACHER_ARCHITECTURES,
     DataArguments,
     TeacherArguments,
     TeacherTrainingArguments,
-    label_fields,
     parse_config_overrides,
     teacher_argument_parser,
-    uses_embedded_data,
 )
 from hf_deit.data import (  # noqa: E402
     AugmentationArguments,
@@ -57,7 +54,15 @@ from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
 from hf_deit.metrics import make_compute_metrics  # noqa: E402
 from hf_deit.preemption import exit_status_of  # noqa: E402
-from hf_deit.run import parse_command_line, size_run, start_run, train_and_evaluate  # noqa: E402
+from hf_deit.run import (  # noqa: E402
+    EMBEDDED_STUDENT,
+    label_fields,
+    parse_command_line,
+    size_run,
+    start_run,
+    train_and_evaluate,
+    uses_embedded_data,
+)
 from hf_deit.trainer import ClassifierTrainer  # noqa: E402
 
 logger = logging.getLogger("hf_deit.train_teacher")

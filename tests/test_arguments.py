@@ -1,11 +1,11 @@
 """The defaults sized from the run itself (`hf_deit.run.size_run` and its helpers): the learning rate sized to the
-batch and the dataset, the epochs; and the embedded student (`hf_deit.arguments`)."""
+batch and the dataset, the epochs; and the embedded student (`hf_deit.run`)."""
 
 import pytest
 from transformers import HfArgumentParser
 
-from hf_deit.arguments import EMBEDDED_STUDENT, DataArguments, DeiTTrainingArguments, ModelArguments, student_config
-from hf_deit.run import epochs_for, learning_rate_for, short_run_warning, size_run
+from hf_deit.arguments import DataArguments, DeiTTrainingArguments, ModelArguments
+from hf_deit.run import EMBEDDED_STUDENT, epochs_for, learning_rate_for, short_run_warning, size_run, student_config
 
 
 def parse(tmp_path, *flags) -> DeiTTrainingArguments:

@@ -584,9 +584,10 @@ def test_the_data_package_exports_every_public_name_of_the_former_module():
 def test_embedded_dataset_names_are_defined_once():
     import hf_deit.arguments
     import hf_deit.data
+    import hf_deit.run
     from hf_deit_inputs import checks
 
     # The same object everywhere: the command-line checks (standard library only) own the definition.
     assert hf_deit.data.EMBEDDED_DATASETS is checks.EMBEDDED_DATASETS
-    assert hf_deit.arguments.EMBEDDED_DATASETS is checks.EMBEDDED_DATASETS
+    assert hf_deit.run.EMBEDDED_DATASETS is checks.EMBEDDED_DATASETS
     assert hf_deit.arguments.DataArguments().dataset_name == hf_deit.data.DEFAULT_DATASET  # the loader's default too

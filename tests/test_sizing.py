@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_deit.arguments import EMBEDDED_STUDENT, DistillationConfig, TeacherTrainingArguments
+from hf_deit.arguments import DistillationConfig, TeacherTrainingArguments
 from hf_deit.data import load_image_folders, size_input
 from hf_deit.data.sizing import SMALL_MODEL_SIZE, STANDARD_SIZES, choose_input_size, far_size_warning
-from hf_deit.run import CADENCE_TARGET, size_run
+from hf_deit.run import CADENCE_TARGET, EMBEDDED_STUDENT, size_run
 
 
 def scan_folder(root, per_class: int, offset: int = 0):

@@ -25,7 +25,10 @@ from transformers import HfArgumentParser, Trainer, TrainerState, TrainingArgume
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-from .arguments import DeiTTrainingArguments
+from hf_deit_inputs.checks import parse_config_overrides
+from hf_deit_inputs.choices import EMBEDDED_DATASETS
+
+from .arguments import DataArguments, DeiTTrainingArguments, ModelArguments
 from .checkpointing import (
     check_checkpoint_settings,
     prepare_output_dir,
@@ -33,6 +36,7 @@ from .checkpointing import (
     resolve_resume_checkpoint,
     run_settings,
 )
+from .configuration_distilled_deit import PRESET_ALIASES, PRESETS, DistilledDeiTConfig
 from .precision import bf16_is_faster
 
 logger = logging.getLogger(__name__)
@@ -296,3 +300,47 @@ def _take_finished_run(trainer: Trainer, checkpoint: str, state: TrainerState) -
     best = trainer.state.best_model_checkpoint
     keep_best = trainer.args.load_best_model_at_end and best is not None and os.path.isdir(best)
     trainer._load_from_checkpoint(best if keep_best else checkpoint)  # the Trainer's own loader: every layout
+
+
+# ---- a new student ----
+
+# The model trained on the embedded digits: their native 28 px in a 4x4 grid of 7 px patches, DeiT-Tiny's width and
+# half its depth. Few tokens make its steps cheap, and it learns more per CPU-minute than a narrower model on more
+# tokens (the recipe study: README, "Where the defaults come from").
+EMBEDDED_STUDENT = dict(image_size=28, patch_size=7, hidden_size=192, num_hidden_layers=6, num_attention_heads=3)
+# Its learning rate at batch 64 (scaled with the square root of the batch, as hf_deit.run.SMALL_DATA_LEARNING_RATE):
+# the best of 5e-4/1e-3/2e-3 at the main job's length, with and without a teacher (README).
+EMBEDDED_STUDENT_LEARNING_RATE = 1e-3
+
+
+def uses_embedded_data(data_args: DataArguments) -> bool:
+    return data_args.train_dir is None and data_args.dataset_name in EMBEDDED_DATASETS
+
+
+def student_config(
+    model_args: ModelArguments, data_args: DataArguments, image_size: Optional[int] = None, small_images: bool = False,
+    **label_fields,
+) -> Optional[DistilledDeiTConfig]:
+    """A new student's config (from a preset or the embedded default), or None when a saved model is to be loaded.
+    `image_size` (`--image_size`), when given, is the new model's input size; `small_images` (a folder of tiny images,
+    `hf_deit.data.size_input`) makes the default the embedded data's small-image student."""
+    name = model_args.model_name_or_path
+    overrides = {"drop_path_rate": model_args.drop_path_rate, **parse_config_overrides(model_args.config_overrides)}
+    if image_size is not None:  # (one in --config_overrides too is refused by the early checks: check_inputs)
+        overrides["image_size"] = image_size
+    if name is None:
+        small = small_images or uses_embedded_data(data_args)
+        base = dict(EMBEDDED_STUDENT) if small else dict(PRESETS["deit_tiny_distilled_patch16_224"])
+        return DistilledDeiTConfig(**{**base, **overrides, **label_fields})
+    if name in PRESETS or name in PRESET_ALIASES:
+        return DistilledDeiTConfig.from_preset(name, **overrides, **label_fields)
+    return None
+
+
+def label_fields(label_names: list[str]) -> dict:
+    """The config fields that name a classifier's classes."""
+    return dict(
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: index for index, name in enumerate(label_names)},
+    )

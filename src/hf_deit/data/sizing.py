@@ -6,7 +6,7 @@ The rule reads the sizes of a seeded sample of the images from their file header
 its pixels) and takes the median short side m:
 
 - m <= 32 px (scans, digits, icons, CIFAR-like thumbnails): the small-image model, the embedded digits' student at
-  28 px in 7 px patches (`hf_deit.arguments.EMBEDDED_STUDENT`; the teacher script trains at the same 28 px), with the
+  28 px in 7 px patches (`hf_deit.run.EMBEDDED_STUDENT`; the teacher script trains at the same 28 px), with the
   small-image augmentation preset. DeiT's 224 px would blow an 8 px scan up 28 times: 784 times its pixels, in 196
   tokens that each hold a fraction of one of its pixels.
 - otherwise the smallest of 64, 96, 128, 160 and 224 px at or above m, capped at the paper's 224. The paper's 224 is
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLED_IMAGES = 48  # a few dozen: the median of a seeded sample, read from the file headers only
 SMALL_MODEL_MAX_SIDE = 32  # a median short side up to this gets the small-image model
-SMALL_MODEL_SIZE = 28  # that model's input: hf_deit.arguments.EMBEDDED_STUDENT["image_size"] (a test ties the two)
+SMALL_MODEL_SIZE = 28  # that model's input: hf_deit.run.EMBEDDED_STUDENT["image_size"] (a test ties the two)
 STANDARD_SIZES = (64, 96, 128, 160, 224)  # whole numbers of 16 px patches, up to the paper's 224
 FAR_FACTOR = 4  # a given size more than 4x the median short side, or under a quarter of it, is named
 
