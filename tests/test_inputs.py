@@ -302,6 +302,18 @@ def test_scripts_answer_in_well_under_two_seconds_before_importing_torch(tmp_pat
     assert cpu_seconds < 2.0
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["--model_name_or_path", "tiny", "--image_size", "30"], "image_size 30 is not divisible by patch_size 16"),
+    (["--resume_from_checkpoint", "nowhere"], "--resume_from_checkpoint nowhere: not a checkpoint folder"),
+])  # fmt: skip
+def test_a_rule_the_package_keeps_where_it_acts_is_answered_as_an_input_error(tmp_path, argv, expected):
+    """Not repeated before torch loads: the model's config and the resume refuse these, and the script prints it as
+    argparse prints usage errors, before any training."""
+    result, _ = run_script("train.py", "--dataset_name", "digits", "--output_dir", str(tmp_path), *argv, cwd=tmp_path)
+    assert result.returncode == 2 and "train.py: error: " in result.stderr and expected in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.glob("checkpoint-*"))
+
+
 # ----------------------------------------------------------------------------------------------------------- --help
 
 

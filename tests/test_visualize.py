@@ -9,6 +9,7 @@ from PIL import Image
 
 from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
 from hf_deit.image_processing import deit_image_processor
+from hf_deit_inputs import InputError
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "visualize_attention.py")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -76,5 +77,5 @@ def test_uses_the_evaluation_data_the_run_recorded_never_another_dataset(tmp_pat
     assert script.panel_title(None, "dog", 0.5) == "predicted dog (50%)"
     # Nothing recorded and no data flags: an error saying what to pass, not another dataset's images.
     (tmp_path / "model" / "run_settings.json").unlink()
-    with pytest.raises(SystemExit, match="pass --images, or the data flags"):
+    with pytest.raises(InputError, match="pass --images, or the data flags"):
         script.main([str(tmp_path / "model"), "--output_dir", str(tmp_path / "out2")])

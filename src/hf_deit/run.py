@@ -25,6 +25,7 @@ from transformers import HfArgumentParser, Trainer, TrainerState, TrainingArgume
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
+from hf_deit_inputs import InputError
 from hf_deit_inputs.checks import parse_config_overrides
 from hf_deit_inputs.choices import EMBEDDED_DATASETS
 
@@ -328,12 +329,15 @@ def student_config(
     overrides = {"drop_path_rate": model_args.drop_path_rate, **parse_config_overrides(model_args.config_overrides)}
     if image_size is not None:  # (one in --config_overrides too is refused by the early checks: check_inputs)
         overrides["image_size"] = image_size
-    if name is None:
-        small = small_images or uses_embedded_data(data_args)
-        base = dict(EMBEDDED_STUDENT) if small else dict(PRESETS["deit_tiny_distilled_patch16_224"])
-        return DistilledDeiTConfig(**{**base, **overrides, **label_fields})
-    if name in PRESETS or name in PRESET_ALIASES:
-        return DistilledDeiTConfig.from_preset(name, **overrides, **label_fields)
+    try:  # the config refuses a shape the flags asked for that no model has (an image size in part patches, ...)
+        if name is None:
+            small = small_images or uses_embedded_data(data_args)
+            base = dict(EMBEDDED_STUDENT) if small else dict(PRESETS["deit_tiny_distilled_patch16_224"])
+            return DistilledDeiTConfig(**{**base, **overrides, **label_fields})
+        if name in PRESETS or name in PRESET_ALIASES:
+            return DistilledDeiTConfig.from_preset(name, **overrides, **label_fields)
+    except ValueError as error:
+        raise InputError(f"{error} (--image_size, --config_overrides)") from None
     return None
 
 
