@@ -6,8 +6,9 @@ to fix it: paths (missing, files, no images, no class folders), names (presets, 
 Hub cache), the settings' choices and ranges (`hf_deit_inputs.choices`, the package's rules too), and flags that
 contradict each other. A flag means the same in every script, so each is checked by its name (`check_inputs`). A
 rule the package keeps where it acts (a resume folder, a config's patch size) is not repeated here: it raises an
-`InputError` there, which the scripts print the same way (`exit_on_input_error`). `MODEL_PRESETS` mirrors `hf_deit.configuration_distilled_deit`'s (tests keep them equal):
-that file travels to the Hub as remote code and imports nothing of this package.
+`InputError` there, which the scripts print the same way (`exit_on_input_error`). `MODEL_PRESETS` mirrors
+`hf_deit.configuration_distilled_deit`'s (tests keep them equal): that file travels to the Hub as remote code and
+imports nothing of this package.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Optional, Sequence
 
 from . import choices
 from .choices import EMBEDDED_DATASETS
-from .terms import teacher_needed_by
 from .folders import IMAGE_EXTENSIONS, find_class_folders, has_image
+from .terms import teacher_needed_by
 
 PRESET_ALIASES = tuple(f"{size}{suffix}" for suffix in ("", "-384") for size in ("tiny", "small", "base"))
 MODEL_PRESETS = PRESET_ALIASES + tuple(  # hf_deit.configuration_distilled_deit.PRESET_ALIASES, then PRESETS
