@@ -60,6 +60,22 @@ def test_a_new_model_on_a_tiny_dataset_gets_enough_steps(tmp_path):
     assert epochs_for(parse(tmp_path, "--max_steps", "40"), num_train_examples=90) == 30  # steps rule
 
 
+def test_with_unlabelled_images_the_labelled_ones_get_the_passes_of_a_run_without_them(tmp_path, caplog):
+    """50 labelled textures and a pool of 150: the student alone gets 300 epochs (300 steps); with the pool, as many
+    epochs over four times the images (1,200 steps), not the 75 epochs that 300 steps would give its labelled images."""
+    import datasets
+
+    assert epochs_for(parse(tmp_path), num_train_examples=50) == 300
+    assert epochs_for(parse(tmp_path), num_train_examples=200, num_labelled=50) == 300
+    assert epochs_for(parse(tmp_path), num_train_examples=200) == 75
+    assert epochs_for(parse(tmp_path), num_train_examples=40_000, num_labelled=4_000) == 30  # large: the default epochs
+    labels = datasets.Dataset.from_dict({"label": [0, 1] * 25 + [-1] * 150})
+    never_decoded = labels.with_transform(lambda batch: pytest.fail("the labels are read without the transform"))
+    with caplog.at_level("INFO", logger="hf_deit.run"):
+        sized = size_run(parse(tmp_path), train_dataset=never_decoded)
+    assert sized.num_train_epochs == 300 and "200 training images, 50 labelled" in caplog.text
+
+
 def parse_teacher(tmp_path, *flags):
     from hf_deit.arguments import TeacherTrainingArguments
 

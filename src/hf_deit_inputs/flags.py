@@ -125,7 +125,8 @@ class DeiTTrainingFlags:
     num_train_epochs: Optional[float] = field(
         default=None,
         metadata={"help": "Epochs (paper: 300 on ImageNet). Default 30, more for a new model on a dataset so small "
-                  f"that 30 epochs are fewer than {MIN_FROM_SCRATCH_STEPS} steps."},
+                  f"that 30 epochs are fewer than {MIN_FROM_SCRATCH_STEPS} steps (on its labelled images alone, "
+                  "when the teacher labels others)."},
     )
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device."})
