@@ -74,6 +74,7 @@ def test_with_unlabelled_images_the_labelled_ones_get_the_passes_of_a_run_withou
     with caplog.at_level("INFO", logger="hf_deit.run"):
         sized = size_run(parse(tmp_path), train_dataset=never_decoded)
     assert sized.num_train_epochs == 300 and "200 training images, 50 labelled" in caplog.text
+    assert size_run(parse(tmp_path), train_dataset=labels.to_iterable_dataset()).num_train_epochs == 30  # a stream
 
 
 def parse_teacher(tmp_path, *flags):

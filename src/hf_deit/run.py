@@ -183,6 +183,8 @@ def epochs_for(args: DeiTTrainingArguments, num_train_examples: Optional[int] = 
 def labelled_count(dataset, num_examples: Optional[int]) -> Optional[int]:
     """The images of `dataset` that have a label (an unlabelled one, label -1, is labelled by the teacher), read from
     the label column alone; `num_examples` where there is no such column to read (not a `datasets.Dataset`)."""
+    if num_examples is None:  # a stream: nothing is sized to its length
+        return None
     try:
         labels = dataset.with_format("arrow")["label"]
     except (AttributeError, KeyError, ValueError):
