@@ -108,23 +108,23 @@ def resolve_resume_checkpoint(output_dir: str, requested: str | bool | None) -> 
         return latest
     if text in RESUME_LATEST:
         if latest is None:
-            raise InputError([f"--resume_from_checkpoint {requested}: no checkpoint-<step> folder in {output_dir}."])
+            raise InputError(f"--resume_from_checkpoint {requested}: no checkpoint-<step> folder in {output_dir}.")
         logger.info("Resuming from %s.", latest)
         return latest
     if text in RESUME_NEVER:
         if latest is not None:
-            raise InputError([
+            raise InputError(
                 f"--output_dir {output_dir} already holds checkpoints (newest: {os.path.basename(latest)}) and "
                 f"--resume_from_checkpoint is {requested}: a new run there would mix with them. Pass another "
                 "--output_dir, delete the checkpoints, or drop the flag to resume."
-            ])
+            )
         return None
     path = Path(requested)
     if not (path / TRAINER_STATE_NAME).is_file():
-        raise InputError([
+        raise InputError(
             f"--resume_from_checkpoint {requested}: not a checkpoint folder (no {TRAINER_STATE_NAME}). Pass a "
             f"{PREFIX_CHECKPOINT_DIR}-<step> folder, 'auto' for the newest in --output_dir, or 'false'."
-        ])
+        )
     return str(path)
 
 
@@ -177,11 +177,11 @@ def prepare_output_dir(output_dir: str, settings: dict, overwrite: bool = False,
     saved, differences = _recorded_differences(output_dir, settings)
     if differences and not overwrite:
         listed = "\n".join(f"  --{name}: {old!r} there, {new!r} now" for name, (old, new) in differences.items())
-        raise InputError([
+        raise InputError(
             f"--output_dir {output_dir} holds a run made with other settings:\n{listed}\nIts checkpoints and model "
             "belong to those settings, so this run neither resumes nor writes there. Pass another --output_dir, or "
             "--overwrite_output_dir true to delete that run's checkpoints and start fresh there."
-        ])
+        )
     latest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if overwrite and latest is not None:  # asked: start fresh
         if write:
@@ -224,5 +224,5 @@ def check_checkpoint_settings(checkpoint: str, settings: dict) -> None:
     differences = _recorded_differences(os.path.dirname(os.path.abspath(checkpoint)), settings)[1]
     if differences:
         listed = ", ".join(f"--{name} ({old!r} there, {new!r} now)" for name, (old, new) in differences.items())
-        raise InputError([f"--resume_from_checkpoint {checkpoint} was saved by a run with other settings: {listed}. "
-                          "Resume it with the same flags, or leave --resume_from_checkpoint out to start fresh."])  # fmt: skip
+        raise InputError(f"--resume_from_checkpoint {checkpoint} was saved by a run with other settings: {listed}. "
+                         "Resume it with the same flags, or leave --resume_from_checkpoint out to start fresh.")  # fmt: skip
