@@ -16,7 +16,7 @@ Reads top to bottom like the recipe: data, transforms, student, teacher, train, 
 import logging
 import sys
 
-from hf_deit_inputs import check_train_command_line, exit_on_input_error
+from hf_deit_inputs import InputError, check_train_command_line, exit_on_input_error
 from hf_deit_inputs.help import answer_help
 
 if __name__ == "__main__":  # --help and every input on the command line answered first, before torch loads (below)
@@ -45,7 +45,7 @@ from hf_deit.data import (  # noqa: E402
     split_labeled,
 )
 from hf_deit.card import augmentation_recipe, data_card_fields  # noqa: E402
-from hf_deit.convert import checkpoint_class_count  # noqa: E402
+from hf_deit.convert import CheckpointConversionError, checkpoint_class_count  # noqa: E402
 from hf_deit.distributed import leave_process_group  # noqa: E402
 from hf_deit.hub import push_output_to_hub, take_hub_settings  # noqa: E402
 from hf_deit.image_processing import deit_image_processor  # noqa: E402
@@ -88,15 +88,18 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, label_na
     if saved_classes is not None and new_heads:
         logger.warning("%s has %d classes, the data %d: both heads start untrained (ignore_mismatched_sizes).", name,
                        saved_classes, len(label_names))  # fmt: skip
-    return DistilledDeiTForImageClassification.from_pretrained(
-        name,
-        token=token,
-        trust_remote_code=model_args.trust_remote_code,
-        attn_implementation=model_args.attn_implementation,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes or new_heads,
-        drop_path_rate=model_args.drop_path_rate,
-        **fields,
-    )
+    try:
+        return DistilledDeiTForImageClassification.from_pretrained(
+            name,
+            token=token,
+            trust_remote_code=model_args.trust_remote_code,
+            attn_implementation=model_args.attn_implementation,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes or new_heads,
+            drop_path_rate=model_args.drop_path_rate,
+            **fields,
+        )
+    except CheckpointConversionError as error:  # each says what to change on the command line
+        raise InputError(f"--model_name_or_path {name}: {error}") from None
 
 
 def main(argv=None) -> dict:

@@ -314,6 +314,17 @@ def test_a_rule_the_package_keeps_where_it_acts_is_answered_as_an_input_error(tm
     assert "Traceback" not in result.stderr and not list(tmp_path.glob("checkpoint-*"))
 
 
+def test_a_saved_model_at_a_size_its_patches_do_not_divide_is_answered_as_an_input_error(tmp_path):
+    from hf_deit import DistilledDeiTConfig, DistilledDeiTForImageClassification
+
+    config = DistilledDeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=64, num_labels=10)  # fmt: skip
+    DistilledDeiTForImageClassification(config).save_pretrained(tmp_path / "saved")
+    test_a_rule_the_package_keeps_where_it_acts_is_answered_as_an_input_error(
+        tmp_path, ["--model_name_or_path", str(tmp_path / "saved"), "--image_size", "30"],
+        "image_size 30 is not a multiple of the checkpoint's patch size (8, 8): pass a multiple (e.g. 24)")
+
+
 # ----------------------------------------------------------------------------------------------------------- --help
 
 

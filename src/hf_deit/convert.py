@@ -402,7 +402,9 @@ def _resolve_geometry(ours: dict[str, torch.Tensor], fields: dict, image_size) -
         image_h, image_w = _pair(image_size)
         if image_h % patch_size[0] or image_w % patch_size[1]:
             raise CheckpointConversionError(
-                f"image_size {image_size!r} is not a multiple of the checkpoint's patch size {patch_size}."
+                f"image_size {image_size!r} is not a multiple of the checkpoint's patch size {patch_size}: pass a "
+                f"multiple (e.g. {max(1, image_h // patch_size[0]) * patch_size[0]}), or leave it out for the "
+                "checkpoint's own."
             )
         grid = (image_h // patch_size[0], image_w // patch_size[1])
         if grid != trained_grid:
