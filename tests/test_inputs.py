@@ -305,6 +305,7 @@ def test_scripts_answer_in_well_under_two_seconds_before_importing_torch(tmp_pat
 @pytest.mark.parametrize("argv, expected", [
     (["--model_name_or_path", "tiny", "--image_size", "30"], "image_size 30 is not divisible by patch_size 16"),
     (["--resume_from_checkpoint", "nowhere"], "--resume_from_checkpoint nowhere: not a checkpoint folder"),
+    (["--epochs", "3"], "--epochs: no such flag (did you mean --num_train_epochs?)."),  # after torch: transformers' flags
 ])  # fmt: skip
 def test_a_rule_the_package_keeps_where_it_acts_is_answered_as_an_input_error(tmp_path, argv, expected):
     """Not repeated before torch loads: the model's config and the resume refuse these, and the script prints it as
@@ -312,6 +313,34 @@ def test_a_rule_the_package_keeps_where_it_acts_is_answered_as_an_input_error(tm
     result, _ = run_script("train.py", "--dataset_name", "digits", "--output_dir", str(tmp_path), *argv, cwd=tmp_path)
     assert result.returncode == 2 and "train.py: error: " in result.stderr and expected in result.stderr
     assert "Traceback" not in result.stderr and not list(tmp_path.glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--epochs", "3", "--batch-size", "8"], "--epochs: no such flag (did you mean --num_train_epochs?).\n- "
+     "--batch_size: no such flag (did you mean --per_device_train_batch_size?)."),
+    (["--lr", "1e-3"], "--lr: no such flag (did you mean --learning_rate?)."),  # the official DeiT code's name
+    (["--teacher_name", "x"], "--teacher_name: no such flag (did you mean --teacher_name_or_path"),  # no abbreviations
+    (["--train_dir", "data/train", "data/val"], "data/val: a value without its flag (--name value)."),
+])  # fmt: skip
+def test_a_flag_no_dataclass_has_is_answered_with_the_closest_ones(argv, expected):
+    from hf_deit.arguments import train_argument_parser
+    from hf_deit.run import parse_command_line
+
+    with pytest.raises(InputError) as error:
+        parse_command_line(train_argument_parser(), argv, check=lambda command_line: None)
+    assert expected in str(error.value)
+
+
+def test_a_settings_file_key_no_dataclass_has_is_answered_as_a_flag_would_be(tmp_path):
+    from hf_deit.arguments import teacher_argument_parser
+    from hf_deit.run import parse_command_line
+
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"output_dir": str(tmp_path), "num_train_epochs": 3}))
+    assert parse_command_line(teacher_argument_parser(), [str(settings)], lambda _: None)[-1].num_train_epochs == 3
+    settings.write_text(json.dumps({"output_dir": str(tmp_path), "epochs": 3}))
+    with pytest.raises(InputError, match=r"--epochs: no such flag \(did you mean --num_train_epochs\?\)"):
+        parse_command_line(teacher_argument_parser(), [str(settings)], lambda _: None)
 
 
 def test_a_saved_model_at_a_size_its_patches_do_not_divide_is_answered_as_an_input_error(tmp_path):

@@ -66,13 +66,18 @@ class DistillationConfig(DistillationFlags, DeiTTrainingArguments):
 DISTILLATION_FIELDS = tuple(item.name for item in fields(DistillationFlags))
 
 
+# Flags by their whole names only: an abbreviation (--teacher_name) would pass by the early checks, which read whole
+# names, and change meaning when a flag is added. The usage line stays short (the flags: --help).
+PARSING = dict(allow_abbrev=False, usage="%(prog)s [--flag value ...]   or   %(prog)s settings.json   (--help: the flags)")
+
+
 def train_argument_parser():
     """`scripts/train.py`'s parser: model, data, augmentation and `DistillationConfig` flags, with the distillation
     fields in a --help group of their own (HfArgumentParser gives one group per dataclass)."""
     from hf_deit_inputs.help import DISTILLATION_GROUP
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, DistillationConfig))
+    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, DistillationConfig), **PARSING)
     distillation = parser.add_argument_group(DISTILLATION_GROUP)
     for group in parser._action_groups[:-1]:
         for action in [action for action in group._group_actions if action.dest in DISTILLATION_FIELDS]:
@@ -86,4 +91,5 @@ def teacher_argument_parser():
     `TeacherTrainingArguments`."""
     from transformers import HfArgumentParser
 
-    return HfArgumentParser((TeacherArguments, DataArguments, AugmentationArguments, TeacherTrainingArguments))
+    return HfArgumentParser((TeacherArguments, DataArguments, AugmentationArguments, TeacherTrainingArguments),
+                            **PARSING)

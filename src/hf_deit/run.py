@@ -13,6 +13,9 @@ so that the resume rule and the same-settings checks of `hf_deit.checkpointing` 
 """
 
 import copy
+import dataclasses
+import difflib
+import json
 import logging
 import math
 import os
@@ -44,14 +47,39 @@ from .precision import bf16_is_faster
 logger = logging.getLogger(__name__)
 
 
+# The official DeiT code's (main.py) names of flags spelled otherwise here, for the message that names ours.
+DEIT_FLAG_NAMES = {"lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+                   "data_path": "train_dir", "model": "model_name_or_path", "teacher_model": "teacher_name_or_path",
+                   "resume": "resume_from_checkpoint", "input_size": "image_size", "smoothing": "label_smoothing_factor"}
+
+
 def parse_command_line(parser: HfArgumentParser, argv: Optional[Sequence[str]], check: Callable) -> tuple:
     """`check(command_line)` (an `hf_deit_inputs` check: raises `InputError` naming each fix), then the parser's
-    dataclasses. `argv` None reads `sys.argv`; a single `.json` argument is a settings file."""
+    dataclasses. `argv` None reads `sys.argv`; a single `.json` argument is a settings file. A flag (or settings key)
+    that no dataclass has is an `InputError` naming the closest ones, where `HfArgumentParser` raises a bare
+    ValueError."""
     command_line = sys.argv[1:] if argv is None else list(argv)
     check(command_line)
+    names = [item.name for dataclass in parser.dataclass_types for item in dataclasses.fields(dataclass)]
     if len(command_line) == 1 and command_line[0].endswith(".json"):
-        return parser.parse_json_file(command_line[0])
-    return parser.parse_args_into_dataclasses(args=command_line)
+        with open(command_line[0]) as file:
+            values = json.load(file)
+        unknown = [key for key in values if key not in names]
+        groups = parser.parse_dict(values, allow_extra_keys=True)
+    else:
+        *groups, remaining = parser.parse_args_into_dataclasses(args=command_line, return_remaining_strings=True)
+        unknown = [token.lstrip("-").partition("=")[0].replace("-", "_") for token in remaining if token[:1] == "-"]
+        if remaining and not unknown:
+            raise InputError(f"{' '.join(remaining)}: a value without its flag (--name value).")
+    if unknown:
+        raise InputError([f"--{name}: no such flag{_closest_flags(name, names)}." for name in unknown])
+    return tuple(groups)
+
+
+def _closest_flags(name: str, names: Sequence[str]) -> str:
+    close = [DEIT_FLAG_NAMES[name]] if name in DEIT_FLAG_NAMES else (
+        difflib.get_close_matches(name, names, n=3, cutoff=0.6) or [known for known in names if name in known][:3])
+    return f" (did you mean {' or '.join('--' + known for known in close)}?)" if close else ""
 
 
 def start_run(training_args: TrainingArguments, argument_groups: Sequence, logger: logging.Logger) -> dict:
