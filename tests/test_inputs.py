@@ -399,6 +399,15 @@ def test_help_all_lists_every_flag_in_groups():
     assert "--gradient_accumulation_steps" in result.stdout
 
 
+def test_the_student_is_not_written_over_its_teacher(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "config.json").write_text("{}")
+    message = problems(["--teacher_name_or_path", "teacher", "--output_dir", str(tmp_path / "teacher")])
+    assert "is the teacher's folder (--teacher_name_or_path): the student would be written over its teacher" in message
+    check_train_command_line(["--teacher_name_or_path", "teacher", "--output_dir", "teacher/student"])
+
+
 def test_checkpoint_files_are_accepted_other_files_are_not(tmp_path):
     (tmp_path / "deit.pth").write_bytes(b"weights")
     (tmp_path / "notes.txt").write_text("not a model")

@@ -141,6 +141,9 @@ def check_inputs(given: dict, script: str) -> list[str]:
     output_dir, output_file = given.get("output_dir"), given.get("output_file")
     if output_dir and os.path.isfile(output_dir):
         problems.append(f"--output_dir {output_dir} is a file: pass a folder (it is created if missing).")
+    elif script == "train" and output_dir and teacher and os.path.realpath(output_dir) == os.path.realpath(os.path.expanduser(teacher)):
+        problems.append(f"--output_dir {output_dir} is the teacher's folder (--teacher_name_or_path): the student "
+                        "would be written over its teacher. Pass another --output_dir, e.g. outputs/deit.")
     if output_file and os.path.isdir(output_file):
         problems.append(f"--output_file {output_file} is a folder: name a file to write, e.g. "
                         f"{os.path.join(output_file, 'results.json')}.")  # fmt: skip
