@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForImageClassification, HfArgumentParser  # noqa: E402
 
 import hf_deit  # noqa: E402, F401  (registers our model with the Auto classes)
-from hf_deit.arguments import DataArguments  # noqa: E402
+from hf_deit.arguments import PARSING, DataArguments  # noqa: E402
 from hf_deit.data import load_image_classification_dataset  # noqa: E402
 from hf_deit.evaluation import (  # noqa: E402
     dataset_label_order,
@@ -36,6 +36,7 @@ from hf_deit.evaluation import (  # noqa: E402
     format_results,
     teacher_for_evaluation,
 )
+from hf_deit.run import parse_command_line  # noqa: E402
 
 logger = logging.getLogger("hf_deit.evaluate")
 
@@ -72,8 +73,8 @@ class EvaluationArguments:
 
 
 def main(argv=None) -> dict:
-    check_evaluate_command_line(sys.argv[1:] if argv is None else argv)  # raises InputError naming each fix
-    eval_args, data_args = HfArgumentParser((EvaluationArguments, DataArguments)).parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((EvaluationArguments, DataArguments), **PARSING)
+    eval_args, data_args = parse_command_line(parser, argv, check_evaluate_command_line)  # InputErrors name each fix
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     device = eval_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import train
+from hf_deit_inputs import exit_on_input_error
 from transformers import HfArgumentParser, set_seed
 
-from hf_deit.arguments import AugmentationArguments, DataArguments, DistillationConfig, ModelArguments
+from hf_deit.arguments import PARSING, AugmentationArguments, DataArguments, DistillationConfig, ModelArguments
 from hf_deit.recording import record_teacher_outputs
+from hf_deit.run import parse_command_line
 from hf_deit.teacher_record import plan_for_run
 
 logger = logging.getLogger("hf_deit.record_teacher")
@@ -72,10 +74,9 @@ class RecordArguments:
 
 def main(argv=None) -> dict:
     # train.py's flags (the run the record is for) and this script's own
-    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, DistillationConfig, RecordArguments))
-    model_args, data_args, aug_args, training_args, record_args = parser.parse_args_into_dataclasses(
-        args=sys.argv[1:] if argv is None else list(argv)
-    )
+    groups = (ModelArguments, DataArguments, AugmentationArguments, DistillationConfig, RecordArguments)
+    parser = HfArgumentParser(groups, **PARSING)
+    model_args, data_args, aug_args, training_args, record_args = parse_command_line(parser, argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if training_args.teacher_outputs is not None:
         parser.error("--teacher_outputs reads a record; to write one, pass --record_dir and the teacher.")
@@ -113,4 +114,4 @@ def _ordinal(number: int) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_input_error(main, sys.argv[1:], "record_teacher.py")

@@ -50,16 +50,19 @@ logger = logging.getLogger(__name__)
 # The official DeiT code's (main.py) names of flags spelled otherwise here, for the message that names ours.
 DEIT_FLAG_NAMES = {"lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
                    "data_path": "train_dir", "model": "model_name_or_path", "teacher_model": "teacher_name_or_path",
-                   "resume": "resume_from_checkpoint", "input_size": "image_size", "smoothing": "label_smoothing_factor"}
+                   "resume": "resume_from_checkpoint", "input_size": "image_size",
+                   "smoothing": "label_smoothing_factor"}
 
 
-def parse_command_line(parser: HfArgumentParser, argv: Optional[Sequence[str]], check: Callable) -> tuple:
+def parse_command_line(parser: HfArgumentParser, argv: Optional[Sequence[str]], check: Optional[Callable] = None
+                       ) -> tuple:
     """`check(command_line)` (an `hf_deit_inputs` check: raises `InputError` naming each fix), then the parser's
     dataclasses. `argv` None reads `sys.argv`; a single `.json` argument is a settings file. A flag (or settings key)
     that no dataclass has is an `InputError` naming the closest ones, where `HfArgumentParser` raises a bare
     ValueError."""
     command_line = sys.argv[1:] if argv is None else list(argv)
-    check(command_line)
+    if check is not None:
+        check(command_line)
     names = [item.name for dataclass in parser.dataclass_types for item in dataclasses.fields(dataclass)]
     if len(command_line) == 1 and command_line[0].endswith(".json"):
         with open(command_line[0]) as file:
@@ -77,7 +80,7 @@ def parse_command_line(parser: HfArgumentParser, argv: Optional[Sequence[str]], 
 
 
 def _closest_flags(name: str, names: Sequence[str]) -> str:
-    close = [DEIT_FLAG_NAMES[name]] if name in DEIT_FLAG_NAMES else (
+    close = [DEIT_FLAG_NAMES[name]] if DEIT_FLAG_NAMES.get(name) in names else (
         difflib.get_close_matches(name, names, n=3, cutoff=0.6) or [known for known in names if name in known][:3])
     return f" (did you mean {' or '.join('--' + known for known in close)}?)" if close else ""
 
