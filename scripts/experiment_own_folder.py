@@ -17,6 +17,8 @@ training images), with default flags (the input sized to the images, `hf_deit.da
     python scripts/experiment_own_folder.py --kinds scans --teachers teacher --students none hard
     python scripts/experiment_own_folder.py --image_size 96                    # one size for every folder
     python scripts/experiment_own_folder.py --table_only           # the table of the runs finished so far
+    python scripts/experiment_own_folder.py --seed_dirs outputs/own_folder/seed0 outputs/own_folder/seed1 ...
+                                                                    # the table over seeds (seeds.md, seeds.png)
 
 With `--labeled_fraction F` the study is the teacher check's on an unlabelled pool: each training folder is split
 per class (seeded) into F labelled images and a pool of the rest, their labels dropped (`pool_split`), as a user
@@ -167,10 +169,12 @@ def main(argv=None) -> dict:
                         help="The pool study: this fraction of each class labelled, the rest an unlabelled pool.")
     parser.add_argument("--table_only", action="store_true", help="Print the table of the finished runs; run none.")
     parser.add_argument("--seed_dirs", nargs="+", type=Path, default=None,
-                        help="The pool study's table over seeds: one --output_dir per seed; runs none.")
+                        help="The table over seeds (the pool study's with --labeled_fraction runs): one --output_dir "
+                        "per seed; runs none.")
     args = parser.parse_args(argv)
     if args.seed_dirs:
-        return pool_table(args.seed_dirs, args.kinds, argv)
+        pooled = any((seed_dir / kind / "pool").is_dir() for seed_dir in args.seed_dirs for kind in args.kinds)
+        return (pool_table if pooled else seeds_table)(args.seed_dirs, args.kinds, argv)
     out = Path(args.output_dir)
     pooled = args.labeled_fraction is not None
     teachers = {"teacher": TEACHERS["teacher"]} if pooled else {name: TEACHERS[name] for name in args.teachers}
@@ -225,6 +229,35 @@ def results_table(results: dict, titles: dict, argv) -> str:
     command = "python scripts/experiment_own_folder.py " + " ".join(argv if argv is not None else sys.argv[1:])
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     return "\n".join(rows) + f"\n\n`{command.strip()}`, {when}, {machine()}; one thread per run, two runs at a time."
+
+
+def seeds_table(seed_dirs: list[Path], kinds, argv) -> dict:
+    """The study over seeds: per folder and run the top-1 of each seed, their mean, and what the teacher check did; a
+    figure, one dot per seed. Writes `seeds.md`, `seeds.json` and `seeds.png` beside the seed folders."""
+    rows = [f"| folder | model | {' | '.join(seed_dir.name for seed_dir in seed_dirs)} | mean | the teacher check did |",
+            "|---|---|" + "---|" * (len(seed_dirs) + 2)]  # fmt: skip
+    results, groups = {}, {}
+    for kind in kinds:
+        for name, (title, _) in {**TEACHERS, **STUDENTS}.items():
+            runs = [finished_run(seed_dir / kind / name) for seed_dir in seed_dirs]
+            top1 = [None if metrics is None else 100 * metrics["eval_accuracy"] for metrics in runs]
+            done = [value for value in top1 if value is not None]
+            if not done:
+                continue
+            checks = ", ".join(dict.fromkeys(metrics["check"] for metrics in runs if metrics and metrics.get("check")))
+            mean = f"{np.mean(done):.1f}" + ("" if len(done) == len(top1) else f" ({len(done)} of {len(top1)})")
+            shown = " | ".join("-" if value is None else f"{value:.1f}" for value in top1)
+            rows.append(f"| {kind} | {title} | {shown} | {mean} | {checks if name in STUDENTS and checks else '-'} |")
+            results.setdefault(kind, {})[name] = top1
+            groups.setdefault(kind, {})[name] = done
+    command = "python scripts/experiment_own_folder.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = "\n".join(rows) + f"\n\nValidation top-1 of the averaged heads (%). `{command.strip()}`, {machine()}."
+    print(table)
+    out = seed_dirs[0].parent
+    (out / "seeds.md").write_text(table + "\n")
+    (out / "seeds.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot_groups(groups, out / "seeds.png", title="Own folders: top-1 of the averaged heads, one dot per seed")
+    return results
 
 
 def pool_table(seed_dirs: list[Path], kinds, argv) -> dict:
