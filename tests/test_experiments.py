@@ -270,3 +270,27 @@ def test_students_that_see_the_same_views_share_one_record_and_train_as_with_the
     assert (tmp_path / "auto_records" / RECORDS_NAME).is_file() == pays
     with pytest.raises(ValueError, match="when must be one of auto, always, never"):
         share_teacher_records("test", tmp_path / "records", students, when="sometimes")
+
+
+def test_the_own_folder_table_over_seeds_gives_each_seed_the_mean_and_what_the_check_did(tmp_path):
+    from experiment_own_folder import seeds_table
+
+    def finish(folder: Path, accuracy: float, log: str = "") -> None:
+        folder.mkdir(parents=True)
+        (folder / "all_results.json").write_text(json.dumps({"eval_accuracy": accuracy}))
+        (folder / "eval_results.json").write_text("{}")
+        (folder / "train.log").write_text(log)
+
+    seeds = [tmp_path / f"seed{seed}" for seed in range(3)]
+    for seed, seed_dir in enumerate(seeds):
+        finish(seed_dir / "photos" / "teacher", 0.95 + 0.01 * seed)
+        finish(seed_dir / "photos" / "hard_weak_all", 0.9, "The label replaced the teacher on 12 images")
+    finish(seeds[0] / "photos" / "none", 0.875)  # the other seeds unfinished
+    (seeds[1] / "photos" / "none").mkdir()
+    results = seeds_table(seeds, ["photos"], ["--seed_dirs", "..."])
+    table = (tmp_path / "seeds.md").read_text()
+    assert "| photos | teacher (default schedule) | 95.0 | 96.0 | 97.0 | 96.0 | - |" in table
+    assert "| photos | student, no teacher | 87.5 | - | - | 87.5 (1 of 3) | - |" in table
+    assert "protected (the default: fallback all) | 90.0 | 90.0 | 90.0 | 90.0 | labels replace a weak teacher |" in table
+    assert results["photos"]["none"] == [87.5, None, None] and "hard" not in results["photos"]
+    assert (tmp_path / "seeds.png").stat().st_size > 0 and json.loads((tmp_path / "seeds.json").read_text()) == results
