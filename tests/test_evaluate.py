@@ -17,6 +17,7 @@ from hf_deit.data import load_image_classification_dataset
 from hf_deit.evaluation import dataset_label_order, eval_transform_for, evaluate_classifier, format_results
 from hf_deit.image_processing import deit_image_processor
 from hf_deit.metrics import make_compute_metrics
+from hf_deit_inputs import InputError
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -98,10 +99,10 @@ def test_any_classifier_with_its_classes_in_another_order(tmp_path, digits):
 
 
 def test_a_model_for_other_classes_is_refused(digits):
-    with pytest.raises(ValueError, match="The model predicts 3 classes, the dataset has 10"):
+    with pytest.raises(InputError, match="The model predicts 3 classes, the dataset has 10"):
         dataset_label_order(DIGITS, ResNetConfig(num_labels=3))
     other = ResNetConfig(num_labels=10, id2label={i: f"c{i}" for i in range(10)})
-    with pytest.raises(ValueError, match="The model's classes are not the dataset's"):
+    with pytest.raises(InputError, match=r"The model's classes are not the dataset's: only the dataset has \['0', "):
         dataset_label_order(DIGITS, other)
 
 

@@ -24,6 +24,8 @@ import torch
 from datasets import IterableDataset, IterableDatasetDict
 from transformers import EvalPrediction
 
+from hf_deit_inputs import InputError
+
 from .data import (
     AugmentationArguments,
     apply_transforms,
@@ -72,17 +74,22 @@ def _label_space(label_names: list[str]) -> SimpleNamespace:
 def dataset_label_order(label_names: list[str], model_config) -> Optional[torch.Tensor]:
     """None when the model's logits follow the dataset's classes, else the index re-ordering them by name.
 
-    Raises ValueError when the model predicts another number of classes or (both naming them) other classes.
+    Raises `InputError` when the model predicts another number of classes or (both naming them) other classes.
     """
     if model_config.num_labels != len(label_names):
-        raise ValueError(
+        raise InputError(
             f"The model predicts {model_config.num_labels} classes, the dataset has {len(label_names)}: evaluate it on "
             "a dataset with its classes (check --dataset_name, --label_column_name)."
         )
     try:
         return check_label_space(_label_space(label_names), model_config)
-    except ValueError as error:  # the message speaks of a teacher (the model) and a student (the dataset)
-        raise ValueError(f"The model's classes are not the dataset's. {error}") from None
+    except ValueError:  # its message speaks of a teacher and a student: said here of the model and the dataset
+        model_names = {str(name) for name in model_config.id2label.values()}
+        raise InputError(
+            f"The model's classes are not the dataset's: only the dataset has {sorted(set(label_names) - model_names)[:5]}"
+            f", only the model {sorted(model_names - set(label_names))[:5]}. Evaluate it on images of its classes (a "
+            "folder per class, named as its config.id2label), or fine-tune it on these (scripts/train.py)."
+        ) from None
 
 
 def teacher_for_evaluation(
