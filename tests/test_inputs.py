@@ -399,6 +399,14 @@ def test_help_all_lists_every_flag_in_groups():
     assert "--gradient_accumulation_steps" in result.stdout
 
 
+def test_the_training_images_are_not_the_validation_images(image_root):
+    train = str(image_root / "data" / "train")
+    message = problems(["--train_dir", train, "--validation_dir", train + "/"])
+    assert message.startswith("--validation_dir")
+    assert "is --train_dir: the model would be judged on the images it learns" in message
+    assert "leave --validation_dir out (--train_val_split holds out 15% of train)" in message
+
+
 def test_the_student_is_not_written_over_its_teacher(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "teacher").mkdir()

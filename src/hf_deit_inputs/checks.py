@@ -178,6 +178,10 @@ def check_data(given: dict, needs_train: bool) -> list[str]:
         problems += check_dataset_name("--dataset_name", given["dataset_name"])
     if validation_dir and not train_dir and needs_train:
         problems.append("--validation_dir needs a --train_dir (the training images) as well.")
+    elif validation_dir and train_dir and os.path.realpath(validation_dir) == os.path.realpath(train_dir):
+        problems.append(f"--validation_dir {validation_dir} is --train_dir: the model would be judged on the images "
+                        "it learns, and the teacher check could not see how it generalises. Pass a folder of other "
+                        "images, or leave --validation_dir out (--train_val_split holds out 15% of train).")
     train_classes = None
     if train_dir:
         train_classes, folder_problems = check_class_folder("--train_dir", train_dir)
