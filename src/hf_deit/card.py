@@ -18,6 +18,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from hf_deit_inputs.checks import install_hint
+
 from .metrics import HEADS as METRIC_HEADS
 
 # Shipped inside the package (src/hf_deit/model_cards is a symlink to the repository's model_cards/, and setup.cfg's
@@ -224,7 +226,7 @@ def write_learning_curves(output_dir, log_history: list[dict], model_name: str) 
     from .plots import matplotlib_available, plot_learning_curves
 
     if not matplotlib_available():
-        logger.info("No learning curves in the card: they need matplotlib (pip install hf-deit[plots]).")
+        logger.info("No learning curves in the card: they need matplotlib (%s).", install_hint("plots"))
         return None
     references = {model_name: {"teacher": teacher}} if teacher is not None else None
     plot_learning_curves({model_name: curves}, Path(output_dir) / LEARNING_CURVES_NAME, references)

