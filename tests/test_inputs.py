@@ -95,6 +95,9 @@ def test_teacher_and_model_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     message = problems(["--teacher_name_or_path", "facebook/regnet-y-160"])
     assert "HF_HUB_OFFLINE" in message and "Hub cache" in message
+    # A teacher not trained yet, named as a folder that is not there (step 3 before step 2): the script to train it.
+    message = problems(["--teacher_name_or_path", "runs/teacher"])
+    assert "neither a folder here nor in the Hub cache" in message and "written by scripts/train_teacher.py" in message
     (tmp_path / "cache" / "models--facebook--regnet-y-160" / "snapshots" / "abc").mkdir(parents=True)
     check_train_command_line(["--teacher_name_or_path", "facebook/regnet-y-160"])  # cached: fine offline
     assert "neither a folder here nor a Hub id" in problems(["--teacher_name_or_path", "my teacher"])

@@ -372,14 +372,14 @@ def check_saved_model(flag: str, name: str, role: str = "model", presets: Sequen
         suggestion = f"Did you mean {close[0]!r}? " if close else ""
         return [f"{flag} {name}: unknown preset, and no such folder. {suggestion}Presets: {', '.join(presets)}. A "
                 "saved model is a folder or a Hub id (organisation/name)."]  # fmt: skip
+    written = " such as one written by scripts/train_teacher.py" if role == "teacher" else ""
     if looks_like_path(name) or not _HUB_ID.fullmatch(name):
         kind = "no such folder" if looks_like_path(name) else "neither a folder here nor a Hub id (organisation/name)"
         return [f"{flag} {name}: {kind}{_close_names(name) if looks_like_path(name) else ''}. Pass a folder "
-                f"with a saved {what} (config.json){' such as one written by scripts/train_teacher.py' if role == 'teacher' else ''}, "
-                f"or a Hub id{_presets_hint(presets)}."]  # fmt: skip
+                f"with a saved {what} (config.json){written}, or a Hub id{_presets_hint(presets)}."]  # fmt: skip
     if hub_offline() and not in_hub_cache(name):
         return [f"{flag} {name}: the Hub is off (HF_HUB_OFFLINE is set) and {name} is neither a folder here nor in "
-                f"the Hub cache ({hub_cache_dir()}). Download it once online, or pass a local folder."]  # fmt: skip
+                f"the Hub cache ({hub_cache_dir()}). Download it once online, or pass a local folder{written}."]  # fmt: skip
     return []
 
 
