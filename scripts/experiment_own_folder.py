@@ -40,6 +40,7 @@ Prints a table (also `results.md`, and `results.png`) with the command, machine 
 """
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -244,7 +245,10 @@ def seeds_table(seed_dirs: list[Path], kinds, argv) -> dict:
             done = [value for value in top1 if value is not None]
             if not done:
                 continue
-            checks = ", ".join(dict.fromkeys(metrics["check"] for metrics in runs if metrics and metrics.get("check")))
+            acted = collections.Counter(action for metrics in runs if metrics and metrics.get("check")
+                                        for action in metrics["check"].split(", "))  # fmt: skip
+            checks = ", ".join(action + ("" if count == len(done) else f" ({count} of {len(done)})")
+                               for action, count in acted.items())  # fmt: skip
             mean = f"{np.mean(done):.1f}" + ("" if len(done) == len(top1) else f" ({len(done)} of {len(top1)})")
             shown = " | ".join("-" if value is None else f"{value:.1f}" for value in top1)
             rows.append(f"| {kind} | {title} | {shown} | {mean} | {checks if name in STUDENTS and checks else '-'} |")

@@ -284,13 +284,15 @@ def test_the_own_folder_table_over_seeds_gives_each_seed_the_mean_and_what_the_c
     seeds = [tmp_path / f"seed{seed}" for seed in range(3)]
     for seed, seed_dir in enumerate(seeds):
         finish(seed_dir / "photos" / "teacher", 0.95 + 0.01 * seed)
-        finish(seed_dir / "photos" / "hard_weak_all", 0.9, "The label replaced the teacher on 12 images")
+        finish(seed_dir / "photos" / "hard_weak_all", 0.9, "The label replaced the teacher on 12 images"
+               + (", it generalises poorly" if seed else ""))
     finish(seeds[0] / "photos" / "none", 0.875)  # the other seeds unfinished
     (seeds[1] / "photos" / "none").mkdir()
     results = seeds_table(seeds, ["photos"], ["--seed_dirs", "..."])
     table = (tmp_path / "seeds.md").read_text()
     assert "| photos | teacher (default schedule) | 95.0 | 96.0 | 97.0 | 96.0 | - |" in table
     assert "| photos | student, no teacher | 87.5 | - | - | 87.5 (1 of 3) | - |" in table
-    assert "protected (the default: fallback all) | 90.0 | 90.0 | 90.0 | 90.0 | labels replace a weak teacher |" in table
+    assert ("protected (the default: fallback all) | 90.0 | 90.0 | 90.0 | 90.0 | labels replace a weak teacher, "
+            "named: generalises poorly (2 of 3) |") in table
     assert results["photos"]["none"] == [87.5, None, None] and "hard" not in results["photos"]
     assert (tmp_path / "seeds.png").stat().st_size > 0 and json.loads((tmp_path / "seeds.json").read_text()) == results
