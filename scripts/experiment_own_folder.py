@@ -256,12 +256,8 @@ def seeds_table(seed_dirs: list[Path], kinds, argv) -> dict:
             groups.setdefault(kind, {})[name] = done
     command = "python scripts/experiment_own_folder.py " + " ".join(argv if argv is not None else sys.argv[1:])
     table = "\n".join(rows) + f"\n\nValidation top-1 of the averaged heads (%). `{command.strip()}`, {machine()}."
-    print(table)
-    out = seed_dirs[0].parent
-    (out / "seeds.md").write_text(table + "\n")
-    (out / "seeds.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot_groups(groups, out / "seeds.png", title="Own folders: top-1 of the averaged heads, one dot per seed")
-    return results
+    return write_over_seeds(seed_dirs[0].parent / "seeds", table, results, groups,
+                            "Own folders: top-1 of the averaged heads, one dot per seed")
 
 
 def pool_table(seed_dirs: list[Path], kinds, argv) -> dict:
@@ -289,11 +285,16 @@ def pool_table(seed_dirs: list[Path], kinds, argv) -> dict:
                         f"{top1['pool']:.1f} | {top1['pool'] - top1['none']:+.1f} | {runs['pool']['check'] or '-'} |")
     command = "python scripts/experiment_own_folder.py " + " ".join(argv if argv is not None else sys.argv[1:])
     table = "\n".join(rows) + f"\n\n`{command.strip()}`, {machine()}."
+    return write_over_seeds(seed_dirs[0].parent / "pool", table, results, groups,
+                            "Unlabelled pool: student alone, unprotected, with the check")
+
+
+def write_over_seeds(path: Path, table: str, results: dict, groups: dict, title: str) -> dict:
+    """Prints a table over seeds and writes it beside the seed folders: `path`.md, .json (`results`) and .png."""
     print(table)
-    out = seed_dirs[0].parent
-    (out / "pool.md").write_text(table + "\n")
-    (out / "pool.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot_groups(groups, out / "pool.png", title="Unlabelled pool: student alone, unprotected, with the check")
+    path.with_suffix(".md").write_text(table + "\n")
+    path.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    plot_groups(groups, path.with_suffix(".png"), title=title)
     return results
 
 
