@@ -11,7 +11,9 @@ Writes `<output_dir>/<kind>/train/<class>/<n>.jpg|png` and `.../val/<class>/...`
 - `textures`: 5 classes of grey surfaces (scikit-image's brick, grass, gravel, moon and a printed page), 40 training
   and 10 validation crops each;
 - `scans`: scikit-learn's 1,797 handwritten digits, 8x8 grey scans, 10 classes, split 80/20 per class (1,437 training
-  and 360 validation images), saved as 8x8 PNG files: the tiny images a new user may bring.
+  and 360 validation images), saved as 8x8 PNG files: the tiny images a new user may bring;
+- `faces`: scikit-image's subset of Labeled Faces in the Wild, 100 faces and 100 background patches of the same
+  photos, 25x25 grey, split 80/20 per class (160 training and 40 validation images).
 
 Photo and texture crops are squares of 12-60% of the image's shorter side, resized to 48-200 px, saved as JPEG and PNG alternately.
 Training crops come from the left 70% of each image, validation crops from the right 30%: no validation pixel was
@@ -49,9 +51,8 @@ FOLDERS = {
     "textures": ({"brick": _skimage("brick"), "grass": _skimage("grass"), "gravel": _skimage("gravel"),
                   "moon": _skimage("moon"), "page": _skimage("page")}, 40),
 }  # fmt: skip
-KINDS = (*FOLDERS, "scans")
 VALIDATION_PER_CLASS = 10
-SCANS_VALIDATION_FRACTION = 0.2
+SMALL_VALIDATION_FRACTION = 0.2
 
 
 def _crops(image: Image.Image, count: int, rng: np.random.Generator, left: int, right: int):
@@ -64,29 +65,46 @@ def _crops(image: Image.Image, count: int, rng: np.random.Generator, left: int, 
         yield image.crop((x, y, x + side, y + side)).resize((int(rng.integers(48, 201)),) * 2, Image.BICUBIC)
 
 
-def build_scans(root: Path, seed: int = 0) -> tuple[Path, Path]:
-    """scikit-learn's 8x8 digits as PNG files, their 0..16 grey levels scaled to 0..255, a seeded 80/20 split per
-    class."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+def _split_per_class(images: np.ndarray, labels: list[str], root: Path, seed: int) -> tuple[Path, Path]:
+    """Small uint8 images (N x H x W) as `root/{train,val}/<label>/<index>.png`, a seeded 80/20 split per class."""
     rng = np.random.default_rng(seed)
-    for label in range(10):
-        indices = rng.permutation(np.flatnonzero(digits.target == label))
-        validation = int(round(len(indices) * SCANS_VALIDATION_FRACTION))
+    labels = np.asarray(labels)
+    for label in sorted(set(labels.tolist())):
+        indices = rng.permutation(np.flatnonzero(labels == label))
+        validation = int(round(len(indices) * SMALL_VALIDATION_FRACTION))
         for split, chosen in (("val", indices[:validation]), ("train", indices[validation:])):
-            folder = Path(root) / split / str(label)
+            folder = Path(root) / split / label
             folder.mkdir(parents=True, exist_ok=True)
             for index in chosen:
                 Image.fromarray(images[index]).save(folder / f"{index}.png")
     return Path(root) / "train", Path(root) / "val"
 
 
+def build_scans(root: Path, seed: int = 0) -> tuple[Path, Path]:
+    """scikit-learn's 8x8 digits, their 0..16 grey levels scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return _split_per_class(images, [str(label) for label in digits.target], root, seed)
+
+
+def build_faces(root: Path, seed: int = 0) -> tuple[Path, Path]:
+    """scikit-image's LFW subset: 100 faces, then 100 patches of the same photos' backgrounds, 25x25 grey."""
+    from skimage import data
+
+    images = np.rint(data.lfw_subset() * 255.0).astype(np.uint8)
+    return _split_per_class(images, ["face"] * 100 + ["background"] * 100, root, seed)
+
+
+SMALL_FOLDERS = {"scans": build_scans, "faces": build_faces}  # tiny images, written as they are
+KINDS = (*FOLDERS, *SMALL_FOLDERS)
+
+
 def build_folder(kind: str, root: Path, seed: int = 0) -> tuple[Path, Path]:
     """Writes `root/train` and `root/val` for `kind` (a key of KINDS); returns the two folders."""
-    if kind == "scans":
-        return build_scans(root, seed)
+    if kind in SMALL_FOLDERS:
+        return SMALL_FOLDERS[kind](root, seed)
     classes, train_per_class = FOLDERS[kind]
     rng = np.random.default_rng(seed)
     root = Path(root)

@@ -139,6 +139,26 @@ def test_the_scans_folder_holds_every_8x8_digit_once_split_per_class(tmp_path):
         assert abs(np.asarray(image).astype(int) - digits.images[index] * 255 / 16).max() <= 0.5
 
 
+def test_the_faces_folder_holds_every_lfw_patch_once_split_per_class(tmp_path):
+    from make_sample_folders import build_folder
+    from PIL import Image
+    from skimage import data
+
+    train, val = build_folder("faces", tmp_path / "faces")
+    patches = data.lfw_subset()  # 100 faces, then 100 backgrounds
+    for split, count in ((train, 80), (val, 20)):
+        assert sorted(path.name for path in split.iterdir()) == ["background", "face"]
+        assert all(len(list(folder.iterdir())) == count for folder in split.iterdir())
+    files = sorted(tmp_path.glob("faces/*/*/*.png"))
+    assert sorted(int(path.stem) for path in files) == list(range(200))
+    for path in files[::37]:
+        with Image.open(path) as image:
+            assert image.size == (25, 25) and image.mode == "L"
+            index = int(path.stem)
+            assert path.parent.name == ("face" if index < 100 else "background")
+            assert abs(np.asarray(image).astype(int) - patches[index] * 255).max() <= 0.5
+
+
 def test_the_pool_split_keeps_a_seeded_share_of_each_class_and_hides_the_rest_s_labels(tmp_path):
     from experiment_own_folder import pool_split
     from make_sample_folders import build_folder
