@@ -167,9 +167,10 @@ def test_a_rerun_with_other_settings_is_refused_and_the_card_stays_true(tmp_path
     assert "Distillation weight alpha: 0.5" in card
     # Other settings: refused before any work, naming each difference and both ways out; nothing is rewritten.
     with pytest.raises(ValueError) as refused:
-        run_in_process(out, "--distillation_alpha", "0.3", "--seed", "3")
+        run_in_process(out, "--distillation_alpha", "0.3", "--seed", "3", "--learning_rate", "1e-3")
     message = str(refused.value)
     assert "--distillation_alpha: 0.5 there, 0.3 now" in message and "--seed: 42 there, 3 now" in message
+    assert "--learning_rate: unset there, 0.001 now" in message  # sized to the run there, not "None"
     assert "another --output_dir" in message and "--overwrite_output_dir true" in message
     assert (out / "README.md").read_text() == card and (out / "model.safetensors").read_bytes() == weights
     # The same settings (and flags that do not shape the weights) resume the finished run: nothing is trained, not

@@ -176,7 +176,8 @@ def prepare_output_dir(output_dir: str, settings: dict, overwrite: bool = False,
     here: `record_run_settings` does it once training starts, so a run that fails earlier leaves no trace."""
     saved, differences = _recorded_differences(output_dir, settings)
     if differences and not overwrite:
-        listed = "\n".join(f"  --{name}: {old!r} there, {new!r} now" for name, (old, new) in differences.items())
+        listed = "\n".join(f"  --{name}: {_shown(old)} there, {_shown(new)} now"
+                           for name, (old, new) in differences.items())  # fmt: skip
         raise InputError(
             f"--output_dir {output_dir} holds a run made with other settings:\n{listed}\nIts checkpoints and model "
             "belong to those settings, so this run neither resumes nor writes there. Pass another --output_dir, or "
@@ -209,6 +210,11 @@ def _recorded_differences(output_dir: str, settings: dict) -> tuple[dict | None,
     return saved, {name: (saved[name], settings[name]) for name in sorted(set(saved) & set(settings)) if saved[name] != settings[name]}
 
 
+def _shown(value) -> str:
+    """A recorded setting as the user spells it: an unset one (None: the default, or sized to the data) as "unset"."""
+    return "unset" if value is None else repr(value)
+
+
 def record_run_settings(output_dir: str, settings: dict) -> None:
     """Write `settings` to `output_dir/run_settings.json` (atomically); call it from the main process."""
     path = os.path.join(output_dir, RUN_SETTINGS_NAME)
@@ -223,6 +229,7 @@ def check_checkpoint_settings(checkpoint: str, settings: dict) -> None:
     """A checkpoint given by path (`--resume_from_checkpoint PATH`) resumes only a run of the same settings."""
     differences = _recorded_differences(os.path.dirname(os.path.abspath(checkpoint)), settings)[1]
     if differences:
-        listed = ", ".join(f"--{name} ({old!r} there, {new!r} now)" for name, (old, new) in differences.items())
+        listed = ", ".join(f"--{name} ({_shown(old)} there, {_shown(new)} now)"
+                           for name, (old, new) in differences.items())  # fmt: skip
         raise InputError(f"--resume_from_checkpoint {checkpoint} was saved by a run with other settings: {listed}. "
                          "Resume it with the same flags, or leave --resume_from_checkpoint out to start fresh.")  # fmt: skip
