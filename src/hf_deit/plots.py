@@ -94,7 +94,7 @@ def plot_groups(groups: Mapping[str, Mapping[str, Sequence[float]]], path: str |
         axis.set_ylim(max(0.0, low - max(2.0, 0.15 * (high - low))), min(100.0, high + max(1.0, 0.1 * (high - low))))
     axis.set_ylabel(TOP1_LABEL)
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=8, ncol=min(len(arms), 3))
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: it hides no bar
     return _save(figure, plt, path, title)
 
 
