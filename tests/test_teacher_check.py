@@ -69,6 +69,10 @@ def test_a_teacher_wrong_on_two_classes_is_named_with_its_numbers_and_the_labels
     replaced = next(message for message in messages if message.startswith("The label replaced the teacher's target"))
     assert replaced.endswith("labelled training views (100.0%).")
     assert any(message.startswith("Which head to use") for message in messages)
+    # The model card says what its distillation head learned instead of the teacher, and why (not the fix).
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "The teacher check before training found the teacher weak**: The teacher is too weak to teach" in card
+    assert "the distillation head learns the labels of the labelled images" in card and "Fix:" not in card
 
 
 @pytest.mark.slow
@@ -96,6 +100,7 @@ def test_a_good_teacher_is_checked_and_left_alone(bad_teacher, tmp_path, caplog)
     _, messages = run_student(tmp_path, bad_teacher, caplog, "--min_teacher_accuracy", "0.5")
     assert any(message.startswith("Teacher checked before training: right on ") for message in messages)
     assert not any("too weak" in message or message.startswith("The label replaced") for message in messages)
+    assert "found the teacher weak" not in (tmp_path / "student" / "README.md").read_text()
 
 
 @pytest.mark.slow

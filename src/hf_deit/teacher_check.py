@@ -81,8 +81,14 @@ class TeacherReport:
         return found
 
     def message(self, protected: bool, fallback: str = EVERY_LABEL) -> str:
-        """The warning for a weak teacher: its numbers, what the run does about it (`protected`:
-        `protect_from_weak_teacher`; `fallback`: `weak_teacher_fallback`), and the fix."""
+        """The warning for a weak teacher: `verdict` and the fix."""
+        return self.verdict(protected, fallback) + (
+            " Fix: train a better teacher (scripts/train_teacher.py with its default schedule, at least 300 steps, "
+            "keeps its best checkpoint; more labelled images), or train without one (--distillation_type none).")
+
+    def verdict(self, protected: bool, fallback: str = EVERY_LABEL) -> str:
+        """A weak teacher's numbers and what the run does about it (`protected`: `protect_from_weak_teacher`;
+        `fallback`: `weak_teacher_fallback`); the model card states it too."""
         if self.generalises_poorly:
             gap = 100 * (self.train_accuracy - self.validation_accuracy)
             text = (f"The teacher fits its training images but generalises poorly: it is right on {self.summary()} "
@@ -99,14 +105,10 @@ class TeacherReport:
                      "images, as without a teacher" if fallback == EVERY_LABEL else
                      "Protected (protect_from_weak_teacher, weak_teacher_fallback where_wrong): where it is wrong on a "
                      "labelled image, the distillation head learns the label instead")  # fmt: skip
-            text += (f"; the {pool} unlabelled training images are left out, and the student trains on the labelled "
-                     "ones for the steps the run was sized to. " if pool else ". ")
-        else:
-            text += ("protect_from_weak_teacher is off: the distillation head learns its mistakes"
-                     + (f", on the {pool} unlabelled training images too. " if pool else ". "))
-        return text + ("Fix: train a better teacher (scripts/train_teacher.py with its default schedule, at least 300 "
-                       "steps, keeps its best checkpoint; more labelled images), or train without one "
-                       "(--distillation_type none).")
+            return text + (f"; the {pool} unlabelled training images are left out, and the student trains on the "
+                           "labelled ones for the steps the run was sized to." if pool else ".")
+        return text + ("protect_from_weak_teacher is off: the distillation head learns its mistakes"
+                       + (f", on the {pool} unlabelled training images too." if pool else "."))
 
 
 def eval_transform_of(processor):

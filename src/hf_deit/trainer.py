@@ -395,6 +395,9 @@ class DistillationTrainer(DeiTTrainerBase):
         model_name = model_name or os.path.basename(os.path.normpath(args.output_dir))
         kwargs.setdefault("learning_curves", write_learning_curves(args.output_dir, self.state.log_history, model_name))
         loss = self.distillation_loss
+        report = getattr(self, "teacher_report", None)
+        if report is not None and report.weak:  # what the distillation head learned instead of the teacher
+            kwargs.setdefault("teacher_check", report.verdict(args.protect_from_weak_teacher, args.weak_teacher_fallback))
         write_model_card(
             output_dir=args.output_dir,
             model_name=model_name,
