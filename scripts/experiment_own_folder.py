@@ -3,7 +3,8 @@ r"""A new user's own small folder: does the README's path, teacher first and the
 
 On each sample folder (`scripts/make_sample_folders.py`: 4 classes of photos, 30 training images each; 5 classes of
 textures, 40 each; validation crops from regions never seen in training; 10 classes of 8x8 digit scans, about 1,440
-training images; 25x25 faces and background patches, 80 training images each), with default flags (the input sized to the images, `hf_deit.data.sizing`, unless `--image_size`):
+training images; 25x25 faces and background patches, 80 training images each), with default flags (the input sized
+to the images, `hf_deit.data.sizing`, unless `--image_size`):
 
     teacher          scripts/train_teacher.py (its default schedule: at least 300 steps, best checkpoint kept)
     weak teacher     scripts/train_teacher.py --num_train_epochs 10 (the old default's schedule: 20-40 steps)

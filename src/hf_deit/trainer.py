@@ -397,7 +397,8 @@ class DistillationTrainer(DeiTTrainerBase):
         loss = self.distillation_loss
         report = getattr(self, "teacher_report", None)
         if report is not None and report.weak:  # what the distillation head learned instead of the teacher
-            kwargs.setdefault("teacher_check", report.verdict(args.protect_from_weak_teacher, args.weak_teacher_fallback))
+            verdict = report.verdict(args.protect_from_weak_teacher, args.weak_teacher_fallback)
+            kwargs.setdefault("teacher_check", verdict)
         write_model_card(
             output_dir=args.output_dir,
             model_name=model_name,
